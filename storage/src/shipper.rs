@@ -1,0 +1,611 @@
+//! The shipper: moves events from the WAL to Parquet files in the lake, then trims the WAL.
+//!
+//! It reads the log through a [`Tail`] (so a restart replays whatever is not uploaded yet),
+//! keeps one open batch per (workspace, source) key, cuts a batch by rows, bytes, age or a
+//! change of hour, encodes it as Parquet and uploads it. Per key, files are uploaded one at a
+//! time in LSN order and the key's watermark is committed to [`Progress`] after each; together
+//! with deterministic file names this gives exactly-once delivery (see [`crate::progress`]).
+//!
+//! Bounds: the bytes held in open batches and in files waiting for upload never exceed
+//! `held_bytes_max`. When they would, the largest open batch is cut early; when uploads are
+//! failing and the queue is full, the shipper stops reading and the WAL grows on disk until
+//! its quota makes the front end refuse new events.
+//!
+//! It must never delete a WAL segment that holds a record not yet in object storage.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use arrow_array::RecordBatch;
+use bytes::Bytes;
+use object_store::path::Path;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::event::IngestBatch;
+use crate::lake::Lake;
+use crate::layout;
+use crate::metrics::{OutcomeLabel, StorageMetrics};
+use crate::parquet_file::{self, RowsBuilder};
+use crate::progress::{Progress, ProgressError};
+use crate::wal::{Lsn, Segments, Tail, TailRecord, Wal, WalError};
+
+/// Settings of the shipper.
+#[derive(Debug, Clone)]
+pub struct ShipperConfig {
+    /// Names this node in object names (`<node>-<uuid>.parquet`); unique per node.
+    pub node_id: String,
+    /// A batch is cut once it holds this many events.
+    pub batch_max_rows: usize,
+    /// A batch is cut once its events take this many bytes in memory.
+    pub batch_max_bytes: usize,
+    /// A batch is cut this long after its first event arrived, however small.
+    pub batch_max_age: Duration,
+    /// Bytes held in open batches and files waiting for upload, all keys together.
+    pub held_bytes_max: usize,
+    /// Uploads running at once.
+    pub uploads_max: usize,
+    /// WAL bytes read per step.
+    pub read_bytes_max: usize,
+}
+
+impl ShipperConfig {
+    pub fn new(node_id: String) -> Self {
+        ShipperConfig {
+            node_id,
+            batch_max_rows: 1_000_000,
+            batch_max_bytes: 128 << 20,
+            batch_max_age: Duration::from_secs(60),
+            held_bytes_max: 512 << 20,
+            uploads_max: 4,
+            read_bytes_max: 8 << 20,
+        }
+    }
+}
+
+/// Errors that stop the shipper from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ShipperError {
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    #[error("starting the shipper thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// What the shipper reports to health checks.
+#[derive(Debug, Default)]
+pub struct ShipperStatus {
+    /// True while the newest upload attempt failed.
+    pub failing: AtomicBool,
+    /// The newest upload error, for `/readyz` detail.
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// Running shipper; [`ShipperHandle::shutdown`] drains it.
+pub struct ShipperHandle {
+    stop: watch::Sender<Option<Instant>>,
+    thread: Option<JoinHandle<()>>,
+    status: Arc<ShipperStatus>,
+}
+
+impl ShipperHandle {
+    pub fn status(&self) -> Arc<ShipperStatus> {
+        self.status.clone()
+    }
+
+    /// Cuts every open batch, uploads what it can until `deadline`, and stops. Whatever is not
+    /// uploaded by then stays in the WAL for the next start.
+    pub fn shutdown(mut self, deadline: Instant) {
+        let _ = self.stop.send(Some(deadline));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ShipperHandle {
+    fn drop(&mut self) {
+        let _ = self.stop.send(Some(Instant::now()));
+    }
+}
+
+/// Starts the shipper on its own thread and runtime.
+pub fn start(
+    config: ShipperConfig,
+    wal: &Wal,
+    progress: Progress,
+    lake: Lake,
+    metrics: StorageMetrics,
+) -> Result<ShipperHandle, ShipperError> {
+    let tail = Tail::new(wal.segments(), wal.durable(), metrics.clone())?;
+    let flushed = progress.load()?;
+    let status = Arc::new(ShipperStatus::default());
+    let (stop, stop_rx) = watch::channel(None);
+    let shipper = Shipper {
+        keys: HashMap::new(),
+        flushed_at_start: flushed,
+        tail,
+        segments: wal.segments(),
+        progress: Arc::new(progress),
+        lake,
+        config,
+        metrics,
+        status: status.clone(),
+        uploads: JoinSet::new(),
+        held_bytes: 0,
+        open_bytes: 0,
+        trimmed_below: 0,
+    };
+    let thread = std::thread::Builder::new()
+        .name("sluice-shipper".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .max_blocking_threads(4)
+                .thread_name("sluice-shipper-rt")
+                .enable_all()
+                .build();
+            match runtime {
+                Ok(runtime) => runtime.block_on(shipper.run(stop_rx)),
+                Err(err) => error!(error = %err, "cannot start the shipper runtime"),
+            }
+        })?;
+    Ok(ShipperHandle {
+        stop,
+        thread: Some(thread),
+        status,
+    })
+}
+
+/// A batch still taking events.
+struct OpenBatch {
+    rows: RowsBuilder,
+    workspace_id: Uuid,
+    source: String,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    first_event_id: Uuid,
+    first_received_at_us: i64,
+    hour: i64,
+    opened: Instant,
+}
+
+enum FileData {
+    Rows(RecordBatch),
+    Encoded(Bytes),
+}
+
+/// A cut batch on its way to the lake.
+struct CutFile {
+    path: Path,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    rows: usize,
+    /// Memory it holds, counted in `held_bytes`.
+    held: usize,
+    data: FileData,
+}
+
+#[derive(Default)]
+struct KeyState {
+    open: Option<OpenBatch>,
+    queue: VecDeque<CutFile>,
+    /// First LSN of the file being uploaded.
+    uploading: Option<Lsn>,
+    /// Every record of this key up to here is in the lake.
+    flushed: Lsn,
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+struct UploadDone {
+    key: String,
+    file: CutFile,
+    result: Result<usize, String>,
+    elapsed: Duration,
+}
+
+struct Shipper {
+    keys: HashMap<String, KeyState>,
+    flushed_at_start: HashMap<String, Lsn>,
+    tail: Tail,
+    segments: Arc<Segments>,
+    progress: Arc<Progress>,
+    lake: Lake,
+    config: ShipperConfig,
+    metrics: StorageMetrics,
+    status: Arc<ShipperStatus>,
+    uploads: JoinSet<UploadDone>,
+    /// Bytes in open batches plus files not yet uploaded.
+    held_bytes: usize,
+    /// Bytes in open batches only.
+    open_bytes: usize,
+    /// Low-water mark at the last WAL trim.
+    trimmed_below: Lsn,
+}
+
+impl Shipper {
+    async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
+        info!(lake = self.lake.url(), node = %self.config.node_id, "shipper started");
+        let mut writer_gone = false;
+        loop {
+            let deadline = *stop.borrow();
+            let stopping = deadline.is_some();
+            while let Some(done) = self.uploads.try_join_next() {
+                self.finish_upload(done).await;
+            }
+            let mut read_any = false;
+            if self.held_bytes < self.config.held_bytes_max {
+                match self.tail.read(self.config.read_bytes_max) {
+                    Ok(records) => {
+                        read_any = !records.is_empty();
+                        for record in records {
+                            self.add_record(record);
+                        }
+                    }
+                    Err(err) => error!(error = %err, "reading the WAL failed; retrying"),
+                }
+            }
+            let now = Instant::now();
+            self.cut_due(now, stopping);
+            self.start_uploads(now);
+            self.trim_wal();
+            self.metrics.builder_bytes.set(self.open_bytes as i64);
+            self.metrics
+                .pending_upload_bytes
+                .set((self.held_bytes - self.open_bytes) as i64);
+
+            if let Some(deadline) = deadline {
+                let drained = self
+                    .keys
+                    .values()
+                    .all(|k| k.open.is_none() && k.queue.is_empty() && k.uploading.is_none());
+                if (drained && self.tail.caught_up()) || now >= deadline {
+                    if !drained {
+                        warn!("shipper stopped before every batch was uploaded; the WAL keeps them for the next start");
+                    }
+                    break;
+                }
+            }
+            if read_any && self.held_bytes < self.config.held_bytes_max {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let wake_at = self.next_wake(now, deadline);
+            tokio::select! {
+                open = self.tail.changed(), if !writer_gone => {
+                    // A closed writer (shutdown) would wake this forever; stop listening.
+                    writer_gone = !open;
+                }
+                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                    self.finish_upload(done).await;
+                }
+                _ = tokio::time::sleep_until(wake_at.into()) => {}
+                _ = stop.changed() => {}
+            }
+        }
+        // Uploads still running are abandoned; their files are rebuilt from the WAL next time.
+        self.uploads.abort_all();
+        info!("shipper stopped");
+    }
+
+    /// When the loop must look again even if nothing arrives: the oldest open batch's age limit
+    /// or the next retry, at most a second away.
+    fn next_wake(&self, now: Instant, deadline: Option<Instant>) -> Instant {
+        let mut wake = now + Duration::from_secs(1);
+        for state in self.keys.values() {
+            if let Some(open) = &state.open {
+                wake = wake.min(open.opened + self.config.batch_max_age);
+            }
+            if let Some(retry) = state.retry_at {
+                if !state.queue.is_empty() {
+                    wake = wake.min(retry);
+                }
+            }
+        }
+        if let Some(deadline) = deadline {
+            wake = wake.min(deadline.max(now + Duration::from_millis(10)));
+        }
+        wake.max(now + Duration::from_millis(1))
+    }
+
+    fn add_record(&mut self, record: TailRecord) {
+        let batch = match IngestBatch::decode(&record.payload) {
+            Ok(batch) => batch,
+            Err(err) => {
+                self.metrics.wal_corrupt_records_total.inc();
+                error!(lsn = record.lsn, error = %err, "undecodable WAL record skipped");
+                return;
+            }
+        };
+        if batch.is_empty() {
+            return;
+        }
+        let env = &batch.envelope;
+        let key = format!("{}/{}", env.workspace_id, env.source);
+        let flushed_at_start = &self.flushed_at_start;
+        let state = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
+            flushed: flushed_at_start.get(&key).copied().unwrap_or(0),
+            ..KeyState::default()
+        });
+        if record.lsn <= state.flushed {
+            // Already in the lake before the last restart.
+            return;
+        }
+        let hour = layout::hour_of(env.received_at_us);
+        let must_cut_first = state.open.as_ref().is_some_and(|open| {
+            open.hour != hour || open.rows.rows() + batch.len() > self.config.batch_max_rows
+        });
+        if must_cut_first {
+            self.cut(&key);
+        }
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let open = state.open.get_or_insert_with(|| OpenBatch {
+            rows: RowsBuilder::new(),
+            workspace_id: env.workspace_id,
+            source: env.source.clone(),
+            first_lsn: record.lsn,
+            last_lsn: record.lsn,
+            first_event_id: env.first_event_id,
+            first_received_at_us: env.received_at_us,
+            hour,
+            opened: Instant::now(),
+        });
+        let before = open.rows.bytes();
+        let bad = open.rows.append(&batch);
+        if bad > 0 {
+            warn!(
+                lsn = record.lsn,
+                bad, "payloads that are not UTF-8 stored as null"
+            );
+        }
+        open.last_lsn = record.lsn;
+        let grown = open.rows.bytes() - before;
+        self.held_bytes += grown;
+        self.open_bytes += grown;
+        let full = open.rows.rows() >= self.config.batch_max_rows
+            || open.rows.bytes() >= self.config.batch_max_bytes;
+        if full {
+            self.cut(&key);
+        }
+    }
+
+    /// Cuts batches that are old enough (or all of them when stopping), and the largest one
+    /// when memory is over its bound.
+    fn cut_due(&mut self, now: Instant, stopping: bool) {
+        let due: Vec<String> = self
+            .keys
+            .iter()
+            .filter(|(_, state)| {
+                state.open.as_ref().is_some_and(|open| {
+                    stopping || now.duration_since(open.opened) >= self.config.batch_max_age
+                })
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in due {
+            self.cut(&key);
+        }
+        while self.held_bytes >= self.config.held_bytes_max {
+            let largest = self
+                .keys
+                .iter()
+                .filter_map(|(key, state)| state.open.as_ref().map(|o| (o.rows.bytes(), key)))
+                .max()
+                .map(|(_, key)| key.clone());
+            match largest {
+                Some(key) => self.cut(&key),
+                None => break,
+            }
+        }
+    }
+
+    fn cut(&mut self, key: &str) {
+        let Some(state) = self.keys.get_mut(key) else {
+            return;
+        };
+        let Some(open) = state.open.take() else {
+            return;
+        };
+        let held = open.rows.bytes();
+        let rows = open.rows.rows();
+        self.open_bytes -= held;
+        let path = layout::file_path(
+            self.lake.prefix(),
+            open.workspace_id,
+            &open.source,
+            open.first_received_at_us,
+            &self.config.node_id,
+            open.first_event_id,
+        );
+        debug!(%path, rows, first_lsn = open.first_lsn, last_lsn = open.last_lsn, "batch cut");
+        state.queue.push_back(CutFile {
+            path,
+            first_lsn: open.first_lsn,
+            last_lsn: open.last_lsn,
+            rows,
+            held,
+            data: FileData::Rows(open.rows.finish()),
+        });
+    }
+
+    fn start_uploads(&mut self, now: Instant) {
+        for (key, state) in self.keys.iter_mut() {
+            if self.uploads.len() >= self.config.uploads_max {
+                break;
+            }
+            if state.uploading.is_some() || state.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let Some(file) = state.queue.pop_front() else {
+                continue;
+            };
+            state.uploading = Some(file.first_lsn);
+            let key = key.clone();
+            let lake = self.lake.clone();
+            let node = self.config.node_id.clone();
+            self.uploads
+                .spawn(async move { upload(key, file, lake, node).await });
+        }
+    }
+
+    async fn finish_upload(&mut self, done: Result<UploadDone, tokio::task::JoinError>) {
+        let done = match done {
+            Ok(done) => done,
+            Err(err) => {
+                // A panicked upload loses its file from memory; the WAL still has the events,
+                // so the safe way back is a restart, which replays them.
+                error!(error = %err, "upload task failed; restart the node to replay its events");
+                return;
+            }
+        };
+        let UploadDone {
+            key,
+            file,
+            result,
+            elapsed,
+        } = done;
+        let committed = match &result {
+            Ok(_) => {
+                let progress = self.progress.clone();
+                let (k, lsn) = (key.clone(), file.last_lsn);
+                tokio::task::spawn_blocking(move || progress.commit(&k, lsn))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()))
+            }
+            Err(err) => Err(err.clone()),
+        };
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        state.uploading = None;
+        match (committed, result) {
+            (Ok(()), Ok(bytes)) => {
+                state.flushed = file.last_lsn;
+                state.failures = 0;
+                state.retry_at = None;
+                self.held_bytes -= file.held;
+                self.metrics
+                    .flushes_total
+                    .get_or_create(&OutcomeLabel { outcome: "ok" })
+                    .inc();
+                self.metrics.flush_seconds.observe(elapsed.as_secs_f64());
+                self.metrics.flushed_rows_total.inc_by(file.rows as u64);
+                self.metrics.flushed_bytes_total.inc_by(bytes as u64);
+                self.status.failing.store(false, Ordering::Relaxed);
+                debug!(path = %file.path, rows = file.rows, bytes, ?elapsed, "file uploaded");
+            }
+            (Err(err), _) | (Ok(()), Err(err)) => {
+                state.failures = state.failures.saturating_add(1);
+                let backoff = backoff(state.failures);
+                state.retry_at = Some(Instant::now() + backoff);
+                warn!(path = %file.path, error = %err, retry_in = ?backoff, "upload failed");
+                self.metrics.upload_errors_total.inc();
+                self.metrics
+                    .flushes_total
+                    .get_or_create(&OutcomeLabel { outcome: "error" })
+                    .inc();
+                self.status.failing.store(true, Ordering::Relaxed);
+                if let Ok(mut last) = self.status.last_error.lock() {
+                    *last = Some(err);
+                }
+                state.queue.push_front(file);
+            }
+        }
+    }
+
+    /// Deletes WAL segments whose records are all in the lake.
+    fn trim_wal(&mut self) {
+        let mut low_water = self.tail.next_lsn();
+        for state in self.keys.values() {
+            let pending = state
+                .uploading
+                .into_iter()
+                .chain(state.queue.front().map(|f| f.first_lsn))
+                .chain(state.open.as_ref().map(|o| o.first_lsn));
+            for lsn in pending {
+                low_water = low_water.min(lsn);
+            }
+        }
+        if low_water <= self.trimmed_below {
+            return;
+        }
+        match self.segments.remove_below(low_water) {
+            Ok(removed) => {
+                self.trimmed_below = low_water;
+                if removed > 0 {
+                    debug!(removed, low_water, "WAL segments removed");
+                }
+                self.metrics.wal_bytes.set(self.segments.bytes() as i64);
+                self.metrics.wal_segments.set(self.segments.count() as i64);
+            }
+            Err(err) => error!(error = %err, "removing uploaded WAL segments failed"),
+        }
+    }
+}
+
+/// Retry delay after `failures` failed attempts: 100 ms doubling to 30 s, with jitter so that
+/// many keys (or nodes) do not retry in lockstep.
+fn backoff(failures: u32) -> Duration {
+    let base = 100u64.saturating_mul(1 << failures.min(9)).min(30_000);
+    let jitter = rand::random_range(0..=base / 4);
+    Duration::from_millis(base + jitter)
+}
+
+async fn upload(key: String, mut file: CutFile, lake: Lake, node: String) -> UploadDone {
+    let started = Instant::now();
+    let data = match std::mem::replace(&mut file.data, FileData::Encoded(Bytes::new())) {
+        FileData::Encoded(bytes) => Ok(bytes),
+        FileData::Rows(batch) => {
+            let metadata = vec![
+                ("sluice.node".to_owned(), node),
+                (
+                    "sluice.wal.first_lsn".to_owned(),
+                    file.first_lsn.to_string(),
+                ),
+                ("sluice.wal.last_lsn".to_owned(), file.last_lsn.to_string()),
+            ];
+            let rows = batch.clone();
+            let encoded =
+                tokio::task::spawn_blocking(move || parquet_file::encode(&rows, metadata)).await;
+            match encoded {
+                Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
+                Ok(Err(err)) => {
+                    file.data = FileData::Rows(batch);
+                    Err(format!("encoding Parquet: {err}"))
+                }
+                Err(err) => {
+                    file.data = FileData::Rows(batch);
+                    Err(format!("encoding Parquet: {err}"))
+                }
+            }
+        }
+    };
+    let result = match data {
+        Ok(bytes) => {
+            let len = bytes.len();
+            file.data = FileData::Encoded(bytes.clone());
+            lake.put(&file.path, bytes)
+                .await
+                .map(|()| len)
+                .map_err(|e| e.to_string())
+        }
+        Err(err) => Err(err),
+    };
+    UploadDone {
+        key,
+        file,
+        result,
+        elapsed: started.elapsed(),
+    }
+}

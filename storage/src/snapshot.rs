@@ -1,0 +1,222 @@
+//! The configuration snapshot: what a data-plane node needs to know to accept or refuse an
+//! event (workspaces and their state, sources, token hashes with scopes and bindings).
+//!
+//! A snapshot is versioned and self-contained. Today it comes from a JSON file or from the
+//! bootstrap; the control plane will stream the same type (full snapshots, then deltas applied
+//! to it), so everything here must stay serialisable and never carry token secrets.
+
+use std::collections::HashSet;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use uuid::Uuid;
+
+/// One version of a node's configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigSnapshot {
+    /// Grows with every change; a node never applies an older version over a newer one.
+    pub version: u64,
+    #[serde(default)]
+    pub workspaces: Vec<WorkspaceConfig>,
+}
+
+/// A workspace as the data plane sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkspaceConfig {
+    /// UUIDv7; names the workspace's partition in object storage.
+    pub id: Uuid,
+    /// URL-safe name used in ingest URLs.
+    pub slug: String,
+    #[serde(default)]
+    pub name: String,
+    /// A disabled workspace (e.g. its creator's trial ended) accepts no events.
+    #[serde(default = "enabled_by_default")]
+    pub enabled: bool,
+    /// Events per second the workspace may ingest on one node; the node default when absent.
+    #[serde(default)]
+    pub events_per_second_max: Option<u64>,
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+fn enabled_by_default() -> bool {
+    true
+}
+
+/// An ingest point of a workspace.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    pub id: Uuid,
+    pub slug: String,
+    #[serde(default)]
+    pub name: String,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    /// Send events.
+    Ingest,
+    /// Read data (not used by the data plane yet).
+    Read,
+}
+
+/// An access token, by hash only.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub id: Uuid,
+    #[serde(default)]
+    pub name: String,
+    /// Lowercase hex SHA-256 of the secret.
+    pub sha256: String,
+    pub scopes: Vec<Scope>,
+    /// Source slugs the token may write; all sources of the workspace when absent.
+    #[serde(default)]
+    pub sources: Option<Vec<String>>,
+    /// The only device id the token may send as, when set.
+    #[serde(default)]
+    pub device_id: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Why a snapshot cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SnapshotError {
+    #[error("invalid snapshot: {0}")]
+    Invalid(String),
+}
+
+/// Longest slug accepted for workspaces and sources.
+pub const SLUG_LEN_MAX: usize = 63;
+
+/// Whether `slug` is a valid workspace or source slug: 1 to 63 characters of `a-z`, `0-9`
+/// and `-`, starting with a letter or digit. Slugs appear in URLs and object paths, so nothing
+/// else (no `/`, `..`, `=`, or upper case) may pass.
+pub fn is_valid_slug(slug: &str) -> bool {
+    let bytes = slug.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= SLUG_LEN_MAX
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+}
+
+impl ConfigSnapshot {
+    /// An empty configuration: every request is refused.
+    pub fn empty() -> Self {
+        ConfigSnapshot {
+            version: 0,
+            workspaces: Vec::new(),
+        }
+    }
+
+    /// Checks the invariants the data plane relies on: unique ids, slugs and token hashes,
+    /// valid slugs, well-formed hashes.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        let invalid = |m: String| Err(SnapshotError::Invalid(m));
+        let mut ids = HashSet::new();
+        let mut slugs = HashSet::new();
+        let mut hashes = HashSet::new();
+        for ws in &self.workspaces {
+            if !is_valid_slug(&ws.slug) {
+                return invalid(format!("workspace slug {:?} is not a valid slug", ws.slug));
+            }
+            if !ids.insert(ws.id) || !slugs.insert(ws.slug.as_str()) {
+                return invalid(format!("workspace {:?} appears twice", ws.slug));
+            }
+            let mut sources = HashSet::new();
+            for source in &ws.sources {
+                if !is_valid_slug(&source.slug) {
+                    return invalid(format!(
+                        "source slug {:?} in workspace {:?} is not a valid slug",
+                        source.slug, ws.slug
+                    ));
+                }
+                if !sources.insert(source.slug.as_str()) {
+                    return invalid(format!(
+                        "source {:?} appears twice in workspace {:?}",
+                        source.slug, ws.slug
+                    ));
+                }
+            }
+            for token in &ws.tokens {
+                let ok_hex = token.sha256.len() == 64
+                    && token
+                        .sha256
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+                if !ok_hex {
+                    return invalid(format!(
+                        "token {} in workspace {:?} has no valid lowercase hex sha256",
+                        token.id, ws.slug
+                    ));
+                }
+                if !hashes.insert(token.sha256.as_str()) {
+                    return invalid(format!("token hash of {} appears twice", token.id));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_refuse_path_tricks() {
+        for bad in [
+            "",
+            "..",
+            "a/b",
+            "A",
+            "a b",
+            "-a",
+            "a=b",
+            "ü",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_valid_slug(bad), "{bad:?} passed");
+        }
+        for good in ["default", "telemetry", "a", "fleet-01"] {
+            assert!(is_valid_slug(good), "{good:?} refused");
+        }
+    }
+
+    #[test]
+    fn duplicate_token_hashes_are_invalid() {
+        let token = TokenConfig {
+            id: Uuid::now_v7(),
+            name: String::new(),
+            sha256: "a".repeat(64),
+            scopes: vec![Scope::Ingest],
+            sources: None,
+            device_id: None,
+            expires_at: None,
+        };
+        let ws = |slug: &str| WorkspaceConfig {
+            id: Uuid::now_v7(),
+            slug: slug.into(),
+            name: String::new(),
+            enabled: true,
+            events_per_second_max: None,
+            sources: vec![],
+            tokens: vec![token.clone()],
+        };
+        let snapshot = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![ws("a"), ws("b")],
+        };
+        assert!(snapshot.validate().is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Reading the WAL back, oldest record first, never past the durable end.
+//!
+//! The shipper reads everything through a [`Tail`]: after a restart it starts at the oldest
+//! segment still on disk (recovery), then it follows the writer. The same code serves both,
+//! so recovery is exercised on every run, not only after crashes. Reading only what is synced
+//! matters: a record that is not durable may vanish in a crash, and its LSN would be reused.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+use tracing::error;
+
+use super::{decode_frame, io_err, DurableEnd, Frame, Lsn, Segments, WalError, FRAME_HEADER_LEN};
+use crate::metrics::StorageMetrics;
+
+/// One record read from the log.
+#[derive(Debug)]
+pub struct TailRecord {
+    pub lsn: Lsn,
+    pub payload: Vec<u8>,
+}
+
+struct OpenSegment {
+    first: Lsn,
+    file: File,
+    offset: u64,
+    /// LSN the next frame must carry.
+    expected: Lsn,
+}
+
+/// A cursor over the durable part of the log.
+pub struct Tail {
+    segments: Arc<Segments>,
+    durable: watch::Receiver<DurableEnd>,
+    current: Option<OpenSegment>,
+    /// First LSN of the newest segment read to its end.
+    finished: Option<Lsn>,
+    /// LSN of the next record to return: everything below it has been read.
+    cursor: Lsn,
+    metrics: StorageMetrics,
+    buf: Vec<u8>,
+}
+
+impl Tail {
+    pub fn new(
+        segments: Arc<Segments>,
+        durable: watch::Receiver<DurableEnd>,
+        metrics: StorageMetrics,
+    ) -> Result<Self, WalError> {
+        let cursor = match segments.list()?.first() {
+            Some(&first) => first,
+            None => durable.borrow().next_lsn,
+        };
+        Ok(Tail {
+            cursor,
+            segments,
+            durable,
+            current: None,
+            finished: None,
+            metrics,
+            buf: Vec::new(),
+        })
+    }
+
+    /// Waits until the durable end moves; false when the writer has stopped.
+    pub async fn changed(&mut self) -> bool {
+        self.durable.changed().await.is_ok()
+    }
+
+    /// The durable end as last published by the writer.
+    pub fn durable_end(&self) -> DurableEnd {
+        *self.durable.borrow()
+    }
+
+    /// LSN of the next record this tail will return; every record below it has been read.
+    pub fn next_lsn(&self) -> Lsn {
+        self.cursor
+    }
+
+    /// Whether every durable record has been read.
+    pub fn caught_up(&self) -> bool {
+        let durable = self.durable_end();
+        match &self.current {
+            Some(open) => open.first == durable.segment && open.offset >= durable.end,
+            None => self.finished.is_some_and(|f| f >= durable.segment),
+        }
+    }
+
+    /// Reads durable records not read yet, about `bytes_max` bytes at most (always at least one
+    /// record when one is available). An empty result means the tail is caught up.
+    pub fn read(&mut self, bytes_max: usize) -> Result<Vec<TailRecord>, WalError> {
+        let durable = *self.durable.borrow();
+        let mut out = Vec::new();
+        let mut taken = 0usize;
+        while taken < bytes_max {
+            if self.current.is_none() && !self.open_next(durable)? {
+                break;
+            }
+            let Some(open) = self.current.as_mut() else {
+                break;
+            };
+            let path = self.segments.path_of(open.first);
+            let sealed = open.first != durable.segment;
+            let limit = if sealed {
+                open.file.metadata().map_err(io_err(&path))?.len()
+            } else {
+                durable.end
+            };
+            if open.offset >= limit {
+                if sealed {
+                    self.finished = Some(open.first);
+                    self.current = None;
+                    continue;
+                }
+                break;
+            }
+            let available = (limit - open.offset) as usize;
+            let mut want = available.min((bytes_max - taken).max(FRAME_HEADER_LEN));
+            loop {
+                self.buf.resize(want, 0);
+                open.file
+                    .read_exact_at(&mut self.buf, open.offset)
+                    .map_err(io_err(&path))?;
+                // Grow the read to hold at least the first whole frame.
+                if want < available && want >= FRAME_HEADER_LEN {
+                    let len =
+                        u32::from_le_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]])
+                            as usize;
+                    let need = FRAME_HEADER_LEN.saturating_add(len);
+                    if need > want && need <= available {
+                        want = need;
+                        continue;
+                    }
+                }
+                break;
+            }
+            let mut pos = 0;
+            let mut corrupt = false;
+            while pos < self.buf.len() {
+                match decode_frame(&self.buf[pos..]) {
+                    Frame::Record { lsn, payload, len } if lsn == open.expected => {
+                        out.push(TailRecord {
+                            lsn,
+                            payload: payload.to_vec(),
+                        });
+                        taken += len;
+                        pos += len;
+                        open.expected += 1;
+                        self.cursor = open.expected;
+                    }
+                    // A frame cut by the size of this read continues in the next one.
+                    Frame::Incomplete if pos > 0 && want < available => break,
+                    _ => {
+                        corrupt = true;
+                        break;
+                    }
+                }
+            }
+            open.offset += pos as u64;
+            if corrupt {
+                self.metrics.wal_corrupt_records_total.inc();
+                error!(
+                    segment = %path.display(),
+                    offset = open.offset,
+                    "corrupt WAL record; the rest of this segment is skipped"
+                );
+                if !sealed {
+                    // The writer's own segment cannot be skipped past; stop here.
+                    break;
+                }
+                self.finished = Some(open.first);
+                self.current = None;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Opens the segment after the last finished one; false when there is none yet.
+    fn open_next(&mut self, durable: DurableEnd) -> Result<bool, WalError> {
+        let list = self.segments.list()?;
+        let next = list
+            .into_iter()
+            .find(|&first| self.finished.is_none_or(|f| first > f) && first <= durable.segment);
+        let Some(first) = next else {
+            return Ok(false);
+        };
+        let path = self.segments.path_of(first);
+        let file = File::open(&path).map_err(io_err(&path))?;
+        self.cursor = self.cursor.max(first);
+        self.current = Some(OpenSegment {
+            first,
+            file,
+            offset: 0,
+            expected: first,
+        });
+        Ok(true)
+    }
+}

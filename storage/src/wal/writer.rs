@@ -1,0 +1,337 @@
+//! The WAL writer: one thread owns the active segment, takes appends from a bounded queue and
+//! makes them durable in groups.
+//!
+//! Group commit: the thread takes every append waiting in the queue (up to
+//! `group_commit_bytes_max`), writes them with one `pwrite`, syncs once with `fdatasync`, then
+//! answers all of them. While it syncs, new appends queue up and form the next group, so the
+//! number of syncs per second stays bounded however many requests arrive.
+//!
+//! An `fdatasync` error poisons the log: after a failed sync Linux may have dropped the dirty
+//! pages, so nothing written since the last good sync can be trusted and the node must restart
+//! (recovery then cuts the log back to what is really on disk).
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::{error, info, warn};
+
+use super::{
+    decode_frame, encode_frame, io_err, sync_dir, DurableEnd, Frame, Lsn, Segments, WalError,
+    RECORD_BYTES_MAX,
+};
+use crate::metrics::StorageMetrics;
+
+/// Settings of the write-ahead log.
+#[derive(Debug, Clone)]
+pub struct WalConfig {
+    /// Directory of the segment files.
+    pub dir: PathBuf,
+    /// A segment is sealed and a new one started once it holds this many bytes.
+    pub segment_bytes_max: u64,
+    /// Disk quota: appends are refused while the segments hold this many bytes.
+    pub bytes_max: u64,
+    /// Appends waiting for the writer; senders wait when it is full.
+    pub queue_len: usize,
+    /// Most bytes written and synced as one group.
+    pub group_commit_bytes_max: usize,
+}
+
+impl WalConfig {
+    pub fn new(dir: PathBuf) -> Self {
+        WalConfig {
+            dir,
+            segment_bytes_max: 64 << 20,
+            bytes_max: 4 << 30,
+            queue_len: 8192,
+            group_commit_bytes_max: 16 << 20,
+        }
+    }
+}
+
+struct Append {
+    payload: Vec<u8>,
+    done: oneshot::Sender<Result<Lsn, WalError>>,
+}
+
+/// Handle to the write-ahead log; clones share one writer thread.
+#[derive(Clone)]
+pub struct Wal {
+    tx: mpsc::Sender<Append>,
+    segments: Arc<Segments>,
+    durable: watch::Receiver<DurableEnd>,
+    poisoned: Arc<AtomicBool>,
+    bytes_max: u64,
+}
+
+impl Wal {
+    /// Opens (or creates) the log in `config.dir`, cuts off a torn tail left by a crash, and
+    /// starts the writer thread. `min_next_lsn` guards against LSN reuse should the segment
+    /// files ever be lost while the upload progress survived.
+    pub fn open(
+        config: WalConfig,
+        min_next_lsn: Lsn,
+        metrics: StorageMetrics,
+    ) -> Result<Wal, WalError> {
+        std::fs::create_dir_all(&config.dir).map_err(io_err(&config.dir))?;
+        let segments = Arc::new(Segments::new(config.dir.clone()));
+        let (segment_first, segment_len, next_lsn) = recover_last_segment(&segments, min_next_lsn)?;
+        let path = segments.path_of(segment_first);
+        let file = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(&config.dir)?;
+        segments.recount()?;
+        segments.set_active(segment_first);
+        metrics.wal_bytes.set(segments.bytes() as i64);
+        metrics.wal_segments.set(segments.count() as i64);
+
+        let durable = DurableEnd {
+            segment: segment_first,
+            end: segment_len,
+            next_lsn,
+        };
+        let (durable_tx, durable_rx) = watch::channel(durable);
+        let (tx, rx) = mpsc::channel(config.queue_len.max(1));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            segments: segments.clone(),
+            file,
+            segment_first,
+            segment_len,
+            next_lsn,
+            segment_bytes_max: config.segment_bytes_max,
+            group_commit_bytes_max: config.group_commit_bytes_max,
+            poisoned: poisoned.clone(),
+            metrics,
+        };
+        std::thread::Builder::new()
+            .name("sluice-wal".into())
+            .spawn(move || writer.run(rx, durable_tx))
+            .map_err(io_err(&config.dir))?;
+        info!(dir = %config.dir.display(), next_lsn, "WAL open");
+        Ok(Wal {
+            tx,
+            segments,
+            durable: durable_rx,
+            poisoned,
+            bytes_max: config.bytes_max,
+        })
+    }
+
+    /// Appends one record and returns its LSN once it is durable on disk.
+    pub async fn append(&self, payload: Vec<u8>) -> Result<Lsn, WalError> {
+        if payload.len() > RECORD_BYTES_MAX {
+            return Err(WalError::RecordTooLarge(payload.len()));
+        }
+        self.check_room(payload.len())?;
+        let (done, rx) = oneshot::channel();
+        self.tx
+            .send(Append { payload, done })
+            .await
+            .map_err(|_| WalError::Closed)?;
+        rx.await.map_err(|_| WalError::Closed)?
+    }
+
+    /// Whether `bytes` more would still fit in the disk quota, and the log takes writes.
+    pub fn check_room(&self, bytes: usize) -> Result<(), WalError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(WalError::Poisoned);
+        }
+        let on_disk = self.segments.bytes();
+        if on_disk.saturating_add(bytes as u64) > self.bytes_max {
+            return Err(WalError::QuotaExceeded {
+                bytes: on_disk,
+                quota: self.bytes_max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Whether the log still takes writes (false after an fsync failure).
+    pub fn is_healthy(&self) -> bool {
+        !self.poisoned.load(Ordering::Relaxed)
+    }
+
+    pub fn segments(&self) -> Arc<Segments> {
+        self.segments.clone()
+    }
+
+    /// Follows the durable end of the log.
+    pub fn durable(&self) -> watch::Receiver<DurableEnd> {
+        self.durable.clone()
+    }
+
+    /// Configured disk quota in bytes.
+    pub fn bytes_max(&self) -> u64 {
+        self.bytes_max
+    }
+}
+
+/// Scans the newest segment, cuts a torn tail, and says which segment to write next:
+/// `(first_lsn, current_len, next_lsn)`.
+fn recover_last_segment(
+    segments: &Segments,
+    min_next_lsn: Lsn,
+) -> Result<(Lsn, u64, Lsn), WalError> {
+    let min_next_lsn = min_next_lsn.max(1);
+    let Some(&last) = segments.list()?.last() else {
+        return Ok((min_next_lsn, 0, min_next_lsn));
+    };
+    let path = segments.path_of(last);
+    let data = std::fs::read(&path).map_err(io_err(&path))?;
+    let mut pos = 0;
+    let mut expected = last;
+    while let Frame::Record { lsn, len, .. } = decode_frame(&data[pos..]) {
+        if lsn != expected {
+            break;
+        }
+        pos += len;
+        expected += 1;
+    }
+    if pos < data.len() {
+        warn!(
+            segment = %path.display(),
+            valid_bytes = pos,
+            cut_bytes = data.len() - pos,
+            "cutting the unacknowledged torn tail of the WAL"
+        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        file.set_len(pos as u64).map_err(io_err(&path))?;
+        file.sync_all().map_err(io_err(&path))?;
+    }
+    let next_lsn = expected.max(min_next_lsn);
+    if pos == 0 && next_lsn == last {
+        // An empty newest segment: keep writing into it.
+        Ok((last, 0, next_lsn))
+    } else {
+        Ok((next_lsn, 0, next_lsn))
+    }
+}
+
+/// State owned by the writer thread.
+struct Writer {
+    segments: Arc<Segments>,
+    file: File,
+    segment_first: Lsn,
+    segment_len: u64,
+    next_lsn: Lsn,
+    segment_bytes_max: u64,
+    group_commit_bytes_max: usize,
+    poisoned: Arc<AtomicBool>,
+    metrics: StorageMetrics,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Append>, durable_tx: watch::Sender<DurableEnd>) {
+        let mut group: Vec<Append> = Vec::new();
+        let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
+        while let Some(first) = rx.blocking_recv() {
+            let mut bytes = first.payload.len();
+            group.push(first);
+            while bytes < self.group_commit_bytes_max {
+                match rx.try_recv() {
+                    Ok(next) => {
+                        bytes += next.payload.len();
+                        group.push(next);
+                    }
+                    Err(_) => break,
+                }
+            }
+            match self.commit(&group, &mut buf) {
+                Ok(first_lsn) => {
+                    durable_tx.send_replace(DurableEnd {
+                        segment: self.segment_first,
+                        end: self.segment_len,
+                        next_lsn: self.next_lsn,
+                    });
+                    for (i, append) in group.drain(..).enumerate() {
+                        let _ = append.done.send(Ok(first_lsn + i as u64));
+                    }
+                }
+                Err(err) => {
+                    error!(error = %err, records = group.len(), "WAL commit failed");
+                    let message = err.to_string();
+                    for append in group.drain(..) {
+                        let _ = append.done.send(Err(WalError::Io {
+                            path: self.segments.path_of(self.segment_first),
+                            source: std::io::Error::other(message.clone()),
+                        }));
+                    }
+                }
+            }
+            if buf.capacity() > 4 * self.group_commit_bytes_max {
+                buf = Vec::with_capacity(1 << 20);
+            }
+        }
+    }
+
+    /// Writes and syncs one group; returns the LSN of its first record.
+    fn commit(&mut self, group: &[Append], buf: &mut Vec<u8>) -> Result<Lsn, WalError> {
+        if self.poisoned.load(Ordering::Relaxed) {
+            return Err(WalError::Poisoned);
+        }
+        if self.segment_len >= self.segment_bytes_max {
+            self.rotate()?;
+        }
+        buf.clear();
+        let first = self.next_lsn;
+        for (i, append) in group.iter().enumerate() {
+            encode_frame(buf, first + i as u64, &append.payload);
+        }
+        let path = self.segments.path_of(self.segment_first);
+        if let Err(err) = self.file.write_all_at(buf, self.segment_len) {
+            // Cut whatever part of the group reached the file; the LSNs are reused.
+            let _ = self.file.set_len(self.segment_len);
+            return Err(io_err(&path)(err));
+        }
+        let started = Instant::now();
+        if let Err(err) = self.file.sync_data() {
+            self.poisoned.store(true, Ordering::Relaxed);
+            return Err(io_err(&path)(err));
+        }
+        self.metrics
+            .wal_fsync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .wal_group_commit_records
+            .observe(group.len() as f64);
+        self.metrics.wal_records_total.inc_by(group.len() as u64);
+        self.metrics
+            .wal_appended_bytes_total
+            .inc_by(buf.len() as u64);
+        self.segment_len += buf.len() as u64;
+        self.next_lsn += group.len() as u64;
+        self.segments.add_bytes(buf.len() as u64);
+        self.metrics.wal_bytes.set(self.segments.bytes() as i64);
+        Ok(first)
+    }
+
+    /// Seals the active segment (already synced) and starts the next one.
+    fn rotate(&mut self) -> Result<(), WalError> {
+        let path = self.segments.path_of(self.next_lsn);
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        sync_dir(self.segments.dir())?;
+        self.file = file;
+        self.segment_first = self.next_lsn;
+        self.segment_len = 0;
+        self.segments.set_active(self.segment_first);
+        self.segments.add_segment();
+        self.metrics.wal_segments.set(self.segments.count() as i64);
+        Ok(())
+    }
+}
