@@ -1,1 +1,28 @@
-pub fn _x() {}
+//! Sluice's data plane: takes events over HTTP (hyper on tokio-uring), checks every request
+//! against the node's configuration snapshot, and hands accepted batches to the storage
+//! pipeline, answering only once they are durable.
+//!
+//! - [`node`]: assembles and runs a node.
+//! - [`http_server`] and [`uring_io`]: the io_uring front end.
+//! - [`ingest`], [`parse`], [`problem`]: the ingest API, body parsing, problem+json refusals.
+//! - [`access`] and [`rate_limit`]: token checks against the snapshot, per-workspace rates.
+//! - [`config`], [`config_source`], [`bootstrap`]: settings, where the snapshot comes from.
+//! - [`metrics`]: `/metrics`.
+//!
+//! The data plane never calls the control plane on the request path.
+
+pub mod access;
+pub mod bootstrap;
+pub mod config;
+pub mod config_source;
+pub mod http_server;
+pub mod ingest;
+pub mod metrics;
+pub mod node;
+pub mod parse;
+pub mod problem;
+pub mod rate_limit;
+pub mod uring_io;
+
+pub use config::NodeConfig;
+pub use node::{Node, NodeError};

@@ -1,0 +1,128 @@
+//! Settings of a data-plane node, with their defaults. The `sluice` command fills this from a
+//! TOML file, `SLUICE_*` environment variables and flags (docs/configuration.md lists them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything a node needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Root of the node's files: WAL, caches, bootstrap, and the default lake.
+    pub data_dir: PathBuf,
+    /// Where Parquet files go; `<data-dir>/lake` when unset.
+    pub object_store: Option<String>,
+    /// Name of this node in object names; generated once and kept in the data dir when unset.
+    pub node_id: Option<String>,
+    /// A JSON snapshot file to serve from (watched for changes); the cache or the bootstrap
+    /// when unset.
+    pub config_snapshot: Option<PathBuf>,
+    pub http: HttpConfig,
+    pub batch: BatchConfig,
+    pub wal: WalSettings,
+    /// Events per second one workspace may send to this node, unless its config says otherwise.
+    pub workspace_events_per_second: u64,
+    /// How long shutdown waits for requests in flight and the last uploads.
+    pub shutdown_grace_ms: u64,
+}
+
+/// Limits of the HTTP front end.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub addr: SocketAddr,
+    /// io_uring runtimes (threads); one per core when 0.
+    pub threads: usize,
+    pub connections_max: usize,
+    /// Largest request head (request line and headers).
+    pub header_bytes_max: usize,
+    /// Largest request body as sent.
+    pub body_bytes_max: usize,
+    /// Largest body after gzip/zstd decompression.
+    pub decoded_body_bytes_max: usize,
+    pub events_per_request_max: usize,
+    /// Bytes of request bodies held in memory by all requests together.
+    pub inflight_bytes_max: usize,
+    pub header_read_timeout_ms: u64,
+    pub body_read_timeout_ms: u64,
+    /// A connection with no bytes arriving for this long is closed.
+    pub idle_timeout_ms: u64,
+}
+
+/// When a batch becomes a Parquet file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BatchConfig {
+    pub max_rows: usize,
+    pub max_bytes: usize,
+    pub max_age_ms: u64,
+    /// Memory for open batches and files awaiting upload, all sources together.
+    pub held_bytes_max: usize,
+    pub uploads_max: usize,
+}
+
+/// Write-ahead log limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WalSettings {
+    /// Disk quota; past it ingest answers 503.
+    pub bytes_max: u64,
+    pub segment_bytes: u64,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            data_dir: PathBuf::from("data"),
+            object_store: None,
+            node_id: None,
+            config_snapshot: None,
+            http: HttpConfig::default(),
+            batch: BatchConfig::default(),
+            wal: WalSettings::default(),
+            workspace_events_per_second: 1_000_000,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
+            threads: 0,
+            connections_max: 10_000,
+            header_bytes_max: 16 << 10,
+            body_bytes_max: 8 << 20,
+            decoded_body_bytes_max: 64 << 20,
+            events_per_request_max: 100_000,
+            inflight_bytes_max: 512 << 20,
+            header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 30_000,
+            idle_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_rows: 1_000_000,
+            max_bytes: 128 << 20,
+            max_age_ms: 60_000,
+            held_bytes_max: 512 << 20,
+            uploads_max: 4,
+        }
+    }
+}
+
+impl Default for WalSettings {
+    fn default() -> Self {
+        WalSettings {
+            bytes_max: 4 << 30,
+            segment_bytes: 64 << 20,
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! Where a node's configuration comes from, until the control plane streams it: a snapshot
+//! file (watched for changes), else the last-known-good copy in the redb cache, else a fresh
+//! bootstrap (see [`crate::bootstrap`]).
+//!
+//! Every snapshot is validated before it is cached or applied; an invalid or older one is
+//! logged and ignored, and the node keeps serving the configuration it has.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime};
+
+use sluice_storage::cache::ConfigCache;
+use sluice_storage::snapshot::ConfigSnapshot;
+use tokio::sync::watch;
+use tracing::{error, info, warn};
+
+use crate::access::Access;
+use crate::metrics::HttpMetrics;
+
+/// How often the snapshot file is checked for changes.
+const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Errors reading a snapshot file.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("reading config snapshot {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config snapshot {path} is not valid JSON for a snapshot: {source}")]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("config snapshot {path}: {source}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: sluice_storage::snapshot::SnapshotError,
+    },
+}
+
+/// Reads and validates a snapshot file.
+pub fn read_snapshot_file(path: &Path) -> Result<ConfigSnapshot, SourceError> {
+    let bytes = std::fs::read(path).map_err(|source| SourceError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let snapshot: ConfigSnapshot =
+        serde_json::from_slice(&bytes).map_err(|source| SourceError::Parse {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    snapshot.validate().map_err(|source| SourceError::Invalid {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(snapshot)
+}
+
+/// Polls a snapshot file and applies newer versions.
+pub struct SnapshotWatch {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl SnapshotWatch {
+    pub fn start(
+        path: PathBuf,
+        cache: Arc<ConfigCache>,
+        access: Arc<Access>,
+        metrics: Arc<HttpMetrics>,
+    ) -> std::io::Result<Self> {
+        let (stop, mut stop_rx) = watch::channel(false);
+        let thread = std::thread::Builder::new()
+            .name("sluice-config-watch".into())
+            .spawn(move || {
+                let mut seen = stamp(&path);
+                while !*stop_rx.borrow_and_update() {
+                    std::thread::sleep(WATCH_INTERVAL);
+                    let now = stamp(&path);
+                    if now == seen {
+                        continue;
+                    }
+                    seen = now;
+                    apply_file(&path, &cache, &access, &metrics);
+                }
+            })?;
+        Ok(SnapshotWatch {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for SnapshotWatch {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+    let meta = std::fs::metadata(path).ok()?;
+    Some((meta.modified().ok()?, meta.len()))
+}
+
+fn apply_file(path: &Path, cache: &ConfigCache, access: &Access, metrics: &HttpMetrics) {
+    let snapshot = match read_snapshot_file(path) {
+        Ok(snapshot) => snapshot,
+        Err(err) => {
+            error!(error = %err, "config snapshot change ignored; keeping the current configuration");
+            return;
+        }
+    };
+    let current = access.current().version;
+    if snapshot.version <= current {
+        warn!(
+            file_version = snapshot.version,
+            current, "config snapshot file changed without a higher version; ignored"
+        );
+        return;
+    }
+    if let Err(err) = cache.store(&snapshot) {
+        error!(error = %err, "caching the new config snapshot failed; applying it anyway");
+    }
+    access.apply(&snapshot);
+    metrics.config_version.set(snapshot.version as i64);
+    info!(version = snapshot.version, "config snapshot applied");
+}

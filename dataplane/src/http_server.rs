@@ -1,0 +1,168 @@
+//! The HTTP front end: one tokio-uring runtime per thread, each with its own `SO_REUSEPORT`
+//! listener so the kernel spreads connections across cores, hyper serving every connection
+//! through [`UringIo`].
+//!
+//! Limits enforced here: the connection count (over it, new connections are closed at once),
+//! the request-head size and read timeout (hyper), and the idle timeout ([`UringIo`]).
+
+use std::cell::Cell;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use hyper::server::conn::http1;
+use hyper_util::rt::TokioTimer;
+use socket2::{Domain, Socket, Type};
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use crate::ingest::Api;
+use crate::uring_io::UringIo;
+
+/// The running front end.
+pub struct HttpServer {
+    addr: SocketAddr,
+    stop: watch::Sender<Option<Instant>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl HttpServer {
+    /// Binds `api.limits.addr` and starts the runtimes.
+    pub fn start(api: Arc<Api>) -> std::io::Result<HttpServer> {
+        let threads = match api.limits.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let first = bind(api.limits.addr)?;
+        let addr = first.local_addr()?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(bind(addr)?);
+        }
+        let (stop, stop_rx) = watch::channel(None);
+        let open = Arc::new(AtomicUsize::new(0));
+        let mut handles = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let api = api.clone();
+            let stop_rx = stop_rx.clone();
+            let open = open.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-http-{i}"))
+                    .spawn(move || {
+                        tokio_uring::builder()
+                            .entries(1024)
+                            .start(accept_loop(listener, api, stop_rx, open));
+                    })?,
+            );
+        }
+        info!(%addr, threads, "HTTP ingest listening (io_uring)");
+        Ok(HttpServer {
+            addr,
+            stop,
+            threads: handles,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting, lets requests in flight finish until `deadline`, then closes the rest.
+    pub fn shutdown(self, deadline: Instant) {
+        let _ = self.stop.send(Some(deadline));
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    mut stop: watch::Receiver<Option<Instant>>,
+    open: Arc<AtomicUsize>,
+) {
+    let listener = tokio_uring::net::TcpListener::from_std(listener);
+    let local = Rc::new(Cell::new(0usize));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    if open.fetch_add(1, Ordering::AcqRel) >= api.limits.connections_max {
+                        open.fetch_sub(1, Ordering::AcqRel);
+                        api.metrics.connections_refused_total.inc();
+                        debug!(%peer, "connection limit reached; closing new connection");
+                        drop(stream);
+                        continue;
+                    }
+                    let _ = stream.set_nodelay(true);
+                    api.metrics.connections.inc();
+                    local.set(local.get() + 1);
+                    let (api, stop, open, local) =
+                        (api.clone(), stop.clone(), open.clone(), local.clone());
+                    tokio_uring::spawn(async move {
+                        serve(stream, api.clone(), stop).await;
+                        api.metrics.connections.dec();
+                        open.fetch_sub(1, Ordering::AcqRel);
+                        local.set(local.get() - 1);
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    warn!(error = %err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            },
+            _ = stop.changed() => break,
+        }
+    }
+    let deadline = (*stop.borrow()).unwrap_or_else(Instant::now);
+    while local.get() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+async fn serve(
+    stream: tokio_uring::net::TcpStream,
+    api: Arc<Api>,
+    mut stop: watch::Receiver<Option<Instant>>,
+) {
+    let limits = &api.limits;
+    let io = UringIo::new(stream, Duration::from_millis(limits.idle_timeout_ms));
+    let handler = api.clone();
+    let service = hyper::service::service_fn(move |req| {
+        let api = handler.clone();
+        async move { Ok::<_, Infallible>(api.handle(req).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Some(Duration::from_millis(limits.header_read_timeout_ms)))
+        .max_buf_size(limits.header_bytes_max.max(8192))
+        .max_headers(100)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = stop.changed() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        debug!(error = %err, "connection ended with an error");
+    }
+}

@@ -1,0 +1,94 @@
+//! The node's Prometheus registry: request metrics of the front end plus the storage
+//! pipeline's metrics, served at `/metrics`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use sluice_storage::metrics::StorageMetrics;
+
+/// `outcome` is `accepted` or a problem slug (`invalid-token`, `body-too-large`, ...).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Outcome {
+    pub outcome: &'static str,
+}
+
+/// Metrics of the HTTP front end.
+pub struct HttpMetrics {
+    pub requests_total: Family<Outcome, Counter>,
+    pub events_total: Family<Outcome, Counter>,
+    pub body_bytes_total: Counter,
+    pub connections: Gauge,
+    pub connections_refused_total: Counter,
+    pub ack_seconds: Histogram,
+    pub config_version: Gauge,
+    registry: Registry,
+}
+
+impl HttpMetrics {
+    pub fn new(storage: &StorageMetrics) -> Self {
+        let mut registry = Registry::with_prefix("sluice");
+        let metrics = HttpMetrics {
+            requests_total: Family::default(),
+            events_total: Family::default(),
+            body_bytes_total: Counter::default(),
+            connections: Gauge::default(),
+            connections_refused_total: Counter::default(),
+            // 50 µs .. ~3 s
+            ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            config_version: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "http_requests",
+            "Ingest requests by outcome",
+            metrics.requests_total.clone(),
+        );
+        registry.register(
+            "events",
+            "Events by outcome (accepted or the refusal)",
+            metrics.events_total.clone(),
+        );
+        registry.register(
+            "http_body_bytes",
+            "Request body bytes received by ingest (as sent, before decompression)",
+            metrics.body_bytes_total.clone(),
+        );
+        registry.register(
+            "http_connections",
+            "Open HTTP connections",
+            metrics.connections.clone(),
+        );
+        registry.register(
+            "http_connections_refused",
+            "Connections closed at once because the connection limit was reached",
+            metrics.connections_refused_total.clone(),
+        );
+        registry.register(
+            "ingest_ack_seconds",
+            "Time from request start to a durable 202",
+            metrics.ack_seconds.clone(),
+        );
+        registry.register(
+            "config_version",
+            "Version of the configuration snapshot in use",
+            metrics.config_version.clone(),
+        );
+        storage.register(&mut registry);
+        HttpMetrics {
+            registry,
+            ..metrics
+        }
+    }
+
+    /// The registry in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}

@@ -1,0 +1,233 @@
+//! A data-plane node: opens the WAL, the upload progress, the lake and the config, starts the
+//! shipper and the HTTP front end, and shuts them down in order (stop taking requests, let the
+//! ones in flight finish, then upload what the WAL holds, as far as the grace period allows).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sluice_storage::cache::{CacheError, ConfigCache};
+use sluice_storage::lake::{Lake, LakeError};
+use sluice_storage::metrics::StorageMetrics;
+use sluice_storage::progress::{Progress, ProgressError};
+use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
+use sluice_storage::snapshot::ConfigSnapshot;
+use sluice_storage::wal::{Wal, WalConfig, WalError};
+use tracing::{info, warn};
+
+use crate::access::{Access, RateDefaults};
+use crate::bootstrap::{self, Bootstrap};
+use crate::config::NodeConfig;
+use crate::config_source::{self, SnapshotWatch, SourceError};
+use crate::http_server::HttpServer;
+use crate::ingest::Api;
+use crate::metrics::HttpMetrics;
+
+/// Errors that keep a node from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    Wal(#[from] WalError),
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    #[error(transparent)]
+    Shipper(#[from] ShipperError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
+    let context = context.into();
+    move |source| NodeError::Io { context, source }
+}
+
+/// A running node.
+pub struct Node {
+    http: HttpServer,
+    shipper: ShipperHandle,
+    _watch: Option<SnapshotWatch>,
+    grace: Duration,
+    bootstrap: Option<Bootstrap>,
+    lake_url: String,
+    lake_local: Option<PathBuf>,
+}
+
+impl Node {
+    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+        let data_dir = config.data_dir.clone();
+        std::fs::create_dir_all(&data_dir)
+            .map_err(io(format!("creating data dir {}", data_dir.display())))?;
+        let node_id = match &config.node_id {
+            Some(id) => id.clone(),
+            None => node_id(&data_dir)?,
+        };
+        let lake_spec = config
+            .object_store
+            .clone()
+            .unwrap_or_else(|| data_dir.join("lake").display().to_string());
+        let lake = Lake::open(&lake_spec)?;
+        let storage_metrics = StorageMetrics::default();
+        let metrics = Arc::new(HttpMetrics::new(&storage_metrics));
+
+        let progress = Progress::open(&data_dir.join("progress.redb"))?;
+        let min_next_lsn = progress.load()?.values().max().map_or(1, |lsn| lsn + 1);
+        let mut wal_config = WalConfig::new(data_dir.join("wal"));
+        wal_config.bytes_max = config.wal.bytes_max;
+        wal_config.segment_bytes_max = config.wal.segment_bytes;
+        let wal = Wal::open(wal_config, min_next_lsn, storage_metrics.clone())?;
+
+        let mut shipper_config = ShipperConfig::new(node_id.clone());
+        shipper_config.batch_max_rows = config.batch.max_rows;
+        shipper_config.batch_max_bytes = config.batch.max_bytes;
+        shipper_config.batch_max_age = Duration::from_millis(config.batch.max_age_ms);
+        shipper_config.held_bytes_max = config.batch.held_bytes_max;
+        shipper_config.uploads_max = config.batch.uploads_max.max(1);
+        let lake_url = lake.url().to_owned();
+        let lake_local = lake.local_root().map(Path::to_path_buf);
+        let shipper = shipper::start(
+            shipper_config,
+            &wal,
+            progress,
+            lake,
+            storage_metrics.clone(),
+        )?;
+
+        let cache = Arc::new(ConfigCache::open(&data_dir.join("cache.redb"))?);
+        let (snapshot, mut bootstrap) = initial_config(&config, &cache)?;
+        let rates = RateDefaults {
+            events_per_second: config.workspace_events_per_second,
+            events_per_request_max: config.http.events_per_request_max as u64,
+        };
+        let access = Arc::new(Access::new(&snapshot, rates));
+        metrics.config_version.set(snapshot.version as i64);
+        let watch = match &config.config_snapshot {
+            Some(path) => Some(
+                SnapshotWatch::start(path.clone(), cache.clone(), access.clone(), metrics.clone())
+                    .map_err(io("starting the config snapshot watch"))?,
+            ),
+            None => None,
+        };
+
+        let api = Arc::new(Api::new(
+            access,
+            wal,
+            metrics,
+            shipper.status(),
+            config.http.clone(),
+        ));
+        let http =
+            HttpServer::start(api).map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
+
+        if let Some(b) = bootstrap.as_mut() {
+            let url = format!(
+                "http://{}/v1/ingest/{}/{}",
+                http.local_addr(),
+                b.workspace,
+                b.source
+            );
+            if b.http_url != url {
+                b.http_url = url;
+                bootstrap::write(&data_dir, b).map_err(io("writing bootstrap.json"))?;
+            }
+        }
+        info!(node = %node_id, lake = %lake_url, "data-plane node started");
+        Ok(Node {
+            http,
+            shipper,
+            _watch: watch,
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+            bootstrap,
+            lake_url,
+            lake_local,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http.local_addr()
+    }
+
+    /// The bootstrap workspace, source and token, when this node serves the bootstrap config.
+    pub fn bootstrap(&self) -> Option<&Bootstrap> {
+        self.bootstrap.as_ref()
+    }
+
+    pub fn lake_url(&self) -> &str {
+        &self.lake_url
+    }
+
+    /// The lake's directory when it is local.
+    pub fn lake_dir(&self) -> Option<&Path> {
+        self.lake_local.as_deref()
+    }
+
+    /// Graceful stop within the configured grace period.
+    pub fn shutdown(self) {
+        let deadline = Instant::now() + self.grace;
+        info!("stopping: no new requests; uploading what is buffered");
+        self.http.shutdown(deadline);
+        self.shipper.shutdown(deadline);
+        info!("stopped");
+    }
+}
+
+/// The snapshot to serve at start, and the bootstrap when the config is the bootstrap one.
+fn initial_config(
+    config: &NodeConfig,
+    cache: &ConfigCache,
+) -> Result<(ConfigSnapshot, Option<Bootstrap>), NodeError> {
+    let cached = cache.load()?;
+    if let Some(path) = &config.config_snapshot {
+        match (config_source::read_snapshot_file(path), cached) {
+            (Ok(file), Some(cached)) if cached.version > file.version => {
+                warn!(
+                    file_version = file.version,
+                    cached_version = cached.version,
+                    "the snapshot file is older than the cached snapshot; serving the cached one"
+                );
+                return Ok((cached, None));
+            }
+            (Ok(file), _) => {
+                cache.store(&file)?;
+                return Ok((file, None));
+            }
+            (Err(err), Some(cached)) => {
+                warn!(error = %err, version = cached.version, "serving the last-known-good cached snapshot");
+                return Ok((cached, None));
+            }
+            (Err(err), None) => return Err(err.into()),
+        }
+    }
+    if let Some(cached) = cached {
+        return Ok((cached, bootstrap::read(&config.data_dir)));
+    }
+    let (snapshot, bootstrap) = bootstrap::create();
+    bootstrap::write(&config.data_dir, &bootstrap).map_err(io("writing bootstrap.json"))?;
+    cache.store(&snapshot)?;
+    info!("first start: created workspace `default` with source `telemetry` and an ingest token");
+    Ok((snapshot, Some(bootstrap)))
+}
+
+/// This node's id, generated on first start and kept in `<data-dir>/node_id`.
+fn node_id(data_dir: &Path) -> Result<String, NodeError> {
+    let path = data_dir.join("node_id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = format!("node-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    std::fs::write(&path, format!("{id}\n")).map_err(io("writing node_id"))?;
+    Ok(id)
+}
