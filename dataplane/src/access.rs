@@ -69,8 +69,6 @@ pub struct Grant {
 #[derive(Debug, Clone, Copy)]
 pub struct RateDefaults {
     pub events_per_second: u64,
-    /// Events one request may carry; the bucket holds at least this many.
-    pub events_per_request_max: u64,
 }
 
 impl ConfigView {
@@ -82,7 +80,8 @@ impl ConfigView {
                 .events_per_second_max
                 .unwrap_or(rates.events_per_second)
                 .max(1);
-            let burst = rate.max(rates.events_per_request_max);
+            // One second's worth: a workspace may not exceed its rate even in one request.
+            let burst = rate;
             workspaces.insert(
                 ws.slug.clone(),
                 Arc::new(WorkspaceView {
@@ -239,7 +238,6 @@ mod tests {
         };
         let rates = RateDefaults {
             events_per_second: 10,
-            events_per_request_max: 10,
         };
         let access = Access::new(&snapshot, rates);
         let view = access.current();

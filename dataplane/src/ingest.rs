@@ -126,7 +126,10 @@ impl Api {
 
     fn readiness(&self) -> HttpResponse {
         let wal_ok = self.wal.is_healthy();
-        let wal_room = self.wal.check_room(0).is_ok();
+        // Not ready (take me out of the load balancer) once the WAL cannot take a typical
+        // request: a tenth of the quota or one largest body, whichever is smaller.
+        let typical = (self.wal.bytes_max() / 10).min(self.limits.body_bytes_max as u64);
+        let wal_room = self.wal.check_room(typical as usize).is_ok();
         let uploads_failing = self
             .shipper
             .failing
@@ -219,7 +222,8 @@ impl Api {
                     "rate-limited",
                     "Rate limit exceeded",
                     format!(
-                        "workspace {workspace} is over its event rate on this node; retry after {wait} s"
+                        "workspace {workspace} is over its event rate on this node; retry after {wait} s \
+                         (a single request may not carry more events than one second's rate)"
                     ),
                 )
                 .retry_after(wait),

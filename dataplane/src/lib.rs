@@ -7,7 +7,7 @@
 //! - [`ingest`], [`parse`], [`problem`]: the ingest API, body parsing, problem+json refusals.
 //! - [`access`] and [`rate_limit`]: token checks against the snapshot, per-workspace rates.
 //! - [`config`], [`config_source`], [`bootstrap`]: settings, where the snapshot comes from.
-//! - [`metrics`]: `/metrics`.
+//! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //!
 //! The data plane never calls the control plane on the request path.
 

@@ -107,7 +107,6 @@ impl Node {
         let (snapshot, mut bootstrap) = initial_config(&config, &cache)?;
         let rates = RateDefaults {
             events_per_second: config.workspace_events_per_second,
-            events_per_request_max: config.http.events_per_request_max as u64,
         };
         let access = Arc::new(Access::new(&snapshot, rates));
         metrics.config_version.set(snapshot.version as i64);

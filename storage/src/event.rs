@@ -121,16 +121,14 @@ impl IngestBatch {
     /// Bytes this batch occupies once encoded; used for quotas before encoding.
     pub fn encoded_len(&self) -> usize {
         let env = &self.envelope;
+        // version, first id, received_at, workspace id, protocol
         1 + 16
             + 8
             + 16
             + 1
-            + 2
-            + env.source.len()
-            + 3
-            + env.device_id.as_ref().map_or(0, String::len)
-            + 3
-            + env.topic.as_ref().map_or(0, String::len)
+            + str_len(Some(&env.source))
+            + str_len(env.device_id.as_deref())
+            + str_len(env.topic.as_deref())
             + 4
             + 4 * self.ends.len()
             + self.payloads.len()
@@ -200,6 +198,11 @@ impl IngestBatch {
             ends,
         })
     }
+}
+
+/// Encoded size of an optional string written by [`put_str`].
+fn str_len(value: Option<&str>) -> usize {
+    value.map_or(1, |s| 3 + s.len().min(u16::MAX as usize))
 }
 
 /// Writes an optional string as a presence byte, a u16 length and the bytes. Callers bound
@@ -302,8 +305,8 @@ mod tests {
 
     #[test]
     fn event_ids_are_distinct_and_keep_version_and_variant() {
-        let first = Uuid::from_u128(u128::MAX & !(0xF000 << 64) | (0x7000 << 64));
-        let first = Uuid::from_u128((first.as_u128() & !(0b11 << 62)) | (0b10 << 62));
+        // A first id whose random tail is all ones: adding wraps inside the tail.
+        let first = Uuid::from_u128(Uuid::now_v7().as_u128() | TAIL_MASK);
         let a = event_id(first, 0);
         let b = event_id(first, 1);
         assert_ne!(a, b);

@@ -19,7 +19,23 @@ use object_store::gcp::GoogleCloudStorageBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::memory::InMemory;
 use object_store::path::Path;
-use object_store::{ObjectStore, ObjectStoreExt, PutPayload, WriteMultipart};
+use object_store::{
+    BackoffConfig, ObjectStore, ObjectStoreExt, PutPayload, RetryConfig, WriteMultipart,
+};
+
+/// Retries inside one upload attempt. Kept short: the shipper retries failed uploads forever
+/// with its own backoff, and a long inner retry would hide an outage from `/readyz`.
+fn retry_config() -> RetryConfig {
+    RetryConfig {
+        backoff: BackoffConfig {
+            init_backoff: std::time::Duration::from_millis(100),
+            max_backoff: std::time::Duration::from_secs(2),
+            base: 2.0,
+        },
+        max_retries: 3,
+        retry_timeout: std::time::Duration::from_secs(15),
+    }
+}
 
 /// Files larger than this are uploaded in parts.
 const MULTIPART_THRESHOLD: usize = 16 << 20;
@@ -90,18 +106,21 @@ impl Lake {
             "memory" => Ok(lake(Arc::new(InMemory::new()), Path::default())),
             "s3" | "s3a" => {
                 let store = AmazonS3Builder::from_env()
+                    .with_retry(retry_config())
                     .with_bucket_name(bucket)
                     .build()?;
                 Ok(lake(Arc::new(store), prefix))
             }
             "gs" => {
                 let store = GoogleCloudStorageBuilder::from_env()
+                    .with_retry(retry_config())
                     .with_bucket_name(bucket)
                     .build()?;
                 Ok(lake(Arc::new(store), prefix))
             }
             "az" | "abfs" | "abfss" => {
                 let store = MicrosoftAzureBuilder::from_env()
+                    .with_retry(retry_config())
                     .with_container_name(bucket)
                     .build()?;
                 Ok(lake(Arc::new(store), prefix))

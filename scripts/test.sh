@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh machine: installs what the tests need, then runs
+# formatting, lints and every test.
+#
+# Installs (idempotent, cached between runs):
+#   - .venv/ with the duckdb Python package (tests read the Parquet output with DuckDB)
+#   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
+#   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}"
+mkdir -p "$tools"
+
+echo "== Python venv with duckdb"
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+.venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
+export SLUICE_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== s3s-fs (S3-compatible server for the s3:// tests)"
+if [ ! -x "$tools/bin/s3s-fs" ]; then
+  # 0.14.1 is the newest s3s-fs that builds with rustc 1.95.
+  cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools"
+fi
+export SLUICE_TEST_S3S_FS="$tools/bin/s3s-fs"
+
+echo "== cargo fmt"
+cargo fmt --all -- --check
+
+echo "== cargo clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+echo "== tests"
+if ! command -v cargo-nextest >/dev/null 2>&1; then
+  cargo install cargo-nextest --locked || true
+fi
+if command -v cargo-nextest >/dev/null 2>&1; then
+  cargo nextest run --workspace --no-fail-fast
+  # nextest does not run doctests.
+  cargo test --workspace --doc
+else
+  cargo test --workspace --no-fail-fast
+fi

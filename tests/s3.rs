@@ -1,0 +1,180 @@
+//! The `s3://` lake against a real S3-compatible server (s3s-fs, installed by
+//! scripts/test.sh), including an outage: the WAL absorbs events up to its quota, then ingest
+//! answers 503 with Retry-After, and when the server returns everything acknowledged arrives.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{duckdb, free_port, parquet_files, post, wait_for, Sluice};
+use serde_json::json;
+
+fn s3s_fs() -> PathBuf {
+    match std::env::var_os("SLUICE_TEST_S3S_FS") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME").expect("HOME");
+            Path::new(&home).join(".cache/sluice/tools/bin/s3s-fs")
+        }
+    }
+}
+
+struct S3Server {
+    child: Child,
+    port: u16,
+    root: PathBuf,
+}
+
+impl S3Server {
+    fn start(root: &Path, port: u16) -> S3Server {
+        let child = Command::new(s3s_fs())
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--access-key",
+                "sluice-test",
+                "--secret-key",
+                "sluice-test-secret",
+            ])
+            .arg(root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {} ({e}); scripts/test.sh installs it",
+                    s3s_fs().display()
+                )
+            });
+        let up = wait_for(Duration::from_secs(10), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "s3s-fs did not start");
+        S3Server {
+            child,
+            port,
+            root: root.to_path_buf(),
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let root = dir.path().join("s3");
+    std::fs::create_dir_all(root.join("lake-bucket")).expect("bucket dir");
+    let port = free_port();
+    let mut s3 = S3Server::start(&root, port);
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let envs = [
+        ("AWS_ENDPOINT", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_ACCESS_KEY_ID", "sluice-test"),
+        ("AWS_SECRET_ACCESS_KEY", "sluice-test-secret"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_VIRTUAL_HOSTED_STYLE_REQUEST", "false"),
+    ];
+    let data = dir.path().join("data");
+    let mut sluice = Sluice::start_with_env(
+        &data,
+        &[
+            "--object-store",
+            "s3://lake-bucket/events",
+            "--batch-max-age-ms",
+            "200",
+            "--wal-segment-bytes",
+            "8192",
+            "--wal-bytes-max",
+            "65536",
+        ],
+        &envs,
+    );
+    let boot = sluice.bootstrap();
+    let url = boot["http_url"].as_str().expect("url").to_owned();
+    let auth = format!("Bearer {}", boot["token"].as_str().expect("token"));
+    let headers = [
+        ("authorization", auth.as_str()),
+        ("content-type", "application/x-ndjson"),
+    ];
+    let batch = |from: usize, n: usize| -> Vec<u8> {
+        (from..from + n)
+            .flat_map(|i| format!("{{\"seq\":{i},\"pad\":\"{}\"}}\n", "x".repeat(40)).into_bytes())
+            .collect()
+    };
+
+    let mut acked = 0usize;
+    for round in 0..5 {
+        assert_eq!(
+            post(&url, &headers, &batch(acked, 20)).status,
+            202,
+            "round {round}"
+        );
+        acked += 20;
+    }
+    let lake = s3.root.join("lake-bucket/events");
+    assert!(
+        wait_for(Duration::from_secs(10), || parquet_files(&lake) > 0),
+        "no file reached S3; log: {}",
+        sluice.log()
+    );
+
+    // Outage: accepted into the WAL until its quota, then 503 storage-full with Retry-After.
+    s3.stop();
+    let mut refused = None;
+    for _ in 0..200 {
+        let answer = post(&url, &headers, &batch(acked, 20));
+        if answer.status == 202 {
+            acked += 20;
+        } else {
+            refused = Some(answer);
+            break;
+        }
+    }
+    let refused = refused.expect("the WAL quota was never reached");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(refused.problem(), "storage-full");
+    assert!(refused.retry_after.is_some());
+    assert!(acked > 100, "the WAL took events during the outage");
+    assert_eq!(sluice.readyz()["ready"], json!(false));
+
+    // Storage returns: everything acknowledged arrives, once, and ingest resumes.
+    let mut s3 = S3Server::start(&root, s3.port);
+    let arrived = wait_for(Duration::from_secs(60), || {
+        duckdb(&lake, "SELECT count(*) FROM {lake}")[0][0] == json!(acked)
+    });
+    assert!(
+        arrived,
+        "not every acknowledged event reached S3; log: {}",
+        sluice.log()
+    );
+    assert!(
+        wait_for(Duration::from_secs(10), || post(
+            &url,
+            &headers,
+            &batch(acked, 20)
+        )
+        .status
+            == 202),
+        "ingest did not resume"
+    );
+    acked += 20;
+    sluice.stop();
+    let rows = duckdb(
+        &lake,
+        "SELECT count(*), count(DISTINCT payload->>'seq') FROM {lake}",
+    );
+    assert_eq!(rows[0], vec![json!(acked), json!(acked)]);
+    s3.stop();
+}
