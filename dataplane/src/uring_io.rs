@@ -7,6 +7,9 @@
 //! flight, tokio-uring keeps the buffer alive until the kernel is done with it, so cancellation
 //! is safe.
 //!
+//! Dropping the adapter shuts the socket down, which completes any read still in flight; only
+//! then does tokio-uring release the descriptor (see `Drop`).
+//!
 //! It also enforces the idle timeout: a read that sees no bytes for `idle_timeout` fails with
 //! `TimedOut`, which closes half-open and silent connections.
 
@@ -68,6 +71,16 @@ impl UringIo {
             }
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+impl Drop for UringIo {
+    fn drop(&mut self) {
+        // tokio-uring closes the socket only once every operation on it has completed, and a
+        // read from a silent peer never completes: without this, a timed-out or abandoned
+        // connection would keep its fd and its slot forever. Shutting the socket down makes
+        // the kernel complete the pending read, after which the fd is closed.
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
     }
 }
 
