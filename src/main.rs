@@ -72,10 +72,10 @@ struct NodeArgs {
     #[arg(long, env = "SLUICE_WAL_SEGMENT_BYTES")]
     wal_segment_bytes: Option<u64>,
     /// Largest request body in bytes [default: 8388608].
-    #[arg(long, env = "SLUICE_HTTP_BODY_BYTES_MAX")]
+    #[arg(long = "http-body-bytes-max", env = "SLUICE_HTTP_BODY_BYTES_MAX")]
     body_bytes_max: Option<usize>,
     /// Open HTTP connections at most [default: 10000].
-    #[arg(long, env = "SLUICE_HTTP_CONNECTIONS_MAX")]
+    #[arg(long = "http-connections-max", env = "SLUICE_HTTP_CONNECTIONS_MAX")]
     connections_max: Option<usize>,
     /// Events per second per workspace on this node [default: 1000000].
     #[arg(long, env = "SLUICE_WORKSPACE_EVENTS_PER_SECOND")]
@@ -151,9 +151,9 @@ fn run_node(config: NodeConfig) -> Result<()> {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| node.lake_url().to_owned());
         tracing::info!(
-            "ready. Send an event:\n\n  curl -X POST {url} \\\n    -H 'Authorization: Bearer {token}' \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"device\":\"probe-1\",\"temp_c\":21.5}}'\n\nQuery the Parquet files (written every --batch-max-age-ms) with DuckDB:\n\n  duckdb -c \"SELECT received_at, device_id, payload->>'temp_c' AS temp_c FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)\"\n\nThe token is also in bootstrap.json in the data dir.",
+            "ready. Send an event (the token is in {boot}):\n\n  TOKEN=$(python3 -c \"import json; print(json.load(open('{boot}'))['token'])\")\n  curl -X POST {url} \\\n    -H \"Authorization: Bearer $TOKEN\" \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"device\":\"probe-1\",\"temp_c\":21.5}}'\n\nQuery the Parquet files (written every --batch-max-age-ms) with DuckDB:\n\n  duckdb -c \"SELECT received_at, device_id, payload->>'temp_c' AS temp_c FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)\"",
             url = b.http_url,
-            token = b.token,
+            boot = node.bootstrap_path().display(),
         );
     }
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -204,7 +204,7 @@ fn every_body_form_and_encoding_lands_in_parquet_intact() {
 
 #[test]
 fn refusals_are_problem_json_with_stable_types_and_write_nothing() {
-    let f = start_with_snapshot(&["--body-bytes-max", "262144"]);
+    let f = start_with_snapshot(&["--http-body-bytes-max", "262144"]);
     let s = &f.sluice;
     let tele = s.ingest_url("alpha", "telemetry");
     let ok_body: &[u8] = br#"{"x":1}"#;

@@ -146,11 +146,12 @@ impl ConfigView {
         if !ws.enabled {
             return Err(Refusal::WorkspaceDisabled);
         }
-        if !ws.sources.contains(source) {
-            return Err(Refusal::UnknownSource);
-        }
+        // Scope before source: a token that may not ingest learns nothing about sources.
         if !token.can_ingest {
             return Err(Refusal::MissingScope);
+        }
+        if !ws.sources.contains(source) {
+            return Err(Refusal::UnknownSource);
         }
         if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
             return Err(Refusal::SourceNotAllowed);

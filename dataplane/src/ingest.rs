@@ -222,8 +222,7 @@ impl Api {
                     "rate-limited",
                     "Rate limit exceeded",
                     format!(
-                        "workspace {workspace} is over its event rate on this node; retry after {wait} s \
-                         (a single request may not carry more events than one second's rate)"
+                        "workspace {workspace} is over its event rate on this node; retry after {wait} s"
                     ),
                 )
                 .retry_after(wait),

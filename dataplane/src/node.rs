@@ -61,6 +61,7 @@ pub struct Node {
     bootstrap: Option<Bootstrap>,
     lake_url: String,
     lake_local: Option<PathBuf>,
+    data_dir: PathBuf,
 }
 
 impl Node {
@@ -84,7 +85,19 @@ impl Node {
         let min_next_lsn = progress.load()?.values().max().map_or(1, |lsn| lsn + 1);
         let mut wal_config = WalConfig::new(data_dir.join("wal"));
         wal_config.bytes_max = config.wal.bytes_max;
-        wal_config.segment_bytes_max = config.wal.segment_bytes;
+        // The segment being written is never deleted, so the quota must hold several
+        // segments or a full active segment would block ingest for good.
+        wal_config.segment_bytes_max = config
+            .wal
+            .segment_bytes
+            .min(config.wal.bytes_max / 4)
+            .max(4096);
+        if wal_config.segment_bytes_max < config.wal.segment_bytes {
+            warn!(
+                segment_bytes = wal_config.segment_bytes_max,
+                "wal.segment_bytes lowered to a quarter of wal.bytes_max"
+            );
+        }
         let wal = Wal::open(wal_config, min_next_lsn, storage_metrics.clone())?;
 
         let mut shipper_config = ShipperConfig::new(node_id.clone());
@@ -149,6 +162,7 @@ impl Node {
             bootstrap,
             lake_url,
             lake_local,
+            data_dir,
         })
     }
 
@@ -159,6 +173,11 @@ impl Node {
     /// The bootstrap workspace, source and token, when this node serves the bootstrap config.
     pub fn bootstrap(&self) -> Option<&Bootstrap> {
         self.bootstrap.as_ref()
+    }
+
+    /// Where the bootstrap workspace, source and token are written.
+    pub fn bootstrap_path(&self) -> PathBuf {
+        bootstrap::path(&self.data_dir)
     }
 
     pub fn lake_url(&self) -> &str {

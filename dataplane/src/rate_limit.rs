@@ -42,7 +42,12 @@ impl Bucket {
         }
     }
 
-    /// Takes `events` tokens, or says how many seconds until they would be there.
+    /// Takes `events` tokens, or says how many seconds until the workspace may send again.
+    ///
+    /// A request is admitted whenever the bucket is not in debt, even if it carries more
+    /// events than the bucket holds: the balance goes negative and later requests wait until
+    /// it is paid back. So any batch size the body limits allow can get through, and the
+    /// long-run rate still holds.
     pub fn take(&self, events: usize) -> Result<(), u64> {
         let Ok(mut s) = self.state.lock() else {
             return Ok(());
@@ -52,11 +57,11 @@ impl Bucket {
         s.tokens = (s.tokens + refill).min(s.burst);
         s.last = now;
         let need = events as f64;
-        if s.tokens >= need {
+        if s.tokens >= need.min(s.burst) {
             s.tokens -= need;
             Ok(())
         } else {
-            let wait = (need - s.tokens) / s.rate_per_s.max(1.0);
+            let wait = (need.min(s.burst) - s.tokens) / s.rate_per_s.max(1.0);
             Err(wait.ceil().max(1.0) as u64)
         }
     }
@@ -99,5 +104,14 @@ mod tests {
         let bucket = limits.bucket(Uuid::nil(), 10, 20);
         assert!(bucket.take(20).is_ok());
         assert_eq!(bucket.take(15), Err(2));
+    }
+
+    #[test]
+    fn a_batch_larger_than_the_burst_gets_through_once_and_puts_the_bucket_in_debt() {
+        let limits = RateLimits::default();
+        let bucket = limits.bucket(Uuid::nil(), 10, 10);
+        assert!(bucket.take(50).is_ok(), "a full bucket admits any batch");
+        // 40 events of debt plus one more: about 4 seconds at 10 events/s.
+        assert_eq!(bucket.take(1), Err(5));
     }
 }
