@@ -139,6 +139,7 @@ pub fn start(
         metrics,
         status: status.clone(),
         uploads: JoinSet::new(),
+        upload_keys: HashMap::new(),
         held_bytes: 0,
         open_bytes: 0,
         trimmed_below: 0,
@@ -177,6 +178,8 @@ struct OpenBatch {
     opened: Instant,
 }
 
+/// Cheap to clone: both forms share their buffers.
+#[derive(Clone)]
 enum FileData {
     Rows(RecordBatch),
     Encoded(Bytes),
@@ -197,8 +200,9 @@ struct CutFile {
 struct KeyState {
     open: Option<OpenBatch>,
     queue: VecDeque<CutFile>,
-    /// First LSN of the file being uploaded.
-    uploading: Option<Lsn>,
+    /// The file being uploaded; kept here (the task works on a cheap clone) so that a failed
+    /// or even panicked upload is retried rather than lost.
+    uploading: Option<CutFile>,
     /// Every record of this key up to here is in the lake.
     flushed: Lsn,
     failures: u32,
@@ -207,7 +211,9 @@ struct KeyState {
 
 struct UploadDone {
     key: String,
-    file: CutFile,
+    /// The encoded file when encoding succeeded (kept so a retry does not encode again), and
+    /// whether the upload succeeded.
+    encoded: Option<Bytes>,
     result: Result<usize, String>,
     elapsed: Duration,
 }
@@ -223,6 +229,8 @@ struct Shipper {
     metrics: StorageMetrics,
     status: Arc<ShipperStatus>,
     uploads: JoinSet<UploadDone>,
+    /// Key of each running upload task, to recover from a task that panicked.
+    upload_keys: HashMap<tokio::task::Id, String>,
     /// Bytes in open batches plus files not yet uploaded.
     held_bytes: usize,
     /// Bytes in open batches only.
@@ -238,7 +246,7 @@ impl Shipper {
         loop {
             let deadline = *stop.borrow();
             let stopping = deadline.is_some();
-            while let Some(done) = self.uploads.try_join_next() {
+            while let Some(done) = self.uploads.try_join_next_with_id() {
                 self.finish_upload(done).await;
             }
             let mut read_any = false;
@@ -284,7 +292,7 @@ impl Shipper {
                     // A closed writer (shutdown) would wake this forever; stop listening.
                     writer_gone = !open;
                 }
-                Some(done) = self.uploads.join_next(), if !self.uploads.is_empty() => {
+                Some(done) = self.uploads.join_next_with_id(), if !self.uploads.is_empty() => {
                     self.finish_upload(done).await;
                 }
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
@@ -449,31 +457,52 @@ impl Shipper {
             let Some(file) = state.queue.pop_front() else {
                 continue;
             };
-            state.uploading = Some(file.first_lsn);
-            let key = key.clone();
+            let job = UploadJob {
+                key: key.clone(),
+                path: file.path.clone(),
+                data: file.data.clone(),
+                first_lsn: file.first_lsn,
+                last_lsn: file.last_lsn,
+                node: self.config.node_id.clone(),
+            };
+            state.uploading = Some(file);
             let lake = self.lake.clone();
-            let node = self.config.node_id.clone();
-            self.uploads
-                .spawn(async move { upload(key, file, lake, node).await });
+            let handle = self.uploads.spawn(async move { upload(job, lake).await });
+            self.upload_keys.insert(handle.id(), key.clone());
         }
     }
 
-    async fn finish_upload(&mut self, done: Result<UploadDone, tokio::task::JoinError>) {
-        let done = match done {
-            Ok(done) => done,
+    async fn finish_upload(
+        &mut self,
+        done: Result<(tokio::task::Id, UploadDone), tokio::task::JoinError>,
+    ) {
+        let (key, encoded, result, elapsed) = match done {
+            Ok((id, done)) => {
+                self.upload_keys.remove(&id);
+                (done.key, done.encoded, done.result, done.elapsed)
+            }
             Err(err) => {
-                // A panicked upload loses its file from memory; the WAL still has the events,
-                // so the safe way back is a restart, which replays them.
-                error!(error = %err, "upload task failed; restart the node to replay its events");
-                return;
+                let Some(key) = self.upload_keys.remove(&err.id()) else {
+                    error!(error = %err, "upload task of an unknown key failed");
+                    return;
+                };
+                (
+                    key,
+                    None,
+                    Err(format!("upload task failed: {err}")),
+                    Duration::ZERO,
+                )
             }
         };
-        let UploadDone {
-            key,
-            file,
-            result,
-            elapsed,
-        } = done;
+        let Some(state) = self.keys.get_mut(&key) else {
+            return;
+        };
+        let Some(mut file) = state.uploading.take() else {
+            return;
+        };
+        if let Some(bytes) = encoded {
+            file.data = FileData::Encoded(bytes);
+        }
         let committed = match &result {
             Ok(_) => {
                 let progress = self.progress.clone();
@@ -488,7 +517,6 @@ impl Shipper {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
-        state.uploading = None;
         match (committed, result) {
             (Ok(()), Ok(bytes)) => {
                 state.flushed = file.last_lsn;
@@ -530,6 +558,8 @@ impl Shipper {
         for state in self.keys.values() {
             let pending = state
                 .uploading
+                .as_ref()
+                .map(|f| f.first_lsn)
                 .into_iter()
                 .chain(state.queue.front().map(|f| f.first_lsn))
                 .chain(state.open.as_ref().map(|o| o.first_lsn));
@@ -562,49 +592,49 @@ fn backoff(failures: u32) -> Duration {
     Duration::from_millis(base + jitter)
 }
 
-async fn upload(key: String, mut file: CutFile, lake: Lake, node: String) -> UploadDone {
+/// What an upload task needs: a clone of the file's data and where it goes.
+struct UploadJob {
+    key: String,
+    path: Path,
+    data: FileData,
+    first_lsn: Lsn,
+    last_lsn: Lsn,
+    node: String,
+}
+
+async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
     let started = Instant::now();
-    let data = match std::mem::replace(&mut file.data, FileData::Encoded(Bytes::new())) {
+    let encoded = match job.data {
         FileData::Encoded(bytes) => Ok(bytes),
         FileData::Rows(batch) => {
             let metadata = vec![
-                ("sluice.node".to_owned(), node),
-                (
-                    "sluice.wal.first_lsn".to_owned(),
-                    file.first_lsn.to_string(),
-                ),
-                ("sluice.wal.last_lsn".to_owned(), file.last_lsn.to_string()),
+                ("sluice.node".to_owned(), job.node),
+                ("sluice.wal.first_lsn".to_owned(), job.first_lsn.to_string()),
+                ("sluice.wal.last_lsn".to_owned(), job.last_lsn.to_string()),
             ];
-            let rows = batch.clone();
-            let encoded =
-                tokio::task::spawn_blocking(move || parquet_file::encode(&rows, metadata)).await;
-            match encoded {
+            match tokio::task::spawn_blocking(move || parquet_file::encode(&batch, metadata)).await
+            {
                 Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
-                Ok(Err(err)) => {
-                    file.data = FileData::Rows(batch);
-                    Err(format!("encoding Parquet: {err}"))
-                }
-                Err(err) => {
-                    file.data = FileData::Rows(batch);
-                    Err(format!("encoding Parquet: {err}"))
-                }
+                Ok(Err(err)) => Err(format!("encoding Parquet: {err}")),
+                Err(err) => Err(format!("encoding Parquet: {err}")),
             }
         }
     };
-    let result = match data {
+    let (encoded, result) = match encoded {
         Ok(bytes) => {
             let len = bytes.len();
-            file.data = FileData::Encoded(bytes.clone());
-            lake.put(&file.path, bytes)
+            let result = lake
+                .put(&job.path, bytes.clone())
                 .await
                 .map(|()| len)
-                .map_err(|e| e.to_string())
+                .map_err(|e| e.to_string());
+            (Some(bytes), result)
         }
-        Err(err) => Err(err),
+        Err(err) => (None, Err(err)),
     };
     UploadDone {
-        key,
-        file,
+        key: job.key,
+        encoded,
         result,
         elapsed: started.elapsed(),
     }
