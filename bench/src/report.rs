@@ -1,0 +1,398 @@
+//! Turning measured outcomes into the printed table and the `--json` document, including the
+//! ratios that the performance targets are stated in.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use crate::loadgen::Outcome;
+use crate::sluice::WalStats;
+use crate::HttpArgs;
+
+/// Targets from the performance issue, reported against (never enforced).
+const TARGET_SINGLE_RATIO: f64 = 0.60;
+const TARGET_NDJSON_EVENTS_PER_S: f64 = 500_000.0;
+
+/// Figures of one scenario.
+pub struct ScenarioResult {
+    pub name: String,
+    pub content_type: &'static str,
+    pub events_per_request: usize,
+    pub body_bytes_mean: usize,
+    pub requests_per_s: f64,
+    pub events_per_s: f64,
+    pub body_mib_per_s: f64,
+    pub mean_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    pub p999_ms: f64,
+    pub max_ms: f64,
+    pub errors: u64,
+    pub error_kinds: BTreeMap<String, u64>,
+    pub error_samples: BTreeMap<String, String>,
+    pub errors_outside_window: u64,
+    pub server_cpu_cores: Option<f64>,
+    pub loadgen_cpu_cores: Option<f64>,
+    pub other_cpu_cores: Option<f64>,
+    /// Successful requests per second of the window.
+    pub per_second: Vec<u64>,
+    /// Sluice's VmHWM at the end of the window.
+    pub server_peak_rss_kib: Option<u64>,
+    /// The baseline runs in this process: how much this process' VmHWM grew meanwhile.
+    pub bench_vmhwm_growth_kib: Option<u64>,
+    pub wal: Option<WalStats>,
+    pub sluice_log_problems: Vec<String>,
+    pub sluice_stop_secs: Option<f64>,
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
+}
+
+impl ScenarioResult {
+    pub fn new(
+        name: &str,
+        content_type: &'static str,
+        events_per_request: usize,
+        bodies: &[Bytes],
+        outcome: &Outcome,
+    ) -> ScenarioResult {
+        let secs = outcome.window.as_secs_f64().max(f64::MIN_POSITIVE);
+        let h = &outcome.latency_us;
+        let has = !h.is_empty();
+        let pct = |q: f64| if has { ms(h.value_at_quantile(q)) } else { 0.0 };
+        ScenarioResult {
+            name: name.to_owned(),
+            content_type,
+            events_per_request,
+            body_bytes_mean: crate::payload::mean_len(bodies),
+            requests_per_s: outcome.requests as f64 / secs,
+            events_per_s: outcome.events as f64 / secs,
+            body_mib_per_s: outcome.body_bytes as f64 / secs / (1024.0 * 1024.0),
+            mean_ms: if has { h.mean() / 1000.0 } else { 0.0 },
+            p50_ms: pct(0.50),
+            p99_ms: pct(0.99),
+            p999_ms: pct(0.999),
+            max_ms: if has { ms(h.max()) } else { 0.0 },
+            errors: outcome.error_count(),
+            error_kinds: outcome.errors.clone(),
+            error_samples: outcome.error_samples.clone(),
+            errors_outside_window: outcome.errors_outside_window,
+            server_cpu_cores: outcome.cpu.server_cores,
+            loadgen_cpu_cores: outcome.cpu.loadgen_cores,
+            other_cpu_cores: outcome.cpu.other_cores,
+            per_second: outcome.per_second.clone(),
+            server_peak_rss_kib: None,
+            bench_vmhwm_growth_kib: None,
+            wal: None,
+            sluice_log_problems: Vec::new(),
+            sluice_stop_secs: None,
+        }
+    }
+
+    /// A progress line for stderr.
+    pub fn one_line(&self) -> String {
+        format!(
+            "{}: {:.0} req/s, {:.0} events/s, p50 {:.2} ms, p99 {:.2} ms, {} errors",
+            self.name,
+            self.requests_per_s,
+            self.events_per_s,
+            self.p50_ms,
+            self.p99_ms,
+            self.errors
+        )
+    }
+
+    fn rss_text(&self) -> String {
+        match self.server_peak_rss_kib {
+            Some(kib) => format!("{:.1} MiB", kib as f64 / 1024.0),
+            None => "n/a (in-process)".into(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "scenario": self.name,
+            "content_type": self.content_type,
+            "events_per_request": self.events_per_request,
+            "body_bytes_mean": self.body_bytes_mean,
+            "requests_per_s": round(self.requests_per_s, 1),
+            "events_per_s": round(self.events_per_s, 1),
+            "body_mib_per_s": round(self.body_mib_per_s, 2),
+            "latency_ms": {
+                "mean": round(self.mean_ms, 3),
+                "p50": round(self.p50_ms, 3),
+                "p99": round(self.p99_ms, 3),
+                "p999": round(self.p999_ms, 3),
+                "max": round(self.max_ms, 3),
+            },
+            "errors": self.errors,
+            "error_kinds": self.error_kinds,
+            "error_samples": self.error_samples,
+            "errors_outside_window": self.errors_outside_window,
+            "server_cpu_cores": self.server_cpu_cores.map(|v| round(v, 2)),
+            "loadgen_cpu_cores": self.loadgen_cpu_cores.map(|v| round(v, 2)),
+            "other_cpu_cores": self.other_cpu_cores.map(|v| round(v, 2)),
+            "requests_per_second_timeline": self.per_second,
+            "server_peak_rss_kib": self.server_peak_rss_kib,
+            "bench_vmhwm_growth_kib": self.bench_vmhwm_growth_kib,
+            "wal": self.wal.map(|w| json!({
+                "fsyncs": w.fsyncs,
+                "mean_fsync_ms": w.mean_fsync_ms().map(|v| round(v, 3)),
+                "records_per_fsync": w.records_per_fsync().map(|v| round(v, 1)),
+            })),
+            "sluice_stop_secs": self.sluice_stop_secs.map(|v| round(v, 2)),
+            "sluice_log_problems": self.sluice_log_problems,
+        })
+    }
+}
+
+fn round(v: f64, places: i32) -> f64 {
+    let f = 10f64.powi(places);
+    (v * f).round() / f
+}
+
+/// Thousands separators, for reading large rates at a glance.
+fn grouped(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+fn bytes_text(n: usize) -> String {
+    if n >= 1024 * 1024 {
+        format!("{:.1} MiB", n as f64 / (1024.0 * 1024.0))
+    } else if n >= 10 * 1024 {
+        format!("{:.0} KiB", n as f64 / 1024.0)
+    } else {
+        format!("{n} B")
+    }
+}
+
+fn cores_text(v: Option<f64>) -> String {
+    v.map_or_else(|| "?".into(), |v| format!("{v:.2}"))
+}
+
+/// The whole run.
+pub struct Report {
+    connections: u64,
+    duration_secs: u64,
+    warmup_secs: u64,
+    batch_events: u64,
+    client_threads: u64,
+    server_threads: u64,
+    cpus: usize,
+    kernel: String,
+    results: Vec<ScenarioResult>,
+}
+
+impl Report {
+    pub fn new(args: &HttpArgs, results: Vec<ScenarioResult>) -> Report {
+        Report {
+            connections: args.connections,
+            duration_secs: args.duration_secs,
+            warmup_secs: args.warmup_secs,
+            batch_events: args.batch_events,
+            client_threads: args.client_threads,
+            server_threads: args.server_threads,
+            cpus: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .map(|s| s.trim().to_owned())
+                .unwrap_or_default(),
+            results,
+        }
+    }
+
+    fn find(&self, prefix: &str) -> Option<&ScenarioResult> {
+        self.results.iter().find(|r| r.name.starts_with(prefix))
+    }
+
+    /// Sluice single-event requests/s ÷ the baseline's.
+    fn single_ratio(&self) -> Option<f64> {
+        let base = self.find("baseline-204")?;
+        let single = self.find("sluice-json-1")?;
+        (base.requests_per_s > 0.0).then(|| single.requests_per_s / base.requests_per_s)
+    }
+
+    fn ndjson_events_per_s(&self) -> Option<f64> {
+        self.find("sluice-ndjson-").map(|r| r.events_per_s)
+    }
+
+    pub fn to_json(&self) -> Value {
+        let ratio = self.single_ratio();
+        let ndjson = self.ndjson_events_per_s();
+        json!({
+            "benchmark": "http",
+            "machine": { "cpus": self.cpus, "kernel": self.kernel },
+            "config": {
+                "connections": self.connections,
+                "duration_secs": self.duration_secs,
+                "warmup_secs": self.warmup_secs,
+                "batch_events": self.batch_events,
+                "client_threads": self.client_threads,
+                "server_threads": self.server_threads,
+            },
+            "scenarios": self.results.iter().map(ScenarioResult::to_json).collect::<Vec<_>>(),
+            "sluice_single_vs_baseline_requests": ratio.map(|v| round(v, 3)),
+            "targets": {
+                "single_vs_baseline_min": TARGET_SINGLE_RATIO,
+                "single_vs_baseline_met": ratio.map(|r| r >= TARGET_SINGLE_RATIO),
+                "ndjson_events_per_s_min": TARGET_NDJSON_EVENTS_PER_S,
+                "ndjson_events_per_s_met": ndjson.map(|e| e >= TARGET_NDJSON_EVENTS_PER_S),
+            },
+        })
+    }
+
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Sluice HTTP ingest: {} keep-alive connections, {} s warm-up + {} s measured per \
+             scenario; server threads {}, load generator threads {}; {} CPUs, Linux {}",
+            self.connections,
+            self.warmup_secs,
+            self.duration_secs,
+            self.server_threads,
+            self.client_threads,
+            self.cpus,
+            self.kernel
+        );
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "{:<20} {:>9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>8} {:>7} {:>17} {:>7} {:>7} {:>7}",
+            "scenario",
+            "body",
+            "req/s",
+            "events/s",
+            "p50 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+            "errors",
+            "server peak RSS",
+            "srv CPU",
+            "gen CPU",
+            "oth CPU"
+        );
+        for r in &self.results {
+            let _ = writeln!(
+                out,
+                "{:<20} {:>9} {:>10} {:>11} {:>8.2} {:>8.2} {:>9.2} {:>8.1} {:>7} {:>17} {:>7} {:>7} {:>7}",
+                r.name,
+                bytes_text(r.body_bytes_mean),
+                grouped(r.requests_per_s),
+                grouped(r.events_per_s),
+                r.p50_ms,
+                r.p99_ms,
+                r.p999_ms,
+                r.max_ms,
+                r.errors,
+                r.rss_text(),
+                cores_text(r.server_cpu_cores),
+                cores_text(r.loadgen_cpu_cores),
+                cores_text(r.other_cpu_cores),
+            );
+        }
+        let _ = writeln!(out);
+        if let Some(ratio) = self.single_ratio() {
+            let _ = writeln!(
+                out,
+                "Sluice single-event req/s / baseline 204 req/s = {ratio:.2} (target >= {TARGET_SINGLE_RATIO:.2}: {})",
+                verdict(ratio >= TARGET_SINGLE_RATIO)
+            );
+        }
+        if let Some(events) = self.ndjson_events_per_s() {
+            let _ = writeln!(
+                out,
+                "Sluice NDJSON events/s = {} (target >= {}: {})",
+                grouped(events),
+                grouped(TARGET_NDJSON_EVENTS_PER_S),
+                verdict(events >= TARGET_NDJSON_EVENTS_PER_S)
+            );
+        }
+        let _ = writeln!(out);
+        let _ = writeln!(
+            out,
+            "CPU columns are cores busy during the measured window (1.00 = one core): the \
+             server, the load generator, and everything else on the machine. Latency is per \
+             request in a closed loop."
+        );
+        for r in &self.results {
+            if let (Some(min), Some(max)) = (r.per_second.iter().min(), r.per_second.iter().max()) {
+                let _ = writeln!(
+                    out,
+                    "{}: req/s per second of the window: min {}, max {}.",
+                    r.name,
+                    grouped(*min as f64),
+                    grouped(*max as f64)
+                );
+            }
+            if let Some(kib) = r.bench_vmhwm_growth_kib {
+                let _ = writeln!(
+                    out,
+                    "{}: runs inside the bench process; its VmHWM grew by {:.1} MiB (load \
+                     generator included).",
+                    r.name,
+                    kib as f64 / 1024.0
+                );
+            }
+            if let Some(wal) = &r.wal {
+                if let (Some(fsync_ms), Some(per)) = (wal.mean_fsync_ms(), wal.records_per_fsync())
+                {
+                    let _ = writeln!(
+                        out,
+                        "{}: WAL {:.0} fsyncs (warm-up included), mean {fsync_ms:.2} ms each, \
+                         {per:.1} requests per fsync; node stopped in {:.1} s after SIGTERM.",
+                        r.name,
+                        wal.fsyncs,
+                        r.sluice_stop_secs.unwrap_or_default()
+                    );
+                }
+            }
+            for (kind, n) in &r.error_kinds {
+                let sample = r.error_samples.get(kind).map_or("", String::as_str);
+                let _ = writeln!(out, "{}: {n} x {kind}: {sample}", r.name);
+            }
+            if r.errors_outside_window > 0 {
+                let _ = writeln!(
+                    out,
+                    "{}: {} errors during warm-up or after the window (not counted above).",
+                    r.name, r.errors_outside_window
+                );
+            }
+            for line in &r.sluice_log_problems {
+                let _ = writeln!(out, "{}: sluice log: {line}", r.name);
+            }
+        }
+        out
+    }
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "NOT met"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grouped_inserts_thousands_separators() {
+        assert_eq!(grouped(0.0), "0");
+        assert_eq!(grouped(999.4), "999");
+        assert_eq!(grouped(1234567.0), "1,234,567");
+    }
+}
