@@ -206,7 +206,16 @@ impl Api {
                         .try_acquire_many(expected.min(u32::MAX as usize) as u32)
                         .map_err(|_| refuse(overloaded()))?,
                 );
-                decode(&raw, other, self.limits.decoded_body_bytes_max).map_err(refuse)?
+                // Decompressing up to `decoded_body_bytes_max` takes milliseconds of CPU; on the
+                // blocking pool it does not stall the other connections of this io_uring thread.
+                let max = self.limits.decoded_body_bytes_max;
+                tokio::task::spawn_blocking(move || decode(&raw, other, max))
+                    .await
+                    .map_err(|e| {
+                        tracing::error!(error = %e, "decompression task failed");
+                        refuse(overloaded())
+                    })?
+                    .map_err(refuse)?
             }
         };
         let events = parse::parse(&decoded, format, self.limits.events_per_request_max)
