@@ -566,3 +566,38 @@ fn bootstrap_gives_a_working_token_that_survives_restarts() {
     let rows = duckdb(&data.join("lake"), "SELECT count(*) FROM {lake}");
     assert_eq!(rows[0][0], json!(2));
 }
+
+#[test]
+fn graceful_stop_writes_buffered_events_to_parquet() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    // Batches would wait ten minutes: only the SIGTERM drain can produce the file.
+    let mut sluice = Sluice::start(&data, &["--batch-max-age-ms", "600000"]);
+    let boot = sluice.bootstrap();
+    let url = boot["http_url"].as_str().expect("url").to_owned();
+    let auth = format!("Bearer {}", boot["token"].as_str().expect("token"));
+    let body: Vec<u8> = (0..25)
+        .flat_map(|i| format!("{{\"i\":{i}}}\n").into_bytes())
+        .collect();
+    let answer = post(
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/x-ndjson"),
+        ],
+        &body,
+    );
+    assert_eq!(answer.status, 202, "{answer:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        parquet_files(&data.join("lake")),
+        0,
+        "the batch was cut before its age"
+    );
+    sluice.stop();
+    let rows = duckdb(
+        &data.join("lake"),
+        "SELECT count(*), count(DISTINCT payload->>'i') FROM {lake}",
+    );
+    assert_eq!(rows[0], vec![json!(25), json!(25)]);
+}
