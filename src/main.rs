@@ -1,15 +1,17 @@
 //! `sluice`: the one command.
 //!
-//! `sluice up` runs everything a single machine needs with embedded defaults (today the data
-//! plane; the control plane joins it when it exists). `sluice dataplane` runs a data-plane node.
-//! Settings come from defaults, then a TOML file (`--config`), then `SLUICE_*` environment
-//! variables, then flags; docs/configuration.md lists them all.
+//! `sluice up` runs everything a single machine needs with embedded defaults: the control-plane
+//! API and a data-plane node. `sluice dataplane` runs a data-plane node, `sluice controlplane`
+//! the control plane. Settings come from defaults, then a TOML file (`--config`; control-plane
+//! settings in its `[controlplane]` table), then `SLUICE_*` environment variables, then flags;
+//! docs/configuration.md lists them all.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use sluice_controlplane::{ControlPlane, ControlPlaneConfig};
 use sluice_dataplane::{Node, NodeConfig};
 
 #[derive(Parser)]
@@ -25,10 +27,123 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run Sluice on this machine with embedded defaults (everything under --data-dir).
-    Up(NodeArgs),
+    /// Run Sluice on this machine with embedded defaults (everything under --data-dir): the
+    /// control-plane API and a data-plane node.
+    Up(UpArgs),
     /// Run one data-plane node.
     Dataplane(NodeArgs),
+    /// Run the control plane (the management API).
+    Controlplane(ControlPlaneArgs),
+}
+
+/// `sluice up`: both planes.
+#[derive(Args)]
+struct UpArgs {
+    #[command(flatten)]
+    node: NodeArgs,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// `sluice controlplane`.
+#[derive(Args)]
+struct ControlPlaneArgs {
+    /// TOML file; control-plane settings go in its `[controlplane]` table.
+    #[arg(long, env = "SLUICE_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for controlplane.redb, initial-operator.json and the mail outbox
+    /// [default: ./data].
+    #[arg(long, env = "SLUICE_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// Object storage of the data plane, where deleted workspaces' data is removed
+    /// [default: <data-dir>/lake].
+    #[arg(long, env = "SLUICE_OBJECT_STORE")]
+    object_store: Option<String>,
+    #[command(flatten)]
+    api: ApiArgs,
+}
+
+/// Control-plane settings; each overrides the TOML file and the built-in default.
+#[derive(Args)]
+struct ApiArgs {
+    /// Control-plane API address [default: 127.0.0.1:8080].
+    #[arg(long, env = "SLUICE_API_ADDR")]
+    api_addr: Option<SocketAddr>,
+    /// Address people reach the API at, used in links sent by e-mail
+    /// [default: http://<api-addr>].
+    #[arg(long, env = "SLUICE_PUBLIC_URL")]
+    public_url: Option<String>,
+    /// Platform SMTP server, e.g. smtp://user:pass@host:587?tls=required; without it mail goes
+    /// to <data-dir>/outbox and the log.
+    #[arg(long, env = "SLUICE_SMTP_URL")]
+    smtp_url: Option<String>,
+    /// Sender of platform mail [default: Sluice <no-reply@sluice.localhost>].
+    #[arg(long, env = "SLUICE_MAIL_FROM")]
+    mail_from: Option<String>,
+    /// Length of a new user's free trial in seconds [default: 1209600, 14 days].
+    #[arg(long, env = "SLUICE_TRIAL_DURATION_SECS")]
+    trial_duration_secs: Option<u64>,
+    /// How often ended trials are looked for, in ms [default: 60000].
+    #[arg(long, env = "SLUICE_TRIAL_CHECK_INTERVAL_MS")]
+    trial_check_interval_ms: Option<u64>,
+}
+
+/// Reads the TOML file into the node's settings and the `[controlplane]` table.
+fn read_config_file(path: Option<&PathBuf>) -> Result<(NodeConfig, ControlPlaneConfig)> {
+    let Some(path) = path else {
+        return Ok((NodeConfig::default(), ControlPlaneConfig::default()));
+    };
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading config file {}", path.display()))?;
+    let mut table: toml::Table = toml::from_str(&text)
+        .with_context(|| format!("config file {} is not valid TOML", path.display()))?;
+    let controlplane = match table.remove("controlplane") {
+        Some(value) => value
+            .try_into()
+            .with_context(|| format!("[controlplane] in {} is not valid", path.display()))?,
+        None => ControlPlaneConfig::default(),
+    };
+    let node = toml::Value::Table(table)
+        .try_into()
+        .with_context(|| format!("config file {} is not valid", path.display()))?;
+    Ok((node, controlplane))
+}
+
+impl ApiArgs {
+    fn apply(self, config: &mut ControlPlaneConfig) {
+        if let Some(addr) = self.api_addr {
+            config.api_addr = addr;
+        }
+        if self.public_url.is_some() {
+            config.public_url = self.public_url;
+        }
+        if self.smtp_url.is_some() {
+            config.smtp_url = self.smtp_url;
+        }
+        if let Some(from) = self.mail_from {
+            config.mail_from = from;
+        }
+        if let Some(secs) = self.trial_duration_secs {
+            config.trial_duration_secs = secs;
+        }
+        if let Some(ms) = self.trial_check_interval_ms {
+            config.trial_check_interval_ms = ms;
+        }
+    }
+}
+
+impl ControlPlaneArgs {
+    fn into_config(self) -> Result<ControlPlaneConfig> {
+        let (_, mut config) = read_config_file(self.config.as_ref())?;
+        if let Some(dir) = self.data_dir {
+            config.data_dir = dir;
+        }
+        if self.object_store.is_some() {
+            config.object_store = self.object_store;
+        }
+        self.api.apply(&mut config);
+        Ok(config)
+    }
 }
 
 /// Node settings; each overrides the TOML file and the built-in default.
@@ -86,16 +201,9 @@ struct NodeArgs {
 }
 
 impl NodeArgs {
-    fn into_config(self) -> Result<NodeConfig> {
-        let mut config = match &self.config {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("reading config file {}", path.display()))?;
-                toml::from_str(&text)
-                    .with_context(|| format!("config file {} is not valid", path.display()))?
-            }
-            None => NodeConfig::default(),
-        };
+    /// The node's settings and the file's `[controlplane]` table.
+    fn into_configs(self) -> Result<(NodeConfig, ControlPlaneConfig)> {
+        let (mut config, controlplane) = read_config_file(self.config.as_ref())?;
         macro_rules! set {
             ($arg:ident => $($field:ident).+) => {
                 if let Some(value) = self.$arg {
@@ -124,7 +232,7 @@ impl NodeArgs {
         if self.config_snapshot.is_some() {
             config.config_snapshot = self.config_snapshot;
         }
-        Ok(config)
+        Ok((config, controlplane))
     }
 }
 
@@ -139,11 +247,52 @@ fn main() -> Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     match cli.command {
-        Command::Up(args) | Command::Dataplane(args) => run_node(args.into_config()?),
+        Command::Up(args) => {
+            let (node, mut controlplane) = args.node.into_configs()?;
+            // One machine, one data dir and one lake for both planes.
+            controlplane.data_dir = node.data_dir.clone();
+            controlplane.object_store = node.object_store.clone();
+            args.api.apply(&mut controlplane);
+            let controlplane = start_controlplane(controlplane)?;
+            let node = start_node(node)?;
+            wait_for_signal()?;
+            node.shutdown();
+            controlplane.shutdown();
+        }
+        Command::Dataplane(args) => {
+            let node = start_node(args.into_configs()?.0)?;
+            wait_for_signal()?;
+            node.shutdown();
+        }
+        Command::Controlplane(args) => {
+            let controlplane = start_controlplane(args.into_config()?)?;
+            wait_for_signal()?;
+            controlplane.shutdown();
+        }
     }
+    Ok(())
 }
 
-fn run_node(config: NodeConfig) -> Result<()> {
+fn start_controlplane(config: ControlPlaneConfig) -> Result<ControlPlane> {
+    let data_dir = config.data_dir.clone();
+    let controlplane = ControlPlane::start(config).context("starting the control plane")?;
+    if let Some(operator) = controlplane.initial_operator() {
+        // Printed this once only; the file keeps it (mode 0600).
+        tracing::info!(
+            "created the operator account {} with password {} (also in {}). Sign in:\n\n  curl -X POST {}/api/v1/sessions -H 'Content-Type: application/json' -d '{{\"email\": \"{}\", \"password\": \"<password>\"}}'",
+            operator.email,
+            operator.password,
+            data_dir
+                .join(sluice_controlplane::initial_operator::FILE_NAME)
+                .display(),
+            operator.api_url,
+            operator.email,
+        );
+    }
+    Ok(controlplane)
+}
+
+fn start_node(config: NodeConfig) -> Result<Node> {
     let node = Node::start(config).context("starting the data-plane node")?;
     if let Some(b) = node.bootstrap() {
         let lake = node
@@ -156,6 +305,11 @@ fn run_node(config: NodeConfig) -> Result<()> {
             boot = node.bootstrap_path().display(),
         );
     }
+    Ok(node)
+}
+
+/// Blocks until Ctrl-C or SIGTERM.
+fn wait_for_signal() -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -168,7 +322,5 @@ fn run_node(config: NodeConfig) -> Result<()> {
             _ = term.recv() => {}
         }
         anyhow::Ok(())
-    })?;
-    node.shutdown();
-    Ok(())
+    })
 }

@@ -78,7 +78,7 @@ impl Node {
             .with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
         let child = Command::new(bin)
-            .arg("up")
+            .arg("dataplane")
             .arg("--data-dir")
             .arg(&data_dir)
             .arg("--http-addr")

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 use sluice_storage::event::{Envelope, IngestBatch, Protocol};
 use sluice_storage::shipper::ShipperStatus;
-use sluice_storage::snapshot::is_valid_slug;
+use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug, DEVICE_ID_LEN_MAX};
 use sluice_storage::wal::{Wal, WalError};
 use tokio::sync::Semaphore;
 use uuid::Uuid;
@@ -27,9 +27,6 @@ use crate::config::HttpConfig;
 use crate::metrics::{HttpMetrics, Outcome};
 use crate::parse::{self, BodyFormat, ParseError};
 use crate::problem::Problem;
-
-/// Longest accepted `X-Device-Id`.
-const DEVICE_ID_LEN_MAX: usize = 128;
 
 /// Shared state of every HTTP runtime.
 pub struct Api {
@@ -335,9 +332,7 @@ fn device_id(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
         )
     };
     let id = value.to_str().map_err(|_| bad())?;
-    let ok =
-        !id.is_empty() && id.len() <= DEVICE_ID_LEN_MAX && id.bytes().all(|b| b.is_ascii_graphic());
-    if ok {
+    if is_valid_device_id(id) {
         Ok(Some(id))
     } else {
         Err(bad())

@@ -179,4 +179,18 @@ impl Lake {
         }
         Ok(())
     }
+
+    /// Deletes every object under `prefix` (e.g. [`crate::layout::workspace_prefix`]) and
+    /// returns how many there were. Idempotent: a second call after a partial failure finishes
+    /// the job.
+    pub async fn delete_all_under(&self, prefix: &Path) -> Result<usize, LakeError> {
+        use futures::{StreamExt, TryStreamExt};
+        let locations = self
+            .store
+            .list(Some(prefix))
+            .map_ok(|meta| meta.location)
+            .boxed();
+        let deleted: Vec<Path> = self.store.delete_stream(locations).try_collect().await?;
+        Ok(deleted.len())
+    }
 }

@@ -110,6 +110,14 @@ pub fn is_valid_slug(slug: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
 }
 
+/// Longest device id accepted.
+pub const DEVICE_ID_LEN_MAX: usize = 128;
+
+/// Whether `id` is a valid device id: 1 to 128 visible ASCII characters.
+pub fn is_valid_device_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= DEVICE_ID_LEN_MAX && id.bytes().all(|b| b.is_ascii_graphic())
+}
+
 impl ConfigSnapshot {
     /// An empty configuration: every request is refused.
     pub fn empty() -> Self {

@@ -24,6 +24,8 @@ pub struct Sluice {
     pub child: Child,
     pub data_dir: PathBuf,
     pub port: u16,
+    /// Control-plane API port.
+    pub api_port: u16,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
 }
@@ -39,6 +41,7 @@ impl Sluice {
             child: spawn_dummy(),
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
+            api_port: free_port(),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs
                 .iter()
@@ -64,6 +67,8 @@ impl Sluice {
             .arg(&self.data_dir)
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--api-addr")
+            .arg(format!("127.0.0.1:{}", self.api_port))
             .args(&self.args)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
@@ -78,6 +83,11 @@ impl Sluice {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// The control-plane API's base URL.
+    pub fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api_port)
+    }
+
     pub fn ingest_url(&self, workspace: &str, source: &str) -> String {
         format!("{}/v1/ingest/{workspace}/{source}", self.base_url())
     }
@@ -89,10 +99,14 @@ impl Sluice {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("sluice exited during start ({status}); log: {}", self.log());
             }
-            if let Ok(resp) = agent.get(format!("{}/healthz", self.base_url())).call() {
-                if resp.status() == 200 {
-                    return;
-                }
+            let healthy = |url: String| {
+                agent
+                    .get(format!("{url}/healthz"))
+                    .call()
+                    .is_ok_and(|r| r.status() == 200)
+            };
+            if healthy(self.base_url()) && healthy(self.api_url()) {
+                return;
             }
             assert!(
                 Instant::now() < deadline,

@@ -1,0 +1,137 @@
+//! The pages behind links in mails: the invitation link and the sign-in form it redirects to
+//! when nobody is signed in.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Form, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+
+use super::workspaces::WorkspaceView;
+use super::ApiQuery;
+use crate::api::invitations::accept;
+use crate::api::users::{open_session, session_cookie};
+use crate::app::App;
+use crate::auth::{presented_secret, Caller};
+use crate::problem::ApiResult;
+
+/// Where the sign-in form lives.
+pub const LOGIN_PATH: &str = "/login";
+
+/// The token of an invitation link.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LinkQuery {
+    pub token: String,
+}
+
+/// Where to go after signing in.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LoginQuery {
+    /// A path on this server.
+    pub next: Option<String>,
+}
+
+/// The sign-in form's fields.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+pub struct LoginForm {
+    pub email: String,
+    pub password: String,
+    pub next: Option<String>,
+}
+
+/// The caller if a valid session or token came with the request.
+pub struct MaybeCaller(Option<Caller>);
+
+impl FromRequestParts<App> for MaybeCaller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        Ok(MaybeCaller(
+            presented_secret(parts).and_then(|secret| Caller::from_secret(app, &secret)),
+        ))
+    }
+}
+
+/// Only paths on this server, so the form cannot send people elsewhere.
+fn safe_next(next: Option<&str>) -> &str {
+    match next {
+        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        _ => "/api/v1/me",
+    }
+}
+
+fn escape_html(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// The link in an invitation mail: accepts the invitation for the signed-in user, or sends
+/// them to sign in first and back here afterwards.
+#[utoipa::path(get, path = "/invitations/accept", tag = "invitations", params(LinkQuery),
+    responses((status = 200, body = WorkspaceView), (status = 303, description = "not signed in: to the sign-in form"),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 410, body = crate::problem::ProblemBody)))]
+pub async fn accept_link(
+    State(app): State<App>,
+    MaybeCaller(caller): MaybeCaller,
+    ApiQuery(query): ApiQuery<LinkQuery>,
+) -> ApiResult<Response> {
+    match caller {
+        Some(caller) => Ok(Json(accept(&app, caller, &query.token).await?).into_response()),
+        None => {
+            let back = format!("/invitations/accept?token={}", query.token);
+            let to = url::form_urlencoded::Serializer::new(String::new())
+                .append_pair("next", &back)
+                .finish();
+            Ok(Redirect::to(&format!("{LOGIN_PATH}?{to}")).into_response())
+        }
+    }
+}
+
+/// The sign-in form.
+#[utoipa::path(get, path = "/login", tag = "users", security(()), params(LoginQuery),
+    responses((status = 200, description = "an HTML sign-in form", content_type = "text/html")))]
+pub async fn login_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Html<String> {
+    let next = escape_html(safe_next(query.next.as_deref()));
+    Html(format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in to Sluice</title></head><body>\
+<h1>Sign in to Sluice</h1><form method=\"post\" action=\"{LOGIN_PATH}\">\
+<label>E-mail <input name=\"email\" type=\"email\" required></label>\
+<label>Password <input name=\"password\" type=\"password\" required></label>\
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><button>Sign in</button></form></body></html>"
+    ))
+}
+
+/// Submits the sign-in form: sets the session cookie and goes on to `next`.
+#[utoipa::path(post, path = "/login", tag = "users", security(()),
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses((status = 303, description = "signed in: to `next`, with the session cookie"),
+        (status = 401, body = crate::problem::ProblemBody), (status = 429, body = crate::problem::ProblemBody)))]
+pub async fn login_form(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Form(form): Form<LoginForm>,
+) -> ApiResult<Response> {
+    let session = open_session(&app, peer, &form.email, form.password).await?;
+    let next = safe_next(form.next.as_deref());
+    let mut response = (
+        StatusCode::SEE_OTHER,
+        [(
+            header::LOCATION,
+            HeaderValue::from_str(next).unwrap_or(HeaderValue::from_static("/api/v1/me")),
+        )],
+    )
+        .into_response();
+    response
+        .headers_mut()
+        .insert(header::SET_COOKIE, session_cookie(&app, Some(&session)));
+    Ok(response)
+}

@@ -1,0 +1,259 @@
+//! The HTTP API under `/api/v1`, its OpenAPI document, and what the handlers share: JSON and
+//! query extractors that refuse with problem+json, pagination, and the workspace permission
+//! check.
+//!
+//! Routes are registered through `utoipa_axum`, so the router and the OpenAPI document are
+//! built from the same list and cannot drift apart.
+
+mod invitations;
+mod links;
+mod members;
+mod operator;
+mod sources;
+mod tokens;
+mod users;
+mod workspaces;
+
+use axum::extract::{FromRequest, FromRequestParts};
+use axum::http::StatusCode;
+use axum::Router;
+use serde::{Deserialize, Serialize};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::App;
+use crate::auth::Caller;
+use crate::model::Workspace;
+use crate::problem::{ApiError, ApiResult};
+use crate::roles::{Action, Role};
+use crate::store::State;
+
+pub use links::LOGIN_PATH;
+
+/// A JSON body; malformed or mistyped bodies are refused with problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+/// Path parameters; malformed ones (e.g. a bad UUID) are refused with problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Path), rejection(ApiError))]
+pub struct ApiPath<T>(pub T);
+
+/// Query parameters; bad ones are refused with problem+json.
+#[derive(FromRequestParts)]
+#[from_request(via(axum::extract::Query), rejection(ApiError))]
+pub struct ApiQuery<T>(pub T);
+
+/// Which page of a list to return.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageQuery {
+    /// Items per page (default 50, at most the server's `page_size_max`, 200 by default).
+    pub limit: Option<usize>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// One page of a list, in creation order.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Page<T> {
+    pub items: Vec<T>,
+    /// Pass as `cursor` to get the next page; absent on the last page.
+    pub next_cursor: Option<String>,
+}
+
+const PAGE_SIZE_DEFAULT: usize = 50;
+
+impl PageQuery {
+    /// Cuts one page out of `items`, each with its sort key (ascending, unique).
+    pub fn page<T>(
+        &self,
+        app: &App,
+        items: impl IntoIterator<Item = (String, T)>,
+    ) -> ApiResult<Page<T>> {
+        let limit = self.limit.unwrap_or(PAGE_SIZE_DEFAULT);
+        if limit == 0 || limit > app.config.page_size_max {
+            return Err(ApiError::bad_request(
+                "invalid-query",
+                format!("limit must be 1 to {}", app.config.page_size_max),
+            ));
+        }
+        let mut items: Vec<(String, T)> = items
+            .into_iter()
+            .filter(|(key, _)| self.cursor.as_ref().is_none_or(|c| key > c))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let next_cursor = (items.len() > limit).then(|| items[limit - 1].0.clone());
+        items.truncate(limit);
+        Ok(Page {
+            items: items.into_iter().map(|(_, item)| item).collect(),
+            next_cursor,
+        })
+    }
+}
+
+/// The caller's role in the workspace named by `key` (id or slug), if it allows `action`.
+/// Non-members are told the workspace does not exist, so that they learn nothing.
+pub fn authorize<'s>(
+    s: &'s State,
+    caller: &Caller,
+    key: &str,
+    action: Action,
+) -> ApiResult<(&'s Workspace, Role)> {
+    let unknown = || {
+        ApiError::not_found(
+            "unknown-workspace",
+            format!("no workspace {key:?} among yours"),
+        )
+    };
+    let ws = s.workspace(key).ok_or_else(unknown)?;
+    let member = s
+        .members
+        .get(&(ws.id, caller.user.id))
+        .ok_or_else(unknown)?;
+    if !action.allows(member.role) {
+        let roles: Vec<String> = action
+            .allowed_roles()
+            .iter()
+            .map(|r| format!("{r:?}"))
+            .collect();
+        return Err(ApiError::forbidden(
+            "insufficient-role",
+            format!(
+                "your role in {:?} is {:?}; this needs {}: ask an Admin",
+                ws.slug,
+                member.role,
+                roles.join(" or ")
+            ),
+        ));
+    }
+    Ok((ws, member.role))
+}
+
+/// Refuses changes to a disabled workspace's assets.
+pub fn require_enabled(ws: &Workspace) -> ApiResult<()> {
+    if ws.enabled {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "workspace-disabled",
+            format!(
+                "workspace {:?} is disabled because its creator's trial ended; choose a paid plan or ask an operator to prolong the trial",
+                ws.slug
+            ),
+        ))
+    }
+}
+
+struct Security;
+
+impl Modify for Security {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some(
+                        "A session token (from POST /api/v1/sessions) or a personal access token",
+                    ))
+                    .build(),
+            ),
+        );
+        components.add_security_scheme(
+            "cookie",
+            SecurityScheme::ApiKey(ApiKey::Cookie(ApiKeyValue::new(
+                crate::auth::SESSION_COOKIE,
+            ))),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Sluice control plane",
+        description = "Users, workspaces, members and roles, invitations, access tokens and sources. Errors are application/problem+json (RFC 9457) with a stable `type`.",
+        license(name = "Apache-2.0")
+    ),
+    modifiers(&Security),
+    security(("bearer" = []), ("cookie" = [])),
+    components(schemas(crate::problem::ProblemBody)),
+    tags(
+        (name = "users", description = "Sign-up, verification, sessions, password reset, personal tokens"),
+        (name = "workspaces", description = "Workspaces and their members"),
+        (name = "invitations", description = "Inviting people into a workspace"),
+        (name = "tokens", description = "Workspace access tokens for devices and readers"),
+        (name = "sources", description = "Ingest points and CORS"),
+        (name = "operator", description = "Plans and trials, for operators"),
+    )
+)]
+struct ApiDoc;
+
+/// The API router and its OpenAPI document, built from one list of routes.
+pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(users::sign_up))
+        .routes(routes!(users::verify_email))
+        .routes(routes!(users::resend_verification_code))
+        .routes(routes!(users::sign_in))
+        .routes(routes!(users::sign_out))
+        .routes(routes!(users::me))
+        .routes(routes!(users::request_password_reset))
+        .routes(routes!(users::reset_password))
+        .routes(routes!(
+            users::list_personal_tokens,
+            users::create_personal_token
+        ))
+        .routes(routes!(users::revoke_personal_token))
+        .routes(routes!(
+            workspaces::list_workspaces,
+            workspaces::create_workspace
+        ))
+        .routes(routes!(
+            workspaces::get_workspace,
+            workspaces::rename_workspace,
+            workspaces::delete_workspace
+        ))
+        .routes(routes!(members::list_members))
+        .routes(routes!(members::change_role, members::remove_member))
+        .routes(routes!(invitations::list_invitations, invitations::invite))
+        .routes(routes!(invitations::cancel_invitation))
+        .routes(routes!(invitations::accept_invitation))
+        .routes(routes!(tokens::list_tokens, tokens::create_token))
+        .routes(routes!(tokens::get_token, tokens::revoke_token))
+        .routes(routes!(sources::list_sources, sources::create_source))
+        .routes(routes!(
+            sources::get_source,
+            sources::update_source,
+            sources::delete_source
+        ))
+        .routes(routes!(sources::get_cors, sources::set_cors))
+        .routes(routes!(operator::list_users))
+        .routes(routes!(operator::set_plan))
+        .routes(routes!(operator::set_trial))
+        .routes(routes!(links::accept_link))
+        .routes(routes!(links::login_page, links::login_form))
+        .split_for_parts()
+}
+
+/// Answer of routes that do not exist.
+pub async fn no_route() -> ApiError {
+    ApiError::not_found(
+        "no-route",
+        "no such endpoint; see /api/v1/openapi.json for the API",
+    )
+}
+
+/// Answer of a known route called with the wrong method.
+pub async fn wrong_method() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "this endpoint does not take that method; see /api/v1/openapi.json",
+    )
+}

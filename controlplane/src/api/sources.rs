@@ -1,0 +1,358 @@
+//! Sources (the HTTP and MQTT ingest points of a workspace) and the workspace's CORS origins.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::workspaces::{valid_display_name, valid_slug};
+use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use crate::app::App;
+use crate::auth::Caller;
+use crate::model::{Protocol, Source, Workspace};
+use crate::problem::{ApiError, ApiResult};
+use crate::roles::Action;
+use crate::store::{Change, State as Data};
+
+/// Largest JSON Schema of a source, serialised.
+const SCHEMA_BYTES_MAX: usize = 64 << 10;
+/// CORS origins per workspace at most.
+const ORIGINS_MAX: usize = 100;
+
+/// A source as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SourceView {
+    pub id: Uuid,
+    /// Used in ingest URLs (`/v1/ingest/{workspace}/{source}`) and MQTT topics
+    /// (`ingest/{source}/...`).
+    pub slug: String,
+    pub name: String,
+    pub protocols: Vec<Protocol>,
+    /// JSON Schema of the payload.
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl From<&Source> for SourceView {
+    fn from(s: &Source) -> Self {
+        SourceView {
+            id: s.id,
+            slug: s.slug.clone(),
+            name: s.name.clone(),
+            protocols: s.protocols.clone(),
+            schema: s.schema.clone(),
+            created_at: s.created_at,
+        }
+    }
+}
+
+/// A new source.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSource {
+    pub slug: String,
+    /// Display name; the slug when absent.
+    pub name: Option<String>,
+    /// Both when absent.
+    pub protocols: Option<Vec<Protocol>>,
+    /// JSON Schema of the payload (an object).
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<serde_json::Value>,
+}
+
+/// Changes to a source; absent fields stay as they are, `"schema": null` removes the schema.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SourceUpdate {
+    pub name: Option<String>,
+    pub protocols: Option<Vec<Protocol>>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<Object>)]
+    pub schema: Option<Option<serde_json::Value>>,
+}
+
+/// Tells a field given as `null` (Some(None)) from an absent one (None).
+fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
+}
+
+/// The browser origins allowed to call the workspace's ingest endpoints.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Cors {
+    /// Origins such as `https://app.example.com`.
+    pub allowed_origins: Vec<String>,
+}
+
+fn valid_protocols(protocols: Option<Vec<Protocol>>) -> ApiResult<Vec<Protocol>> {
+    let protocols = protocols.unwrap_or_else(|| vec![Protocol::Http, Protocol::Mqtt]);
+    if protocols.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-protocols",
+            "give the source at least one protocol: http or mqtt",
+        ));
+    }
+    let mut unique = Vec::new();
+    for p in protocols {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
+    Ok(unique)
+}
+
+fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
+    if !schema.is_object() {
+        return Err(ApiError::bad_request(
+            "invalid-schema",
+            "schema must be a JSON Schema object",
+        ));
+    }
+    if serde_json::to_vec(schema).map_or(true, |b| b.len() > SCHEMA_BYTES_MAX) {
+        return Err(ApiError::bad_request(
+            "invalid-schema",
+            format!("schema must be at most {SCHEMA_BYTES_MAX} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+fn find<'s>(s: &'s Data, ws: &Workspace, slug: &str) -> ApiResult<&'s Source> {
+    s.sources_of(ws.id).find(|x| x.slug == slug).ok_or_else(|| {
+        ApiError::not_found(
+            "unknown-source",
+            format!("no source {slug:?} in workspace {:?}", ws.slug),
+        )
+    })
+}
+
+/// Sources of a workspace. Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/sources", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug"), PageQuery),
+    responses((status = 200, body = Page<SourceView>), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn list_sources(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<SourceView>>> {
+    let items = app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        Ok::<_, ApiError>(
+            s.sources_of(ws.id)
+                .map(|x| (x.id.to_string(), SourceView::from(x)))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    page.page(&app, items).map(Json)
+}
+
+/// Create a source. Admin or Editor.
+#[utoipa::path(post, path = "/api/v1/workspaces/{workspace}/sources", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    request_body = NewSource,
+    responses((status = 201, body = SourceView), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 409, body = crate::problem::ProblemBody)))]
+pub async fn create_source(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiJson(form): ApiJson<NewSource>,
+) -> ApiResult<(StatusCode, Json<SourceView>)> {
+    let slug = valid_slug(&form.slug)?;
+    let name = match &form.name {
+        Some(name) => valid_display_name(name)?,
+        None => slug.clone(),
+    };
+    let protocols = valid_protocols(form.protocols)?;
+    if let Some(schema) = &form.schema {
+        valid_schema(schema)?;
+    }
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
+        require_enabled(ws)?;
+        if s.sources_of(ws.id).any(|x| x.slug == slug) {
+            return Err(ApiError::conflict(
+                "source-exists",
+                format!("workspace {:?} already has a source {slug:?}", ws.slug),
+            ));
+        }
+        let source = Source {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug,
+            name,
+            protocols,
+            schema: form.schema,
+            created_at: Utc::now(),
+        };
+        let view = SourceView::from(&source);
+        Ok((
+            vec![Change::PutSource(source)],
+            (StatusCode::CREATED, Json(view)),
+        ))
+    })
+    .await
+}
+
+/// One source. Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug"),
+        ("source" = String, Path, description = "Source slug")),
+    responses((status = 200, body = SourceView), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn get_source(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((workspace, source)): ApiPath<(String, String)>,
+) -> ApiResult<Json<SourceView>> {
+    app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        find(s, ws, &source).map(|x| Json(SourceView::from(x)))
+    })
+}
+
+/// Change a source's name, protocols or schema. Admin or Editor.
+#[utoipa::path(patch, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug"),
+        ("source" = String, Path, description = "Source slug")),
+    request_body = SourceUpdate,
+    responses((status = 200, body = SourceView), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn update_source(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((workspace, source)): ApiPath<(String, String)>,
+    ApiJson(form): ApiJson<SourceUpdate>,
+) -> ApiResult<Json<SourceView>> {
+    let name = form.name.as_deref().map(valid_display_name).transpose()?;
+    let protocols = form
+        .protocols
+        .map(|p| valid_protocols(Some(p)))
+        .transpose()?;
+    if let Some(Some(schema)) = &form.schema {
+        valid_schema(schema)?;
+    }
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
+        require_enabled(ws)?;
+        let mut updated = find(s, ws, &source)?.clone();
+        if let Some(name) = name {
+            updated.name = name;
+        }
+        if let Some(protocols) = protocols {
+            updated.protocols = protocols;
+        }
+        if let Some(schema) = form.schema {
+            updated.schema = schema;
+        }
+        let view = SourceView::from(&updated);
+        Ok((vec![Change::PutSource(updated)], Json(view)))
+    })
+    .await
+}
+
+/// Delete a source; nodes refuse events for it from the next configuration version on. Its
+/// data already in object storage stays. Admin or Editor.
+#[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug"),
+        ("source" = String, Path, description = "Source slug")),
+    responses((status = 204), (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn delete_source(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((workspace, source)): ApiPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
+        require_enabled(ws)?;
+        let id = find(s, ws, &source)?.id;
+        Ok((vec![Change::DeleteSource(id)], StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+/// The workspace's CORS origins. Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/cors", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    responses((status = 200, body = Cors), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn get_cors(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<Json<Cors>> {
+    app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        Ok(Json(Cors {
+            allowed_origins: ws.cors_allowed_origins.clone(),
+        }))
+    })
+}
+
+/// Checks an origin: `http` or `https`, a host, an optional port, nothing else.
+fn valid_origin(origin: &str) -> ApiResult<String> {
+    let bad = || {
+        ApiError::bad_request(
+            "invalid-origin",
+            format!("{origin:?} is not an origin like https://app.example.com"),
+        )
+    };
+    let url = url::Url::parse(origin).map_err(|_| bad())?;
+    let plain = matches!(url.scheme(), "http" | "https")
+        && url.host_str().is_some()
+        && url.path() == "/"
+        && url.query().is_none()
+        && url.fragment().is_none()
+        && url.username().is_empty()
+        && !origin.trim_end_matches('/').ends_with(':');
+    if !plain || origin.ends_with('/') {
+        return Err(bad());
+    }
+    Ok(url.origin().ascii_serialization())
+}
+
+/// Replace the workspace's CORS origins. Admin only.
+#[utoipa::path(put, path = "/api/v1/workspaces/{workspace}/cors", tag = "sources",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    request_body = Cors,
+    responses((status = 200, body = Cors), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn set_cors(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiJson(form): ApiJson<Cors>,
+) -> ApiResult<Json<Cors>> {
+    if form.allowed_origins.len() > ORIGINS_MAX {
+        return Err(ApiError::bad_request(
+            "invalid-origin",
+            format!("at most {ORIGINS_MAX} origins"),
+        ));
+    }
+    let mut origins = Vec::new();
+    for origin in &form.allowed_origins {
+        let origin = valid_origin(origin)?;
+        if !origins.contains(&origin) {
+            origins.push(origin);
+        }
+    }
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageCors)?;
+        require_enabled(ws)?;
+        let mut ws = ws.clone();
+        ws.cors_allowed_origins = origins.clone();
+        Ok((
+            vec![Change::PutWorkspace(ws)],
+            Json(Cors {
+                allowed_origins: origins,
+            }),
+        ))
+    })
+    .await
+}

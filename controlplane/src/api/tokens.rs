@@ -1,0 +1,244 @@
+//! Workspace access tokens for devices and readers. The secret is shown once, at creation; the
+//! control plane keeps its SHA-256 only, and that hash is what data-plane nodes receive.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_storage::snapshot::{is_valid_device_id, Scope, DEVICE_ID_LEN_MAX};
+use sluice_storage::token;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::workspaces::valid_display_name;
+use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use crate::app::App;
+use crate::auth::Caller;
+use crate::model::{secret_hint, AccessToken};
+use crate::problem::{ApiError, ApiResult};
+use crate::roles::Action;
+use crate::store::Change;
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Send events (HTTP and MQTT).
+    Ingest,
+    /// Read data.
+    Read,
+}
+
+impl From<TokenScope> for Scope {
+    fn from(s: TokenScope) -> Self {
+        match s {
+            TokenScope::Ingest => Scope::Ingest,
+            TokenScope::Read => Scope::Read,
+        }
+    }
+}
+
+impl From<Scope> for TokenScope {
+    fn from(s: Scope) -> Self {
+        match s {
+            Scope::Ingest => TokenScope::Ingest,
+            Scope::Read => TokenScope::Read,
+        }
+    }
+}
+
+/// An access token as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct AccessTokenView {
+    pub id: Uuid,
+    pub name: String,
+    /// Prefix and last characters of the secret, e.g. `sluice_…a1B2`.
+    pub hint: String,
+    pub scopes: Vec<TokenScope>,
+    /// Source slugs it may write; all when absent.
+    pub sources: Option<Vec<String>>,
+    /// The only device id it may send as.
+    pub device_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// Only in the answer to its creation: store it now, it is never shown again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
+}
+
+impl From<&AccessToken> for AccessTokenView {
+    fn from(t: &AccessToken) -> Self {
+        AccessTokenView {
+            id: t.id,
+            name: t.name.clone(),
+            hint: t.hint.clone(),
+            scopes: t.scopes.iter().copied().map(TokenScope::from).collect(),
+            sources: t.sources.clone(),
+            device_id: t.device_id.clone(),
+            expires_at: t.expires_at,
+            created_by: t.created_by,
+            created_at: t.created_at,
+            secret: None,
+        }
+    }
+}
+
+/// A new access token.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewAccessToken {
+    pub name: String,
+    /// At least one.
+    pub scopes: Vec<TokenScope>,
+    /// Limit it to these sources (slugs of existing sources); all when absent.
+    pub sources: Option<Vec<String>>,
+    /// Bind it to one device id.
+    pub device_id: Option<String>,
+    /// When it stops working; never when absent.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Access tokens of a workspace (never their secrets). Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/tokens", tag = "tokens",
+    params(("workspace" = String, Path, description = "Workspace id or slug"), PageQuery),
+    responses((status = 200, body = Page<AccessTokenView>), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn list_tokens(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<AccessTokenView>>> {
+    let items = app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        Ok::<_, ApiError>(
+            s.tokens_of(ws.id)
+                .map(|t| (t.id.to_string(), AccessTokenView::from(t)))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    page.page(&app, items).map(Json)
+}
+
+/// Create an access token; the secret is in this answer only. Admin or Editor.
+#[utoipa::path(post, path = "/api/v1/workspaces/{workspace}/tokens", tag = "tokens",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    request_body = NewAccessToken,
+    responses((status = 201, body = AccessTokenView), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn create_token(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiJson(form): ApiJson<NewAccessToken>,
+) -> ApiResult<(StatusCode, Json<AccessTokenView>)> {
+    let name = valid_display_name(&form.name)?;
+    if form.scopes.is_empty() {
+        return Err(ApiError::bad_request(
+            "invalid-scopes",
+            "give the token at least one scope: ingest or read",
+        ));
+    }
+    if let Some(device) = &form.device_id {
+        if !is_valid_device_id(device) {
+            return Err(ApiError::bad_request(
+                "invalid-device-id",
+                format!("device_id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
+            ));
+        }
+    }
+    if form.expires_at.is_some_and(|at| at <= Utc::now()) {
+        return Err(ApiError::bad_request(
+            "invalid-expiry",
+            "expires_at is in the past",
+        ));
+    }
+    let secret = token::generate();
+    let mut scopes: Vec<Scope> = Vec::new();
+    for scope in form.scopes.iter().copied().map(Scope::from) {
+        if !scopes.contains(&scope) {
+            scopes.push(scope);
+        }
+    }
+    let user = caller.user.id;
+    let created = app
+        .write(move |s| {
+            let (ws, _) = authorize(s, &caller, &workspace, Action::ManageTokens)?;
+            require_enabled(ws)?;
+            if let Some(sources) = &form.sources {
+                for slug in sources {
+                    if !s.sources_of(ws.id).any(|x| &x.slug == slug) {
+                        return Err(ApiError::bad_request(
+                            "unknown-source",
+                            format!("no source {slug:?} in workspace {:?}", ws.slug),
+                        ));
+                    }
+                }
+            }
+            let t = AccessToken {
+                id: Uuid::now_v7(),
+                workspace_id: ws.id,
+                name,
+                sha256: token::hash_hex(&secret),
+                hint: secret_hint(&secret, token::TOKEN_PREFIX),
+                scopes,
+                sources: form.sources,
+                device_id: form.device_id,
+                expires_at: form.expires_at,
+                created_by: user,
+                created_at: Utc::now(),
+            };
+            let mut view = AccessTokenView::from(&t);
+            view.secret = Some(secret);
+            Ok((vec![Change::PutToken(t)], view))
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// One access token (without its secret). Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/tokens/{token_id}", tag = "tokens",
+    params(("workspace" = String, Path, description = "Workspace id or slug"),
+        ("token_id" = Uuid, Path, description = "Token id")),
+    responses((status = 200, body = AccessTokenView), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn get_token(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((workspace, token_id)): ApiPath<(String, Uuid)>,
+) -> ApiResult<Json<AccessTokenView>> {
+    app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        s.tokens
+            .get(&token_id)
+            .filter(|t| t.workspace_id == ws.id)
+            .map(|t| Json(AccessTokenView::from(t)))
+            .ok_or_else(unknown_token)
+    })
+}
+
+fn unknown_token() -> ApiError {
+    ApiError::not_found("unknown-token", "no such access token in this workspace")
+}
+
+/// Revoke an access token; every data-plane node refuses it from the next configuration
+/// version on. Admin or Editor (also in a disabled workspace).
+#[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}/tokens/{token_id}", tag = "tokens",
+    params(("workspace" = String, Path, description = "Workspace id or slug"),
+        ("token_id" = Uuid, Path, description = "Token id")),
+    responses((status = 204), (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn revoke_token(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath((workspace, token_id)): ApiPath<(String, Uuid)>,
+) -> ApiResult<StatusCode> {
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageTokens)?;
+        s.tokens
+            .get(&token_id)
+            .filter(|t| t.workspace_id == ws.id)
+            .ok_or_else(unknown_token)?;
+        Ok((vec![Change::DeleteToken(token_id)], StatusCode::NO_CONTENT))
+    })
+    .await
+}

@@ -1,0 +1,282 @@
+//! Workspaces: create, list, get, rename, delete.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_storage::snapshot::{is_valid_slug, SLUG_LEN_MAX};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use crate::app::App;
+use crate::auth::{require_verified, Caller};
+use crate::model::{Member, Workspace};
+use crate::problem::{ApiError, ApiResult};
+use crate::roles::{Action, Role};
+use crate::store::{Change, State as Data};
+
+/// Longest display name.
+const NAME_CHARS_MAX: usize = 200;
+
+/// A workspace as the API shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct WorkspaceView {
+    /// UUIDv7.
+    pub id: Uuid,
+    /// Unique, URL-safe; used in ingest URLs and MQTT usernames.
+    pub slug: String,
+    pub name: String,
+    /// False while its creator's trial is over without a paid plan.
+    pub enabled: bool,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// The caller's role in it.
+    pub role: Role,
+}
+
+impl WorkspaceView {
+    pub fn new(ws: &Workspace, role: Role) -> Self {
+        WorkspaceView {
+            id: ws.id,
+            slug: ws.slug.clone(),
+            name: ws.name.clone(),
+            enabled: ws.enabled,
+            created_by: ws.created_by,
+            created_at: ws.created_at,
+            role,
+        }
+    }
+}
+
+/// A new workspace.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewWorkspace {
+    /// Display name, free text.
+    pub name: String,
+    /// `a-z`, `0-9` and `-`, at most 63 characters; derived from the name when absent.
+    pub slug: Option<String>,
+}
+
+/// New display name.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rename {
+    pub name: String,
+}
+
+pub fn valid_display_name(name: &str) -> ApiResult<String> {
+    let name = name.trim();
+    if name.is_empty()
+        || name.chars().count() > NAME_CHARS_MAX
+        || name.chars().any(char::is_control)
+    {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!("the name must have 1 to {NAME_CHARS_MAX} printable characters"),
+        ));
+    }
+    Ok(name.to_owned())
+}
+
+/// Checks a slug given by a user.
+pub fn valid_slug(slug: &str) -> ApiResult<String> {
+    if !is_valid_slug(slug) {
+        return Err(ApiError::bad_request(
+            "invalid-slug",
+            format!(
+                "{slug:?} is not a valid slug: use 1 to {SLUG_LEN_MAX} characters of a-z, 0-9 and -, starting with a letter or digit"
+            ),
+        ));
+    }
+    Ok(slug.to_owned())
+}
+
+/// A slug made from a display name: lower case, runs of other characters become `-`.
+pub fn slug_from_name(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.chars().flat_map(char::to_lowercase) {
+        if c.is_ascii_lowercase() || c.is_ascii_digit() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let mut slug: String = slug.trim_matches('-').chars().take(50).collect();
+    slug.truncate(slug.trim_end_matches('-').len());
+    if slug.is_empty() {
+        slug.push_str("workspace");
+    }
+    slug
+}
+
+/// The workspaces the caller belongs to.
+#[utoipa::path(get, path = "/api/v1/workspaces", tag = "workspaces", params(PageQuery),
+    responses((status = 200, body = Page<WorkspaceView>), (status = 401, body = crate::problem::ProblemBody)))]
+pub async fn list_workspaces(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<WorkspaceView>>> {
+    let items = app.store.read(|s| {
+        s.workspaces_of(caller.user.id)
+            .map(|(ws, m)| (ws.id.to_string(), WorkspaceView::new(ws, m.role)))
+            .collect::<Vec<_>>()
+    });
+    page.page(&app, items).map(Json)
+}
+
+/// Create a workspace; the caller becomes its Admin. Needs a verified e-mail address.
+#[utoipa::path(post, path = "/api/v1/workspaces", tag = "workspaces", request_body = NewWorkspace,
+    responses((status = 201, body = WorkspaceView), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 409, body = crate::problem::ProblemBody)))]
+pub async fn create_workspace(
+    State(app): State<App>,
+    caller: Caller,
+    ApiJson(form): ApiJson<NewWorkspace>,
+) -> ApiResult<(StatusCode, Json<WorkspaceView>)> {
+    require_verified(&caller)?;
+    let name = valid_display_name(&form.name)?;
+    let slug = form.slug.as_deref().map(valid_slug).transpose()?;
+    let user = caller.user;
+    app.write(move |s| {
+        let slug = match slug {
+            Some(slug) if s.slugs.contains_key(&slug) => {
+                return Err(ApiError::conflict(
+                    "slug-taken",
+                    format!("the slug {slug:?} is taken; choose another"),
+                ))
+            }
+            Some(slug) => slug,
+            None => free_slug(s, &slug_from_name(&name)),
+        };
+        let now = Utc::now();
+        let ws = Workspace {
+            id: Uuid::now_v7(),
+            slug,
+            name,
+            created_by: user.id,
+            created_at: now,
+            enabled: user.is_active(now),
+            cors_allowed_origins: Vec::new(),
+        };
+        let view = WorkspaceView::new(&ws, Role::Admin);
+        let member = Member {
+            workspace_id: ws.id,
+            user_id: user.id,
+            role: Role::Admin,
+            joined_at: now,
+        };
+        Ok((
+            vec![Change::PutWorkspace(ws), Change::PutMember(member)],
+            (StatusCode::CREATED, Json(view)),
+        ))
+    })
+    .await
+}
+
+/// `base`, or `base-2`, `base-3`, ... whichever is free.
+fn free_slug(s: &Data, base: &str) -> String {
+    if !s.slugs.contains_key(base) {
+        return base.to_owned();
+    }
+    (2..)
+        .map(|n| format!("{base}-{n}"))
+        .find(|slug| !s.slugs.contains_key(slug))
+        .unwrap_or_else(|| Uuid::now_v7().simple().to_string())
+}
+
+/// One workspace of the caller's, by id or slug.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}", tag = "workspaces",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    responses((status = 200, body = WorkspaceView), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn get_workspace(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<Json<WorkspaceView>> {
+    app.store.read(|s| {
+        let (ws, role) = authorize(s, &caller, &workspace, Action::View)?;
+        Ok(Json(WorkspaceView::new(ws, role)))
+    })
+}
+
+/// Rename a workspace (its display name; the slug stays). Admin only.
+#[utoipa::path(patch, path = "/api/v1/workspaces/{workspace}", tag = "workspaces",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    request_body = Rename,
+    responses((status = 200, body = WorkspaceView), (status = 403, body = crate::problem::ProblemBody),
+        (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn rename_workspace(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiJson(form): ApiJson<Rename>,
+) -> ApiResult<Json<WorkspaceView>> {
+    let name = valid_display_name(&form.name)?;
+    app.write(move |s| {
+        let (ws, role) = authorize(s, &caller, &workspace, Action::RenameWorkspace)?;
+        require_enabled(ws)?;
+        let mut ws = ws.clone();
+        ws.name = name;
+        let view = WorkspaceView::new(&ws, role);
+        Ok((vec![Change::PutWorkspace(ws)], Json(view)))
+    })
+    .await
+}
+
+/// Delete a workspace with its members, invitations, tokens, sources and ingested data. Admin
+/// only; refused for the caller's last workspace.
+#[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}", tag = "workspaces",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    responses((status = 204), (status = 403, body = crate::problem::ProblemBody),
+        (status = 404, body = crate::problem::ProblemBody), (status = 409, body = crate::problem::ProblemBody)))]
+pub async fn delete_workspace(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<StatusCode> {
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::DeleteWorkspace)?;
+        if s.workspaces_of(caller.user.id).count() <= 1 {
+            return Err(ApiError::conflict(
+                "last-workspace",
+                "you cannot delete your last workspace; create another one first",
+            ));
+        }
+        let mut changes: Vec<Change> = s
+            .members_of(ws.id)
+            .map(|m| Change::DeleteMember(ws.id, m.user_id))
+            .collect();
+        changes.extend(
+            s.invitations_of(ws.id)
+                .map(|i| Change::DeleteInvitation(i.id)),
+        );
+        changes.extend(s.tokens_of(ws.id).map(|t| Change::DeleteToken(t.id)));
+        changes.extend(s.sources_of(ws.id).map(|x| Change::DeleteSource(x.id)));
+        changes.push(Change::DeleteWorkspace(ws.id));
+        changes.push(Change::PutPurge(ws.id));
+        Ok((changes, StatusCode::NO_CONTENT))
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_from_names_are_valid() {
+        for (name, slug) in [
+            ("Production", "production"),
+            ("  Fleet 01 / EU  ", "fleet-01-eu"),
+            ("Über Wärme", "ber-w-rme"),
+            ("!!!", "workspace"),
+        ] {
+            assert_eq!(slug_from_name(name), slug);
+            assert!(is_valid_slug(&slug_from_name(name)));
+        }
+    }
+}

@@ -1,0 +1,91 @@
+//! What every request handler shares: the store, the mailer, the limits and the settings.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::config::ControlPlaneConfig;
+use crate::mail::Mailer;
+use crate::problem::{ApiError, ApiResult};
+use crate::rate_limit::RateLimit;
+use crate::store::{Change, State, Store};
+
+/// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
+pub struct Limits {
+    pub sign_in_per_account: RateLimit,
+    pub sign_in_per_address: RateLimit,
+    pub codes_per_account: RateLimit,
+    pub sign_ups_per_address: RateLimit,
+    pub invitations_per_workspace: RateLimit,
+    pub invitations_per_inviter: RateLimit,
+}
+
+impl Limits {
+    fn new(c: &ControlPlaneConfig) -> Self {
+        const QUARTER_HOUR: Duration = Duration::from_secs(15 * 60);
+        const HOUR: Duration = Duration::from_secs(3600);
+        const DAY: Duration = Duration::from_secs(24 * 3600);
+        Limits {
+            sign_in_per_account: RateLimit::new(c.sign_in_failures_per_account, QUARTER_HOUR),
+            sign_in_per_address: RateLimit::new(c.sign_in_attempts_per_address, QUARTER_HOUR),
+            codes_per_account: RateLimit::new(c.codes_per_account_per_hour, HOUR),
+            sign_ups_per_address: RateLimit::new(c.sign_ups_per_address_per_hour, HOUR),
+            invitations_per_workspace: RateLimit::new(c.invitations_per_workspace_per_day, DAY),
+            invitations_per_inviter: RateLimit::new(c.invitations_per_inviter_per_day, DAY),
+        }
+    }
+}
+
+/// Shared state of the API (cheap to clone).
+#[derive(Clone)]
+pub struct App {
+    pub store: Arc<Store>,
+    pub mailer: Mailer,
+    pub config: Arc<ControlPlaneConfig>,
+    pub limits: Arc<Limits>,
+    /// The configuration version, published after every commit that moves it.
+    pub config_version: watch::Sender<u64>,
+}
+
+impl App {
+    pub fn new(store: Arc<Store>, mailer: Mailer, config: ControlPlaneConfig) -> Self {
+        let version = store.read(|s| s.config_version);
+        App {
+            store,
+            mailer,
+            limits: Arc::new(Limits::new(&config)),
+            config: Arc::new(config),
+            config_version: watch::Sender::new(version),
+        }
+    }
+
+    /// Computes and commits a change on a blocking thread (see [`Store::write`]).
+    pub async fn write<T, F>(&self, f: F) -> ApiResult<T>
+    where
+        F: FnOnce(&State) -> ApiResult<(Vec<Change>, T)> + Send + 'static,
+        T: Send + 'static,
+    {
+        let store = self.store.clone();
+        let value = tokio::task::spawn_blocking(move || store.write(f))
+            .await
+            .map_err(|e| ApiError::internal(format!("the change did not complete: {e}")))??;
+        let version = self.store.read(|s| s.config_version);
+        self.config_version.send_if_modified(|v| {
+            let moved = *v != version;
+            *v = version;
+            moved
+        });
+        Ok(value)
+    }
+
+    /// Runs CPU-heavy work (password hashing) off the async threads.
+    pub async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> ApiResult<T> {
+        tokio::task::spawn_blocking(f)
+            .await
+            .map_err(|e| ApiError::internal(format!("the work did not complete: {e}")))
+    }
+}

@@ -1,0 +1,95 @@
+//! Settings of the control plane, with their defaults. The `sluice` command fills this from the
+//! `[controlplane]` table of the TOML file, `SLUICE_*` environment variables and flags
+//! (docs/configuration.md lists them).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Everything the control plane needs to start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ControlPlaneConfig {
+    /// Root of its files: `controlplane.redb`, `initial-operator.json`, `outbox/`,
+    /// `config-snapshot.json`.
+    pub data_dir: PathBuf,
+    pub api_addr: SocketAddr,
+    /// The address people reach the API at; used in links sent by e-mail. Derived from
+    /// `api_addr` when unset.
+    pub public_url: Option<String>,
+    /// Platform SMTP server, e.g. `smtp://user:pass@mail.example.com:587?tls=required` or
+    /// `smtps://...`; without it mail goes to `<data-dir>/outbox` and the log.
+    pub smtp_url: Option<String>,
+    /// Sender of platform mail.
+    pub mail_from: String,
+    /// Object storage of the data plane, to delete a deleted workspace's data; the same
+    /// default as the data plane (`<data-dir>/lake`).
+    pub object_store: Option<String>,
+    /// Length of a new user's free trial.
+    pub trial_duration_secs: u64,
+    /// How often ended trials are looked for.
+    pub trial_check_interval_ms: u64,
+    pub session_ttl_secs: u64,
+    /// Largest request body.
+    pub body_bytes_max: usize,
+    /// Requests handled at once; more are answered 503.
+    pub concurrent_requests_max: usize,
+    /// A request taking longer is answered 503.
+    pub request_timeout_ms: u64,
+    /// Invitations a workspace may send per day.
+    pub invitations_per_workspace_per_day: u32,
+    /// Invitations one user may send per day, across workspaces.
+    pub invitations_per_inviter_per_day: u32,
+    /// Failed sign-ins per account per 15 minutes before sign-in is refused.
+    pub sign_in_failures_per_account: u32,
+    /// Sign-in attempts per client address per 15 minutes.
+    pub sign_in_attempts_per_address: u32,
+    /// Mails (verification and reset codes) per account per hour.
+    pub codes_per_account_per_hour: u32,
+    /// Sign-ups per client address per hour.
+    pub sign_ups_per_address_per_hour: u32,
+    /// Mails waiting to be sent at most; further sends are refused with 503.
+    pub mail_queue_max: usize,
+    /// Bound on one SMTP exchange.
+    pub smtp_timeout_ms: u64,
+    /// Records per page at most (the default page is 50).
+    pub page_size_max: usize,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        ControlPlaneConfig {
+            data_dir: PathBuf::from("data"),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            public_url: None,
+            smtp_url: None,
+            mail_from: "Sluice <no-reply@sluice.localhost>".into(),
+            object_store: None,
+            trial_duration_secs: 14 * 24 * 3600,
+            trial_check_interval_ms: 60_000,
+            session_ttl_secs: 14 * 24 * 3600,
+            body_bytes_max: 1 << 20,
+            concurrent_requests_max: 1024,
+            request_timeout_ms: 30_000,
+            invitations_per_workspace_per_day: 50,
+            invitations_per_inviter_per_day: 100,
+            sign_in_failures_per_account: 10,
+            sign_in_attempts_per_address: 100,
+            codes_per_account_per_hour: 5,
+            sign_ups_per_address_per_hour: 20,
+            mail_queue_max: 1000,
+            smtp_timeout_ms: 10_000,
+            page_size_max: 200,
+        }
+    }
+}
+
+impl ControlPlaneConfig {
+    pub fn public_url(&self) -> String {
+        match &self.public_url {
+            Some(url) => url.trim_end_matches('/').to_owned(),
+            None => format!("http://{}", self.api_addr),
+        }
+    }
+}

@@ -1,0 +1,252 @@
+//! Sluice's control plane: the axum API people use to manage users, workspaces, members and
+//! roles, invitations, access tokens and sources.
+//!
+//! - [`store`]: every record in memory and in one redb file; changes commit before they show.
+//! - [`model`] and [`roles`]: the records and the one permission table.
+//! - [`auth`]: passwords, sessions, personal tokens, one-time codes, the caller of a request.
+//! - [`api`]: the HTTP endpoints and the OpenAPI document generated from them.
+//! - [`mail`]: platform mail through SMTP, or an outbox directory when none is configured.
+//! - [`trial`], [`purge`], [`snapshot`]: background work (ended trials disable workspaces,
+//!   deleted workspaces' data leaves the lake, the data-plane configuration is written out).
+//!
+//! The control plane runs on its own tokio runtime and threads; it never touches the data
+//! plane's request path.
+
+pub mod api;
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod initial_operator;
+pub mod mail;
+pub mod model;
+pub mod problem;
+pub mod purge;
+pub mod rate_limit;
+pub mod roles;
+pub mod snapshot;
+pub mod store;
+pub mod trial;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::error_handling::HandleErrorLayer;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{BoxError, Router};
+use sluice_storage::lake::{Lake, LakeError};
+use tokio::sync::oneshot;
+use tower::ServiceBuilder;
+
+pub use config::ControlPlaneConfig;
+
+use crate::app::App;
+use crate::initial_operator::{InitialOperator, InitialOperatorError};
+use crate::mail::{MailError, Mailer};
+use crate::problem::ApiError;
+use crate::store::{Store, StoreError};
+
+/// Errors that keep the control plane from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlPlaneError {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Mail(#[from] MailError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    InitialOperator(#[from] InitialOperatorError),
+    #[error("building the OpenAPI document: {0}")]
+    OpenApi(#[from] serde_json::Error),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlaneError {
+    let context = context.into();
+    move |source| ControlPlaneError::Io { context, source }
+}
+
+/// How often a failed purge of a deleted workspace's data is retried.
+const PURGE_RETRY: Duration = Duration::from_secs(30);
+
+/// A running control plane.
+pub struct ControlPlane {
+    addr: SocketAddr,
+    initial_operator: Option<InitialOperator>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    /// Opens the store, makes the operator account on first start, binds the API address and
+    /// serves on a runtime of its own.
+    pub fn start(config: ControlPlaneConfig) -> Result<ControlPlane, ControlPlaneError> {
+        std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
+            "creating data dir {}",
+            config.data_dir.display()
+        )))?;
+        let store = Arc::new(Store::open(&config.data_dir.join("controlplane.redb"))?);
+        let initial_operator =
+            initial_operator::ensure(&store, &config.data_dir, &config.public_url())?;
+        let lake_spec = config
+            .object_store
+            .clone()
+            .unwrap_or_else(|| config.data_dir.join("lake").display().to_string());
+        let lake = Arc::new(Lake::open(&lake_spec)?);
+        let listener = std::net::TcpListener::bind(config.api_addr)
+            .map_err(io(format!("binding the API address {}", config.api_addr)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("configuring the API listener"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading the API address"))?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("controlplane")
+            .enable_all()
+            .build()
+            .map_err(io("starting the control-plane runtime"))?;
+        let app = {
+            let _guard = runtime.enter();
+            let mailer = Mailer::start(
+                config.smtp_url.as_deref(),
+                &config.mail_from,
+                config.data_dir.join("outbox"),
+                config.mail_queue_max,
+                Duration::from_millis(config.smtp_timeout_ms),
+            )?;
+            App::new(store, mailer, config)
+        };
+        let router = router(app.clone())?;
+        let listener = {
+            let _guard = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)
+                .map_err(io("registering the API listener"))?
+        };
+        let (stop, stopped) = oneshot::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("controlplane-main".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let config = app.config.clone();
+                    tokio::spawn(trial::sweep(
+                        app.clone(),
+                        Duration::from_millis(config.trial_check_interval_ms.max(10)),
+                    ));
+                    tokio::spawn(snapshot::keep_file_current(
+                        app.clone(),
+                        config.data_dir.join(snapshot::FILE_NAME),
+                    ));
+                    tokio::spawn(purge::run(app.clone(), lake, PURGE_RETRY));
+                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                    let served = axum::serve(listener, service)
+                        .with_graceful_shutdown(async {
+                            let _ = stopped.await;
+                        })
+                        .await;
+                    if let Err(e) = served {
+                        tracing::error!(error = %e, "the control-plane API stopped");
+                    }
+                });
+                runtime.shutdown_timeout(Duration::from_secs(5));
+            })
+            .map_err(io("starting the control-plane thread"))?;
+        tracing::info!(%addr, "control-plane API listening");
+        Ok(ControlPlane {
+            addr,
+            initial_operator,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    /// The bound API address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The operator credentials, when this start created the account.
+    pub fn initial_operator(&self) -> Option<&InitialOperator> {
+        self.initial_operator.as_ref()
+    }
+
+    /// Stops taking requests, lets the ones in flight finish, and stops the runtime.
+    pub fn shutdown(mut self) {
+        self.stop_and_join();
+    }
+
+    fn stop_and_join(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        self.stop_and_join();
+    }
+}
+
+/// The whole HTTP surface: the API, its OpenAPI document, health, limits.
+pub fn router(app: App) -> Result<Router, ControlPlaneError> {
+    let (api, document) = api::router_and_document();
+    let document = Arc::new(document.to_json()?);
+    let limits = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(app.config.concurrent_requests_max.max(1))
+        .timeout(Duration::from_millis(app.config.request_timeout_ms));
+    Ok(api
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        (*document).clone(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }))
+        .fallback(api::no_route)
+        .method_not_allowed_fallback(api::wrong_method)
+        .layer(DefaultBodyLimit::max(app.config.body_bytes_max))
+        .layer(limits)
+        .with_state(app))
+}
+
+async fn overloaded(error: BoxError) -> axum::response::Response {
+    if error.is::<tower::timeout::error::Elapsed>() {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "timeout",
+            "the request took too long; retry later",
+        )
+        .retry_after(5)
+        .into_response()
+    } else {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "the control plane is handling too many requests; retry shortly",
+        )
+        .retry_after(1)
+        .into_response()
+    }
+}

@@ -1,0 +1,183 @@
+//! The control plane's records: what is stored in its redb file, one JSON value per record.
+//!
+//! Secrets never appear here in clear: passwords are argon2id hashes, session and access tokens
+//! are SHA-256 hashes, one-time codes are SHA-256 hashes salted with their owner's id.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sluice_storage::snapshot::Scope;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::roles::Role;
+
+/// A person who signs in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct User {
+    /// The object id (OID): generated, stable, unique.
+    pub id: Uuid,
+    /// As typed at sign-up; unique case-insensitively.
+    pub email: String,
+    pub first_name: String,
+    pub last_name: String,
+    /// argon2id PHC string.
+    pub password_hash: String,
+    pub email_verified: bool,
+    pub created_at: DateTime<Utc>,
+    pub trial_ends_at: DateTime<Utc>,
+    pub plan: Plan,
+    /// Operators manage plans and trials of every user.
+    pub operator: bool,
+    /// The pending e-mail verification or password reset code, if any.
+    pub code: Option<OneTimeCode>,
+}
+
+impl User {
+    /// Whether the workspaces this user created may be used at `now`.
+    pub fn is_active(&self, now: DateTime<Utc>) -> bool {
+        self.plan == Plan::Paid || self.operator || now < self.trial_ends_at
+    }
+}
+
+/// What a user pays for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Plan {
+    /// The free trial; workspaces are disabled when it ends.
+    Trial,
+    /// A paid plan; workspaces stay enabled.
+    Paid,
+}
+
+/// What a one-time code proves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodePurpose {
+    VerifyEmail,
+    ResetPassword,
+}
+
+/// A short code sent by e-mail: expires and allows a few attempts only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OneTimeCode {
+    pub purpose: CodePurpose,
+    /// SHA-256 of `user id || code`, hex.
+    pub sha256: String,
+    pub expires_at: DateTime<Utc>,
+    pub attempts_left: u32,
+}
+
+/// What a credential is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialKind {
+    /// Returned by sign-in, also set as a cookie.
+    Session,
+    /// A personal access token for scripts.
+    PersonalToken,
+}
+
+/// A session or a personal access token, by hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Credential {
+    pub id: Uuid,
+    /// SHA-256 of the secret, hex; the redb key.
+    pub sha256: String,
+    pub kind: CredentialKind,
+    pub user_id: Uuid,
+    pub name: String,
+    /// The first and last characters of the secret, to recognise it in a list.
+    pub hint: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// An isolated container of sources, tokens and data.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Workspace {
+    pub id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    /// False while its creator's trial is over without a paid plan.
+    pub enabled: bool,
+    /// Browser origins allowed to call the workspace's ingest endpoints.
+    pub cors_allowed_origins: Vec<String>,
+}
+
+/// A user's role in a workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Member {
+    pub workspace_id: Uuid,
+    pub user_id: Uuid,
+    pub role: Role,
+    pub joined_at: DateTime<Utc>,
+}
+
+/// A pending invitation to join a workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Invitation {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// As typed by the inviter; matched case-insensitively.
+    pub email: String,
+    pub role: Role,
+    pub invited_by: Uuid,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    /// SHA-256 of the link's token, hex: the link works only while this record exists.
+    pub token_sha256: String,
+}
+
+/// A workspace access token for devices and readers, by hash.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AccessToken {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub name: String,
+    pub sha256: String,
+    pub hint: String,
+    pub scopes: Vec<Scope>,
+    /// Source slugs the token may write; all when absent.
+    pub sources: Option<Vec<String>>,
+    /// The only device id the token may send as.
+    pub device_id: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub created_by: Uuid,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Protocols a source accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Mqtt,
+}
+
+/// An ingest point of a workspace.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Source {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub slug: String,
+    pub name: String,
+    pub protocols: Vec<Protocol>,
+    /// JSON Schema of the payload, when the source has one.
+    pub schema: Option<serde_json::Value>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Shows the first and last characters of a secret, e.g. `sluice_…a1B2`.
+pub fn secret_hint(secret: &str, prefix: &str) -> String {
+    let tail: String = secret
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{prefix}…{tail}")
+}

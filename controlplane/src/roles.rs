@@ -1,0 +1,76 @@
+//! Roles and the one permission table every endpoint consults.
+//!
+//! The table follows the roles table of the product documents
+//! (`../shared/product-docs/README.md`); change it here and nowhere else.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A member's role in a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    Viewer,
+    Editor,
+    Admin,
+}
+
+/// Something a member may try to do in a workspace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// See the workspace, its members, pending invitations, sources, tokens (never secrets)
+    /// and settings.
+    View,
+    RenameWorkspace,
+    DeleteWorkspace,
+    /// Invite, cancel invitations, remove members and change their roles.
+    ManageMembers,
+    ManageSources,
+    ManageTokens,
+    ManageCors,
+}
+
+impl Action {
+    /// The roles allowed to do this.
+    pub fn allowed_roles(self) -> &'static [Role] {
+        use Role::*;
+        match self {
+            Action::View => &[Admin, Editor, Viewer],
+            Action::RenameWorkspace
+            | Action::DeleteWorkspace
+            | Action::ManageMembers
+            | Action::ManageCors => &[Admin],
+            Action::ManageSources | Action::ManageTokens => &[Admin, Editor],
+        }
+    }
+
+    pub fn allows(self, role: Role) -> bool {
+        self.allowed_roles().contains(&role)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn viewers_only_view_and_editors_do_not_manage_members_or_cors() {
+        assert!(Action::View.allows(Role::Viewer));
+        for action in [
+            Action::RenameWorkspace,
+            Action::DeleteWorkspace,
+            Action::ManageMembers,
+            Action::ManageSources,
+            Action::ManageTokens,
+            Action::ManageCors,
+        ] {
+            assert!(!action.allows(Role::Viewer), "{action:?}");
+            assert!(action.allows(Role::Admin), "{action:?}");
+        }
+        assert!(Action::ManageSources.allows(Role::Editor));
+        assert!(Action::ManageTokens.allows(Role::Editor));
+        assert!(!Action::ManageMembers.allows(Role::Editor));
+        assert!(!Action::ManageCors.allows(Role::Editor));
+        assert!(!Action::RenameWorkspace.allows(Role::Editor));
+    }
+}

@@ -1,0 +1,84 @@
+//! The data-plane configuration derived from the control plane's state, in the `storage/`
+//! snapshot format (token hashes only, never secrets).
+//!
+//! Each version is also written to `<data-dir>/config-snapshot.json`, which a data-plane node
+//! can follow with `--config-snapshot` until the configuration stream exists.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use sluice_storage::snapshot::{ConfigSnapshot, SourceConfig, TokenConfig, WorkspaceConfig};
+
+use crate::app::App;
+use crate::store::State;
+
+/// File name of the written snapshot under the data dir.
+pub const FILE_NAME: &str = "config-snapshot.json";
+
+/// The configuration data-plane nodes need, at the state's version.
+pub fn build(s: &State) -> ConfigSnapshot {
+    ConfigSnapshot {
+        version: s.config_version,
+        workspaces: s
+            .workspaces
+            .values()
+            .map(|ws| WorkspaceConfig {
+                id: ws.id,
+                slug: ws.slug.clone(),
+                name: ws.name.clone(),
+                enabled: ws.enabled,
+                events_per_second_max: None,
+                sources: s
+                    .sources_of(ws.id)
+                    .map(|x| SourceConfig {
+                        id: x.id,
+                        slug: x.slug.clone(),
+                        name: x.name.clone(),
+                    })
+                    .collect(),
+                tokens: s
+                    .tokens_of(ws.id)
+                    .map(|t| TokenConfig {
+                        id: t.id,
+                        name: t.name.clone(),
+                        sha256: t.sha256.clone(),
+                        scopes: t.scopes.clone(),
+                        sources: t.sources.clone(),
+                        device_id: t.device_id.clone(),
+                        expires_at: t.expires_at,
+                    })
+                    .collect(),
+            })
+            .collect(),
+    }
+}
+
+/// Writes `snapshot` to `path` atomically (a reader sees the old or the new file, whole).
+fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
+    let tmp = path.with_extension("json.tmp");
+    let mut file = std::fs::File::create(&tmp)?;
+    file.write_all(&serde_json::to_vec_pretty(snapshot)?)?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Writes the snapshot file now and after every version change, until the runtime stops.
+pub async fn keep_file_current(app: App, path: PathBuf) {
+    let mut versions = app.config_version.subscribe();
+    loop {
+        let snapshot = app.store.read(build);
+        let target = path.clone();
+        let version = snapshot.version;
+        match tokio::task::spawn_blocking(move || write_file(&target, &snapshot)).await {
+            Ok(Ok(())) => tracing::debug!(version, "configuration snapshot written"),
+            Ok(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %e, "writing the configuration snapshot failed")
+            }
+            Err(e) => tracing::warn!(error = %e, "writing the configuration snapshot failed"),
+        }
+        versions.mark_unchanged();
+        if versions.changed().await.is_err() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,439 @@
+//! The control plane's state: every record in memory for reading, and in one redb file for
+//! keeping.
+//!
+//! A change is computed from a consistent read of the state as a list of [`Change`]s, committed
+//! to redb in one transaction, and only then applied in memory. A refused request therefore
+//! changes nothing, anywhere. Writes are serialised; reads never wait for a commit's fsync.
+//! Every committed change that touches what data-plane nodes see (workspaces, sources, access
+//! tokens) raises the configuration version in the same transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::{Mutex, RwLock};
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::model::{AccessToken, Credential, Invitation, Member, Source, User, Workspace};
+
+const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
+const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+const WORKSPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("workspaces");
+const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
+const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
+const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("access_tokens");
+const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// Workspaces deleted whose objects in the lake are still to be removed.
+const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const CONFIG_VERSION: &str = "config_version";
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("control-plane database error: {0}")]
+    Db(#[from] redb::Error),
+    #[error("a stored record is unreadable: {0}")]
+    Corrupt(#[from] serde_json::Error),
+}
+
+macro_rules! db_err {
+    ($($t:ty),*) => {$(
+        impl From<$t> for StoreError {
+            fn from(e: $t) -> Self {
+                StoreError::Db(e.into())
+            }
+        }
+    )*};
+}
+db_err!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError
+);
+
+/// Everything the control plane knows, indexed for the API's questions.
+#[derive(Debug, Default, Clone)]
+pub struct State {
+    pub users: BTreeMap<Uuid, User>,
+    /// Lower-cased e-mail -> user id.
+    pub emails: HashMap<String, Uuid>,
+    /// Secret hash -> session or personal access token.
+    pub credentials: HashMap<String, Credential>,
+    pub workspaces: BTreeMap<Uuid, Workspace>,
+    pub slugs: HashMap<String, Uuid>,
+    /// (workspace, user) -> membership.
+    pub members: BTreeMap<(Uuid, Uuid), Member>,
+    pub invitations: BTreeMap<Uuid, Invitation>,
+    pub tokens: BTreeMap<Uuid, AccessToken>,
+    pub sources: BTreeMap<Uuid, Source>,
+    /// Workspace ids whose lake objects are still to be deleted.
+    pub purges: Vec<Uuid>,
+    /// Version of the data-plane configuration derived from this state.
+    pub config_version: u64,
+}
+
+/// One edit of the state.
+#[derive(Debug, Clone)]
+pub enum Change {
+    PutUser(User),
+    PutCredential(Credential),
+    DeleteCredential(String),
+    PutWorkspace(Workspace),
+    DeleteWorkspace(Uuid),
+    PutMember(Member),
+    DeleteMember(Uuid, Uuid),
+    PutInvitation(Invitation),
+    DeleteInvitation(Uuid),
+    PutToken(AccessToken),
+    DeleteToken(Uuid),
+    PutSource(Source),
+    DeleteSource(Uuid),
+    PutPurge(Uuid),
+    DeletePurge(Uuid),
+}
+
+impl Change {
+    /// Whether data-plane nodes see the effect of this change.
+    fn affects_config(&self) -> bool {
+        matches!(
+            self,
+            Change::PutWorkspace(_)
+                | Change::DeleteWorkspace(_)
+                | Change::PutToken(_)
+                | Change::DeleteToken(_)
+                | Change::PutSource(_)
+                | Change::DeleteSource(_)
+        )
+    }
+}
+
+fn member_key(workspace: Uuid, user: Uuid) -> String {
+    format!("{workspace}/{user}")
+}
+
+impl State {
+    fn apply(&mut self, change: Change) {
+        match change {
+            Change::PutUser(user) => {
+                self.emails.insert(user.email.to_lowercase(), user.id);
+                self.users.insert(user.id, user);
+            }
+            Change::PutCredential(c) => {
+                self.credentials.insert(c.sha256.clone(), c);
+            }
+            Change::DeleteCredential(hash) => {
+                self.credentials.remove(&hash);
+            }
+            Change::PutWorkspace(ws) => {
+                self.slugs.insert(ws.slug.clone(), ws.id);
+                self.workspaces.insert(ws.id, ws);
+            }
+            Change::DeleteWorkspace(id) => {
+                if let Some(ws) = self.workspaces.remove(&id) {
+                    self.slugs.remove(&ws.slug);
+                }
+            }
+            Change::PutMember(m) => {
+                self.members.insert((m.workspace_id, m.user_id), m);
+            }
+            Change::DeleteMember(ws, user) => {
+                self.members.remove(&(ws, user));
+            }
+            Change::PutInvitation(i) => {
+                self.invitations.insert(i.id, i);
+            }
+            Change::DeleteInvitation(id) => {
+                self.invitations.remove(&id);
+            }
+            Change::PutToken(t) => {
+                self.tokens.insert(t.id, t);
+            }
+            Change::DeleteToken(id) => {
+                self.tokens.remove(&id);
+            }
+            Change::PutSource(s) => {
+                self.sources.insert(s.id, s);
+            }
+            Change::DeleteSource(id) => {
+                self.sources.remove(&id);
+            }
+            Change::PutPurge(id) => {
+                if !self.purges.contains(&id) {
+                    self.purges.push(id);
+                }
+            }
+            Change::DeletePurge(id) => self.purges.retain(|p| *p != id),
+        }
+    }
+
+    pub fn user_by_email(&self, email: &str) -> Option<&User> {
+        self.emails
+            .get(&email.to_lowercase())
+            .and_then(|id| self.users.get(id))
+    }
+
+    /// A workspace by id or by slug.
+    pub fn workspace(&self, key: &str) -> Option<&Workspace> {
+        let id = match Uuid::parse_str(key) {
+            Ok(id) => id,
+            Err(_) => *self.slugs.get(key)?,
+        };
+        self.workspaces.get(&id)
+    }
+
+    pub fn members_of(&self, workspace: Uuid) -> impl Iterator<Item = &Member> {
+        self.members
+            .range((workspace, Uuid::nil())..=(workspace, Uuid::max()))
+            .map(|(_, m)| m)
+    }
+
+    pub fn workspaces_of(&self, user: Uuid) -> impl Iterator<Item = (&Workspace, &Member)> + '_ {
+        self.members
+            .values()
+            .filter(move |m| m.user_id == user)
+            .filter_map(|m| self.workspaces.get(&m.workspace_id).map(|ws| (ws, m)))
+    }
+
+    pub fn sources_of(&self, workspace: Uuid) -> impl Iterator<Item = &Source> {
+        self.sources
+            .values()
+            .filter(move |s| s.workspace_id == workspace)
+    }
+
+    pub fn tokens_of(&self, workspace: Uuid) -> impl Iterator<Item = &AccessToken> {
+        self.tokens
+            .values()
+            .filter(move |t| t.workspace_id == workspace)
+    }
+
+    pub fn invitations_of(&self, workspace: Uuid) -> impl Iterator<Item = &Invitation> {
+        self.invitations
+            .values()
+            .filter(move |i| i.workspace_id == workspace)
+    }
+}
+
+/// The redb file and the state it holds.
+pub struct Store {
+    db: Database,
+    state: RwLock<State>,
+    /// Serialises writers so that a change is computed from the state it is applied to.
+    writer: Mutex<()>,
+}
+
+fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
+    Ok(serde_json::to_vec(value)?)
+}
+
+fn load_table<T: DeserializeOwned>(
+    txn: &redb::ReadTransaction,
+    table: TableDefinition<&str, &[u8]>,
+) -> Result<Vec<T>, StoreError> {
+    let table = match txn.open_table(table) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for row in table.iter()? {
+        let (_, value) = row?;
+        out.push(serde_json::from_slice(value.value())?);
+    }
+    Ok(out)
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and loads it into memory.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path)?;
+        let mut state = State::default();
+        {
+            let txn = db.begin_read()?;
+            for user in load_table::<User>(&txn, USERS)? {
+                state.apply(Change::PutUser(user));
+            }
+            for c in load_table::<Credential>(&txn, CREDENTIALS)? {
+                state.apply(Change::PutCredential(c));
+            }
+            for ws in load_table::<Workspace>(&txn, WORKSPACES)? {
+                state.apply(Change::PutWorkspace(ws));
+            }
+            for m in load_table::<Member>(&txn, MEMBERS)? {
+                state.apply(Change::PutMember(m));
+            }
+            for i in load_table::<Invitation>(&txn, INVITATIONS)? {
+                state.apply(Change::PutInvitation(i));
+            }
+            for t in load_table::<AccessToken>(&txn, TOKENS)? {
+                state.apply(Change::PutToken(t));
+            }
+            for s in load_table::<Source>(&txn, SOURCES)? {
+                state.apply(Change::PutSource(s));
+            }
+            for id in load_table::<Uuid>(&txn, PURGES)? {
+                state.apply(Change::PutPurge(id));
+            }
+            state.config_version = match txn.open_table(META) {
+                Ok(meta) => meta.get(CONFIG_VERSION)?.map(|v| v.value()).unwrap_or(0),
+                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+                Err(e) => return Err(e.into()),
+            };
+        }
+        Ok(Store {
+            db,
+            state: RwLock::new(state),
+            writer: Mutex::new(()),
+        })
+    }
+
+    /// Runs `f` on a consistent view of the state.
+    pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
+        let state = self.state.read().unwrap_or_else(|e| e.into_inner());
+        f(&state)
+    }
+
+    /// Computes changes with `f` from the current state, commits them durably, then applies
+    /// them. Returns `f`'s value and whether the configuration version moved. Blocking (fsync):
+    /// call from a blocking thread.
+    pub fn write<T, E>(&self, f: impl FnOnce(&State) -> Result<(Vec<Change>, T), E>) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
+        let (changes, value) = self.read(f)?;
+        if changes.is_empty() {
+            return Ok(value);
+        }
+        let bump = changes.iter().any(Change::affects_config);
+        let version = self.read(|s| s.config_version) + u64::from(bump);
+        self.commit(&changes, bump.then_some(version))?;
+        let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
+        for change in changes {
+            state.apply(change);
+        }
+        state.config_version = version;
+        Ok(value)
+    }
+
+    fn commit(&self, changes: &[Change], version: Option<u64>) -> Result<(), StoreError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut users = txn.open_table(USERS)?;
+            let mut credentials = txn.open_table(CREDENTIALS)?;
+            let mut workspaces = txn.open_table(WORKSPACES)?;
+            let mut members = txn.open_table(MEMBERS)?;
+            let mut invitations = txn.open_table(INVITATIONS)?;
+            let mut tokens = txn.open_table(TOKENS)?;
+            let mut sources = txn.open_table(SOURCES)?;
+            let mut purges = txn.open_table(PURGES)?;
+            for change in changes {
+                match change {
+                    Change::PutUser(u) => {
+                        users.insert(u.id.to_string().as_str(), encode(u)?.as_slice())?;
+                    }
+                    Change::PutCredential(c) => {
+                        credentials.insert(c.sha256.as_str(), encode(c)?.as_slice())?;
+                    }
+                    Change::DeleteCredential(hash) => {
+                        credentials.remove(hash.as_str())?;
+                    }
+                    Change::PutWorkspace(w) => {
+                        workspaces.insert(w.id.to_string().as_str(), encode(w)?.as_slice())?;
+                    }
+                    Change::DeleteWorkspace(id) => {
+                        workspaces.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutMember(m) => {
+                        let key = member_key(m.workspace_id, m.user_id);
+                        members.insert(key.as_str(), encode(m)?.as_slice())?;
+                    }
+                    Change::DeleteMember(ws, user) => {
+                        members.remove(member_key(*ws, *user).as_str())?;
+                    }
+                    Change::PutInvitation(i) => {
+                        invitations.insert(i.id.to_string().as_str(), encode(i)?.as_slice())?;
+                    }
+                    Change::DeleteInvitation(id) => {
+                        invitations.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutToken(t) => {
+                        tokens.insert(t.id.to_string().as_str(), encode(t)?.as_slice())?;
+                    }
+                    Change::DeleteToken(id) => {
+                        tokens.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutSource(s) => {
+                        sources.insert(s.id.to_string().as_str(), encode(s)?.as_slice())?;
+                    }
+                    Change::DeleteSource(id) => {
+                        sources.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutPurge(id) => {
+                        purges.insert(id.to_string().as_str(), encode(id)?.as_slice())?;
+                    }
+                    Change::DeletePurge(id) => {
+                        purges.remove(id.to_string().as_str())?;
+                    }
+                }
+            }
+            if let Some(version) = version {
+                txn.open_table(META)?.insert(CONFIG_VERSION, version)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Workspace;
+
+    fn workspace(slug: &str) -> Workspace {
+        Workspace {
+            id: Uuid::now_v7(),
+            slug: slug.into(),
+            name: slug.into(),
+            created_by: Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+            enabled: true,
+            cors_allowed_origins: vec![],
+        }
+    }
+
+    #[test]
+    fn committed_changes_survive_reopen_and_raise_the_config_version() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp.redb");
+        let ws = workspace("fleet");
+        {
+            let store = Store::open(&path).expect("open");
+            store
+                .write(|_| Ok::<_, StoreError>((vec![Change::PutWorkspace(ws.clone())], ())))
+                .expect("write");
+            assert_eq!(store.read(|s| s.config_version), 1);
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.read(|s| s.config_version), 1);
+        assert_eq!(
+            store.read(|s| s.workspace("fleet").map(|w| w.id)),
+            Some(ws.id)
+        );
+    }
+
+    #[test]
+    fn a_refused_change_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("cp.redb")).expect("open");
+        let result: Result<(), crate::problem::ApiError> =
+            store.write(|_| Err(crate::problem::ApiError::internal("refused")));
+        assert!(result.is_err());
+        assert!(store.read(|s| s.workspaces.is_empty() && s.config_version == 0));
+    }
+}
