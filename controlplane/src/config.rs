@@ -31,6 +31,8 @@ pub struct ControlPlaneConfig {
     /// How often ended trials are looked for.
     pub trial_check_interval_ms: u64,
     pub session_ttl_secs: u64,
+    /// How long an invitation link works.
+    pub invitation_ttl_secs: u64,
     /// Largest request body.
     pub body_bytes_max: usize,
     /// Requests handled at once; more are answered 503.
@@ -69,6 +71,7 @@ impl Default for ControlPlaneConfig {
             trial_duration_secs: 14 * 24 * 3600,
             trial_check_interval_ms: 60_000,
             session_ttl_secs: 14 * 24 * 3600,
+            invitation_ttl_secs: 7 * 24 * 3600,
             body_bytes_max: 1 << 20,
             concurrent_requests_max: 1024,
             request_timeout_ms: 30_000,

@@ -20,9 +20,6 @@ use crate::problem::{ApiError, ApiResult};
 use crate::roles::{Action, Role};
 use crate::store::Change;
 
-/// How long an invitation link works.
-const INVITATION_TTL_DAYS: i64 = 7;
-
 /// A pending invitation as the API shows it (never with its link).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct InvitationView {
@@ -140,7 +137,7 @@ pub async fn invite(
         role: form.role,
         invited_by: caller.user.id,
         created_at: now,
-        expires_at: now + Duration::days(INVITATION_TTL_DAYS),
+        expires_at: now + Duration::seconds(app.config.invitation_ttl_secs as i64),
         token_sha256: auth::sha256_hex(&token),
     };
     let view = InvitationView::from(&invitation);
@@ -159,12 +156,13 @@ pub async fn invite(
         to: email,
         subject: format!("You are invited to the Sluice workspace {}", ws.name),
         body: format!(
-            "{} {} <{}> invited you to the Sluice workspace \"{}\" as {:?}.\n\nAccept within {INVITATION_TTL_DAYS} days, signed in with this e-mail address:\n\n{}/invitations/accept?token={token}\n",
+            "{} {} <{}> invited you to the Sluice workspace \"{}\" as {:?}.\n\nAccept by {}, signed in with this e-mail address:\n\n{}/invitations/accept?token={token}\n",
             inviter.first_name,
             inviter.last_name,
             inviter.email,
             ws.name,
             form.role,
+            view.expires_at.format("%Y-%m-%d %H:%M UTC"),
             app.config.public_url(),
         ),
     })?;

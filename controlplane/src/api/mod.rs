@@ -196,7 +196,7 @@ struct ApiDoc;
 
 /// The API router and its OpenAPI document, built from one list of routes.
 pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::sign_up))
         .routes(routes!(users::verify_email))
         .routes(routes!(users::resend_verification_code))
@@ -238,7 +238,39 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::set_trial))
         .routes(routes!(links::accept_link))
         .routes(routes!(links::login_page, links::login_form))
-        .split_for_parts()
+        .split_for_parts();
+    (router, with_response_descriptions(document))
+}
+
+/// OpenAPI requires a description on every response; where a handler gives none, the
+/// status's reason phrase ("Created", "Not Found") says it.
+fn with_response_descriptions(mut document: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::openapi::{RefOr, Response};
+    for item in document.paths.paths.values_mut() {
+        let operations = [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+        ];
+        for operation in operations.into_iter().flatten() {
+            for (status, response) in operation.responses.responses.iter_mut() {
+                if let RefOr::T(Response { description, .. }) = response {
+                    if description.is_empty() {
+                        *description = status
+                            .parse::<u16>()
+                            .ok()
+                            .and_then(|s| StatusCode::from_u16(s).ok())
+                            .and_then(|s| s.canonical_reason())
+                            .unwrap_or("Response")
+                            .to_owned();
+                    }
+                }
+            }
+        }
+    }
+    document
 }
 
 /// Answer of routes that do not exist.

@@ -1,0 +1,313 @@
+//! Control-plane helpers: a JSON API client, mail read back from a real SMTP server (Python's
+//! aiosmtpd, installed by `scripts/test.sh`) or from the outbox, and users who sign up and
+//! verify their address the way a person would.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{agent, free_port, python, wait_for, Answer};
+
+/// A client of the control-plane API.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+}
+
+impl Api {
+    pub fn new(base: String) -> Self {
+        Api { base }
+    }
+
+    /// One request; `token` goes in `Authorization: Bearer`.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<&Value>,
+    ) -> Answer {
+        let url = format!("{}{path}", self.base);
+        let agent = agent();
+        let mut req = http_request(method, &url);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        if body.is_some() {
+            req = req.header("content-type", "application/json");
+        }
+        let bytes = body.map(|b| b.to_string()).unwrap_or_default();
+        let mut resp = agent
+            .run(req.body(bytes.into_bytes()).expect("request"))
+            .expect("request sent");
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        Answer {
+            status: resp.status().as_u16(),
+            content_type,
+            retry_after,
+            body: resp.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
+    pub fn get(&self, path: &str, token: &str) -> Answer {
+        self.call("GET", path, Some(token), None)
+    }
+
+    pub fn post(&self, path: &str, token: Option<&str>, body: Value) -> Answer {
+        self.call("POST", path, token, Some(&body))
+    }
+
+    pub fn patch(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call("PATCH", path, Some(token), Some(&body))
+    }
+
+    pub fn put(&self, path: &str, token: &str, body: Value) -> Answer {
+        self.call("PUT", path, Some(token), Some(&body))
+    }
+
+    pub fn delete(&self, path: &str, token: &str) -> Answer {
+        self.call("DELETE", path, Some(token), None)
+    }
+
+    /// Signs in; returns the session token.
+    pub fn sign_in(&self, email: &str, password: &str) -> String {
+        let a = self.post(
+            "/api/v1/sessions",
+            None,
+            json!({"email": email, "password": password}),
+        );
+        assert_eq!(a.status, 201, "sign in as {email}: {}", a.body);
+        a.json()["token"].as_str().expect("token").to_owned()
+    }
+}
+
+fn http_request(method: &str, url: &str) -> ureq::http::request::Builder {
+    ureq::http::Request::builder().method(method).uri(url)
+}
+
+/// A mail as received.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub from: String,
+    pub subject: String,
+    pub body: String,
+}
+
+impl Mail {
+    /// The six-digit code in a verification or reset mail.
+    pub fn code(&self) -> String {
+        self.body
+            .split(|c: char| !c.is_ascii_digit())
+            .find(|w| w.len() == 6)
+            .unwrap_or_else(|| panic!("no code in mail: {}", self.body))
+            .to_owned()
+    }
+
+    /// The first `http://` link in the mail.
+    pub fn link(&self) -> String {
+        let start = self.body.find("http://").expect("a link in the mail");
+        self.body[start..]
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// Parses a raw RFC 5322 message (headers, blank line, 7bit or quoted-printable body).
+pub fn parse_mail(raw: &str) -> Mail {
+    let raw = raw.replace("\r\n", "\n");
+    let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+    let unfolded = head.replace("\n ", " ").replace("\n\t", " ");
+    let header = |name: &str| {
+        unfolded
+            .lines()
+            .find_map(|l| {
+                let (k, v) = l.split_once(':')?;
+                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+            .unwrap_or_default()
+    };
+    let body = if header("Content-Transfer-Encoding").eq_ignore_ascii_case("quoted-printable") {
+        decode_quoted_printable(body)
+    } else {
+        body.to_owned()
+    };
+    Mail {
+        to: header("To"),
+        from: header("From"),
+        subject: header("Subject"),
+        body,
+    }
+}
+
+fn decode_quoted_printable(text: &str) -> String {
+    let joined = text.replace("=\n", "");
+    let bytes = joined.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'=' && i + 2 < bytes.len() + 1 {
+            if let Ok(b) = u8::from_str_radix(&joined[i + 1..(i + 3).min(joined.len())], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mail files (`*.eml` or Maildir entries) under `dir`, parsed.
+pub fn mails_in(dir: &Path) -> Vec<Mail> {
+    let mut files: Vec<PathBuf> = Vec::new();
+    for sub in [dir.to_path_buf(), dir.join("new"), dir.join("cur")] {
+        if let Ok(entries) = std::fs::read_dir(&sub) {
+            files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
+        }
+    }
+    // Oldest first, so that `nth` counts mails in the order they arrived.
+    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    files
+        .iter()
+        .filter(|p| !p.extension().is_some_and(|e| e == "json"))
+        .filter_map(|p| std::fs::read_to_string(p).ok())
+        .map(|raw| parse_mail(&raw))
+        .collect()
+}
+
+/// Waits until a mail to `to` whose subject contains `subject` is in `dir`; returns the newest
+/// such mail after `skip` earlier ones.
+pub fn wait_mail(dir: &Path, to: &str, subject: &str, skip: usize) -> Mail {
+    let find = || {
+        mails_in(dir)
+            .into_iter()
+            .filter(|m| {
+                m.to.to_lowercase().contains(&to.to_lowercase()) && m.subject.contains(subject)
+            })
+            .nth(skip)
+    };
+    assert!(
+        wait_for(Duration::from_secs(20), || find().is_some()),
+        "no mail to {to} about {subject:?} in {}",
+        dir.display()
+    );
+    find().expect("mail")
+}
+
+/// A real SMTP server (aiosmtpd) on loopback that stores what it receives in a Maildir.
+pub struct SmtpServer {
+    child: Child,
+    pub port: u16,
+    pub maildir: PathBuf,
+}
+
+impl SmtpServer {
+    pub fn start(maildir: &Path) -> SmtpServer {
+        let port = free_port();
+        let child = Command::new(python())
+            .args(["-m", "aiosmtpd", "-n", "-l"])
+            .arg(format!("127.0.0.1:{port}"))
+            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+            .arg(maildir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("starting aiosmtpd failed ({e}); run the tests through scripts/test.sh")
+            });
+        let up = wait_for(Duration::from_secs(20), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        assert!(up, "aiosmtpd did not start on port {port}");
+        SmtpServer {
+            child,
+            port,
+            maildir: maildir.to_path_buf(),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("smtp://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for SmtpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A signed-up, verified, signed-in user.
+#[derive(Debug, Clone)]
+pub struct User {
+    pub id: String,
+    pub email: String,
+    pub password: String,
+    pub token: String,
+}
+
+/// Signs up `email`, verifies it with the code mailed to `mail_dir`, and signs in.
+pub fn verified_user(api: &Api, mail_dir: &Path, email: &str) -> User {
+    let password = format!("pw-{email}-long-enough");
+    let a = api.post(
+        "/api/v1/users",
+        None,
+        json!({"email": email, "password": password, "first_name": "Test", "last_name": email}),
+    );
+    assert_eq!(a.status, 201, "sign up {email}: {}", a.body);
+    let id = a.json()["id"].as_str().expect("id").to_owned();
+    let code = wait_mail(mail_dir, email, "verification code", 0).code();
+    let v = api.post(
+        "/api/v1/email-verification",
+        None,
+        json!({"email": email, "code": code}),
+    );
+    assert_eq!(v.status, 200, "verify {email}: {}", v.body);
+    let token = api.sign_in(email, &password);
+    User {
+        id,
+        email: email.to_owned(),
+        password,
+        token,
+    }
+}
+
+/// Invites `user` into `workspace` with `role` as `admin` and accepts with the mailed link's
+/// token through the API.
+pub fn add_member(
+    api: &Api,
+    mail_dir: &Path,
+    admin: &User,
+    workspace: &str,
+    user: &User,
+    role: &str,
+) {
+    let a = api.post(
+        &format!("/api/v1/workspaces/{workspace}/invitations"),
+        Some(&admin.token),
+        json!({"email": user.email, "role": role}),
+    );
+    assert_eq!(a.status, 201, "invite {}: {}", user.email, a.body);
+    let link = wait_mail(mail_dir, &user.email, "invited", 0).link();
+    let token = link.split("token=").nth(1).expect("token in link");
+    let a = api.post(
+        "/api/v1/invitations/acceptance",
+        Some(&user.token),
+        json!({"token": token}),
+    );
+    assert_eq!(a.status, 200, "accept as {}: {}", user.email, a.body);
+}
