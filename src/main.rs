@@ -11,7 +11,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use sluice_controlplane::{ControlPlane, ControlPlaneConfig};
+use sluice_controlplane::{ControlPlane, ControlPlaneConfig, FirstStart};
+use sluice_dataplane::bootstrap::{self, Bootstrap};
 use sluice_dataplane::{Node, NodeConfig};
 
 #[derive(Parser)]
@@ -248,24 +249,61 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => {
-            let (node, mut controlplane) = args.node.into_configs()?;
+            let (mut node, mut controlplane) = args.node.into_configs()?;
             // One machine, one data dir and one lake for both planes.
             controlplane.data_dir = node.data_dir.clone();
             controlplane.object_store = node.object_store.clone();
             args.api.apply(&mut controlplane);
-            let controlplane = start_controlplane(controlplane)?;
+            // The node follows the control plane's configuration (the snapshot file it writes
+            // after every change) unless it is given a snapshot file of its own. The first
+            // start seeds the default workspace there, keeping the token of an earlier
+            // data-plane-only bootstrap.json so that it goes on working.
+            let first_start = match node.config_snapshot {
+                Some(_) => FirstStart::Bare,
+                None => {
+                    node.config_snapshot =
+                        Some(node.data_dir.join(sluice_controlplane::snapshot::FILE_NAME));
+                    FirstStart::DefaultWorkspace {
+                        token: bootstrap::read(&node.data_dir).map(|b| b.token),
+                    }
+                }
+            };
+            let controlplane = start_controlplane(controlplane, first_start)?;
+            let data_dir = node.data_dir.clone();
             let node = start_node(node)?;
+            let seeded = controlplane.seeded().map(|s| Bootstrap {
+                workspace: s.workspace.clone(),
+                source: s.source.clone(),
+                token: s.token.clone(),
+                http_url: String::new(),
+            });
+            if let Some(mut b) = seeded.or_else(|| bootstrap::read(&data_dir)) {
+                let url = format!(
+                    "http://{}/v1/ingest/{}/{}",
+                    node.http_addr(),
+                    b.workspace,
+                    b.source
+                );
+                if b.http_url != url || controlplane.seeded().is_some() {
+                    b.http_url = url;
+                    bootstrap::write(&data_dir, &b).context("writing bootstrap.json")?;
+                }
+                announce(&node, &b);
+            }
             wait_for_signal()?;
             node.shutdown();
             controlplane.shutdown();
         }
         Command::Dataplane(args) => {
             let node = start_node(args.into_configs()?.0)?;
+            if let Some(b) = node.bootstrap() {
+                announce(&node, b);
+            }
             wait_for_signal()?;
             node.shutdown();
         }
         Command::Controlplane(args) => {
-            let controlplane = start_controlplane(args.into_config()?)?;
+            let controlplane = start_controlplane(args.into_config()?, FirstStart::Bare)?;
             wait_for_signal()?;
             controlplane.shutdown();
         }
@@ -273,9 +311,10 @@ fn main() -> Result<()> {
     Ok(())
 }
 
-fn start_controlplane(config: ControlPlaneConfig) -> Result<ControlPlane> {
+fn start_controlplane(config: ControlPlaneConfig, first_start: FirstStart) -> Result<ControlPlane> {
     let data_dir = config.data_dir.clone();
-    let controlplane = ControlPlane::start(config).context("starting the control plane")?;
+    let controlplane =
+        ControlPlane::start(config, first_start).context("starting the control plane")?;
     if let Some(operator) = controlplane.initial_operator() {
         // Printed this once only; the file keeps it (mode 0600).
         tracing::info!(
@@ -293,8 +332,12 @@ fn start_controlplane(config: ControlPlaneConfig) -> Result<ControlPlane> {
 }
 
 fn start_node(config: NodeConfig) -> Result<Node> {
-    let node = Node::start(config).context("starting the data-plane node")?;
-    if let Some(b) = node.bootstrap() {
+    Node::start(config).context("starting the data-plane node")
+}
+
+/// Logs how to send a first event with the bootstrap token and query it.
+fn announce(node: &Node, b: &Bootstrap) {
+    {
         let lake = node
             .lake_dir()
             .map(|d| d.display().to_string())
@@ -305,7 +348,6 @@ fn start_node(config: NodeConfig) -> Result<Node> {
             boot = node.bootstrap_path().display(),
         );
     }
-    Ok(node)
 }
 
 /// Blocks until Ctrl-C or SIGTERM.

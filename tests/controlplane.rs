@@ -463,8 +463,10 @@ fn account_refusals_sessions_tokens_and_password_reset() {
         415,
         "unsupported-media-type",
     );
+    // Just over the 1 MiB limit: small enough that the client finishes sending before it
+    // reads the answer.
     let mut big = b"{\"email\": \"".to_vec();
-    big.extend(std::iter::repeat_n(b'a', 2 << 20));
+    big.extend(std::iter::repeat_n(b'a', (1 << 20) + (16 << 10)));
     big.extend(b"\"}");
     assert_problem(&raw("application/json", big), 413, "body-too-large");
     assert_problem(
@@ -954,13 +956,112 @@ fn deleting_a_workspace_removes_its_tokens_sources_and_data_in_the_lake() {
     let snapshot =
         std::fs::read_to_string(sluice.data_dir.join("config-snapshot.json")).expect("snapshot");
     let snapshot: Value = serde_json::from_str(&snapshot).expect("json");
-    assert_eq!(snapshot["workspaces"].as_array().map(Vec::len), Some(1));
-    assert_eq!(
-        snapshot["workspaces"][0]["tokens"].as_array().map(Vec::len),
-        Some(1)
+    let slugs: Vec<&str> = snapshot["workspaces"]
+        .as_array()
+        .expect("workspaces")
+        .iter()
+        .filter_map(|w| w["slug"].as_str())
+        .collect();
+    assert!(
+        slugs.contains(&"kept") && !slugs.contains(&"doomed"),
+        "{slugs:?}"
     );
     assert!(
         !snapshot.to_string().contains("sluice_"),
         "no secrets in the snapshot"
     );
+}
+
+#[test]
+fn in_sluice_up_a_token_made_through_the_api_ingests_at_once_and_stops_when_revoked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sluice = Sluice::start(&dir.path().join("data"), &["--batch-max-age-ms", "200"]);
+    let api = api(&sluice);
+    let mail = outbox(&sluice);
+
+    // The first start's workspace is control-plane data, owned by the operator.
+    let boot = sluice.bootstrap();
+    let a = common::post(
+        &sluice.ingest_url("default", "telemetry"),
+        &[(
+            "authorization",
+            &format!("Bearer {}", boot["token"].as_str().expect("token")),
+        )],
+        br#"{"boot": 1}"#,
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    let operator: Value = serde_json::from_str(
+        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json")).expect("file"),
+    )
+    .expect("json");
+    let op = api.sign_in(
+        operator["email"].as_str().expect("email"),
+        operator["password"].as_str().expect("password"),
+    );
+    let tokens = api.get("/api/v1/workspaces/default/tokens", &op);
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+    assert_eq!(tokens.json()["items"].as_array().map(Vec::len), Some(1));
+
+    let jo = verified_user(&api, &mail, "jo@example.com");
+    let ws = create_workspace(&api, &jo, "Plant", "plant");
+    let a = api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&jo.token),
+        json!({"slug": "line-1"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/plant/tokens",
+        Some(&jo.token),
+        json!({"name": "press 7", "scopes": ["ingest"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let secret = a.json()["secret"].as_str().expect("secret").to_owned();
+    let token_id = a.json()["id"].as_str().expect("id").to_owned();
+    let bearer = format!("Bearer {secret}");
+    let accepted = std::cell::Cell::new(0);
+    let send = |body: &[u8]| {
+        let a = common::post(
+            &sluice.ingest_url("plant", "line-1"),
+            &[("authorization", &bearer), ("x-device-id", "press-7")],
+            body,
+        );
+        if a.status == 202 {
+            accepted.set(accepted.get() + 1);
+        }
+        a
+    };
+    assert!(
+        wait_for(Duration::from_secs(5), || send(br#"{"psi": 1}"#).status
+            == 202),
+        "the new token ingests within the propagation delay"
+    );
+    assert_eq!(send(br#"{"psi": 2}"#).status, 202);
+
+    let a = api.delete(
+        &format!("/api/v1/workspaces/plant/tokens/{token_id}"),
+        &jo.token,
+    );
+    assert_eq!(a.status, 204);
+    assert!(
+        wait_for(Duration::from_secs(5), || send(br#"{"psi": 3}"#).status
+            == 401),
+        "a revoked token is refused"
+    );
+
+    sluice.stop();
+    let lake = sluice.data_dir.join("lake");
+    let rows = common::duckdb(
+        &lake,
+        &format!(
+            "SELECT count(*), min(device_id) FROM {{lake}} WHERE workspace_id = '{}' AND source = 'line-1'",
+            ws["id"].as_str().expect("id")
+        ),
+    );
+    assert_eq!(
+        rows[0][0].as_i64(),
+        Some(accepted.get()),
+        "every accepted event is in Parquet once: {rows:?}"
+    );
+    assert_eq!(rows[0][1], "press-7");
 }

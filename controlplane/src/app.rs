@@ -15,6 +15,7 @@ use crate::store::{Change, State, Store};
 pub struct Limits {
     pub sign_in_per_account: RateLimit,
     pub sign_in_per_address: RateLimit,
+    pub code_attempts_per_address: RateLimit,
     pub codes_per_account: RateLimit,
     pub sign_ups_per_address: RateLimit,
     pub invitations_per_workspace: RateLimit,
@@ -29,6 +30,7 @@ impl Limits {
         Limits {
             sign_in_per_account: RateLimit::new(c.sign_in_failures_per_account, QUARTER_HOUR),
             sign_in_per_address: RateLimit::new(c.sign_in_attempts_per_address, QUARTER_HOUR),
+            code_attempts_per_address: RateLimit::new(c.code_attempts_per_address, QUARTER_HOUR),
             codes_per_account: RateLimit::new(c.codes_per_account_per_hour, HOUR),
             sign_ups_per_address: RateLimit::new(c.sign_ups_per_address_per_hour, HOUR),
             invitations_per_workspace: RateLimit::new(c.invitations_per_workspace_per_day, DAY),
@@ -71,9 +73,12 @@ impl App {
             .await
             .map_err(|e| ApiError::internal(format!("the change did not complete: {e}")))??;
         let version = self.store.read(|s| s.config_version);
+        // Writers finish in any order; the published version only moves forward.
         self.config_version.send_if_modified(|v| {
-            let moved = *v != version;
-            *v = version;
+            let moved = version > *v;
+            if moved {
+                *v = version;
+            }
             moved
         });
         Ok(value)

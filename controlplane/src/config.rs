@@ -47,6 +47,9 @@ pub struct ControlPlaneConfig {
     pub sign_in_failures_per_account: u32,
     /// Sign-in attempts per client address per 15 minutes.
     pub sign_in_attempts_per_address: u32,
+    /// Code guesses (e-mail verification, password reset) per client address per 15 minutes;
+    /// each code also allows 5 guesses only.
+    pub code_attempts_per_address: u32,
     /// Mails (verification and reset codes) per account per hour.
     pub codes_per_account_per_hour: u32,
     /// Sign-ups per client address per hour.
@@ -79,6 +82,7 @@ impl Default for ControlPlaneConfig {
             invitations_per_inviter_per_day: 100,
             sign_in_failures_per_account: 10,
             sign_in_attempts_per_address: 100,
+            code_attempts_per_address: 50,
             codes_per_account_per_hour: 5,
             sign_ups_per_address_per_hour: 20,
             mail_queue_max: 1000,

@@ -23,6 +23,8 @@ pub const EMAIL: &str = "operator@sluice.localhost";
 /// What `initial-operator.json` holds.
 #[derive(Debug, Serialize)]
 pub struct InitialOperator {
+    #[serde(skip)]
+    pub id: Uuid,
     pub email: String,
     pub password: String,
     pub api_url: String,
@@ -68,6 +70,7 @@ pub fn ensure(
         code: None,
     };
     let credentials = InitialOperator {
+        id: user.id,
         email: EMAIL.into(),
         password,
         api_url: api_url.into(),

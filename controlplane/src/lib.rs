@@ -23,6 +23,7 @@ pub mod problem;
 pub mod purge;
 pub mod rate_limit;
 pub mod roles;
+pub mod seed;
 pub mod snapshot;
 pub mod store;
 pub mod trial;
@@ -78,18 +79,33 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlane
 /// How often a failed purge of a deleted workspace's data is retried.
 const PURGE_RETRY: Duration = Duration::from_secs(30);
 
+/// What to create on the very first start, besides the operator.
+#[derive(Debug, Clone, Default)]
+pub enum FirstStart {
+    /// Nothing.
+    #[default]
+    Bare,
+    /// The default workspace of [`seed`], with this token secret when one exists already.
+    DefaultWorkspace { token: Option<String> },
+}
+
 /// A running control plane.
 pub struct ControlPlane {
     addr: SocketAddr,
     initial_operator: Option<InitialOperator>,
+    seeded: Option<seed::Seeded>,
     stop: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl ControlPlane {
-    /// Opens the store, makes the operator account on first start, binds the API address and
-    /// serves on a runtime of its own.
-    pub fn start(config: ControlPlaneConfig) -> Result<ControlPlane, ControlPlaneError> {
+    /// Opens the store, makes the operator account (and what `first_start` asks for) on first
+    /// start, writes the configuration snapshot file, binds the API address and serves on a
+    /// runtime of its own.
+    pub fn start(
+        config: ControlPlaneConfig,
+        first_start: FirstStart,
+    ) -> Result<ControlPlane, ControlPlaneError> {
         std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
             "creating data dir {}",
             config.data_dir.display()
@@ -97,6 +113,17 @@ impl ControlPlane {
         let store = Arc::new(Store::open(&config.data_dir.join("controlplane.redb"))?);
         let initial_operator =
             initial_operator::ensure(&store, &config.data_dir, &config.public_url())?;
+        let seeded = match (&initial_operator, first_start) {
+            (Some(operator), FirstStart::DefaultWorkspace { token }) => {
+                Some(seed::seed(&store, operator.id, token)?)
+            }
+            _ => None,
+        };
+        // Written before anything is served, so a node started next finds it.
+        let snapshot_path = config.data_dir.join(snapshot::FILE_NAME);
+        store
+            .read(|s| snapshot::write_file(&snapshot_path, &snapshot::build(s)))
+            .map_err(io(format!("writing {}", snapshot_path.display())))?;
         let lake_spec = config
             .object_store
             .clone()
@@ -143,10 +170,7 @@ impl ControlPlane {
                         app.clone(),
                         Duration::from_millis(config.trial_check_interval_ms.max(10)),
                     ));
-                    tokio::spawn(snapshot::keep_file_current(
-                        app.clone(),
-                        config.data_dir.join(snapshot::FILE_NAME),
-                    ));
+                    tokio::spawn(snapshot::keep_file_current(app.clone(), snapshot_path));
                     tokio::spawn(purge::run(app.clone(), lake, PURGE_RETRY));
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
                     let served = axum::serve(listener, service)
@@ -165,6 +189,7 @@ impl ControlPlane {
         Ok(ControlPlane {
             addr,
             initial_operator,
+            seeded,
             stop: Some(stop),
             thread: Some(thread),
         })
@@ -178,6 +203,11 @@ impl ControlPlane {
     /// The operator credentials, when this start created the account.
     pub fn initial_operator(&self) -> Option<&InitialOperator> {
         self.initial_operator.as_ref()
+    }
+
+    /// The default workspace, when this start created it.
+    pub fn seeded(&self) -> Option<&seed::Seeded> {
+        self.seeded.as_ref()
     }
 
     /// Stops taking requests, lets the ones in flight finish, and stops the runtime.

@@ -54,7 +54,7 @@ pub fn build(s: &State) -> ConfigSnapshot {
 }
 
 /// Writes `snapshot` to `path` atomically (a reader sees the old or the new file, whole).
-fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
+pub fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(snapshot)?)?;
@@ -66,6 +66,9 @@ fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
 pub async fn keep_file_current(app: App, path: PathBuf) {
     let mut versions = app.config_version.subscribe();
     loop {
+        // Marked seen before reading the state: a change committed while this version is
+        // written wakes the loop again instead of being lost.
+        versions.borrow_and_update();
         let snapshot = app.store.read(build);
         let target = path.clone();
         let version = snapshot.version;
@@ -76,7 +79,6 @@ pub async fn keep_file_current(app: App, path: PathBuf) {
             }
             Err(e) => tracing::warn!(error = %e, "writing the configuration snapshot failed"),
         }
-        versions.mark_unchanged();
         if versions.changed().await.is_err() {
             return;
         }

@@ -182,7 +182,7 @@ pub fn mails_in(dir: &Path) -> Vec<Mail> {
     files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
     files
         .iter()
-        .filter(|p| !p.extension().is_some_and(|e| e == "json"))
+        .filter(|p| p.extension().is_none_or(|e| e != "json"))
         .filter_map(|p| std::fs::read_to_string(p).ok())
         .map(|raw| parse_mail(&raw))
         .collect()

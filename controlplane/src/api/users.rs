@@ -98,6 +98,16 @@ fn limited(result: Result<(), u64>, what: &str) -> ApiResult<()> {
     result.map_err(|wait| ApiError::rate_limited(what, wait))
 }
 
+/// Guessing codes from one address is limited across accounts too.
+fn limit_code_attempts(app: &App, peer: SocketAddr) -> ApiResult<()> {
+    limited(
+        app.limits
+            .code_attempts_per_address
+            .hit(&peer.ip().to_string()),
+        "code attempts from this address",
+    )
+}
+
 /// Issues a new one-time code for `user`, returns the updated user and the code in clear.
 fn with_new_code(user: &User, purpose: CodePurpose) -> (User, String) {
     let code = auth::new_code();
@@ -244,8 +254,10 @@ pub struct EmailCode {
     responses((status = 200, body = UserView), (status = 400, body = crate::problem::ProblemBody)))]
 pub async fn verify_email(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<EmailCode>,
 ) -> ApiResult<Json<UserView>> {
+    limit_code_attempts(&app, peer)?;
     let email = form.email;
     let code = form.code;
     app.write(move |s| {
@@ -479,8 +491,10 @@ pub struct PasswordReset {
     responses((status = 204), (status = 400, body = crate::problem::ProblemBody)))]
 pub async fn reset_password(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<PasswordReset>,
 ) -> ApiResult<StatusCode> {
+    limit_code_attempts(&app, peer)?;
     auth::check_password_rules(&form.password, &form.email)?;
     let password = form.password;
     let password_hash = app
