@@ -243,6 +243,8 @@ fn main() -> Result<()> {
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
+        // Logs are diagnostics: stderr, like every server's, so stdout stays clean.
+        .with_writer(std::io::stderr)
         .init();
     // object_store's HTTP client uses rustls without a built-in provider; pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();

@@ -411,6 +411,45 @@ fn every_workspace_endpoint_follows_the_roles_table() {
     }
     let gone = api.get(ws, &admin.token);
     assert_problem(&gone, 404, "unknown-workspace");
+
+    // Operator endpoints: operators only.
+    let op = operator_session(&sluice, &api);
+    let operator_cases = [
+        ("GET", "/api/v1/operator/users".to_owned(), None),
+        (
+            "PUT",
+            format!("/api/v1/operator/users/{}/plan", viewer.id),
+            Some(json!({"plan": "paid"})),
+        ),
+        (
+            "PUT",
+            format!("/api/v1/operator/users/{}/trial", viewer.id),
+            Some(json!({"trial_ends_at": "2030-01-01T00:00:00Z"})),
+        ),
+    ];
+    for (method, path, body) in operator_cases {
+        let a = api.call(method, &path, None, body.as_ref());
+        assert_problem(&a, 401, "unauthenticated");
+        for user in [&admin, &editor, &viewer, &outsider] {
+            let a = api.call(method, &path, Some(&user.token), body.as_ref());
+            assert_problem(&a, 403, "operator-only");
+        }
+        let a = api.call(method, &path, Some(&op), body.as_ref());
+        assert_eq!(a.status, 200, "{method} {path} as operator: {}", a.body);
+    }
+}
+
+/// Signs in as the operator created on first start.
+fn operator_session(sluice: &Sluice, api: &Api) -> String {
+    let operator: Value = serde_json::from_str(
+        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
+            .expect("initial-operator.json"),
+    )
+    .expect("json");
+    api.sign_in(
+        operator["email"].as_str().expect("email"),
+        operator["password"].as_str().expect("password"),
+    )
 }
 
 #[test]
@@ -752,15 +791,7 @@ fn an_ended_trial_disables_the_creators_workspaces_until_an_operator_prolongs_it
     );
     let api = api(&sluice);
     let mail = outbox(&sluice);
-    let operator: Value = serde_json::from_str(
-        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
-            .expect("initial-operator.json"),
-    )
-    .expect("json");
-    let operator = api.sign_in(
-        operator["email"].as_str().expect("email"),
-        operator["password"].as_str().expect("password"),
-    );
+    let operator = operator_session(&sluice, &api);
     let hank = verified_user(&api, &mail, "hank@example.com");
     create_workspace(&api, &hank, "Trial", "trial");
     assert_problem(
@@ -990,14 +1021,18 @@ fn in_sluice_up_a_token_made_through_the_api_ingests_at_once_and_stops_when_revo
         br#"{"boot": 1}"#,
     );
     assert_eq!(a.status, 202, "{}", a.body);
-    let operator: Value = serde_json::from_str(
-        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json")).expect("file"),
-    )
-    .expect("json");
-    let op = api.sign_in(
-        operator["email"].as_str().expect("email"),
-        operator["password"].as_str().expect("password"),
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(sluice.data_dir.join("initial-operator.json"))
+        .expect("initial-operator.json")
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "the operator's password is private");
+    assert!(
+        sluice.log().contains("created the operator account"),
+        "the log shows the operator account once: {}",
+        sluice.log()
     );
+    let op = operator_session(&sluice, &api);
     let tokens = api.get("/api/v1/workspaces/default/tokens", &op);
     assert_eq!(tokens.status, 200, "{}", tokens.body);
     assert_eq!(tokens.json()["items"].as_array().map(Vec::len), Some(1));
