@@ -388,6 +388,20 @@ fn every_workspace_endpoint_follows_the_roles_table() {
         Who::Editor => Some(editor.token.as_str()),
         Who::Admin => Some(admin.token.as_str()),
     };
+    // Everything a refused request could have changed, as the Admin sees it.
+    let state = || {
+        [
+            "",
+            "/members",
+            "/invitations",
+            "/tokens",
+            "/sources",
+            "/cors",
+        ]
+        .iter()
+        .map(|part| api.get(&format!("{ws}{part}"), &admin.token).body)
+        .collect::<Vec<_>>()
+    };
     for case in cases.drain(..) {
         for who in [
             Who::Anonymous,
@@ -397,16 +411,19 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             Who::Admin,
         ] {
             let (path, body) = (case.prepare)();
+            let before = state();
             let a = api.call(case.method, &path, token_of(who), body.as_ref());
             let what = format!("{} {path} as {who:?}", case.method);
             match who {
                 Who::Anonymous => assert_problem(&a, 401, "unauthenticated"),
                 Who::Outsider => assert_problem(&a, 404, "unknown-workspace"),
                 _ if case.allowed.contains(&who) => {
-                    assert!((200..300).contains(&a.status), "{what}: {}", a.body)
+                    assert!((200..300).contains(&a.status), "{what}: {}", a.body);
+                    continue;
                 }
                 _ => assert_problem(&a, 403, "insufficient-role"),
             }
+            assert_eq!(before, state(), "{what} was refused but changed something");
         }
     }
     let gone = api.get(ws, &admin.token);
@@ -531,6 +548,8 @@ fn account_refusals_sessions_tokens_and_password_reset() {
         json!({"name": "Carol's"}),
     );
     assert_problem(&a, 403, "email-not-verified");
+    let a = api.post("/api/v1/me/tokens", Some(&carol), json!({"name": "x"}));
+    assert_problem(&a, 403, "email-not-verified");
     let code = wait_mail(&mail, "carol@example.com", "verification code", 0).code();
     let wrong = if code == "000000" { "111111" } else { "000000" };
     for _ in 0..5 {
@@ -569,9 +588,21 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     assert_eq!(a.status, 202);
 
-    // Last workspace and last Admin rules.
+    // Every user starts with a workspace of their own, and cannot delete their last one.
     let dave = verified_user(&api, &mail, "dave@example.com");
+    let own = api.get("/api/v1/workspaces", &dave.token);
+    let own = &own.json()["items"];
+    assert_eq!(own.as_array().map(Vec::len), Some(1), "{own}");
+    assert_eq!(own[0]["role"], "admin");
+    let own_slug = own[0]["slug"].as_str().expect("slug").to_owned();
+    assert_problem(
+        &api.delete(&format!("/api/v1/workspaces/{own_slug}"), &dave.token),
+        409,
+        "last-workspace",
+    );
     create_workspace(&api, &dave, "Dave", "dave");
+    let a = api.delete(&format!("/api/v1/workspaces/{own_slug}"), &dave.token);
+    assert_eq!(a.status, 204, "with another one left: {}", a.body);
     assert_problem(
         &api.delete("/api/v1/workspaces/dave", &dave.token),
         409,
@@ -593,6 +624,16 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     let erin = verified_user(&api, &mail, "erin@example.com");
     add_member(&api, &mail, &dave, "dave", &erin, "admin");
+    // Any member may leave.
+    let fay = verified_user(&api, &mail, "fay@example.com");
+    add_member(&api, &mail, &dave, "dave", &fay, "viewer");
+    let a = api.delete("/api/v1/workspaces/dave/members/me", &fay.token);
+    assert_eq!(a.status, 204, "a viewer leaves: {}", a.body);
+    assert_problem(
+        &api.get("/api/v1/workspaces/dave", &fay.token),
+        404,
+        "unknown-workspace",
+    );
     let a = api.delete("/api/v1/workspaces/dave/members/me", &dave.token);
     assert_eq!(a.status, 204, "{}", a.body);
     assert_problem(
@@ -658,7 +699,14 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     assert_problem(&api.get("/api/v1/me", &session), 401, "unauthenticated");
 
-    // Password reset by mailed code ends every session.
+    // Password reset by mailed code ends every session and revokes personal tokens.
+    let a = api.post(
+        "/api/v1/me/tokens",
+        Some(&dave.token),
+        json!({"name": "before the reset"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let old_pat = a.json()["secret"].as_str().expect("secret").to_owned();
     let a = api.post(
         "/api/v1/password-reset/code",
         None,
@@ -673,6 +721,7 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     assert_eq!(a.status, 204, "{}", a.body);
     assert_problem(&api.get("/api/v1/me", &dave.token), 401, "unauthenticated");
+    assert_problem(&api.get("/api/v1/me", &old_pat), 401, "unauthenticated");
     let dave_token = api.sign_in("dave@example.com", "a brand new password");
 
     // Everything survives a restart.
@@ -681,14 +730,26 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     let api = Api::new(sluice.api_url());
     assert_eq!(api.get("/api/v1/me", &dave_token).status, 200);
     let ws = api.get("/api/v1/workspaces", &erin.token);
-    assert_eq!(ws.json()["items"][0]["slug"], "dave", "{}", ws.body);
+    assert!(
+        ws.json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .any(|w| w["slug"] == "dave" && w["role"] == "admin"),
+        "{}",
+        ws.body
+    );
 }
 
 #[test]
 fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
-    std::fs::write(&config, "[controlplane]\ninvitation_ttl_secs = 4\n").expect("config");
+    std::fs::write(
+        &config,
+        "[controlplane]\ninvitation_ttl_secs = 5\ninvitations_per_workspace_per_day = 5\n",
+    )
+    .expect("config");
     let sluice = Sluice::start(
         &dir.path().join("data"),
         &["--config", config.to_str().expect("path")],
@@ -698,6 +759,7 @@ fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses
     let admin = verified_user(&api, &mail, "admin@example.com");
     let frank = verified_user(&api, &mail, "frank@example.com");
     let gina = verified_user(&api, &mail, "gina@example.com");
+    let hal = verified_user(&api, &mail, "hal@example.com");
     create_workspace(&api, &admin, "Team", "team");
     let invite = |email: &str| {
         let a = api.post(
@@ -719,6 +781,21 @@ fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses
             json!({"token": token}),
         )
     };
+    let pending = || {
+        api.get("/api/v1/workspaces/team/invitations", &admin.token)
+            .json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|i| i["email"].as_str().map(str::to_owned))
+            .collect::<Vec<_>>()
+    };
+
+    // Hal's invitation is left to expire while the rest runs (each step takes well under the
+    // 5 s an invitation lives).
+    let expiring_since = std::time::Instant::now();
+    invite("hal@example.com");
+    let late = token_in("hal@example.com", 0);
 
     // Someone else cannot use Frank's link.
     invite("frank@example.com");
@@ -740,6 +817,7 @@ fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses
         204
     );
     assert_problem(&accept(&gina, &gina_link), 404, "unknown-invitation");
+    assert!(!pending().contains(&"gina@example.com".to_owned()));
     // Inviting again replaces the pending invitation: the old link is dead, the new works once.
     invite("frank@example.com");
     let new_link = token_in("frank@example.com", 1);
@@ -753,11 +831,23 @@ fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses
         json!({"email": "FRANK@example.com", "role": "viewer"}),
     );
     assert_problem(&a, 409, "already-member");
-    // An expired link is refused.
-    invite("gina@example.com");
-    let late = token_in("gina@example.com", 1);
-    std::thread::sleep(Duration::from_millis(4500));
-    assert_problem(&accept(&gina, &late), 410, "invitation-expired");
+    // The workspace may send 5 invitations a day.
+    invite("fifth@example.com");
+    let a = api.post(
+        "/api/v1/workspaces/team/invitations",
+        Some(&admin.token),
+        json!({"email": "sixth@example.com", "role": "viewer"}),
+    );
+    assert_problem(&a, 429, "rate-limited");
+    assert!(a.retry_after.is_some(), "429 says when to retry");
+    assert!(!pending().contains(&"sixth@example.com".to_owned()));
+
+    // An expired link is refused, and no longer listed as pending.
+    if let Some(left) = Duration::from_millis(5500).checked_sub(expiring_since.elapsed()) {
+        std::thread::sleep(left);
+    }
+    assert!(!pending().contains(&"hal@example.com".to_owned()));
+    assert_problem(&accept(&hal, &late), 410, "invitation-expired");
     let members = api.get("/api/v1/workspaces/team/members", &admin.token);
     assert_eq!(
         members.json()["items"].as_array().map(Vec::len),
@@ -794,6 +884,26 @@ fn an_ended_trial_disables_the_creators_workspaces_until_an_operator_prolongs_it
     let operator = operator_session(&sluice, &api);
     let hank = verified_user(&api, &mail, "hank@example.com");
     create_workspace(&api, &hank, "Trial", "trial");
+    let a = api.post(
+        "/api/v1/workspaces/trial/sources",
+        Some(&hank.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/trial/tokens",
+        Some(&hank.token),
+        json!({"name": "device", "scopes": ["ingest"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let device = format!("Bearer {}", a.json()["secret"].as_str().expect("secret"));
+    let ingest = || {
+        common::post(
+            &sluice.ingest_url("trial", "telemetry"),
+            &[("authorization", &device)],
+            br#"{"t": 1}"#,
+        )
+    };
     assert_problem(
         &api.get("/api/v1/operator/users", &hank.token),
         403,
@@ -808,10 +918,15 @@ fn an_ended_trial_disables_the_creators_workspaces_until_an_operator_prolongs_it
         &sluice.data_dir,
         "trial"
     ) == Some(false)));
+    assert!(
+        wait_for(Duration::from_secs(5), || ingest().problem()
+            == "workspace-disabled"),
+        "devices of a disabled workspace are refused"
+    );
     let a = api.post(
         "/api/v1/workspaces/trial/sources",
         Some(&hank.token),
-        json!({"slug": "telemetry"}),
+        json!({"slug": "more"}),
     );
     assert_problem(&a, 403, "workspace-disabled");
 
@@ -835,9 +950,13 @@ fn an_ended_trial_disables_the_creators_workspaces_until_an_operator_prolongs_it
     let a = api.post(
         "/api/v1/workspaces/trial/sources",
         Some(&hank.token),
-        json!({"slug": "telemetry"}),
+        json!({"slug": "more"}),
     );
     assert_eq!(a.status, 201, "{}", a.body);
+    assert!(
+        wait_for(Duration::from_secs(5), || ingest().status == 202),
+        "devices are accepted again"
+    );
 
     // A paid plan keeps the workspace enabled whatever the trial says.
     let a = api.put(
@@ -930,7 +1049,15 @@ fn the_openapi_document_is_valid_and_every_documented_operation_is_routed() {
         }
     }
     assert!(operations >= 30, "only {operations} operations documented");
-    // And the router knows nothing the document does not: an undocumented path is no route.
+    for path in [
+        "/healthz",
+        "/api/v1/openapi.json",
+        "/invitations/accept",
+        "/login",
+    ] {
+        assert!(paths.contains_key(path), "{path} is documented");
+    }
+    // Paths outside the document get the problem+json fallback.
     let a = api.get("/api/v1/undocumented", "x");
     assert_problem(&a, 404, "no-route");
 }

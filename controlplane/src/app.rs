@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 
 use crate::config::ControlPlaneConfig;
 use crate::mail::Mailer;
@@ -48,6 +48,10 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// The configuration version, published after every commit that moves it.
     pub config_version: watch::Sender<u64>,
+    /// The OpenAPI document as served, set once when the router is built.
+    pub openapi: Arc<std::sync::OnceLock<String>>,
+    /// Password hashes computed at once at most (two per core).
+    password_slots: Arc<Semaphore>,
 }
 
 impl App {
@@ -59,6 +63,10 @@ impl App {
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             config_version: watch::Sender::new(version),
+            openapi: Arc::new(std::sync::OnceLock::new()),
+            password_slots: Arc::new(Semaphore::new(
+                std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
+            )),
         }
     }
 
@@ -84,11 +92,17 @@ impl App {
         Ok(value)
     }
 
-    /// Runs CPU-heavy work (password hashing) off the async threads.
-    pub async fn blocking<T: Send + 'static>(
+    /// Runs password hashing or checking off the async threads, a few at a time: each takes
+    /// a core and 19 MiB, so a flood of sign-ins waits here instead of exhausting memory.
+    pub async fn password_work<T: Send + 'static>(
         &self,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> ApiResult<T> {
+        let _permit = self
+            .password_slots
+            .acquire()
+            .await
+            .map_err(|_| ApiError::internal("the control plane is shutting down"))?;
         tokio::task::spawn_blocking(f)
             .await
             .map_err(|e| ApiError::internal(format!("the work did not complete: {e}")))

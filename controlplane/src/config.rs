@@ -60,6 +60,13 @@ pub struct ControlPlaneConfig {
     pub smtp_timeout_ms: u64,
     /// Records per page at most (the default page is 50).
     pub page_size_max: usize,
+    /// Sessions one user holds at most; signing in past it ends the oldest.
+    pub sessions_per_user_max: usize,
+    pub personal_tokens_per_user_max: usize,
+    /// Workspaces one user may have created.
+    pub workspaces_per_user_max: usize,
+    pub sources_per_workspace_max: usize,
+    pub tokens_per_workspace_max: usize,
 }
 
 impl Default for ControlPlaneConfig {
@@ -88,11 +95,45 @@ impl Default for ControlPlaneConfig {
             mail_queue_max: 1000,
             smtp_timeout_ms: 10_000,
             page_size_max: 200,
+            sessions_per_user_max: 100,
+            personal_tokens_per_user_max: 100,
+            workspaces_per_user_max: 100,
+            sources_per_workspace_max: 1000,
+            tokens_per_workspace_max: 10_000,
         }
     }
 }
 
+/// Longest duration a setting may have (100 years), so that time arithmetic cannot overflow.
+const DURATION_SECS_MAX: u64 = 100 * 365 * 24 * 3600;
+
 impl ControlPlaneConfig {
+    /// Refuses settings the control plane cannot work with.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, secs) in [
+            ("trial_duration_secs", self.trial_duration_secs),
+            ("session_ttl_secs", self.session_ttl_secs),
+            ("invitation_ttl_secs", self.invitation_ttl_secs),
+        ] {
+            if secs > DURATION_SECS_MAX {
+                return Err(format!("{name} is over 100 years"));
+            }
+        }
+        for (name, value) in [
+            ("session_ttl_secs", self.session_ttl_secs as usize),
+            ("invitation_ttl_secs", self.invitation_ttl_secs as usize),
+            ("page_size_max", self.page_size_max),
+            ("mail_queue_max", self.mail_queue_max),
+            ("concurrent_requests_max", self.concurrent_requests_max),
+            ("body_bytes_max", self.body_bytes_max),
+        ] {
+            if value == 0 {
+                return Err(format!("{name} must be above 0"));
+            }
+        }
+        Ok(())
+    }
+
     pub fn public_url(&self) -> String {
         match &self.public_url {
             Some(url) => url.trim_end_matches('/').to_owned(),

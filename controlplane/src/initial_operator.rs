@@ -4,7 +4,7 @@
 //! Later starts find an operator and do nothing.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use chrono::Utc;
@@ -86,6 +86,9 @@ pub fn ensure(
         .truncate(true)
         .mode(0o600)
         .open(&path)
+        .map_err(io)?;
+    // `mode` applies only to a new file; a leftover one gets it here.
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))
         .map_err(io)?;
     file.write_all(&serde_json::to_vec_pretty(&credentials).unwrap_or_default())
         .and_then(|()| file.sync_all())

@@ -6,8 +6,9 @@
 //! - [`auth`]: passwords, sessions, personal tokens, one-time codes, the caller of a request.
 //! - [`api`]: the HTTP endpoints and the OpenAPI document generated from them.
 //! - [`mail`]: platform mail through SMTP, or an outbox directory when none is configured.
-//! - [`trial`], [`purge`], [`snapshot`]: background work (ended trials disable workspaces,
-//!   deleted workspaces' data leaves the lake, the data-plane configuration is written out).
+//! - [`trial`], [`purge`], [`housekeeping`], [`snapshot`]: background work (ended trials
+//!   disable workspaces, deleted workspaces' data leaves the lake, expired records go, the
+//!   data-plane configuration is written out).
 //!
 //! The control plane runs on its own tokio runtime and threads; it never touches the data
 //! plane's request path.
@@ -16,6 +17,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod config;
+pub mod housekeeping;
 pub mod initial_operator;
 pub mod mail;
 pub mod model;
@@ -34,9 +36,8 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::{header, StatusCode};
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
 use axum::{BoxError, Router};
 use sluice_storage::lake::{Lake, LakeError};
 use tokio::sync::oneshot;
@@ -67,6 +68,8 @@ pub enum ControlPlaneError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     InitialOperator(#[from] InitialOperatorError),
+    #[error("invalid control-plane setting: {0}")]
+    Config(String),
     #[error("building the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -75,9 +78,6 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> ControlPlane
     let context = context.into();
     move |source| ControlPlaneError::Io { context, source }
 }
-
-/// How often a failed purge of a deleted workspace's data is retried.
-const PURGE_RETRY: Duration = Duration::from_secs(30);
 
 /// What to create on the very first start, besides the operator.
 #[derive(Debug, Clone, Default)]
@@ -106,10 +106,31 @@ impl ControlPlane {
         config: ControlPlaneConfig,
         first_start: FirstStart,
     ) -> Result<ControlPlane, ControlPlaneError> {
+        let mut config = config;
+        config.validate().map_err(ControlPlaneError::Config)?;
         std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
             "creating data dir {}",
             config.data_dir.display()
         )))?;
+        // Bound first: the public URL of links (and of initial-operator.json) may need the
+        // port the system picked.
+        let listener = std::net::TcpListener::bind(config.api_addr)
+            .map_err(io(format!("binding the API address {}", config.api_addr)))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(io("configuring the API listener"))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io("reading the API address"))?;
+        if config.public_url.is_none() {
+            if addr.ip().is_unspecified() {
+                tracing::warn!(
+                    %addr,
+                    "links in mails use http://{addr}, which no one can open; set --public-url"
+                );
+            }
+            config.public_url = Some(format!("http://{addr}"));
+        }
         let store = Arc::new(Store::open(&config.data_dir.join("controlplane.redb"))?);
         let initial_operator =
             initial_operator::ensure(&store, &config.data_dir, &config.public_url())?;
@@ -129,14 +150,6 @@ impl ControlPlane {
             .clone()
             .unwrap_or_else(|| config.data_dir.join("lake").display().to_string());
         let lake = Arc::new(Lake::open(&lake_spec)?);
-        let listener = std::net::TcpListener::bind(config.api_addr)
-            .map_err(io(format!("binding the API address {}", config.api_addr)))?;
-        listener
-            .set_nonblocking(true)
-            .map_err(io("configuring the API listener"))?;
-        let addr = listener
-            .local_addr()
-            .map_err(io("reading the API address"))?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("controlplane")
@@ -171,7 +184,8 @@ impl ControlPlane {
                         Duration::from_millis(config.trial_check_interval_ms.max(10)),
                     ));
                     tokio::spawn(snapshot::keep_file_current(app.clone(), snapshot_path));
-                    tokio::spawn(purge::run(app.clone(), lake, PURGE_RETRY));
+                    tokio::spawn(purge::run(app.clone(), lake));
+                    tokio::spawn(housekeeping::sweep(app.clone(), housekeeping::INTERVAL));
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
                     let served = axum::serve(listener, service)
                         .with_graceful_shutdown(async {
@@ -231,29 +245,16 @@ impl Drop for ControlPlane {
     }
 }
 
-/// The whole HTTP surface: the API, its OpenAPI document, health, limits.
+/// The whole HTTP surface, every route documented in the OpenAPI document, behind the limits.
 pub fn router(app: App) -> Result<Router, ControlPlaneError> {
     let (api, document) = api::router_and_document();
-    let document = Arc::new(document.to_json()?);
+    let _ = app.openapi.set(document.to_json()?);
     let limits = ServiceBuilder::new()
         .layer(HandleErrorLayer::new(overloaded))
         .load_shed()
         .concurrency_limit(app.config.concurrent_requests_max.max(1))
         .timeout(Duration::from_millis(app.config.request_timeout_ms));
     Ok(api
-        .route(
-            "/api/v1/openapi.json",
-            get(move || {
-                let document = document.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "application/json")],
-                        (*document).clone(),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok" }))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(app.config.body_bytes_max))

@@ -80,16 +80,32 @@ impl Mailer {
         Ok(Mailer { queue })
     }
 
-    /// Queues `mail`; refuses with 503 when the queue is full.
-    pub fn send(&self, mail: Mail) -> Result<(), ApiError> {
-        self.queue.try_send(mail).map_err(|_| {
-            ApiError::new(
-                axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                "mail-unavailable",
-                "too much mail is waiting to be sent; retry in a minute",
-            )
-            .retry_after(60)
-        })
+    /// Takes a place in the queue, or refuses with 503 when it is full. Take it before
+    /// committing the change a mail belongs to, so that a full queue refuses the request
+    /// whole instead of after the change.
+    pub fn reserve(&self) -> Result<MailSlot, ApiError> {
+        self.queue
+            .clone()
+            .try_reserve_owned()
+            .map(MailSlot)
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "mail-unavailable",
+                    "too much mail is waiting to be sent; retry in a minute",
+                )
+                .retry_after(60)
+            })
+    }
+}
+
+/// A reserved place in the mail queue.
+pub struct MailSlot(mpsc::OwnedPermit<Mail>);
+
+impl MailSlot {
+    /// Queues `mail` in the reserved place (never fails, never waits).
+    pub fn send(self, mail: Mail) {
+        self.0.send(mail);
     }
 }
 

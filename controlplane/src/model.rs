@@ -169,6 +169,17 @@ pub struct Source {
     pub created_at: DateTime<Utc>,
 }
 
+/// A deleted workspace whose objects in the lake are still to be removed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Purge {
+    pub workspace_id: Uuid,
+    /// When the next deletion pass runs.
+    pub due_at: DateTime<Utc>,
+    /// Passes still to run: a later pass removes what data-plane nodes uploaded from their
+    /// WALs after the first.
+    pub passes_left: u32,
+}
+
 /// Shows the first and last characters of a secret, e.g. `sluice_…a1B2`.
 pub fn secret_hint(secret: &str, prefix: &str) -> String {
     let tail: String = secret

@@ -4,7 +4,7 @@
 //! plane's) that scripts match on, and a `detail` that says what to do. docs/control-plane.md
 //! lists the types.
 
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::rejection::{FormRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -72,6 +72,17 @@ impl ApiError {
         Self::new(StatusCode::CONFLICT, kind, detail)
     }
 
+    /// Refuses to go past a configured bound on how many of something may exist.
+    pub fn at_most(count: usize, max: usize, what: &str) -> Result<(), ApiError> {
+        if count >= max {
+            return Err(ApiError::conflict(
+                "limit-reached",
+                format!("at most {max} {what}; delete some first"),
+            ));
+        }
+        Ok(())
+    }
+
     pub fn internal(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", detail)
     }
@@ -127,6 +138,19 @@ impl From<JsonRejection> for ApiError {
 impl From<QueryRejection> for ApiError {
     fn from(rejection: QueryRejection) -> Self {
         ApiError::bad_request("invalid-query", rejection.body_text())
+    }
+}
+
+impl From<FormRejection> for ApiError {
+    fn from(rejection: FormRejection) -> Self {
+        match rejection {
+            FormRejection::InvalidFormContentType(_) => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "send the form as application/x-www-form-urlencoded",
+            ),
+            other => ApiError::bad_request("invalid-body", other.body_text()),
+        }
     }
 }
 

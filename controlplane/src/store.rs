@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::model::{AccessToken, Credential, Invitation, Member, Source, User, Workspace};
+use crate::model::{AccessToken, Credential, Invitation, Member, Purge, Source, User, Workspace};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
@@ -71,8 +71,8 @@ pub struct State {
     pub invitations: BTreeMap<Uuid, Invitation>,
     pub tokens: BTreeMap<Uuid, AccessToken>,
     pub sources: BTreeMap<Uuid, Source>,
-    /// Workspace ids whose lake objects are still to be deleted.
-    pub purges: Vec<Uuid>,
+    /// Deleted workspaces whose lake objects are still to be deleted.
+    pub purges: Vec<Purge>,
     /// Version of the data-plane configuration derived from this state.
     pub config_version: u64,
 }
@@ -93,7 +93,7 @@ pub enum Change {
     DeleteToken(Uuid),
     PutSource(Source),
     DeleteSource(Uuid),
-    PutPurge(Uuid),
+    PutPurge(Purge),
     DeletePurge(Uuid),
 }
 
@@ -162,12 +162,11 @@ impl State {
             Change::DeleteSource(id) => {
                 self.sources.remove(&id);
             }
-            Change::PutPurge(id) => {
-                if !self.purges.contains(&id) {
-                    self.purges.push(id);
-                }
+            Change::PutPurge(purge) => {
+                self.purges.retain(|p| p.workspace_id != purge.workspace_id);
+                self.purges.push(purge);
             }
-            Change::DeletePurge(id) => self.purges.retain(|p| *p != id),
+            Change::DeletePurge(id) => self.purges.retain(|p| p.workspace_id != id),
         }
     }
 
@@ -275,8 +274,8 @@ impl Store {
             for s in load_table::<Source>(&txn, SOURCES)? {
                 state.apply(Change::PutSource(s));
             }
-            for id in load_table::<Uuid>(&txn, PURGES)? {
-                state.apply(Change::PutPurge(id));
+            for purge in load_table::<Purge>(&txn, PURGES)? {
+                state.apply(Change::PutPurge(purge));
             }
             state.config_version = match txn.open_table(META) {
                 Ok(meta) => meta.get(CONFIG_VERSION)?.map(|v| v.value()).unwrap_or(0),
@@ -373,8 +372,9 @@ impl Store {
                     Change::DeleteSource(id) => {
                         sources.remove(id.to_string().as_str())?;
                     }
-                    Change::PutPurge(id) => {
-                        purges.insert(id.to_string().as_str(), encode(id)?.as_slice())?;
+                    Change::PutPurge(p) => {
+                        let key = p.workspace_id.to_string();
+                        purges.insert(key.as_str(), encode(p)?.as_slice())?;
                     }
                     Change::DeletePurge(id) => {
                         purges.remove(id.to_string().as_str())?;

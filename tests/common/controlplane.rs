@@ -178,8 +178,14 @@ pub fn mails_in(dir: &Path) -> Vec<Mail> {
             files.extend(entries.flatten().map(|e| e.path()).filter(|p| p.is_file()));
         }
     }
-    // Oldest first, so that `nth` counts mails in the order they arrived.
-    files.sort_by_key(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    // Oldest first (one worker writes them in turn), so that `nth` counts mails in the order
+    // they arrived.
+    files.sort_by_key(|p| {
+        (
+            std::fs::metadata(p).and_then(|m| m.modified()).ok(),
+            p.clone(),
+        )
+    });
     files
         .iter()
         .filter(|p| p.extension().is_none_or(|e| e != "json"))
@@ -188,20 +194,30 @@ pub fn mails_in(dir: &Path) -> Vec<Mail> {
         .collect()
 }
 
-/// Waits until a mail to `to` whose subject contains `subject` is in `dir`; returns the newest
-/// such mail after `skip` earlier ones.
-pub fn wait_mail(dir: &Path, to: &str, subject: &str, skip: usize) -> Mail {
-    let find = || {
-        mails_in(dir)
-            .into_iter()
-            .filter(|m| {
-                m.to.to_lowercase().contains(&to.to_lowercase()) && m.subject.contains(subject)
-            })
-            .nth(skip)
+/// Whether `mail` is addressed to exactly `to` (case-insensitive), as `to` or `Name <to>`.
+fn addressed_to(mail: &Mail, to: &str) -> bool {
+    let address = match (mail.to.find('<'), mail.to.rfind('>')) {
+        (Some(start), Some(end)) if start < end => &mail.to[start + 1..end],
+        _ => mail.to.as_str(),
     };
+    address.trim().eq_ignore_ascii_case(to)
+}
+
+/// Mails to `to` whose subject contains `subject`, oldest first.
+pub fn mails_to(dir: &Path, to: &str, subject: &str) -> Vec<Mail> {
+    mails_in(dir)
+        .into_iter()
+        .filter(|m| addressed_to(m, to) && m.subject.contains(subject))
+        .collect()
+}
+
+/// Waits until there are more than `skip` mails to `to` whose subject contains `subject`;
+/// returns the one after the first `skip` (in order of arrival).
+pub fn wait_mail(dir: &Path, to: &str, subject: &str, skip: usize) -> Mail {
+    let find = || mails_to(dir, to, subject).into_iter().nth(skip);
     assert!(
         wait_for(Duration::from_secs(20), || find().is_some()),
-        "no mail to {to} about {subject:?} in {}",
+        "no mail #{skip} to {to} about {subject:?} in {}",
         dir.display()
     );
     find().expect("mail")
@@ -296,13 +312,14 @@ pub fn add_member(
     user: &User,
     role: &str,
 ) {
+    let earlier = mails_to(mail_dir, &user.email, "invited").len();
     let a = api.post(
         &format!("/api/v1/workspaces/{workspace}/invitations"),
         Some(&admin.token),
         json!({"email": user.email, "role": role}),
     );
     assert_eq!(a.status, 201, "invite {}: {}", user.email, a.body);
-    let link = wait_mail(mail_dir, &user.email, "invited", 0).link();
+    let link = wait_mail(mail_dir, &user.email, "invited", earlier).link();
     let token = link.split("token=").nth(1).expect("token in link");
     let a = api.post(
         "/api/v1/invitations/acceptance",

@@ -15,10 +15,10 @@ use crate::api::users::valid_email;
 use crate::app::App;
 use crate::auth::{self, require_verified, Caller};
 use crate::mail::Mail;
-use crate::model::{Invitation, Member};
+use crate::model::{Invitation, Member, Workspace};
 use crate::problem::{ApiError, ApiResult};
 use crate::roles::{Action, Role};
-use crate::store::Change;
+use crate::store::{Change, State as Data};
 
 /// A pending invitation as the API shows it (never with its link).
 #[derive(Debug, Serialize, ToSchema)]
@@ -98,75 +98,97 @@ pub async fn invite(
     ApiJson(form): ApiJson<NewInvitation>,
 ) -> ApiResult<(StatusCode, Json<InvitationView>)> {
     let email = valid_email(&form.email)?;
-    let ws = app.store.read(|s| {
-        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageMembers)?;
-        require_enabled(ws)?;
-        if let Some(user) = s.user_by_email(&email) {
-            if s.members.contains_key(&(ws.id, user.id)) {
-                return Err(ApiError::conflict(
-                    "already-member",
-                    format!("{email:?} is already a member of {:?}", ws.slug),
-                ));
-            }
-        }
-        Ok(ws.clone())
-    })?;
+    // Checked here for a fast refusal, and again in the write, where it counts.
+    let ws_id = app
+        .store
+        .read(|s| check_invitation(s, &caller, &workspace, &email).map(|ws| ws.id))?;
     let limits = &app.limits;
-    for (limit, key, what) in [
-        (
-            &limits.invitations_per_workspace,
-            ws.id.to_string(),
-            "invitations from this workspace today",
-        ),
-        (
-            &limits.invitations_per_inviter,
-            caller.user.id.to_string(),
-            "invitations from you today",
-        ),
-    ] {
+    let workspace_key = ws_id.to_string();
+    let inviter_key = caller.user.id.to_string();
+    let per_workspace = (
+        &limits.invitations_per_workspace,
+        workspace_key.as_str(),
+        "invitations from this workspace today",
+    );
+    let per_inviter = (
+        &limits.invitations_per_inviter,
+        inviter_key.as_str(),
+        "invitations from you today",
+    );
+    // Both limits are looked at before either counts, so a refusal costs no quota.
+    for (limit, key, what) in [per_workspace, per_inviter] {
         limit
-            .hit(&key)
+            .check_only(key)
             .map_err(|wait| ApiError::rate_limited(what, wait))?;
     }
+    for (limit, key, what) in [per_workspace, per_inviter] {
+        limit
+            .hit(key)
+            .map_err(|wait| ApiError::rate_limited(what, wait))?;
+    }
+    let slot = app.mailer.reserve()?;
     let token = Uuid::new_v4().to_string();
     let now = Utc::now();
+    let ttl = Duration::seconds(i64::try_from(app.config.invitation_ttl_secs).unwrap_or(i64::MAX));
     let invitation = Invitation {
         id: Uuid::now_v7(),
-        workspace_id: ws.id,
+        workspace_id: ws_id,
         email: email.clone(),
         role: form.role,
         invited_by: caller.user.id,
         created_at: now,
-        expires_at: now + Duration::seconds(app.config.invitation_ttl_secs as i64),
+        expires_at: now + ttl,
         token_sha256: auth::sha256_hex(&token),
     };
     let view = InvitationView::from(&invitation);
-    app.write(move |s| {
-        let mut changes: Vec<Change> = s
-            .invitations_of(invitation.workspace_id)
-            .filter(|i| i.email.eq_ignore_ascii_case(&invitation.email))
-            .map(|i| Change::DeleteInvitation(i.id))
-            .collect();
-        changes.push(Change::PutInvitation(invitation));
-        Ok((changes, ()))
-    })
-    .await?;
-    let inviter = &caller.user;
-    app.mailer.send(Mail {
+    let inviter = caller.user.clone();
+    let ws_name = app
+        .write(move |s| {
+            let ws = check_invitation(s, &caller, &workspace, &invitation.email)?;
+            let name = ws.name.clone();
+            let mut changes: Vec<Change> = s
+                .invitations_of(ws.id)
+                .filter(|i| i.email.eq_ignore_ascii_case(&invitation.email))
+                .map(|i| Change::DeleteInvitation(i.id))
+                .collect();
+            changes.push(Change::PutInvitation(invitation));
+            Ok((changes, name))
+        })
+        .await?;
+    slot.send(Mail {
         to: email,
-        subject: format!("You are invited to the Sluice workspace {}", ws.name),
+        subject: format!("You are invited to the Sluice workspace {ws_name}"),
         body: format!(
-            "{} {} <{}> invited you to the Sluice workspace \"{}\" as {:?}.\n\nAccept by {}, signed in with this e-mail address:\n\n{}/invitations/accept?token={token}\n",
+            "{} {} <{}> invited you to the Sluice workspace \"{ws_name}\" as {:?}.\n\nAccept by {}, signed in with this e-mail address:\n\n{}/invitations/accept?token={token}\n",
             inviter.first_name,
             inviter.last_name,
             inviter.email,
-            ws.name,
             form.role,
             view.expires_at.format("%Y-%m-%d %H:%M UTC"),
             app.config.public_url(),
         ),
-    })?;
+    });
     Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// The workspace `caller` may invite `email` into: an Admin's, enabled, `email` not a member.
+fn check_invitation<'s>(
+    s: &'s Data,
+    caller: &Caller,
+    workspace: &str,
+    email: &str,
+) -> ApiResult<&'s Workspace> {
+    let (ws, _) = authorize(s, caller, workspace, Action::ManageMembers)?;
+    require_enabled(ws)?;
+    if let Some(user) = s.user_by_email(email) {
+        if s.members.contains_key(&(ws.id, user.id)) {
+            return Err(ApiError::conflict(
+                "already-member",
+                format!("{email:?} is already a member of {:?}", ws.slug),
+            ));
+        }
+    }
+    Ok(ws)
 }
 
 /// Cancel a pending invitation; its link stops working at once. Admin only.

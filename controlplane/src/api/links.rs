@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Form, FromRequestParts, State};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
@@ -12,7 +12,7 @@ use serde::Deserialize;
 use utoipa::IntoParams;
 
 use super::workspaces::WorkspaceView;
-use super::ApiQuery;
+use super::{ApiForm, ApiQuery};
 use crate::api::invitations::accept;
 use crate::api::users::{open_session, session_cookie};
 use crate::app::App;
@@ -58,11 +58,43 @@ impl FromRequestParts<App> for MaybeCaller {
     }
 }
 
-/// Only paths on this server, so the form cannot send people elsewhere.
+/// Where the form may send people afterwards: the invitation link or an API path of this
+/// server, written in plain visible ASCII (browsers drop tabs and newlines from URLs, which
+/// would turn `/\t/evil.example` into `//evil.example`). Anything else goes to `/api/v1/me`.
 fn safe_next(next: Option<&str>) -> &str {
+    let allowed = |n: &str| {
+        (n.starts_with("/invitations/accept?") || n.starts_with("/api/v1/"))
+            && n.bytes().all(|b| b.is_ascii_graphic())
+            && !n.contains("//")
+            && !n.contains('\\')
+    };
     match next {
-        Some(n) if n.starts_with('/') && !n.starts_with("//") && !n.contains('\\') => n,
+        Some(n) if allowed(n) => n,
         _ => "/api/v1/me",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn sign_in_only_returns_to_this_servers_invitation_link_or_api() {
+        let token = "/invitations/accept?token=0190f3a0-0000-7000-8000-000000000001";
+        assert_eq!(safe_next(Some(token)), token);
+        assert_eq!(safe_next(Some("/api/v1/workspaces")), "/api/v1/workspaces");
+        for evil in [
+            "//evil.example",
+            "/\t/evil.example",
+            "/%09/evil.example/api/v1/",
+            "https://evil.example",
+            "/\\evil.example",
+            "/login",
+            "/api/v1//evil.example",
+        ] {
+            assert_eq!(safe_next(Some(evil)), "/api/v1/me", "{evil:?}");
+        }
+        assert_eq!(safe_next(None), "/api/v1/me");
     }
 }
 
@@ -118,7 +150,7 @@ pub async fn login_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Html<String> {
 pub async fn login_form(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    Form(form): Form<LoginForm>,
+    ApiForm(form): ApiForm<LoginForm>,
 ) -> ApiResult<Response> {
     let session = open_session(&app, peer, &form.email, form.password).await?;
     let next = safe_next(form.next.as_deref());

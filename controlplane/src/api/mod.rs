@@ -8,6 +8,7 @@
 mod invitations;
 mod links;
 mod members;
+mod meta;
 mod operator;
 mod sources;
 mod tokens;
@@ -36,6 +37,12 @@ pub use links::LOGIN_PATH;
 #[derive(FromRequest)]
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
+
+/// A form body (`application/x-www-form-urlencoded`); bad ones are refused with
+/// problem+json.
+#[derive(FromRequest)]
+#[from_request(via(axum::extract::Form), rejection(ApiError))]
+pub struct ApiForm<T>(pub T);
 
 /// Path parameters; malformed ones (e.g. a bad UUID) are refused with problem+json.
 #[derive(FromRequestParts)]
@@ -190,6 +197,7 @@ impl Modify for Security {
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
         (name = "sources", description = "Ingest points and CORS"),
         (name = "operator", description = "Plans and trials, for operators"),
+        (name = "meta", description = "Liveness and this document"),
     )
 )]
 struct ApiDoc;
@@ -238,6 +246,8 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::set_trial))
         .routes(routes!(links::accept_link))
         .routes(routes!(links::login_page, links::login_form))
+        .routes(routes!(meta::healthz))
+        .routes(routes!(meta::openapi_document))
         .split_for_parts();
     (router, with_response_descriptions(document))
 }

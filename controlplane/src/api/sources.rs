@@ -175,9 +175,11 @@ pub async fn create_source(
     if let Some(schema) = &form.schema {
         valid_schema(schema)?;
     }
+    let max = app.config.sources_per_workspace_max;
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
         require_enabled(ws)?;
+        ApiError::at_most(s.sources_of(ws.id).count(), max, "sources per workspace")?;
         if s.sources_of(ws.id).any(|x| x.slug == slug) {
             return Err(ApiError::conflict(
                 "source-exists",

@@ -162,10 +162,16 @@ pub async fn create_token(
         }
     }
     let user = caller.user.id;
+    let max = app.config.tokens_per_workspace_max;
     let created = app
         .write(move |s| {
             let (ws, _) = authorize(s, &caller, &workspace, Action::ManageTokens)?;
             require_enabled(ws)?;
+            ApiError::at_most(
+                s.tokens_of(ws.id).count(),
+                max,
+                "access tokens per workspace",
+            )?;
             if let Some(sources) = &form.sources {
                 for slug in sources {
                     if !s.sources_of(ws.id).any(|x| &x.slug == slug) {

@@ -11,12 +11,14 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::workspaces::first_workspace;
 use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::mail::Mail;
 use crate::model::{CodePurpose, Credential, CredentialKind, OneTimeCode, Plan, User};
 use crate::problem::{ApiError, ApiResult};
+use crate::rate_limit::client_key;
 use crate::store::Change;
 
 /// How long a code sent by e-mail works.
@@ -98,12 +100,12 @@ fn limited(result: Result<(), u64>, what: &str) -> ApiResult<()> {
     result.map_err(|wait| ApiError::rate_limited(what, wait))
 }
 
-/// Guessing codes from one address is limited across accounts too.
+/// Asking for and guessing codes from one client address is limited across accounts too.
 fn limit_code_attempts(app: &App, peer: SocketAddr) -> ApiResult<()> {
     limited(
         app.limits
             .code_attempts_per_address
-            .hit(&peer.ip().to_string()),
+            .hit(&client_key(peer.ip())),
         "code attempts from this address",
     )
 }
@@ -195,7 +197,7 @@ pub async fn sign_up(
     let last_name = valid_name("last_name", &form.last_name)?;
     auth::check_password_rules(&form.password, &email)?;
     limited(
-        app.limits.sign_ups_per_address.hit(&peer.ip().to_string()),
+        app.limits.sign_ups_per_address.hit(&client_key(peer.ip())),
         "sign-ups from this address",
     )?;
     if app.store.read(|s| s.user_by_email(&email).is_some()) {
@@ -203,7 +205,7 @@ pub async fn sign_up(
     }
     let password = form.password;
     let password_hash = app
-        .blocking(move || auth::hash_password(&password))
+        .password_work(move || auth::hash_password(&password))
         .await??;
     let now = Utc::now();
     let user = User {
@@ -221,6 +223,7 @@ pub async fn sign_up(
     };
     let (user, code) = with_new_code(&user, CodePurpose::VerifyEmail);
     let view = UserView::from(&user);
+    let slot = app.mailer.reserve()?;
     app.write(move |s| {
         if s.user_by_email(&user.email).is_some() {
             return Err(taken(&user.email));
@@ -228,8 +231,7 @@ pub async fn sign_up(
         Ok((vec![Change::PutUser(user)], ()))
     })
     .await?;
-    app.mailer
-        .send(code_mail(&email, CodePurpose::VerifyEmail, &code))?;
+    slot.send(code_mail(&email, CodePurpose::VerifyEmail, &code));
     Ok((StatusCode::CREATED, Json(view)))
 }
 
@@ -248,7 +250,8 @@ pub struct EmailCode {
     pub code: String,
 }
 
-/// Verify the e-mail address with the code sent to it.
+/// Verify the e-mail address with the code sent to it. A user who belongs to no workspace yet
+/// gets one of their own, as Admin.
 #[utoipa::path(post, path = "/api/v1/email-verification", tag = "users", security(()),
     request_body = EmailCode,
     responses((status = 200, body = UserView), (status = 400, body = crate::problem::ProblemBody)))]
@@ -275,11 +278,14 @@ pub async fn verify_email(
             ));
         }
         let (mut updated, matched) = check_code(user, CodePurpose::VerifyEmail, &code);
+        let mut changes = Vec::new();
         if matched.is_ok() {
             updated.email_verified = true;
+            changes = first_workspace(s, &updated);
         }
         let view = UserView::from(&updated);
-        Ok((vec![Change::PutUser(updated)], matched.map(|()| view)))
+        changes.push(Change::PutUser(updated));
+        Ok((changes, matched.map(|()| view)))
     })
     .await?
     .map(Json)
@@ -298,8 +304,10 @@ pub struct EmailOnly {
     responses((status = 202), (status = 429, body = crate::problem::ProblemBody)))]
 pub async fn resend_verification_code(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<EmailOnly>,
 ) -> ApiResult<StatusCode> {
+    limit_code_attempts(&app, peer)?;
     send_code(&app, &form.email, CodePurpose::VerifyEmail).await
 }
 
@@ -311,6 +319,7 @@ async fn send_code(app: &App, email: &str, purpose: CodePurpose) -> ApiResult<St
         app.limits.codes_per_account.hit(&email.to_lowercase()),
         "codes for this address",
     )?;
+    let slot = app.mailer.reserve()?;
     let sent = app
         .write(move |s| {
             let Some(user) = s.user_by_email(&email) else {
@@ -325,7 +334,7 @@ async fn send_code(app: &App, email: &str, purpose: CodePurpose) -> ApiResult<St
         })
         .await?;
     if let Some((to, code)) = sent {
-        app.mailer.send(code_mail(&to, purpose, &code))?;
+        slot.send(code_mail(&to, purpose, &code));
     }
     Ok(StatusCode::ACCEPTED)
 }
@@ -356,7 +365,7 @@ pub async fn open_session(
 ) -> ApiResult<SessionView> {
     let account = email.trim().to_lowercase();
     limited(
-        app.limits.sign_in_per_address.hit(&peer.ip().to_string()),
+        app.limits.sign_in_per_address.hit(&client_key(peer.ip())),
         "sign-in attempts from this address",
     )?;
     limited(
@@ -369,7 +378,7 @@ pub async fn open_session(
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| auth::dummy_password_hash().to_owned());
     let matches = app
-        .blocking(move || auth::verify_password(&password, &hash))
+        .password_work(move || auth::verify_password(&password, &hash))
         .await?;
     let user = match user {
         Some(user) if matches => user,
@@ -392,8 +401,24 @@ pub async fn open_session(
         created_at: now,
         expires_at: Some(expires_at),
     };
-    app.write(move |_| Ok((vec![Change::PutCredential(credential)], ())))
-        .await?;
+    let sessions_max = app.config.sessions_per_user_max;
+    app.write(move |s| {
+        // Past the bound, the oldest sessions end so that the new one fits.
+        let mut sessions: Vec<&Credential> = s
+            .credentials
+            .values()
+            .filter(|c| c.user_id == credential.user_id && c.kind == CredentialKind::Session)
+            .collect();
+        sessions.sort_by_key(|c| c.created_at);
+        let surplus = (sessions.len() + 1).saturating_sub(sessions_max);
+        let mut changes: Vec<Change> = sessions[..surplus.min(sessions.len())]
+            .iter()
+            .map(|c| Change::DeleteCredential(c.sha256.clone()))
+            .collect();
+        changes.push(Change::PutCredential(credential));
+        Ok((changes, ()))
+    })
+    .await?;
     Ok(SessionView {
         token: secret,
         expires_at,
@@ -471,8 +496,10 @@ pub async fn me(caller: Caller) -> Json<UserView> {
     responses((status = 202), (status = 429, body = crate::problem::ProblemBody)))]
 pub async fn request_password_reset(
     State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<EmailOnly>,
 ) -> ApiResult<StatusCode> {
+    limit_code_attempts(&app, peer)?;
     send_code(&app, &form.email, CodePurpose::ResetPassword).await
 }
 
@@ -485,7 +512,8 @@ pub struct PasswordReset {
     pub password: String,
 }
 
-/// Set a new password with the code sent by e-mail; ends every session of the user.
+/// Set a new password with the code sent by e-mail; ends every session and revokes every
+/// personal access token of the user.
 #[utoipa::path(post, path = "/api/v1/password-reset", tag = "users", security(()),
     request_body = PasswordReset,
     responses((status = 204), (status = 400, body = crate::problem::ProblemBody)))]
@@ -498,7 +526,7 @@ pub async fn reset_password(
     auth::check_password_rules(&form.password, &form.email)?;
     let password = form.password;
     let password_hash = app
-        .blocking(move || auth::hash_password(&password))
+        .password_work(move || auth::hash_password(&password))
         .await??;
     let email = form.email;
     let code = form.code;
@@ -514,11 +542,16 @@ pub async fn reset_password(
         if matched.is_ok() {
             updated.password_hash = password_hash;
             // The code arrived by mail, which proves the address too.
-            updated.email_verified = true;
+            if !updated.email_verified {
+                updated.email_verified = true;
+                changes.extend(first_workspace(s, &updated));
+            }
+            // Whoever held the account before (a squatter who signed up with this address, or
+            // an attacker) loses every way in: sessions and personal access tokens alike.
             changes.extend(
                 s.credentials
                     .values()
-                    .filter(|c| c.user_id == user.id && c.kind == CredentialKind::Session)
+                    .filter(|c| c.user_id == user.id)
                     .map(|c| Change::DeleteCredential(c.sha256.clone())),
             );
         }
@@ -591,6 +624,8 @@ pub async fn create_personal_token(
     caller: Caller,
     ApiJson(form): ApiJson<NewPersonalToken>,
 ) -> ApiResult<(StatusCode, Json<PersonalTokenView>)> {
+    // A token outlives sessions; only the verified owner of the address may mint one.
+    auth::require_verified(&caller)?;
     let name = valid_name("name", &form.name)?;
     if form.expires_at.is_some_and(|at| at <= Utc::now()) {
         return Err(ApiError::bad_request(
@@ -611,8 +646,17 @@ pub async fn create_personal_token(
     };
     let mut view = PersonalTokenView::from(&credential);
     view.secret = Some(secret);
-    app.write(move |_| Ok((vec![Change::PutCredential(credential)], ())))
-        .await?;
+    let max = app.config.personal_tokens_per_user_max;
+    app.write(move |s| {
+        let held = s
+            .credentials
+            .values()
+            .filter(|c| c.user_id == credential.user_id && c.kind == CredentialKind::PersonalToken)
+            .count();
+        ApiError::at_most(held, max, "personal access tokens per user")?;
+        Ok((vec![Change::PutCredential(credential)], ()))
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(view)))
 }
 

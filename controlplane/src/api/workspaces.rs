@@ -12,8 +12,9 @@ use uuid::Uuid;
 use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{require_verified, Caller};
-use crate::model::{Member, Workspace};
+use crate::model::{Member, Purge, User, Workspace};
 use crate::problem::{ApiError, ApiResult};
+use crate::purge;
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
 
@@ -81,8 +82,15 @@ pub fn valid_display_name(name: &str) -> ApiResult<String> {
     Ok(name.to_owned())
 }
 
-/// Checks a slug given by a user.
+/// Checks a slug given by a user. A slug that reads as a UUID is refused: paths take ids or
+/// slugs, and such a slug could never be reached.
 pub fn valid_slug(slug: &str) -> ApiResult<String> {
+    if Uuid::parse_str(slug).is_ok() {
+        return Err(ApiError::bad_request(
+            "invalid-slug",
+            format!("{slug:?} reads as an id; choose a slug with a word in it"),
+        ));
+    }
     if !is_valid_slug(slug) {
         return Err(ApiError::bad_request(
             "invalid-slug",
@@ -141,7 +149,14 @@ pub async fn create_workspace(
     let name = valid_display_name(&form.name)?;
     let slug = form.slug.as_deref().map(valid_slug).transpose()?;
     let user = caller.user;
+    let max = app.config.workspaces_per_user_max;
     app.write(move |s| {
+        let created = s
+            .workspaces
+            .values()
+            .filter(|w| w.created_by == user.id)
+            .count();
+        ApiError::at_most(created, max, "workspaces created per user")?;
         let slug = match slug {
             Some(slug) if s.slugs.contains_key(&slug) => {
                 return Err(ApiError::conflict(
@@ -177,9 +192,38 @@ pub async fn create_workspace(
     .await
 }
 
-/// `base`, or `base-2`, `base-3`, ... whichever is free.
-fn free_slug(s: &Data, base: &str) -> String {
-    if !s.slugs.contains_key(base) {
+/// The workspace every user starts with, made when their address is verified and they
+/// belong to none: named after them, with them as Admin.
+pub fn first_workspace(s: &Data, user: &User) -> Vec<Change> {
+    if s.workspaces_of(user.id).next().is_some() {
+        return Vec::new();
+    }
+    let now = Utc::now();
+    let base = match slug_from_name(&user.first_name).as_str() {
+        "workspace" => slug_from_name(user.email.split('@').next().unwrap_or_default()),
+        slug => slug.to_owned(),
+    };
+    let ws = Workspace {
+        id: Uuid::now_v7(),
+        slug: free_slug(s, &base),
+        name: format!("{}'s workspace", user.first_name),
+        created_by: user.id,
+        created_at: now,
+        enabled: user.is_active(now),
+        cors_allowed_origins: Vec::new(),
+    };
+    let member = Member {
+        workspace_id: ws.id,
+        user_id: user.id,
+        role: Role::Admin,
+        joined_at: now,
+    };
+    vec![Change::PutWorkspace(ws), Change::PutMember(member)]
+}
+
+/// `base`, or `base-2`, `base-3`, ... whichever is free (and does not read as an id).
+pub fn free_slug(s: &Data, base: &str) -> String {
+    if !s.slugs.contains_key(base) && Uuid::parse_str(base).is_err() {
         return base.to_owned();
     }
     (2..)
@@ -257,7 +301,11 @@ pub async fn delete_workspace(
         changes.extend(s.tokens_of(ws.id).map(|t| Change::DeleteToken(t.id)));
         changes.extend(s.sources_of(ws.id).map(|x| Change::DeleteSource(x.id)));
         changes.push(Change::DeleteWorkspace(ws.id));
-        changes.push(Change::PutPurge(ws.id));
+        changes.push(Change::PutPurge(Purge {
+            workspace_id: ws.id,
+            due_at: Utc::now(),
+            passes_left: purge::PASSES,
+        }));
         Ok((changes, StatusCode::NO_CONTENT))
     })
     .await
