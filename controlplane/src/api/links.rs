@@ -14,7 +14,7 @@ use utoipa::IntoParams;
 use super::workspaces::WorkspaceView;
 use super::{ApiForm, ApiQuery};
 use crate::api::invitations::accept;
-use crate::api::users::{open_session, session_cookie};
+use crate::api::sessions::{open_session, session_cookie};
 use crate::app::App;
 use crate::auth::{presented_secret, Caller};
 use crate::problem::ApiResult;

@@ -5,11 +5,16 @@
 //! Routes are registered through `utoipa_axum`, so the router and the OpenAPI document are
 //! built from the same list and cannot drift apart.
 
+mod codes;
+mod cors;
 mod invitations;
 mod links;
 mod members;
 mod meta;
 mod operator;
+mod password_reset;
+mod personal_tokens;
+mod sessions;
 mod sources;
 mod tokens;
 mod users;
@@ -195,7 +200,7 @@ impl Modify for Security {
         (name = "workspaces", description = "Workspaces and their members"),
         (name = "invitations", description = "Inviting people into a workspace"),
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
-        (name = "sources", description = "Ingest points and CORS"),
+        (name = "sources", description = "Ingest points and CORS origins"),
         (name = "operator", description = "Plans and trials, for operators"),
         (name = "meta", description = "Liveness and this document"),
     )
@@ -207,17 +212,17 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
     let (router, document) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(users::sign_up))
         .routes(routes!(users::verify_email))
-        .routes(routes!(users::resend_verification_code))
-        .routes(routes!(users::sign_in))
-        .routes(routes!(users::sign_out))
+        .routes(routes!(codes::resend_verification_code))
+        .routes(routes!(sessions::sign_in))
+        .routes(routes!(sessions::sign_out))
         .routes(routes!(users::me))
-        .routes(routes!(users::request_password_reset))
-        .routes(routes!(users::reset_password))
+        .routes(routes!(password_reset::request_password_reset))
+        .routes(routes!(password_reset::reset_password))
         .routes(routes!(
-            users::list_personal_tokens,
-            users::create_personal_token
+            personal_tokens::list_personal_tokens,
+            personal_tokens::create_personal_token
         ))
-        .routes(routes!(users::revoke_personal_token))
+        .routes(routes!(personal_tokens::revoke_personal_token))
         .routes(routes!(
             workspaces::list_workspaces,
             workspaces::create_workspace
@@ -240,7 +245,7 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             sources::update_source,
             sources::delete_source
         ))
-        .routes(routes!(sources::get_cors, sources::set_cors))
+        .routes(routes!(cors::get_cors, cors::set_cors))
         .routes(routes!(operator::list_users))
         .routes(routes!(operator::set_plan))
         .routes(routes!(operator::set_trial))

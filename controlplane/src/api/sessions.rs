@@ -1,0 +1,166 @@
+//! Sessions: sign-in (API and form) and sign-out.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use super::codes::limited;
+use super::users::UserView;
+use super::ApiJson;
+use crate::app::App;
+use crate::auth::{self, Caller};
+use crate::model::{Credential, CredentialKind};
+use crate::problem::{ApiError, ApiResult};
+use crate::rate_limit::client_key;
+use crate::store::Change;
+
+/// Sign-in form.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignIn {
+    pub email: String,
+    pub password: String,
+}
+
+/// A new session.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionView {
+    /// Send as `Authorization: Bearer <token>`; also set as the `sluice_session` cookie.
+    pub token: String,
+    pub expires_at: DateTime<Utc>,
+    pub user: UserView,
+}
+
+/// Checks credentials and opens a session; used by the API and the login form.
+pub async fn open_session(
+    app: &App,
+    peer: SocketAddr,
+    email: &str,
+    password: String,
+) -> ApiResult<SessionView> {
+    let account = email.trim().to_lowercase();
+    limited(
+        app.limits.sign_in_per_address.hit(&client_key(peer.ip())),
+        "sign-in attempts from this address",
+    )?;
+    limited(
+        app.limits.sign_in_per_account.check_only(&account),
+        "failed sign-ins for this account",
+    )?;
+    let user = app.store.read(|s| s.user_by_email(&account).cloned());
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| auth::dummy_password_hash().to_owned());
+    let matches = app
+        .password_work(move || auth::verify_password(&password, &hash))
+        .await?;
+    let user = match user {
+        Some(user) if matches => user,
+        _ => {
+            let _ = app.limits.sign_in_per_account.hit(&account);
+            return Err(ApiError::unauthenticated("wrong e-mail or password"));
+        }
+    };
+    app.limits.sign_in_per_account.reset(&account);
+    let secret = auth::new_secret(auth::SESSION_PREFIX);
+    let now = Utc::now();
+    let expires_at = now + Duration::seconds(app.config.session_ttl_secs as i64);
+    let credential = Credential {
+        id: Uuid::now_v7(),
+        sha256: auth::sha256_hex(&secret),
+        kind: CredentialKind::Session,
+        user_id: user.id,
+        name: "session".into(),
+        hint: crate::model::secret_hint(&secret, auth::SESSION_PREFIX),
+        created_at: now,
+        expires_at: Some(expires_at),
+    };
+    let sessions_max = app.config.sessions_per_user_max;
+    app.write(move |s| {
+        // Past the bound, the oldest sessions end so that the new one fits.
+        let mut sessions: Vec<&Credential> = s
+            .credentials
+            .values()
+            .filter(|c| c.user_id == credential.user_id && c.kind == CredentialKind::Session)
+            .collect();
+        sessions.sort_by_key(|c| c.created_at);
+        let surplus = (sessions.len() + 1).saturating_sub(sessions_max);
+        let mut changes: Vec<Change> = sessions[..surplus.min(sessions.len())]
+            .iter()
+            .map(|c| Change::DeleteCredential(c.sha256.clone()))
+            .collect();
+        changes.push(Change::PutCredential(credential));
+        Ok((changes, ()))
+    })
+    .await?;
+    Ok(SessionView {
+        token: secret,
+        expires_at,
+        user: UserView::from(&user),
+    })
+}
+
+/// `Set-Cookie` value carrying a session.
+pub fn session_cookie(app: &App, session: Option<&SessionView>) -> HeaderValue {
+    let secure = if app.config.public_url().starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    let value = match session {
+        Some(s) => format!(
+            "{}={}; HttpOnly; SameSite=Lax; Path=/; Max-Age={}{secure}",
+            auth::SESSION_COOKIE,
+            s.token,
+            app.config.session_ttl_secs
+        ),
+        None => format!(
+            "{}=; HttpOnly; SameSite=Lax; Path=/; Max-Age=0{secure}",
+            auth::SESSION_COOKIE
+        ),
+    };
+    HeaderValue::from_str(&value).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// Sign in: returns a session token and sets it as an HttpOnly cookie.
+#[utoipa::path(post, path = "/api/v1/sessions", tag = "users", security(()),
+    request_body = SignIn,
+    responses((status = 201, body = SessionView), (status = 401, body = crate::problem::ProblemBody),
+        (status = 429, body = crate::problem::ProblemBody)))]
+pub async fn sign_in(
+    State(app): State<App>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ApiJson(form): ApiJson<SignIn>,
+) -> ApiResult<Response> {
+    let session = open_session(&app, peer, &form.email, form.password).await?;
+    let cookie = session_cookie(&app, Some(&session));
+    let mut response = (StatusCode::CREATED, Json(session)).into_response();
+    response.headers_mut().insert(header::SET_COOKIE, cookie);
+    Ok(response)
+}
+
+/// Sign out: ends the session used for this request.
+#[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users",
+    responses((status = 204), (status = 401, body = crate::problem::ProblemBody)))]
+pub async fn sign_out(State(app): State<App>, caller: Caller) -> ApiResult<Response> {
+    if caller.credential.kind != CredentialKind::Session {
+        return Err(ApiError::bad_request(
+            "not-a-session",
+            "this request used a personal access token; revoke it with DELETE /api/v1/me/tokens/{id}",
+        ));
+    }
+    let hash = caller.credential.sha256;
+    app.write(move |_| Ok((vec![Change::DeleteCredential(hash)], ())))
+        .await?;
+    let mut headers = HeaderMap::new();
+    headers.insert(header::SET_COOKIE, session_cookie(&app, None));
+    Ok((StatusCode::NO_CONTENT, headers).into_response())
+}
