@@ -491,23 +491,13 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     assert_problem(&signup("short@example.com", "short"), 400, "weak-password");
     let raw = |content_type: &str, body: Vec<u8>| {
-        let mut resp = agent()
-            .post(format!("{}/api/v1/users", sluice.api_url()))
-            .header("content-type", content_type)
-            .send(&body[..])
-            .expect("sent");
-        let ct = resp
-            .headers()
-            .get("content-type")
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or_default()
-            .to_owned();
-        Answer {
-            status: resp.status().as_u16(),
-            content_type: ct,
-            retry_after: None,
-            body: resp.body_mut().read_to_string().unwrap_or_default(),
-        }
+        Answer::of(
+            agent()
+                .post(format!("{}/api/v1/users", sluice.api_url()))
+                .header("content-type", content_type)
+                .send(&body[..])
+                .expect("sent"),
+        )
     };
     assert_problem(
         &raw("application/json", b"{\"email\": ".to_vec()),

@@ -39,23 +39,11 @@ impl Api {
             req = req.header("content-type", "application/json");
         }
         let bytes = body.map(|b| b.to_string()).unwrap_or_default();
-        let mut resp = agent
-            .run(req.body(bytes.into_bytes()).expect("request"))
-            .expect("request sent");
-        let header = |name: &str| {
-            resp.headers()
-                .get(name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::to_owned)
-        };
-        let content_type = header("content-type").unwrap_or_default();
-        let retry_after = header("retry-after");
-        Answer {
-            status: resp.status().as_u16(),
-            content_type,
-            retry_after,
-            body: resp.body_mut().read_to_string().unwrap_or_default(),
-        }
+        Answer::of(
+            agent
+                .run(req.body(bytes.into_bytes()).expect("request"))
+                .expect("request sent"),
+        )
     }
 
     pub fn get(&self, path: &str, token: &str) -> Answer {

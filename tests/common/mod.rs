@@ -208,6 +208,24 @@ pub struct Answer {
 }
 
 impl Answer {
+    /// Reads status, the headers tests look at, and the body.
+    pub fn of(mut resp: ureq::http::Response<ureq::Body>) -> Answer {
+        let header = |name: &str| {
+            resp.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        Answer {
+            status: resp.status().as_u16(),
+            content_type,
+            retry_after,
+            body: resp.body_mut().read_to_string().unwrap_or_default(),
+        }
+    }
+
     pub fn json(&self) -> Value {
         serde_json::from_str(&self.body).unwrap_or(Value::Null)
     }
@@ -228,21 +246,7 @@ pub fn post(url: &str, headers: &[(&str, &str)], body: &[u8]) -> Answer {
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let mut resp = req.send(body).expect("request sent");
-    let header = |name: &str| {
-        resp.headers()
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    };
-    let content_type = header("content-type").unwrap_or_default();
-    let retry_after = header("retry-after");
-    Answer {
-        status: resp.status().as_u16(),
-        content_type,
-        retry_after,
-        body: resp.body_mut().read_to_string().unwrap_or_default(),
-    }
+    Answer::of(req.send(body).expect("request sent"))
 }
 
 /// The Python interpreter with duckdb (set by scripts/test.sh, else the repo's .venv).

@@ -145,6 +145,19 @@ pub fn authorize<'s>(
     Ok((ws, member.role))
 }
 
+/// Checks a free-text name (display names, first and last names, token names): trimmed, 1 to
+/// `chars_max` characters, no control characters. `field` names it in the refusal.
+pub fn valid_text(field: &str, text: &str, chars_max: usize) -> ApiResult<String> {
+    let text = text.trim();
+    if text.is_empty() || text.chars().count() > chars_max || text.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid-name",
+            format!("{field} must have 1 to {chars_max} printable characters"),
+        ));
+    }
+    Ok(text.to_owned())
+}
+
 /// Refuses changes to a disabled workspace's assets.
 pub fn require_enabled(ws: &Workspace) -> ApiResult<()> {
     if ws.enabled {

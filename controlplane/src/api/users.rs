@@ -78,17 +78,7 @@ pub fn valid_email(email: &str) -> ApiResult<String> {
 }
 
 pub(super) fn valid_name(field: &str, name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > NAME_CHARS_MAX
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid-name",
-            format!("{field} must have 1 to {NAME_CHARS_MAX} printable characters"),
-        ));
-    }
-    Ok(name.to_owned())
+    super::valid_text(field, name, NAME_CHARS_MAX)
 }
 
 /// Sign up with e-mail and password; a verification code is sent by e-mail.

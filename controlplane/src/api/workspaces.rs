@@ -69,17 +69,7 @@ pub struct Rename {
 }
 
 pub fn valid_display_name(name: &str) -> ApiResult<String> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > NAME_CHARS_MAX
-        || name.chars().any(char::is_control)
-    {
-        return Err(ApiError::bad_request(
-            "invalid-name",
-            format!("the name must have 1 to {NAME_CHARS_MAX} printable characters"),
-        ));
-    }
-    Ok(name.to_owned())
+    super::valid_text("the name", name, NAME_CHARS_MAX)
 }
 
 /// Checks a slug given by a user. A slug that reads as a UUID is refused: paths take ids or
