@@ -680,6 +680,33 @@ fn account_refusals_sessions_tokens_and_password_reset() {
     );
     assert_problem(&api.get("/api/v1/me", &pat), 401, "unauthenticated");
 
+    // Sessions are listed (never with their secret) and can be ended one by one.
+    let other = api.sign_in("dave@example.com", &dave.password);
+    let list = api.get("/api/v1/me/sessions", &dave.token);
+    assert_eq!(list.status, 200, "{}", list.body);
+    assert!(!list.body.contains(&other), "{}", list.body);
+    let items = list.json()["items"].as_array().cloned().expect("items");
+    assert!(items.len() >= 2, "{}", list.body);
+    assert_eq!(items.iter().filter(|i| i["current"] == true).count(), 1);
+    let other_id = items
+        .iter()
+        .find(|i| {
+            i["current"] == false
+                && other.ends_with(
+                    i["hint"]
+                        .as_str()
+                        .unwrap_or("?")
+                        .trim_start_matches("sluice_ses_…"),
+                )
+        })
+        .and_then(|i| i["id"].as_str())
+        .expect("the other session")
+        .to_owned();
+    let a = api.delete(&format!("/api/v1/me/sessions/{other_id}"), &dave.token);
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert_problem(&api.get("/api/v1/me", &other), 401, "unauthenticated");
+    assert_eq!(api.get("/api/v1/me", &dave.token).status, 200);
+
     // Sign out ends the session.
     let session = api.sign_in("dave@example.com", &dave.password);
     assert_eq!(
@@ -1019,13 +1046,20 @@ fn the_openapi_document_is_valid_and_every_documented_operation_is_routed() {
     let paths = doc["paths"].as_object().expect("paths");
     let mut operations = 0;
     for (path, item) in paths {
-        let concrete = path
-            .replace("{workspace}", "nope")
-            .replace("{source}", "nope")
-            .replace("{user}", "0190f3a0-0000-7000-8000-000000000001")
-            .replace("{token_id}", "0190f3a0-0000-7000-8000-000000000001")
-            .replace("{invitation_id}", "0190f3a0-0000-7000-8000-000000000001");
-        assert!(!concrete.contains('{'), "unhandled parameter in {path}");
+        // Ids get a well-formed UUID nobody has, names a slug nobody has.
+        let concrete: String = path
+            .split('/')
+            .map(
+                |segment| match segment.strip_prefix('{').and_then(|p| p.strip_suffix('}')) {
+                    Some(name) if name.ends_with("_id") || name == "user" => {
+                        "0190f3a0-0000-7000-8000-000000000001"
+                    }
+                    Some(_) => "nope",
+                    None => segment,
+                },
+            )
+            .collect::<Vec<_>>()
+            .join("/");
         for method in item.as_object().expect("item").keys() {
             let a = api.call(
                 &method.to_uppercase(),

@@ -255,11 +255,37 @@ pub fn router(app: App) -> Result<Router, ControlPlaneError> {
         .concurrency_limit(app.config.concurrent_requests_max.max(1))
         .timeout(Duration::from_millis(app.config.request_timeout_ms));
     Ok(api
+        .layer(axum::middleware::from_fn(trace_request))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(app.config.body_bytes_max))
         .layer(limits)
         .with_state(app))
+}
+
+/// A span per request (method and route, never the query: it may carry an invitation token)
+/// and a debug line with the status and duration.
+async fn trace_request(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument;
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| request.uri().path().to_owned());
+    let span = tracing::info_span!("api", method = %request.method(), route = %route);
+    let started = std::time::Instant::now();
+    let response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::debug!(
+            status = response.status().as_u16(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "request"
+        )
+    });
+    response
 }
 
 async fn overloaded(error: BoxError) -> axum::response::Response {

@@ -228,6 +228,8 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(codes::resend_verification_code))
         .routes(routes!(sessions::sign_in))
         .routes(routes!(sessions::sign_out))
+        .routes(routes!(sessions::list_sessions))
+        .routes(routes!(sessions::end_session))
         .routes(routes!(users::me))
         .routes(routes!(password_reset::request_password_reset))
         .routes(routes!(password_reset::reset_password))

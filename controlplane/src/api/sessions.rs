@@ -1,4 +1,4 @@
-//! Sessions: sign-in (API and form) and sign-out.
+//! Sessions: sign-in (API and form), sign-out, and the list of a user's sessions.
 
 use std::net::SocketAddr;
 
@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use super::codes::limited;
 use super::users::UserView;
-use super::ApiJson;
+use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::model::{Credential, CredentialKind};
@@ -163,4 +163,67 @@ pub async fn sign_out(State(app): State<App>, caller: Caller) -> ApiResult<Respo
     let mut headers = HeaderMap::new();
     headers.insert(header::SET_COOKIE, session_cookie(&app, None));
     Ok((StatusCode::NO_CONTENT, headers).into_response())
+}
+
+/// One of the caller's sessions (never its secret).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SessionInfo {
+    pub id: Uuid,
+    /// Prefix and last characters of the token.
+    pub hint: String,
+    pub created_at: DateTime<Utc>,
+    pub expires_at: Option<DateTime<Utc>>,
+    /// Whether this request came with it.
+    pub current: bool,
+}
+
+/// The signed-in user's sessions, e.g. to end one left open elsewhere.
+#[utoipa::path(get, path = "/api/v1/me/sessions", tag = "users", params(PageQuery),
+    responses((status = 200, body = Page<SessionInfo>), (status = 401, body = crate::problem::ProblemBody)))]
+pub async fn list_sessions(
+    State(app): State<App>,
+    caller: Caller,
+    ApiQuery(page): ApiQuery<PageQuery>,
+) -> ApiResult<Json<Page<SessionInfo>>> {
+    let items = app.store.read(|s| {
+        s.credentials
+            .values()
+            .filter(|c| c.user_id == caller.user.id && c.kind == CredentialKind::Session)
+            .map(|c| {
+                let info = SessionInfo {
+                    id: c.id,
+                    hint: c.hint.clone(),
+                    created_at: c.created_at,
+                    expires_at: c.expires_at,
+                    current: c.id == caller.credential.id,
+                };
+                (c.id.to_string(), info)
+            })
+            .collect::<Vec<_>>()
+    });
+    page.page(&app, items).map(Json)
+}
+
+/// End one of the signed-in user's sessions.
+#[utoipa::path(delete, path = "/api/v1/me/sessions/{session_id}", tag = "users",
+    params(("session_id" = Uuid, Path, description = "Session id")),
+    responses((status = 204), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn end_session(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(session_id): ApiPath<Uuid>,
+) -> ApiResult<StatusCode> {
+    let user = caller.user.id;
+    app.write(move |s| {
+        let session = s
+            .credentials
+            .values()
+            .find(|c| c.id == session_id && c.user_id == user && c.kind == CredentialKind::Session)
+            .ok_or_else(|| ApiError::not_found("unknown-session", "no such session of yours"))?;
+        Ok((
+            vec![Change::DeleteCredential(session.sha256.clone())],
+            StatusCode::NO_CONTENT,
+        ))
+    })
+    .await
 }
