@@ -30,11 +30,11 @@ struct Cli {
 enum Command {
     /// Run Sluice on this machine with embedded defaults (everything under --data-dir): the
     /// control-plane API and a data-plane node.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run one data-plane node.
-    Dataplane(NodeArgs),
+    Dataplane(Box<NodeArgs>),
     /// Run the control plane (the management API).
-    Controlplane(ControlPlaneArgs),
+    Controlplane(Box<ControlPlaneArgs>),
 }
 
 /// `sluice up`: both planes.
@@ -81,6 +81,25 @@ struct ApiArgs {
     /// Sender of platform mail [default: Sluice <no-reply@sluice.localhost>].
     #[arg(long, env = "SLUICE_MAIL_FROM")]
     mail_from: Option<String>,
+    /// Extra CA certificate (PEM) trusted for SMTP over TLS (platform and workspace servers).
+    #[arg(long, env = "SLUICE_SMTP_CA_FILE")]
+    smtp_ca_file: Option<PathBuf>,
+    /// Key (64 hex digits) encrypting stored secrets such as workspace SMTP passwords
+    /// [default: the key in --secret-key-file].
+    #[arg(long, env = "SLUICE_SECRET_KEY", hide_env_values = true)]
+    secret_key: Option<String>,
+    /// File with the secret key, created with a random key when missing
+    /// [default: <data-dir>/secret.key].
+    #[arg(long, env = "SLUICE_SECRET_KEY_FILE")]
+    secret_key_file: Option<PathBuf>,
+    /// Earlier secret keys, comma-separated, to open secrets sealed before a rotation.
+    #[arg(
+        long,
+        env = "SLUICE_PREVIOUS_SECRET_KEYS",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    previous_secret_keys: Vec<String>,
     /// Length of a new user's free trial in seconds [default: 1209600, 14 days].
     #[arg(long, env = "SLUICE_TRIAL_DURATION_SECS")]
     trial_duration_secs: Option<u64>,
@@ -123,6 +142,18 @@ impl ApiArgs {
         }
         if let Some(from) = self.mail_from {
             config.mail_from = from;
+        }
+        if self.smtp_ca_file.is_some() {
+            config.smtp_ca_file = self.smtp_ca_file;
+        }
+        if self.secret_key.is_some() {
+            config.secret_key = self.secret_key;
+        }
+        if self.secret_key_file.is_some() {
+            config.secret_key_file = self.secret_key_file;
+        }
+        if !self.previous_secret_keys.is_empty() {
+            config.previous_secret_keys = self.previous_secret_keys;
         }
         if let Some(secs) = self.trial_duration_secs {
             config.trial_duration_secs = secs;

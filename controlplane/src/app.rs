@@ -9,6 +9,7 @@ use crate::config::ControlPlaneConfig;
 use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
 use crate::rate_limit::RateLimit;
+use crate::secrets::SecretBox;
 use crate::store::{Change, State, Store};
 
 /// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
@@ -20,6 +21,7 @@ pub struct Limits {
     pub sign_ups_per_address: RateLimit,
     pub invitations_per_workspace: RateLimit,
     pub invitations_per_inviter: RateLimit,
+    pub smtp_tests_per_workspace: RateLimit,
 }
 
 impl Limits {
@@ -35,6 +37,7 @@ impl Limits {
             sign_ups_per_address: RateLimit::new(c.sign_ups_per_address_per_hour, HOUR),
             invitations_per_workspace: RateLimit::new(c.invitations_per_workspace_per_day, DAY),
             invitations_per_inviter: RateLimit::new(c.invitations_per_inviter_per_day, DAY),
+            smtp_tests_per_workspace: RateLimit::new(c.smtp_tests_per_workspace_per_hour, HOUR),
         }
     }
 }
@@ -44,6 +47,8 @@ impl Limits {
 pub struct App {
     pub store: Arc<Store>,
     pub mailer: Mailer,
+    /// Seals and opens stored secrets (workspace SMTP passwords).
+    pub secrets: Arc<SecretBox>,
     pub config: Arc<ControlPlaneConfig>,
     pub limits: Arc<Limits>,
     /// The configuration version, published after every commit that moves it.
@@ -55,11 +60,17 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(store: Arc<Store>, mailer: Mailer, config: ControlPlaneConfig) -> Self {
+    pub fn new(
+        store: Arc<Store>,
+        mailer: Mailer,
+        secrets: Arc<SecretBox>,
+        config: ControlPlaneConfig,
+    ) -> Self {
         let version = store.read(|s| s.config_version);
         App {
             store,
             mailer,
+            secrets,
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             config_version: watch::Sender::new(version),

@@ -23,6 +23,20 @@ pub struct ControlPlaneConfig {
     pub smtp_url: Option<String>,
     /// Sender of platform mail.
     pub mail_from: String,
+    /// Extra CA certificate (PEM file) trusted for SMTP over TLS, platform and workspace
+    /// servers alike, besides the web PKI roots (for servers with a private CA).
+    pub smtp_ca_file: Option<PathBuf>,
+    /// Key (64 hex digits) that encrypts stored secrets such as workspace SMTP passwords.
+    /// Read from `secret_key_file` when unset.
+    pub secret_key: Option<String>,
+    /// File holding the key; created with a random key on first start when missing.
+    /// Default `<data_dir>/secret.key`.
+    pub secret_key_file: Option<PathBuf>,
+    /// Earlier keys, to open secrets sealed before a rotation; they are sealed again with the
+    /// current key at start.
+    pub previous_secret_keys: Vec<String>,
+    /// Test sends of workspace SMTP settings per workspace per hour.
+    pub smtp_tests_per_workspace_per_hour: u32,
     /// Object storage of the data plane, to delete a deleted workspace's data; the same
     /// default as the data plane (`<data-dir>/lake`).
     pub object_store: Option<String>,
@@ -77,6 +91,11 @@ impl Default for ControlPlaneConfig {
             public_url: None,
             smtp_url: None,
             mail_from: "Sluice <no-reply@sluice.localhost>".into(),
+            smtp_ca_file: None,
+            secret_key: None,
+            secret_key_file: None,
+            previous_secret_keys: Vec::new(),
+            smtp_tests_per_workspace_per_hour: 20,
             object_store: None,
             trial_duration_secs: 14 * 24 * 3600,
             trial_check_interval_ms: 60_000,

@@ -25,6 +25,7 @@ pub mod problem;
 pub mod purge;
 pub mod rate_limit;
 pub mod roles;
+pub mod secrets;
 pub mod seed;
 pub mod snapshot;
 pub mod store;
@@ -47,8 +48,9 @@ pub use config::ControlPlaneConfig;
 
 use crate::app::App;
 use crate::initial_operator::{InitialOperator, InitialOperatorError};
-use crate::mail::{MailError, Mailer};
+use crate::mail::{MailError, MailSettings, Mailer};
 use crate::problem::ApiError;
+use crate::secrets::{SecretBox, SecretError};
 use crate::store::{Store, StoreError};
 
 /// Errors that keep the control plane from starting.
@@ -68,6 +70,8 @@ pub enum ControlPlaneError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     InitialOperator(#[from] InitialOperatorError),
+    #[error(transparent)]
+    Secret(#[from] SecretError),
     #[error("invalid control-plane setting: {0}")]
     Config(String),
     #[error("building the OpenAPI document: {0}")]
@@ -156,16 +160,23 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(io("starting the control-plane runtime"))?;
+        let secrets = Arc::new(open_secrets(&config)?);
+        reseal(&store, &secrets)?;
         let app = {
             let _guard = runtime.enter();
             let mailer = Mailer::start(
-                config.smtp_url.as_deref(),
-                &config.mail_from,
-                config.data_dir.join("outbox"),
-                config.mail_queue_max,
-                Duration::from_millis(config.smtp_timeout_ms),
+                MailSettings {
+                    smtp_url: config.smtp_url.clone(),
+                    from: config.mail_from.clone(),
+                    outbox: config.data_dir.join("outbox"),
+                    queue_max: config.mail_queue_max,
+                    timeout: Duration::from_millis(config.smtp_timeout_ms),
+                    ca_file: config.smtp_ca_file.clone(),
+                },
+                store.clone(),
+                secrets.clone(),
             )?;
-            App::new(store, mailer, config)
+            App::new(store, mailer, secrets, config)
         };
         let router = router(app.clone())?;
         let listener = {
@@ -261,6 +272,44 @@ pub fn router(app: App) -> Result<Router, ControlPlaneError> {
         .layer(DefaultBodyLimit::max(app.config.body_bytes_max))
         .layer(limits)
         .with_state(app))
+}
+
+/// The secret key: from the settings, else from the key file (made on first start).
+fn open_secrets(config: &ControlPlaneConfig) -> Result<SecretBox, ControlPlaneError> {
+    let key = match &config.secret_key {
+        Some(key) => key.clone(),
+        None => {
+            let path = config
+                .secret_key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("secret.key"));
+            SecretBox::key_from_file(&path)?
+        }
+    };
+    Ok(SecretBox::new(&key, &config.previous_secret_keys)?)
+}
+
+/// Seals again, with the current key, every stored secret sealed with a previous one, so that
+/// previous keys can be dropped after one start.
+fn reseal(store: &Store, secrets: &SecretBox) -> Result<(), ControlPlaneError> {
+    let mut changes = Vec::new();
+    for mut smtp in store.read(|s| s.smtp.values().cloned().collect::<Vec<_>>()) {
+        let Some(sealed) = smtp.password_sealed.as_deref() else {
+            continue;
+        };
+        if secrets.needs_resealing(sealed) {
+            let context = smtp.workspace_id.to_string();
+            let password = secrets.open(sealed, &context)?;
+            smtp.password_sealed = Some(secrets.seal(&password, &context));
+            changes.push(store::Change::PutSmtp(smtp));
+        }
+    }
+    if !changes.is_empty() {
+        let count = changes.len();
+        store.write(|_| Ok::<_, StoreError>((changes, ())))?;
+        tracing::info!(count, "sealed stored secrets again with the current key");
+    }
+    Ok(())
 }
 
 /// A span per request (method and route, never the query: it may carry an invitation token)

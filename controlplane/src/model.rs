@@ -169,6 +169,67 @@ pub struct Source {
     pub created_at: DateTime<Utc>,
 }
 
+/// How the connection to an SMTP server is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SmtpSecurity {
+    /// Plain text (only on a trusted network).
+    None,
+    /// Plain connection upgraded with STARTTLS, which must succeed (usually port 587).
+    Starttls,
+    /// TLS from the first byte (usually port 465).
+    Tls,
+}
+
+/// A workspace's own SMTP server, used for its mail instead of the platform's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkspaceSmtp {
+    pub workspace_id: Uuid,
+    pub host: String,
+    pub port: u16,
+    pub security: SmtpSecurity,
+    pub username: Option<String>,
+    /// Sealed with the node's secret key (see `secrets`); never returned by the API.
+    pub password_sealed: Option<String>,
+    pub from_address: String,
+    pub from_name: Option<String>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why a mail was sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MailPurpose {
+    EmailVerification,
+    PasswordReset,
+    Invitation,
+    /// A test of the workspace SMTP settings.
+    SmtpTest,
+}
+
+/// Which server a mail went through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MailTransport {
+    WorkspaceSmtp,
+    PlatformSmtp,
+}
+
+/// One attempt to send a workspace's mail.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    pub at: DateTime<Utc>,
+    pub recipient: String,
+    pub purpose: MailPurpose,
+    pub transport: MailTransport,
+    /// True when the server accepted the mail.
+    pub delivered: bool,
+    /// The SMTP error, when it failed.
+    pub error: Option<String>,
+}
+
 /// A deleted workspace whose objects in the lake are still to be removed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Purge {

@@ -28,6 +28,8 @@ pub enum Action {
     ManageSources,
     ManageTokens,
     ManageCors,
+    /// Save, remove and test the workspace's SMTP settings.
+    ManageSmtp,
 }
 
 impl Action {
@@ -40,7 +42,7 @@ impl Action {
             | Action::DeleteWorkspace
             | Action::ManageMembers
             | Action::ManageCors => &[Admin],
-            Action::ManageSources | Action::ManageTokens => &[Admin, Editor],
+            Action::ManageSources | Action::ManageTokens | Action::ManageSmtp => &[Admin, Editor],
         }
     }
 
@@ -69,6 +71,8 @@ mod tests {
         }
         assert!(Action::ManageSources.allows(Role::Editor));
         assert!(Action::ManageTokens.allows(Role::Editor));
+        assert!(Action::ManageSmtp.allows(Role::Editor));
+        assert!(!Action::ManageSmtp.allows(Role::Viewer));
         assert!(!Action::ManageMembers.allows(Role::Editor));
         assert!(!Action::ManageCors.allows(Role::Editor));
         assert!(!Action::RenameWorkspace.allows(Role::Editor));

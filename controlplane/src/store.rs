@@ -16,7 +16,10 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::model::{AccessToken, Credential, Invitation, Member, Purge, Source, User, Workspace};
+use crate::model::{
+    AccessToken, Credential, Delivery, Invitation, Member, Purge, Source, User, Workspace,
+    WorkspaceSmtp,
+};
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
@@ -27,6 +30,8 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("access_tokens
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 /// Workspaces deleted whose objects in the lake are still to be removed.
 const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
+const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp");
+const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("email_deliveries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFIG_VERSION: &str = "config_version";
 
@@ -73,6 +78,10 @@ pub struct State {
     pub sources: BTreeMap<Uuid, Source>,
     /// Deleted workspaces whose lake objects are still to be deleted.
     pub purges: Vec<Purge>,
+    /// Workspace id -> its own SMTP server.
+    pub smtp: HashMap<Uuid, WorkspaceSmtp>,
+    /// (workspace, delivery id) -> attempt; ids are UUIDv7, so in time order.
+    pub deliveries: BTreeMap<(Uuid, Uuid), Delivery>,
     /// Version of the data-plane configuration derived from this state.
     pub config_version: u64,
 }
@@ -95,6 +104,10 @@ pub enum Change {
     DeleteSource(Uuid),
     PutPurge(Purge),
     DeletePurge(Uuid),
+    PutSmtp(WorkspaceSmtp),
+    DeleteSmtp(Uuid),
+    PutDelivery(Delivery),
+    DeleteDelivery(Uuid, Uuid),
 }
 
 impl Change {
@@ -112,8 +125,9 @@ impl Change {
     }
 }
 
-fn member_key(workspace: Uuid, user: Uuid) -> String {
-    format!("{workspace}/{user}")
+/// Key of a record that belongs to a workspace (a member, a delivery).
+fn member_key(workspace: Uuid, item: Uuid) -> String {
+    format!("{workspace}/{item}")
 }
 
 impl State {
@@ -167,6 +181,18 @@ impl State {
                 self.purges.push(purge);
             }
             Change::DeletePurge(id) => self.purges.retain(|p| p.workspace_id != id),
+            Change::PutSmtp(smtp) => {
+                self.smtp.insert(smtp.workspace_id, smtp);
+            }
+            Change::DeleteSmtp(id) => {
+                self.smtp.remove(&id);
+            }
+            Change::PutDelivery(d) => {
+                self.deliveries.insert((d.workspace_id, d.id), d);
+            }
+            Change::DeleteDelivery(ws, id) => {
+                self.deliveries.remove(&(ws, id));
+            }
         }
     }
 
@@ -208,6 +234,13 @@ impl State {
         self.tokens
             .values()
             .filter(move |t| t.workspace_id == workspace)
+    }
+
+    /// A workspace's delivery attempts, oldest first.
+    pub fn deliveries_of(&self, workspace: Uuid) -> impl DoubleEndedIterator<Item = &Delivery> {
+        self.deliveries
+            .range((workspace, Uuid::nil())..=(workspace, Uuid::max()))
+            .map(|(_, d)| d)
     }
 
     pub fn invitations_of(&self, workspace: Uuid) -> impl Iterator<Item = &Invitation> {
@@ -277,6 +310,12 @@ impl Store {
             for purge in load_table::<Purge>(&txn, PURGES)? {
                 state.apply(Change::PutPurge(purge));
             }
+            for smtp in load_table::<WorkspaceSmtp>(&txn, SMTP)? {
+                state.apply(Change::PutSmtp(smtp));
+            }
+            for d in load_table::<Delivery>(&txn, DELIVERIES)? {
+                state.apply(Change::PutDelivery(d));
+            }
             state.config_version = match txn.open_table(META) {
                 Ok(meta) => meta.get(CONFIG_VERSION)?.map(|v| v.value()).unwrap_or(0),
                 Err(redb::TableError::TableDoesNotExist(_)) => 0,
@@ -330,6 +369,8 @@ impl Store {
             let mut tokens = txn.open_table(TOKENS)?;
             let mut sources = txn.open_table(SOURCES)?;
             let mut purges = txn.open_table(PURGES)?;
+            let mut smtp = txn.open_table(SMTP)?;
+            let mut deliveries = txn.open_table(DELIVERIES)?;
             for change in changes {
                 match change {
                     Change::PutUser(u) => {
@@ -378,6 +419,20 @@ impl Store {
                     }
                     Change::DeletePurge(id) => {
                         purges.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutSmtp(x) => {
+                        let key = x.workspace_id.to_string();
+                        smtp.insert(key.as_str(), encode(x)?.as_slice())?;
+                    }
+                    Change::DeleteSmtp(id) => {
+                        smtp.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutDelivery(d) => {
+                        let key = member_key(d.workspace_id, d.id);
+                        deliveries.insert(key.as_str(), encode(d)?.as_slice())?;
+                    }
+                    Change::DeleteDelivery(ws, id) => {
+                        deliveries.remove(member_key(*ws, *id).as_str())?;
                     }
                 }
             }

@@ -14,7 +14,7 @@ use super::ApiJson;
 use crate::app::App;
 use crate::auth::{self};
 use crate::mail::Mail;
-use crate::model::{CodePurpose, OneTimeCode, User};
+use crate::model::{CodePurpose, MailPurpose, OneTimeCode, User};
 use crate::problem::{ApiError, ApiResult};
 use crate::rate_limit::client_key;
 use crate::store::Change;
@@ -65,6 +65,11 @@ pub(super) fn code_mail(to: &str, purpose: CodePurpose, code: &str) -> Mail {
         body: format!(
             "Your code to {what} is: {code}\n\nIt works for {CODE_TTL_MINUTES} minutes. If you did not ask for it, ignore this mail.\n"
         ),
+        purpose: match purpose {
+            CodePurpose::VerifyEmail => MailPurpose::EmailVerification,
+            CodePurpose::ResetPassword => MailPurpose::PasswordReset,
+        },
+        workspace: None,
     }
 }
 

@@ -15,7 +15,7 @@ use crate::api::users::valid_email;
 use crate::app::App;
 use crate::auth::{self, require_verified, Caller};
 use crate::mail::Mail;
-use crate::model::{Invitation, Member, Workspace};
+use crate::model::{Invitation, MailPurpose, Member, Workspace};
 use crate::problem::{ApiError, ApiResult};
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
@@ -156,6 +156,8 @@ pub async fn invite(
         })
         .await?;
     slot.send(Mail {
+        purpose: MailPurpose::Invitation,
+        workspace: Some(ws_id),
         to: email,
         subject: format!("You are invited to the Sluice workspace {ws_name}"),
         body: format!(

@@ -15,6 +15,7 @@ mod operator;
 mod password_reset;
 mod personal_tokens;
 mod sessions;
+mod smtp;
 mod sources;
 mod tokens;
 mod users;
@@ -214,6 +215,7 @@ impl Modify for Security {
         (name = "invitations", description = "Inviting people into a workspace"),
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
         (name = "sources", description = "Ingest points and CORS origins"),
+        (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
         (name = "meta", description = "Liveness and this document"),
     )
@@ -261,6 +263,9 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             sources::delete_source
         ))
         .routes(routes!(cors::get_cors, cors::set_cors))
+        .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))
+        .routes(routes!(smtp::test_smtp))
+        .routes(routes!(smtp::list_deliveries))
         .routes(routes!(operator::list_users))
         .routes(routes!(operator::set_plan))
         .routes(routes!(operator::set_trial))

@@ -290,6 +290,13 @@ pub async fn delete_workspace(
         );
         changes.extend(s.tokens_of(ws.id).map(|t| Change::DeleteToken(t.id)));
         changes.extend(s.sources_of(ws.id).map(|x| Change::DeleteSource(x.id)));
+        if s.smtp.contains_key(&ws.id) {
+            changes.push(Change::DeleteSmtp(ws.id));
+        }
+        changes.extend(
+            s.deliveries_of(ws.id)
+                .map(|d| Change::DeleteDelivery(ws.id, d.id)),
+        );
         changes.push(Change::DeleteWorkspace(ws.id));
         changes.push(Change::PutPurge(Purge {
             workspace_id: ws.id,
