@@ -299,9 +299,19 @@ fn reseal(store: &Store, secrets: &SecretBox) -> Result<(), ControlPlaneError> {
         };
         if secrets.needs_resealing(sealed) {
             let context = smtp.workspace_id.to_string();
-            let password = secrets.open(sealed, &context)?;
-            smtp.password_sealed = Some(secrets.seal(&password, &context));
-            changes.push(store::Change::PutSmtp(smtp));
+            match secrets.open(sealed, &context) {
+                Ok(password) => {
+                    smtp.password_sealed = Some(secrets.seal(&password, &context));
+                    changes.push(store::Change::PutSmtp(smtp));
+                }
+                // The control plane still starts; this workspace's mail fails (logged in its
+                // delivery log) until the key is configured or the password saved again.
+                Err(e) => tracing::error!(
+                    workspace = %smtp.workspace_id,
+                    error = %e,
+                    "a stored SMTP password cannot be opened with the configured keys"
+                ),
+            }
         }
     }
     if !changes.is_empty() {

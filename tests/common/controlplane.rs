@@ -211,23 +211,69 @@ pub fn wait_mail(dir: &Path, to: &str, subject: &str, skip: usize) -> Mail {
     find().expect("mail")
 }
 
-/// A real SMTP server (aiosmtpd) on loopback that stores what it receives in a Maildir.
+/// A real SMTP server (aiosmtpd, through `tests/smtp_server.py`) on loopback that stores what
+/// it receives in a Maildir.
 pub struct SmtpServer {
     child: Child,
     pub port: u16,
     pub maildir: PathBuf,
 }
 
+/// How a test SMTP server behaves.
+#[derive(Default, Clone)]
+pub struct SmtpOptions {
+    /// `plain` (default), `starttls` or `tls`.
+    pub mode: Option<&'static str>,
+    /// Key and certificate PEM (from [`make_certs`]) for the TLS modes.
+    pub cert: Option<PathBuf>,
+    /// Require AUTH with this login.
+    pub login: Option<(&'static str, &'static str)>,
+    /// Refuse recipients of this domain with 550.
+    pub reject_domain: Option<&'static str>,
+}
+
+fn smtp_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/smtp_server.py")
+}
+
+/// Writes a test CA (`ca.pem`) and a server certificate for 127.0.0.1 (`server.pem`) to `dir`.
+pub fn make_certs(dir: &Path) {
+    let status = Command::new(python())
+        .arg(smtp_script())
+        .arg("certs")
+        .arg(dir)
+        .status()
+        .expect("python");
+    assert!(status.success(), "making test certificates failed");
+}
+
 impl SmtpServer {
     pub fn start(maildir: &Path) -> SmtpServer {
+        Self::start_with(maildir, SmtpOptions::default())
+    }
+
+    pub fn start_with(maildir: &Path, options: SmtpOptions) -> SmtpServer {
         let port = free_port();
-        let child = Command::new(python())
-            .args(["-m", "aiosmtpd", "-n", "-l"])
-            .arg(format!("127.0.0.1:{port}"))
-            .args(["-c", "aiosmtpd.handlers.Mailbox"])
+        let mut cmd = Command::new(python());
+        cmd.arg(smtp_script())
+            .arg("serve")
+            .args(["--port", &port.to_string()])
+            .arg("--maildir")
             .arg(maildir)
+            .args(["--mode", options.mode.unwrap_or("plain")]);
+        if let Some(cert) = &options.cert {
+            cmd.arg("--cert").arg(cert);
+        }
+        if let Some((user, password)) = options.login {
+            cmd.args(["--user", user, "--password", password]);
+        }
+        if let Some(domain) = options.reject_domain {
+            cmd.args(["--reject-domain", domain]);
+        }
+        let log = std::fs::File::create(maildir.with_extension("log")).expect("server log");
+        let child = cmd
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .unwrap_or_else(|e| {
                 panic!("starting aiosmtpd failed ({e}); run the tests through scripts/test.sh")

@@ -1,0 +1,492 @@
+//! Workspace SMTP against real SMTP servers (aiosmtpd, started by the tests on loopback):
+//! mail through the workspace's own server and back to the platform's, STARTTLS and implicit
+//! TLS with a test CA, authentication, failures with their SMTP errors, the encrypted password,
+//! the 50-row delivery log and the roles.
+
+mod common;
+
+use std::path::Path;
+
+use common::controlplane::{
+    add_member, mails_to, verified_user, wait_mail, Api, SmtpOptions, SmtpServer, User,
+};
+use common::{free_port, Answer, Sluice};
+use serde_json::{json, Value};
+
+fn assert_problem(a: &Answer, status: u16, kind: &str) {
+    assert_eq!(a.status, status, "expected {status} {kind}, got {}", a.body);
+    assert_eq!(a.content_type, "application/problem+json", "{}", a.body);
+    assert_eq!(a.problem(), kind, "{}", a.body);
+}
+
+fn workspace(api: &Api, user: &User, slug: &str) {
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&user.token),
+        json!({"name": slug, "slug": slug}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+}
+
+fn smtp_settings(server: &SmtpServer, security: &str, login: Option<(&str, &str)>) -> Value {
+    let mut settings = json!({
+        "host": "127.0.0.1",
+        "port": server.port,
+        "security": security,
+        "from_address": "ops@acme.example",
+        "from_name": "Acme Ops",
+    });
+    if let Some((user, password)) = login {
+        settings["username"] = json!(user);
+        settings["password"] = json!(password);
+    }
+    settings
+}
+
+fn test_send(api: &Api, user: &User, slug: &str, to: &str) -> Value {
+    let a = api.post(
+        &format!("/api/v1/workspaces/{slug}/smtp/test"),
+        Some(&user.token),
+        json!({"to": to}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()
+}
+
+fn deliveries(api: &Api, user: &User, slug: &str) -> Vec<Value> {
+    let a = api.get(
+        &format!("/api/v1/workspaces/{slug}/email-deliveries"),
+        &user.token,
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn file_contains(path: &Path, needle: &str) -> bool {
+    let bytes = std::fs::read(path).expect("file");
+    bytes.windows(needle.len()).any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn invitations_go_through_the_workspace_smtp_until_it_is_removed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let platform = SmtpServer::start(&dir.path().join("platform"));
+    let own = SmtpServer::start_with(
+        &dir.path().join("own"),
+        SmtpOptions {
+            login: Some(("acme", "s3cret-smtp-password")),
+            ..SmtpOptions::default()
+        },
+    );
+    let mut sluice = Sluice::start(&dir.path().join("data"), &["--smtp-url", &platform.url()]);
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &platform.maildir, "admin@acme.example");
+    workspace(&api, &admin, "acme");
+
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&own, "none", Some(("acme", "s3cret-smtp-password"))),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["password_set"], true);
+    let read = api.get("/api/v1/workspaces/acme/smtp", &admin.token);
+    assert_eq!(read.json()["password_set"], true);
+    assert_eq!(read.json()["security"], "none");
+    for body in [&a.body, &read.body] {
+        assert!(
+            !body.contains("s3cret"),
+            "the password is never returned: {body}"
+        );
+    }
+
+    // The password survives a restart (the key is kept in the data dir).
+    sluice.stop();
+    sluice.restart();
+    let api = Api::new(sluice.api_url());
+    let admin = User {
+        token: api.sign_in(&admin.email, &admin.password),
+        ..admin
+    };
+    assert!(
+        !file_contains(
+            &sluice.data_dir.join("controlplane.redb"),
+            "s3cret-smtp-password"
+        ),
+        "the stored password is not readable in the redb file"
+    );
+
+    let invite = |email: &str| {
+        let a = api.post(
+            "/api/v1/workspaces/acme/invitations",
+            Some(&admin.token),
+            json!({"email": email, "role": "viewer"}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    };
+    invite("bob@example.com");
+    let mail = wait_mail(&own.maildir, "bob@example.com", "invited", 0);
+    assert!(mail.from.contains("ops@acme.example"), "{mail:?}");
+    assert!(mail.from.contains("Acme Ops"), "{mail:?}");
+    assert!(mails_to(&platform.maildir, "bob@example.com", "invited").is_empty());
+
+    assert_eq!(
+        api.delete("/api/v1/workspaces/acme/smtp", &admin.token)
+            .status,
+        204
+    );
+    assert_problem(
+        &api.get("/api/v1/workspaces/acme/smtp", &admin.token),
+        404,
+        "smtp-not-configured",
+    );
+    invite("carol@example.com");
+    let mail = wait_mail(&platform.maildir, "carol@example.com", "invited", 0);
+    assert!(!mail.from.contains("acme.example"), "{mail:?}");
+    assert!(mails_to(&own.maildir, "carol@example.com", "invited").is_empty());
+
+    let log = deliveries(&api, &admin, "acme");
+    let seen: Vec<(String, String, String, String)> = log
+        .iter()
+        .map(|d| {
+            let s = |k: &str| d[k].as_str().unwrap_or_default().to_owned();
+            (s("recipient"), s("purpose"), s("transport"), s("status"))
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            (
+                "carol@example.com".into(),
+                "invitation".into(),
+                "platform_smtp".into(),
+                "sent".into()
+            ),
+            (
+                "bob@example.com".into(),
+                "invitation".into(),
+                "workspace_smtp".into(),
+                "sent".into()
+            ),
+        ],
+        "newest first"
+    );
+    assert!(!serde_json::to_string(&log)
+        .expect("json")
+        .contains("s3cret"));
+}
+
+#[test]
+fn starttls_implicit_tls_and_authentication_against_real_servers() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::controlplane::make_certs(dir.path());
+    let cert = dir.path().join("server.pem");
+    let login = Some(("mailer", "right-password"));
+    let starttls = SmtpServer::start_with(
+        &dir.path().join("starttls"),
+        SmtpOptions {
+            mode: Some("starttls"),
+            cert: Some(cert.clone()),
+            login,
+            ..SmtpOptions::default()
+        },
+    );
+    let implicit = SmtpServer::start_with(
+        &dir.path().join("implicit"),
+        SmtpOptions {
+            mode: Some("tls"),
+            cert: Some(cert),
+            login,
+            ..SmtpOptions::default()
+        },
+    );
+    let ca = dir.path().join("ca.pem");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--smtp-ca-file", ca.to_str().expect("path")],
+    );
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
+    workspace(&api, &admin, "acme");
+
+    for (server, security) in [(&starttls, "starttls"), (&implicit, "tls")] {
+        let put = |password: &str| {
+            let a = api.put(
+                "/api/v1/workspaces/acme/smtp",
+                &admin.token,
+                smtp_settings(server, security, Some(("mailer", password))),
+            );
+            assert_eq!(a.status, 200, "{}", a.body);
+        };
+        put("right-password");
+        let to = format!("{security}@example.com");
+        let sent = test_send(&api, &admin, "acme", &to);
+        assert_eq!(
+            sent["status"],
+            "sent",
+            "{security}: {sent}; server log: {}",
+            std::fs::read_to_string(server.maildir.with_extension("log")).unwrap_or_default()
+        );
+        assert_eq!(sent["transport"], "workspace_smtp");
+        let mail = wait_mail(&server.maildir, &to, "SMTP test", 0);
+        assert!(mail.from.contains("ops@acme.example"), "{mail:?}");
+
+        put("wrong-password");
+        let failed = test_send(&api, &admin, "acme", &to);
+        assert_eq!(failed["status"], "failed", "{security}: {failed}");
+        let error = failed["error"].as_str().unwrap_or_default();
+        assert!(
+            error.contains("authentication failed"),
+            "{security}: {error}"
+        );
+    }
+
+    // Implicit TLS against a server that speaks plain SMTP first fails in the handshake.
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&starttls, "tls", Some(("mailer", "right-password"))),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let failed = test_send(&api, &admin, "acme", "tls-mismatch@example.com");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        !failed["error"].as_str().unwrap_or_default().is_empty(),
+        "{failed}"
+    );
+}
+
+#[test]
+fn failures_are_logged_with_their_smtp_error() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let picky = SmtpServer::start_with(
+        &dir.path().join("picky"),
+        SmtpOptions {
+            reject_domain: Some("blocked.example"),
+            ..SmtpOptions::default()
+        },
+    );
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
+    workspace(&api, &admin, "acme");
+
+    // Server down: nothing listens on the port.
+    let down = json!({"host": "127.0.0.1", "port": free_port(), "security": "none",
+        "from_address": "ops@acme.example"});
+    assert_eq!(
+        api.put("/api/v1/workspaces/acme/smtp", &admin.token, down)
+            .status,
+        200
+    );
+    let failed = test_send(&api, &admin, "acme", "someone@example.com");
+    assert_eq!(failed["status"], "failed");
+    let error = failed["error"].as_str().unwrap_or_default().to_owned();
+    assert!(error.contains("connection failed"), "{error}");
+    assert!(error.to_lowercase().contains("refused"), "{error}");
+
+    // Recipient refused.
+    assert_eq!(
+        api.put(
+            "/api/v1/workspaces/acme/smtp",
+            &admin.token,
+            smtp_settings(&picky, "none", None)
+        )
+        .status,
+        200
+    );
+    let refused = test_send(&api, &admin, "acme", "nobody@blocked.example");
+    assert_eq!(refused["status"], "failed");
+    let refused_error = refused["error"].as_str().unwrap_or_default().to_owned();
+    assert!(refused_error.contains("550"), "{refused_error}");
+    assert!(refused_error.contains("refused"), "{refused_error}");
+    let fine = test_send(&api, &admin, "acme", "somebody@fine.example");
+    assert_eq!(fine["status"], "sent", "{fine}");
+
+    let log = deliveries(&api, &admin, "acme");
+    assert_eq!(log.len(), 3);
+    assert_eq!(log[0]["status"], "sent");
+    assert_eq!(log[1]["error"].as_str(), Some(refused_error.as_str()));
+    assert_eq!(log[2]["error"].as_str(), Some(error.as_str()));
+    assert!(log.iter().all(|d| d["purpose"] == "smtp_test"));
+
+    // Each bad field gets its own clear refusal, and nothing is saved.
+    let before = api.get("/api/v1/workspaces/acme/smtp", &admin.token).body;
+    for (settings, needle) in [
+        (
+            json!({"host": "bad host!", "port": 25, "security": "none", "from_address": "a@b.example"}),
+            "host",
+        ),
+        (
+            json!({"host": "mail.example", "port": 0, "security": "none", "from_address": "a@b.example"}),
+            "port",
+        ),
+        (
+            json!({"host": "mail.example", "port": 25, "security": "none", "from_address": "not-an-address"}),
+            "from_address",
+        ),
+        (
+            json!({"host": "mail.example", "port": 25, "security": "none", "from_address": "a@b.example", "password": "x"}),
+            "username",
+        ),
+    ] {
+        let a = api.put("/api/v1/workspaces/acme/smtp", &admin.token, settings);
+        assert_problem(&a, 400, "invalid-smtp-settings");
+        assert!(a.body.contains(needle), "{needle}: {}", a.body);
+    }
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        json!({"host": "mail.example", "port": 25, "security": "ssl", "from_address": "a@b.example"}),
+    );
+    assert_problem(&a, 400, "invalid-body");
+    assert!(a.body.contains("starttls"), "names the choices: {}", a.body);
+    assert_eq!(
+        api.get("/api/v1/workspaces/acme/smtp", &admin.token).body,
+        before
+    );
+}
+
+#[test]
+fn the_delivery_log_keeps_the_50_newest_and_follows_the_roles() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[controlplane]\nsmtp_tests_per_workspace_per_hour = 100\n",
+    )
+    .expect("config");
+    let server = SmtpServer::start(&dir.path().join("own"));
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("path")],
+    );
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let admin = verified_user(&api, &outbox, "admin@acme.example");
+    let editor = verified_user(&api, &outbox, "editor@acme.example");
+    let viewer = verified_user(&api, &outbox, "viewer@acme.example");
+    let outsider = verified_user(&api, &outbox, "outsider@acme.example");
+    workspace(&api, &admin, "acme");
+    add_member(&api, &outbox, &admin, "acme", &editor, "editor");
+    add_member(&api, &outbox, &admin, "acme", &viewer, "viewer");
+
+    let settings = smtp_settings(&server, "none", None);
+    let smtp = "/api/v1/workspaces/acme/smtp";
+    // Viewers read, Editors and Admins change; outsiders see nothing.
+    assert_problem(
+        &api.put(smtp, &viewer.token, settings.clone()),
+        403,
+        "insufficient-role",
+    );
+    assert_problem(
+        &api.put(smtp, &outsider.token, settings.clone()),
+        404,
+        "unknown-workspace",
+    );
+    assert_problem(
+        &api.call("PUT", smtp, None, Some(&settings)),
+        401,
+        "unauthenticated",
+    );
+    assert_eq!(api.put(smtp, &editor.token, settings.clone()).status, 200);
+    assert_eq!(api.get(smtp, &viewer.token).status, 200);
+    assert_problem(&api.get(smtp, &outsider.token), 404, "unknown-workspace");
+    assert_problem(
+        &api.post(
+            &format!("{smtp}/test"),
+            Some(&viewer.token),
+            json!({"to": "x@example.com"}),
+        ),
+        403,
+        "insufficient-role",
+    );
+    assert_problem(&api.delete(smtp, &viewer.token), 403, "insufficient-role");
+    assert_eq!(
+        api.get("/api/v1/workspaces/acme/email-deliveries", &viewer.token)
+            .status,
+        200
+    );
+    assert_problem(
+        &api.get("/api/v1/workspaces/acme/email-deliveries", &outsider.token),
+        404,
+        "unknown-workspace",
+    );
+
+    for n in 0..55 {
+        let sender = if n % 2 == 0 { &admin } else { &editor };
+        let sent = test_send(&api, sender, "acme", &format!("r{n:02}@example.com"));
+        assert_eq!(sent["status"], "sent", "{sent}");
+    }
+    let log = deliveries(&api, &viewer, "acme");
+    let recipients: Vec<&str> = log.iter().filter_map(|d| d["recipient"].as_str()).collect();
+    let expected: Vec<String> = (5..55)
+        .rev()
+        .map(|n| format!("r{n:02}@example.com"))
+        .collect();
+    assert_eq!(recipients, expected, "the 50 newest, newest first");
+    assert_eq!(api.delete(smtp, &editor.token).status, 204);
+}
+
+#[test]
+fn rotating_the_secret_key_keeps_stored_passwords_working() {
+    const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let server = SmtpServer::start_with(
+        &dir.path().join("own"),
+        SmtpOptions {
+            login: Some(("acme", "rotate-me")),
+            ..SmtpOptions::default()
+        },
+    );
+    let mut sluice = Sluice::start(&dir.path().join("data"), &["--secret-key", OLD]);
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
+    workspace(&api, &admin, "acme");
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&server, "none", Some(("acme", "rotate-me"))),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let send = |sluice: &Sluice, n: usize| {
+        let api = Api::new(sluice.api_url());
+        let token = api.sign_in(&admin.email, &admin.password);
+        let user = User {
+            token,
+            ..admin.clone()
+        };
+        test_send(&api, &user, "acme", &format!("r{n}@example.com"))
+    };
+    assert_eq!(send(&sluice, 1)["status"], "sent");
+
+    // New key, old key as previous: the password opens and is sealed again with the new key.
+    sluice.stop();
+    sluice.args = vec![
+        "--secret-key".into(),
+        NEW.into(),
+        "--previous-secret-keys".into(),
+        OLD.into(),
+    ];
+    sluice.restart();
+    assert_eq!(send(&sluice, 2)["status"], "sent");
+    // The old key can go now.
+    sluice.stop();
+    sluice.args = vec!["--secret-key".into(), NEW.into()];
+    sluice.restart();
+    assert_eq!(send(&sluice, 3)["status"], "sent");
+    // A wrong key does not stop the control plane; the workspace's mail fails and says why.
+    sluice.stop();
+    sluice.args = vec!["--secret-key".into(), OLD.into()];
+    sluice.restart();
+    let failed = send(&sluice, 4);
+    assert_eq!(failed["status"], "failed");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("password cannot be read"),
+        "{failed}"
+    );
+}
