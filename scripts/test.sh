@@ -4,8 +4,8 @@
 #
 # Installs (idempotent, cached between runs):
 #   - .venv/ with the Python packages of tests/requirements.txt: duckdb (tests read the Parquet
-#     output with DuckDB), aiosmtpd (a real SMTP server for the mail tests) and
-#     openapi-spec-validator (checks the control plane's OpenAPI document)
+#     output with DuckDB), aiosmtpd and trustme (real SMTP servers with test certificates for
+#     the mail tests) and openapi-spec-validator (checks the control plane's OpenAPI document)
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}"
 mkdir -p "$tools"
 
-echo "== Python venv with duckdb, aiosmtpd, openapi-spec-validator"
+echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
