@@ -6,6 +6,7 @@
 mod common;
 
 use std::path::Path;
+use std::time::Duration;
 
 use common::controlplane::{
     add_member, mails_to, verified_user, wait_mail, Api, SmtpOptions, SmtpServer, User,
@@ -145,6 +146,10 @@ fn invitations_go_through_the_workspace_smtp_until_it_is_removed() {
     assert!(!mail.from.contains("acme.example"), "{mail:?}");
     assert!(mails_to(&own.maildir, "carol@example.com", "invited").is_empty());
 
+    // The attempt is recorded right after the server answers.
+    assert!(common::wait_for(Duration::from_secs(5), || {
+        deliveries(&api, &admin, "acme").len() == 2
+    }));
     let log = deliveries(&api, &admin, "acme");
     let seen: Vec<(String, String, String, String)> = log
         .iter()
