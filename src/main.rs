@@ -84,6 +84,9 @@ struct ApiArgs {
     /// Extra CA certificate (PEM) trusted for SMTP over TLS (platform and workspace servers).
     #[arg(long, env = "SLUICE_SMTP_CA_FILE")]
     smtp_ca_file: Option<PathBuf>,
+    /// Let workspace SMTP servers be on loopback, private or link-local addresses.
+    #[arg(long, env = "SLUICE_SMTP_ALLOW_PRIVATE_HOSTS")]
+    smtp_allow_private_hosts: bool,
     /// Key (64 hex digits) encrypting stored secrets such as workspace SMTP passwords
     /// [default: the key in --secret-key-file].
     #[arg(long, env = "SLUICE_SECRET_KEY", hide_env_values = true)]
@@ -145,6 +148,9 @@ impl ApiArgs {
         }
         if self.smtp_ca_file.is_some() {
             config.smtp_ca_file = self.smtp_ca_file;
+        }
+        if self.smtp_allow_private_hosts {
+            config.smtp_allow_private_hosts = true;
         }
         if self.secret_key.is_some() {
             config.secret_key = self.secret_key;

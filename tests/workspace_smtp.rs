@@ -14,6 +14,9 @@ use common::controlplane::{
 use common::{free_port, Answer, Sluice};
 use serde_json::{json, Value};
 
+/// The test servers listen on loopback, which workspace SMTP refuses unless allowed.
+const PRIVATE: &str = "--smtp-allow-private-hosts";
+
 fn assert_problem(a: &Answer, status: u16, kind: &str) {
     assert_eq!(a.status, status, "expected {status} {kind}, got {}", a.body);
     assert_eq!(a.content_type, "application/problem+json", "{}", a.body);
@@ -79,7 +82,10 @@ fn invitations_go_through_the_workspace_smtp_until_it_is_removed() {
             ..SmtpOptions::default()
         },
     );
-    let mut sluice = Sluice::start(&dir.path().join("data"), &["--smtp-url", &platform.url()]);
+    let mut sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--smtp-url", &platform.url(), PRIVATE],
+    );
     let api = Api::new(sluice.api_url());
     let admin = verified_user(&api, &platform.maildir, "admin@acme.example");
     workspace(&api, &admin, "acme");
@@ -100,6 +106,33 @@ fn invitations_go_through_the_workspace_smtp_until_it_is_removed() {
             "the password is never returned: {body}"
         );
     }
+    // Pointing the settings elsewhere needs the password again, so nobody can send it to a
+    // server of their own.
+    let mut elsewhere = smtp_settings(&own, "none", None);
+    elsewhere["port"] = json!(free_port());
+    elsewhere["username"] = json!("acme");
+    let refused = api.put("/api/v1/workspaces/acme/smtp", &admin.token, elsewhere);
+    assert_problem(&refused, 400, "invalid-smtp-settings");
+    assert!(
+        refused.body.contains("password must be given again"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(
+        api.get("/api/v1/workspaces/acme/smtp", &admin.token).body,
+        read.body,
+        "nothing saved"
+    );
+    let mut renamed = smtp_settings(&own, "none", None);
+    renamed["username"] = json!("acme");
+    renamed["from_name"] = json!("Acme Operations");
+    let a = api.put("/api/v1/workspaces/acme/smtp", &admin.token, renamed);
+    assert_eq!(
+        a.status, 200,
+        "the same server keeps its password: {}",
+        a.body
+    );
+    assert_eq!(a.json()["password_set"], true);
 
     // The password survives a restart (the key is kept in the data dir).
     sluice.stop();
@@ -128,7 +161,7 @@ fn invitations_go_through_the_workspace_smtp_until_it_is_removed() {
     invite("bob@example.com");
     let mail = wait_mail(&own.maildir, "bob@example.com", "invited", 0);
     assert!(mail.from.contains("ops@acme.example"), "{mail:?}");
-    assert!(mail.from.contains("Acme Ops"), "{mail:?}");
+    assert!(mail.from.contains("Acme Operations"), "{mail:?}");
     assert!(mails_to(&platform.maildir, "bob@example.com", "invited").is_empty());
 
     assert_eq!(
@@ -208,7 +241,7 @@ fn starttls_implicit_tls_and_authentication_against_real_servers() {
     let ca = dir.path().join("ca.pem");
     let sluice = Sluice::start(
         &dir.path().join("data"),
-        &["--smtp-ca-file", ca.to_str().expect("path")],
+        &["--smtp-ca-file", ca.to_str().expect("path"), PRIVATE],
     );
     let api = Api::new(sluice.api_url());
     let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
@@ -239,6 +272,9 @@ fn starttls_implicit_tls_and_authentication_against_real_servers() {
         put("wrong-password");
         let failed = test_send(&api, &admin, "acme", &to);
         assert_eq!(failed["status"], "failed", "{security}: {failed}");
+        for answer in [&sent, &failed] {
+            assert!(!answer.to_string().contains("password"), "{answer}");
+        }
         let error = failed["error"].as_str().unwrap_or_default();
         assert!(
             error.contains("authentication failed"),
@@ -256,9 +292,53 @@ fn starttls_implicit_tls_and_authentication_against_real_servers() {
     let failed = test_send(&api, &admin, "acme", "tls-mismatch@example.com");
     assert_eq!(failed["status"], "failed", "{failed}");
     assert!(
-        !failed["error"].as_str().unwrap_or_default().is_empty(),
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("TLS failure"),
         "{failed}"
     );
+
+    // A certificate from a CA nobody configured is refused.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(&other).expect("dir");
+    common::controlplane::make_certs(&other);
+    let untrusted = SmtpServer::start_with(
+        &dir.path().join("untrusted"),
+        SmtpOptions {
+            mode: Some("tls"),
+            cert: Some(other.join("server.pem")),
+            ..SmtpOptions::default()
+        },
+    );
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&untrusted, "tls", None),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let failed = test_send(&api, &admin, "acme", "untrusted@example.com");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(
+        failed["error"]
+            .as_str()
+            .unwrap_or_default()
+            .starts_with("TLS failure"),
+        "{failed}"
+    );
+    assert!(mails_to(&untrusted.maildir, "untrusted@example.com", "").is_empty());
+
+    // STARTTLS is required, not hoped for: a server without it is refused.
+    let plain = SmtpServer::start(&dir.path().join("plain"));
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&plain, "starttls", None),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let failed = test_send(&api, &admin, "acme", "downgrade@example.com");
+    assert_eq!(failed["status"], "failed", "{failed}");
+    assert!(mails_to(&plain.maildir, "downgrade@example.com", "").is_empty());
 }
 
 #[test]
@@ -271,7 +351,12 @@ fn failures_are_logged_with_their_smtp_error() {
             ..SmtpOptions::default()
         },
     );
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[controlplane]\nsmtp_timeout_ms = 1000\n").expect("config");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("path"), PRIVATE],
+    );
     let api = Api::new(sluice.api_url());
     let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
     workspace(&api, &admin, "acme");
@@ -289,6 +374,38 @@ fn failures_are_logged_with_their_smtp_error() {
     let error = failed["error"].as_str().unwrap_or_default().to_owned();
     assert!(error.contains("connection failed"), "{error}");
     assert!(error.to_lowercase().contains("refused"), "{error}");
+
+    // A server that accepts the connection and never answers: the send gives up in time.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let silent_port = silent.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let (stream, _) = silent.accept().expect("accept");
+        std::thread::sleep(Duration::from_secs(3));
+        drop(stream);
+    });
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        json!({"host": "127.0.0.1", "port": silent_port, "security": "none",
+            "from_address": "ops@acme.example"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let started = std::time::Instant::now();
+    let timed_out = test_send(&api, &admin, "acme", "someone@example.com");
+    assert_eq!(timed_out["status"], "failed");
+    assert!(
+        timed_out["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("timed out"),
+        "{timed_out}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(2900),
+        "bounded by smtp_timeout_ms (1 s here), took {:?}",
+        started.elapsed()
+    );
+    let _ = held.join();
 
     // Recipient refused.
     assert_eq!(
@@ -309,10 +426,11 @@ fn failures_are_logged_with_their_smtp_error() {
     assert_eq!(fine["status"], "sent", "{fine}");
 
     let log = deliveries(&api, &admin, "acme");
-    assert_eq!(log.len(), 3);
+    assert_eq!(log.len(), 4);
     assert_eq!(log[0]["status"], "sent");
     assert_eq!(log[1]["error"].as_str(), Some(refused_error.as_str()));
-    assert_eq!(log[2]["error"].as_str(), Some(error.as_str()));
+    assert_eq!(log[2]["error"], timed_out["error"]);
+    assert_eq!(log[3]["error"].as_str(), Some(error.as_str()));
     assert!(log.iter().all(|d| d["purpose"] == "smtp_test"));
 
     // Each bad field gets its own clear refusal, and nothing is saved.
@@ -364,7 +482,7 @@ fn the_delivery_log_keeps_the_50_newest_and_follows_the_roles() {
     let server = SmtpServer::start(&dir.path().join("own"));
     let sluice = Sluice::start(
         &dir.path().join("data"),
-        &["--config", config.to_str().expect("path")],
+        &["--config", config.to_str().expect("path"), PRIVATE],
     );
     let api = Api::new(sluice.api_url());
     let outbox = sluice.data_dir.join("outbox");
@@ -445,7 +563,7 @@ fn rotating_the_secret_key_keeps_stored_passwords_working() {
             ..SmtpOptions::default()
         },
     );
-    let mut sluice = Sluice::start(&dir.path().join("data"), &["--secret-key", OLD]);
+    let mut sluice = Sluice::start(&dir.path().join("data"), &["--secret-key", OLD, PRIVATE]);
     let api = Api::new(sluice.api_url());
     let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
     workspace(&api, &admin, "acme");
@@ -473,17 +591,18 @@ fn rotating_the_secret_key_keeps_stored_passwords_working() {
         NEW.into(),
         "--previous-secret-keys".into(),
         OLD.into(),
+        PRIVATE.into(),
     ];
     sluice.restart();
     assert_eq!(send(&sluice, 2)["status"], "sent");
     // The old key can go now.
     sluice.stop();
-    sluice.args = vec!["--secret-key".into(), NEW.into()];
+    sluice.args = vec!["--secret-key".into(), NEW.into(), PRIVATE.into()];
     sluice.restart();
     assert_eq!(send(&sluice, 3)["status"], "sent");
     // A wrong key does not stop the control plane; the workspace's mail fails and says why.
     sluice.stop();
-    sluice.args = vec!["--secret-key".into(), OLD.into()];
+    sluice.args = vec!["--secret-key".into(), OLD.into(), PRIVATE.into()];
     sluice.restart();
     let failed = send(&sluice, 4);
     assert_eq!(failed["status"], "failed");
@@ -494,4 +613,30 @@ fn rotating_the_secret_key_keeps_stored_passwords_working() {
             .contains("password cannot be read"),
         "{failed}"
     );
+}
+
+#[test]
+fn a_workspace_server_on_a_private_address_is_refused_unless_the_operator_allows_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let internal = SmtpServer::start(&dir.path().join("internal"));
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
+    workspace(&api, &admin, "acme");
+    for host in ["127.0.0.1", "localhost"] {
+        let mut settings = smtp_settings(&internal, "none", None);
+        settings["host"] = json!(host);
+        let a = api.put("/api/v1/workspaces/acme/smtp", &admin.token, settings);
+        assert_eq!(a.status, 200, "{}", a.body);
+        let failed = test_send(&api, &admin, "acme", "probe@example.com");
+        assert_eq!(failed["status"], "failed", "{host}: {failed}");
+        assert!(
+            failed["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("non-public address"),
+            "{host}: {failed}"
+        );
+    }
+    assert!(mails_to(&internal.maildir, "probe@example.com", "").is_empty());
 }

@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 /// Everything the control plane needs to start.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ControlPlaneConfig {
     /// Root of its files: `controlplane.redb`, `initial-operator.json`, `outbox/`,
@@ -35,6 +35,9 @@ pub struct ControlPlaneConfig {
     /// Earlier keys, to open secrets sealed before a rotation; they are sealed again with the
     /// current key at start.
     pub previous_secret_keys: Vec<String>,
+    /// Let workspace SMTP servers be on loopback, private or link-local addresses (off: a
+    /// workspace Admin could otherwise reach hosts on the operator's network).
+    pub smtp_allow_private_hosts: bool,
     /// Test sends of workspace SMTP settings per workspace per hour.
     pub smtp_tests_per_workspace_per_hour: u32,
     /// Object storage of the data plane, to delete a deleted workspace's data; the same
@@ -83,6 +86,20 @@ pub struct ControlPlaneConfig {
     pub tokens_per_workspace_max: usize,
 }
 
+impl std::fmt::Debug for ControlPlaneConfig {
+    /// Everything but the secrets: the key and the SMTP URL (which may carry a password).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlaneConfig")
+            .field("data_dir", &self.data_dir)
+            .field("api_addr", &self.api_addr)
+            .field("public_url", &self.public_url)
+            .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
+            .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
+            .field("secret_key_file", &self.secret_key_file)
+            .finish_non_exhaustive()
+    }
+}
+
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
         ControlPlaneConfig {
@@ -95,6 +112,7 @@ impl Default for ControlPlaneConfig {
             secret_key: None,
             secret_key_file: None,
             previous_secret_keys: Vec::new(),
+            smtp_allow_private_hosts: false,
             smtp_tests_per_workspace_per_hour: 20,
             object_store: None,
             trial_duration_secs: 14 * 24 * 3600,
@@ -137,6 +155,9 @@ impl ControlPlaneConfig {
             if secs > DURATION_SECS_MAX {
                 return Err(format!("{name} is over 100 years"));
             }
+        }
+        if !(1000..=120_000).contains(&self.smtp_timeout_ms) {
+            return Err("smtp_timeout_ms must be 1000 to 120000".into());
         }
         for (name, value) in [
             ("session_ttl_secs", self.session_ttl_secs as usize),

@@ -172,6 +172,7 @@ impl ControlPlane {
                     queue_max: config.mail_queue_max,
                     timeout: Duration::from_millis(config.smtp_timeout_ms),
                     ca_file: config.smtp_ca_file.clone(),
+                    allow_private_hosts: config.smtp_allow_private_hosts,
                 },
                 store.clone(),
                 secrets.clone(),
@@ -301,7 +302,7 @@ fn reseal(store: &Store, secrets: &SecretBox) -> Result<(), ControlPlaneError> {
             let context = smtp.workspace_id.to_string();
             match secrets.open(sealed, &context) {
                 Ok(password) => {
-                    smtp.password_sealed = Some(secrets.seal(&password, &context));
+                    smtp.password_sealed = Some(secrets.seal(&password, &context)?);
                     changes.push(store::Change::PutSmtp(smtp));
                 }
                 // The control plane still starts; this workspace's mail fails (logged in its

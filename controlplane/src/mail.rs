@@ -7,13 +7,22 @@
 //! `<data-dir>/outbox` plus the log, so that every flow works out of the box. Every attempt for
 //! a workspace is recorded in its delivery log (the last [`DELIVERIES_KEPT`]).
 //!
-//! Requests never wait for SMTP, except a test send, which waits at most `smtp_timeout_ms`:
-//! mail is queued (bounded; a full queue refuses the request with 503) and sent by tasks of
-//! which at most [`SENDS_IN_FLIGHT`] run at once, each bounded by the timeout. A slow or dead
-//! server therefore holds a bounded number of tasks, never a growing pile.
+//! Requests never wait for SMTP, except a test send, which waits at most twice
+//! `smtp_timeout_ms` (for a sending slot, then for the server). Mail waiting or being sent is
+//! bounded by `mail_queue_max` (past it requests are refused with 503). Sends run with at most
+//! [`PLATFORM_SENDS_IN_FLIGHT`] through the platform server and [`WORKSPACE_SENDS_IN_FLIGHT`]
+//! per workspace server, each bounded by the timeout, so a slow or dead workspace server holds
+//! its own two slots and never delays other workspaces' or the platform's mail.
+//!
+//! A workspace server must resolve to public addresses unless the operator allows private ones
+//! (`smtp_allow_private_hosts`): otherwise any workspace Admin could make the control plane
+//! probe or relay through hosts on its internal network. The checked address is the one
+//! connected to, so a second DNS answer cannot swap it.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
@@ -22,18 +31,22 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::AsyncSmtpTransport;
 use lettre::{AsyncFileTransport, AsyncTransport, Message, Tokio1Executor};
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::model::{Delivery, MailPurpose, MailTransport, SmtpSecurity, WorkspaceSmtp};
 use crate::problem::ApiError;
 use crate::secrets::SecretBox;
-use crate::store::{Change, Store};
+use crate::store::{Change, State, Store};
 
 /// Delivery attempts kept per workspace.
 pub const DELIVERIES_KEPT: usize = 50;
-/// Sends running at once at most.
-pub const SENDS_IN_FLIGHT: usize = 16;
+/// Sends through the platform server running at once at most.
+pub const PLATFORM_SENDS_IN_FLIGHT: usize = 8;
+/// Sends through one workspace's server running at once at most.
+pub const WORKSPACE_SENDS_IN_FLIGHT: usize = 2;
+/// Longest SMTP error text kept (a server's reply can be long).
+const ERROR_CHARS_MAX: usize = 1024;
 
 /// Why mail cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +87,8 @@ pub struct MailSettings {
     pub timeout: Duration,
     /// Extra CA certificate (PEM) trusted for SMTP over TLS, besides the web PKI roots.
     pub ca_file: Option<PathBuf>,
+    /// Let workspace servers be on loopback, private or link-local addresses.
+    pub allow_private_hosts: bool,
 }
 
 enum Platform {
@@ -88,14 +103,43 @@ struct Shared {
     secrets: Arc<SecretBox>,
     timeout: Duration,
     ca_pem: Option<Vec<u8>>,
-    in_flight: Arc<Semaphore>,
+    allow_private_hosts: bool,
+    /// Mail waiting or being sent: the queue's bound.
+    pending: Arc<Semaphore>,
+    platform_slots: Arc<Semaphore>,
+    workspace_slots: Mutex<HashMap<Uuid, Arc<Semaphore>>>,
 }
 
-/// The mailer: a bounded queue in front of the sending tasks.
+impl Shared {
+    fn workspace_slots(&self, workspace: Uuid) -> Arc<Semaphore> {
+        let mut slots = self
+            .workspace_slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        // Bounded by the number of workspaces; forget the idle ones now and then.
+        if slots.len() > 10_000 {
+            slots.retain(|_, s| s.available_permits() < WORKSPACE_SENDS_IN_FLIGHT);
+        }
+        slots
+            .entry(workspace)
+            .or_insert_with(|| Arc::new(Semaphore::new(WORKSPACE_SENDS_IN_FLIGHT)))
+            .clone()
+    }
+}
+
+/// The mailer.
 #[derive(Clone)]
 pub struct Mailer {
-    queue: mpsc::Sender<Mail>,
     shared: Arc<Shared>,
+}
+
+fn busy() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+        "mail-unavailable",
+        "too much mail is waiting to be sent; retry in a minute",
+    )
+    .retry_after(60)
 }
 
 impl Mailer {
@@ -135,67 +179,109 @@ impl Mailer {
                 )
             }
         };
-        let shared = Arc::new(Shared {
-            platform,
-            from,
-            store,
-            secrets,
-            timeout: settings.timeout,
-            ca_pem,
-            in_flight: Arc::new(Semaphore::new(SENDS_IN_FLIGHT)),
-        });
-        let (queue, rx) = mpsc::channel(settings.queue_max.max(1));
-        tokio::spawn(worker(rx, shared.clone()));
-        Ok(Mailer { queue, shared })
+        Ok(Mailer {
+            shared: Arc::new(Shared {
+                platform,
+                from,
+                store,
+                secrets,
+                timeout: settings.timeout,
+                ca_pem,
+                allow_private_hosts: settings.allow_private_hosts,
+                pending: Arc::new(Semaphore::new(settings.queue_max.max(1))),
+                platform_slots: Arc::new(Semaphore::new(PLATFORM_SENDS_IN_FLIGHT)),
+                workspace_slots: Mutex::new(HashMap::new()),
+            }),
+        })
     }
 
     /// Takes a place in the queue, or refuses with 503 when it is full. Take it before
     /// committing the change a mail belongs to, so that a full queue refuses the request
     /// whole instead of after the change.
     pub fn reserve(&self) -> Result<MailSlot, ApiError> {
-        self.queue
+        let permit = self
+            .shared
+            .pending
             .clone()
-            .try_reserve_owned()
-            .map(MailSlot)
-            .map_err(|_| {
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        Ok(MailSlot {
+            permit,
+            shared: self.shared.clone(),
+        })
+    }
+
+    /// Sends `mail` now through `settings` (the workspace's, as checked by the caller) and
+    /// returns the attempt, also logged. Refuses with 503 when the queue is full or the
+    /// workspace's sending slots stay busy for a whole timeout.
+    pub async fn send_now(
+        &self,
+        mail: Mail,
+        settings: WorkspaceSmtp,
+    ) -> Result<Delivery, ApiError> {
+        let _pending = self
+            .shared
+            .pending
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| busy())?;
+        let slots = self.shared.workspace_slots(settings.workspace_id);
+        let _slot = tokio::time::timeout(self.shared.timeout, slots.acquire_owned())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .ok_or_else(|| {
                 ApiError::new(
                     axum::http::StatusCode::SERVICE_UNAVAILABLE,
                     "mail-unavailable",
-                    "too much mail is waiting to be sent; retry in a minute",
+                    "this workspace's SMTP server is busy with other mail; retry shortly",
                 )
-                .retry_after(60)
-            })
-    }
-
-    /// Sends `mail` now and returns the attempt (also logged when it belongs to a workspace).
-    /// Waits for a free sending slot and then at most the SMTP timeout.
-    pub async fn send_now(&self, mail: Mail) -> Delivery {
-        let _permit = self.shared.in_flight.clone().acquire_owned().await;
-        deliver(&self.shared, mail).await
+                .retry_after(10)
+            })?;
+        Ok(deliver(&self.shared, mail, Some(settings)).await)
     }
 }
 
 /// A reserved place in the mail queue.
-pub struct MailSlot(mpsc::OwnedPermit<Mail>);
+pub struct MailSlot {
+    permit: OwnedSemaphorePermit,
+    shared: Arc<Shared>,
+}
 
 impl MailSlot {
-    /// Queues `mail` in the reserved place (never fails, never waits).
+    /// Queues `mail` in the reserved place (never fails, never waits; call on the runtime).
     pub fn send(self, mail: Mail) {
-        self.0.send(mail);
+        tokio::spawn(async move {
+            let _pending = self.permit;
+            send_queued(&self.shared, mail).await;
+        });
     }
 }
 
-async fn worker(mut rx: mpsc::Receiver<Mail>, shared: Arc<Shared>) {
-    while let Some(mail) = rx.recv().await {
-        let Ok(permit) = shared.in_flight.clone().acquire_owned().await else {
-            return;
-        };
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            deliver(&shared, mail).await;
-            drop(permit);
-        });
-    }
+/// Sends queued mail through the transport its workspace uses now, in that transport's slots.
+async fn send_queued(shared: &Shared, mail: Mail) {
+    let own = match mail.workspace {
+        Some(ws) => match shared.store.read(|s| {
+            s.workspaces
+                .contains_key(&ws)
+                .then(|| s.smtp.get(&ws).cloned())
+        }) {
+            Some(own) => own,
+            None => {
+                tracing::info!(workspace = %ws, to = %mail.to, "mail of a deleted workspace dropped");
+                return;
+            }
+        },
+        None => None,
+    };
+    let slots = match &own {
+        Some(settings) => shared.workspace_slots(settings.workspace_id),
+        None => shared.platform_slots.clone(),
+    };
+    let Ok(_slot) = slots.acquire_owned().await else {
+        return;
+    };
+    deliver(shared, mail, own).await;
 }
 
 /// The platform transport from its URL. With an extra CA, the URL's TLS choice is rebuilt
@@ -236,12 +322,67 @@ fn tls_parameters(host: &str, ca_pem: Option<&[u8]>) -> Result<TlsParameters, St
     builder.build_rustls().map_err(|e| e.to_string())
 }
 
-/// A transport to a workspace's own server.
-fn workspace_transport(
+/// Whether `ip` is on the public internet (not loopback, private, link-local, CGNAT,
+/// unspecified, multicast or documentation space).
+fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            !(v4.is_private()
+                || v4.is_loopback()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || a == 0
+                || (a == 100 && (b & 0xc0) == 64))
+        }
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => is_public(IpAddr::V4(v4)),
+            None => {
+                let first = v6.segments()[0];
+                !(v6.is_loopback()
+                    || v6.is_unspecified()
+                    || v6.is_multicast()
+                    || (first & 0xfe00) == 0xfc00
+                    || (first & 0xffc0) == 0xfe80)
+            }
+        },
+    }
+}
+
+/// The address to connect to for a workspace server: resolved once, checked, then used as is.
+async fn checked_address(shared: &Shared, smtp: &WorkspaceSmtp) -> Result<IpAddr, String> {
+    let resolved = tokio::time::timeout(
+        shared.timeout,
+        tokio::net::lookup_host((smtp.host.as_str(), smtp.port)),
+    )
+    .await
+    .map_err(|_| format!("connection failed: resolving {} timed out", smtp.host))?
+    .map_err(|e| format!("connection failed: resolving {}: {e}", smtp.host))?;
+    let mut first = None;
+    for addr in resolved {
+        let ip = addr.ip();
+        if !shared.allow_private_hosts && !is_public(ip) {
+            return Err(format!(
+                "connection failed: {} resolves to the non-public address {ip}; an operator can allow such servers with smtp_allow_private_hosts",
+                smtp.host
+            ));
+        }
+        first.get_or_insert(ip);
+    }
+    first.ok_or_else(|| format!("connection failed: {} has no address", smtp.host))
+}
+
+/// A transport to a workspace's own server, at its checked address; TLS still verifies the
+/// certificate against the configured host name.
+async fn workspace_transport(
     shared: &Shared,
     smtp: &WorkspaceSmtp,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
-    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(&smtp.host)
+    let address = checked_address(shared, smtp).await?;
+    let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
         .port(smtp.port)
         .timeout(Some(shared.timeout));
     let ca = shared.ca_pem.as_deref();
@@ -263,16 +404,33 @@ fn workspace_transport(
     Ok(builder.build())
 }
 
+/// Whether a cause of `e` is a TLS error (lettre reports handshake failures as connection
+/// errors wrapping rustls' error in an I/O error).
+fn tls_in_causes(e: &lettre::transport::smtp::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        if c.is::<rustls::Error>()
+            || c.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// The SMTP error with its causes, prefixed with what kind of failure it is.
 fn describe(e: &lettre::transport::smtp::Error) -> String {
     let code = e.status().and_then(|c| c.to_string().parse::<u16>().ok());
-    let kind = if e.is_tls() {
+    let kind = if e.is_tls() || tls_in_causes(e) {
         "TLS failure"
     } else if e.is_timeout() {
         "timed out"
     } else if let Some(code) = code {
         match code {
-            530 | 534 | 535 | 538 | 454 => "authentication failed",
+            534 | 535 | 538 => "authentication failed",
             450..=452 | 550..=553 => "refused by the server",
             _ => "SMTP error",
         }
@@ -292,11 +450,9 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
     text
 }
 
-/// Sends one mail through the transport it belongs to and records the attempt.
-async fn deliver(shared: &Shared, mail: Mail) -> Delivery {
-    let own = mail
-        .workspace
-        .and_then(|ws| shared.store.read(|s| s.smtp.get(&ws).cloned()));
+/// Sends one mail through `own` (a workspace's server) or the platform, and records the attempt
+/// when the mail belongs to a workspace.
+async fn deliver(shared: &Shared, mail: Mail, own: Option<WorkspaceSmtp>) -> Delivery {
     let transport = if own.is_some() {
         MailTransport::WorkspaceSmtp
     } else {
@@ -317,7 +473,9 @@ async fn deliver(shared: &Shared, mail: Mail) -> Delivery {
         purpose: mail.purpose,
         transport,
         delivered: result.is_ok(),
-        error: result.err(),
+        error: result
+            .err()
+            .map(|e| e.chars().take(ERROR_CHARS_MAX).collect()),
     };
     if mail.workspace.is_some() {
         record(shared, delivery.clone()).await;
@@ -354,7 +512,7 @@ async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Resu
         }
     };
     match (own, &shared.platform) {
-        (Some(settings), _) => smtp(workspace_transport(shared, settings)?, message).await,
+        (Some(settings), _) => smtp(workspace_transport(shared, settings).await?, message).await,
         (None, Platform::Smtp(transport)) => smtp(transport.clone(), message).await,
         (None, Platform::Outbox(file, dir)) => {
             let written = file.send(message).await.map_err(|e| e.to_string());
@@ -370,26 +528,105 @@ async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Resu
     }
 }
 
-/// Adds `delivery` to its workspace's log and drops what falls out of the window.
+/// The changes that add `delivery` to its workspace's log and drop what falls out of the
+/// window; none when the workspace is gone.
+pub fn log_changes(s: &State, delivery: Delivery) -> Vec<Change> {
+    if !s.workspaces.contains_key(&delivery.workspace_id) {
+        return Vec::new();
+    }
+    let kept: Vec<_> = s.deliveries_of(delivery.workspace_id).collect();
+    let surplus = (kept.len() + 1).saturating_sub(DELIVERIES_KEPT);
+    let mut changes: Vec<Change> = kept[..surplus]
+        .iter()
+        .map(|d| Change::DeleteDelivery(d.workspace_id, d.id))
+        .collect();
+    changes.push(Change::PutDelivery(delivery));
+    changes
+}
+
+/// Adds `delivery` to its workspace's log.
 async fn record(shared: &Shared, delivery: Delivery) {
     let store = shared.store.clone();
     let written = tokio::task::spawn_blocking(move || {
-        store.write(|s| {
-            if !s.workspaces.contains_key(&delivery.workspace_id) {
-                return Ok::<_, ApiError>((vec![], ()));
-            }
-            let kept: Vec<_> = s.deliveries_of(delivery.workspace_id).collect();
-            let surplus = (kept.len() + 1).saturating_sub(DELIVERIES_KEPT);
-            let mut changes: Vec<Change> = kept[..surplus]
-                .iter()
-                .map(|d| Change::DeleteDelivery(d.workspace_id, d.id))
-                .collect();
-            changes.push(Change::PutDelivery(delivery));
-            Ok((changes, ()))
-        })
+        store.write(|s| Ok::<_, ApiError>((log_changes(s, delivery), ())))
     })
     .await;
     if !matches!(written, Ok(Ok(()))) {
         tracing::warn!("recording a mail delivery failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Workspace;
+
+    #[test]
+    fn the_log_keeps_the_newest_50_per_workspace() {
+        let mut state = State::default();
+        let ws = Uuid::now_v7();
+        state.workspaces.insert(
+            ws,
+            Workspace {
+                id: ws,
+                slug: "w".into(),
+                name: "w".into(),
+                created_by: Uuid::now_v7(),
+                created_at: Utc::now(),
+                enabled: true,
+                cors_allowed_origins: vec![],
+            },
+        );
+        let delivery = |n: usize| Delivery {
+            id: Uuid::now_v7(),
+            workspace_id: ws,
+            at: Utc::now(),
+            recipient: format!("r{n}@example.com"),
+            purpose: MailPurpose::SmtpTest,
+            transport: MailTransport::PlatformSmtp,
+            delivered: true,
+            error: None,
+        };
+        for n in 0..60 {
+            let changes = log_changes(&state, delivery(n));
+            assert_eq!(changes.len(), if n < DELIVERIES_KEPT { 1 } else { 2 });
+            for change in changes {
+                state.apply(change);
+            }
+        }
+        let kept: Vec<String> = state
+            .deliveries_of(ws)
+            .map(|d| d.recipient.clone())
+            .collect();
+        let expected: Vec<String> = (10..60).map(|n| format!("r{n}@example.com")).collect();
+        assert_eq!(kept, expected);
+        let mut gone = delivery(99);
+        gone.workspace_id = Uuid::now_v7();
+        assert!(
+            log_changes(&state, gone).is_empty(),
+            "no log for a deleted workspace"
+        );
+    }
+
+    #[test]
+    fn only_public_addresses_pass() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().expect("ip")), "{private}");
+        }
+        for public in ["8.8.8.8", "2a00:1450:4001::1", "::ffff:1.1.1.1"] {
+            assert!(is_public(public.parse().expect("ip")), "{public}");
+        }
     }
 }

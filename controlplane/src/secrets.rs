@@ -24,6 +24,8 @@ pub enum SecretError {
         path: std::path::PathBuf,
         source: std::io::Error,
     },
+    #[error("sealing a secret failed")]
+    Seal,
     #[error("a sealed secret is malformed")]
     Malformed,
     #[error("a sealed secret was sealed with key {0}, which is not configured (set it in previous_secret_keys)")]
@@ -99,21 +101,23 @@ impl SecretBox {
 
     /// Seals `plaintext`; `context` (e.g. the workspace id) must be given again to open it, so
     /// a sealed value copied to another record does not open.
-    pub fn seal(&self, plaintext: &str, context: &str) -> String {
+    pub fn seal(&self, plaintext: &str, context: &str) -> Result<String, SecretError> {
         let nonce_bytes: [u8; NONCE_LEN] = rand::rng().random();
         let mut data = plaintext.as_bytes().to_vec();
-        // Sealing with a valid key and a fresh nonce cannot fail for inputs of this size.
-        let _ = self.current.key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce_bytes),
-            Aad::from(context.as_bytes()),
-            &mut data,
-        );
-        format!(
+        self.current
+            .key
+            .seal_in_place_append_tag(
+                Nonce::assume_unique_for_key(nonce_bytes),
+                Aad::from(context.as_bytes()),
+                &mut data,
+            )
+            .map_err(|_| SecretError::Seal)?;
+        Ok(format!(
             "v1.{}.{}.{}",
             self.current.id,
             hex::encode(nonce_bytes),
             hex::encode(data)
-        )
+        ))
     }
 
     /// Opens a value sealed with any configured key.
@@ -164,14 +168,18 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_key_and_context_and_survive_rotation() {
         let old = SecretBox::new(K1, &[]).expect("keys");
-        let sealed = old.seal("hunter2 is a password", "ws-1");
+        let sealed = old.seal("hunter2 is a password", "ws-1").expect("seal");
         assert!(!sealed.contains("hunter2"));
         assert_eq!(
             old.open(&sealed, "ws-1").expect("opens"),
             "hunter2 is a password"
         );
         assert!(old.open(&sealed, "ws-2").is_err(), "bound to its record");
-        assert_ne!(old.seal("same", "c"), old.seal("same", "c"), "fresh nonces");
+        assert_ne!(
+            old.seal("same", "c").expect("seal"),
+            old.seal("same", "c").expect("seal"),
+            "fresh nonces"
+        );
 
         let rotated = SecretBox::new(K2, &[K1.to_owned()]).expect("keys");
         assert!(rotated.needs_resealing(&sealed));
@@ -179,7 +187,7 @@ mod tests {
             rotated.open(&sealed, "ws-1").expect("previous key opens"),
             "hunter2 is a password"
         );
-        let resealed = rotated.seal("hunter2 is a password", "ws-1");
+        let resealed = rotated.seal("hunter2 is a password", "ws-1").expect("seal");
         assert!(!rotated.needs_resealing(&resealed));
         let forgotten = SecretBox::new(K2, &[]).expect("keys");
         assert!(matches!(

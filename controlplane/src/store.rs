@@ -131,7 +131,7 @@ fn member_key(workspace: Uuid, item: Uuid) -> String {
 }
 
 impl State {
-    fn apply(&mut self, change: Change) {
+    pub fn apply(&mut self, change: Change) {
         match change {
             Change::PutUser(user) => {
                 self.emails.insert(user.email.to_lowercase(), user.id);

@@ -175,10 +175,13 @@ pub async fn put_smtp(
         .map(|u| valid_text("username", u, 254))
         .transpose()?;
     if let Some(password) = &form.password {
-        if password.len() > PASSWORD_BYTES_MAX || password.contains('\0') {
+        if password.len() > PASSWORD_BYTES_MAX {
             return Err(invalid(format!(
                 "password must be at most {PASSWORD_BYTES_MAX} bytes"
             )));
+        }
+        if password.contains('\0') {
+            return Err(invalid("password must not contain NUL characters"));
         }
         if username.is_none() && !password.is_empty() {
             return Err(invalid("a password needs a username"));
@@ -200,10 +203,32 @@ pub async fn put_smtp(
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSmtp)?;
         require_enabled(ws)?;
         let context = ws.id.to_string();
+        let stored = s.smtp.get(&ws.id);
         let password_sealed = match form.password.as_deref() {
             Some("") => None,
-            Some(password) => Some(secrets.seal(password, &context)),
-            None => s.smtp.get(&ws.id).and_then(|x| x.password_sealed.clone()),
+            Some(password) => Some(
+                secrets
+                    .seal(password, &context)
+                    .map_err(|e| ApiError::internal(e.to_string()))?,
+            ),
+            None => match stored {
+                // The stored password goes only where it was meant to go: whoever points the
+                // settings at another server must know it.
+                Some(old)
+                    if old.password_sealed.is_some()
+                        && username.is_some()
+                        && (old.host != host
+                            || old.port != form.port
+                            || old.security != form.security
+                            || old.username != username) =>
+                {
+                    return Err(invalid(
+                        "password must be given again when host, port, security or username change",
+                    ))
+                }
+                Some(old) => old.password_sealed.clone(),
+                None => None,
+            },
         };
         let smtp = WorkspaceSmtp {
             workspace_id: ws.id,
@@ -256,13 +281,16 @@ pub async fn test_smtp(
     ApiJson(form): ApiJson<SmtpTest>,
 ) -> ApiResult<Json<DeliveryView>> {
     let to = valid_email(&form.to)?;
-    let ws = app.store.read(|s| {
+    // The settings checked here are the ones the test uses, whatever changes meanwhile.
+    let (ws, settings) = app.store.read(|s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSmtp)?;
         require_enabled(ws)?;
-        if !s.smtp.contains_key(&ws.id) {
-            return Err(no_smtp(&ws.slug));
-        }
-        Ok(ws.clone())
+        let settings = s
+            .smtp
+            .get(&ws.id)
+            .cloned()
+            .ok_or_else(|| no_smtp(&ws.slug))?;
+        Ok::<_, ApiError>((ws.clone(), settings))
     })?;
     app.limits
         .smtp_tests_per_workspace
@@ -270,17 +298,20 @@ pub async fn test_smtp(
         .map_err(|wait| ApiError::rate_limited("SMTP tests for this workspace", wait))?;
     let delivery = app
         .mailer
-        .send_now(Mail {
-            to,
-            subject: format!("Sluice SMTP test for {}", ws.name),
-            body: format!(
+        .send_now(
+            Mail {
+                to,
+                subject: format!("Sluice SMTP test for {}", ws.name),
+                body: format!(
                 "This message tests the SMTP settings of the Sluice workspace \"{}\". They work.\n",
                 ws.name
             ),
-            purpose: MailPurpose::SmtpTest,
-            workspace: Some(ws.id),
-        })
-        .await;
+                purpose: MailPurpose::SmtpTest,
+                workspace: Some(ws.id),
+            },
+            settings,
+        )
+        .await?;
     Ok(Json(DeliveryView::from(&delivery)))
 }
 
