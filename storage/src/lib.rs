@@ -5,12 +5,14 @@
 //! - [`layout`] and [`parquet_file`]: the Hive-style object layout and the Parquet schema.
 //! - [`lake`]: object storage (local directory, S3, GCS, Azure, memory) behind `object_store`.
 //! - [`shipper`]: tails the WAL, batches per (workspace, source), uploads Parquet, trims the WAL.
-//! - [`snapshot`], [`token`] and [`cache`]: the configuration snapshot, token hashing and the
-//!   node's redb cache of the last-known-good snapshot.
+//! - [`snapshot`], [`config_delta`], [`token`] and [`cache`]: the configuration snapshot, the
+//!   deltas between versions and their hash, token hashing, and the node's redb cache of the
+//!   last-known-good snapshot.
 //!
 //! This crate never speaks HTTP or MQTT; the data plane turns requests into [`event::IngestBatch`]es.
 
 pub mod cache;
+pub mod config_delta;
 pub mod event;
 pub mod lake;
 pub mod layout;

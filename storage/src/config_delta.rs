@@ -1,0 +1,190 @@
+//! Changes between two configuration snapshots, and the hash that proves two copies equal.
+//!
+//! The control plane streams a full [`ConfigSnapshot`] to a node that is new, behind a gap or
+//! has drifted, and otherwise the [`ConfigDelta`]s it missed: whole workspaces replaced or
+//! removed (a workspace is small; finer deltas are not worth their complexity). Every delta
+//! carries the hash of the snapshot it produces, so a node that applies it and gets another
+//! hash knows its copy drifted and asks for a full snapshot.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+use crate::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
+
+/// From one version to a later one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigDelta {
+    /// The version this delta applies to.
+    pub from: u64,
+    /// The version it produces.
+    pub to: u64,
+    /// Workspaces added or changed, whole.
+    pub upsert: Vec<WorkspaceConfig>,
+    /// Ids of workspaces removed.
+    pub remove: Vec<Uuid>,
+    /// [`ConfigSnapshot::content_hash`] of the result.
+    pub hash: String,
+}
+
+/// Why a delta cannot be applied.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DeltaError {
+    #[error("delta from version {from} does not follow version {current}")]
+    Gap { current: u64, from: u64 },
+    #[error("delta goes from {from} back to {to}")]
+    Backwards { from: u64, to: u64 },
+    #[error(transparent)]
+    Invalid(#[from] SnapshotError),
+    #[error("the result's hash {got} differs from the control plane's {expected}: this copy drifted")]
+    Drift { expected: String, got: String },
+}
+
+impl ConfigSnapshot {
+    /// SHA-256 (hex) of the snapshot's content in a canonical order (workspaces, sources and
+    /// tokens by id), so that equal configurations hash equal however they were built.
+    pub fn content_hash(&self) -> String {
+        let mut canonical = self.clone();
+        canonical.workspaces.sort_by_key(|w| w.id);
+        for ws in &mut canonical.workspaces {
+            ws.sources.sort_by_key(|s| s.id);
+            ws.tokens.sort_by_key(|t| t.id);
+        }
+        let bytes = serde_json::to_vec(&canonical).unwrap_or_default();
+        hex::encode(Sha256::digest(&bytes))
+    }
+
+    /// The delta that turns `self` into `next`.
+    pub fn delta_to(&self, next: &ConfigSnapshot) -> ConfigDelta {
+        let before: BTreeMap<Uuid, &WorkspaceConfig> =
+            self.workspaces.iter().map(|w| (w.id, w)).collect();
+        let after: BTreeSet<Uuid> = next.workspaces.iter().map(|w| w.id).collect();
+        ConfigDelta {
+            from: self.version,
+            to: next.version,
+            upsert: next
+                .workspaces
+                .iter()
+                .filter(|w| before.get(&w.id).is_none_or(|old| *old != *w))
+                .cloned()
+                .collect(),
+            remove: before
+                .keys()
+                .filter(|id| !after.contains(id))
+                .copied()
+                .collect(),
+            hash: next.content_hash(),
+        }
+    }
+
+    /// The snapshot `delta` produces from `self`, validated and checked against its hash.
+    pub fn apply(&self, delta: &ConfigDelta) -> Result<ConfigSnapshot, DeltaError> {
+        if delta.from != self.version {
+            return Err(DeltaError::Gap {
+                current: self.version,
+                from: delta.from,
+            });
+        }
+        if delta.to <= delta.from {
+            return Err(DeltaError::Backwards {
+                from: delta.from,
+                to: delta.to,
+            });
+        }
+        let mut workspaces: BTreeMap<Uuid, WorkspaceConfig> = self
+            .workspaces
+            .iter()
+            .map(|w| (w.id, w.clone()))
+            .collect();
+        for id in &delta.remove {
+            workspaces.remove(id);
+        }
+        for ws in &delta.upsert {
+            workspaces.insert(ws.id, ws.clone());
+        }
+        let next = ConfigSnapshot {
+            version: delta.to,
+            workspaces: workspaces.into_values().collect(),
+        };
+        next.validate()?;
+        let got = next.content_hash();
+        if got != delta.hash {
+            return Err(DeltaError::Drift {
+                expected: delta.hash.clone(),
+                got,
+            });
+        }
+        Ok(next)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::{Scope, SourceConfig, TokenConfig};
+
+    fn workspace(slug: &str, token_hash: char) -> WorkspaceConfig {
+        WorkspaceConfig {
+            id: Uuid::now_v7(),
+            slug: slug.into(),
+            name: slug.into(),
+            enabled: true,
+            events_per_second_max: None,
+            sources: vec![SourceConfig {
+                id: Uuid::now_v7(),
+                slug: "telemetry".into(),
+                name: String::new(),
+            }],
+            tokens: vec![TokenConfig {
+                id: Uuid::now_v7(),
+                name: String::new(),
+                sha256: token_hash.to_string().repeat(64),
+                scopes: vec![Scope::Ingest],
+                sources: None,
+                device_id: None,
+                expires_at: None,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_delta_turns_one_snapshot_into_the_next_and_nothing_else() {
+        let a = workspace("a", 'a');
+        let b = workspace("b", 'b');
+        let d = workspace("d", 'd');
+        let v1 = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![a.clone(), b.clone(), d.clone()],
+        };
+        let mut a2 = a.clone();
+        a2.enabled = false;
+        let c = workspace("c", 'c');
+        let v3 = ConfigSnapshot {
+            version: 3,
+            workspaces: vec![c.clone(), a2.clone(), b.clone()],
+        };
+        let delta = v1.delta_to(&v3);
+        assert_eq!(delta.remove, vec![d.id]);
+        assert_eq!(delta.upsert.len(), 2, "changed a and new c, not unchanged b");
+        let applied = v1.apply(&delta).expect("applies");
+        assert_eq!(applied.version, 3);
+        assert_eq!(applied.content_hash(), v3.content_hash(), "order does not matter");
+
+        let v2 = ConfigSnapshot {
+            version: 2,
+            ..v1.clone()
+        };
+        assert!(matches!(v2.apply(&delta), Err(DeltaError::Gap { .. })));
+
+        let mut drifted = v1.clone();
+        drifted.workspaces[1].name = "b changed behind our back".into();
+        assert!(matches!(drifted.apply(&delta), Err(DeltaError::Drift { .. })));
+
+        let mut invalid = delta.clone();
+        invalid.upsert.push(workspace("b", 'e'));
+        assert!(matches!(v1.apply(&invalid), Err(DeltaError::Invalid(_))));
+    }
+}
