@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use tokio::sync::{watch, Semaphore};
 
+use crate::cluster::{ConfigHistory, Nodes};
 use crate::config::ControlPlaneConfig;
 use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
@@ -53,6 +54,14 @@ pub struct App {
     pub limits: Arc<Limits>,
     /// The configuration version, published after every commit that moves it.
     pub config_version: watch::Sender<u64>,
+    /// The configuration versions the stream to data-plane nodes serves.
+    pub history: Arc<ConfigHistory>,
+    /// The data-plane nodes that connected.
+    pub nodes: Arc<Nodes>,
+    /// Configuration streams open at once at most.
+    pub streams: Arc<Semaphore>,
+    /// Set when the control plane stops: long-lived streams end.
+    pub stopping: watch::Sender<bool>,
     /// The OpenAPI document as served, set once when the router is built.
     pub openapi: Arc<std::sync::OnceLock<String>>,
     /// Password hashes computed at once at most (two per core).
@@ -67,6 +76,8 @@ impl App {
         config: ControlPlaneConfig,
     ) -> Self {
         let version = store.read(|s| s.config_version);
+        let history = Arc::new(ConfigHistory::new(store.read(crate::snapshot::build)));
+        let streams = Arc::new(Semaphore::new(config.config_streams_max.max(1)));
         App {
             store,
             mailer,
@@ -74,6 +85,10 @@ impl App {
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             config_version: watch::Sender::new(version),
+            history,
+            nodes: Arc::new(Nodes::default()),
+            streams,
+            stopping: watch::Sender::new(false),
             openapi: Arc::new(std::sync::OnceLock::new()),
             password_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),

@@ -38,6 +38,11 @@ pub struct ControlPlaneConfig {
     /// Let workspace SMTP servers be on loopback, private or link-local addresses (off: a
     /// workspace Admin could otherwise reach hosts on the operator's network).
     pub smtp_allow_private_hosts: bool,
+    /// Shared secret data-plane nodes present to receive the configuration stream; the stream
+    /// is off without it.
+    pub cluster_secret: Option<String>,
+    /// Streams of configuration to nodes at once at most.
+    pub config_streams_max: usize,
     /// Test sends of workspace SMTP settings per workspace per hour.
     pub smtp_tests_per_workspace_per_hour: u32,
     /// Object storage of the data plane, to delete a deleted workspace's data; the same
@@ -95,6 +100,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("public_url", &self.public_url)
             .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
+            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
             .field("secret_key_file", &self.secret_key_file)
             .finish_non_exhaustive()
     }
@@ -114,6 +120,8 @@ impl Default for ControlPlaneConfig {
             previous_secret_keys: Vec::new(),
             smtp_allow_private_hosts: false,
             smtp_tests_per_workspace_per_hour: 20,
+            cluster_secret: None,
+            config_streams_max: 1000,
             object_store: None,
             trial_duration_secs: 14 * 24 * 3600,
             trial_check_interval_ms: 60_000,

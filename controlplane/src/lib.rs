@@ -16,6 +16,7 @@
 pub mod api;
 pub mod app;
 pub mod auth;
+pub mod cluster;
 pub mod config;
 pub mod housekeeping;
 pub mod initial_operator;
@@ -199,9 +200,12 @@ impl ControlPlane {
                     tokio::spawn(purge::run(app.clone(), lake));
                     tokio::spawn(housekeeping::sweep(app.clone(), housekeeping::INTERVAL));
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
+                    let stopping = app.stopping.clone();
                     let served = axum::serve(listener, service)
-                        .with_graceful_shutdown(async {
+                        .with_graceful_shutdown(async move {
                             let _ = stopped.await;
+                            // Configuration streams never end on their own.
+                            stopping.send_replace(true);
                         })
                         .await;
                     if let Err(e) = served {

@@ -62,7 +62,8 @@ pub fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
-/// Writes the snapshot file now and after every version change, until the runtime stops.
+/// Publishes every new version, until the runtime stops: to the history the configuration
+/// stream serves from, and to the snapshot file.
 pub async fn keep_file_current(app: App, path: PathBuf) {
     let mut versions = app.config_version.subscribe();
     loop {
@@ -70,6 +71,7 @@ pub async fn keep_file_current(app: App, path: PathBuf) {
         // written wakes the loop again instead of being lost.
         versions.borrow_and_update();
         let snapshot = app.store.read(build);
+        app.history.advance(snapshot.clone());
         let target = path.clone();
         let version = snapshot.version;
         match tokio::task::spawn_blocking(move || write_file(&target, &snapshot)).await {

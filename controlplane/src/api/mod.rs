@@ -5,6 +5,7 @@
 //! Routes are registered through `utoipa_axum`, so the router and the OpenAPI document are
 //! built from the same list and cannot drift apart.
 
+mod cluster;
 mod codes;
 mod cors;
 mod invitations;
@@ -217,6 +218,7 @@ impl Modify for Security {
         (name = "sources", description = "Ingest points and CORS origins"),
         (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
+        (name = "cluster", description = "The configuration stream to data-plane nodes (cluster secret)"),
         (name = "meta", description = "Liveness and this document"),
     )
 )]
@@ -266,6 +268,9 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))
         .routes(routes!(smtp::test_smtp))
         .routes(routes!(smtp::list_deliveries))
+        .routes(routes!(cluster::config_stream))
+        .routes(routes!(cluster::ack))
+        .routes(routes!(cluster::list_nodes))
         .routes(routes!(operator::list_users))
         .routes(routes!(operator::set_plan))
         .routes(routes!(operator::set_trial))

@@ -1,0 +1,279 @@
+//! The configuration stream to data-plane nodes, their acknowledgements, and the operator's
+//! view of the nodes.
+//!
+//! A node opens `GET /api/v1/cluster/config-stream` with the cluster secret and says which
+//! version it holds and that version's hash. The answer is a long-lived NDJSON stream: a full
+//! snapshot when the node is new, behind a gap or drifted, else the deltas it missed; then
+//! every new delta as it happens, and a heartbeat with the current version and hash every
+//! [`HEARTBEAT`] so that the node notices a silent drift or a dead connection. The node
+//! acknowledges (or refuses, with a reason) each version it applies with
+//! `POST /api/v1/cluster/acks`.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sluice_storage::config_delta::ConfigDelta;
+use sluice_storage::snapshot::ConfigSnapshot;
+use tokio::sync::mpsc;
+use utoipa::{IntoParams, ToSchema};
+
+use super::{ApiJson, ApiQuery};
+use crate::app::App;
+use crate::auth::{require_operator, Caller};
+use crate::cluster::{CatchUp, NodeView};
+use crate::problem::{ApiError, ApiResult};
+
+/// How often a stream says it is alive.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// Longest node id.
+const NODE_ID_CHARS_MAX: usize = 128;
+
+/// Who is asking and what it holds.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct StreamQuery {
+    /// The node's id.
+    pub node: String,
+    /// The node's HTTP ingest address, for the operator's list.
+    #[serde(default)]
+    pub addr: String,
+    /// The configuration version the node holds (0: none).
+    #[serde(default)]
+    pub version: u64,
+    /// The content hash of that version; empty forces a full snapshot.
+    #[serde(default)]
+    pub hash: String,
+}
+
+/// One line of the stream.
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum StreamMessage {
+    /// Replace the whole configuration.
+    Snapshot {
+        hash: String,
+        #[schema(value_type = Object)]
+        snapshot: ConfigSnapshot,
+    },
+    /// Apply to the version `from`, giving `to`.
+    Delta {
+        #[schema(value_type = Object)]
+        delta: ConfigDelta,
+    },
+    /// The control plane's current version and hash.
+    Heartbeat { version: u64, hash: String },
+}
+
+/// A node's answer to a version.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Ack {
+    pub node: String,
+    pub version: u64,
+    /// True: applied. False: refused, see `reason`; the node keeps its last good version.
+    pub ok: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+}
+
+/// Checks the cluster secret; nodes with another secret get nothing.
+fn authorize_node(app: &App, headers: &HeaderMap) -> ApiResult<()> {
+    let Some(secret) = &app.config.cluster_secret else {
+        return Err(ApiError::not_found(
+            "cluster-disabled",
+            "this control plane streams no configuration: it has no cluster secret",
+        ));
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    // Compared as digests, so the time taken says nothing about the secret.
+    if Sha256::digest(presented.as_bytes()) != Sha256::digest(secret.as_bytes()) {
+        return Err(ApiError::unauthenticated(
+            "the cluster secret is missing or wrong",
+        ));
+    }
+    Ok(())
+}
+
+fn valid_node_id(id: &str) -> ApiResult<()> {
+    if id.is_empty() || id.len() > NODE_ID_CHARS_MAX || !id.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(ApiError::bad_request(
+            "invalid-node",
+            format!("node must be 1 to {NODE_ID_CHARS_MAX} visible ASCII characters"),
+        ));
+    }
+    Ok(())
+}
+
+fn line(message: &StreamMessage) -> Bytes {
+    let mut bytes = serde_json::to_vec(message).unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
+}
+
+/// The messages that bring a node from (`version`, `hash`) to the current version; returns
+/// them with the version and hash the node will hold.
+fn catch_up(app: &App, version: u64, hash: &str) -> (Vec<StreamMessage>, u64, String) {
+    match app.history.catch_up(version, hash) {
+        CatchUp::Nothing => (Vec::new(), version, hash.to_owned()),
+        CatchUp::Deltas(deltas) => {
+            let (to, hash) = deltas
+                .last()
+                .map(|d| (d.to, d.hash.clone()))
+                .unwrap_or((version, hash.to_owned()));
+            let messages = deltas
+                .into_iter()
+                .map(|delta| StreamMessage::Delta { delta })
+                .collect();
+            (messages, to, hash)
+        }
+        CatchUp::Snapshot(snapshot, hash) => {
+            let version = snapshot.version;
+            let message = StreamMessage::Snapshot {
+                hash: hash.clone(),
+                snapshot: (*snapshot).clone(),
+            };
+            (vec![message], version, hash)
+        }
+    }
+}
+
+/// The configuration stream (NDJSON), for data-plane nodes holding the cluster secret.
+#[utoipa::path(get, path = "/api/v1/cluster/config-stream", tag = "cluster", security(()),
+    params(StreamQuery),
+    responses((status = 200, description = "a long-lived stream of StreamMessage lines", body = StreamMessage, content_type = "application/x-ndjson"),
+        (status = 401, body = crate::problem::ProblemBody), (status = 503, body = crate::problem::ProblemBody)))]
+pub async fn config_stream(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ApiQuery(query): ApiQuery<StreamQuery>,
+) -> ApiResult<Response> {
+    authorize_node(&app, &headers)?;
+    valid_node_id(&query.node)?;
+    let permit = app
+        .streams
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "overloaded",
+                "too many configuration streams are open",
+            )
+            .retry_after(5)
+        })?;
+    if !app.nodes.connected(&query.node, &query.addr) {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many nodes are known to this control plane",
+        )
+        .retry_after(30));
+    }
+    let (tx, rx) = mpsc::channel::<Bytes>(64);
+    let node = query.node.clone();
+    tokio::spawn(async move {
+        let _permit = permit;
+        let mut changes = app.history.subscribe();
+        let mut stopping = app.stopping.subscribe();
+        let mut heartbeat = tokio::time::interval(HEARTBEAT);
+        let (messages, mut version, mut hash) = catch_up(&app, query.version, &query.hash);
+        changes.borrow_and_update();
+        let mut pending = messages;
+        'stream: loop {
+            for message in pending.drain(..) {
+                // A node that stops reading holds at most 64 lines; then this waits, and the
+                // send fails when it disconnects.
+                if tx.send(line(&message)).await.is_err() {
+                    break 'stream;
+                }
+            }
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    changes.borrow_and_update();
+                    let (messages, v, h) = catch_up(&app, version, &hash);
+                    (pending, version, hash) = (messages, v, h);
+                }
+                _ = heartbeat.tick() => {
+                    let (current, current_hash) = app.history.current();
+                    // The node compares with its own copy when it holds this version.
+                    pending.push(StreamMessage::Heartbeat {
+                        version: current.version,
+                        hash: current_hash,
+                    });
+                    app.nodes.seen(&node);
+                }
+                _ = stopping.wait_for(|s| *s) => break,
+            }
+        }
+        app.nodes.disconnected(&node);
+    });
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+    });
+    Ok((
+        [(header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// A node acknowledges or refuses a version.
+#[utoipa::path(post, path = "/api/v1/cluster/acks", tag = "cluster", security(()),
+    request_body = Ack,
+    responses((status = 204), (status = 401, body = crate::problem::ProblemBody)))]
+pub async fn ack(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ApiJson(ack): ApiJson<Ack>,
+) -> ApiResult<StatusCode> {
+    authorize_node(&app, &headers)?;
+    valid_node_id(&ack.node)?;
+    if ack.ok {
+        app.nodes.acked(&ack.node, ack.version);
+    } else {
+        let reason: String = ack
+            .reason
+            .unwrap_or_default()
+            .chars()
+            .take(1024)
+            .collect();
+        app.nodes.nacked(&ack.node, ack.version, reason);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The data-plane nodes, their acknowledged version and lag. Operators only.
+#[utoipa::path(get, path = "/api/v1/operator/nodes", tag = "operator",
+    responses((status = 200, body = NodesView), (status = 403, body = crate::problem::ProblemBody)))]
+pub async fn list_nodes(State(app): State<App>, caller: Caller) -> ApiResult<Json<NodesView>> {
+    require_operator(&caller)?;
+    let (current, hash) = app.history.current();
+    Ok(Json(NodesView {
+        version: current.version,
+        hash,
+        nodes: app.nodes.list(current.version),
+    }))
+}
+
+/// The current configuration version and every node.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodesView {
+    pub version: u64,
+    pub hash: String,
+    pub nodes: Vec<NodeView>,
+}

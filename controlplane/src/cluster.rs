@@ -1,0 +1,291 @@
+//! What the configuration stream to data-plane nodes serves from: the recent history of
+//! configuration versions (the current snapshot and the deltas that led to it), and the nodes
+//! that are or were connected, with the version each acknowledged.
+//!
+//! The history keeps [`DELTAS_KEPT`] deltas; a node further behind, or whose copy hashes
+//! differently, gets a full snapshot. Nothing here is persisted: after a restart every node
+//! that reconnects is compared by hash and gets a snapshot if it differs.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sluice_storage::config_delta::ConfigDelta;
+use sluice_storage::snapshot::ConfigSnapshot;
+use tokio::sync::watch;
+use utoipa::ToSchema;
+
+/// Deltas kept for catching up.
+pub const DELTAS_KEPT: usize = 1024;
+/// Nodes remembered at most.
+const NODES_MAX: usize = 10_000;
+
+struct History {
+    current: Arc<ConfigSnapshot>,
+    hash: String,
+    /// A chain: each delta's `from` is the previous one's `to`; the last one's `to` is current.
+    deltas: VecDeque<ConfigDelta>,
+    /// Hash of the snapshot the oldest delta starts from.
+    oldest_hash: String,
+}
+
+/// The versions the stream serves.
+pub struct ConfigHistory {
+    inner: RwLock<History>,
+    changed: watch::Sender<u64>,
+}
+
+/// What a node must receive to reach the current version.
+pub enum CatchUp {
+    /// It is current.
+    Nothing,
+    Deltas(Vec<ConfigDelta>),
+    Snapshot(Arc<ConfigSnapshot>, String),
+}
+
+impl ConfigHistory {
+    pub fn new(initial: ConfigSnapshot) -> Self {
+        let hash = initial.content_hash();
+        let version = initial.version;
+        ConfigHistory {
+            inner: RwLock::new(History {
+                current: Arc::new(initial),
+                oldest_hash: hash.clone(),
+                hash,
+                deltas: VecDeque::new(),
+            }),
+            changed: watch::Sender::new(version),
+        }
+    }
+
+    /// Moves to `next` (a later version), remembering the delta.
+    pub fn advance(&self, next: ConfigSnapshot) {
+        let version = next.version;
+        {
+            let mut h = self.inner.write().unwrap_or_else(|e| e.into_inner());
+            if next.version <= h.current.version {
+                return;
+            }
+            let delta = h.current.delta_to(&next);
+            h.hash = delta.hash.clone();
+            h.deltas.push_back(delta);
+            h.current = Arc::new(next);
+            while h.deltas.len() > DELTAS_KEPT {
+                if let Some(dropped) = h.deltas.pop_front() {
+                    h.oldest_hash = dropped.hash;
+                }
+            }
+        }
+        self.changed.send_replace(version);
+    }
+
+    /// The current version and its hash.
+    pub fn current(&self) -> (Arc<ConfigSnapshot>, String) {
+        let h = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        (h.current.clone(), h.hash.clone())
+    }
+
+    /// What a node at `version` whose copy hashes to `hash` needs.
+    pub fn catch_up(&self, version: u64, hash: &str) -> CatchUp {
+        let h = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        if version == h.current.version && hash == h.hash {
+            return CatchUp::Nothing;
+        }
+        let start = h.deltas.iter().position(|d| d.from == version);
+        if let Some(start) = start {
+            let hash_at_version = match start {
+                0 => &h.oldest_hash,
+                n => &h.deltas[n - 1].hash,
+            };
+            if hash_at_version == hash {
+                return CatchUp::Deltas(h.deltas.iter().skip(start).cloned().collect());
+            }
+        }
+        CatchUp::Snapshot(h.current.clone(), h.hash.clone())
+    }
+
+    /// Wakes when the history moves.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+/// A data-plane node as the control plane sees it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct NodeView {
+    pub id: String,
+    /// The HTTP address the node reported.
+    pub addr: String,
+    pub connected: bool,
+    pub last_seen: DateTime<Utc>,
+    /// The last version it acknowledged.
+    pub acked_version: Option<u64>,
+    /// The current version minus the acknowledged one.
+    pub lag: Option<u64>,
+    /// The last version it refused, and why.
+    pub last_nack: Option<Nack>,
+}
+
+/// A refused version.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct Nack {
+    pub version: u64,
+    pub reason: String,
+    pub at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone)]
+struct NodeState {
+    addr: String,
+    streams: usize,
+    last_seen: DateTime<Utc>,
+    acked_version: Option<u64>,
+    last_nack: Option<Nack>,
+}
+
+/// The nodes that connected since the control plane started.
+#[derive(Default)]
+pub struct Nodes {
+    nodes: Mutex<HashMap<String, NodeState>>,
+}
+
+impl Nodes {
+    fn with<T>(&self, id: &str, f: impl FnOnce(&mut NodeState) -> T) -> Option<T> {
+        let mut nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        if !nodes.contains_key(id) {
+            if nodes.len() >= NODES_MAX {
+                nodes.retain(|_, n| n.streams > 0);
+                if nodes.len() >= NODES_MAX {
+                    return None;
+                }
+            }
+            nodes.insert(
+                id.to_owned(),
+                NodeState {
+                    addr: String::new(),
+                    streams: 0,
+                    last_seen: Utc::now(),
+                    acked_version: None,
+                    last_nack: None,
+                },
+            );
+        }
+        nodes.get_mut(id).map(|n| {
+            n.last_seen = Utc::now();
+            f(n)
+        })
+    }
+
+    /// A stream from `id` opened; false when no more nodes can be tracked.
+    pub fn connected(&self, id: &str, addr: &str) -> bool {
+        self.with(id, |n| {
+            n.streams += 1;
+            n.addr = addr.to_owned();
+        })
+        .is_some()
+    }
+
+    pub fn disconnected(&self, id: &str) {
+        self.with(id, |n| n.streams = n.streams.saturating_sub(1));
+    }
+
+    pub fn seen(&self, id: &str) {
+        self.with(id, |_| ());
+    }
+
+    pub fn acked(&self, id: &str, version: u64) {
+        self.with(id, |n| {
+            n.acked_version = Some(n.acked_version.map_or(version, |v| v.max(version)))
+        });
+    }
+
+    pub fn nacked(&self, id: &str, version: u64, reason: String) {
+        tracing::warn!(node = id, version, %reason, "a node refused a configuration version");
+        self.with(id, |n| {
+            n.last_nack = Some(Nack {
+                version,
+                reason,
+                at: Utc::now(),
+            })
+        });
+    }
+
+    /// Every node, with its lag behind `current`.
+    pub fn list(&self, current: u64) -> Vec<NodeView> {
+        let nodes = self.nodes.lock().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<NodeView> = nodes
+            .iter()
+            .map(|(id, n)| NodeView {
+                id: id.clone(),
+                addr: n.addr.clone(),
+                connected: n.streams > 0,
+                last_seen: n.last_seen,
+                acked_version: n.acked_version,
+                lag: n.acked_version.map(|v| current.saturating_sub(v)),
+                last_nack: n.last_nack.clone(),
+            })
+            .collect();
+        list.sort_by(|a, b| a.id.cmp(&b.id));
+        list
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_storage::snapshot::WorkspaceConfig;
+    use uuid::Uuid;
+
+    fn snapshot(version: u64, slugs: &[&str]) -> ConfigSnapshot {
+        ConfigSnapshot {
+            version,
+            workspaces: slugs
+                .iter()
+                .map(|s| WorkspaceConfig {
+                    // A stable id per slug, so "a" is the same workspace in every version.
+                    id: Uuid::from_u128(u128::from(s.as_bytes()[0])),
+                    slug: (*s).into(),
+                    name: String::new(),
+                    enabled: true,
+                    events_per_second_max: None,
+                    sources: vec![],
+                    tokens: vec![],
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn nodes_get_the_deltas_they_missed_or_a_snapshot() {
+        let v1 = snapshot(1, &["a"]);
+        let history = ConfigHistory::new(v1.clone());
+        history.advance(snapshot(2, &["a", "b"]));
+        history.advance(snapshot(5, &["b"]));
+        let (current, hash) = history.current();
+        assert_eq!(current.version, 5);
+        assert!(matches!(history.catch_up(5, &hash), CatchUp::Nothing));
+        match history.catch_up(1, &v1.content_hash()) {
+            CatchUp::Deltas(deltas) => {
+                let mut copy = v1.clone();
+                for d in &deltas {
+                    copy = copy.apply(d).expect("applies");
+                }
+                assert_eq!(copy.content_hash(), hash);
+            }
+            _ => panic!("deltas expected"),
+        }
+        assert!(
+            matches!(history.catch_up(1, "drifted"), CatchUp::Snapshot(..)),
+            "a copy that hashes differently gets a snapshot"
+        );
+        assert!(
+            matches!(history.catch_up(3, "x"), CatchUp::Snapshot(..)),
+            "an unknown version gets a snapshot"
+        );
+        assert!(
+            matches!(history.catch_up(5, "x"), CatchUp::Snapshot(..)),
+            "the current version with another hash gets a snapshot"
+        );
+    }
+}
