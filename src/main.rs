@@ -60,6 +60,9 @@ struct ControlPlaneArgs {
     /// [default: <data-dir>/lake].
     #[arg(long, env = "SLUICE_OBJECT_STORE")]
     object_store: Option<String>,
+    /// Secret data-plane nodes present to receive the configuration stream (off without it).
+    #[arg(long, env = "SLUICE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
 }
@@ -179,6 +182,9 @@ impl ControlPlaneArgs {
         if self.object_store.is_some() {
             config.object_store = self.object_store;
         }
+        if self.cluster_secret.is_some() {
+            config.cluster_secret = self.cluster_secret;
+        }
         self.api.apply(&mut config);
         Ok(config)
     }
@@ -209,6 +215,13 @@ struct NodeArgs {
     /// Serve the configuration from this JSON snapshot file (watched for changes).
     #[arg(long, env = "SLUICE_CONFIG_SNAPSHOT")]
     config_snapshot: Option<PathBuf>,
+    /// Follow the configuration stream of this control plane (http://host:port).
+    #[arg(long, env = "SLUICE_CONTROL_PLANE")]
+    control_plane: Option<String>,
+    /// Secret shared between the control plane and its data-plane nodes for the
+    /// configuration stream (in `sluice up`, also the control plane's).
+    #[arg(long, env = "SLUICE_CLUSTER_SECRET", hide_env_values = true)]
+    cluster_secret: Option<String>,
     /// Longest time an event waits in memory before its batch is written [default: 60000].
     #[arg(long, env = "SLUICE_BATCH_MAX_AGE_MS")]
     batch_max_age_ms: Option<u64>,
@@ -270,6 +283,12 @@ impl NodeArgs {
         if self.config_snapshot.is_some() {
             config.config_snapshot = self.config_snapshot;
         }
+        if self.control_plane.is_some() {
+            config.control_plane = self.control_plane;
+        }
+        if self.cluster_secret.is_some() {
+            config.cluster_secret = self.cluster_secret;
+        }
         Ok((config, controlplane))
     }
 }
@@ -292,14 +311,17 @@ fn main() -> Result<()> {
             // One machine, one data dir and one lake for both planes.
             controlplane.data_dir = node.data_dir.clone();
             controlplane.object_store = node.object_store.clone();
+            if node.cluster_secret.is_some() {
+                controlplane.cluster_secret = node.cluster_secret.clone();
+            }
             args.api.apply(&mut controlplane);
             // The node follows the control plane's configuration (the snapshot file it writes
             // after every change) unless it is given a snapshot file of its own. The first
             // start seeds the default workspace there, keeping the token of an earlier
             // data-plane-only bootstrap.json so that it goes on working.
-            let first_start = match node.config_snapshot {
-                Some(_) => FirstStart::Bare,
-                None => {
+            let first_start = match (&node.config_snapshot, &node.control_plane) {
+                (Some(_), _) | (_, Some(_)) => FirstStart::Bare,
+                (None, None) => {
                     node.config_snapshot =
                         Some(node.data_dir.join(sluice_controlplane::snapshot::FILE_NAME));
                     FirstStart::DefaultWorkspace {

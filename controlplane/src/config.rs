@@ -100,7 +100,10 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("public_url", &self.public_url)
             .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
-            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
+            .field(
+                "cluster_secret",
+                &self.cluster_secret.as_ref().map(|_| "<set>"),
+            )
             .field("secret_key_file", &self.secret_key_file)
             .finish_non_exhaustive()
     }

@@ -19,6 +19,11 @@ pub struct NodeConfig {
     /// A JSON snapshot file to serve from (watched for changes); the cache or the bootstrap
     /// when unset.
     pub config_snapshot: Option<PathBuf>,
+    /// Control-plane URL (`http://host:port`) to follow the configuration stream from; the
+    /// cache (or nothing) until the first version arrives. Excludes `config_snapshot`.
+    pub control_plane: Option<String>,
+    /// Secret shared with the control plane for the stream.
+    pub cluster_secret: Option<String>,
     pub http: HttpConfig,
     pub batch: BatchConfig,
     pub wal: WalSettings,
@@ -79,6 +84,8 @@ impl Default for NodeConfig {
             object_store: None,
             node_id: None,
             config_snapshot: None,
+            control_plane: None,
+            cluster_secret: None,
             http: HttpConfig::default(),
             batch: BatchConfig::default(),
             wal: WalSettings::default(),

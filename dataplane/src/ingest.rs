@@ -24,6 +24,7 @@ use uuid::Uuid;
 
 use crate::access::{Access, Refusal};
 use crate::config::HttpConfig;
+use crate::config_stream::StreamStatus;
 use crate::metrics::{HttpMetrics, Outcome};
 use crate::parse::{self, BodyFormat, ParseError};
 use crate::problem::Problem;
@@ -37,6 +38,8 @@ pub struct Api {
     pub limits: HttpConfig,
     /// Bytes of bodies in memory, all requests together.
     pub inflight: Semaphore,
+    /// The control plane followed and how the stream is doing, for `/readyz`.
+    pub config_stream: Option<(String, Arc<StreamStatus>)>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -48,6 +51,7 @@ impl Api {
         metrics: Arc<HttpMetrics>,
         shipper: Arc<ShipperStatus>,
         limits: HttpConfig,
+        config_stream: Option<(String, Arc<StreamStatus>)>,
     ) -> Self {
         let inflight = Semaphore::new(limits.inflight_bytes_max.min(Semaphore::MAX_PERMITS));
         Api {
@@ -57,6 +61,7 @@ impl Api {
             shipper,
             limits,
             inflight,
+            config_stream,
         }
     }
 
@@ -145,6 +150,13 @@ impl Api {
                 "uploads_failing": uploads_failing,
                 "last_error": if uploads_failing { last_error } else { None },
             },
+            // Serving from the last-known-good configuration while the control plane is away
+            // keeps the node ready; this says so.
+            "config_stream": self.config_stream.as_ref().map(|(url, status)| json!({
+                "control_plane": url,
+                "connected": status.connected.load(std::sync::atomic::Ordering::Relaxed),
+                "last_error": status.last_error.lock().ok().and_then(|e| e.clone()),
+            })),
         });
         let status = if ready {
             StatusCode::OK

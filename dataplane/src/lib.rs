@@ -15,6 +15,7 @@ pub mod access;
 pub mod bootstrap;
 pub mod config;
 pub mod config_source;
+pub mod config_stream;
 pub mod http_server;
 pub mod ingest;
 pub mod metrics;

@@ -24,6 +24,8 @@ pub struct HttpMetrics {
     pub connections_refused_total: Counter,
     pub ack_seconds: Histogram,
     pub config_version: Gauge,
+    /// 1 while the configuration stream from the control plane is connected.
+    pub config_stream_connected: Gauge,
     registry: Registry,
 }
 
@@ -39,6 +41,7 @@ impl HttpMetrics {
             // 50 µs .. ~3 s
             ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
             config_version: Gauge::default(),
+            config_stream_connected: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -75,6 +78,11 @@ impl HttpMetrics {
             "config_version",
             "Version of the configuration snapshot in use",
             metrics.config_version.clone(),
+        );
+        registry.register(
+            "config_stream_connected",
+            "1 while the configuration stream from the control plane is connected (0 also when the node has none)",
+            metrics.config_stream_connected.clone(),
         );
         storage.register(&mut registry);
         HttpMetrics {

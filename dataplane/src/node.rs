@@ -20,6 +20,7 @@ use crate::access::{Access, RateDefaults};
 use crate::bootstrap::{self, Bootstrap};
 use crate::config::NodeConfig;
 use crate::config_source::{self, SnapshotWatch, SourceError};
+use crate::config_stream::{ConfigStream, StreamSettings, StreamStatus};
 use crate::http_server::HttpServer;
 use crate::ingest::Api;
 use crate::metrics::HttpMetrics;
@@ -57,6 +58,8 @@ pub struct Node {
     http: HttpServer,
     shipper: ShipperHandle,
     _watch: Option<SnapshotWatch>,
+    /// Follows the control plane, when configured.
+    _stream: Option<ConfigStream>,
     grace: Duration,
     bootstrap: Option<Bootstrap>,
     lake_url: String,
@@ -123,6 +126,32 @@ impl Node {
         };
         let access = Arc::new(Access::new(&snapshot, rates));
         metrics.config_version.set(snapshot.version as i64);
+        let stream_status = Arc::new(StreamStatus::default());
+        let stream = match &config.control_plane {
+            Some(url) => {
+                let secret = config.cluster_secret.clone().ok_or_else(|| NodeError::Io {
+                    context: "following the control plane".into(),
+                    source: std::io::Error::other("--control-plane needs --cluster-secret"),
+                })?;
+                Some(
+                    ConfigStream::start(
+                        StreamSettings {
+                            url: url.clone(),
+                            secret,
+                            node_id: node_id.clone(),
+                            http_addr: config.http.addr.to_string(),
+                        },
+                        snapshot.clone(),
+                        cache.clone(),
+                        access.clone(),
+                        metrics.clone(),
+                        stream_status.clone(),
+                    )
+                    .map_err(io("starting the configuration stream"))?,
+                )
+            }
+            None => None,
+        };
         let watch = match &config.config_snapshot {
             Some(path) => Some(
                 SnapshotWatch::start(path.clone(), cache.clone(), access.clone(), metrics.clone())
@@ -137,6 +166,10 @@ impl Node {
             metrics,
             shipper.status(),
             config.http.clone(),
+            config
+                .control_plane
+                .clone()
+                .map(|url| (url, stream_status.clone())),
         ));
         let http =
             HttpServer::start(api).map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
@@ -158,6 +191,7 @@ impl Node {
             http,
             shipper,
             _watch: watch,
+            _stream: stream,
             grace: Duration::from_millis(config.shutdown_grace_ms),
             bootstrap,
             lake_url,
@@ -205,6 +239,19 @@ fn initial_config(
     cache: &ConfigCache,
 ) -> Result<(ConfigSnapshot, Option<Bootstrap>), NodeError> {
     let cached = cache.load()?;
+    if config.control_plane.is_some() {
+        if config.config_snapshot.is_some() {
+            return Err(NodeError::Io {
+                context: "choosing the configuration source".into(),
+                source: std::io::Error::other(
+                    "--control-plane and --config-snapshot exclude each other",
+                ),
+            });
+        }
+        // Until the first version arrives: the last-known-good copy, else nothing (every
+        // request refused), never a bootstrap of its own.
+        return Ok((cached.unwrap_or_else(ConfigSnapshot::empty), None));
+    }
     if let Some(path) = &config.config_snapshot {
         match (config_source::read_snapshot_file(path), cached) {
             (Ok(file), Some(cached)) if cached.version > file.version => {

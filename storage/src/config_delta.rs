@@ -39,7 +39,9 @@ pub enum DeltaError {
     Backwards { from: u64, to: u64 },
     #[error(transparent)]
     Invalid(#[from] SnapshotError),
-    #[error("the result's hash {got} differs from the control plane's {expected}: this copy drifted")]
+    #[error(
+        "the result's hash {got} differs from the control plane's {expected}: this copy drifted"
+    )]
     Drift { expected: String, got: String },
 }
 
@@ -94,11 +96,8 @@ impl ConfigSnapshot {
                 to: delta.to,
             });
         }
-        let mut workspaces: BTreeMap<Uuid, WorkspaceConfig> = self
-            .workspaces
-            .iter()
-            .map(|w| (w.id, w.clone()))
-            .collect();
+        let mut workspaces: BTreeMap<Uuid, WorkspaceConfig> =
+            self.workspaces.iter().map(|w| (w.id, w.clone())).collect();
         for id in &delta.remove {
             workspaces.remove(id);
         }
@@ -168,10 +167,18 @@ mod tests {
         };
         let delta = v1.delta_to(&v3);
         assert_eq!(delta.remove, vec![d.id]);
-        assert_eq!(delta.upsert.len(), 2, "changed a and new c, not unchanged b");
+        assert_eq!(
+            delta.upsert.len(),
+            2,
+            "changed a and new c, not unchanged b"
+        );
         let applied = v1.apply(&delta).expect("applies");
         assert_eq!(applied.version, 3);
-        assert_eq!(applied.content_hash(), v3.content_hash(), "order does not matter");
+        assert_eq!(
+            applied.content_hash(),
+            v3.content_hash(),
+            "order does not matter"
+        );
 
         let v2 = ConfigSnapshot {
             version: 2,
@@ -181,7 +188,10 @@ mod tests {
 
         let mut drifted = v1.clone();
         drifted.workspaces[1].name = "b changed behind our back".into();
-        assert!(matches!(drifted.apply(&delta), Err(DeltaError::Drift { .. })));
+        assert!(matches!(
+            drifted.apply(&delta),
+            Err(DeltaError::Drift { .. })
+        ));
 
         let mut invalid = delta.clone();
         invalid.upsert.push(workspace("b", 'e'));

@@ -106,8 +106,7 @@ fn authorize_node(app: &App, headers: &HeaderMap) -> ApiResult<()> {
 }
 
 fn valid_node_id(id: &str) -> ApiResult<()> {
-    if id.is_empty() || id.len() > NODE_ID_CHARS_MAX || !id.bytes().all(|b| b.is_ascii_graphic())
-    {
+    if id.is_empty() || id.len() > NODE_ID_CHARS_MAX || !id.bytes().all(|b| b.is_ascii_graphic()) {
         return Err(ApiError::bad_request(
             "invalid-node",
             format!("node must be 1 to {NODE_ID_CHARS_MAX} visible ASCII characters"),
@@ -161,18 +160,14 @@ pub async fn config_stream(
 ) -> ApiResult<Response> {
     authorize_node(&app, &headers)?;
     valid_node_id(&query.node)?;
-    let permit = app
-        .streams
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| {
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "overloaded",
-                "too many configuration streams are open",
-            )
-            .retry_after(5)
-        })?;
+    let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "too many configuration streams are open",
+        )
+        .retry_after(5)
+    })?;
     if !app.nodes.connected(&query.node, &query.addr) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -223,7 +218,9 @@ pub async fn config_stream(
         app.nodes.disconnected(&node);
     });
     let stream = futures::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|bytes| (Ok::<_, Infallible>(bytes), rx))
+        rx.recv()
+            .await
+            .map(|bytes| (Ok::<_, Infallible>(bytes), rx))
     });
     Ok((
         [(header::CONTENT_TYPE, "application/x-ndjson")],
@@ -246,12 +243,7 @@ pub async fn ack(
     if ack.ok {
         app.nodes.acked(&ack.node, ack.version);
     } else {
-        let reason: String = ack
-            .reason
-            .unwrap_or_default()
-            .chars()
-            .take(1024)
-            .collect();
+        let reason: String = ack.reason.unwrap_or_default().chars().take(1024).collect();
         app.nodes.nacked(&ack.node, ack.version, reason);
     }
     Ok(StatusCode::NO_CONTENT)

@@ -1,0 +1,430 @@
+//! The node's end of the configuration stream from the control plane.
+//!
+//! The node connects (it initiates, so it can sit behind NAT), says which version it holds and
+//! that version's content hash, and applies what comes: a full snapshot, or deltas. Each
+//! version is validated, written to the redb cache, swapped in atomically and acknowledged; a
+//! version that cannot be applied is refused with the reason (NACK) and the node keeps serving
+//! the last good one. A gap or a hash that differs (a delta's result, or a heartbeat for the
+//! version held) makes it reconnect asking for a full snapshot. A silent connection (no
+//! heartbeat for [`IDLE_TIMEOUT`]) or any error makes it reconnect with backoff and jitter.
+//! While the control plane is away the node serves from its last-known-good configuration,
+//! also across restarts (the cache), and says so in `/readyz` and metrics.
+//!
+//! It runs on a thread of its own with a small tokio runtime; it never touches the request
+//! path beyond the atomic swap in [`Access::apply`].
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::rt::TokioIo;
+use rand::Rng;
+use serde::Deserialize;
+use sluice_storage::cache::ConfigCache;
+use sluice_storage::config_delta::{ConfigDelta, DeltaError};
+use sluice_storage::snapshot::ConfigSnapshot;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::access::Access;
+use crate::metrics::HttpMetrics;
+
+/// A connection with no line for this long is taken for dead (heartbeats come every 5 s).
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
+/// Longest line (a full snapshot of 100,000 tokens is about 25 MB).
+const LINE_BYTES_MAX: usize = 256 << 20;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+
+/// Where the control plane is and how to prove who we are.
+#[derive(Debug, Clone)]
+pub struct StreamSettings {
+    /// `http://host:port` of the control-plane API.
+    pub url: String,
+    pub secret: String,
+    pub node_id: String,
+    /// This node's HTTP ingest address, for the operator's node list.
+    pub http_addr: String,
+}
+
+/// How the stream is doing, for `/readyz`.
+#[derive(Debug, Default)]
+pub struct StreamStatus {
+    pub connected: AtomicBool,
+    pub last_error: Mutex<Option<String>>,
+}
+
+/// A line of the stream.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Message {
+    Snapshot {
+        hash: String,
+        snapshot: ConfigSnapshot,
+    },
+    Delta {
+        delta: ConfigDelta,
+    },
+    Heartbeat {
+        version: u64,
+        hash: String,
+    },
+}
+
+/// Why a session ended.
+enum End {
+    /// Reconnect, asking for what the node holds.
+    Retry(String),
+    /// Reconnect asking for a full snapshot (gap or drift).
+    Resync(String),
+    Stopped,
+}
+
+/// The running stream.
+pub struct ConfigStream {
+    stop: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+/// What the session works on.
+struct Local {
+    settings: StreamSettings,
+    /// host:port to connect to.
+    authority: String,
+    /// The configuration served now, and its hash.
+    current: ConfigSnapshot,
+    hash: String,
+    cache: Arc<ConfigCache>,
+    access: Arc<Access>,
+    metrics: Arc<HttpMetrics>,
+    status: Arc<StreamStatus>,
+}
+
+impl ConfigStream {
+    /// Starts following the control plane from `current` (what the node serves now).
+    pub fn start(
+        settings: StreamSettings,
+        current: ConfigSnapshot,
+        cache: Arc<ConfigCache>,
+        access: Arc<Access>,
+        metrics: Arc<HttpMetrics>,
+        status: Arc<StreamStatus>,
+    ) -> std::io::Result<ConfigStream> {
+        let authority = settings
+            .url
+            .strip_prefix("http://")
+            .ok_or_else(|| {
+                std::io::Error::other(format!(
+                    "control-plane URL {:?} must start with http://",
+                    settings.url
+                ))
+            })?
+            .trim_end_matches('/')
+            .to_owned();
+        let (stop, stop_rx) = watch::channel(false);
+        let hash = current.content_hash();
+        let local = Local {
+            settings,
+            authority,
+            current,
+            hash,
+            cache,
+            access,
+            metrics,
+            status,
+        };
+        let thread = std::thread::Builder::new()
+            .name("sluice-config-stream".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        warn!(error = %e, "the configuration stream cannot start its runtime");
+                        return;
+                    }
+                };
+                runtime.block_on(follow(local, stop_rx));
+            })?;
+        Ok(ConfigStream {
+            stop,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ConfigStream {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Connects, follows, reconnects, until told to stop.
+async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
+    let mut backoff = BACKOFF_MIN;
+    let mut resync = false;
+    loop {
+        let end = tokio::select! {
+            end = session(&mut local, resync) => end,
+            _ = stop.wait_for(|s| *s) => End::Stopped,
+        };
+        // A session that got connected starts the backoff over.
+        if local.status.connected.swap(false, Ordering::Relaxed) {
+            backoff = BACKOFF_MIN;
+        }
+        local.metrics.config_stream_connected.set(0);
+        let reason = match end {
+            End::Stopped => return,
+            End::Retry(reason) => {
+                resync = false;
+                reason
+            }
+            End::Resync(reason) => {
+                resync = true;
+                backoff = BACKOFF_MIN;
+                reason
+            }
+        };
+        warn!(%reason, version = local.current.version, "configuration stream interrupted; serving the last good configuration");
+        if let Ok(mut last) = local.status.last_error.lock() {
+            *last = Some(reason);
+        }
+        // Full jitter: nodes that lost the control plane together do not return together.
+        let wait = rand::rng().random_range(Duration::ZERO..=backoff);
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+fn query_escape(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// One connection: request the stream, apply what comes.
+async fn session(local: &mut Local, resync: bool) -> End {
+    let hash = if resync { "" } else { local.hash.as_str() };
+    let path = format!(
+        "/api/v1/cluster/config-stream?node={}&addr={}&version={}&hash={}",
+        query_escape(&local.settings.node_id),
+        query_escape(&local.settings.http_addr),
+        local.current.version,
+        hash
+    );
+    let request = match Request::get(path)
+        .header(header::HOST, &local.authority)
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", local.settings.secret),
+        )
+        .body(Empty::<Bytes>::new())
+    {
+        Ok(r) => r,
+        Err(e) => return End::Retry(format!("building the request: {e}")),
+    };
+    let response = match send(&local.authority, request).await {
+        Ok(r) => r,
+        Err(e) => return End::Retry(e),
+    };
+    if response.status() != StatusCode::OK {
+        let status = response.status();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map(|b| {
+                String::from_utf8_lossy(&b.to_bytes())
+                    .chars()
+                    .take(500)
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
+        return End::Retry(format!("the control plane answered {status}: {body}"));
+    }
+    local.status.connected.store(true, Ordering::Relaxed);
+    local.metrics.config_stream_connected.set(1);
+    if let Ok(mut last) = local.status.last_error.lock() {
+        *last = None;
+    }
+    info!(url = %local.settings.url, version = local.current.version, "configuration stream connected");
+    let mut body = response.into_body();
+    let mut buffer: Vec<u8> = Vec::new();
+    loop {
+        let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
+            Err(_) => return End::Retry("no heartbeat from the control plane".into()),
+            Ok(None) => return End::Retry("the control plane ended the stream".into()),
+            Ok(Some(Err(e))) => return End::Retry(format!("reading the stream: {e}")),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        buffer.extend_from_slice(&data);
+        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            if let Some(end) = handle(local, &line[..line.len() - 1]).await {
+                return end;
+            }
+        }
+        if buffer.len() > LINE_BYTES_MAX {
+            return End::Retry(format!(
+                "a line of the stream is over {LINE_BYTES_MAX} bytes"
+            ));
+        }
+    }
+}
+
+/// Applies one line; `Some` ends the session.
+async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
+    let message: Message = match serde_json::from_slice(line) {
+        Ok(m) => m,
+        Err(e) => {
+            let reason = format!("unreadable message: {e}");
+            nack(local, local.current.version, &reason).await;
+            return Some(End::Resync(reason));
+        }
+    };
+    match message {
+        Message::Snapshot { hash, snapshot } => {
+            let version = snapshot.version;
+            let checked = snapshot
+                .validate()
+                .map_err(|e| e.to_string())
+                .and_then(|()| {
+                    let got = snapshot.content_hash();
+                    if got == hash {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "snapshot hash {got} differs from the announced {hash}"
+                        ))
+                    }
+                });
+            match checked {
+                Ok(()) => install(local, snapshot, hash).await,
+                Err(reason) => nack(local, version, &reason).await,
+            }
+            None
+        }
+        Message::Delta { delta } => match local.current.apply(&delta) {
+            Ok(next) => {
+                install(local, next, delta.hash).await;
+                None
+            }
+            Err(e @ (DeltaError::Gap { .. } | DeltaError::Drift { .. })) => {
+                nack(local, delta.to, &e.to_string()).await;
+                Some(End::Resync(e.to_string()))
+            }
+            Err(e) => {
+                // Refused; the node keeps its version, and a later delta from the refused one
+                // will be a gap, which asks for a fresh snapshot.
+                nack(local, delta.to, &e.to_string()).await;
+                None
+            }
+        },
+        Message::Heartbeat { version, hash } => {
+            if version == local.current.version && hash != local.hash {
+                return Some(End::Resync(format!(
+                    "version {version} hashes differently here: this copy drifted"
+                )));
+            }
+            None
+        }
+    }
+}
+
+/// Serves `snapshot` from now on, keeps it in the cache, and acknowledges it.
+async fn install(local: &mut Local, snapshot: ConfigSnapshot, hash: String) {
+    if let Err(e) = local.cache.store(&snapshot) {
+        warn!(error = %e, "caching the configuration failed; applying it anyway");
+    }
+    local.access.apply(&snapshot);
+    local.metrics.config_version.set(snapshot.version as i64);
+    info!(
+        version = snapshot.version,
+        "configuration applied from the control plane"
+    );
+    let version = snapshot.version;
+    local.current = snapshot;
+    local.hash = hash;
+    ack(local, version, true, None).await;
+}
+
+async fn nack(local: &Local, version: u64, reason: &str) {
+    warn!(version, %reason, "configuration version refused; keeping the last good one");
+    ack(local, version, false, Some(reason)).await;
+}
+
+/// Tells the control plane; failures are only logged (the next heartbeat or reconnect shows
+/// the state anyway).
+async fn ack(local: &Local, version: u64, ok: bool, reason: Option<&str>) {
+    let body = serde_json::json!({
+        "node": local.settings.node_id,
+        "version": version,
+        "ok": ok,
+        "reason": reason,
+    });
+    let request = Request::post("/api/v1/cluster/acks")
+        .header(header::HOST, &local.authority)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(
+            header::AUTHORIZATION,
+            format!("Bearer {}", local.settings.secret),
+        )
+        .body(Full::new(Bytes::from(body.to_string())));
+    let Ok(request) = request else {
+        return;
+    };
+    match send(&local.authority, request).await {
+        Ok(response) if response.status().is_success() => {}
+        Ok(response) => {
+            warn!(status = %response.status(), "the control plane refused an acknowledgement")
+        }
+        Err(e) => warn!(error = %e, "sending an acknowledgement failed"),
+    }
+}
+
+/// Sends one request on a new connection.
+async fn send<B>(
+    authority: &str,
+    request: Request<B>,
+) -> Result<http::Response<hyper::body::Incoming>, String>
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
+        .await
+        .map_err(|_| format!("connecting to {authority} timed out"))?
+        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+    tokio::spawn(connection);
+    tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(request))
+        .await
+        .map_err(|_| format!("{authority} did not answer in time"))?
+        .map_err(|e| format!("request to {authority}: {e}"))
+}
