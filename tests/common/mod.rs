@@ -318,3 +318,91 @@ pub fn wait_for(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// A `sluice` process of any subcommand (`controlplane`, `dataplane`), restartable.
+pub struct Proc {
+    pub child: Child,
+    pub args: Vec<String>,
+    pub log: PathBuf,
+    /// `/healthz` to wait for after each start.
+    pub health: String,
+}
+
+impl Proc {
+    pub fn start(args: &[String], log: PathBuf, health: String) -> Proc {
+        let mut proc = Proc {
+            child: spawn_dummy(),
+            args: args.to_vec(),
+            log,
+            health,
+        };
+        let _ = proc.child.kill();
+        let _ = proc.child.wait();
+        proc.restart();
+        proc
+    }
+
+    /// Starts the process again with the same arguments and waits until it is healthy. The
+    /// previous one must have exited (`stop` or `kill9`).
+    pub fn restart(&mut self) {
+        assert!(
+            !matches!(self.child.try_wait(), Ok(None)),
+            "restart while the process still runs"
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(&self.args)
+            .env("SLUICE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sluice");
+        let agent = agent();
+        let healthy = wait_for(Duration::from_secs(30), || {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!(
+                    "sluice exited during start ({status}); log: {}",
+                    self.log_text()
+                );
+            }
+            agent
+                .get(&self.health)
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+        });
+        assert!(healthy, "not healthy; log: {}", self.log_text());
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait.
+    pub fn stop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        if !wait_for(Duration::from_secs(30), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        }) {
+            self.kill9();
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

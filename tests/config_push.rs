@@ -1,0 +1,476 @@
+//! The configuration stream between the planes, as separate processes on loopback: a control
+//! plane and three data-plane nodes converge, follow revocations and disabled workspaces, keep
+//! serving while the control plane is away (also after a restart), and catch up after it
+//! returns; a node with the wrong secret gets nothing; a corrupt delta is refused (NACK) and a
+//! gap forces a full snapshot (against a scripted control plane).
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::controlplane::{verified_user, Api};
+use common::{free_port, post, wait_for, Proc};
+use serde_json::{json, Value};
+use sluice_storage::snapshot::ConfigSnapshot;
+use sluice_storage::token;
+
+const SECRET: &str = "test-cluster-secret";
+
+struct Cluster {
+    control: Proc,
+    api: Api,
+    nodes: Vec<(Proc, u16)>,
+    dir: tempfile::TempDir,
+    operator: String,
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+impl Cluster {
+    fn start(nodes: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let api_port = free_port();
+        let cp_dir = dir.path().join("cp");
+        let control = Proc::start(
+            &strings(&[
+                "controlplane",
+                "--data-dir",
+                cp_dir.to_str().expect("path"),
+                "--api-addr",
+                &format!("127.0.0.1:{api_port}"),
+                "--cluster-secret",
+                SECRET,
+            ]),
+            dir.path().join("cp.log"),
+            format!("http://127.0.0.1:{api_port}/healthz"),
+        );
+        let api = Api::new(format!("http://127.0.0.1:{api_port}"));
+        let operator: Value = serde_json::from_str(
+            &std::fs::read_to_string(cp_dir.join("initial-operator.json")).expect("operator"),
+        )
+        .expect("json");
+        let operator = api.sign_in(
+            operator["email"].as_str().expect("email"),
+            operator["password"].as_str().expect("password"),
+        );
+        let mut cluster = Cluster {
+            control,
+            api,
+            nodes: Vec::new(),
+            dir,
+            operator,
+        };
+        for n in 0..nodes {
+            cluster.add_node(n, SECRET);
+        }
+        cluster
+    }
+
+    fn add_node(&mut self, n: usize, secret: &str) {
+        let port = free_port();
+        let node_dir = self.dir.path().join(format!("node{n}"));
+        let node = Proc::start(
+            &strings(&[
+                "dataplane",
+                "--data-dir",
+                node_dir.to_str().expect("path"),
+                "--http-addr",
+                &format!("127.0.0.1:{port}"),
+                "--http-threads",
+                "1",
+                "--control-plane",
+                &self.api.base,
+                "--cluster-secret",
+                secret,
+                "--node-id",
+                &format!("node-{n}"),
+            ]),
+            self.dir.path().join(format!("node{n}.log")),
+            format!("http://127.0.0.1:{port}/healthz"),
+        );
+        self.nodes.push((node, port));
+    }
+
+    /// Answer of one ingest request to node `n`.
+    fn ingest(&self, n: usize, workspace: &str, token: &str) -> common::Answer {
+        post(
+            &format!(
+                "http://127.0.0.1:{}/v1/ingest/{workspace}/telemetry",
+                self.nodes[n].1
+            ),
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"t": 1}"#,
+        )
+    }
+
+    /// Waits until every node in `nodes` answers `status` for `token`.
+    fn all_answer(&self, nodes: &[usize], workspace: &str, token: &str, status: u16) -> bool {
+        wait_for(Duration::from_secs(10), || {
+            nodes
+                .iter()
+                .all(|n| self.ingest(*n, workspace, token).status == status)
+        })
+    }
+
+    fn readyz(&self, n: usize) -> Value {
+        let mut resp = common::agent()
+            .get(format!("http://127.0.0.1:{}/readyz", self.nodes[n].1))
+            .call()
+            .expect("readyz");
+        serde_json::from_str(&resp.body_mut().read_to_string().expect("body")).expect("json")
+    }
+
+    fn new_token(&self, workspace: &str, token: &str) -> (String, String) {
+        let a = self.api.post(
+            &format!("/api/v1/workspaces/{workspace}/tokens"),
+            Some(token),
+            json!({"name": "device", "scopes": ["ingest"]}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        (
+            a.json()["id"].as_str().expect("id").to_owned(),
+            a.json()["secret"].as_str().expect("secret").to_owned(),
+        )
+    }
+}
+
+#[test]
+fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_is_away() {
+    let mut cluster = Cluster::start(3);
+    let all = [0, 1, 2];
+    let outbox = cluster.dir.path().join("cp/outbox");
+    let ada = verified_user(&cluster.api, &outbox, "ada@example.com");
+    let a = cluster.api.post(
+        "/api/v1/workspaces",
+        Some(&ada.token),
+        json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = cluster.api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&ada.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let (first_id, first) = cluster.new_token("plant", &ada.token);
+    assert!(
+        cluster.all_answer(&all, "plant", &first, 202),
+        "every node accepts a new token"
+    );
+
+    // Every node acknowledged the current version.
+    let converged = wait_for(Duration::from_secs(10), || {
+        let view = cluster
+            .api
+            .get("/api/v1/operator/nodes", &cluster.operator)
+            .json();
+        let version = view["version"].as_u64();
+        let nodes = view["nodes"].as_array().cloned().unwrap_or_default();
+        nodes.len() == 3
+            && nodes.iter().all(|n| {
+                n["acked_version"].as_u64() == version && n["connected"] == true && n["lag"] == 0
+            })
+    });
+    assert!(
+        converged,
+        "{}",
+        cluster
+            .api
+            .get("/api/v1/operator/nodes", &cluster.operator)
+            .body
+    );
+    assert_eq!(
+        cluster.readyz(0)["config_stream"]["connected"],
+        true,
+        "{}",
+        cluster.readyz(0)
+    );
+
+    // Revocation reaches every node.
+    let a = cluster.api.delete(
+        &format!("/api/v1/workspaces/plant/tokens/{first_id}"),
+        &ada.token,
+    );
+    assert_eq!(a.status, 204);
+    assert!(
+        cluster.all_answer(&all, "plant", &first, 401),
+        "revoked everywhere"
+    );
+
+    // A node killed and restarted catches up on what it missed.
+    cluster.nodes[1].0.kill9();
+    let (_, second) = cluster.new_token("plant", &ada.token);
+    cluster.nodes[1].0.restart();
+    assert!(cluster.all_answer(&all, "plant", &second, 202), "caught up");
+
+    // Without the control plane, nodes keep accepting known tokens and refusing unknown ones,
+    // also after a restart, and say so in /readyz.
+    cluster.control.stop();
+    cluster.nodes[2].0.stop();
+    cluster.nodes[2].0.restart();
+    for n in all {
+        assert_eq!(cluster.ingest(n, "plant", &second).status, 202, "node {n}");
+        assert_eq!(
+            cluster
+                .ingest(n, "plant", "sluice_unknownunknownunknownunknownunknown1")
+                .status,
+            401
+        );
+    }
+    assert!(wait_for(Duration::from_secs(5), || {
+        cluster.readyz(0)["config_stream"]["connected"] == false
+    }));
+    let ready = cluster.readyz(2);
+    assert_eq!(ready["ready"], true, "{ready}");
+    assert!(ready["config_stream"]["last_error"].is_string(), "{ready}");
+
+    // Back again: everything converges on the next change, a disabled workspace included.
+    cluster.control.restart();
+    let (_, third) = cluster.new_token("plant", &ada.token);
+    assert!(cluster.all_answer(&all, "plant", &third, 202));
+    let a = cluster.api.put(
+        &format!("/api/v1/operator/users/{}/trial", ada.id),
+        &cluster.operator,
+        json!({"trial_ends_at": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(
+        cluster.all_answer(&all, "plant", &third, 403),
+        "a disabled workspace is refused on every node"
+    );
+    assert_eq!(
+        cluster.ingest(0, "plant", &third).problem(),
+        "workspace-disabled"
+    );
+
+    // A node with the wrong secret gets nothing.
+    cluster.add_node(3, "wrong-secret");
+    assert!(wait_for(Duration::from_secs(5), || {
+        cluster.readyz(3)["config_stream"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("401")
+    }));
+    assert_eq!(
+        cluster.ingest(3, "plant", &second).status,
+        401,
+        "it knows no token at all"
+    );
+}
+
+/// A scripted control plane: answers each stream request with the next script's lines (and
+/// keeps the connection open), records every request line and acknowledgement. A scripted
+/// control plane, not the real one, because the real one never sends a corrupt delta or a gap.
+struct FakeControlPlane {
+    port: u16,
+    requests: Arc<Mutex<Vec<String>>>,
+    acks: Arc<Mutex<Vec<Value>>>,
+}
+
+fn read_request(stream: &mut TcpStream) -> Option<(String, Vec<u8>)> {
+    let mut reader = BufReader::new(stream.try_clone().ok()?);
+    let mut first = String::new();
+    reader.read_line(&mut first).ok()?;
+    let mut length = 0;
+    loop {
+        let mut header = String::new();
+        reader.read_line(&mut header).ok()?;
+        if header.trim().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = header.split_once(':') {
+            if k.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).ok()?;
+    Some((first.trim().to_owned(), body))
+}
+
+impl FakeControlPlane {
+    fn start(scripts: Vec<Vec<Value>>) -> FakeControlPlane {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let acks = Arc::new(Mutex::new(Vec::new()));
+        let scripts = Arc::new(Mutex::new(scripts.into_iter()));
+        let (r, a) = (requests.clone(), acks.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (r, a, scripts) = (r.clone(), a.clone(), scripts.clone());
+                std::thread::spawn(move || {
+                    let mut stream = stream;
+                    let Some((line, body)) = read_request(&mut stream) else {
+                        return;
+                    };
+                    r.lock().expect("lock").push(line.clone());
+                    if line.starts_with("POST /api/v1/cluster/acks") {
+                        if let Ok(ack) = serde_json::from_slice(&body) {
+                            a.lock().expect("lock").push(ack);
+                        }
+                        let _ = stream
+                            .write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+                        return;
+                    }
+                    let script = scripts.lock().expect("lock").next().unwrap_or_default();
+                    let _ = stream.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n",
+                    );
+                    for message in script {
+                        // `null` in a script is a pause, for the test to look at the node.
+                        if message.is_null() {
+                            std::thread::sleep(Duration::from_secs(3));
+                            continue;
+                        }
+                        let _ = stream.write_all(format!("{message}\n").as_bytes());
+                        std::thread::sleep(Duration::from_millis(200));
+                    }
+                    // Keep the stream open a while, as a real control plane would.
+                    std::thread::sleep(Duration::from_secs(30));
+                });
+            }
+        });
+        FakeControlPlane {
+            port,
+            requests,
+            acks,
+        }
+    }
+}
+
+fn workspace(slug: &str, token_hash: &str) -> Value {
+    json!({
+        "id": "0190f3a0-0000-7000-8000-000000000001", "slug": slug, "name": slug, "enabled": true,
+        "sources": [{"id": "0190f3a0-0000-7000-8000-00000000aaaa", "slug": "telemetry"}],
+        "tokens": [{"id": "0190f3a0-0000-7000-8000-00000000bbbb", "sha256": token_hash, "scopes": ["ingest"]}],
+    })
+}
+
+fn snapshot_message(version: u64, workspaces: Vec<Value>) -> Value {
+    let snapshot: ConfigSnapshot =
+        serde_json::from_value(json!({"version": version, "workspaces": workspaces}))
+            .expect("snapshot");
+    json!({"type": "snapshot", "hash": snapshot.content_hash(), "snapshot": snapshot})
+}
+
+#[test]
+fn a_corrupt_delta_is_refused_and_a_gap_forces_a_full_snapshot() {
+    let first = format!("sluice_{}", "A".repeat(40));
+    let second = format!("sluice_{}", "B".repeat(40));
+    let corrupt = json!({"type": "delta", "delta": {
+        "from": 1, "to": 2, "remove": [], "hash": "0".repeat(64),
+        "upsert": [workspace("Not A Slug", &token::hash_hex(&second))],
+    }});
+    let gap = json!({"type": "delta", "delta": {
+        "from": 5, "to": 6, "upsert": [], "remove": [], "hash": "0".repeat(64),
+    }});
+    let fake = FakeControlPlane::start(vec![
+        vec![
+            snapshot_message(1, vec![workspace("plant", &token::hash_hex(&first))]),
+            corrupt,
+            Value::Null,
+            gap,
+        ],
+        vec![snapshot_message(
+            7,
+            vec![workspace("plant", &token::hash_hex(&second))],
+        )],
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _node = Proc::start(
+        &strings(&[
+            "dataplane",
+            "--data-dir",
+            dir.path().join("node").to_str().expect("path"),
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-threads",
+            "1",
+            "--control-plane",
+            &format!("http://127.0.0.1:{}", fake.port),
+            "--cluster-secret",
+            SECRET,
+        ]),
+        dir.path().join("node.log"),
+        format!("http://127.0.0.1:{port}/healthz"),
+    );
+    let ingest = |token: &str| {
+        post(
+            &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"t": 1}"#,
+        )
+        .status
+    };
+    let acks = || fake.acks.lock().expect("lock").clone();
+    // The corrupt delta is refused and the node keeps serving version 1.
+    assert!(
+        wait_for(Duration::from_secs(10), || acks().len() >= 2),
+        "acks: {:?}",
+        acks()
+    );
+    assert_eq!(
+        ingest(&first),
+        202,
+        "the last good configuration still serves"
+    );
+    assert_eq!(ingest(&second), 401);
+    assert!(
+        wait_for(Duration::from_secs(10), || acks().len() >= 3),
+        "acks: {:?}",
+        acks()
+    );
+    let seen = acks();
+    assert_eq!(
+        (seen[0]["version"].as_u64(), seen[0]["ok"].as_bool()),
+        (Some(1), Some(true))
+    );
+    assert_eq!(
+        (seen[1]["version"].as_u64(), seen[1]["ok"].as_bool()),
+        (Some(2), Some(false))
+    );
+    assert!(
+        seen[1]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("not a valid slug"),
+        "{seen:?}"
+    );
+    assert_eq!(
+        (seen[2]["version"].as_u64(), seen[2]["ok"].as_bool()),
+        (Some(6), Some(false))
+    );
+    assert!(
+        seen[2]["reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("does not follow"),
+        "{seen:?}"
+    );
+
+    // The gap made the node ask again for a full snapshot (empty hash), which replaced v1.
+    assert!(wait_for(Duration::from_secs(10), || ingest(&second) == 202));
+    assert_eq!(ingest(&first), 401);
+    let requests = fake.requests.lock().expect("lock").clone();
+    let streams: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/cluster/config-stream"))
+        .collect();
+    assert!(streams.len() >= 2, "{requests:?}");
+    assert!(streams[1].contains("version=1&hash= "), "{requests:?}");
+    assert!(acks().iter().any(|a| a["version"] == 7 && a["ok"] == true));
+}
