@@ -24,6 +24,7 @@
 mod baseline;
 mod loadgen;
 mod payload;
+mod propagation;
 mod report;
 mod sluice;
 
@@ -52,6 +53,9 @@ enum Command {
     /// HTTP ingest: a bare 204 server (ceiling), then Sluice with single-event and NDJSON
     /// POSTs, all driven by the same closed-loop load generator.
     Http(HttpArgs),
+    /// Configuration push: revocation latency from the control-plane API to every node, and
+    /// the cost of a large snapshot.
+    Propagation(propagation::PropagationArgs),
 }
 
 #[derive(Args, Clone)]
@@ -108,6 +112,7 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Http(args) => http(args),
+        Command::Propagation(args) => propagation::run(args),
     }
 }
 

@@ -1,0 +1,374 @@
+//! `propagation`: how fast a revocation made through the control-plane API reaches every
+//! data-plane node, and what a large configuration costs to ship and apply.
+//!
+//! 1. A control plane and `--nodes` data-plane nodes (child processes of the release binary,
+//!    fresh temp dirs, loopback) following its configuration stream. For each of
+//!    `--revocations` tokens: create it, wait until every node accepts it, revoke it, and time
+//!    from the API's answer to the first refused request on each node (each node polled in
+//!    its own thread). Prints p50/p99/max.
+//! 2. In this process: a snapshot of `--tokens` tokens across `--workspaces` workspaces, its
+//!    JSON size, the time to hash, validate and apply it to a node's access table, and the time
+//!    to compute and apply a one-workspace delta.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use serde_json::{json, Value};
+use sluice_dataplane::access::{Access, RateDefaults};
+use sluice_storage::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use uuid::Uuid;
+
+use crate::sluice;
+
+#[derive(Args, Clone)]
+pub struct PropagationArgs {
+    /// Revocations to time.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    revocations: u64,
+    /// Data-plane nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=16))]
+    nodes: u64,
+    /// Tokens in the large snapshot.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    tokens: u64,
+    /// Workspaces in the large snapshot.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    workspaces: u64,
+    /// The `sluice` binary [default: `sluice` next to this executable].
+    #[arg(long)]
+    sluice_bin: Option<PathBuf>,
+}
+
+const SECRET: &str = "bench-cluster-secret";
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into()
+}
+
+fn spawn(bin: &Path, args: &[String], log: &Path, health: &str) -> Result<Process> {
+    let log_file = std::fs::File::create(log)?;
+    let child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(log_file)
+        .spawn()
+        .with_context(|| format!("starting {}", bin.display()))?;
+    let process = Process(child);
+    let agent = agent();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if agent.get(health).call().is_ok_and(|r| r.status() == 200) {
+            return Ok(process);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("{health} did not become healthy; see {}", log.display())
+}
+
+fn call(
+    agent: &ureq::Agent,
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<Value>,
+) -> Result<(u16, Value)> {
+    let request = ureq::http::Request::builder()
+        .method(method)
+        .uri(url)
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body(body.map(|b| b.to_string()).unwrap_or_default())?;
+    let mut response = agent.run(request)?;
+    let status = response.status().as_u16();
+    let text = response.body_mut().read_to_string().unwrap_or_default();
+    Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+pub fn run(args: PropagationArgs) -> Result<()> {
+    let bin = match &args.sluice_bin {
+        Some(bin) => bin.clone(),
+        None => sluice::default_binary()?,
+    };
+    sluice::check_binary(&bin)?;
+    revocations(&bin, &args)?;
+    snapshot_costs(&args);
+    Ok(())
+}
+
+fn revocations(bin: &Path, args: &PropagationArgs) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let api_port = free_port()?;
+    let api = format!("http://127.0.0.1:{api_port}");
+    let cp_dir = dir.path().join("cp");
+    let _control = spawn(
+        bin,
+        &[
+            "controlplane".into(),
+            "--data-dir".into(),
+            cp_dir.display().to_string(),
+            "--api-addr".into(),
+            format!("127.0.0.1:{api_port}"),
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ],
+        &dir.path().join("cp.log"),
+        &format!("{api}/healthz"),
+    )?;
+    let mut nodes = Vec::new();
+    for n in 0..args.nodes {
+        let port = free_port()?;
+        let process = spawn(
+            bin,
+            &[
+                "dataplane".into(),
+                "--data-dir".into(),
+                dir.path().join(format!("node{n}")).display().to_string(),
+                "--http-addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--http-threads".into(),
+                "1".into(),
+                "--control-plane".into(),
+                api.clone(),
+                "--cluster-secret".into(),
+                SECRET.into(),
+                "--node-id".into(),
+                format!("bench-{n}"),
+            ],
+            &dir.path().join(format!("node{n}.log")),
+            &format!("http://127.0.0.1:{port}/healthz"),
+        )?;
+        nodes.push((process, port));
+    }
+    let agent = agent();
+    let operator: Value = serde_json::from_str(&std::fs::read_to_string(
+        cp_dir.join("initial-operator.json"),
+    )?)?;
+    let (_, session) = call(
+        &agent,
+        "POST",
+        &format!("{api}/api/v1/sessions"),
+        "",
+        Some(json!({"email": operator["email"], "password": operator["password"]})),
+    )?;
+    let session = session["token"].as_str().context("no session")?.to_owned();
+    call(
+        &agent,
+        "POST",
+        &format!("{api}/api/v1/workspaces"),
+        &session,
+        Some(json!({"name": "Bench", "slug": "bench"})),
+    )?;
+    call(
+        &agent,
+        "POST",
+        &format!("{api}/api/v1/workspaces/bench/sources"),
+        &session,
+        Some(json!({"slug": "telemetry"})),
+    )?;
+
+    let ports: Vec<u16> = nodes.iter().map(|(_, p)| *p).collect();
+    let status_on = |agent: &ureq::Agent, port: u16, secret: &str| -> u16 {
+        agent
+            .post(format!("http://127.0.0.1:{port}/v1/ingest/bench/telemetry"))
+            .header("authorization", format!("Bearer {secret}"))
+            .header("content-type", "application/json")
+            .send(b"{\"t\":1}".as_slice())
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    eprintln!(
+        "propagation: {} revocations, {} nodes (control plane and nodes on loopback)",
+        args.revocations, args.nodes
+    );
+    let mut samples: Vec<Duration> = Vec::new();
+    for i in 0..args.revocations {
+        let (status, token) = call(
+            &agent,
+            "POST",
+            &format!("{api}/api/v1/workspaces/bench/tokens"),
+            &session,
+            Some(json!({"name": format!("t{i}"), "scopes": ["ingest"]})),
+        )?;
+        if status != 201 {
+            bail!("creating a token answered {status}: {token}");
+        }
+        let secret = token["secret"].as_str().context("secret")?.to_owned();
+        let id = token["id"].as_str().context("id")?.to_owned();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !ports.iter().all(|p| status_on(&agent, *p, &secret) == 202) {
+            if Instant::now() > deadline {
+                bail!("a new token did not reach every node within 10 s");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let (status, _) = call(
+            &agent,
+            "DELETE",
+            &format!("{api}/api/v1/workspaces/bench/tokens/{id}"),
+            &session,
+            None,
+        )?;
+        if status != 204 {
+            bail!("revoking answered {status}");
+        }
+        let revoked_at = Instant::now();
+        let pollers: Vec<_> = ports
+            .iter()
+            .map(|port| {
+                let (port, secret) = (*port, secret.clone());
+                std::thread::spawn(move || {
+                    let agent = self::agent();
+                    loop {
+                        if status_on(&agent, port, &secret) == 401 {
+                            return Some(revoked_at.elapsed());
+                        }
+                        if revoked_at.elapsed() > Duration::from_secs(10) {
+                            return None;
+                        }
+                    }
+                })
+            })
+            .collect();
+        for poller in pollers {
+            match poller.join() {
+                Ok(Some(elapsed)) => samples.push(elapsed),
+                _ => bail!("a revocation did not reach a node within 10 s"),
+            }
+        }
+    }
+    samples.sort();
+    println!(
+        "revocation to first refused request, {} samples ({} revocations x {} nodes):",
+        samples.len(),
+        args.revocations,
+        args.nodes
+    );
+    println!(
+        "  p50 {}   p99 {}   max {}   (target: p99 under 100 ms)",
+        ms(percentile(&samples, 0.50)),
+        ms(percentile(&samples, 0.99)),
+        ms(samples.last().copied().unwrap_or_default())
+    );
+    Ok(())
+}
+
+fn snapshot_costs(args: &PropagationArgs) {
+    let workspaces = args.workspaces as usize;
+    let per = (args.tokens as usize).div_ceil(workspaces);
+    let mut n = 0u64;
+    let snapshot = ConfigSnapshot {
+        version: 1,
+        workspaces: (0..workspaces)
+            .map(|w| WorkspaceConfig {
+                id: Uuid::now_v7(),
+                slug: format!("ws-{w}"),
+                name: format!("Workspace {w}"),
+                enabled: true,
+                events_per_second_max: None,
+                sources: vec![SourceConfig {
+                    id: Uuid::now_v7(),
+                    slug: "telemetry".into(),
+                    name: String::new(),
+                }],
+                tokens: (0..per)
+                    .map(|_| {
+                        n += 1;
+                        TokenConfig {
+                            id: Uuid::now_v7(),
+                            name: String::new(),
+                            sha256: format!("{n:064x}"),
+                            scopes: vec![Scope::Ingest],
+                            sources: None,
+                            device_id: None,
+                            expires_at: None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect(),
+    };
+    let timed = |f: &mut dyn FnMut()| {
+        let started = Instant::now();
+        f();
+        started.elapsed()
+    };
+    let mut json_len = 0;
+    let serialise =
+        timed(&mut || json_len = serde_json::to_vec(&snapshot).map(|v| v.len()).unwrap_or(0));
+    let mut hash = String::new();
+    let hashing = timed(&mut || hash = snapshot.content_hash());
+    let validating = timed(&mut || {
+        let _ = snapshot.validate();
+    });
+    let access = Arc::new(Access::new(
+        &ConfigSnapshot::empty(),
+        RateDefaults {
+            events_per_second: 1_000_000,
+        },
+    ));
+    let applying = timed(&mut || access.apply(&snapshot));
+    let mut next = snapshot.clone();
+    next.version = 2;
+    next.workspaces[0].enabled = false;
+    let mut delta = None;
+    let diffing = timed(&mut || delta = Some(snapshot.delta_to(&next)));
+    let delta = delta.expect("delta");
+    let delta_len = serde_json::to_vec(&delta).map(|v| v.len()).unwrap_or(0);
+    let delta_apply = timed(&mut || {
+        let _ = snapshot.apply(&delta);
+    });
+    println!(
+        "snapshot of {} tokens in {} workspaces: {:.1} MB of JSON",
+        n,
+        workspaces,
+        json_len as f64 / 1e6
+    );
+    println!(
+        "  serialise {}   content hash {}   validate {}   apply to a node's access table {}",
+        ms(serialise),
+        ms(hashing),
+        ms(validating),
+        ms(applying)
+    );
+    println!(
+        "  one-workspace delta: {} bytes, diff {}, apply with validation and hash check {}",
+        delta_len,
+        ms(diffing),
+        ms(delta_apply)
+    );
+}
