@@ -109,15 +109,19 @@ pub struct Caller {
 
 /// The secret presented by a request: a bearer token, else the session cookie.
 pub fn presented_secret(parts: &Parts) -> Option<String> {
-    if let Some(value) = parts.headers.get(header::AUTHORIZATION) {
+    presented_secret_from_headers(&parts.headers)
+}
+
+/// [`presented_secret`] from the headers alone.
+pub fn presented_secret_from_headers(headers: &axum::http::HeaderMap) -> Option<String> {
+    if let Some(value) = headers.get(header::AUTHORIZATION) {
         let value = value.to_str().ok()?;
         let token = value
             .strip_prefix("Bearer ")
             .or_else(|| value.strip_prefix("bearer "))?;
         return Some(token.trim().to_owned());
     }
-    parts
-        .headers
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())

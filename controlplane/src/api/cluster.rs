@@ -269,3 +269,80 @@ pub struct NodesView {
     pub hash: String,
     pub nodes: Vec<NodeView>,
 }
+
+fn escape_label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Prometheus metrics of the configuration stream: the current version and, per node, the
+/// acknowledged version, the lag and whether it is connected. Scrape with the cluster secret
+/// or an operator's token as bearer.
+#[utoipa::path(get, path = "/metrics", tag = "cluster", security(()),
+    responses((status = 200, description = "Prometheus text format", content_type = "text/plain"),
+        (status = 401, body = crate::problem::ProblemBody)))]
+pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> ApiResult<Response> {
+    if authorize_node(&app, &headers).is_err() {
+        let operator = crate::auth::presented_secret_from_headers(&headers)
+            .and_then(|secret| Caller::from_secret(&app, &secret))
+            .is_some_and(|caller| caller.user.operator);
+        if !operator {
+            return Err(ApiError::unauthenticated(
+                "send the cluster secret or an operator's token as bearer",
+            ));
+        }
+    }
+    let (current, _) = app.history.current();
+    let nodes = app.nodes.list(current.version);
+    let mut text = String::new();
+    let mut gauge = |name: &str, help: &str, rows: Vec<(Option<&str>, u64)>| {
+        text.push_str(&format!("# HELP sluice_controlplane_{name} {help}\n"));
+        text.push_str(&format!("# TYPE sluice_controlplane_{name} gauge\n"));
+        for (node, value) in rows {
+            match node {
+                Some(node) => text.push_str(&format!(
+                    "sluice_controlplane_{name}{{node=\"{}\"}} {value}\n",
+                    escape_label(node)
+                )),
+                None => text.push_str(&format!("sluice_controlplane_{name} {value}\n")),
+            }
+        }
+    };
+    gauge(
+        "config_version",
+        "Current configuration version",
+        vec![(None, current.version)],
+    );
+    gauge(
+        "nodes_connected",
+        "Nodes with an open configuration stream",
+        vec![(None, nodes.iter().filter(|n| n.connected).count() as u64)],
+    );
+    gauge(
+        "node_acked_version",
+        "Last configuration version a node acknowledged",
+        nodes
+            .iter()
+            .filter_map(|n| n.acked_version.map(|v| (Some(n.id.as_str()), v)))
+            .collect(),
+    );
+    gauge(
+        "node_lag",
+        "Current version minus the version a node acknowledged",
+        nodes
+            .iter()
+            .filter_map(|n| n.lag.map(|v| (Some(n.id.as_str()), v)))
+            .collect(),
+    );
+    gauge(
+        "node_connected",
+        "1 while a node's configuration stream is open",
+        nodes
+            .iter()
+            .map(|n| (Some(n.id.as_str()), u64::from(n.connected)))
+            .collect(),
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}

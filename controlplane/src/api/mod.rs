@@ -271,6 +271,7 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(cluster::config_stream))
         .routes(routes!(cluster::ack))
         .routes(routes!(cluster::list_nodes))
+        .routes(routes!(cluster::metrics))
         .routes(routes!(operator::list_users))
         .routes(routes!(operator::set_plan))
         .routes(routes!(operator::set_trial))
