@@ -187,6 +187,18 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
             .get("/api/v1/operator/nodes", &cluster.operator)
             .body
     );
+    let metrics = cluster.api.get("/metrics", SECRET);
+    assert_eq!(metrics.status, 200, "{}", metrics.body);
+    for n in 0..3 {
+        assert!(
+            metrics.body.contains(&format!(
+                "sluice_controlplane_node_lag{{node=\"node-{n}\"}} 0"
+            )),
+            "{}",
+            metrics.body
+        );
+    }
+    assert_eq!(cluster.api.get("/metrics", "wrong").status, 401);
     assert_eq!(
         cluster.readyz(0)["config_stream"]["connected"],
         true,
