@@ -9,6 +9,10 @@
 //! 2. In this process: a snapshot of `--tokens` tokens across `--workspaces` workspaces, its
 //!    JSON size, the time to hash, validate and apply it to a node's access table, and the time
 //!    to compute and apply a one-workspace delta.
+//! 3. A node serving that snapshot takes single-event POSTs from the same load generator as
+//!    `http` for `--swap-secs`, first alone, then while a new version of the whole snapshot is
+//!    applied every 500 ms (validated, cached in redb and swapped in, the same work a streamed
+//!    version costs); prints requests/s of both and the slowest second.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -38,6 +42,9 @@ pub struct PropagationArgs {
     /// Workspaces in the large snapshot.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     workspaces: u64,
+    /// Seconds of load in each half of the swap measurement.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    swap_secs: u64,
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     sluice_bin: Option<PathBuf>,
@@ -126,7 +133,9 @@ pub fn run(args: PropagationArgs) -> Result<()> {
     };
     sluice::check_binary(&bin)?;
     revocations(&bin, &args)?;
-    snapshot_costs(&args);
+    let snapshot = big_snapshot(&args);
+    snapshot_costs(&snapshot);
+    ingest_during_swaps(&bin, &args, snapshot)?;
     Ok(())
 }
 
@@ -287,11 +296,14 @@ fn revocations(bin: &Path, args: &PropagationArgs) -> Result<()> {
     Ok(())
 }
 
-fn snapshot_costs(args: &PropagationArgs) {
+/// The load generator's token, in the big snapshot's first workspace.
+const LOAD_TOKEN: &str = "sluice_benchbenchbenchbenchbenchbenchbenchbench";
+
+fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
     let workspaces = args.workspaces as usize;
     let per = (args.tokens as usize).div_ceil(workspaces);
     let mut n = 0u64;
-    let snapshot = ConfigSnapshot {
+    let mut snapshot = ConfigSnapshot {
         version: 1,
         workspaces: (0..workspaces)
             .map(|w| WorkspaceConfig {
@@ -322,6 +334,19 @@ fn snapshot_costs(args: &PropagationArgs) {
             })
             .collect(),
     };
+    if let Some(first) = snapshot
+        .workspaces
+        .first_mut()
+        .and_then(|w| w.tokens.first_mut())
+    {
+        first.sha256 = sluice_storage::token::hash_hex(LOAD_TOKEN);
+    }
+    snapshot
+}
+
+fn snapshot_costs(snapshot: &ConfigSnapshot) {
+    let workspaces = snapshot.workspaces.len();
+    let n: usize = snapshot.workspaces.iter().map(|w| w.tokens.len()).sum();
     let timed = |f: &mut dyn FnMut()| {
         let started = Instant::now();
         f();
@@ -341,7 +366,7 @@ fn snapshot_costs(args: &PropagationArgs) {
             events_per_second: 1_000_000,
         },
     ));
-    let applying = timed(&mut || access.apply(&snapshot));
+    let applying = timed(&mut || access.apply(snapshot));
     let mut next = snapshot.clone();
     next.version = 2;
     next.workspaces[0].enabled = false;
@@ -371,4 +396,117 @@ fn snapshot_costs(args: &PropagationArgs) {
         ms(diffing),
         ms(delta_apply)
     );
+}
+
+fn write_snapshot(path: &Path, snapshot: &ConfigSnapshot) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec(snapshot)?)?;
+    std::fs::rename(&tmp, path)?;
+    Ok(())
+}
+
+fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnapshot) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file = dir.path().join("snapshot.json");
+    write_snapshot(&file, &snapshot)?;
+    let port = free_port()?;
+    let node = spawn(
+        bin,
+        &[
+            "dataplane".into(),
+            "--data-dir".into(),
+            dir.path().join("node").display().to_string(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-threads".into(),
+            "1".into(),
+            "--workspace-events-per-second".into(),
+            "1000000000".into(),
+            "--config-snapshot".into(),
+            file.display().to_string(),
+        ],
+        &dir.path().join("node.log"),
+        &format!("http://127.0.0.1:{port}/healthz"),
+    )?;
+    let target = Arc::new(crate::loadgen::Target {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        path: format!("/v1/ingest/{}/telemetry", snapshot.workspaces[0].slug),
+        authorization: Some(format!("Bearer {LOAD_TOKEN}")),
+        content_type: "application/json",
+        bodies: Arc::new(crate::payload::single_event_bodies(1024)),
+        events_per_body: 1,
+        expect_accepted: true,
+    });
+    let plan = crate::loadgen::Plan {
+        connections: 32,
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs(args.swap_secs),
+        request_timeout: Duration::from_secs(10),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let pid = node.0.id();
+    let measure = || {
+        runtime.block_on(crate::loadgen::run(
+            target.clone(),
+            plan,
+            crate::loadgen::ServerProcess::Child(pid),
+        ))
+    };
+    eprintln!(
+        "swap: {} s of single-event POSTs without, then with, a full-snapshot swap every 500 ms",
+        args.swap_secs
+    );
+    let calm = measure()?;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, file) = (stop.clone(), file.clone());
+        let mut snapshot = snapshot.clone();
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                snapshot.version += 1;
+                let last = snapshot.workspaces.len() - 1;
+                snapshot.workspaces[last].enabled = !snapshot.workspaces[last].enabled;
+                if write_snapshot(&file, &snapshot).is_ok() {
+                    swaps += 1;
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            (swaps, snapshot.version)
+        })
+    };
+    let swapping = measure()?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (swaps, last_version) = swapper
+        .join()
+        .map_err(|_| anyhow::anyhow!("swapper panicked"))?;
+    let applied = agent()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["config_version"].as_u64());
+    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
+    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
+    println!(
+        "ingest while swapping a {}-token snapshot ({swaps} versions written, node at version {} of {last_version}):",
+        snapshot.workspaces.iter().map(|w| w.tokens.len()).sum::<usize>(),
+        applied.map_or("?".into(), |v| v.to_string())
+    );
+    println!(
+        "  without swaps {:.0} req/s (slowest second {}), with swaps {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
+        rate(&calm),
+        slowest(&calm),
+        rate(&swapping),
+        slowest(&swapping),
+        rate(&swapping) / rate(&calm).max(1.0),
+        calm.error_count(),
+        swapping.error_count()
+    );
+    drop(node);
+    Ok(())
 }
