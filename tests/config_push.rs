@@ -262,6 +262,18 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         cluster.ingest(0, "plant", &third).problem(),
         "workspace-disabled"
     );
+    // It stays refused while the control plane is away, also by a node restarted offline.
+    cluster.control.stop();
+    cluster.nodes[0].0.stop();
+    cluster.nodes[0].0.restart();
+    for n in all {
+        assert_eq!(
+            cluster.ingest(n, "plant", &third).problem(),
+            "workspace-disabled",
+            "node {n}"
+        );
+    }
+    cluster.control.restart();
 
     // A node with the wrong secret gets nothing.
     cluster.add_node(3, "wrong-secret");
