@@ -70,12 +70,19 @@ pub async fn keep_file_current(app: App, path: PathBuf) {
         // Marked seen before reading the state: a change committed while this version is
         // written wakes the loop again instead of being lost.
         versions.borrow_and_update();
-        let snapshot = app.store.read(build);
-        app.history.advance(snapshot.clone());
         let target = path.clone();
-        let version = snapshot.version;
-        match tokio::task::spawn_blocking(move || write_file(&target, &snapshot)).await {
-            Ok(Ok(())) => tracing::debug!(version, "configuration snapshot written"),
+        let worker = app.clone();
+        // Building, diffing and hashing a large configuration takes tens of milliseconds of
+        // CPU: off the async threads, like the file write.
+        let written = tokio::task::spawn_blocking(move || {
+            let snapshot = worker.store.read(build);
+            let version = snapshot.version;
+            worker.history.advance(snapshot.clone());
+            write_file(&target, &snapshot).map(|()| version)
+        })
+        .await;
+        match written {
+            Ok(Ok(version)) => tracing::debug!(version, "configuration snapshot written"),
             Ok(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "writing the configuration snapshot failed")
             }
