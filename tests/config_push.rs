@@ -498,3 +498,78 @@ fn a_corrupt_delta_is_refused_and_a_gap_forces_a_full_snapshot() {
     assert!(streams[1].contains("version=1&hash= "), "{requests:?}");
     assert!(acks().iter().any(|a| a["version"] == 7 && a["ok"] == true));
 }
+
+#[test]
+fn a_node_that_missed_a_version_notices_from_the_heartbeats_and_catches_up() {
+    let first = format!("sluice_{}", "C".repeat(40));
+    let second = format!("sluice_{}", "D".repeat(40));
+    let v1 = snapshot_message(1, vec![workspace("plant", &token::hash_hex(&first))]);
+    let v1_hash = v1["hash"].as_str().expect("hash").to_owned();
+    let ahead = json!({"type": "heartbeat", "version": 3, "hash": "0".repeat(64)});
+    let fake = FakeControlPlane::start(vec![
+        // Version 3 is never sent on this connection: only heartbeats announce it.
+        vec![v1, ahead.clone(), ahead],
+        vec![snapshot_message(
+            3,
+            vec![workspace("plant", &token::hash_hex(&second))],
+        )],
+    ]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let _node = Proc::start(
+        &strings(&[
+            "dataplane",
+            "--data-dir",
+            dir.path().join("node").to_str().expect("path"),
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-threads",
+            "1",
+            "--control-plane",
+            &format!("http://127.0.0.1:{}", fake.port),
+            "--cluster-secret",
+            SECRET,
+        ]),
+        dir.path().join("node.log"),
+        format!("http://127.0.0.1:{port}/healthz"),
+    );
+    let status = |token: &str| {
+        post(
+            &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
+            &[
+                ("authorization", &format!("Bearer {token}")),
+                ("content-type", "application/json"),
+            ],
+            br#"{"t": 1}"#,
+        )
+        .status
+    };
+    assert!(wait_for(Duration::from_secs(10), || status(&second) == 202));
+    assert_eq!(status(&first), 401);
+    let requests = fake.requests.lock().expect("lock").clone();
+    let streams: Vec<&String> = requests
+        .iter()
+        .filter(|r| r.starts_with("GET /api/v1/cluster/config-stream"))
+        .collect();
+    assert!(
+        streams.len() >= 2 && streams[1].contains(&format!("version=1&hash={v1_hash}")),
+        "it reconnected from the version it held: {requests:?}"
+    );
+}
+
+#[test]
+fn a_control_plane_refuses_to_start_with_a_short_cluster_secret() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["controlplane", "--data-dir"])
+        .arg(dir.path())
+        .args(["--api-addr", "127.0.0.1:0", "--cluster-secret", "short"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at least 16 characters"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -59,15 +59,32 @@ impl ConfigHistory {
         }
     }
 
-    /// Moves to `next` (a later version), remembering the delta.
+    /// Moves to `next` (a later version), remembering the delta. An invalid configuration is
+    /// not published (nodes would refuse it and stall behind it); the error is logged.
     pub fn advance(&self, next: ConfigSnapshot) {
         let version = next.version;
+        if let Err(e) = next.validate() {
+            tracing::error!(version, error = %e, "not publishing an invalid configuration version");
+            return;
+        }
+        // The diff and the hash take time on a large configuration: computed before taking
+        // the write lock, so readers (streams, the node list) never wait for them.
+        let current = self
+            .inner
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .current
+            .clone();
+        if next.version <= current.version {
+            return;
+        }
+        let delta = current.delta_to(&next);
         {
             let mut h = self.inner.write().unwrap_or_else(|e| e.into_inner());
-            if next.version <= h.current.version {
+            if h.current.version != current.version {
+                // Another advance won the race (only one publisher runs; kept for safety).
                 return;
             }
-            let delta = h.current.delta_to(&next);
             h.hash = delta.hash.clone();
             h.deltas.push_back(delta);
             h.current = Arc::new(next);
@@ -196,7 +213,14 @@ impl Nodes {
 
     pub fn acked(&self, id: &str, version: u64) {
         self.with(id, |n| {
-            n.acked_version = Some(n.acked_version.map_or(version, |v| v.max(version)))
+            n.acked_version = Some(n.acked_version.map_or(version, |v| v.max(version)));
+            // A later version applied: the refusal is history.
+            if n.last_nack
+                .as_ref()
+                .is_some_and(|nack| nack.version <= version)
+            {
+                n.last_nack = None;
+            }
         });
     }
 

@@ -152,6 +152,9 @@ impl Default for ControlPlaneConfig {
     }
 }
 
+/// Shortest cluster secret accepted: it guards every token hash.
+pub const CLUSTER_SECRET_CHARS_MIN: usize = 16;
+
 /// Longest duration a setting may have (100 years), so that time arithmetic cannot overflow.
 const DURATION_SECS_MAX: u64 = 100 * 365 * 24 * 3600;
 
@@ -166,6 +169,15 @@ impl ControlPlaneConfig {
             if secs > DURATION_SECS_MAX {
                 return Err(format!("{name} is over 100 years"));
             }
+        }
+        if self
+            .cluster_secret
+            .as_ref()
+            .is_some_and(|s| s.len() < CLUSTER_SECRET_CHARS_MIN)
+        {
+            return Err(format!(
+                "cluster_secret must have at least {CLUSTER_SECRET_CHARS_MIN} characters"
+            ));
         }
         if !(1000..=120_000).contains(&self.smtp_timeout_ms) {
             return Err("smtp_timeout_ms must be 1000 to 120000".into());

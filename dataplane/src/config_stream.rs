@@ -104,7 +104,15 @@ struct Local {
     access: Arc<Access>,
     metrics: Arc<HttpMetrics>,
     status: Arc<StreamStatus>,
+    /// Whether the current session applied a version or stayed up long: only then does the
+    /// backoff start over (a session that fails at once must not reconnect in a tight loop).
+    session_was_useful: bool,
+    /// Heartbeats in a row announcing a version newer than the one held.
+    behind_heartbeats: u32,
 }
+
+/// A session up this long counts as healthy.
+const HEALTHY_SESSION: Duration = Duration::from_secs(30);
 
 impl ConfigStream {
     /// Starts following the control plane from `current` (what the node serves now).
@@ -138,6 +146,8 @@ impl ConfigStream {
             access,
             metrics,
             status,
+            session_was_useful: false,
+            behind_heartbeats: 0,
         };
         let thread = std::thread::Builder::new()
             .name("sluice-config-stream".into())
@@ -175,15 +185,18 @@ async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
     let mut backoff = BACKOFF_MIN;
     let mut resync = false;
     loop {
+        local.session_was_useful = false;
+        local.behind_heartbeats = 0;
+        let started = std::time::Instant::now();
         let end = tokio::select! {
             end = session(&mut local, resync) => end,
             _ = stop.wait_for(|s| *s) => End::Stopped,
         };
-        // A session that got connected starts the backoff over.
-        if local.status.connected.swap(false, Ordering::Relaxed) {
+        local.status.connected.store(false, Ordering::Relaxed);
+        local.metrics.config_stream_connected.set(0);
+        if local.session_was_useful || started.elapsed() >= HEALTHY_SESSION {
             backoff = BACKOFF_MIN;
         }
-        local.metrics.config_stream_connected.set(0);
         let reason = match end {
             End::Stopped => return,
             End::Retry(reason) => {
@@ -192,7 +205,6 @@ async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
             }
             End::Resync(reason) => {
                 resync = true;
-                backoff = BACKOFF_MIN;
                 reason
             }
         };
@@ -270,6 +282,8 @@ async fn session(local: &mut Local, resync: bool) -> End {
     info!(url = %local.settings.url, version = local.current.version, "configuration stream connected");
     let mut body = response.into_body();
     let mut buffer: Vec<u8> = Vec::new();
+    // Bytes of `buffer` already known to hold no newline.
+    let mut scanned = 0;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
             Err(_) => return End::Retry("no heartbeat from the control plane".into()),
@@ -280,18 +294,21 @@ async fn session(local: &mut Local, resync: bool) -> End {
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        buffer.extend_from_slice(&data);
-        while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            if let Some(end) = handle(local, &line[..line.len() - 1]).await {
-                return end;
-            }
-        }
-        if buffer.len() > LINE_BYTES_MAX {
+        if buffer.len() + data.len() > LINE_BYTES_MAX {
             return End::Retry(format!(
                 "a line of the stream is over {LINE_BYTES_MAX} bytes"
             ));
         }
+        buffer.extend_from_slice(&data);
+        while let Some(offset) = buffer[scanned..].iter().position(|b| *b == b'\n') {
+            let end = scanned + offset;
+            let line: Vec<u8> = buffer.drain(..=end).collect();
+            scanned = 0;
+            if let Some(end) = handle(local, &line[..line.len() - 1]).await {
+                return end;
+            }
+        }
+        scanned = buffer.len();
     }
 }
 
@@ -349,26 +366,48 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
                     "version {version} hashes differently here: this copy drifted"
                 )));
             }
+            // Versions arrive before the heartbeat that announces them; two heartbeats ahead
+            // of us mean something was missed: reconnect to catch up.
+            if version > local.current.version {
+                local.behind_heartbeats += 1;
+                if local.behind_heartbeats >= 2 {
+                    return Some(End::Retry(format!(
+                        "the control plane is at version {version}, this node at {}",
+                        local.current.version
+                    )));
+                }
+            } else {
+                local.behind_heartbeats = 0;
+            }
             None
         }
     }
 }
 
-/// Serves `snapshot` from now on, keeps it in the cache, and acknowledges it.
+/// Serves `snapshot` from now on, keeps it in the cache, and acknowledges it. A version that
+/// could not be cached is still served (a revocation must not wait for a disk) but not
+/// acknowledged: after a restart the node would fall back to an older copy, and the control
+/// plane's lag shows it.
 async fn install(local: &mut Local, snapshot: ConfigSnapshot, hash: String) {
-    if let Err(e) = local.cache.store(&snapshot) {
-        warn!(error = %e, "caching the configuration failed; applying it anyway");
-    }
+    let cached = local.cache.store(&snapshot);
     local.access.apply(&snapshot);
+    local.session_was_useful = true;
     local.metrics.config_version.set(snapshot.version as i64);
-    info!(
-        version = snapshot.version,
-        "configuration applied from the control plane"
-    );
     let version = snapshot.version;
     local.current = snapshot;
     local.hash = hash;
-    ack(local, version, true, None).await;
+    match cached {
+        Ok(()) => {
+            info!(version, "configuration applied from the control plane");
+            ack(local, version, true, None).await;
+        }
+        Err(e) => {
+            warn!(error = %e, version, "caching the configuration failed; serving it without acknowledging");
+            if let Ok(mut last) = local.status.last_error.lock() {
+                *last = Some(format!("caching version {version} failed: {e}"));
+            }
+        }
+    }
 }
 
 async fn nack(local: &Local, version: u64, reason: &str) {

@@ -129,10 +129,14 @@ impl Node {
         let stream_status = Arc::new(StreamStatus::default());
         let stream = match &config.control_plane {
             Some(url) => {
-                let secret = config.cluster_secret.clone().ok_or_else(|| NodeError::Io {
-                    context: "following the control plane".into(),
-                    source: std::io::Error::other("--control-plane needs --cluster-secret"),
-                })?;
+                let secret = config
+                    .cluster_secret
+                    .clone()
+                    .filter(|s| !s.is_empty())
+                    .ok_or_else(|| NodeError::Io {
+                        context: "following the control plane".into(),
+                        source: std::io::Error::other("--control-plane needs --cluster-secret"),
+                    })?;
                 Some(
                     ConfigStream::start(
                         StreamSettings {

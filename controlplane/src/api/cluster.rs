@@ -97,7 +97,9 @@ fn authorize_node(app: &App, headers: &HeaderMap) -> ApiResult<()> {
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or_default();
     // Compared as digests, so the time taken says nothing about the secret.
-    if Sha256::digest(presented.as_bytes()) != Sha256::digest(secret.as_bytes()) {
+    if presented.is_empty()
+        || Sha256::digest(presented.as_bytes()) != Sha256::digest(secret.as_bytes())
+    {
         return Err(ApiError::unauthenticated(
             "the cluster secret is missing or wrong",
         ));
@@ -183,8 +185,10 @@ pub async fn config_stream(
         let mut changes = app.history.subscribe();
         let mut stopping = app.stopping.subscribe();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
-        let (messages, mut version, mut hash) = catch_up(&app, query.version, &query.hash);
+        // Marked seen before looking: a version published in between wakes the loop instead
+        // of being lost.
         changes.borrow_and_update();
+        let (messages, mut version, mut hash) = catch_up(&app, query.version, &query.hash);
         let mut pending = messages;
         'stream: loop {
             for message in pending.drain(..) {
