@@ -18,6 +18,19 @@ use utoipa::ToSchema;
 
 /// Deltas kept for catching up.
 pub const DELTAS_KEPT: usize = 1024;
+/// Tokens and sources carried by the kept deltas together at most: a delta holds whole
+/// workspaces, so a count alone would not bound memory (a node further behind gets a
+/// snapshot).
+pub const DELTA_ITEMS_KEPT: usize = 200_000;
+
+fn items(delta: &ConfigDelta) -> usize {
+    delta
+        .upsert
+        .iter()
+        .map(|w| 1 + w.tokens.len() + w.sources.len())
+        .sum::<usize>()
+        + delta.remove.len()
+}
 /// Nodes remembered at most.
 const NODES_MAX: usize = 10_000;
 
@@ -28,6 +41,8 @@ struct History {
     deltas: VecDeque<ConfigDelta>,
     /// Hash of the snapshot the oldest delta starts from.
     oldest_hash: String,
+    /// [`items`] of all kept deltas.
+    items: usize,
 }
 
 /// The versions the stream serves.
@@ -54,6 +69,7 @@ impl ConfigHistory {
                 oldest_hash: hash.clone(),
                 hash,
                 deltas: VecDeque::new(),
+                items: 0,
             }),
             changed: watch::Sender::new(version),
         }
@@ -86,10 +102,13 @@ impl ConfigHistory {
                 return;
             }
             h.hash = delta.hash.clone();
+            h.items += items(&delta);
             h.deltas.push_back(delta);
             h.current = Arc::new(next);
-            while h.deltas.len() > DELTAS_KEPT {
+            while h.deltas.len() > DELTAS_KEPT || (h.items > DELTA_ITEMS_KEPT && h.deltas.len() > 1)
+            {
                 if let Some(dropped) = h.deltas.pop_front() {
+                    h.items -= items(&dropped);
                     h.oldest_hash = dropped.hash;
                 }
             }
@@ -310,6 +329,41 @@ mod tests {
         assert!(
             matches!(history.catch_up(5, "x"), CatchUp::Snapshot(..)),
             "the current version with another hash gets a snapshot"
+        );
+    }
+
+    #[test]
+    fn deltas_beyond_the_memory_budget_are_dropped_and_replaced_by_a_snapshot() {
+        use sluice_storage::snapshot::{Scope, TokenConfig};
+        let v1 = snapshot(1, &["a"]);
+        let history = ConfigHistory::new(v1.clone());
+        let big = |version: u64, offset: usize| {
+            let mut s = snapshot(version, &["a"]);
+            s.workspaces[0].tokens = (0..DELTA_ITEMS_KEPT / 2 + 1)
+                .map(|n| TokenConfig {
+                    id: Uuid::from_u128((offset + n) as u128),
+                    name: String::new(),
+                    sha256: format!("{:064x}", offset + n),
+                    scopes: vec![Scope::Ingest],
+                    sources: None,
+                    device_id: None,
+                    expires_at: None,
+                })
+                .collect();
+            s
+        };
+        history.advance(big(2, 0));
+        assert!(matches!(
+            history.catch_up(1, &v1.content_hash()),
+            CatchUp::Deltas(_)
+        ));
+        history.advance(big(3, 1_000_000));
+        assert!(
+            matches!(
+                history.catch_up(1, &v1.content_hash()),
+                CatchUp::Snapshot(..)
+            ),
+            "the first delta fell out of the budget"
         );
     }
 }
