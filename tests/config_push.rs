@@ -372,6 +372,44 @@ impl FakeControlPlane {
     }
 }
 
+/// A data-plane node following `fake`; returns its data dir (kept while it runs), the
+/// process and its HTTP port.
+fn node_following(fake: &FakeControlPlane) -> (tempfile::TempDir, Proc, u16) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let node = Proc::start(
+        &strings(&[
+            "dataplane",
+            "--data-dir",
+            dir.path().join("node").to_str().expect("path"),
+            "--http-addr",
+            &format!("127.0.0.1:{port}"),
+            "--http-threads",
+            "1",
+            "--control-plane",
+            &format!("http://127.0.0.1:{}", fake.port),
+            "--cluster-secret",
+            SECRET,
+        ]),
+        dir.path().join("node.log"),
+        format!("http://127.0.0.1:{port}/healthz"),
+    );
+    (dir, node, port)
+}
+
+/// Status of one event sent to workspace `plant` on the node at `port`.
+fn plant_status(port: u16, token: &str) -> u16 {
+    post(
+        &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
+        &[
+            ("authorization", &format!("Bearer {token}")),
+            ("content-type", "application/json"),
+        ],
+        br#"{"t": 1}"#,
+    )
+    .status
+}
+
 fn workspace(slug: &str, token_hash: &str) -> Value {
     json!({
         "id": "0190f3a0-0000-7000-8000-000000000001", "slug": slug, "name": slug, "enabled": true,
@@ -410,36 +448,8 @@ fn a_corrupt_delta_is_refused_and_a_gap_forces_a_full_snapshot() {
             vec![workspace("plant", &token::hash_hex(&second))],
         )],
     ]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _node = Proc::start(
-        &strings(&[
-            "dataplane",
-            "--data-dir",
-            dir.path().join("node").to_str().expect("path"),
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--http-threads",
-            "1",
-            "--control-plane",
-            &format!("http://127.0.0.1:{}", fake.port),
-            "--cluster-secret",
-            SECRET,
-        ]),
-        dir.path().join("node.log"),
-        format!("http://127.0.0.1:{port}/healthz"),
-    );
-    let ingest = |token: &str| {
-        post(
-            &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "application/json"),
-            ],
-            br#"{"t": 1}"#,
-        )
-        .status
-    };
+    let (_dir, _node, port) = node_following(&fake);
+    let ingest = |token: &str| plant_status(port, token);
     let acks = || fake.acks.lock().expect("lock").clone();
     // The corrupt delta is refused and the node keeps serving version 1.
     assert!(
@@ -514,36 +524,8 @@ fn a_node_that_missed_a_version_notices_from_the_heartbeats_and_catches_up() {
             vec![workspace("plant", &token::hash_hex(&second))],
         )],
     ]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let port = free_port();
-    let _node = Proc::start(
-        &strings(&[
-            "dataplane",
-            "--data-dir",
-            dir.path().join("node").to_str().expect("path"),
-            "--http-addr",
-            &format!("127.0.0.1:{port}"),
-            "--http-threads",
-            "1",
-            "--control-plane",
-            &format!("http://127.0.0.1:{}", fake.port),
-            "--cluster-secret",
-            SECRET,
-        ]),
-        dir.path().join("node.log"),
-        format!("http://127.0.0.1:{port}/healthz"),
-    );
-    let status = |token: &str| {
-        post(
-            &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
-            &[
-                ("authorization", &format!("Bearer {token}")),
-                ("content-type", "application/json"),
-            ],
-            br#"{"t": 1}"#,
-        )
-        .status
-    };
+    let (_dir, _node, port) = node_following(&fake);
+    let status = |token: &str| plant_status(port, token);
     assert!(wait_for(Duration::from_secs(10), || status(&second) == 202));
     assert_eq!(status(&first), 401);
     let requests = fake.requests.lock().expect("lock").clone();
