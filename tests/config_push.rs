@@ -27,6 +27,20 @@ struct Cluster {
     operator: String,
 }
 
+/// RFC 3339 time `secs` from now (the system clock, through `date`).
+fn chrono_in_secs(secs: u64) -> String {
+    let out = std::process::Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("+{secs} seconds"),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
 }
@@ -274,6 +288,65 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         );
     }
     cluster.control.restart();
+
+    // An expiring token, a deleted source and a deleted workspace are refused everywhere too.
+    let bob = verified_user(&cluster.api, &outbox, "bob@example.com");
+    let a = cluster.api.post(
+        "/api/v1/workspaces",
+        Some(&bob.token),
+        json!({"name": "Mill", "slug": "mill"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = cluster.api.post(
+        "/api/v1/workspaces/mill/sources",
+        Some(&bob.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let (_, lasting) = cluster.new_token("mill", &bob.token);
+    let soon = chrono_in_secs(3);
+    let a = cluster.api.post(
+        "/api/v1/workspaces/mill/tokens",
+        Some(&bob.token),
+        json!({"name": "short-lived", "scopes": ["ingest"], "expires_at": soon}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let expiring = a.json()["secret"].as_str().expect("secret").to_owned();
+    assert!(cluster.all_answer(&all, "mill", &expiring, 202));
+    assert!(
+        cluster.all_answer(&all, "mill", &expiring, 401),
+        "an expired token is refused everywhere"
+    );
+    assert_eq!(
+        cluster.ingest(0, "mill", &expiring).problem(),
+        "token-expired"
+    );
+    let a = cluster
+        .api
+        .delete("/api/v1/workspaces/mill/sources/telemetry", &bob.token);
+    assert_eq!(a.status, 204);
+    assert!(
+        cluster.all_answer(&all, "mill", &lasting, 404),
+        "a deleted source is refused everywhere"
+    );
+    assert_eq!(
+        cluster.ingest(1, "mill", &lasting).problem(),
+        "unknown-source"
+    );
+    let a = cluster.api.post(
+        "/api/v1/workspaces/mill/sources",
+        Some(&bob.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert!(cluster.all_answer(&all, "mill", &lasting, 202));
+    // Bob's own first workspace stays, so this one can go.
+    let a = cluster.api.delete("/api/v1/workspaces/mill", &bob.token);
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert!(
+        cluster.all_answer(&all, "mill", &lasting, 401),
+        "a deleted workspace's tokens are refused everywhere"
+    );
 
     // A node with the wrong secret gets nothing.
     cluster.add_node(3, "wrong-secret");
