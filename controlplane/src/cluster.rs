@@ -9,6 +9,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, RwLock};
 
+use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sluice_storage::config_delta::ConfigDelta;
@@ -37,6 +38,9 @@ const NODES_MAX: usize = 10_000;
 struct History {
     current: Arc<ConfigSnapshot>,
     hash: String,
+    /// The stream line that carries `current` whole, serialised once per version rather than
+    /// once per node that needs it.
+    snapshot_line: Bytes,
     /// A chain: each delta's `from` is the previous one's `to`; the last one's `to` is current.
     deltas: VecDeque<ConfigDelta>,
     /// Hash of the snapshot the oldest delta starts from.
@@ -56,7 +60,28 @@ pub enum CatchUp {
     /// It is current.
     Nothing,
     Deltas(Vec<ConfigDelta>),
-    Snapshot(Arc<ConfigSnapshot>, String),
+    /// The stream line with the whole current snapshot, its version and hash.
+    Snapshot(Bytes, u64, String),
+}
+
+/// The stream line of a full snapshot: `{"type":"snapshot","hash":…,"snapshot":…}` and a
+/// newline.
+pub fn snapshot_line(snapshot: &ConfigSnapshot, hash: &str) -> Bytes {
+    #[derive(Serialize)]
+    struct Line<'a> {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        hash: &'a str,
+        snapshot: &'a ConfigSnapshot,
+    }
+    let mut bytes = serde_json::to_vec(&Line {
+        kind: "snapshot",
+        hash,
+        snapshot,
+    })
+    .unwrap_or_default();
+    bytes.push(b'\n');
+    Bytes::from(bytes)
 }
 
 impl ConfigHistory {
@@ -65,6 +90,7 @@ impl ConfigHistory {
         let version = initial.version;
         ConfigHistory {
             inner: RwLock::new(History {
+                snapshot_line: snapshot_line(&initial, &hash),
                 current: Arc::new(initial),
                 oldest_hash: hash.clone(),
                 hash,
@@ -95,6 +121,7 @@ impl ConfigHistory {
             return;
         }
         let delta = current.delta_to(&next);
+        let line = snapshot_line(&next, &delta.hash);
         {
             let mut h = self.inner.write().unwrap_or_else(|e| e.into_inner());
             if h.current.version != current.version {
@@ -102,6 +129,7 @@ impl ConfigHistory {
                 return;
             }
             h.hash = delta.hash.clone();
+            h.snapshot_line = line;
             h.items += items(&delta);
             h.deltas.push_back(delta);
             h.current = Arc::new(next);
@@ -138,7 +166,7 @@ impl ConfigHistory {
                 return CatchUp::Deltas(h.deltas.iter().skip(start).cloned().collect());
             }
         }
-        CatchUp::Snapshot(h.current.clone(), h.hash.clone())
+        CatchUp::Snapshot(h.snapshot_line.clone(), h.current.version, h.hash.clone())
     }
 
     /// Wakes when the history moves.

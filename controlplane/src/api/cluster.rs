@@ -56,7 +56,9 @@ pub struct StreamQuery {
 #[derive(Debug, Serialize, ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum StreamMessage {
-    /// Replace the whole configuration.
+    /// Replace the whole configuration. Sent as the bytes of `cluster::snapshot_line`
+    /// (serialised once per version); this variant describes it in the document.
+    #[allow(dead_code)]
     Snapshot {
         hash: String,
         #[schema(value_type = Object)]
@@ -123,9 +125,9 @@ fn line(message: &StreamMessage) -> Bytes {
     Bytes::from(bytes)
 }
 
-/// The messages that bring a node from (`version`, `hash`) to the current version; returns
-/// them with the version and hash the node will hold.
-fn catch_up(app: &App, version: u64, hash: &str) -> (Vec<StreamMessage>, u64, String) {
+/// The lines that bring a node from (`version`, `hash`) to the current version; returns them
+/// with the version and hash the node will hold.
+fn catch_up(app: &App, version: u64, hash: &str) -> (Vec<Bytes>, u64, String) {
     match app.history.catch_up(version, hash) {
         CatchUp::Nothing => (Vec::new(), version, hash.to_owned()),
         CatchUp::Deltas(deltas) => {
@@ -133,20 +135,13 @@ fn catch_up(app: &App, version: u64, hash: &str) -> (Vec<StreamMessage>, u64, St
                 .last()
                 .map(|d| (d.to, d.hash.clone()))
                 .unwrap_or((version, hash.to_owned()));
-            let messages = deltas
+            let lines = deltas
                 .into_iter()
-                .map(|delta| StreamMessage::Delta { delta })
+                .map(|delta| line(&StreamMessage::Delta { delta }))
                 .collect();
-            (messages, to, hash)
+            (lines, to, hash)
         }
-        CatchUp::Snapshot(snapshot, hash) => {
-            let version = snapshot.version;
-            let message = StreamMessage::Snapshot {
-                hash: hash.clone(),
-                snapshot: (*snapshot).clone(),
-            };
-            (vec![message], version, hash)
-        }
+        CatchUp::Snapshot(snapshot_line, version, hash) => (vec![snapshot_line], version, hash),
     }
 }
 
@@ -188,13 +183,12 @@ pub async fn config_stream(
         // Marked seen before looking: a version published in between wakes the loop instead
         // of being lost.
         changes.borrow_and_update();
-        let (messages, mut version, mut hash) = catch_up(&app, query.version, &query.hash);
-        let mut pending = messages;
+        let (mut pending, mut version, mut hash) = catch_up(&app, query.version, &query.hash);
         'stream: loop {
-            for message in pending.drain(..) {
+            for bytes in pending.drain(..) {
                 // A node that stops reading holds at most 64 lines; then this waits, and the
                 // send fails when it disconnects.
-                if tx.send(line(&message)).await.is_err() {
+                if tx.send(bytes).await.is_err() {
                     break 'stream;
                 }
             }
@@ -204,16 +198,15 @@ pub async fn config_stream(
                         break;
                     }
                     changes.borrow_and_update();
-                    let (messages, v, h) = catch_up(&app, version, &hash);
-                    (pending, version, hash) = (messages, v, h);
+                    (pending, version, hash) = catch_up(&app, version, &hash);
                 }
                 _ = heartbeat.tick() => {
                     let (current, current_hash) = app.history.current();
                     // The node compares with its own copy when it holds this version.
-                    pending.push(StreamMessage::Heartbeat {
+                    pending.push(line(&StreamMessage::Heartbeat {
                         version: current.version,
                         hash: current_hash,
-                    });
+                    }));
                     app.nodes.seen(&node);
                 }
                 _ = stopping.wait_for(|s| *s) => break,
@@ -349,4 +342,20 @@ pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> ApiResult<Re
             .collect(),
     );
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cached_snapshot_line_is_the_documented_message() {
+        let snapshot = ConfigSnapshot::empty();
+        let hash = snapshot.content_hash();
+        let cached: serde_json::Value =
+            serde_json::from_slice(&crate::cluster::snapshot_line(&snapshot, &hash)).expect("json");
+        let documented =
+            serde_json::to_value(StreamMessage::Snapshot { hash, snapshot }).expect("json");
+        assert_eq!(cached, documented);
+    }
 }
