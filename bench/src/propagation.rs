@@ -26,7 +26,7 @@ use sluice_dataplane::access::{Access, RateDefaults};
 use sluice_storage::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
 use uuid::Uuid;
 
-use crate::sluice;
+use crate::sluice::{self, free_port};
 
 #[derive(Args, Clone)]
 pub struct PropagationArgs {
@@ -59,12 +59,6 @@ impl Drop for Process {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 fn agent() -> ureq::Agent {

@@ -265,7 +265,7 @@ pub fn vm_hwm_kib(path: &str) -> Result<u64> {
 
 /// A port that was free a moment ago. Another process could take it before Sluice binds it;
 /// on a benchmark machine that race is not worth more machinery (start-up would fail loudly).
-fn free_port() -> Result<u16> {
+pub fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
         .context("finding a free port for Sluice")?;
     Ok(listener.local_addr().context("reading a free port")?.port())
