@@ -640,3 +640,58 @@ fn a_workspace_server_on_a_private_address_is_refused_unless_the_operator_allows
     }
     assert!(mails_to(&internal.maildir, "probe@example.com", "").is_empty());
 }
+
+#[test]
+fn a_full_mail_queue_refuses_the_request_whole() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[controlplane]\nmail_queue_max = 1\nsmtp_timeout_ms = 3000\n",
+    )
+    .expect("config");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("path"), PRIVATE],
+    );
+    let api = Api::new(sluice.api_url());
+    let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
+    workspace(&api, &admin, "acme");
+    // A workspace server that accepts and never answers holds the only place in the queue.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let conn = silent.accept().map(|(s, _)| s);
+        std::thread::sleep(Duration::from_secs(4));
+        drop(conn);
+    });
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        json!({"host": "127.0.0.1", "port": port, "security": "none",
+            "from_address": "ops@acme.example"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let invite = |email: &str| {
+        api.post(
+            "/api/v1/workspaces/acme/invitations",
+            Some(&admin.token),
+            json!({"email": email, "role": "viewer"}),
+        )
+    };
+    assert_eq!(invite("first@example.com").status, 201);
+    let refused = invite("second@example.com");
+    assert_problem(&refused, 503, "mail-unavailable");
+    assert!(refused.retry_after.is_some(), "503 says when to retry");
+    let pending = api.get("/api/v1/workspaces/acme/invitations", &admin.token);
+    assert!(
+        !pending.body.contains("second@example.com"),
+        "the refused invitation was not stored: {}",
+        pending.body
+    );
+    let _ = held.join();
+    // Once the stuck send gave up, the queue takes mail again.
+    assert!(common::wait_for(Duration::from_secs(10), || {
+        invite("third@example.com").status == 201
+    }));
+}
