@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
+use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
 use sluice_storage::metrics::StorageMetrics;
 use sluice_storage::progress::{Progress, ProgressError};
 use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
@@ -73,6 +74,14 @@ impl Node {
         std::fs::create_dir_all(&data_dir)
             .map_err(io(format!("creating data dir {}", data_dir.display())))?;
         let node_id = match &config.node_id {
+            Some(id) if !is_valid_node_id(id) => {
+                return Err(NodeError::Io {
+                    context: "checking node_id".into(),
+                    source: std::io::Error::other(format!(
+                        "node id {id:?} is not valid: use 1 to {NODE_ID_LEN_MAX} of A-Z, a-z, 0-9, -, _ and ."
+                    )),
+                })
+            }
             Some(id) => id.clone(),
             None => node_id(&data_dir)?,
         };

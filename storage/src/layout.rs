@@ -42,6 +42,21 @@ pub fn file_path(
     prefix.parts().chain(Path::from(relative).parts()).collect()
 }
 
+/// Longest node id.
+pub const NODE_ID_LEN_MAX: usize = 64;
+
+/// Whether `id` can name a node in object names: 1 to 64 of `A-Z`, `a-z`, `0-9`, `-`, `_`,
+/// `.`, and not `.` or `..` (a `/` would add a directory level to every file it writes).
+pub fn is_valid_node_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= NODE_ID_LEN_MAX
+        && id != "."
+        && id != ".."
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
 /// Prefix of everything stored for one workspace.
 pub fn workspace_prefix(prefix: &Path, workspace_id: Uuid) -> Path {
     prefix.clone().join(format!("workspace={workspace_id}"))
@@ -50,6 +65,16 @@ pub fn workspace_prefix(prefix: &Path, workspace_id: Uuid) -> Path {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn node_ids_cannot_change_the_layout() {
+        for good in ["node-1a2b", "ingest_eu.1", "N7"] {
+            assert!(is_valid_node_id(good), "{good}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", "x=1", &"n".repeat(65), "ü"] {
+            assert!(!is_valid_node_id(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn path_is_hive_partitioned_by_workspace_source_date_and_hour() {
