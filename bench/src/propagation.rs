@@ -14,6 +14,9 @@
 //!    applied every 500 ms (validated, cached in redb and swapped in, the same work a streamed
 //!    version costs; the versions are serialised beforehand); prints requests/s of both and
 //!    the slowest second.
+//! 4. The same through the configuration stream: a node follows a scripted control plane that
+//!    sends the snapshot, then (in the second half) a one-workspace delta every 500 ms, which
+//!    is what a node does when people change a large configuration.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -130,7 +133,8 @@ pub fn run(args: PropagationArgs) -> Result<()> {
     revocations(&bin, &args)?;
     let snapshot = big_snapshot(&args);
     snapshot_costs(&snapshot);
-    ingest_during_swaps(&bin, &args, snapshot)?;
+    ingest_during_swaps(&bin, &args, snapshot.clone())?;
+    ingest_during_deltas(&bin, &args, snapshot)?;
     Ok(())
 }
 
@@ -522,6 +526,239 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
         rate(&swapping) / rate(&calm).max(1.0),
         calm.error_count(),
         swapping.error_count()
+    );
+    drop(node);
+    Ok(())
+}
+
+/// Lines a scripted control plane sends: the snapshot, then deltas.
+struct Script {
+    snapshot: Vec<u8>,
+    deltas: Vec<(u64, String, Vec<u8>)>,
+}
+
+fn script(snapshot: &ConfigSnapshot, count: usize) -> Script {
+    let line = |value: Value| {
+        let mut bytes = value.to_string().into_bytes();
+        bytes.push(b'\n');
+        bytes
+    };
+    let first =
+        line(json!({"type": "snapshot", "hash": snapshot.content_hash(), "snapshot": snapshot}));
+    let mut current = snapshot.clone();
+    let deltas = (0..count)
+        .map(|_| {
+            let mut next = current.clone();
+            next.version += 1;
+            let last = next.workspaces.len() - 1;
+            next.workspaces[last].enabled = !next.workspaces[last].enabled;
+            let delta = current.delta_to(&next);
+            let bytes = line(json!({"type": "delta", "delta": delta}));
+            current = next;
+            (current.version, delta.hash, bytes)
+        })
+        .collect();
+    Script {
+        snapshot: first,
+        deltas,
+    }
+}
+
+/// Serves one node: the snapshot, heartbeats, and deltas while `flowing` is set; answers
+/// acknowledgements with 204.
+fn scripted_control_plane(
+    listener: std::net::TcpListener,
+    script: Arc<Script>,
+    base: (u64, String),
+    flowing: Arc<std::sync::atomic::AtomicBool>,
+    sent: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use std::io::{BufRead, BufReader, Read, Write};
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let (script, base, flowing, sent) =
+                (script.clone(), base.clone(), flowing.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let Ok(reader) = stream.try_clone() else {
+                    return;
+                };
+                let mut reader = BufReader::new(reader);
+                let mut stream = stream;
+                let mut first = String::new();
+                if reader.read_line(&mut first).is_err() {
+                    return;
+                }
+                let mut length = 0usize;
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).is_err() || header.trim().is_empty() {
+                        break;
+                    }
+                    if let Some((k, v)) = header.split_once(':') {
+                        if k.eq_ignore_ascii_case("content-length") {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                }
+                if first.starts_with("POST") {
+                    let mut body = vec![0; length];
+                    let _ = reader.read_exact(&mut body);
+                    let _ =
+                        stream.write_all(b"HTTP/1.1 204 No Content\r\nconnection: close\r\n\r\n");
+                    return;
+                }
+                let _ = stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n");
+                if stream.write_all(&script.snapshot).is_err() {
+                    return;
+                }
+                let (mut version, mut hash) = base;
+                let mut deltas = script.deltas.iter();
+                loop {
+                    std::thread::sleep(Duration::from_millis(500));
+                    let line = if flowing.load(std::sync::atomic::Ordering::Relaxed) {
+                        match deltas.next() {
+                            Some((v, h, bytes)) => {
+                                (version, hash) = (*v, h.clone());
+                                sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                bytes.clone()
+                            }
+                            None => break,
+                        }
+                    } else {
+                        let mut bytes =
+                            json!({"type": "heartbeat", "version": version, "hash": hash})
+                                .to_string()
+                                .into_bytes();
+                        bytes.push(b'\n');
+                        bytes
+                    };
+                    if stream.write_all(&line).is_err() {
+                        return;
+                    }
+                }
+                std::thread::sleep(Duration::from_secs(30));
+            });
+        }
+    });
+}
+
+fn ingest_during_deltas(
+    bin: &Path,
+    args: &PropagationArgs,
+    snapshot: ConfigSnapshot,
+) -> Result<()> {
+    let deltas_max = (args.swap_secs as usize + 4) * 2;
+    let script = Arc::new(script(&snapshot, deltas_max));
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let cp_port = listener.local_addr()?.port();
+    let flowing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    scripted_control_plane(
+        listener,
+        script,
+        (snapshot.version, snapshot.content_hash()),
+        flowing.clone(),
+        sent.clone(),
+    );
+    let dir = tempfile::tempdir()?;
+    let port = free_port()?;
+    let node = spawn(
+        bin,
+        &[
+            "dataplane".into(),
+            "--data-dir".into(),
+            dir.path().join("node").display().to_string(),
+            "--http-addr".into(),
+            format!("127.0.0.1:{port}"),
+            "--http-threads".into(),
+            "1".into(),
+            "--workspace-events-per-second".into(),
+            "1000000000".into(),
+            "--control-plane".into(),
+            format!("http://127.0.0.1:{cp_port}"),
+            "--cluster-secret".into(),
+            SECRET.into(),
+        ],
+        &dir.path().join("node.log"),
+        &format!("http://127.0.0.1:{port}/healthz"),
+    )?;
+    let probe = agent();
+    let path = format!("/v1/ingest/{}/telemetry", snapshot.workspaces[0].slug);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while probe
+        .post(format!("http://127.0.0.1:{port}{path}"))
+        .header("authorization", format!("Bearer {LOAD_TOKEN}"))
+        .header("content-type", "application/json")
+        .send(b"{}".as_slice())
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+        != 202
+    {
+        if Instant::now() > deadline {
+            bail!("the node did not take the streamed snapshot within 30 s");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let target = Arc::new(crate::loadgen::Target {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        path,
+        authorization: Some(format!("Bearer {LOAD_TOKEN}")),
+        content_type: "application/json",
+        bodies: Arc::new(crate::payload::single_event_bodies(1024)),
+        events_per_body: 1,
+        expect_accepted: true,
+    });
+    let plan = crate::loadgen::Plan {
+        connections: 32,
+        warmup: Duration::from_secs(1),
+        duration: Duration::from_secs(args.swap_secs),
+        request_timeout: Duration::from_secs(10),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?;
+    let pid = node.0.id();
+    let measure = || {
+        runtime.block_on(crate::loadgen::run(
+            target.clone(),
+            plan,
+            crate::loadgen::ServerProcess::Child(pid),
+        ))
+    };
+    eprintln!(
+        "stream: {} s without, then with, a one-workspace delta every 500 ms",
+        args.swap_secs
+    );
+    let calm = measure()?;
+    flowing.store(true, std::sync::atomic::Ordering::Relaxed);
+    let during = measure()?;
+    flowing.store(false, std::sync::atomic::Ordering::Relaxed);
+    // The last delta may still be applying.
+    std::thread::sleep(Duration::from_secs(1));
+    let applied = agent()
+        .get(format!("http://127.0.0.1:{port}/readyz"))
+        .call()
+        .ok()
+        .and_then(|mut r| r.body_mut().read_to_string().ok())
+        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+        .and_then(|v| v["config_version"].as_u64());
+    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
+    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
+    println!(
+        "ingest while streamed deltas arrive ({} deltas sent, node at version {}):",
+        sent.load(std::sync::atomic::Ordering::Relaxed),
+        applied.map_or("?".into(), |v| v.to_string())
+    );
+    println!(
+        "  without deltas {:.0} req/s (slowest second {}), with deltas {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
+        rate(&calm),
+        slowest(&calm),
+        rate(&during),
+        slowest(&during),
+        rate(&during) / rate(&calm).max(1.0),
+        calm.error_count(),
+        during.error_count()
     );
     drop(node);
     Ok(())
