@@ -304,7 +304,7 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
     );
     assert_eq!(a.status, 201, "{}", a.body);
     let (_, lasting) = cluster.new_token("mill", &bob.token);
-    let soon = chrono_in_secs(3);
+    let soon = chrono_in_secs(6);
     let a = cluster.api.post(
         "/api/v1/workspaces/mill/tokens",
         Some(&bob.token),
