@@ -427,38 +427,17 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
         &dir.path().join("node.log"),
         &format!("http://127.0.0.1:{port}/healthz"),
     )?;
-    let target = Arc::new(crate::loadgen::Target {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        path: format!("/v1/ingest/{}/telemetry", snapshot.workspaces[0].slug),
-        authorization: Some(format!("Bearer {LOAD_TOKEN}")),
-        content_type: "application/json",
-        bodies: Arc::new(crate::payload::single_event_bodies(1024)),
-        events_per_body: 1,
-        expect_accepted: true,
-    });
-    let plan = crate::loadgen::Plan {
-        connections: 32,
-        warmup: Duration::from_secs(1),
-        duration: Duration::from_secs(args.swap_secs),
-        request_timeout: Duration::from_secs(10),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let pid = node.0.id();
-    let measure = || {
-        runtime.block_on(crate::loadgen::run(
-            target.clone(),
-            plan,
-            crate::loadgen::ServerProcess::Child(pid),
-        ))
-    };
+    let load = Load::new(
+        node.0.id(),
+        port,
+        format!("/v1/ingest/{}/telemetry", snapshot.workspaces[0].slug),
+        args.swap_secs,
+    )?;
     eprintln!(
         "swap: {} s of single-event POSTs without, then with, a full-snapshot swap every 500 ms",
         args.swap_secs
     );
-    let calm = measure()?;
+    let calm = load.measure()?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The versions are serialised before measuring, so that the load generator's process
     // spends only a file write per swap, not 35 ms of JSON.
@@ -498,35 +477,17 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
             (swaps, last_version)
         })
     };
-    let swapping = measure()?;
+    let swapping = load.measure()?;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (swaps, last_version) = swapper
         .join()
         .map_err(|_| anyhow::anyhow!("swapper panicked"))?;
-    let applied = agent()
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v["config_version"].as_u64());
-    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
-    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
     println!(
         "ingest while swapping a {}-token snapshot ({swaps} versions written, node at version {} of {last_version}):",
         snapshot.workspaces.iter().map(|w| w.tokens.len()).sum::<usize>(),
-        applied.map_or("?".into(), |v| v.to_string())
+        load.node_version()
     );
-    println!(
-        "  without swaps {:.0} req/s (slowest second {}), with swaps {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
-        rate(&calm),
-        slowest(&calm),
-        rate(&swapping),
-        slowest(&swapping),
-        rate(&swapping) / rate(&calm).max(1.0),
-        calm.error_count(),
-        swapping.error_count()
-    );
+    print_pair("swaps", &calm, &swapping);
     drop(node);
     Ok(())
 }
@@ -699,67 +660,96 @@ fn ingest_during_deltas(
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    let target = Arc::new(crate::loadgen::Target {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-        path,
-        authorization: Some(format!("Bearer {LOAD_TOKEN}")),
-        content_type: "application/json",
-        bodies: Arc::new(crate::payload::single_event_bodies(1024)),
-        events_per_body: 1,
-        expect_accepted: true,
-    });
-    let plan = crate::loadgen::Plan {
-        connections: 32,
-        warmup: Duration::from_secs(1),
-        duration: Duration::from_secs(args.swap_secs),
-        request_timeout: Duration::from_secs(10),
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()?;
-    let pid = node.0.id();
-    let measure = || {
-        runtime.block_on(crate::loadgen::run(
-            target.clone(),
-            plan,
-            crate::loadgen::ServerProcess::Child(pid),
-        ))
-    };
+    let load = Load::new(node.0.id(), port, path, args.swap_secs)?;
     eprintln!(
         "stream: {} s without, then with, a one-workspace delta every 500 ms",
         args.swap_secs
     );
-    let calm = measure()?;
+    let calm = load.measure()?;
     flowing.store(true, std::sync::atomic::Ordering::Relaxed);
-    let during = measure()?;
+    let during = load.measure()?;
     flowing.store(false, std::sync::atomic::Ordering::Relaxed);
     // The last delta may still be applying.
     std::thread::sleep(Duration::from_secs(1));
-    let applied = agent()
-        .get(format!("http://127.0.0.1:{port}/readyz"))
-        .call()
-        .ok()
-        .and_then(|mut r| r.body_mut().read_to_string().ok())
-        .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-        .and_then(|v| v["config_version"].as_u64());
-    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
-    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
     println!(
         "ingest while streamed deltas arrive ({} deltas sent, node at version {}):",
         sent.load(std::sync::atomic::Ordering::Relaxed),
-        applied.map_or("?".into(), |v| v.to_string())
+        load.node_version()
     );
-    println!(
-        "  without deltas {:.0} req/s (slowest second {}), with deltas {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
-        rate(&calm),
-        slowest(&calm),
-        rate(&during),
-        slowest(&during),
-        rate(&during) / rate(&calm).max(1.0),
-        calm.error_count(),
-        during.error_count()
-    );
+    print_pair("deltas", &calm, &during);
     drop(node);
     Ok(())
+}
+
+/// Single-event load from the `http` load generator against one node, measured in windows.
+struct Load {
+    runtime: tokio::runtime::Runtime,
+    target: Arc<crate::loadgen::Target>,
+    plan: crate::loadgen::Plan,
+    pid: u32,
+    port: u16,
+}
+
+impl Load {
+    fn new(pid: u32, port: u16, path: String, secs: u64) -> Result<Load> {
+        Ok(Load {
+            runtime: tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()?,
+            target: Arc::new(crate::loadgen::Target {
+                addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+                path,
+                authorization: Some(format!("Bearer {LOAD_TOKEN}")),
+                content_type: "application/json",
+                bodies: Arc::new(crate::payload::single_event_bodies(1024)),
+                events_per_body: 1,
+                expect_accepted: true,
+            }),
+            plan: crate::loadgen::Plan {
+                connections: 32,
+                warmup: Duration::from_secs(1),
+                duration: Duration::from_secs(secs),
+                request_timeout: Duration::from_secs(10),
+            },
+            pid,
+            port,
+        })
+    }
+
+    fn measure(&self) -> Result<crate::loadgen::Outcome> {
+        self.runtime.block_on(crate::loadgen::run(
+            self.target.clone(),
+            self.plan,
+            crate::loadgen::ServerProcess::Child(self.pid),
+        ))
+    }
+
+    /// The configuration version the node serves, from its `/readyz`.
+    fn node_version(&self) -> String {
+        agent()
+            .get(format!("http://127.0.0.1:{}/readyz", self.port))
+            .call()
+            .ok()
+            .and_then(|mut r| r.body_mut().read_to_string().ok())
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["config_version"].as_u64())
+            .map_or("?".into(), |v| v.to_string())
+    }
+}
+
+/// Prints a calm window against a disturbed one.
+fn print_pair(what: &str, calm: &crate::loadgen::Outcome, disturbed: &crate::loadgen::Outcome) {
+    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
+    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
+    println!(
+        "  without {what} {:.0} req/s (slowest second {}), with {what} {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
+        rate(calm),
+        slowest(calm),
+        rate(disturbed),
+        slowest(disturbed),
+        rate(disturbed) / rate(calm).max(1.0),
+        calm.error_count(),
+        disturbed.error_count()
+    );
 }
