@@ -47,6 +47,26 @@ fn smtp_settings(server: &SmtpServer, security: &str, login: Option<(&str, &str)
     settings
 }
 
+/// Points workspace `acme` at a server that accepts one connection and says nothing for
+/// `hold`; join the handle to wait until it lets go.
+fn use_silent_server(api: &Api, admin: &User, hold: Duration) -> std::thread::JoinHandle<()> {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = silent.local_addr().expect("addr").port();
+    let held = std::thread::spawn(move || {
+        let conn = silent.accept().map(|(s, _)| s);
+        std::thread::sleep(hold);
+        drop(conn);
+    });
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        json!({"host": "127.0.0.1", "port": port, "security": "none",
+            "from_address": "ops@acme.example"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    held
+}
+
 fn test_send(api: &Api, user: &User, slug: &str, to: &str) -> Value {
     let a = api.post(
         &format!("/api/v1/workspaces/{slug}/smtp/test"),
@@ -376,20 +396,7 @@ fn failures_are_logged_with_their_smtp_error() {
     assert!(error.to_lowercase().contains("refused"), "{error}");
 
     // A server that accepts the connection and never answers: the send gives up in time.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let silent_port = silent.local_addr().expect("addr").port();
-    let held = std::thread::spawn(move || {
-        let (stream, _) = silent.accept().expect("accept");
-        std::thread::sleep(Duration::from_secs(3));
-        drop(stream);
-    });
-    let a = api.put(
-        "/api/v1/workspaces/acme/smtp",
-        &admin.token,
-        json!({"host": "127.0.0.1", "port": silent_port, "security": "none",
-            "from_address": "ops@acme.example"}),
-    );
-    assert_eq!(a.status, 200, "{}", a.body);
+    let held = use_silent_server(&api, &admin, Duration::from_secs(3));
     let started = std::time::Instant::now();
     let timed_out = test_send(&api, &admin, "acme", "someone@example.com");
     assert_eq!(timed_out["status"], "failed");
@@ -658,20 +665,7 @@ fn a_full_mail_queue_refuses_the_request_whole() {
     let admin = verified_user(&api, &sluice.data_dir.join("outbox"), "admin@acme.example");
     workspace(&api, &admin, "acme");
     // A workspace server that accepts and never answers holds the only place in the queue.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = silent.local_addr().expect("addr").port();
-    let held = std::thread::spawn(move || {
-        let conn = silent.accept().map(|(s, _)| s);
-        std::thread::sleep(Duration::from_secs(4));
-        drop(conn);
-    });
-    let a = api.put(
-        "/api/v1/workspaces/acme/smtp",
-        &admin.token,
-        json!({"host": "127.0.0.1", "port": port, "security": "none",
-            "from_address": "ops@acme.example"}),
-    );
-    assert_eq!(a.status, 200, "{}", a.body);
+    let held = use_silent_server(&api, &admin, Duration::from_secs(4));
     let invite = |email: &str| {
         api.post(
             "/api/v1/workspaces/acme/invitations",

@@ -397,6 +397,29 @@ fn snapshot_costs(snapshot: &ConfigSnapshot) {
     );
 }
 
+/// A node for the swap measurements (one HTTP thread, no rate limit) with `config` telling it
+/// where its configuration comes from.
+fn spawn_loaded_node(bin: &Path, dir: &Path, port: u16, config: &[String]) -> Result<Process> {
+    let mut args: Vec<String> = vec![
+        "dataplane".into(),
+        "--data-dir".into(),
+        dir.join("node").display().to_string(),
+        "--http-addr".into(),
+        format!("127.0.0.1:{port}"),
+        "--http-threads".into(),
+        "1".into(),
+        "--workspace-events-per-second".into(),
+        "1000000000".into(),
+    ];
+    args.extend_from_slice(config);
+    spawn(
+        bin,
+        &args,
+        &dir.join("node.log"),
+        &format!("http://127.0.0.1:{port}/healthz"),
+    )
+}
+
 fn write_snapshot(path: &Path, snapshot: &ConfigSnapshot) -> Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, serde_json::to_vec(snapshot)?)?;
@@ -409,23 +432,11 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
     let file = dir.path().join("snapshot.json");
     write_snapshot(&file, &snapshot)?;
     let port = free_port()?;
-    let node = spawn(
+    let node = spawn_loaded_node(
         bin,
-        &[
-            "dataplane".into(),
-            "--data-dir".into(),
-            dir.path().join("node").display().to_string(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--http-threads".into(),
-            "1".into(),
-            "--workspace-events-per-second".into(),
-            "1000000000".into(),
-            "--config-snapshot".into(),
-            file.display().to_string(),
-        ],
-        &dir.path().join("node.log"),
-        &format!("http://127.0.0.1:{port}/healthz"),
+        dir.path(),
+        port,
+        &["--config-snapshot".into(), file.display().to_string()],
     )?;
     let load = Load::new(
         node.0.id(),
@@ -623,25 +634,16 @@ fn ingest_during_deltas(
     );
     let dir = tempfile::tempdir()?;
     let port = free_port()?;
-    let node = spawn(
+    let node = spawn_loaded_node(
         bin,
+        dir.path(),
+        port,
         &[
-            "dataplane".into(),
-            "--data-dir".into(),
-            dir.path().join("node").display().to_string(),
-            "--http-addr".into(),
-            format!("127.0.0.1:{port}"),
-            "--http-threads".into(),
-            "1".into(),
-            "--workspace-events-per-second".into(),
-            "1000000000".into(),
             "--control-plane".into(),
             format!("http://127.0.0.1:{cp_port}"),
             "--cluster-secret".into(),
             SECRET.into(),
         ],
-        &dir.path().join("node.log"),
-        &format!("http://127.0.0.1:{port}/healthz"),
     )?;
     let probe = agent();
     let path = format!("/v1/ingest/{}/telemetry", snapshot.workspaces[0].slug);
