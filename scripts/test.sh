@@ -5,7 +5,10 @@
 # Installs (idempotent, cached between runs):
 #   - .venv/ with the Python packages of tests/requirements.txt: duckdb (tests read the Parquet
 #     output with DuckDB), aiosmtpd and trustme (real SMTP servers with test certificates for
-#     the mail tests) and openapi-spec-validator (checks the control plane's OpenAPI document)
+#     the mail and TLS tests), openapi-spec-validator (checks the control plane's OpenAPI
+#     document) and paho-mqtt (the Eclipse Paho MQTT client of the MQTT tests)
+#   - the Debian packages mosquitto-clients and mosquitto when apt-get can install them (the
+#     MQTT tests also publish with mosquitto_pub; the MQTT benchmark compares with mosquitto)
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
@@ -14,12 +17,23 @@ cd "$(dirname "$0")/.."
 tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}"
 mkdir -p "$tools"
 
-echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator"
+echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator, paho-mqtt"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 export SLUICE_TEST_PYTHON="$PWD/.venv/bin/python"
+
+echo "== mosquitto clients and broker (optional)"
+if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
+  # Installing the broker package must not start a broker on port 1883 (policy-rc.d 101).
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients >/dev/null 2>&1 ||
+    { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
+      $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients >/dev/null 2>&1; } ||
+    echo "mosquitto could not be installed; the tests that use mosquitto_pub skip that part"
+fi
 
 echo "== s3s-fs (S3-compatible server for the s3:// tests)"
 if [ ! -x "$tools/bin/s3s-fs" ]; then

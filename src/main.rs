@@ -209,6 +209,25 @@ struct NodeArgs {
     /// io_uring HTTP threads; 0 = one per core [default: 0].
     #[arg(long, env = "SLUICE_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// MQTT (3.1.1 and 5) address, or `off` [default: 127.0.0.1:1883].
+    #[arg(long, env = "SLUICE_MQTT_ADDR", value_parser = listen_addr)]
+    mqtt_addr: Option<Listen>,
+    /// MQTT over TLS address, or `off`; needs --mqtt-tls-cert and --mqtt-tls-key
+    /// [default: off].
+    #[arg(long, env = "SLUICE_MQTTS_ADDR", value_parser = listen_addr)]
+    mqtts_addr: Option<Listen>,
+    /// PEM certificate chain for MQTT over TLS.
+    #[arg(long, env = "SLUICE_MQTT_TLS_CERT")]
+    mqtt_tls_cert: Option<PathBuf>,
+    /// PEM private key for MQTT over TLS.
+    #[arg(long, env = "SLUICE_MQTT_TLS_KEY")]
+    mqtt_tls_key: Option<PathBuf>,
+    /// Open MQTT connections at most [default: 20000].
+    #[arg(long, env = "SLUICE_MQTT_CONNECTIONS_MAX")]
+    mqtt_connections_max: Option<usize>,
+    /// MQTT worker threads [default: 1].
+    #[arg(long, env = "SLUICE_MQTT_WORKERS")]
+    mqtt_workers: Option<usize>,
     /// Name of this node in Parquet object names [default: generated, kept in the data dir].
     #[arg(long, env = "SLUICE_NODE_ID")]
     node_id: Option<String>,
@@ -251,6 +270,20 @@ struct NodeArgs {
     shutdown_grace_ms: Option<u64>,
 }
 
+/// A listener address, or `off` (`None`).
+#[derive(Clone, Copy, Debug)]
+struct Listen(Option<SocketAddr>);
+
+fn listen_addr(value: &str) -> Result<Listen, String> {
+    if value.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    value
+        .parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|e| format!("{e}: give host:port or `off`"))
+}
+
 impl NodeArgs {
     /// The node's settings and the file's `[controlplane]` table.
     fn into_configs(self) -> Result<(NodeConfig, ControlPlaneConfig)> {
@@ -274,6 +307,20 @@ impl NodeArgs {
         set!(connections_max => http.connections_max);
         set!(workspace_events_per_second => workspace_events_per_second);
         set!(shutdown_grace_ms => shutdown_grace_ms);
+        set!(mqtt_connections_max => mqtt.connections_max);
+        set!(mqtt_workers => mqtt.workers);
+        if let Some(Listen(addr)) = self.mqtt_addr {
+            config.mqtt.addr = addr;
+        }
+        if let Some(Listen(addr)) = self.mqtts_addr {
+            config.mqtt.tls_addr = addr;
+        }
+        if self.mqtt_tls_cert.is_some() {
+            config.mqtt.tls_cert = self.mqtt_tls_cert;
+        }
+        if self.mqtt_tls_key.is_some() {
+            config.mqtt.tls_key = self.mqtt_tls_key;
+        }
         if self.object_store.is_some() {
             config.object_store = self.object_store;
         }
@@ -297,7 +344,10 @@ fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // ntex narrates every worker start and stop at info; its warnings are enough.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,ntex_rt=warn,ntex_server=warn")
+                }),
         )
         // Logs are diagnostics: stderr, like every server's, so stdout stays clean.
         .with_writer(std::io::stderr)
@@ -408,6 +458,15 @@ fn announce(node: &Node, b: &Bootstrap) {
             url = b.http_url,
             boot = node.bootstrap_path().display(),
         );
+        if let Some(addr) = node.mqtt_addr() {
+            tracing::info!(
+                "or over MQTT (username = workspace, password = token, client id = device):\n\n  mosquitto_pub -h {host} -p {port} -V mqttv5 -q 1 -i probe-1 -u {ws} -P \"$TOKEN\" \\\n    -t ingest/{source} -m '{{\"temp_c\":21.5}}'",
+                host = addr.ip(),
+                port = addr.port(),
+                ws = b.workspace,
+                source = b.source,
+            );
+        }
     }
 }
 

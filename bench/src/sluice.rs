@@ -83,6 +83,8 @@ impl Node {
             .arg(&data_dir)
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{port}"))
+            .arg("--mqtt-addr")
+            .arg("off")
             .arg("--http-threads")
             .arg(http_threads.to_string())
             .arg("--workspace-events-per-second")

@@ -65,6 +65,14 @@ pub struct Grant {
     pub device_id: Option<String>,
 }
 
+/// What an accepted MQTT CONNECT may rely on until the configuration changes.
+#[derive(Debug)]
+pub struct SessionGrant {
+    pub workspace_id: Uuid,
+    /// When the token stops working; the session is closed then.
+    pub expires_at_us: Option<i64>,
+}
+
 /// Rate settings applied to every workspace without its own.
 #[derive(Debug, Clone, Copy)]
 pub struct RateDefaults {
@@ -129,10 +137,58 @@ impl ConfigView {
         device: Option<&str>,
         now_us: i64,
     ) -> Result<Grant, Refusal> {
-        let token = self
-            .tokens
-            .get(&token::hash(secret))
-            .ok_or(Refusal::UnknownToken)?;
+        self.check_hash(&token::hash(secret), workspace, source, device, now_us)
+    }
+
+    /// [`check`](Self::check) for a token known by its SHA-256, as an MQTT session keeps it.
+    pub fn check_hash(
+        &self,
+        token_hash: &[u8; 32],
+        workspace: &str,
+        source: &str,
+        device: Option<&str>,
+        now_us: i64,
+    ) -> Result<Grant, Refusal> {
+        let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
+        if !ws.sources.contains(source) {
+            return Err(Refusal::UnknownSource);
+        }
+        if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
+            return Err(Refusal::SourceNotAllowed);
+        }
+        let device_id = bound_device(token, device)?;
+        Ok(Grant {
+            workspace: ws.clone(),
+            device_id,
+        })
+    }
+
+    /// Whether the token may ingest into `workspace` at all, whatever the source: what an MQTT
+    /// CONNECT is checked against, and re-checked whenever the configuration changes.
+    pub fn check_session(
+        &self,
+        token_hash: &[u8; 32],
+        workspace: &str,
+        device: &str,
+        now_us: i64,
+    ) -> Result<SessionGrant, Refusal> {
+        let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
+        bound_device(token, Some(device))?;
+        Ok(SessionGrant {
+            workspace_id: ws.id,
+            expires_at_us: token.expires_at_us,
+        })
+    }
+
+    /// The token and its workspace, checked against each other, the workspace's state and
+    /// the ingest scope.
+    fn token_for(
+        &self,
+        token_hash: &[u8; 32],
+        workspace: &str,
+        now_us: i64,
+    ) -> Result<(&TokenView, &Arc<WorkspaceView>), Refusal> {
+        let token = self.tokens.get(token_hash).ok_or(Refusal::UnknownToken)?;
         if token.expires_at_us.is_some_and(|at| at <= now_us) {
             return Err(Refusal::ExpiredToken);
         }
@@ -150,25 +206,19 @@ impl ConfigView {
         if !token.can_ingest {
             return Err(Refusal::MissingScope);
         }
-        if !ws.sources.contains(source) {
-            return Err(Refusal::UnknownSource);
-        }
-        if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
-            return Err(Refusal::SourceNotAllowed);
-        }
-        let device_id = match (&token.device_id, device) {
-            (Some(bound), Some(asked)) if bound != asked => {
-                return Err(Refusal::DeviceNotAllowed {
-                    bound: bound.clone(),
-                })
-            }
-            (Some(bound), _) => Some(bound.clone()),
-            (None, asked) => asked.map(str::to_owned),
-        };
-        Ok(Grant {
-            workspace: ws.clone(),
-            device_id,
-        })
+        Ok((token, ws))
+    }
+}
+
+/// The device the events are from: the one asked for, or the token's binding; a bound token
+/// may not speak for another device.
+fn bound_device(token: &TokenView, device: Option<&str>) -> Result<Option<String>, Refusal> {
+    match (&token.device_id, device) {
+        (Some(bound), Some(asked)) if bound != asked => Err(Refusal::DeviceNotAllowed {
+            bound: bound.clone(),
+        }),
+        (Some(bound), _) => Ok(Some(bound.clone())),
+        (None, asked) => Ok(asked.map(str::to_owned)),
     }
 }
 
@@ -177,16 +227,20 @@ pub struct Access {
     view: ArcSwap<ConfigView>,
     limits: RateLimits,
     rates: RateDefaults,
+    /// The version installed last, for those who act on changes (live MQTT sessions).
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Access {
     pub fn new(snapshot: &ConfigSnapshot, rates: RateDefaults) -> Self {
         let limits = RateLimits::default();
         let view = ConfigView::build(snapshot, &limits, rates);
+        let (changes, _) = tokio::sync::watch::channel(view.version);
         Access {
             view: ArcSwap::from_pointee(view),
             limits,
             rates,
+            changes,
         }
     }
 
@@ -198,7 +252,15 @@ impl Access {
     /// Installs `snapshot` (already validated) as the current configuration.
     pub fn apply(&self, snapshot: &ConfigSnapshot) {
         let view = ConfigView::build(snapshot, &self.limits, self.rates);
+        let version = view.version;
         self.view.store(Arc::new(view));
+        self.changes.send_replace(version);
+    }
+
+    /// Wakes after every [`apply`](Self::apply) (not on the runtime of the caller: any
+    /// executor can wait on it).
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

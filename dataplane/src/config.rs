@@ -25,6 +25,7 @@ pub struct NodeConfig {
     /// Secret shared with the control plane for the stream.
     pub cluster_secret: Option<String>,
     pub http: HttpConfig,
+    pub mqtt: MqttConfig,
     pub batch: BatchConfig,
     pub wal: WalSettings,
     /// Events per second one workspace may send to this node, unless its config says otherwise.
@@ -54,6 +55,37 @@ pub struct HttpConfig {
     pub body_read_timeout_ms: u64,
     /// A connection with no bytes arriving for this long is closed.
     pub idle_timeout_ms: u64,
+}
+
+/// The MQTT front end (3.1.1 and 5).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    /// Plain TCP listener; `None` turns it off.
+    pub addr: Option<SocketAddr>,
+    /// TLS listener; off unless set, and then `tls_cert` and `tls_key` are required.
+    pub tls_addr: Option<SocketAddr>,
+    /// PEM certificate chain for the TLS listener.
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for the TLS listener.
+    pub tls_key: Option<PathBuf>,
+    /// Threads running MQTT connections (ntex workers, each its own io_uring).
+    pub workers: usize,
+    /// Open connections at most, all listeners together.
+    pub connections_max: usize,
+    /// QoS 1 and 2 messages a client may have unacknowledged (MQTT 5 Receive Maximum; the
+    /// same window is applied to 3.1.1 clients by not reading past it).
+    pub receive_max: u16,
+    /// Largest MQTT packet accepted; a larger one closes the connection (0x95 on MQTT 5).
+    pub packet_bytes_max: u32,
+    /// Largest payload stored; a larger one is refused (0x95 on MQTT 5).
+    pub payload_bytes_max: usize,
+    /// Keep-alive a client may ask for at most, in seconds (0 = no keep-alive is refused).
+    pub keep_alive_max_secs: u16,
+    /// Time a client has to send its CONNECT after the TCP (or TLS) handshake.
+    pub connect_timeout_secs: u16,
+    /// Failed CONNECTs one address may make per minute before its refusals are delayed.
+    pub failed_connects_per_minute: u32,
 }
 
 /// When a batch becomes a Parquet file.
@@ -87,6 +119,7 @@ impl Default for NodeConfig {
             control_plane: None,
             cluster_secret: None,
             http: HttpConfig::default(),
+            mqtt: MqttConfig::default(),
             batch: BatchConfig::default(),
             wal: WalSettings::default(),
             workspace_events_per_second: 1_000_000,
@@ -109,6 +142,25 @@ impl Default for HttpConfig {
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
             idle_timeout_ms: 120_000,
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            addr: Some(SocketAddr::from(([127, 0, 0, 1], 1883))),
+            tls_addr: None,
+            tls_cert: None,
+            tls_key: None,
+            workers: 1,
+            connections_max: 20_000,
+            receive_max: 64,
+            packet_bytes_max: 1 << 20,
+            payload_bytes_max: 256 << 10,
+            keep_alive_max_secs: 3600,
+            connect_timeout_secs: 10,
+            failed_connects_per_minute: 10,
         }
     }
 }

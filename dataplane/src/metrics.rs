@@ -15,6 +15,30 @@ pub struct Outcome {
     pub outcome: &'static str,
 }
 
+/// `reason` of an MQTT refusal or closed session, e.g. `bad-credentials`, `unknown-source`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Reason {
+    pub reason: &'static str,
+}
+
+/// `qos` (0, 1 or 2) and `outcome` (`accepted` or the refusal) of an MQTT PUBLISH.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PublishLabels {
+    pub qos: u8,
+    pub outcome: &'static str,
+}
+
+/// Metrics of the MQTT front end.
+pub struct MqttMetrics {
+    /// Open MQTT sessions (after a successful CONNECT).
+    pub sessions: Gauge,
+    pub connects_total: Family<Outcome, Counter>,
+    pub publishes_total: Family<PublishLabels, Counter>,
+    /// Sessions the node closed: taken over, token revoked, workspace disabled, ...
+    pub sessions_closed_total: Family<Reason, Counter>,
+    pub ack_seconds: Histogram,
+}
+
 /// Metrics of the HTTP front end.
 pub struct HttpMetrics {
     pub requests_total: Family<Outcome, Counter>,
@@ -26,6 +50,7 @@ pub struct HttpMetrics {
     pub config_version: Gauge,
     /// 1 while the configuration stream from the control plane is connected.
     pub config_stream_connected: Gauge,
+    pub mqtt: MqttMetrics,
     registry: Registry,
 }
 
@@ -42,6 +67,13 @@ impl HttpMetrics {
             ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
             config_version: Gauge::default(),
             config_stream_connected: Gauge::default(),
+            mqtt: MqttMetrics {
+                sessions: Gauge::default(),
+                connects_total: Family::default(),
+                publishes_total: Family::default(),
+                sessions_closed_total: Family::default(),
+                ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            },
             registry: Registry::default(),
         };
         registry.register(
@@ -83,6 +115,28 @@ impl HttpMetrics {
             "config_stream_connected",
             "1 while the configuration stream from the control plane is connected (0 also when the node has none)",
             metrics.config_stream_connected.clone(),
+        );
+        let mqtt = &metrics.mqtt;
+        registry.register("mqtt_sessions", "Open MQTT sessions", mqtt.sessions.clone());
+        registry.register(
+            "mqtt_connects",
+            "MQTT CONNECTs by outcome (accepted or the refusal)",
+            mqtt.connects_total.clone(),
+        );
+        registry.register(
+            "mqtt_publishes",
+            "MQTT PUBLISHes by QoS and outcome (accepted or the refusal)",
+            mqtt.publishes_total.clone(),
+        );
+        registry.register(
+            "mqtt_sessions_closed",
+            "MQTT sessions closed by the node, by reason",
+            mqtt.sessions_closed_total.clone(),
+        );
+        registry.register(
+            "mqtt_ack_seconds",
+            "Time from a QoS 1 or 2 PUBLISH to its durable PUBACK or PUBREC",
+            mqtt.ack_seconds.clone(),
         );
         storage.register(&mut registry);
         HttpMetrics {

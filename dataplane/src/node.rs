@@ -1,5 +1,5 @@
 //! A data-plane node: opens the WAL, the upload progress, the lake and the config, starts the
-//! shipper and the HTTP front end, and shuts them down in order (stop taking requests, let the
+//! shipper and the HTTP and MQTT front ends, and shuts them down in order (stop taking requests, let the
 //! ones in flight finish, then upload what the WAL holds, as far as the grace period allows).
 
 use std::net::SocketAddr;
@@ -25,6 +25,10 @@ use crate::config_stream::{ConfigStream, StreamSettings, StreamStatus};
 use crate::http_server::HttpServer;
 use crate::ingest::Api;
 use crate::metrics::HttpMetrics;
+use crate::mqtt::ingest::MqttIngest;
+use crate::mqtt::sessions::Sessions;
+use crate::mqtt::throttle::ConnectFailures;
+use crate::mqtt::MqttServer;
 
 /// Errors that keep a node from starting.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +61,7 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
 /// A running node.
 pub struct Node {
     http: HttpServer,
+    mqtt: Option<MqttServer>,
     shipper: ShipperHandle,
     _watch: Option<SnapshotWatch>,
     /// Follows the control plane, when configured.
@@ -173,6 +178,16 @@ impl Node {
             None => None,
         };
 
+        let mqtt = MqttServer::start(Arc::new(MqttIngest {
+            access: access.clone(),
+            wal: wal.clone(),
+            metrics: metrics.clone(),
+            limits: config.mqtt.clone(),
+            events_per_message_max: config.http.events_per_request_max,
+            sessions: Sessions::default(),
+            failures: ConnectFailures::new(config.mqtt.failed_connects_per_minute),
+        }))
+        .map_err(io("starting MQTT"))?;
         let api = Arc::new(Api::new(
             access,
             wal,
@@ -202,6 +217,7 @@ impl Node {
         info!(node = %node_id, lake = %lake_url, "data-plane node started");
         Ok(Node {
             http,
+            mqtt,
             shipper,
             _watch: watch,
             _stream: stream,
@@ -215,6 +231,16 @@ impl Node {
 
     pub fn http_addr(&self) -> SocketAddr {
         self.http.local_addr()
+    }
+
+    /// The MQTT listener's address, when MQTT over TCP is on.
+    pub fn mqtt_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().and_then(MqttServer::addr)
+    }
+
+    /// The MQTT over TLS listener's address, when configured.
+    pub fn mqtts_addr(&self) -> Option<SocketAddr> {
+        self.mqtt.as_ref().and_then(MqttServer::tls_addr)
     }
 
     /// The bootstrap workspace, source and token, when this node serves the bootstrap config.
@@ -240,6 +266,9 @@ impl Node {
     pub fn shutdown(self) {
         let deadline = Instant::now() + self.grace;
         info!("stopping: no new requests; uploading what is buffered");
+        if let Some(mqtt) = self.mqtt {
+            mqtt.shutdown(deadline);
+        }
         self.http.shutdown(deadline);
         self.shipper.shutdown(deadline);
         info!("stopped");

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod controlplane;
+pub mod mqtt;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -28,6 +29,8 @@ pub struct Sluice {
     pub port: u16,
     /// Control-plane API port.
     pub api_port: u16,
+    /// MQTT port (unless the test's args set `--mqtt-addr` themselves).
+    pub mqtt_port: u16,
     pub args: Vec<String>,
     pub envs: Vec<(String, String)>,
 }
@@ -44,6 +47,7 @@ impl Sluice {
             data_dir: data_dir.to_path_buf(),
             port: free_port(),
             api_port: free_port(),
+            mqtt_port: free_port(),
             args: args.iter().map(|s| s.to_string()).collect(),
             envs: envs
                 .iter()
@@ -70,8 +74,12 @@ impl Sluice {
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{}", self.port))
             .arg("--api-addr")
-            .arg(format!("127.0.0.1:{}", self.api_port))
-            .args(&self.args)
+            .arg(format!("127.0.0.1:{}", self.api_port));
+        if !self.args.iter().any(|a| a == "--mqtt-addr") {
+            cmd.arg("--mqtt-addr")
+                .arg(format!("127.0.0.1:{}", self.mqtt_port));
+        }
+        cmd.args(&self.args)
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log);

@@ -1,0 +1,292 @@
+//! The MQTT front end: MQTT 3.1.1 and 5 on ntex-mqtt, on TCP and optionally TLS (rustls).
+//!
+//! It runs on its own ntex system (a thread of its own plus `workers` worker threads, each
+//! with its own io_uring driver, falling back to epoll where io_uring is unavailable),
+//! separate from the tokio-uring HTTP runtimes. Devices are checked and events stored by
+//! [`ingest`]; [`v3`] and [`v5`] map the outcomes to packets; [`sessions`] closes sessions
+//! that are taken over or no longer allowed; [`throttle`] slows down failing CONNECTs.
+//!
+//! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
+
+pub mod ingest;
+pub mod sessions;
+pub mod throttle;
+mod v3;
+mod v5;
+
+use std::cell::Cell;
+use std::io;
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+
+use ntex_bytes::Bytes;
+use ntex_mqtt::MqttServiceConfig;
+use ntex_server::net::Connection;
+use ntex_service::cfg::SharedCfg;
+use ntex_util::time::Seconds;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tracing::{error, info};
+
+use crate::config::MqttConfig;
+use ingest::MqttIngest;
+use sessions::DeviceSession;
+
+/// The error a publish or connect handler ends a connection with (3.1.1 refusals, broken
+/// payload streams); the slug says why.
+#[derive(Debug)]
+pub struct MqttError(pub &'static str);
+
+impl From<()> for MqttError {
+    fn from((): ()) -> Self {
+        MqttError("service")
+    }
+}
+
+impl TryFrom<MqttError> for ntex_mqtt::v5::PublishAck {
+    type Error = MqttError;
+
+    fn try_from(err: MqttError) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+/// A running MQTT front end.
+pub struct MqttServer {
+    addr: Option<SocketAddr>,
+    tls_addr: Option<SocketAddr>,
+    server: ntex_server::Server<Connection>,
+    system: ntex_rt::System,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl MqttServer {
+    /// Binds the configured listeners and starts serving them. Returns `Ok(None)` when no
+    /// listener is configured.
+    pub fn start(ingest: Arc<MqttIngest>) -> io::Result<Option<MqttServer>> {
+        let limits = ingest.limits.clone();
+        let plain = limits.addr.map(bind).transpose()?;
+        let tls = match limits.tls_addr {
+            Some(addr) => Some((bind(addr)?, tls_config(&limits)?)),
+            None => None,
+        };
+        let addr = plain.as_ref().map(TcpListener::local_addr).transpose()?;
+        let tls_addr = tls
+            .as_ref()
+            .map(|(listener, _)| listener.local_addr())
+            .transpose()?;
+        if plain.is_none() && tls.is_none() {
+            return Ok(None);
+        }
+
+        let (started_tx, started_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("sluice-mqtt".into())
+            .spawn(move || {
+                let runner = ntex_rt::System::build()
+                    .name("sluice-mqtt")
+                    // The process's signals are the node's to handle, not ntex's.
+                    .disable_signals()
+                    .build(ntex_net::DefaultRuntime);
+                let result = runner.run(move || {
+                    let server = serve(ingest, plain, tls)?;
+                    let _ = started_tx.send(Ok((server, ntex_rt::System::current())));
+                    Ok(())
+                });
+                if let Err(err) = result {
+                    error!(error = %err, "the MQTT runtime stopped with an error");
+                }
+            })?;
+        let (server, system) = started_rx
+            .recv()
+            .map_err(|_| io::Error::other("the MQTT runtime did not start"))
+            .and_then(|r: io::Result<_>| r)?;
+        if let Some(addr) = addr {
+            info!(%addr, "MQTT listening");
+        }
+        if let Some(addr) = tls_addr {
+            info!(%addr, "MQTT over TLS listening");
+        }
+        Ok(Some(MqttServer {
+            addr,
+            tls_addr,
+            server,
+            system,
+            thread,
+        }))
+    }
+
+    pub fn addr(&self) -> Option<SocketAddr> {
+        self.addr
+    }
+
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        self.tls_addr
+    }
+
+    /// Stops accepting, gives open connections until `deadline` to finish what they are
+    /// storing, then stops the MQTT threads.
+    pub fn shutdown(self, deadline: Instant) {
+        let stop = self.server.stop(true);
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            futures::executor::block_on(stop);
+            let _ = done_tx.send(());
+        });
+        let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+        self.system.stop();
+        let _ = self.thread.join();
+    }
+}
+
+fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    ntex_server::net::create_tcp_listener(addr, 2048)
+        .map_err(|e| io::Error::new(e.kind(), format!("binding MQTT on {addr}: {e}")))
+}
+
+/// Builds the ntex server on the current (MQTT) system.
+fn serve(
+    ingest: Arc<MqttIngest>,
+    plain: Option<TcpListener>,
+    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
+) -> io::Result<ntex_server::Server<Connection>> {
+    let limits = &ingest.limits;
+    let workers = limits.workers.max(1);
+    let cfg = service_config(limits);
+    let mut builder = ntex_server::net::ServerBuilder::new(ntex_server::NoConfig)
+        .name("sluice-mqtt")
+        .workers(workers)
+        .disable_signals()
+        // ntex counts per worker.
+        .maxconn(limits.connections_max.div_ceil(workers).max(1))
+        .shutdown_timeout(Seconds(5));
+    if let Some(listener) = plain {
+        let ingest = ingest.clone();
+        builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
+            mqtt_service(ingest.clone())
+        })?;
+    }
+    if let Some((listener, tls_config)) = tls {
+        let ingest = ingest.clone();
+        builder = builder.listen("mqtts", listener, cfg, async move |_| {
+            ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
+                .map_err(|e| ntex_mqtt::MqttError::Service(MqttError(tls_error(&e))))
+                .and_then(mqtt_service(ingest.clone()))
+        })?;
+    }
+    Ok(builder.run())
+}
+
+fn tls_error(err: &io::Error) -> &'static str {
+    tracing::debug!(error = %err, "TLS handshake failed");
+    "tls-handshake"
+}
+
+/// The MQTT 3.1.1 and 5 service of one connection.
+fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
+    ingest: Arc<MqttIngest>,
+) -> impl ntex_service::Service<(), Req, Res = (), Error = ntex_mqtt::MqttError<MqttError>> {
+    let ingest5 = ingest.clone();
+    ntex_mqtt::MqttServer::new()
+        .v3(ntex_mqtt::v3::MqttServer::new(v3::publish)
+            .protocol(v3::protocol)
+            .build(move |connect| v3::connect(ingest.clone(), connect)))
+        .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
+            .protocol(v5::protocol)
+            .build(move |connect| v5::connect(ingest5.clone(), connect)))
+}
+
+fn service_config(limits: &MqttConfig) -> SharedCfg {
+    SharedCfg::new("sluice-mqtt")
+        .add(
+            MqttServiceConfig::new()
+                .set_max_size(limits.packet_bytes_max)
+                .set_max_receive(limits.receive_max)
+                .set_max_receive_size(
+                    (limits.packet_bytes_max as usize).saturating_mul(limits.receive_max as usize),
+                )
+                .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
+                .set_connect_timeout(Seconds(limits.connect_timeout_secs))
+                .set_handshake_timeout(Seconds(limits.connect_timeout_secs))
+                // A message that arrived is stored even if the client hangs up right after
+                // sending it (a QoS 0 publish followed by DISCONNECT is the common case).
+                .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce))
+                // Payloads are stored whole; hand them over in one piece.
+                .set_min_chunk_size(0)
+                .set_max_payload_buffer_size(limits.packet_bytes_max as usize),
+        )
+        .build()
+}
+
+fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
+    let (Some(cert), Some(key)) = (&limits.tls_cert, &limits.tls_key) else {
+        return Err(io::Error::other(
+            "mqtt.tls_addr needs mqtt.tls_cert and mqtt.tls_key (PEM files)",
+        ));
+    };
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| io::Error::other(format!("reading {}: {e}", cert.display())))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| io::Error::other(format!("reading {}: {e}", key.display())))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(io::Error::other)?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .map_err(|e| io::Error::other(format!("the MQTT TLS certificate or key: {e}")))?;
+    Ok(Arc::new(config))
+}
+
+/// The client's IP address, for the CONNECT throttle.
+fn peer_ip(io: &ntex_io::IoBoxed) -> Option<IpAddr> {
+    io.query::<ntex_io::types::PeerAddr>()
+        .get()
+        .map(|peer| peer.0.ip())
+}
+
+/// The keep-alive the node applies: the client's, capped; a client asking for none gets the
+/// cap (a connection that never has to speak would hold its slot forever).
+fn keep_alive(asked: u16, max: u16) -> u16 {
+    let max = max.max(1);
+    if asked == 0 {
+        max
+    } else {
+        asked.min(max)
+    }
+}
+
+/// QoS 0 events of one connection stored in the background at most: the client gets no ack
+/// anyway, so the connection goes on reading while the WAL syncs; past this many it waits.
+const QOS0_IN_FLIGHT_MAX: usize = 64;
+
+/// Stores a QoS 0 PUBLISH. Refusals are counted and logged; 3.1.1 and 5 alike have nothing to
+/// send back for QoS 0.
+async fn publish_qos0(
+    ingest: &Arc<MqttIngest>,
+    session: &DeviceSession,
+    topic: String,
+    payload: Bytes,
+) {
+    let in_flight = session.qos0_in_flight.clone();
+    if in_flight.get() >= QOS0_IN_FLIGHT_MAX {
+        let _ = ingest.publish(&session.device, &topic, &payload, 0).await;
+        return;
+    }
+    in_flight.set(in_flight.get() + 1);
+    let ingest = ingest.clone();
+    let device = session.device.clone();
+    ntex_rt::spawn(async move {
+        let _ = ingest.publish(&device, &topic, &payload, 0).await;
+        release(&in_flight);
+    })
+    .detach();
+}
+
+fn release(counter: &Rc<Cell<usize>>) {
+    counter.set(counter.get().saturating_sub(1));
+}

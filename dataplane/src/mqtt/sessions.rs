@@ -1,0 +1,194 @@
+//! Live MQTT sessions: one per (workspace, client id) across all worker threads, and the watch
+//! that closes a session when it is taken over or no longer allowed.
+//!
+//! Sessions live on ntex worker threads (their sinks are not `Send`); what crosses threads is
+//! a `Notify` per session (takeover) and the configuration's change signal. Each session runs
+//! one small task that waits on both, on the token's expiry, and on the session's end.
+
+use std::cell::Cell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::channel::oneshot;
+use tokio::sync::Notify;
+use tracing::info;
+use uuid::Uuid;
+
+use crate::access::Refusal;
+use crate::metrics::Reason;
+
+use super::ingest::{now_us, Device, MqttIngest};
+
+/// Why the node closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another CONNECT with the same client id.
+    TakenOver,
+    /// Token revoked or expired, workspace disabled or deleted, device binding changed.
+    NotAuthorized,
+}
+
+impl CloseReason {
+    fn slug(self) -> &'static str {
+        match self {
+            CloseReason::TakenOver => "taken-over",
+            CloseReason::NotAuthorized => "not-authorized",
+        }
+    }
+}
+
+type Key = (Uuid, String);
+
+/// The registry of live sessions, for takeover.
+#[derive(Default)]
+pub struct Sessions {
+    live: Mutex<HashMap<Key, (u64, Arc<Notify>)>>,
+    next_id: AtomicU64,
+}
+
+impl Sessions {
+    /// Registers a new session for `key` and tells the one it replaces, if any, to close.
+    fn register(&self, key: Key) -> (u64, Arc<Notify>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let kick = Arc::new(Notify::new());
+        let previous = self
+            .live
+            .lock()
+            .ok()
+            .and_then(|mut live| live.insert(key, (id, kick.clone())));
+        if let Some((_, old)) = previous {
+            // A permit is kept if the old session's watch has not started waiting yet.
+            old.notify_one();
+        }
+        (id, kick)
+    }
+
+    fn unregister(&self, key: &Key, id: u64) {
+        if let Ok(mut live) = self.live.lock() {
+            if live.get(key).is_some_and(|(current, _)| *current == id) {
+                live.remove(key);
+            }
+        }
+    }
+
+    /// Sessions registered now.
+    pub fn len(&self) -> usize {
+        self.live.lock().map(|l| l.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The application state of one MQTT connection.
+pub struct DeviceSession {
+    pub device: Rc<Device>,
+    /// QoS 0 publishes of this connection being stored in the background.
+    pub qos0_in_flight: Rc<Cell<usize>>,
+    registration: Registration,
+}
+
+/// Removes the session from the registry and ends its watch when the connection is gone.
+struct Registration {
+    ingest: Arc<MqttIngest>,
+    key: Key,
+    id: u64,
+    _alive: oneshot::Sender<()>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.ingest.sessions.unregister(&self.key, self.id);
+        self.ingest.metrics.mqtt.sessions.dec();
+    }
+}
+
+/// What a session's watch does to close its connection (v3 and v5 sinks differ).
+pub trait Closer: 'static {
+    fn close(&self, reason: CloseReason);
+}
+
+impl DeviceSession {
+    /// Registers the session (closing any older one with the same client id) and starts its
+    /// watch on the current ntex worker.
+    pub fn start(ingest: &Arc<MqttIngest>, device: Device, closer: impl Closer) -> DeviceSession {
+        let key = (device.workspace_id, device.device_id.clone());
+        let (id, kick) = ingest.sessions.register(key.clone());
+        ingest.metrics.mqtt.sessions.inc();
+        let (alive, gone) = oneshot::channel();
+        ntex_rt::spawn(watch(ingest.clone(), device.clone(), kick, gone, closer)).detach();
+        DeviceSession {
+            device: Rc::new(device),
+            qos0_in_flight: Rc::new(Cell::new(0)),
+            registration: Registration {
+                ingest: ingest.clone(),
+                key,
+                id,
+                _alive: alive,
+            },
+        }
+    }
+
+    pub fn ingest(&self) -> &Arc<MqttIngest> {
+        &self.registration.ingest
+    }
+}
+
+/// Waits until the session must close (takeover, configuration change, expiry) or is gone.
+async fn watch(
+    ingest: Arc<MqttIngest>,
+    device: Device,
+    kick: Arc<Notify>,
+    mut gone: oneshot::Receiver<()>,
+    closer: impl Closer,
+) {
+    let mut changes = ingest.access.subscribe();
+    let reason = loop {
+        // Sleeping until the token expires; a day at most, then look again.
+        let expiry = device
+            .expires_at_us
+            .map(|at| Duration::from_micros(at.saturating_sub(now_us()).max(0) as u64))
+            .unwrap_or(Duration::from_secs(86_400))
+            .min(Duration::from_secs(86_400));
+        tokio::select! {
+            biased;
+            _ = &mut gone => return,
+            () = kick.notified() => break CloseReason::TakenOver,
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = ntex_util::time::sleep(expiry) => {}
+        }
+        match ingest.still_allowed(&device) {
+            Ok(()) => {}
+            Err(refusal) => {
+                log_refusal(&device, &refusal);
+                break CloseReason::NotAuthorized;
+            }
+        }
+    };
+    ingest
+        .metrics
+        .mqtt
+        .sessions_closed_total
+        .get_or_create(&Reason {
+            reason: reason.slug(),
+        })
+        .inc();
+    closer.close(reason);
+}
+
+fn log_refusal(device: &Device, refusal: &Refusal) {
+    info!(
+        workspace = %device.workspace,
+        device = %device.device_id,
+        reason = ?refusal,
+        "closing an MQTT session that is no longer allowed"
+    );
+}

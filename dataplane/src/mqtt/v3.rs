@@ -1,0 +1,96 @@
+//! MQTT 3.1.1: CONNECT return codes, PUBLISH handling, SUBSCRIBE refused.
+//!
+//! 3.1.1 has no negative acknowledgement: a PUBLISH that is refused closes the connection (the
+//! metric `sluice_mqtt_publishes_total{outcome=...}` and a log line say why), so the client
+//! never mistakes a refusal for an ack.
+
+use std::sync::Arc;
+
+use ntex_mqtt::v3;
+use ntex_util::time::Seconds;
+
+use super::ingest::{ConnectRefusal, Credentials, MqttIngest};
+use super::sessions::{CloseReason, Closer, DeviceSession};
+use super::{peer_ip, publish_qos0, MqttError};
+
+struct V3Closer(v3::MqttSink);
+
+impl Closer for V3Closer {
+    fn close(&self, _reason: CloseReason) {
+        // 3.1.1 servers have no DISCONNECT to send: closing the network connection is the
+        // signal.
+        self.0.close();
+    }
+}
+
+pub async fn connect(
+    ingest: Arc<MqttIngest>,
+    connect: v3::Connect,
+) -> Result<v3::ConnectAck<DeviceSession>, MqttError> {
+    let packet = connect.packet();
+    let creds = Credentials {
+        username: packet.username.as_deref(),
+        password: packet.password.as_deref(),
+        client_id: &packet.client_id,
+    };
+    let keep_alive = super::keep_alive(packet.keep_alive, ingest.limits.keep_alive_max_secs);
+    match ingest.authorize(&creds) {
+        Ok(device) => {
+            let closer = V3Closer(connect.sink());
+            let session = DeviceSession::start(&ingest, device, closer);
+            // No session state is kept between connections (see docs/mqtt.md).
+            Ok(connect
+                .ack(session, false)
+                .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2))))
+        }
+        Err(refusal) => {
+            let delay = ingest.failures.record(peer_ip(connect.io()));
+            if !delay.is_zero() {
+                ntex_util::time::sleep(delay).await;
+            }
+            Ok(match refusal {
+                ConnectRefusal::BadCredentials => connect.bad_username_or_pwd(),
+                ConnectRefusal::NotAuthorized => connect.not_authorized(),
+                ConnectRefusal::BadClientId => connect.identifier_rejected(),
+            })
+        }
+    }
+}
+
+pub async fn publish(
+    session: &v3::Session<DeviceSession>,
+    publish: v3::Publish,
+) -> Result<(), MqttError> {
+    let qos = publish.qos() as u8;
+    let topic = publish.publish_topic().to_owned();
+    let payload = publish
+        .read_all()
+        .await
+        .map_err(|_| MqttError("payload-incomplete"))?;
+    let ingest = session.ingest().clone();
+    if qos == 0 {
+        publish_qos0(&ingest, session, topic, payload).await;
+        return Ok(());
+    }
+    ingest
+        .publish(&session.device, &topic, &payload, qos)
+        .await
+        .map_err(|refusal| MqttError(refusal.slug()))
+}
+
+/// SUBSCRIBE gets a SUBACK that fails every filter (0x80): this is an ingest-only endpoint.
+pub async fn protocol(
+    _session: &v3::Session<DeviceSession>,
+    message: v3::ProtocolMessage,
+) -> Result<v3::ProtocolMessageAck, MqttError> {
+    Ok(match message {
+        v3::ProtocolMessage::Subscribe(mut subscribe) => {
+            for mut subscription in subscribe.iter_mut() {
+                subscription.fail();
+            }
+            subscribe.ack()
+        }
+        v3::ProtocolMessage::Unsubscribe(unsubscribe) => unsubscribe.ack(),
+        other => other.ack(),
+    })
+}

@@ -1,0 +1,137 @@
+//! MQTT 5: CONNACK reason codes, PUBACK/PUBREC reason codes for refusals, DISCONNECT with a
+//! reason when the node closes a session, SUBSCRIBE refused.
+
+use std::sync::Arc;
+
+use ntex_bytes::ByteString;
+use ntex_mqtt::v5;
+use ntex_mqtt::v5::codec::{
+    ConnectAckReason, Disconnect, DisconnectReasonCode, PublishAckReason, SubscribeAckReason,
+};
+
+use super::ingest::{ConnectRefusal, Credentials, MqttIngest, PublishRefusal};
+use super::sessions::{CloseReason, Closer, DeviceSession};
+use super::{peer_ip, publish_qos0, MqttError};
+
+struct V5Closer(v5::MqttSink);
+
+impl Closer for V5Closer {
+    fn close(&self, reason: CloseReason) {
+        let (reason_code, text) = match reason {
+            CloseReason::TakenOver => (
+                DisconnectReasonCode::SessionTakenOver,
+                "another connection with this client id",
+            ),
+            CloseReason::NotAuthorized => (
+                DisconnectReasonCode::NotAuthorized,
+                "the token or workspace no longer allows ingest",
+            ),
+        };
+        self.0.close_with_reason(Disconnect {
+            reason_code,
+            reason_string: Some(ByteString::from_static(text)),
+            ..Disconnect::default()
+        });
+    }
+}
+
+pub async fn connect(
+    ingest: Arc<MqttIngest>,
+    connect: v5::Connect,
+) -> Result<v5::ConnectAck<DeviceSession>, MqttError> {
+    let packet = connect.packet();
+    let creds = Credentials {
+        username: packet.username.as_deref(),
+        password: packet.password.as_deref(),
+        client_id: &packet.client_id,
+    };
+    let asked_keep_alive = packet.keep_alive;
+    let keep_alive = super::keep_alive(asked_keep_alive, ingest.limits.keep_alive_max_secs);
+    match ingest.authorize(&creds) {
+        Ok(device) => {
+            let closer = V5Closer(connect.sink());
+            let session = DeviceSession::start(&ingest, device, closer);
+            Ok(connect.ack(session).keep_alive(keep_alive).with(|ack| {
+                // Only tell the client a keep-alive when it differs from its own [MQTT-3.2.2-21].
+                if keep_alive != asked_keep_alive {
+                    ack.server_keepalive_sec = Some(keep_alive);
+                }
+                // Ingest only: nothing to subscribe to.
+                ack.wildcard_subscription_available = false;
+                ack.subscription_identifiers_available = false;
+                ack.shared_subscription_available = false;
+            }))
+        }
+        Err(refusal) => {
+            let delay = ingest.failures.record(peer_ip(connect.io()));
+            if !delay.is_zero() {
+                ntex_util::time::sleep(delay).await;
+            }
+            let code = match refusal {
+                ConnectRefusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
+                ConnectRefusal::NotAuthorized => ConnectAckReason::NotAuthorized,
+                ConnectRefusal::BadClientId => ConnectAckReason::ClientIdentifierNotValid,
+            };
+            Ok(connect.failed(code))
+        }
+    }
+}
+
+pub async fn publish(
+    session: &v5::Session<DeviceSession>,
+    publish: v5::Publish,
+) -> Result<v5::PublishAck, MqttError> {
+    let qos = publish.qos() as u8;
+    let topic = publish.publish_topic().to_owned();
+    let payload = publish
+        .read_all()
+        .await
+        .map_err(|_| MqttError("payload-incomplete"))?;
+    let ingest = session.ingest().clone();
+    if qos == 0 {
+        publish_qos0(&ingest, session, topic, payload).await;
+        return Ok(publish.ack());
+    }
+    Ok(
+        match ingest.publish(&session.device, &topic, &payload, qos).await {
+            Ok(()) => publish.ack(),
+            Err(refusal) => {
+                let code = match &refusal {
+                    PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
+                        PublishAckReason::TopicNameInvalid
+                    }
+                    PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
+                    PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
+                    PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
+                        PublishAckReason::QuotaExceeded
+                    }
+                    PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
+                };
+                publish
+                    .ack()
+                    .reason_code(code)
+                    .reason(ByteString::from(refusal.describe()))
+            }
+        },
+    )
+}
+
+/// SUBSCRIBE gets a SUBACK refusing every filter with 0x87: this is an ingest-only endpoint.
+pub async fn protocol(
+    _session: &v5::Session<DeviceSession>,
+    message: v5::ProtocolMessage,
+) -> Result<v5::ProtocolMessageAck, MqttError> {
+    Ok(match message {
+        v5::ProtocolMessage::Subscribe(mut subscribe) => {
+            for mut subscription in subscribe.iter_mut() {
+                subscription.fail(SubscribeAckReason::NotAuthorized);
+            }
+            subscribe
+                .ack_reason(ByteString::from_static(
+                    "ingest only: publish to ingest/{source}",
+                ))
+                .ack()
+        }
+        other => other.ack(),
+    })
+}

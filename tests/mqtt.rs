@@ -1,0 +1,811 @@
+//! MQTT ingest with real clients: Eclipse Paho (Python) for 3.1.1 and 5, `mosquitto_pub` when
+//! installed, and raw sockets for hostile input. Everything acknowledged is read back from
+//! Parquet with DuckDB.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::Command;
+use std::time::Duration;
+
+use common::controlplane::{make_certs, verified_user, Api};
+use common::mqtt::{connect_v311, event, paho, publish_qos0, Background};
+use common::{duckdb, wait_for, Sluice};
+use serde_json::{json, Value};
+
+/// A node with a fast batch age, the default workspace's token and an operator session.
+struct Fixture {
+    sluice: Sluice,
+    api: Api,
+    operator: String,
+    token: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn start(extra: &[&str]) -> Fixture {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = vec!["--batch-max-age-ms", "300"];
+        args.extend_from_slice(extra);
+        let sluice = Sluice::start(&dir.path().join("data"), &args);
+        let api = Api::new(sluice.api_url());
+        let operator: Value = serde_json::from_str(
+            &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
+                .expect("initial-operator.json"),
+        )
+        .expect("json");
+        let operator = api.sign_in(
+            operator["email"].as_str().expect("email"),
+            operator["password"].as_str().expect("password"),
+        );
+        let token = sluice.bootstrap()["token"]
+            .as_str()
+            .expect("token")
+            .to_owned();
+        let fx = Fixture {
+            sluice,
+            api,
+            operator,
+            token,
+            _dir: dir,
+        };
+        fx.wait_config();
+        fx
+    }
+
+    fn mqtt_port(&self) -> u16 {
+        self.sluice.mqtt_port
+    }
+
+    fn lake(&self) -> std::path::PathBuf {
+        self.sluice.data_dir.join("lake")
+    }
+
+    /// A token of the default workspace with extra fields (`sources`, `device_id`, ...).
+    fn token_with(&self, fields: Value) -> (String, String) {
+        let mut body = json!({"name": "device", "scopes": ["ingest"]});
+        if let (Some(b), Some(f)) = (body.as_object_mut(), fields.as_object()) {
+            b.extend(f.clone());
+        }
+        let a = self.api.post(
+            "/api/v1/workspaces/default/tokens",
+            Some(&self.operator),
+            body,
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        let secret = a.json()["secret"].as_str().expect("secret").to_owned();
+        self.wait_until_served("default", &secret, "telemetry");
+        (a.json()["id"].as_str().expect("id").to_owned(), secret)
+    }
+
+    fn add_source(&self, slug: &str) {
+        let a = self.api.post(
+            "/api/v1/workspaces/default/sources",
+            Some(&self.operator),
+            json!({"slug": slug, "name": slug}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        self.wait_until_served("default", &self.token, slug);
+    }
+
+    /// Waits until the node knows `secret` and `source`: an HTTP ingest of a body that is not
+    /// JSON is refused for another reason than those two (and stores nothing).
+    fn wait_until_served(&self, workspace: &str, secret: &str, source: &str) {
+        let url = self.sluice.ingest_url(workspace, source);
+        let auth = format!("Bearer {secret}");
+        let headers = [
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+        ];
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let problem = common::post(&url, &headers, b"probe: not json").problem();
+                problem != "invalid-token" && problem != "unknown-source"
+            }),
+            "the node never served the new token or source {source}"
+        );
+    }
+
+    /// Waits until the node serves the configuration the control plane wrote last.
+    fn wait_config(&self) {
+        let path = self.sluice.data_dir.join("config-snapshot.json");
+        let written = || {
+            std::fs::read_to_string(&path)
+                .ok()
+                .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+                .and_then(|v| v["version"].as_u64())
+        };
+        assert!(
+            wait_for(Duration::from_secs(10), || {
+                let served = self.sluice.readyz()["config_version"].as_u64();
+                written().is_some_and(|w| served >= Some(w))
+            }),
+            "the node did not pick up configuration version {:?}",
+            written()
+        );
+    }
+
+    /// Stops the node (it uploads what it holds) and runs `sql` over the lake.
+    fn query(&mut self, sql: &str) -> Vec<Vec<Value>> {
+        self.sluice.stop();
+        let rows = duckdb(&self.lake(), sql);
+        self.sluice.restart();
+        rows
+    }
+}
+
+fn with_creds<'a>(args: &[&'a str], token: &'a str) -> Vec<&'a str> {
+    let mut v = args.to_vec();
+    v.extend_from_slice(&["--username", "default", "--password", token]);
+    v
+}
+
+fn acked(lines: &[Value]) -> usize {
+    event(lines, "published")["acked"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[test]
+fn every_qos_on_both_versions_lands_in_parquet_once_with_its_topic_and_device() {
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    let count = 40;
+    let count_s = count.to_string();
+    for version in ["3", "5"] {
+        for qos in ["0", "1", "2"] {
+            let client = format!("dev-v{version}-q{qos}");
+            let payload = format!(r#"{{"v": {version}, "q": {qos}, "i": {{i}}}}"#);
+            let lines = paho(
+                port,
+                &with_creds(
+                    &[
+                        "publish",
+                        "--version",
+                        version,
+                        "--qos",
+                        qos,
+                        "--client-id",
+                        &client,
+                        "--count",
+                        &count_s,
+                        "--topic",
+                        &format!("ingest/telemetry/floor-{qos}/room"),
+                        "--payload",
+                        &payload,
+                    ],
+                    &fx.token,
+                ),
+            );
+            assert_eq!(event(&lines, "connack")["rc"], 0, "{lines:?}");
+            if qos != "0" {
+                assert_eq!(acked(&lines), count, "v{version} QoS {qos}: {lines:?}");
+            }
+        }
+    }
+    let mosquitto = Command::new("mosquitto_pub").arg("--help").output().is_ok();
+    if mosquitto {
+        for (version, qos) in [("mqttv311", "1"), ("mqttv5", "2")] {
+            let status = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", version])
+                .args(["-q", qos, "-i", &format!("mosq-{version}")])
+                .args(["-u", "default", "-P", &fx.token, "-t", "ingest/telemetry"])
+                .args(["-m", &format!(r#"{{"mosquitto": "{version}"}}"#)])
+                .status()
+                .expect("mosquitto_pub");
+            assert!(status.success(), "mosquitto_pub {version} failed");
+        }
+    }
+
+    let rows = fx.query(
+        "SELECT device_id, topic, protocol, count(*), count(DISTINCT payload->>'i') \
+         FROM {lake} WHERE payload->>'i' IS NOT NULL GROUP BY ALL ORDER BY device_id",
+    );
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for row in &rows {
+        let device = row[0].as_str().expect("device");
+        let qos = &device[device.len() - 1..];
+        assert_eq!(
+            row[1],
+            format!("ingest/telemetry/floor-{qos}/room"),
+            "{row:?}"
+        );
+        assert_eq!(row[2], "mqtt");
+        // Once each, every one of them (QoS 0 on loopback arrives too).
+        assert_eq!(row[3], json!(count), "{row:?}");
+        assert_eq!(row[4], json!(count), "{row:?}");
+    }
+    if mosquitto {
+        let rows = fx.query(
+            "SELECT payload->>'mosquitto', device_id FROM {lake} \
+             WHERE payload->>'mosquitto' IS NOT NULL ORDER BY 1",
+        );
+        assert_eq!(
+            rows,
+            vec![
+                vec![json!("mqttv311"), json!("mosq-mqttv311")],
+                vec![json!("mqttv5"), json!("mosq-mqttv5")],
+            ]
+        );
+    }
+    let metrics = fx.sluice.metrics();
+    assert!(metrics.contains("sluice_mqtt_sessions "), "{metrics}");
+}
+
+#[test]
+fn refusals_get_reason_codes_on_mqtt5_a_disconnect_on_311_and_store_nothing() {
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    fx.add_source("private");
+    let (_, limited) = fx.token_with(json!({"sources": ["telemetry"]}));
+    let (_, bound) = fx.token_with(json!({"device_id": "sensor-7"}));
+    let (_, read_only) = {
+        let a = fx.api.post(
+            "/api/v1/workspaces/default/tokens",
+            Some(&fx.operator),
+            json!({"name": "reader", "scopes": ["read"]}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        let secret = a.json()["secret"].as_str().expect("secret").to_owned();
+        fx.wait_until_served("default", &secret, "telemetry");
+        ((), secret)
+    };
+
+    // CONNECT refusals, both versions (Paho reports 3.1.1 return codes 4, 5, 2 as the MQTT 5
+    // codes 134, 135, 133).
+    for version in ["3", "5"] {
+        let connack = |args: &[&str]| -> Value {
+            let mut a = vec!["publish", "--version", version];
+            a.extend_from_slice(args);
+            event(&paho(port, &a), "connack")["rc"].clone()
+        };
+        assert_eq!(
+            connack(&["--username", "default", "--password", "sluice_wrong"]),
+            134
+        );
+        assert_eq!(
+            connack(&["--username", "nope", "--password", &fx.token]),
+            134
+        );
+        assert_eq!(connack(&[]), 134, "no credentials");
+        assert_eq!(
+            connack(&[
+                "--username",
+                "default",
+                "--password",
+                &bound,
+                "--client-id",
+                "other"
+            ]),
+            135,
+            "a token bound to sensor-7 connecting as another device"
+        );
+        assert_eq!(
+            connack(&["--username", "default", "--password", &read_only]),
+            135,
+            "a token without the ingest scope"
+        );
+        assert_eq!(
+            connack(&[
+                "--username",
+                "default",
+                "--password",
+                &fx.token,
+                "--client-id",
+                "a b"
+            ]),
+            133,
+            "a client id that is not a device id"
+        );
+        assert_eq!(
+            connack(&[
+                "--username",
+                "default",
+                "--password",
+                &bound,
+                "--client-id",
+                "sensor-7"
+            ]),
+            0
+        );
+    }
+
+    // The raw 3.1.1 return code for wrong credentials is 4.
+    let mut raw = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    raw.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    raw.write_all(&connect_v311("raw-1", "default", "sluice_wrong"))
+        .expect("write");
+    let mut connack = [0u8; 4];
+    raw.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x04]);
+
+    // PUBLISH refusals on MQTT 5: reason codes, the connection stays.
+    let publish5 = |token: &str, topic: &str, payload: &str| -> Value {
+        let lines = paho(
+            port,
+            &with_creds(
+                &[
+                    "publish",
+                    "--version",
+                    "5",
+                    "--qos",
+                    "1",
+                    "--topic",
+                    topic,
+                    "--payload",
+                    payload,
+                ],
+                token,
+            ),
+        );
+        event(&lines, "published").clone()
+    };
+    let refused = |p: &Value| p["refused"]["0"].clone();
+    assert_eq!(
+        refused(&publish5(&fx.token, "ingest/nosuch", r#"{"r": "unknown"}"#)),
+        0x90
+    );
+    assert_eq!(
+        refused(&publish5(
+            &fx.token,
+            "elsewhere/telemetry",
+            r#"{"r": "topic"}"#
+        )),
+        0x90
+    );
+    assert_eq!(
+        refused(&publish5(
+            &limited,
+            "ingest/private",
+            r#"{"r": "not-allowed"}"#
+        )),
+        0x87
+    );
+    assert_eq!(
+        refused(&publish5(&fx.token, "ingest/telemetry", "not json at all")),
+        0x99
+    );
+    assert_eq!(
+        refused(&publish5(&fx.token, "ingest/telemetry", "[1, 2]")),
+        0x99,
+        "events must be JSON objects"
+    );
+    let fine = publish5(&limited, "ingest/telemetry", r#"{"r": "fine"}"#);
+    assert_eq!(fine["acked"], json!([0]), "{fine}");
+    assert_eq!(fine["disconnected"], Value::Null);
+
+    // On 3.1.1 a refused PUBLISH closes the connection and is never acknowledged.
+    for (token, topic, payload) in [
+        (&fx.token, "ingest/nosuch", r#"{"r": "v3-unknown"}"#),
+        (&limited, "ingest/private", r#"{"r": "v3-not-allowed"}"#),
+        (&fx.token, "ingest/telemetry", "v3 not json"),
+    ] {
+        let lines = paho(
+            port,
+            &with_creds(
+                &[
+                    "publish",
+                    "--version",
+                    "3",
+                    "--qos",
+                    "1",
+                    "--topic",
+                    topic,
+                    "--payload",
+                    payload,
+                    "--timeout",
+                    "5",
+                ],
+                token,
+            ),
+        );
+        let p = event(&lines, "published");
+        assert_eq!(p["acked"], json!([]), "{lines:?}");
+        assert!(!p["disconnected"].is_null(), "{lines:?}");
+    }
+
+    // A packet over the maximum packet size (1 MiB by default) ends the connection.
+    let lines = paho(
+        port,
+        &with_creds(
+            &[
+                "publish",
+                "--version",
+                "5",
+                "--qos",
+                "1",
+                "--pad",
+                "1100000",
+            ],
+            &fx.token,
+        ),
+    );
+    let p = event(&lines, "published");
+    assert_eq!(p["acked"], json!([]), "{lines:?}");
+    assert!(!p["disconnected"].is_null(), "{lines:?}");
+
+    // SUBSCRIBE is refused: 0x87 per filter on 5, 0x80 on 3.1.1.
+    for (version, code) in [("5", 0x87), ("3", 0x80)] {
+        let lines = paho(
+            port,
+            &with_creds(
+                &["subscribe", "--version", version, "--topic", "ingest/#"],
+                &fx.token,
+            ),
+        );
+        assert_eq!(event(&lines, "suback")["codes"], json!([code]), "{lines:?}");
+    }
+
+    let metrics = fx.sluice.metrics();
+    for needle in [
+        r#"sluice_mqtt_connects_total{outcome="bad-credentials"}"#,
+        r#"sluice_mqtt_connects_total{outcome="not-authorized"}"#,
+        r#"sluice_mqtt_publishes_total{qos="1",outcome="unknown-source"}"#,
+        r#"sluice_mqtt_publishes_total{qos="1",outcome="payload-invalid"}"#,
+    ] {
+        assert!(metrics.contains(needle), "{needle} missing:\n{metrics}");
+    }
+
+    // Nothing refused was stored; the one accepted event was.
+    let rows = fx.query("SELECT payload->>'r' FROM {lake} WHERE payload->>'r' IS NOT NULL");
+    assert_eq!(rows, vec![vec![json!("fine")]]);
+}
+
+#[test]
+fn mqtt_over_tls_takes_events_from_clients_that_trust_the_certificate() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let server = certs.path().join("server.pem");
+    let server = server.to_str().expect("path");
+    let tls_port = common::free_port();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let mut fx = Fixture::start(&[
+        "--mqtts-addr",
+        &tls_addr,
+        "--mqtt-tls-cert",
+        server,
+        "--mqtt-tls-key",
+        server,
+    ]);
+    let ca = certs.path().join("ca.pem");
+    for version in ["3", "5"] {
+        let lines = paho(
+            tls_port,
+            &with_creds(
+                &[
+                    "publish",
+                    "--version",
+                    version,
+                    "--ca",
+                    ca.to_str().expect("path"),
+                    "--payload",
+                    &format!(r#"{{"tls": {version}}}"#),
+                    "--client-id",
+                    &format!("tls-{version}"),
+                ],
+                &fx.token,
+            ),
+        );
+        assert_eq!(event(&lines, "connack")["rc"], 0, "{lines:?}");
+        assert_eq!(acked(&lines), 1, "{lines:?}");
+    }
+    // A plain-text client on the TLS port gets nowhere.
+    let lines = paho(
+        tls_port,
+        &with_creds(&["publish", "--timeout", "3"], &fx.token),
+    );
+    assert_ne!(lines[0]["rc"], 0, "{lines:?}");
+    let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'tls' IS NOT NULL");
+    assert_eq!(rows, vec![vec![json!(2)]]);
+}
+
+#[test]
+fn sessions_are_taken_over_and_closed_when_their_token_or_workspace_stops_working() {
+    let fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    let hold = |version: &str, token: &str, client: &str| {
+        let bg = Background::start(
+            port,
+            &with_creds(
+                &[
+                    "hold",
+                    "--version",
+                    version,
+                    "--client-id",
+                    client,
+                    "--timeout",
+                    "30",
+                ],
+                token,
+            ),
+        );
+        let connack = bg.next(Duration::from_secs(10)).expect("connack");
+        assert_eq!(connack["rc"], 0, "{connack}");
+        bg
+    };
+    let disconnected = |bg: &Background, what: &str| -> Value {
+        let line = bg
+            .next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("the node did not close the session: {what}"));
+        assert_eq!(line["event"], "disconnected", "{line}");
+        line["rc"].clone()
+    };
+
+    // Takeover: the second CONNECT with a client id closes the first (0x8E on MQTT 5).
+    let first = hold("5", &fx.token, "twin");
+    let second = hold("5", &fx.token, "twin");
+    assert_eq!(disconnected(&first, "takeover v5"), 0x8E);
+    let first3 = hold("3", &fx.token, "twin3");
+    let _second3 = hold("3", &fx.token, "twin3");
+    disconnected(&first3, "takeover 3.1.1");
+    drop(second);
+
+    // Revocation closes the sessions of that token (0x87 on MQTT 5), and only those.
+    let (id, secret) = fx.token_with(json!({}));
+    let doomed5 = hold("5", &secret, "doomed-5");
+    let doomed3 = hold("3", &secret, "doomed-3");
+    let bystander = hold("5", &fx.token, "bystander");
+    let a = fx.api.delete(
+        &format!("/api/v1/workspaces/default/tokens/{id}"),
+        &fx.operator,
+    );
+    assert!(a.status < 300, "{}", a.body);
+    assert_eq!(disconnected(&doomed5, "revoked v5"), 0x87);
+    disconnected(&doomed3, "revoked 3.1.1");
+    assert!(
+        bystander.next(Duration::from_millis(500)).is_none(),
+        "a session of another token stays"
+    );
+    let lines = paho(port, &with_creds(&["publish"], &secret));
+    assert_eq!(
+        event(&lines, "connack")["rc"],
+        134,
+        "revoked tokens cannot connect"
+    );
+
+    // An expiring token: the session closes when it expires.
+    let soon = chrono_in_secs(4);
+    let (_, expiring) = fx.token_with(json!({"expires_at": soon}));
+    let expiring_session = hold("5", &expiring, "expiring");
+    assert_eq!(disconnected(&expiring_session, "expired"), 0x87);
+
+    // Disabling a workspace (the trial of its creator ends) closes every session in it.
+    let ada = verified_user(
+        &fx.api,
+        &fx.sluice.data_dir.join("outbox"),
+        "ada@example.com",
+    );
+    let a = fx.api.post(
+        "/api/v1/workspaces",
+        Some(&ada.token),
+        json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = fx.api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&ada.token),
+        json!({"slug": "telemetry", "name": "Telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = fx.api.post(
+        "/api/v1/workspaces/plant/tokens",
+        Some(&ada.token),
+        json!({"name": "plant", "scopes": ["ingest"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let plant_token = a.json()["secret"].as_str().expect("secret").to_owned();
+    fx.wait_until_served("plant", &plant_token, "telemetry");
+    let plant_creds = |action: &str, client: &str| -> Vec<String> {
+        [
+            action,
+            "--version",
+            "5",
+            "--client-id",
+            client,
+            "--timeout",
+            "30",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([
+            "--username".into(),
+            "plant".into(),
+            "--password".into(),
+            plant_token.clone(),
+        ])
+        .collect()
+    };
+    let args = plant_creds("hold", "plant-1");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let plant_session = Background::start(port, &args);
+    assert_eq!(
+        plant_session
+            .next(Duration::from_secs(10))
+            .expect("connack")["rc"],
+        0
+    );
+    let a = fx.api.put(
+        &format!("/api/v1/operator/users/{}/trial", ada.id),
+        &fx.operator,
+        json!({"trial_ends_at": "2020-01-01T00:00:00Z"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(disconnected(&plant_session, "workspace disabled"), 0x87);
+    assert!(
+        bystander.next(Duration::from_millis(300)).is_none(),
+        "sessions of other workspaces stay"
+    );
+    let args = plant_creds("publish", "plant-2");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let lines = paho(port, &args);
+    assert_eq!(event(&lines, "connack")["rc"], 135, "a disabled workspace");
+
+    let metrics = fx.sluice.metrics();
+    assert!(
+        metrics.contains(r#"sluice_mqtt_sessions_closed_total{reason="taken-over"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"sluice_mqtt_sessions_closed_total{reason="not-authorized"}"#),
+        "{metrics}"
+    );
+}
+
+/// RFC 3339 time `secs` from now.
+fn chrono_in_secs(secs: u64) -> String {
+    let out = Command::new("date")
+        .args([
+            "-u",
+            "-d",
+            &format!("+{secs} seconds"),
+            "+%Y-%m-%dT%H:%M:%SZ",
+        ])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+#[test]
+fn every_puback_survives_kill_9_exactly_once() {
+    let mut fx = Fixture::start(&[]);
+    let mut acked: Vec<(u64, u64, u64)> = Vec::new();
+    for round in 0..3u64 {
+        let prefix = format!("crash-{round}");
+        let fleet = Background::start(
+            fx.mqtt_port(),
+            &with_creds(
+                &[
+                    "fleet",
+                    "--version",
+                    if round % 2 == 0 { "5" } else { "3" },
+                    "--clients",
+                    "6",
+                    "--duration",
+                    "20",
+                    "--client-id",
+                    &prefix,
+                ],
+                &fx.token,
+            ),
+        );
+        // Kill at a different point of each round.
+        std::thread::sleep(Duration::from_millis(700 + 600 * round));
+        fx.sluice.kill9();
+        for line in fleet.finish(Duration::from_secs(15)) {
+            if let (Some(c), Some(n)) = (line["c"].as_u64(), line["n"].as_u64()) {
+                acked.push((round, c, n));
+            }
+        }
+        fx.sluice.restart();
+    }
+    assert!(acked.len() > 100, "the fleet got only {} acks", acked.len());
+    // The fleet's payloads carry {"c": client, "n": seq}; the round is in the device id.
+    let rows = fx.query(
+        "SELECT device_id, payload->>'c', payload->>'n', count(*) FROM {lake} \
+         WHERE device_id LIKE 'crash-%' GROUP BY ALL",
+    );
+    let stored: HashMap<(u64, u64, u64), i64> = rows
+        .iter()
+        .map(|r| {
+            let device = r[0].as_str().expect("device");
+            let round: u64 = device[6..7].parse().expect("round");
+            let c: u64 = r[1].as_str().expect("c").parse().expect("c");
+            let n: u64 = r[2].as_str().expect("n").parse().expect("n");
+            ((round, c, n), r[3].as_i64().expect("count"))
+        })
+        .collect();
+    for key in &acked {
+        assert_eq!(
+            stored.get(key),
+            Some(&1),
+            "acknowledged message {key:?} is not in Parquet exactly once"
+        );
+    }
+    assert!(
+        stored.values().all(|n| *n == 1),
+        "no message is stored twice"
+    );
+}
+
+#[test]
+fn hostile_input_leaves_the_node_serving_everyone_else() {
+    let fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    let send = |bytes: &[u8]| {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+        let _ = s.write_all(bytes);
+        let mut buf = [0u8; 64];
+        // The node answers with a refusal or closes; either way it does not hang.
+        let _ = s.read(&mut buf);
+    };
+    // A truncated CONNECT, then the peer goes away.
+    let connect = connect_v311("h-1", "default", &fx.token);
+    send(&connect[..connect.len() / 2]);
+    // A remaining length that never ends (five continuation bytes).
+    send(&[0x10, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+    // A remaining length of 256 MiB.
+    send(&[0x10, 0xFF, 0xFF, 0xFF, 0x7F]);
+    // A PUBLISH before any CONNECT.
+    send(&publish_qos0(b"ingest/telemetry", br#"{"x":1}"#));
+    // A valid CONNECT, then a PUBLISH whose topic is not UTF-8.
+    let mut bytes = connect.clone();
+    bytes.extend_from_slice(&publish_qos0(b"ingest/\xff\xfe", br#"{"x":1}"#));
+    send(&bytes);
+    // Garbage.
+    send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    // A flood of connections that send nothing, held open while others work.
+    let flood: Vec<TcpStream> = (0..300)
+        .filter_map(|_| TcpStream::connect(("127.0.0.1", port)).ok())
+        .collect();
+    // A CONNECT flood with wrong passwords.
+    let handles: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..5 {
+                    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
+                        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+                        let _ = s.write_all(&connect_v311(&format!("f-{t}-{i}"), "default", "x"));
+                        let mut buf = [0u8; 4];
+                        let _ = s.read(&mut buf);
+                    }
+                }
+            })
+        })
+        .collect();
+    let lines = paho(
+        port,
+        &with_creds(
+            &[
+                "publish",
+                "--version",
+                "5",
+                "--count",
+                "20",
+                "--client-id",
+                "honest",
+            ],
+            &fx.token,
+        ),
+    );
+    assert_eq!(acked(&lines), 20, "{lines:?}");
+    for h in handles {
+        h.join().expect("flood thread");
+    }
+    drop(flood);
+    assert_eq!(
+        common::agent()
+            .get(format!("{}/healthz", fx.sluice.base_url()))
+            .call()
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0),
+        200
+    );
+    let lines = paho(
+        port,
+        &with_creds(&["publish", "--client-id", "after"], &fx.token),
+    );
+    assert_eq!(acked(&lines), 1, "{lines:?}");
+}
