@@ -28,7 +28,6 @@ echo "== mosquitto clients and broker (optional)"
 if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
-  # Installing the broker package must not start a broker on port 1883 (policy-rc.d 101).
   $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients >/dev/null 2>&1 ||
     { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
       $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients >/dev/null 2>&1; } ||

@@ -228,6 +228,9 @@ struct NodeArgs {
     /// MQTT worker threads [default: 1].
     #[arg(long, env = "SLUICE_MQTT_WORKERS")]
     mqtt_workers: Option<usize>,
+    /// I/O driver of the MQTT threads: epoll or io_uring [default: epoll].
+    #[arg(long, env = "SLUICE_MQTT_IO_DRIVER")]
+    mqtt_io_driver: Option<sluice_dataplane::mqtt::runtime::IoDriver>,
     /// Name of this node in Parquet object names [default: generated, kept in the data dir].
     #[arg(long, env = "SLUICE_NODE_ID")]
     node_id: Option<String>,
@@ -309,6 +312,7 @@ impl NodeArgs {
         set!(shutdown_grace_ms => shutdown_grace_ms);
         set!(mqtt_connections_max => mqtt.connections_max);
         set!(mqtt_workers => mqtt.workers);
+        set!(mqtt_io_driver => mqtt.io_driver);
         if let Some(Listen(addr)) = self.mqtt_addr {
             config.mqtt.addr = addr;
         }

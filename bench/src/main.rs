@@ -23,6 +23,7 @@
 
 mod baseline;
 mod loadgen;
+mod mqtt;
 mod payload;
 mod propagation;
 mod report;
@@ -53,6 +54,9 @@ enum Command {
     /// HTTP ingest: a bare 204 server (ceiling), then Sluice with single-event and NDJSON
     /// POSTs, all driven by the same closed-loop load generator.
     Http(HttpArgs),
+    /// MQTT ingest: Sluice at QoS 0 and 1 against the mosquitto broker in the same run, and
+    /// the memory of idle connections.
+    Mqtt(mqtt::MqttArgs),
     /// Configuration push: revocation latency from the control-plane API to every node, and
     /// the cost of a large snapshot.
     Propagation(propagation::PropagationArgs),
@@ -113,6 +117,7 @@ fn main() -> Result<()> {
     match cli.command {
         Command::Http(args) => http(args),
         Command::Propagation(args) => propagation::run(args),
+        Command::Mqtt(args) => mqtt::run(args),
     }
 }
 

@@ -54,6 +54,8 @@ pub struct Node {
     /// Ingest path from bootstrap.json, e.g. `/v1/ingest/default/telemetry`.
     pub path: String,
     pub token: String,
+    /// The MQTT listener, when started with one.
+    pub mqtt_addr: Option<SocketAddr>,
 }
 
 /// What stopping found.
@@ -65,8 +67,24 @@ pub struct Stopped {
 }
 
 impl Node {
-    /// Starts `bin up` with `http_threads` io_uring threads and waits until it serves.
+    /// Starts `bin dataplane` with `http_threads` io_uring threads (MQTT off) and waits until
+    /// it serves.
     pub fn start(bin: &Path, http_threads: usize) -> Result<Node> {
+        Self::start_with(bin, http_threads, None)
+    }
+
+    /// Like [`start`](Self::start), with MQTT on a free port served by `mqtt_workers` threads
+    /// on `io_driver` (`epoll` or `io_uring`).
+    pub fn start_mqtt(
+        bin: &Path,
+        http_threads: usize,
+        mqtt_workers: usize,
+        io_driver: &str,
+    ) -> Result<Node> {
+        Self::start_with(bin, http_threads, Some((mqtt_workers, io_driver)))
+    }
+
+    fn start_with(bin: &Path, http_threads: usize, mqtt: Option<(usize, &str)>) -> Result<Node> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-bench-")
             .tempdir()
@@ -77,6 +95,11 @@ impl Node {
         let log = std::fs::File::create(&log_path)
             .with_context(|| format!("creating {}", log_path.display()))?;
         let log_err = log.try_clone().context("duplicating the log file handle")?;
+        let mqtt_addr = match mqtt {
+            Some(_) => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?))),
+            None => None,
+        };
+        let (mqtt_workers, io_driver) = mqtt.unwrap_or((1, "epoll"));
         let child = Command::new(bin)
             .arg("dataplane")
             .arg("--data-dir")
@@ -84,7 +107,11 @@ impl Node {
             .arg("--http-addr")
             .arg(format!("127.0.0.1:{port}"))
             .arg("--mqtt-addr")
-            .arg("off")
+            .arg(mqtt_addr.map_or("off".to_owned(), |a| a.to_string()))
+            .arg("--mqtt-workers")
+            .arg(mqtt_workers.to_string())
+            .arg("--mqtt-io-driver")
+            .arg(io_driver)
             .arg("--http-threads")
             .arg(http_threads.to_string())
             .arg("--workspace-events-per-second")
@@ -104,6 +131,7 @@ impl Node {
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             path: String::new(),
             token: String::new(),
+            mqtt_addr,
         };
         node.wait_ready(&data_dir)
             .with_context(|| format!("Sluice did not start; its log:\n{}", node.log_tail()))?;
@@ -257,12 +285,17 @@ impl WalStats {
 
 /// VmHWM of the process whose status file is `path`, in KiB.
 pub fn vm_hwm_kib(path: &str) -> Result<u64> {
+    status_kib(path, "VmHWM:")
+}
+
+/// A `kB` field (`VmRSS:`, `VmHWM:`) of the process status file `path`.
+pub fn status_kib(path: &str, field: &str) -> Result<u64> {
     let status = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no VmHWM in {path}"))
+        .with_context(|| format!("no {field} in {path}"))
 }
 
 /// A port that was free a moment ago. Another process could take it before Sluice binds it;

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use crate::mqtt::runtime::IoDriver;
+
 /// Everything a node needs to start.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -69,8 +71,10 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS listener.
     pub tls_key: Option<PathBuf>,
-    /// Threads running MQTT connections (ntex workers, each its own io_uring).
+    /// Threads running MQTT connections (ntex workers).
     pub workers: usize,
+    /// The I/O driver of those threads: `epoll` or `io_uring`.
+    pub io_driver: IoDriver,
     /// Open connections at most, all listeners together.
     pub connections_max: usize,
     /// QoS 1 and 2 messages a client may have unacknowledged (MQTT 5 Receive Maximum; the
@@ -154,6 +158,7 @@ impl Default for MqttConfig {
             tls_cert: None,
             tls_key: None,
             workers: 1,
+            io_driver: IoDriver::Epoll,
             connections_max: 20_000,
             receive_max: 64,
             packet_bytes_max: 1 << 20,

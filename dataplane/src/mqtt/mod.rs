@@ -1,14 +1,15 @@
 //! The MQTT front end: MQTT 3.1.1 and 5 on ntex-mqtt, on TCP and optionally TLS (rustls).
 //!
 //! It runs on its own ntex system (a thread of its own plus `workers` worker threads, each
-//! with its own io_uring driver, falling back to epoll where io_uring is unavailable),
-//! separate from the tokio-uring HTTP runtimes. Devices are checked and events stored by
+//! with its own I/O driver, epoll by default, see [`runtime`] for why), separate from the
+//! tokio-uring HTTP runtimes. Devices are checked and events stored by
 //! [`ingest`]; [`v3`] and [`v5`] map the outcomes to packets; [`sessions`] closes sessions
 //! that are taken over or no longer allowed; [`throttle`] slows down failing CONNECTs.
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
 pub mod ingest;
+pub mod runtime;
 pub mod sessions;
 pub mod throttle;
 mod v3;
@@ -81,6 +82,7 @@ impl MqttServer {
             return Ok(None);
         }
 
+        let io_driver = limits.io_driver;
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("sluice-mqtt".into())
@@ -89,7 +91,7 @@ impl MqttServer {
                     .name("sluice-mqtt")
                     // The process's signals are the node's to handle, not ntex's.
                     .disable_signals()
-                    .build(ntex_net::DefaultRuntime);
+                    .build(runtime::MqttRuntime(io_driver));
                 let result = runner.run(move || {
                     let server = serve(ingest, plain, tls)?;
                     let _ = started_tx.send(Ok((server, ntex_rt::System::current())));
@@ -192,9 +194,11 @@ fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
     ntex_mqtt::MqttServer::new()
         .v3(ntex_mqtt::v3::MqttServer::new(v3::publish)
             .protocol(v3::protocol)
+            .control(v3::control)
             .build(move |connect| v3::connect(ingest.clone(), connect)))
         .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
             .protocol(v5::protocol)
+            .control(v5::control)
             .build(move |connect| v5::connect(ingest5.clone(), connect)))
 }
 
@@ -280,6 +284,9 @@ async fn publish_qos0(
     in_flight.set(in_flight.get() + 1);
     let ingest = ingest.clone();
     let device = session.device.clone();
+    // A copy, not a view: the payload shares the connection's read buffer, and holding views
+    // of it while the connection reads on makes every later read copy the whole buffer.
+    let payload = payload.to_vec();
     ntex_rt::spawn(async move {
         let _ = ingest.publish(&device, &topic, &payload, 0).await;
         release(&in_flight);

@@ -135,3 +135,13 @@ pub async fn protocol(
         other => other.ack(),
     })
 }
+
+/// Connection events (write back-pressure, the end of a connection): ntex-mqtt's own handling
+/// (a DISCONNECT with the fitting reason code) is what we want; this only keeps it from
+/// logging a warning for every one.
+pub async fn control(
+    _session: &v5::Session<DeviceSession>,
+    _control: ntex_mqtt::Control<MqttError>,
+) -> Result<Option<v5::codec::Encoded>, MqttError> {
+    Ok(None)
+}
