@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::controlplane::{make_certs, verified_user, Api};
-use common::mqtt::{connect_v311, event, paho, publish_qos0, Background};
+use common::mqtt::{connect_v311, event, paho, publish_qos0, publish_qos1, Background};
 use common::{duckdb, wait_for, Sluice};
 use serde_json::{json, Value};
 
@@ -808,4 +808,103 @@ fn hostile_input_leaves_the_node_serving_everyone_else() {
         &with_creds(&["publish", "--client-id", "after"], &fx.token),
     );
     assert_eq!(acked(&lines), 1, "{lines:?}");
+}
+
+#[test]
+fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
+    let mut fx = Fixture::start(&[]);
+    let mut s = TcpStream::connect(("127.0.0.1", fx.mqtt_port())).expect("connect");
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(&connect_v311("splitter", "default", &fx.token))
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let count = 40u16;
+    for id in 1..=count {
+        let payload = format!(r#"{{"split": {id}, "pad": "{}"}}"#, "y".repeat(300));
+        let packet = publish_qos1("ingest/telemetry", id, payload.as_bytes());
+        // Every other packet arrives in two pieces, the cut inside the payload, so the node
+        // sees a header whose payload is still on its way while earlier publishes are stored.
+        if id % 2 == 0 {
+            let cut = packet.len() - 100;
+            s.write_all(&packet[..cut]).expect("first piece");
+            std::thread::sleep(Duration::from_millis(15));
+            s.write_all(&packet[cut..]).expect("second piece");
+        } else {
+            s.write_all(&packet).expect("publish");
+        }
+    }
+    let mut acked = Vec::new();
+    let mut ack = [0u8; 4];
+    while acked.len() < count as usize {
+        s.read_exact(&mut ack).expect("PUBACK");
+        assert_eq!(ack[..2], [0x40, 0x02], "{ack:?}");
+        acked.push(u16::from_be_bytes([ack[2], ack[3]]));
+    }
+    acked.sort_unstable();
+    assert_eq!(acked, (1..=count).collect::<Vec<_>>());
+    drop(s);
+
+    // Then several connections, each pipelining publishes written in slices that ignore packet
+    // boundaries, as a busy network delivers them.
+    let port = fx.mqtt_port();
+    let token = fx.token.clone();
+    let per_connection = 3000u16;
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            let token = token.clone();
+            std::thread::spawn(move || {
+                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+                s.write_all(&connect_v311(&format!("slicer-{c}"), "default", &token))
+                    .expect("CONNECT");
+                let mut connack = [0u8; 4];
+                s.read_exact(&mut connack).expect("CONNACK");
+                let mut stream = Vec::new();
+                for id in 1..=per_connection {
+                    let payload = format!(r#"{{"slice": {c}, "n": {id}}}"#);
+                    stream.extend(publish_qos1("ingest/telemetry", id, payload.as_bytes()));
+                }
+                let mut writer = s.try_clone().expect("clone");
+                let sender = std::thread::spawn(move || {
+                    for piece in stream.chunks(777) {
+                        if writer.write_all(piece).is_err() {
+                            break;
+                        }
+                    }
+                });
+                let mut acks = 0;
+                let mut ack = [0u8; 4];
+                while acks < per_connection {
+                    if s.read_exact(&mut ack).is_err() || ack[..2] != [0x40, 0x02] {
+                        break;
+                    }
+                    acks += 1;
+                }
+                drop(s);
+                let _ = sender.join();
+                acks
+            })
+        })
+        .collect();
+    for client in clients {
+        assert_eq!(
+            client.join().expect("client"),
+            per_connection,
+            "every sliced publish is acknowledged and the connection stays"
+        );
+    }
+    let rows = fx.query(
+        "SELECT count(*), count(DISTINCT payload->>'split'), min(length(payload->>'pad')) \
+         FROM {lake} WHERE payload->>'split' IS NOT NULL",
+    );
+    assert_eq!(rows, vec![vec![json!(count), json!(count), json!(300)]]);
+    let rows = fx.query(
+        "SELECT count(*), count(DISTINCT (payload->>'slice', payload->>'n')) \
+         FROM {lake} WHERE payload->>'slice' IS NOT NULL",
+    );
+    let total = 4 * i64::from(per_connection);
+    assert_eq!(rows, vec![vec![json!(total), json!(total)]]);
 }

@@ -147,3 +147,15 @@ pub fn publish_qos0(topic: &[u8], payload: &[u8]) -> Vec<u8> {
     packet.extend_from_slice(&body);
     packet
 }
+
+/// A raw QoS 1 PUBLISH (MQTT 3.1.1).
+pub fn publish_qos1(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, topic.as_bytes());
+    body.extend_from_slice(&packet_id.to_be_bytes());
+    body.extend_from_slice(payload);
+    let mut packet = vec![0x32];
+    remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    packet
+}

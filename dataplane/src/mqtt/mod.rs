@@ -8,6 +8,7 @@
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
+mod framing;
 pub mod ingest;
 pub mod runtime;
 pub mod sessions;
@@ -164,10 +165,18 @@ fn serve(
         // ntex counts per worker.
         .maxconn(limits.connections_max.div_ceil(workers).max(1))
         .shutdown_timeout(Seconds(5));
+    let max = limits.packet_bytes_max;
     if let Some(listener) = plain {
         let ingest = ingest.clone();
         builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
-            mqtt_service(ingest.clone())
+            ntex_service::service(ntex_service::fn_service(
+                move |io: ntex_io::Io| async move {
+                    Ok::<_, ntex_mqtt::MqttError<MqttError>>(io.add_filter(framing::WholePackets {
+                        packet_bytes_max: max,
+                    }))
+                },
+            ))
+            .and_then(mqtt_service(ingest.clone()))
         })?;
     }
     if let Some((listener, tls_config)) = tls {
@@ -175,6 +184,11 @@ fn serve(
         builder = builder.listen("mqtts", listener, cfg, async move |_| {
             ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
                 .map_err(|e| ntex_mqtt::MqttError::Service(MqttError(tls_error(&e))))
+                .map(move |io| {
+                    io.add_filter(framing::WholePackets {
+                        packet_bytes_max: max,
+                    })
+                })
                 .and_then(mqtt_service(ingest.clone()))
         })?;
     }
@@ -214,11 +228,8 @@ fn service_config(limits: &MqttConfig) -> SharedCfg {
                 .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
                 .set_connect_timeout(Seconds(limits.connect_timeout_secs))
                 .set_handshake_timeout(Seconds(limits.connect_timeout_secs))
-                // A message that arrived is stored even if the client hangs up right after
-                // sending it (a QoS 0 publish followed by DISCONNECT is the common case).
-                .set_handle_qos_after_disconnect(Some(ntex_mqtt::QoS::ExactlyOnce))
-                // Payloads are stored whole; hand them over in one piece.
-                .set_min_chunk_size(0)
+                // The codec sees whole packets only (`framing`); never stream payloads.
+                .set_min_chunk_size(limits.packet_bytes_max)
                 .set_max_payload_buffer_size(limits.packet_bytes_max as usize),
         )
         .build()
@@ -244,6 +255,26 @@ fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
     .with_single_cert(certs, key)
     .map_err(|e| io::Error::other(format!("the MQTT TLS certificate or key: {e}")))?;
     Ok(Arc::new(config))
+}
+
+/// Says why a connection ends when the node ended it.
+fn log_stop(device: &ingest::Device, control: &ntex_mqtt::Control<MqttError>) {
+    use ntex_mqtt::{Control, Reason};
+    match control {
+        Control::Stop(Reason::Error(err)) => tracing::info!(
+            workspace = %device.workspace,
+            device = %device.device_id,
+            reason = err.get_ref().0,
+            "MQTT connection closed"
+        ),
+        Control::Stop(Reason::Protocol(err)) => tracing::info!(
+            workspace = %device.workspace,
+            device = %device.device_id,
+            error = %err.get_ref(),
+            "MQTT connection closed: protocol error"
+        ),
+        _ => {}
+    }
 }
 
 /// The client's IP address, for the CONNECT throttle.

@@ -98,8 +98,9 @@ pub async fn protocol(
 /// Connection events (write back-pressure, the end of a connection): ntex-mqtt's own handling
 /// is what we want; this only keeps it from logging a warning for every one.
 pub async fn control(
-    _session: &v3::Session<DeviceSession>,
-    _control: ntex_mqtt::Control<MqttError>,
+    session: &v3::Session<DeviceSession>,
+    control: ntex_mqtt::Control<MqttError>,
 ) -> Result<Option<v3::codec::Encoded>, MqttError> {
+    super::log_stop(&session.device, &control);
     Ok(None)
 }

@@ -140,8 +140,9 @@ pub async fn protocol(
 /// (a DISCONNECT with the fitting reason code) is what we want; this only keeps it from
 /// logging a warning for every one.
 pub async fn control(
-    _session: &v5::Session<DeviceSession>,
-    _control: ntex_mqtt::Control<MqttError>,
+    session: &v5::Session<DeviceSession>,
+    control: ntex_mqtt::Control<MqttError>,
 ) -> Result<Option<v5::codec::Encoded>, MqttError> {
+    super::log_stop(&session.device, &control);
     Ok(None)
 }

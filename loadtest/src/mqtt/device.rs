@@ -198,21 +198,19 @@ pub async fn run(index: usize, plan: Arc<Plan>, counters: Arc<Counters>) -> Resu
     // The end: QoS 0 sends a QoS 1 fence (ordered after everything it sent), QoS 1 and 2 wait
     // for what is outstanding; then DISCONNECT.
     let drain_started = Instant::now();
-    if !plan.idle && plan.qos == 0 {
-        if window.try_acquire().map(|p| p.forget()).is_ok() {
-            packet_id = packet_id.wrapping_add(1).max(1);
-            if let Ok(mut s) = sent_at.lock() {
-                s[packet_id as usize] = Some(Instant::now());
-            }
-            codec::publish(
-                &mut out,
-                plan.version,
-                &plan.topic,
-                1,
-                packet_id,
-                b"{\"fence\":true}",
-            );
+    if !plan.idle && plan.qos == 0 && window.try_acquire().map(|p| p.forget()).is_ok() {
+        packet_id = packet_id.wrapping_add(1).max(1);
+        if let Ok(mut s) = sent_at.lock() {
+            s[packet_id as usize] = Some(Instant::now());
         }
+        codec::publish(
+            &mut out,
+            plan.version,
+            &plan.topic,
+            1,
+            packet_id,
+            b"{\"fence\":true}",
+        );
     }
     let wanted = plan.inflight.max(1);
     while drain_started.elapsed() < DRAIN_TIMEOUT

@@ -1,0 +1,126 @@
+//! A filter under the MQTT codec that passes on whole packets only.
+//!
+//! ntex-mqtt 9.0 hands a PUBLISH to the dispatcher as soon as its header is decoded and
+//! streams the rest of a split payload as separate chunks. With several publishes in flight
+//! the dispatcher may run a chunk before the publish it belongs to, and the connection fails
+//! ("UnexpectedPayload", measured under load) or a payload is cut short. Holding back the
+//! tail of a packet until all of it has arrived means the codec only ever sees whole packets,
+//! so every payload arrives in one piece. A packet declaring more than the maximum size is
+//! passed on at once, for the codec to refuse, so nothing waits for bytes that will never be
+//! accepted.
+
+use std::io;
+
+use ntex_bytes::BytesMut;
+use ntex_io::{FilterBuf, FilterLayer};
+
+/// Passes complete MQTT packets from the socket's buffer to the codec's.
+#[derive(Debug)]
+pub struct WholePackets {
+    /// Largest remaining length the node accepts (`mqtt.packet_bytes_max`).
+    pub packet_bytes_max: u32,
+}
+
+impl FilterLayer for WholePackets {
+    fn process_read_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
+        buf.with_read_buffers(|src, dst| {
+            let Some(src) = src.as_mut() else {
+                return Ok(());
+            };
+            let whole = complete_prefix(src, self.packet_bytes_max);
+            if whole == 0 {
+                return Ok(());
+            }
+            if whole == src.len() && dst.is_empty() {
+                // The common case, everything complete: hand the buffer over without copying.
+                std::mem::swap(src, dst);
+            } else {
+                dst.extend_from_slice(&src.split_to(whole));
+            }
+            Ok(())
+        })
+    }
+
+    fn process_write_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
+        buf.with_write_buffers(|src, dst| {
+            src.move_to(dst);
+            Ok(())
+        })
+    }
+}
+
+/// Bytes at the start of `buf` that form whole packets, plus everything after a header the
+/// codec must see at once (malformed length, or over `max`).
+fn complete_prefix(buf: &BytesMut, max: u32) -> usize {
+    let mut at = 0;
+    loop {
+        let rest = &buf[at..];
+        if rest.len() < 2 {
+            return at;
+        }
+        let mut remaining: u64 = 0;
+        let mut header = 1;
+        loop {
+            let Some(&byte) = rest.get(header) else {
+                return at;
+            };
+            remaining |= u64::from(byte & 0x7F) << (7 * (header - 1));
+            header += 1;
+            if byte & 0x80 == 0 {
+                break;
+            }
+            if header > 4 {
+                // A fifth length byte is malformed: let the codec say so.
+                return buf.len();
+            }
+        }
+        if remaining > u64::from(max) {
+            return buf.len();
+        }
+        let total = header + remaining as usize;
+        if rest.len() < total {
+            return at;
+        }
+        at += total;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bytes(b: &[u8]) -> BytesMut {
+        BytesMut::from(b)
+    }
+
+    #[test]
+    fn only_whole_packets_pass() {
+        // PINGREQ, then a PUBLISH of 5 bytes of which 3 arrived.
+        let buf = bytes(&[0xC0, 0x00, 0x30, 0x05, 1, 2, 3]);
+        assert_eq!(complete_prefix(&buf, 1024), 2);
+        let buf = bytes(&[0xC0, 0x00, 0x30, 0x05, 1, 2, 3, 4, 5]);
+        assert_eq!(complete_prefix(&buf, 1024), 9);
+        // A lone first byte, a length still arriving.
+        assert_eq!(complete_prefix(&bytes(&[0x30]), 1024), 0);
+        assert_eq!(complete_prefix(&bytes(&[0x30, 0x80]), 1024), 0);
+    }
+
+    #[test]
+    fn multi_byte_lengths_are_read() {
+        // 200 = 0xC8 0x01
+        let mut buf = vec![0x30, 0xC8, 0x01];
+        buf.extend(std::iter::repeat_n(0u8, 199));
+        assert_eq!(complete_prefix(&bytes(&buf), 1024), 0);
+        buf.push(0);
+        assert_eq!(complete_prefix(&bytes(&buf), 1024), 203);
+    }
+
+    #[test]
+    fn oversized_and_malformed_headers_go_straight_to_the_codec() {
+        // Declares 16 KiB with a limit of 1 KiB: passed on for the codec to refuse.
+        let buf = bytes(&[0x30, 0x80, 0x80, 0x01, 0]);
+        assert_eq!(complete_prefix(&buf, 1024), 5);
+        let buf = bytes(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F]);
+        assert_eq!(complete_prefix(&buf, u32::MAX), 6);
+    }
+}
