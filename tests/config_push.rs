@@ -1,5 +1,6 @@
 //! The configuration stream between the planes, as separate processes on loopback: a control
-//! plane and three data-plane nodes converge, follow revocations and disabled workspaces, keep
+//! plane and three data-plane nodes converge, follow revocations (HTTP refusals and MQTT
+//! sessions closed on every node) and disabled workspaces, keep
 //! serving while the control plane is away (also after a restart), and catch up after it
 //! returns; a node with the wrong secret gets nothing; a corrupt delta is refused (NACK) and a
 //! gap forces a full snapshot (against a scripted control plane).
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::controlplane::{verified_user, Api};
+use common::mqtt::Background;
 use common::{free_port, post, wait_for, Proc};
 use serde_json::{json, Value};
 use sluice_storage::snapshot::ConfigSnapshot;
@@ -23,6 +25,8 @@ struct Cluster {
     control: Proc,
     api: Api,
     nodes: Vec<(Proc, u16)>,
+    /// MQTT port of each node.
+    mqtt_ports: Vec<u16>,
     dir: tempfile::TempDir,
     operator: String,
 }
@@ -76,6 +80,7 @@ impl Cluster {
             control,
             api,
             nodes: Vec::new(),
+            mqtt_ports: Vec::new(),
             dir,
             operator,
         };
@@ -87,6 +92,7 @@ impl Cluster {
 
     fn add_node(&mut self, n: usize, secret: &str) {
         let port = free_port();
+        let mqtt_port = free_port();
         let node_dir = self.dir.path().join(format!("node{n}"));
         let node = Proc::start(
             &strings(&[
@@ -96,7 +102,7 @@ impl Cluster {
                 "--http-addr",
                 &format!("127.0.0.1:{port}"),
                 "--mqtt-addr",
-                &format!("127.0.0.1:{}", free_port()),
+                &format!("127.0.0.1:{mqtt_port}"),
                 "--http-threads",
                 "1",
                 "--control-plane",
@@ -110,6 +116,7 @@ impl Cluster {
             format!("http://127.0.0.1:{port}/healthz"),
         );
         self.nodes.push((node, port));
+        self.mqtt_ports.push(mqtt_port);
     }
 
     /// Answer of one ingest request to node `n`.
@@ -222,7 +229,33 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         cluster.readyz(0)
     );
 
-    // Revocation reaches every node.
+    // Revocation reaches every node: HTTP requests are refused and live MQTT sessions of the
+    // token are closed (0x87), on all three.
+    let sessions: Vec<Background> = all
+        .iter()
+        .map(|&n| {
+            let client = format!("plant-{n}");
+            let session = Background::start(
+                cluster.mqtt_ports[n],
+                &[
+                    "hold",
+                    "--version",
+                    "5",
+                    "--client-id",
+                    &client,
+                    "--timeout",
+                    "30",
+                    "--username",
+                    "plant",
+                    "--password",
+                    &first,
+                ],
+            );
+            let connack = session.next(Duration::from_secs(10)).expect("CONNACK");
+            assert_eq!(connack["rc"], 0, "node {n}: {connack}");
+            session
+        })
+        .collect();
     let a = cluster.api.delete(
         &format!("/api/v1/workspaces/plant/tokens/{first_id}"),
         &ada.token,
@@ -232,6 +265,13 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         cluster.all_answer(&all, "plant", &first, 401),
         "revoked everywhere"
     );
+    for (n, session) in sessions.iter().enumerate() {
+        let line = session
+            .next(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("node {n} kept the revoked token's MQTT session"));
+        assert_eq!(line["event"], "disconnected", "node {n}: {line}");
+        assert_eq!(line["rc"], 0x87, "node {n}: {line}");
+    }
 
     // A node killed and restarted catches up on what it missed.
     cluster.nodes[1].0.kill9();
