@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use sluice_storage::event::{Envelope, IngestBatch, Protocol};
 use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug};
 use sluice_storage::token;
 use sluice_storage::wal::{Wal, WalError};
@@ -16,7 +15,8 @@ use crate::config::MqttConfig;
 use crate::metrics::{HttpMetrics, PublishLabels};
 use crate::parse::{self, BodyFormat, ParseError};
 
-use super::sessions::Sessions;
+use super::batcher::Accepted;
+use super::sessions::{DeviceSession, Sessions};
 use super::throttle::ConnectFailures;
 
 /// State shared by every MQTT connection of a node, on every worker thread.
@@ -194,16 +194,25 @@ impl MqttIngest {
             .map(|_| ())
     }
 
-    /// Stores one PUBLISH and returns once it is durable in the WAL.
+    /// Stores one PUBLISH of `session`'s connection. QoS 1 and 2 return once it is durable in
+    /// the WAL; QoS 0 returns once it is queued (unless the connection has too much queued).
     pub async fn publish(
-        &self,
-        device: &Device,
+        self: &Arc<Self>,
+        session: &DeviceSession,
         topic: &str,
         payload: &[u8],
         qos: u8,
     ) -> Result<(), PublishRefusal> {
         let started = Instant::now();
-        let outcome = self.store(device, topic, payload).await;
+        let device = &session.device;
+        let outcome = match self.accept(device, topic, payload).await {
+            Ok(Some(accepted)) => match session.batcher.submit(self, accepted, qos > 0) {
+                Some(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
+                None => Ok(()),
+            },
+            Ok(None) => Ok(()),
+            Err(refusal) => Err(refusal),
+        };
         let label = PublishLabels {
             qos,
             outcome: match &outcome {
@@ -235,12 +244,14 @@ impl MqttIngest {
         outcome
     }
 
-    async fn store(
+    /// Checks one PUBLISH against the configuration in force now, its payload, and the
+    /// workspace's rate; `None` when it carries no event.
+    async fn accept(
         &self,
         device: &Device,
         topic: &str,
         payload: &[u8],
-    ) -> Result<(), PublishRefusal> {
+    ) -> Result<Option<Accepted>, PublishRefusal> {
         let received_at_us = now_us();
         let source = source_of(topic).ok_or(PublishRefusal::TopicInvalid)?;
         let grant = self
@@ -266,7 +277,7 @@ impl MqttIngest {
             .map_err(PublishRefusal::PayloadInvalid)?;
         let count = events.ends.len();
         if count == 0 {
-            return Ok(());
+            return Ok(None);
         }
         let waited = Instant::now();
         while grant.workspace.bucket.take(count).is_err() {
@@ -275,36 +286,19 @@ impl MqttIngest {
             }
             ntex_util::time::sleep(ROOM_POLL).await;
         }
-        let batch = IngestBatch {
-            envelope: Envelope {
-                first_event_id: Uuid::now_v7(),
-                received_at_us,
-                workspace_id: grant.workspace.id,
-                source: source.to_owned(),
-                device_id: grant.device_id,
-                protocol: Protocol::Mqtt,
-                topic: Some(topic.to_owned()),
-            },
+        match self.wal.check_room(events.payloads.len()) {
+            Ok(()) | Err(WalError::QuotaExceeded { .. }) => {}
+            Err(_) => return Err(PublishRefusal::Unavailable),
+        }
+        Ok(Some(Accepted {
+            workspace_id: grant.workspace.id,
+            source: source.to_owned(),
+            topic: topic.to_owned(),
+            device_id: grant.device_id,
+            received_at_us,
             payloads: events.payloads,
             ends: events.ends,
-        };
-        let mut record = Vec::with_capacity(batch.encoded_len());
-        batch.encode_into(&mut record);
-        loop {
-            match self.wal.check_room(record.len()) {
-                Ok(()) => break,
-                Err(WalError::QuotaExceeded { .. }) if waited.elapsed() < ROOM_WAIT_MAX => {
-                    ntex_util::time::sleep(ROOM_POLL).await;
-                }
-                Err(WalError::QuotaExceeded { .. }) => return Err(PublishRefusal::QuotaExceeded),
-                Err(_) => return Err(PublishRefusal::Unavailable),
-            }
-        }
-        match self.wal.append(record).await {
-            Ok(_) => Ok(()),
-            Err(WalError::QuotaExceeded { .. }) => Err(PublishRefusal::QuotaExceeded),
-            Err(_) => Err(PublishRefusal::Unavailable),
-        }
+        }))
     }
 }
 

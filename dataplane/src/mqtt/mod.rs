@@ -8,6 +8,7 @@
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
+mod batcher;
 mod framing;
 pub mod ingest;
 pub mod runtime;
@@ -16,14 +17,11 @@ pub mod throttle;
 mod v3;
 mod v5;
 
-use std::cell::Cell;
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use ntex_bytes::Bytes;
 use ntex_mqtt::MqttServiceConfig;
 use ntex_server::net::Connection;
 use ntex_service::cfg::SharedCfg;
@@ -34,7 +32,6 @@ use tracing::{error, info};
 
 use crate::config::MqttConfig;
 use ingest::MqttIngest;
-use sessions::DeviceSession;
 
 /// The error a publish or connect handler ends a connection with (3.1.1 refusals, broken
 /// payload streams); the slug says why.
@@ -293,38 +290,4 @@ fn keep_alive(asked: u16, max: u16) -> u16 {
     } else {
         asked.min(max)
     }
-}
-
-/// QoS 0 events of one connection stored in the background at most: the client gets no ack
-/// anyway, so the connection goes on reading while the WAL syncs; past this many it waits.
-const QOS0_IN_FLIGHT_MAX: usize = 64;
-
-/// Stores a QoS 0 PUBLISH. Refusals are counted and logged; 3.1.1 and 5 alike have nothing to
-/// send back for QoS 0.
-async fn publish_qos0(
-    ingest: &Arc<MqttIngest>,
-    session: &DeviceSession,
-    topic: String,
-    payload: Bytes,
-) {
-    let in_flight = session.qos0_in_flight.clone();
-    if in_flight.get() >= QOS0_IN_FLIGHT_MAX {
-        let _ = ingest.publish(&session.device, &topic, &payload, 0).await;
-        return;
-    }
-    in_flight.set(in_flight.get() + 1);
-    let ingest = ingest.clone();
-    let device = session.device.clone();
-    // A copy, not a view: the payload shares the connection's read buffer, and holding views
-    // of it while the connection reads on makes every later read copy the whole buffer.
-    let payload = payload.to_vec();
-    ntex_rt::spawn(async move {
-        let _ = ingest.publish(&device, &topic, &payload, 0).await;
-        release(&in_flight);
-    })
-    .detach();
-}
-
-fn release(counter: &Rc<Cell<usize>>) {
-    counter.set(counter.get().saturating_sub(1));
 }

@@ -5,7 +5,6 @@
 //! a `Notify` per session (takeover) and the configuration's change signal. Each session runs
 //! one small task that waits on both, on the token's expiry, and on the session's end.
 
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +19,7 @@ use uuid::Uuid;
 use crate::access::Refusal;
 use crate::metrics::Reason;
 
+use super::batcher::Batcher;
 use super::ingest::{now_us, Device, MqttIngest};
 
 /// Why the node closes a session.
@@ -87,8 +87,8 @@ impl Sessions {
 /// The application state of one MQTT connection.
 pub struct DeviceSession {
     pub device: Rc<Device>,
-    /// QoS 0 publishes of this connection being stored in the background.
-    pub qos0_in_flight: Rc<Cell<usize>>,
+    /// The connection's queue of WAL records.
+    pub batcher: Rc<Batcher>,
     registration: Registration,
 }
 
@@ -123,7 +123,7 @@ impl DeviceSession {
         ntex_rt::spawn(watch(ingest.clone(), device.clone(), kick, gone, closer)).detach();
         DeviceSession {
             device: Rc::new(device),
-            qos0_in_flight: Rc::new(Cell::new(0)),
+            batcher: Rc::new(Batcher::default()),
             registration: Registration {
                 ingest: ingest.clone(),
                 key,

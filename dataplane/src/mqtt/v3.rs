@@ -11,7 +11,7 @@ use ntex_util::time::Seconds;
 
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest};
 use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::{peer_ip, publish_qos0, MqttError};
+use super::{peer_ip, MqttError};
 
 struct V3Closer(v3::MqttSink);
 
@@ -68,14 +68,12 @@ pub async fn publish(
         .await
         .map_err(|_| MqttError("payload-incomplete"))?;
     let ingest = session.ingest().clone();
+    let stored = ingest.publish(session, &topic, &payload, qos).await;
     if qos == 0 {
-        publish_qos0(&ingest, session, topic, payload).await;
+        // Nothing to answer at QoS 0: a refusal is counted and logged only.
         return Ok(());
     }
-    ingest
-        .publish(&session.device, &topic, &payload, qos)
-        .await
-        .map_err(|refusal| MqttError(refusal.slug()))
+    stored.map_err(|refusal| MqttError(refusal.slug()))
 }
 
 /// SUBSCRIBE gets a SUBACK that fails every filter (0x80): this is an ingest-only endpoint.

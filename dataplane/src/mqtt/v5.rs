@@ -11,7 +11,7 @@ use ntex_mqtt::v5::codec::{
 
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest, PublishRefusal};
 use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::{peer_ip, publish_qos0, MqttError};
+use super::{peer_ip, MqttError};
 
 struct V5Closer(v5::MqttSink);
 
@@ -88,32 +88,31 @@ pub async fn publish(
         .await
         .map_err(|_| MqttError("payload-incomplete"))?;
     let ingest = session.ingest().clone();
+    let stored = ingest.publish(session, &topic, &payload, qos).await;
     if qos == 0 {
-        publish_qos0(&ingest, session, topic, payload).await;
+        // Nothing to answer at QoS 0: a refusal is counted and logged only.
         return Ok(publish.ack());
     }
-    Ok(
-        match ingest.publish(&session.device, &topic, &payload, qos).await {
-            Ok(()) => publish.ack(),
-            Err(refusal) => {
-                let code = match &refusal {
-                    PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
-                        PublishAckReason::TopicNameInvalid
-                    }
-                    PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
-                    PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
-                    PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
-                        PublishAckReason::QuotaExceeded
-                    }
-                    PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
-                };
-                publish
-                    .ack()
-                    .reason_code(code)
-                    .reason(ByteString::from(refusal.describe()))
-            }
-        },
-    )
+    Ok(match stored {
+        Ok(()) => publish.ack(),
+        Err(refusal) => {
+            let code = match &refusal {
+                PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
+                    PublishAckReason::TopicNameInvalid
+                }
+                PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
+                PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
+                PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
+                    PublishAckReason::QuotaExceeded
+                }
+                PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
+            };
+            publish
+                .ack()
+                .reason_code(code)
+                .reason(ByteString::from(refusal.describe()))
+        }
+    })
 }
 
 /// SUBSCRIBE gets a SUBACK refusing every filter with 0x87: this is an ingest-only endpoint.

@@ -1,0 +1,224 @@
+//! One WAL record for many PUBLISHes: a connection's messages that arrive while its previous
+//! append is in flight are gathered into the next record.
+//!
+//! A connection has at most one WAL append in flight. Messages for the same source, topic
+//! and device join the newest record still waiting; each record is one [`IngestBatch`], so
+//! its events share an envelope (the first message's receive time, the topic) and get
+//! consecutive event ids. When the append is durable, every QoS 1/2 publish in the record is
+//! acknowledged. This takes the per-message cost out of the WAL writer and the shipper, which
+//! otherwise handle one tiny record per MQTT message.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::channel::oneshot;
+use sluice_storage::event::{Envelope, IngestBatch, Protocol};
+use sluice_storage::wal::WalError;
+use tracing::warn;
+use uuid::Uuid;
+
+use super::ingest::{MqttIngest, PublishRefusal};
+
+/// Payload bytes per record at most.
+const RECORD_BYTES_MAX: usize = 1 << 20;
+/// Events per record at most.
+const RECORD_EVENTS_MAX: usize = 16_384;
+/// Bytes waiting per connection before a QoS 0 publish waits for its record too.
+const QUEUED_BYTES_MAX: usize = 4 << 20;
+/// How long an append may wait for disk room before its messages are refused.
+const ROOM_WAIT_MAX: Duration = Duration::from_secs(10);
+const ROOM_POLL: Duration = Duration::from_millis(50);
+
+/// Events of one accepted PUBLISH, checked and ready to store.
+pub struct Accepted {
+    pub workspace_id: Uuid,
+    pub source: String,
+    pub topic: String,
+    pub device_id: Option<String>,
+    pub received_at_us: i64,
+    pub payloads: Vec<u8>,
+    pub ends: Vec<u32>,
+}
+
+/// Told when the record holding a publish is durable, or why it is not.
+pub type Durable = oneshot::Receiver<Result<(), PublishRefusal>>;
+
+struct Record {
+    accepted: Accepted,
+    waiters: Vec<oneshot::Sender<Result<(), PublishRefusal>>>,
+}
+
+impl Record {
+    fn takes(&self, next: &Accepted) -> bool {
+        let a = &self.accepted;
+        a.workspace_id == next.workspace_id
+            && a.source == next.source
+            && a.topic == next.topic
+            && a.device_id == next.device_id
+            && a.payloads.len() + next.payloads.len() <= RECORD_BYTES_MAX
+            && a.ends.len() + next.ends.len() <= RECORD_EVENTS_MAX
+    }
+
+    fn absorb(&mut self, next: Accepted) {
+        let a = &mut self.accepted;
+        let base = a.payloads.len() as u32;
+        a.payloads.extend_from_slice(&next.payloads);
+        a.ends.extend(next.ends.iter().map(|end| base + end));
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Records not yet handed to the WAL; the last one still takes messages.
+    waiting: VecDeque<Record>,
+    waiting_bytes: usize,
+    /// A flush task is running for this connection.
+    flushing: bool,
+}
+
+/// The record queue of one connection.
+#[derive(Default)]
+pub struct Batcher {
+    state: RefCell<State>,
+}
+
+impl Batcher {
+    /// Queues `accepted`. With `wait` (QoS 1/2), or when the connection has too much waiting,
+    /// returns what tells when it is durable.
+    pub fn submit(
+        self: &Rc<Self>,
+        ingest: &Arc<MqttIngest>,
+        accepted: Accepted,
+        wait: bool,
+    ) -> Option<Durable> {
+        let mut state = self.state.borrow_mut();
+        state.waiting_bytes += accepted.payloads.len();
+        let wait = wait || state.waiting_bytes > QUEUED_BYTES_MAX;
+        let (tx, rx) = if wait {
+            let (tx, rx) = oneshot::channel();
+            (Some(tx), Some(rx))
+        } else {
+            (None, None)
+        };
+        match state.waiting.back_mut() {
+            Some(open) if open.takes(&accepted) => {
+                open.absorb(accepted);
+                open.waiters.extend(tx);
+            }
+            _ => state.waiting.push_back(Record {
+                accepted,
+                waiters: tx.into_iter().collect(),
+            }),
+        }
+        if !state.flushing {
+            state.flushing = true;
+            ntex_rt::spawn(flush(self.clone(), ingest.clone())).detach();
+        }
+        rx
+    }
+}
+
+/// Appends the connection's records one after the other until none is waiting.
+async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
+    loop {
+        let record = {
+            let mut state = batcher.state.borrow_mut();
+            match state.waiting.pop_front() {
+                Some(record) => {
+                    state.waiting_bytes = state
+                        .waiting_bytes
+                        .saturating_sub(record.accepted.payloads.len());
+                    record
+                }
+                None => {
+                    state.flushing = false;
+                    return;
+                }
+            }
+        };
+        let result = append(&ingest, record.accepted).await;
+        if let Err(err) = &result {
+            warn!(error = %err, "MQTT messages could not be stored");
+        }
+        for waiter in record.waiters {
+            let _ = waiter.send(result.as_ref().map(|_| ()).map_err(refusal));
+        }
+    }
+}
+
+async fn append(ingest: &MqttIngest, accepted: Accepted) -> Result<(), WalError> {
+    let batch = IngestBatch {
+        envelope: Envelope {
+            first_event_id: Uuid::now_v7(),
+            received_at_us: accepted.received_at_us,
+            workspace_id: accepted.workspace_id,
+            source: accepted.source,
+            device_id: accepted.device_id,
+            protocol: Protocol::Mqtt,
+            topic: Some(accepted.topic),
+        },
+        payloads: accepted.payloads,
+        ends: accepted.ends,
+    };
+    let mut record = Vec::with_capacity(batch.encoded_len());
+    batch.encode_into(&mut record);
+    // At the disk quota, wait a while for the shipper to free room: the connection's
+    // publishes wait meanwhile, which is MQTT's flow control.
+    let started = Instant::now();
+    loop {
+        match ingest.wal.check_room(record.len()) {
+            Err(WalError::QuotaExceeded { .. }) if started.elapsed() < ROOM_WAIT_MAX => {
+                ntex_util::time::sleep(ROOM_POLL).await;
+            }
+            other => {
+                other?;
+                break;
+            }
+        }
+    }
+    ingest.wal.append(record).await.map(|_| ())
+}
+
+fn refusal(err: &WalError) -> PublishRefusal {
+    match err {
+        WalError::QuotaExceeded { .. } => PublishRefusal::QuotaExceeded,
+        _ => PublishRefusal::Unavailable,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accepted(topic: &str, payload: &str) -> Accepted {
+        Accepted {
+            workspace_id: Uuid::nil(),
+            source: "telemetry".into(),
+            topic: topic.into(),
+            device_id: Some("d".into()),
+            received_at_us: 1,
+            payloads: payload.as_bytes().to_vec(),
+            ends: vec![payload.len() as u32],
+        }
+    }
+
+    #[test]
+    fn messages_of_one_topic_share_a_record_with_their_own_spans() {
+        let mut record = Record {
+            accepted: accepted("ingest/telemetry", r#"{"a":1}"#),
+            waiters: Vec::new(),
+        };
+        let next = accepted("ingest/telemetry", r#"{"b":22}"#);
+        assert!(record.takes(&next));
+        record.absorb(next);
+        assert_eq!(record.accepted.payloads, br#"{"a":1}{"b":22}"#);
+        assert_eq!(record.accepted.ends, vec![7, 15]);
+        assert!(!record.takes(&accepted("ingest/telemetry/other", "{}")));
+        let mut big = accepted("ingest/telemetry", "{}");
+        big.payloads = vec![b' '; RECORD_BYTES_MAX];
+        assert!(!record.takes(&big));
+    }
+}
