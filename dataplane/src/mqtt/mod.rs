@@ -223,6 +223,7 @@ fn service_config(limits: &MqttConfig) -> SharedCfg {
                     (limits.packet_bytes_max as usize).saturating_mul(limits.receive_max as usize),
                 )
                 .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
+                .protocol_version_timeout(Seconds(limits.connect_timeout_secs))
                 .set_connect_timeout(Seconds(limits.connect_timeout_secs))
                 .set_handshake_timeout(Seconds(limits.connect_timeout_secs))
                 // The codec sees whole packets only (`framing`); never stream payloads.
