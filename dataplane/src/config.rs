@@ -82,8 +82,11 @@ pub struct MqttConfig {
     pub receive_max: u16,
     /// Largest MQTT packet accepted; a larger one closes the connection (0x95 on MQTT 5).
     pub packet_bytes_max: u32,
-    /// Largest payload stored; a larger one is refused (0x95 on MQTT 5).
+    /// Largest payload stored; a larger one is refused (0x97 on MQTT 5).
     pub payload_bytes_max: usize,
+    /// Payload bytes of all MQTT messages received and not yet in the WAL, all connections
+    /// together; past it publishes wait (and are refused after 10 s).
+    pub inflight_bytes_max: usize,
     /// Keep-alive a client may ask for at most, in seconds (0 = no keep-alive is refused).
     pub keep_alive_max_secs: u16,
     /// Time a client has to send its CONNECT after the TCP (or TLS) handshake.
@@ -163,6 +166,7 @@ impl Default for MqttConfig {
             receive_max: 64,
             packet_bytes_max: 1 << 20,
             payload_bytes_max: 256 << 10,
+            inflight_bytes_max: 256 << 20,
             keep_alive_max_secs: 3600,
             connect_timeout_secs: 10,
             failed_connects_per_minute: 10,

@@ -186,6 +186,12 @@ impl Node {
             events_per_message_max: config.http.events_per_request_max,
             sessions: Sessions::default(),
             failures: ConnectFailures::new(config.mqtt.failed_connects_per_minute),
+            inflight: Arc::new(tokio::sync::Semaphore::new(
+                config.mqtt.inflight_bytes_max.clamp(
+                    config.mqtt.payload_bytes_max,
+                    tokio::sync::Semaphore::MAX_PERMITS,
+                ),
+            )),
         }))
         .map_err(io("starting MQTT"))?;
         let api = Arc::new(Api::new(

@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use futures::channel::oneshot;
 use sluice_storage::event::{Envelope, IngestBatch, Protocol};
 use sluice_storage::wal::WalError;
+use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 use uuid::Uuid;
 
@@ -41,6 +42,8 @@ pub struct Accepted {
     pub received_at_us: i64,
     pub payloads: Vec<u8>,
     pub ends: Vec<u32>,
+    /// Its share of `mqtt.inflight_bytes_max`, given back once the record is appended.
+    pub permit: OwnedSemaphorePermit,
 }
 
 /// Told when the record holding a publish is durable, or why it is not.
@@ -48,6 +51,8 @@ pub type Durable = oneshot::Receiver<Result<(), PublishRefusal>>;
 
 struct Record {
     accepted: Accepted,
+    /// The memory shares of the publishes absorbed after the first.
+    permits: Vec<OwnedSemaphorePermit>,
     waiters: Vec<oneshot::Sender<Result<(), PublishRefusal>>>,
 }
 
@@ -67,6 +72,7 @@ impl Record {
         let base = a.payloads.len() as u32;
         a.payloads.extend_from_slice(&next.payloads);
         a.ends.extend(next.ends.iter().map(|end| base + end));
+        self.permits.push(next.permit);
     }
 }
 
@@ -110,6 +116,7 @@ impl Batcher {
             }
             _ => state.waiting.push_back(Record {
                 accepted,
+                permits: Vec::new(),
                 waiters: tx.into_iter().collect(),
             }),
         }
@@ -140,6 +147,7 @@ async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
             }
         };
         let result = append(&ingest, record.accepted).await;
+        drop(record.permits);
         if let Err(err) = &result {
             warn!(error = %err, "MQTT messages could not be stored");
         }
@@ -150,6 +158,7 @@ async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
 }
 
 async fn append(ingest: &MqttIngest, accepted: Accepted) -> Result<(), WalError> {
+    let _permit = accepted.permit;
     let batch = IngestBatch {
         envelope: Envelope {
             first_event_id: Uuid::now_v7(),
@@ -194,7 +203,11 @@ mod tests {
     use super::*;
 
     fn accepted(topic: &str, payload: &str) -> Accepted {
+        let permits = Arc::new(tokio::sync::Semaphore::new(1 << 24));
         Accepted {
+            permit: permits
+                .try_acquire_many_owned(payload.len().max(1) as u32)
+                .expect("permits"),
             workspace_id: Uuid::nil(),
             source: "telemetry".into(),
             topic: topic.into(),
@@ -209,11 +222,17 @@ mod tests {
     fn messages_of_one_topic_share_a_record_with_their_own_spans() {
         let mut record = Record {
             accepted: accepted("ingest/telemetry", r#"{"a":1}"#),
+            permits: Vec::new(),
             waiters: Vec::new(),
         };
         let next = accepted("ingest/telemetry", r#"{"b":22}"#);
         assert!(record.takes(&next));
         record.absorb(next);
+        assert_eq!(
+            record.permits.len(),
+            1,
+            "the second publish's memory share is kept"
+        );
         assert_eq!(record.accepted.payloads, br#"{"a":1}{"b":22}"#);
         assert_eq!(record.accepted.ends, vec![7, 15]);
         assert!(!record.takes(&accepted("ingest/telemetry/other", "{}")));

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug};
 use sluice_storage::token;
 use sluice_storage::wal::{Wal, WalError};
+use tokio::sync::Semaphore;
 use tracing::{info, warn};
 use uuid::Uuid;
 
@@ -29,6 +30,9 @@ pub struct MqttIngest {
     pub events_per_message_max: usize,
     pub sessions: Sessions,
     pub failures: ConnectFailures,
+    /// Payload bytes received and not yet durable, all connections together
+    /// (`mqtt.inflight_bytes_max`).
+    pub inflight: Arc<Semaphore>,
 }
 
 /// Why a CONNECT is refused. Every refusal looks the same to the client whatever the detail,
@@ -280,6 +284,14 @@ impl MqttIngest {
             return Ok(None);
         }
         let waited = Instant::now();
+        // Node-wide memory bound: hold the payload's size until it is in the WAL.
+        let bytes = u32::try_from(events.payloads.len().max(1)).unwrap_or(u32::MAX);
+        let permit = tokio::select! {
+            permit = self.inflight.clone().acquire_many_owned(bytes) => {
+                permit.map_err(|_| PublishRefusal::Unavailable)?
+            }
+            () = ntex_util::time::sleep(ROOM_WAIT_MAX) => return Err(PublishRefusal::QuotaExceeded),
+        };
         while grant.workspace.bucket.take(count).is_err() {
             if waited.elapsed() > ROOM_WAIT_MAX {
                 return Err(PublishRefusal::QuotaExceeded);
@@ -298,6 +310,7 @@ impl MqttIngest {
             received_at_us,
             payloads: events.payloads,
             ends: events.ends,
+            permit,
         }))
     }
 }
