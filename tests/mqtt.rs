@@ -908,3 +908,40 @@ fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
     let total = 4 * i64::from(per_connection);
     assert_eq!(rows, vec![vec![json!(total), json!(total)]]);
 }
+
+#[test]
+fn a_workspace_over_its_rate_is_slowed_down_not_refused() {
+    // 20 events a second for the workspace: 60 QoS 1 messages must take about two seconds,
+    // every one acknowledged, none refused.
+    let mut fx = Fixture::start(&["--workspace-events-per-second", "20"]);
+    let started = std::time::Instant::now();
+    let lines = paho(
+        fx.mqtt_port(),
+        &with_creds(
+            &[
+                "publish",
+                "--version",
+                "5",
+                "--count",
+                "60",
+                "--client-id",
+                "paced",
+                "--payload",
+                r#"{"paced": {i}}"#,
+                "--timeout",
+                "30",
+            ],
+            &fx.token,
+        ),
+    );
+    let took = started.elapsed();
+    assert_eq!(acked(&lines), 60, "{lines:?}");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "60 events at 20/s were acknowledged in {took:?}"
+    );
+    let metrics = fx.sluice.metrics();
+    assert!(!metrics.contains("quota-exceeded"), "{metrics}");
+    let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'paced' IS NOT NULL");
+    assert_eq!(rows, vec![vec![json!(60)]]);
+}
