@@ -11,7 +11,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::controlplane::{make_certs, verified_user, Api};
-use common::mqtt::{connect_v311, event, paho, publish_qos0, publish_qos1, Background};
+use common::mqtt::{
+    connect_v311, event, paho, publish_qos0, publish_qos1, publish_qos2, Background,
+};
 use common::{duckdb, wait_for, Sluice};
 use serde_json::{json, Value};
 
@@ -944,4 +946,61 @@ fn a_workspace_over_its_rate_is_slowed_down_not_refused() {
     assert!(!metrics.contains("quota-exceeded"), "{metrics}");
     let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'paced' IS NOT NULL");
     assert_eq!(rows, vec![vec![json!(60)]]);
+}
+
+#[test]
+fn a_qos2_duplicate_is_stored_once_and_failed_connects_are_slowed_down() {
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+
+    // QoS 2: the same packet id again before PUBREL (a resend) must not store twice.
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    s.write_all(&connect_v311("qos2-dup", "default", &fx.token))
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
+    let payload = br#"{"qos2": "once"}"#;
+    s.write_all(&publish_qos2("ingest/telemetry", 7, payload, false))
+        .expect("PUBLISH");
+    let mut pubrec = [0u8; 4];
+    s.read_exact(&mut pubrec).expect("PUBREC");
+    assert_eq!(pubrec, [0x50, 0x02, 0x00, 0x07]);
+    // The resend; ntex-mqtt treats a reused id before PUBREL as a protocol violation and
+    // closes the connection, which also keeps the message from being stored twice.
+    let _ = s.write_all(&publish_qos2("ingest/telemetry", 7, payload, true));
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    drop(s);
+
+    // CONNECT refusals from one address: after 10 in a minute each answer is delayed, 250 ms
+    // more per failure.
+    let refuse = || {
+        let started = std::time::Instant::now();
+        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        s.write_all(&connect_v311("guesser", "default", "sluice_guess"))
+            .expect("CONNECT");
+        let mut connack = [0u8; 4];
+        s.read_exact(&mut connack).expect("CONNACK");
+        assert_eq!(connack, [0x20, 0x02, 0x00, 0x04]);
+        started.elapsed()
+    };
+    for _ in 0..10 {
+        refuse();
+    }
+    let slowed = refuse();
+    let slower = refuse();
+    assert!(
+        slowed >= Duration::from_millis(250),
+        "11th refusal took {slowed:?}"
+    );
+    assert!(
+        slower >= Duration::from_millis(500),
+        "12th refusal took {slower:?}"
+    );
+
+    let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'qos2' = 'once'");
+    assert_eq!(rows, vec![vec![json!(1)]]);
 }

@@ -159,3 +159,10 @@ pub fn publish_qos1(topic: &str, packet_id: u16, payload: &[u8]) -> Vec<u8> {
     packet.extend_from_slice(&body);
     packet
 }
+
+/// A raw QoS 2 PUBLISH (MQTT 3.1.1), optionally marked as a duplicate.
+pub fn publish_qos2(topic: &str, packet_id: u16, payload: &[u8], dup: bool) -> Vec<u8> {
+    let mut packet = publish_qos1(topic, packet_id, payload);
+    packet[0] = 0x34 | if dup { 0x08 } else { 0 };
+    packet
+}
