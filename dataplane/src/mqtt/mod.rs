@@ -2,9 +2,10 @@
 //!
 //! It runs on its own ntex system (a thread of its own plus `workers` worker threads, each
 //! with its own I/O driver, epoll by default, see [`runtime`] for why), separate from the
-//! tokio-uring HTTP runtimes. Devices are checked and events stored by
-//! [`ingest`]; [`v3`] and [`v5`] map the outcomes to packets; [`sessions`] closes sessions
-//! that are taken over or no longer allowed; [`throttle`] slows down failing CONNECTs.
+//! tokio-uring HTTP runtimes. Devices are checked and events accepted by [`ingest`] and
+//! written to the WAL per connection by `batcher`; `v3` and `v5` map the outcomes to
+//! packets; [`sessions`] closes sessions that are taken over or no longer allowed;
+//! [`throttle`] slows down failing CONNECTs; `framing` hands the codec whole packets only.
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 

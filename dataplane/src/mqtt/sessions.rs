@@ -73,15 +73,6 @@ impl Sessions {
             }
         }
     }
-
-    /// Sessions registered now.
-    pub fn len(&self) -> usize {
-        self.live.lock().map(|l| l.len()).unwrap_or(0)
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 /// The application state of one MQTT connection.
