@@ -1,6 +1,7 @@
 //! One simulated device: its own connection, publishing at its rate within its in-flight
 //! window, timing every acknowledgement.
 
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -77,14 +78,15 @@ pub async fn run(index: usize, plan: Arc<Plan>, counters: Arc<Counters>) -> Resu
     }
     counters.connected.fetch_add(1, Ordering::Relaxed);
 
-    // Send times by packet id; the reader frees window slots as acks arrive.
-    let sent_at: Arc<std::sync::Mutex<Vec<Option<Instant>>>> =
-        Arc::new(std::sync::Mutex::new(vec![None; 65_536]));
     let window_size = if plan.qos == 0 {
         QOS0_MARKERS_IN_FLIGHT
     } else {
         plan.inflight.max(1)
     };
+    // Send times by packet id, as many as the window allows; the reader frees window slots
+    // as acks arrive.
+    let sent_at: Arc<std::sync::Mutex<HashMap<u16, Instant>>> =
+        Arc::new(std::sync::Mutex::new(HashMap::with_capacity(window_size)));
     let window = Arc::new(Semaphore::new(window_size));
     let (pubrel_tx, mut pubrel_rx) = mpsc::unbounded_channel::<u16>();
     let reader_task = {
@@ -103,10 +105,8 @@ pub async fn run(index: usize, plan: Arc<Plan>, counters: Arc<Counters>) -> Resu
                                 code,
                                 qos2,
                             } => {
-                                let started = sent_at
-                                    .lock()
-                                    .ok()
-                                    .and_then(|mut s| s[packet_id as usize].take());
+                                let started =
+                                    sent_at.lock().ok().and_then(|mut s| s.remove(&packet_id));
                                 if code >= 0x80 {
                                     counters.refused.fetch_add(1, Ordering::Relaxed);
                                 } else if let Some(started) = started {
@@ -186,7 +186,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, counters: Arc<Counters>) -> Resu
                     permit.forget();
                     packet_id = packet_id.wrapping_add(1).max(1);
                     if let Ok(mut s) = sent_at.lock() {
-                        s[packet_id as usize] = Some(Instant::now());
+                        s.insert(packet_id, Instant::now());
                     }
                 }
                 plan.payload
@@ -225,7 +225,7 @@ pub async fn run(index: usize, plan: Arc<Plan>, counters: Arc<Counters>) -> Resu
     if !plan.idle && plan.qos == 0 && window.try_acquire().map(|p| p.forget()).is_ok() {
         packet_id = packet_id.wrapping_add(1).max(1);
         if let Ok(mut s) = sent_at.lock() {
-            s[packet_id as usize] = Some(Instant::now());
+            s.insert(packet_id, Instant::now());
         }
         codec::publish(
             &mut out,
