@@ -59,10 +59,10 @@ pub enum Refusal {
 
 /// What an accepted token grants for this request.
 #[derive(Debug)]
-pub struct Grant {
+pub struct Grant<'a> {
     pub workspace: Arc<WorkspaceView>,
     /// The device the events are from: the header's, or the token's binding.
-    pub device_id: Option<String>,
+    pub device_id: Option<&'a str>,
 }
 
 /// What an accepted MQTT CONNECT may rely on until the configuration changes.
@@ -129,26 +129,26 @@ impl ConfigView {
     /// Decides whether `secret` may send events to `workspace`/`source` as `device`.
     /// Checks run in this order so that a caller without a valid token learns nothing about
     /// which workspaces exist.
-    pub fn check(
-        &self,
+    pub fn check<'a>(
+        &'a self,
         secret: &str,
         workspace: &str,
         source: &str,
-        device: Option<&str>,
+        device: Option<&'a str>,
         now_us: i64,
-    ) -> Result<Grant, Refusal> {
+    ) -> Result<Grant<'a>, Refusal> {
         self.check_hash(&token::hash(secret), workspace, source, device, now_us)
     }
 
     /// [`check`](Self::check) for a token known by its SHA-256, as an MQTT session keeps it.
-    pub fn check_hash(
-        &self,
+    pub fn check_hash<'a>(
+        &'a self,
         token_hash: &[u8; 32],
         workspace: &str,
         source: &str,
-        device: Option<&str>,
+        device: Option<&'a str>,
         now_us: i64,
-    ) -> Result<Grant, Refusal> {
+    ) -> Result<Grant<'a>, Refusal> {
         let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
         if !ws.sources.contains(source) {
             return Err(Refusal::UnknownSource);
@@ -212,13 +212,16 @@ impl ConfigView {
 
 /// The device the events are from: the one asked for, or the token's binding; a bound token
 /// may not speak for another device.
-fn bound_device(token: &TokenView, device: Option<&str>) -> Result<Option<String>, Refusal> {
+fn bound_device<'a>(
+    token: &'a TokenView,
+    device: Option<&'a str>,
+) -> Result<Option<&'a str>, Refusal> {
     match (&token.device_id, device) {
         (Some(bound), Some(asked)) if bound != asked => Err(Refusal::DeviceNotAllowed {
             bound: bound.clone(),
         }),
-        (Some(bound), _) => Ok(Some(bound.clone())),
-        (None, asked) => Ok(asked.map(str::to_owned)),
+        (Some(bound), _) => Ok(Some(bound)),
+        (None, asked) => Ok(asked),
     }
 }
 

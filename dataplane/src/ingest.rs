@@ -253,7 +253,7 @@ impl Api {
                 received_at_us,
                 workspace_id: grant.workspace.id,
                 source: source.to_owned(),
-                device_id: grant.device_id,
+                device_id: grant.device_id.map(str::to_owned),
                 protocol: Protocol::Http,
                 topic: None,
             },

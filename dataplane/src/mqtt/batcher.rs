@@ -33,12 +33,13 @@ const QUEUED_BYTES_MAX: usize = 4 << 20;
 const ROOM_WAIT_MAX: Duration = Duration::from_secs(10);
 const ROOM_POLL: Duration = Duration::from_millis(50);
 
-/// Events of one accepted PUBLISH, checked and ready to store.
-pub struct Accepted {
+/// Events of one accepted PUBLISH, checked and ready to store. The names are borrowed: most
+/// messages join a record that already owns them, so they are copied only for a new record.
+pub struct Accepted<'a> {
     pub workspace_id: Uuid,
-    pub source: String,
-    pub topic: String,
-    pub device_id: Option<String>,
+    pub source: &'a str,
+    pub topic: &'a str,
+    pub device_id: &'a str,
     pub received_at_us: i64,
     pub payloads: Vec<u8>,
     pub ends: Vec<u32>,
@@ -50,28 +51,46 @@ pub struct Accepted {
 pub type Durable = oneshot::Receiver<Result<(), PublishRefusal>>;
 
 struct Record {
-    accepted: Accepted,
-    /// The memory shares of the publishes absorbed after the first.
+    workspace_id: Uuid,
+    source: String,
+    topic: String,
+    device_id: String,
+    received_at_us: i64,
+    payloads: Vec<u8>,
+    ends: Vec<u32>,
+    /// The memory shares of its publishes, given back once it is appended.
     permits: Vec<OwnedSemaphorePermit>,
     waiters: Vec<oneshot::Sender<Result<(), PublishRefusal>>>,
 }
 
 impl Record {
-    fn takes(&self, next: &Accepted) -> bool {
-        let a = &self.accepted;
-        a.workspace_id == next.workspace_id
-            && a.source == next.source
-            && a.topic == next.topic
-            && a.device_id == next.device_id
-            && a.payloads.len() + next.payloads.len() <= RECORD_BYTES_MAX
-            && a.ends.len() + next.ends.len() <= RECORD_EVENTS_MAX
+    fn new(first: Accepted<'_>) -> Record {
+        Record {
+            workspace_id: first.workspace_id,
+            source: first.source.to_owned(),
+            topic: first.topic.to_owned(),
+            device_id: first.device_id.to_owned(),
+            received_at_us: first.received_at_us,
+            payloads: first.payloads,
+            ends: first.ends,
+            permits: vec![first.permit],
+            waiters: Vec::new(),
+        }
     }
 
-    fn absorb(&mut self, next: Accepted) {
-        let a = &mut self.accepted;
-        let base = a.payloads.len() as u32;
-        a.payloads.extend_from_slice(&next.payloads);
-        a.ends.extend(next.ends.iter().map(|end| base + end));
+    fn takes(&self, next: &Accepted<'_>) -> bool {
+        self.workspace_id == next.workspace_id
+            && self.source == next.source
+            && self.topic == next.topic
+            && self.device_id == next.device_id
+            && self.payloads.len() + next.payloads.len() <= RECORD_BYTES_MAX
+            && self.ends.len() + next.ends.len() <= RECORD_EVENTS_MAX
+    }
+
+    fn absorb(&mut self, next: Accepted<'_>) {
+        let base = self.payloads.len() as u32;
+        self.payloads.extend_from_slice(&next.payloads);
+        self.ends.extend(next.ends.iter().map(|end| base + end));
         self.permits.push(next.permit);
     }
 }
@@ -97,7 +116,7 @@ impl Batcher {
     pub fn submit(
         self: &Rc<Self>,
         ingest: &Arc<MqttIngest>,
-        accepted: Accepted,
+        accepted: Accepted<'_>,
         wait: bool,
     ) -> Option<Durable> {
         let mut state = self.state.borrow_mut();
@@ -114,11 +133,11 @@ impl Batcher {
                 open.absorb(accepted);
                 open.waiters.extend(tx);
             }
-            _ => state.waiting.push_back(Record {
-                accepted,
-                permits: Vec::new(),
-                waiters: tx.into_iter().collect(),
-            }),
+            _ => {
+                let mut record = Record::new(accepted);
+                record.waiters.extend(tx);
+                state.waiting.push_back(record);
+            }
         }
         if !state.flushing {
             state.flushing = true;
@@ -131,13 +150,11 @@ impl Batcher {
 /// Appends the connection's records one after the other until none is waiting.
 async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
     loop {
-        let record = {
+        let mut record = {
             let mut state = batcher.state.borrow_mut();
             match state.waiting.pop_front() {
                 Some(record) => {
-                    state.waiting_bytes = state
-                        .waiting_bytes
-                        .saturating_sub(record.accepted.payloads.len());
+                    state.waiting_bytes = state.waiting_bytes.saturating_sub(record.payloads.len());
                     record
                 }
                 None => {
@@ -146,39 +163,40 @@ async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
                 }
             }
         };
-        let result = append(&ingest, record.accepted).await;
-        drop(record.permits);
+        let waiters = std::mem::take(&mut record.waiters);
+        // The record's memory shares go back when `append` is done with it.
+        let result = append(&ingest, record).await;
         if let Err(err) = &result {
             warn!(error = %err, "MQTT messages could not be stored");
         }
-        for waiter in record.waiters {
+        for waiter in waiters {
             let _ = waiter.send(result.as_ref().map(|_| ()).map_err(refusal));
         }
     }
 }
 
-async fn append(ingest: &MqttIngest, accepted: Accepted) -> Result<(), WalError> {
-    let _permit = accepted.permit;
+async fn append(ingest: &MqttIngest, record: Record) -> Result<(), WalError> {
+    let _permits = record.permits;
     let batch = IngestBatch {
         envelope: Envelope {
             first_event_id: Uuid::now_v7(),
-            received_at_us: accepted.received_at_us,
-            workspace_id: accepted.workspace_id,
-            source: accepted.source,
-            device_id: accepted.device_id,
+            received_at_us: record.received_at_us,
+            workspace_id: record.workspace_id,
+            source: record.source,
+            device_id: Some(record.device_id),
             protocol: Protocol::Mqtt,
-            topic: Some(accepted.topic),
+            topic: Some(record.topic),
         },
-        payloads: accepted.payloads,
-        ends: accepted.ends,
+        payloads: record.payloads,
+        ends: record.ends,
     };
-    let mut record = Vec::with_capacity(batch.encoded_len());
-    batch.encode_into(&mut record);
+    let mut encoded = Vec::with_capacity(batch.encoded_len());
+    batch.encode_into(&mut encoded);
     // At the disk quota, wait a while for the shipper to free room: the connection's
     // publishes wait meanwhile, which is MQTT's flow control.
     let started = Instant::now();
     loop {
-        match ingest.wal.check_room(record.len()) {
+        match ingest.wal.check_room(encoded.len()) {
             Err(WalError::QuotaExceeded { .. }) if started.elapsed() < ROOM_WAIT_MAX => {
                 ntex_util::time::sleep(ROOM_POLL).await;
             }
@@ -188,7 +206,7 @@ async fn append(ingest: &MqttIngest, accepted: Accepted) -> Result<(), WalError>
             }
         }
     }
-    ingest.wal.append(record).await.map(|_| ())
+    ingest.wal.append(encoded).await.map(|_| ())
 }
 
 fn refusal(err: &WalError) -> PublishRefusal {
@@ -202,16 +220,16 @@ fn refusal(err: &WalError) -> PublishRefusal {
 mod tests {
     use super::*;
 
-    fn accepted(topic: &str, payload: &str) -> Accepted {
+    fn accepted<'a>(topic: &'a str, payload: &str) -> Accepted<'a> {
         let permits = Arc::new(tokio::sync::Semaphore::new(1 << 24));
         Accepted {
             permit: permits
                 .try_acquire_many_owned(payload.len().max(1) as u32)
                 .expect("permits"),
             workspace_id: Uuid::nil(),
-            source: "telemetry".into(),
-            topic: topic.into(),
-            device_id: Some("d".into()),
+            source: "telemetry",
+            topic,
+            device_id: "d",
             received_at_us: 1,
             payloads: payload.as_bytes().to_vec(),
             ends: vec![payload.len() as u32],
@@ -220,21 +238,17 @@ mod tests {
 
     #[test]
     fn messages_of_one_topic_share_a_record_with_their_own_spans() {
-        let mut record = Record {
-            accepted: accepted("ingest/telemetry", r#"{"a":1}"#),
-            permits: Vec::new(),
-            waiters: Vec::new(),
-        };
+        let mut record = Record::new(accepted("ingest/telemetry", r#"{"a":1}"#));
         let next = accepted("ingest/telemetry", r#"{"b":22}"#);
         assert!(record.takes(&next));
         record.absorb(next);
         assert_eq!(
             record.permits.len(),
-            1,
-            "the second publish's memory share is kept"
+            2,
+            "both publishes' memory shares are kept"
         );
-        assert_eq!(record.accepted.payloads, br#"{"a":1}{"b":22}"#);
-        assert_eq!(record.accepted.ends, vec![7, 15]);
+        assert_eq!(record.payloads, br#"{"a":1}{"b":22}"#);
+        assert_eq!(record.ends, vec![7, 15]);
         assert!(!record.takes(&accepted("ingest/telemetry/other", "{}")));
         let mut big = accepted("ingest/telemetry", "{}");
         big.payloads = vec![b' '; RECORD_BYTES_MAX];

@@ -250,17 +250,16 @@ impl MqttIngest {
 
     /// Checks one PUBLISH against the configuration in force now, its payload, and the
     /// workspace's rate; `None` when it carries no event.
-    async fn accept(
+    async fn accept<'a>(
         &self,
-        device: &Device,
-        topic: &str,
+        device: &'a Device,
+        topic: &'a str,
         payload: &[u8],
-    ) -> Result<Option<Accepted>, PublishRefusal> {
+    ) -> Result<Option<Accepted<'a>>, PublishRefusal> {
         let received_at_us = now_us();
         let source = source_of(topic).ok_or(PublishRefusal::TopicInvalid)?;
-        let grant = self
-            .access
-            .current()
+        let view = self.access.current();
+        let grant = view
             .check_hash(
                 &device.token_hash,
                 &device.workspace,
@@ -304,9 +303,9 @@ impl MqttIngest {
         }
         Ok(Some(Accepted {
             workspace_id: grant.workspace.id,
-            source: source.to_owned(),
-            topic: topic.to_owned(),
-            device_id: grant.device_id,
+            source,
+            topic,
+            device_id: &device.device_id,
             received_at_us,
             payloads: events.payloads,
             ends: events.ends,

@@ -276,11 +276,17 @@ fn log_stop(device: &ingest::Device, control: &ntex_mqtt::Control<MqttError>) {
     }
 }
 
-/// The client's IP address, for the CONNECT throttle.
-fn peer_ip(io: &ntex_io::IoBoxed) -> Option<IpAddr> {
-    io.query::<ntex_io::types::PeerAddr>()
+/// Counts a refused CONNECT against the client's address and waits as long as the throttle
+/// says before the refusal is answered.
+async fn after_failed_connect(ingest: &MqttIngest, io: &ntex_io::IoBoxed) {
+    let peer: Option<IpAddr> = io
+        .query::<ntex_io::types::PeerAddr>()
         .get()
-        .map(|peer| peer.0.ip())
+        .map(|peer| peer.0.ip());
+    let delay = ingest.failures.record(peer);
+    if !delay.is_zero() {
+        ntex_util::time::sleep(delay).await;
+    }
 }
 
 /// The keep-alive the node applies: the client's, capped; a client asking for none gets the

@@ -11,7 +11,7 @@ use ntex_util::time::Seconds;
 
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest};
 use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::{peer_ip, MqttError};
+use super::MqttError;
 
 struct V3Closer(v3::MqttSink);
 
@@ -44,10 +44,7 @@ pub async fn connect(
                 .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2))))
         }
         Err(refusal) => {
-            let delay = ingest.failures.record(peer_ip(connect.io()));
-            if !delay.is_zero() {
-                ntex_util::time::sleep(delay).await;
-            }
+            super::after_failed_connect(&ingest, connect.io()).await;
             Ok(match refusal {
                 ConnectRefusal::BadCredentials => connect.bad_username_or_pwd(),
                 ConnectRefusal::NotAuthorized => connect.not_authorized(),
@@ -62,13 +59,14 @@ pub async fn publish(
     publish: v3::Publish,
 ) -> Result<(), MqttError> {
     let qos = publish.qos() as u8;
-    let topic = publish.publish_topic().to_owned();
     let payload = publish
         .read_all()
         .await
         .map_err(|_| MqttError("payload-incomplete"))?;
     let ingest = session.ingest().clone();
-    let stored = ingest.publish(session, &topic, &payload, qos).await;
+    let stored = ingest
+        .publish(session, publish.publish_topic(), &payload, qos)
+        .await;
     if qos == 0 {
         // Nothing to answer at QoS 0: a refusal is counted and logged only.
         return Ok(());

@@ -11,7 +11,7 @@ use ntex_mqtt::v5::codec::{
 
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest, PublishRefusal};
 use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::{peer_ip, MqttError};
+use super::MqttError;
 
 struct V5Closer(v5::MqttSink);
 
@@ -63,10 +63,7 @@ pub async fn connect(
             }))
         }
         Err(refusal) => {
-            let delay = ingest.failures.record(peer_ip(connect.io()));
-            if !delay.is_zero() {
-                ntex_util::time::sleep(delay).await;
-            }
+            super::after_failed_connect(&ingest, connect.io()).await;
             let code = match refusal {
                 ConnectRefusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
                 ConnectRefusal::NotAuthorized => ConnectAckReason::NotAuthorized,
@@ -82,13 +79,14 @@ pub async fn publish(
     publish: v5::Publish,
 ) -> Result<v5::PublishAck, MqttError> {
     let qos = publish.qos() as u8;
-    let topic = publish.publish_topic().to_owned();
     let payload = publish
         .read_all()
         .await
         .map_err(|_| MqttError("payload-incomplete"))?;
     let ingest = session.ingest().clone();
-    let stored = ingest.publish(session, &topic, &payload, qos).await;
+    let stored = ingest
+        .publish(session, publish.publish_topic(), &payload, qos)
+        .await;
     if qos == 0 {
         // Nothing to answer at QoS 0: a refusal is counted and logged only.
         return Ok(publish.ack());
