@@ -68,14 +68,7 @@ impl Cluster {
             format!("http://127.0.0.1:{api_port}/healthz"),
         );
         let api = Api::new(format!("http://127.0.0.1:{api_port}"));
-        let operator: Value = serde_json::from_str(
-            &std::fs::read_to_string(cp_dir.join("initial-operator.json")).expect("operator"),
-        )
-        .expect("json");
-        let operator = api.sign_in(
-            operator["email"].as_str().expect("email"),
-            operator["password"].as_str().expect("password"),
-        );
+        let operator = api.operator_session(&cp_dir);
         let mut cluster = Cluster {
             control,
             api,

@@ -458,15 +458,7 @@ fn every_workspace_endpoint_follows_the_roles_table() {
 
 /// Signs in as the operator created on first start.
 fn operator_session(sluice: &Sluice, api: &Api) -> String {
-    let operator: Value = serde_json::from_str(
-        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
-            .expect("initial-operator.json"),
-    )
-    .expect("json");
-    api.sign_in(
-        operator["email"].as_str().expect("email"),
-        operator["password"].as_str().expect("password"),
-    )
+    api.operator_session(&sluice.data_dir)
 }
 
 #[test]

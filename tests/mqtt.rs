@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::controlplane::{make_certs, verified_user, Api};
 use common::mqtt::{
-    connect_v311, event, paho, publish_qos0, publish_qos1, publish_qos2, Background,
+    connect_v311, event, paho, publish_qos0, publish_qos1, publish_qos2, raw_connect, Background,
 };
 use common::{duckdb, wait_for, Sluice};
 use serde_json::{json, Value};
@@ -33,15 +33,7 @@ impl Fixture {
         args.extend_from_slice(extra);
         let sluice = Sluice::start(&dir.path().join("data"), &args);
         let api = Api::new(sluice.api_url());
-        let operator: Value = serde_json::from_str(
-            &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
-                .expect("initial-operator.json"),
-        )
-        .expect("json");
-        let operator = api.sign_in(
-            operator["email"].as_str().expect("email"),
-            operator["password"].as_str().expect("password"),
-        );
+        let operator = api.operator_session(&sluice.data_dir);
         let token = sluice.bootstrap()["token"]
             .as_str()
             .expect("token")
@@ -315,12 +307,7 @@ fn refusals_get_reason_codes_on_mqtt5_a_disconnect_on_311_and_store_nothing() {
     }
 
     // The raw 3.1.1 return code for wrong credentials is 4.
-    let mut raw = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    raw.set_read_timeout(Some(Duration::from_secs(5))).ok();
-    raw.write_all(&connect_v311("raw-1", "default", "sluice_wrong"))
-        .expect("write");
-    let mut connack = [0u8; 4];
-    raw.read_exact(&mut connack).expect("CONNACK");
+    let (_, connack) = raw_connect(port, "raw-1", "default", "sluice_wrong");
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x04]);
 
     // PUBLISH refusals on MQTT 5: reason codes, the connection stays.
@@ -815,13 +802,7 @@ fn hostile_input_leaves_the_node_serving_everyone_else() {
 #[test]
 fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
     let mut fx = Fixture::start(&[]);
-    let mut s = TcpStream::connect(("127.0.0.1", fx.mqtt_port())).expect("connect");
-    s.set_nodelay(true).ok();
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(&connect_v311("splitter", "default", &fx.token))
-        .expect("CONNECT");
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).expect("CONNACK");
+    let (mut s, connack) = raw_connect(fx.mqtt_port(), "splitter", "default", &fx.token);
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
     let count = 40u16;
     for id in 1..=count {
@@ -858,12 +839,8 @@ fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
         .map(|c| {
             let token = token.clone();
             std::thread::spawn(move || {
-                let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-                s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-                s.write_all(&connect_v311(&format!("slicer-{c}"), "default", &token))
-                    .expect("CONNECT");
-                let mut connack = [0u8; 4];
-                s.read_exact(&mut connack).expect("CONNACK");
+                let (mut s, connack) = raw_connect(port, &format!("slicer-{c}"), "default", &token);
+                assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
                 let mut stream = Vec::new();
                 for id in 1..=per_connection {
                     let payload = format!(r#"{{"slice": {c}, "n": {id}}}"#);
@@ -954,12 +931,7 @@ fn a_qos2_duplicate_is_stored_once_and_failed_connects_are_slowed_down() {
     let port = fx.mqtt_port();
 
     // QoS 2: the same packet id again before PUBREL (a resend) must not store twice.
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    s.write_all(&connect_v311("qos2-dup", "default", &fx.token))
-        .expect("CONNECT");
-    let mut connack = [0u8; 4];
-    s.read_exact(&mut connack).expect("CONNACK");
+    let (mut s, connack) = raw_connect(port, "qos2-dup", "default", &fx.token);
     assert_eq!(connack, [0x20, 0x02, 0x00, 0x00]);
     let payload = br#"{"qos2": "once"}"#;
     s.write_all(&publish_qos2("ingest/telemetry", 7, payload, false))
@@ -978,12 +950,7 @@ fn a_qos2_duplicate_is_stored_once_and_failed_connects_are_slowed_down() {
     // more per failure.
     let refuse = || {
         let started = std::time::Instant::now();
-        let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        s.write_all(&connect_v311("guesser", "default", "sluice_guess"))
-            .expect("CONNECT");
-        let mut connack = [0u8; 4];
-        s.read_exact(&mut connack).expect("CONNACK");
+        let (_, connack) = raw_connect(port, "guesser", "default", "sluice_guess");
         assert_eq!(connack, [0x20, 0x02, 0x00, 0x04]);
         started.elapsed()
     };

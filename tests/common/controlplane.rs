@@ -301,6 +301,21 @@ impl Drop for SmtpServer {
     }
 }
 
+impl Api {
+    /// Signs in as the operator the control plane created on first start in `data_dir`.
+    pub fn operator_session(&self, data_dir: &Path) -> String {
+        let operator: Value = serde_json::from_str(
+            &std::fs::read_to_string(data_dir.join("initial-operator.json"))
+                .expect("initial-operator.json"),
+        )
+        .expect("initial-operator.json is JSON");
+        self.sign_in(
+            operator["email"].as_str().expect("email"),
+            operator["password"].as_str().expect("password"),
+        )
+    }
+}
+
 /// A signed-up, verified, signed-in user.
 #[derive(Debug, Clone)]
 pub struct User {

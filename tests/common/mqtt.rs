@@ -166,3 +166,22 @@ pub fn publish_qos2(topic: &str, packet_id: u16, payload: &[u8], dup: bool) -> V
     packet[0] = 0x34 | if dup { 0x08 } else { 0 };
     packet
 }
+
+/// Opens a raw MQTT 3.1.1 connection, sends CONNECT and returns the stream with the CONNACK's
+/// four bytes (`20 02 00 <return code>`).
+pub fn raw_connect(
+    port: u16,
+    client_id: &str,
+    username: &str,
+    password: &str,
+) -> (std::net::TcpStream, [u8; 4]) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    s.write_all(&connect_v311(client_id, username, password))
+        .expect("CONNECT");
+    let mut connack = [0u8; 4];
+    s.read_exact(&mut connack).expect("CONNACK");
+    (s, connack)
+}
