@@ -270,7 +270,8 @@ impl Api {
     }
 }
 
-fn now_us() -> i64 {
+/// Now, in microseconds since the Unix epoch (UTC).
+pub fn now_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_micros() as i64)

@@ -13,6 +13,7 @@ use uuid::Uuid;
 
 use crate::access::{Access, Refusal};
 use crate::config::MqttConfig;
+use crate::ingest::now_us;
 use crate::metrics::{HttpMetrics, PublishLabels};
 use crate::parse::{self, BodyFormat, ParseError};
 
@@ -319,13 +320,6 @@ pub fn source_of(topic: &str) -> Option<&str> {
     let rest = topic.strip_prefix("ingest/")?;
     let source = rest.split('/').next()?;
     is_valid_slug(source).then_some(source)
-}
-
-pub fn now_us() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

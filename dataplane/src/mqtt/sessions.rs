@@ -20,7 +20,8 @@ use crate::access::Refusal;
 use crate::metrics::Reason;
 
 use super::batcher::Batcher;
-use super::ingest::{now_us, Device, MqttIngest};
+use super::ingest::{Device, MqttIngest};
+use crate::ingest::now_us;
 
 /// Why the node closes a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
