@@ -972,3 +972,35 @@ fn a_qos2_duplicate_is_stored_once_and_failed_connects_are_slowed_down() {
     let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'qos2' = 'once'");
     assert_eq!(rows, vec![vec![json!(1)]]);
 }
+
+#[test]
+fn the_io_uring_driver_takes_events_and_mqtt_can_be_turned_off() {
+    let mut fx = Fixture::start(&["--mqtt-io-driver", "io_uring"]);
+    let lines = paho(
+        fx.mqtt_port(),
+        &with_creds(
+            &[
+                "publish",
+                "--qos",
+                "1",
+                "--payload",
+                r#"{"driver": "io_uring"}"#,
+            ],
+            &fx.token,
+        ),
+    );
+    assert_eq!(acked(&lines), 1, "{lines:?}");
+    let rows = fx.query("SELECT count(*) FROM {lake} WHERE payload->>'driver' = 'io_uring'");
+    assert_eq!(rows, vec![vec![json!(1)]]);
+
+    // `--mqtt-addr off`: HTTP serves, and the node opens no MQTT listener at all (not even
+    // the default port).
+    let off = Fixture::start(&["--mqtt-addr", "off"]);
+    assert!(
+        !off.sluice.log().contains("MQTT listening"),
+        "{}",
+        off.sluice.log()
+    );
+    assert!(fx.sluice.log().contains("MQTT listening"));
+    assert!(off.sluice.readyz()["ready"].as_bool().unwrap_or(false));
+}
