@@ -7,16 +7,18 @@
 //!    from the API's answer to the first refused request on each node (each node polled in
 //!    its own thread). Prints p50/p99/max.
 //! 2. In this process: a snapshot of `--tokens` tokens across `--workspaces` workspaces, its
-//!    JSON size, the time to hash, validate and apply it to a node's access table, and the time
-//!    to compute and apply a one-workspace delta.
+//!    JSON size, the time to hash, validate and apply it to a node's access table, and what a
+//!    node spends on a one-workspace delta and on a large one (`--large-delta-workspaces`):
+//!    apply to its indexed state, to its access table, and to its redb cache.
 //! 3. A node serving that snapshot takes single-event POSTs from the same load generator as
 //!    `http` for `--swap-secs`, first alone, then while a new version of the whole snapshot is
 //!    applied every 500 ms (validated, cached in redb and swapped in, the same work a streamed
 //!    version costs; the versions are serialised beforehand); prints requests/s of both and
 //!    the slowest second.
 //! 4. The same through the configuration stream: a node follows a scripted control plane that
-//!    sends the snapshot, then (in the second half) a one-workspace delta every 500 ms, which
-//!    is what a node does when people change a large configuration.
+//!    sends the snapshot, then (in the second half) a delta every 500 ms, which is what a node
+//!    does when people change a large configuration: once with one workspace per delta, once
+//!    with `--large-delta-workspaces`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -27,6 +29,8 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
 use sluice_dataplane::access::{Access, RateDefaults};
+use sluice_storage::cache::ConfigCache;
+use sluice_storage::config_state::ConfigState;
 use sluice_storage::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
 use uuid::Uuid;
 
@@ -49,6 +53,10 @@ pub struct PropagationArgs {
     /// Seconds of load in each half of the swap measurement.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     swap_secs: u64,
+    /// Workspaces each delta of the "large delta" measurements changes (100 of the default
+    /// 1,000 is 10,000 tokens).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    large_delta_workspaces: u64,
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     sluice_bin: Option<PathBuf>,
@@ -132,9 +140,10 @@ pub fn run(args: PropagationArgs) -> Result<()> {
     sluice::check_binary(&bin)?;
     revocations(&bin, &args)?;
     let snapshot = big_snapshot(&args);
-    snapshot_costs(&snapshot);
+    snapshot_costs(&snapshot, args.large_delta_workspaces as usize)?;
     ingest_during_swaps(&bin, &args, snapshot.clone())?;
-    ingest_during_deltas(&bin, &args, snapshot)?;
+    ingest_during_deltas(&bin, &args, snapshot.clone(), 1)?;
+    ingest_during_deltas(&bin, &args, snapshot, args.large_delta_workspaces as usize)?;
     Ok(())
 }
 
@@ -345,14 +354,9 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
     snapshot
 }
 
-fn snapshot_costs(snapshot: &ConfigSnapshot) {
+fn snapshot_costs(snapshot: &ConfigSnapshot, large: usize) -> Result<()> {
     let workspaces = snapshot.workspaces.len();
     let n: usize = snapshot.workspaces.iter().map(|w| w.tokens.len()).sum();
-    let timed = |f: &mut dyn FnMut()| {
-        let started = Instant::now();
-        f();
-        started.elapsed()
-    };
     let mut json_len = 0;
     let serialise =
         timed(&mut || json_len = serde_json::to_vec(&snapshot).map(|v| v.len()).unwrap_or(0));
@@ -368,15 +372,13 @@ fn snapshot_costs(snapshot: &ConfigSnapshot) {
         },
     ));
     let applying = timed(&mut || access.apply(snapshot));
-    let mut next = snapshot.clone();
-    next.version = 2;
-    next.workspaces[0].enabled = false;
-    let mut delta = None;
-    let diffing = timed(&mut || delta = Some(snapshot.delta_to(&next)));
-    let delta = delta.expect("delta");
-    let delta_len = serde_json::to_vec(&delta).map(|v| v.len()).unwrap_or(0);
-    let delta_apply = timed(&mut || {
-        let _ = snapshot.apply(&delta);
+    let mut state = None;
+    let indexing = timed(&mut || state = ConfigState::new(snapshot.clone()).ok());
+    let mut state = state.context("the benchmark snapshot is invalid")?;
+    let dir = tempfile::tempdir()?;
+    let cache = ConfigCache::open(&dir.path().join("cache.redb"))?;
+    let caching = timed(&mut || {
+        let _ = cache.store(snapshot);
     });
     println!(
         "snapshot of {} tokens in {} workspaces: {:.1} MB of JSON",
@@ -385,18 +387,46 @@ fn snapshot_costs(snapshot: &ConfigSnapshot) {
         json_len as f64 / 1e6
     );
     println!(
-        "  serialise {}   content hash {}   validate {}   apply to a node's access table {}",
+        "  serialise {}   content hash {}   validate {}   index {}   build the access table {}   cache in redb {}",
         ms(serialise),
         ms(hashing),
         ms(validating),
-        ms(applying)
+        ms(indexing),
+        ms(applying),
+        ms(caching)
     );
-    println!(
-        "  one-workspace delta: {} bytes, diff {}, apply with validation and hash check {}",
-        delta_len,
-        ms(diffing),
-        ms(delta_apply)
-    );
+    let mut current = snapshot.clone();
+    for touched in [1, large] {
+        let next = flipped(&current, touched);
+        let mut delta = None;
+        let diffing = timed(&mut || delta = Some(current.delta_to(&next)));
+        let delta = delta.context("no delta")?;
+        let delta_len = serde_json::to_vec(&delta).map(|v| v.len()).unwrap_or(0);
+        let mut change = None;
+        let to_state = timed(&mut || change = Some(state.apply(&delta)));
+        let change = change.context("no change")??;
+        let mut swapped = Ok(());
+        let to_access = timed(&mut || swapped = access.apply_change(&change));
+        swapped?;
+        let mut stored = Ok(());
+        let to_cache = timed(&mut || stored = cache.store_change(&change));
+        stored?;
+        println!(
+            "  {touched}-workspace delta: {delta_len} bytes, diff (control plane) {}; node: validate, apply and hash {}, access table {}, redb cache {}",
+            ms(diffing),
+            ms(to_state),
+            ms(to_access),
+            ms(to_cache)
+        );
+        current = next;
+    }
+    Ok(())
+}
+
+fn timed(f: &mut dyn FnMut()) -> Duration {
+    let started = Instant::now();
+    f();
+    started.elapsed()
 }
 
 /// A node for the swap measurements (one HTTP thread, no rate limit) with `config` telling it
@@ -461,9 +491,7 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
         let mut snapshot = snapshot.clone();
         (0..swaps_max)
             .map(|_| {
-                snapshot.version += 1;
-                let last = snapshot.workspaces.len() - 1;
-                snapshot.workspaces[last].enabled = !snapshot.workspaces[last].enabled;
+                snapshot = flipped(&snapshot, 1);
                 (
                     snapshot.version,
                     serde_json::to_vec(&snapshot).unwrap_or_default(),
@@ -513,7 +541,9 @@ struct Script {
     deltas: Vec<(u64, String, Vec<u8>)>,
 }
 
-fn script(snapshot: &ConfigSnapshot, count: usize) -> Script {
+/// `count` deltas, each flipping `enabled` on the last `touched` workspaces (never the first:
+/// the load generator's token is there).
+fn script(snapshot: &ConfigSnapshot, count: usize, touched: usize) -> Script {
     let line = |value: Value| {
         let mut bytes = value.to_string().into_bytes();
         bytes.push(b'\n');
@@ -524,10 +554,7 @@ fn script(snapshot: &ConfigSnapshot, count: usize) -> Script {
     let mut current = snapshot.clone();
     let deltas = (0..count)
         .map(|_| {
-            let mut next = current.clone();
-            next.version += 1;
-            let last = next.workspaces.len() - 1;
-            next.workspaces[last].enabled = !next.workspaces[last].enabled;
+            let next = flipped(&current, touched);
             let delta = current.delta_to(&next);
             let bytes = line(json!({"type": "delta", "delta": delta}));
             current = next;
@@ -538,6 +565,18 @@ fn script(snapshot: &ConfigSnapshot, count: usize) -> Script {
         snapshot: first,
         deltas,
     }
+}
+
+/// The next version of `snapshot` with `enabled` flipped on its last `touched` workspaces
+/// (never the first).
+fn flipped(snapshot: &ConfigSnapshot, touched: usize) -> ConfigSnapshot {
+    let mut next = snapshot.clone();
+    next.version += 1;
+    let len = next.workspaces.len();
+    for ws in &mut next.workspaces[1.max(len.saturating_sub(touched))..] {
+        ws.enabled = !ws.enabled;
+    }
+    next
 }
 
 /// Serves one node: the snapshot, heartbeats, and deltas while `flowing` is set; answers
@@ -622,9 +661,11 @@ fn ingest_during_deltas(
     bin: &Path,
     args: &PropagationArgs,
     snapshot: ConfigSnapshot,
+    touched: usize,
 ) -> Result<()> {
     let deltas_max = (args.swap_secs as usize + 4) * 2;
-    let script = Arc::new(script(&snapshot, deltas_max));
+    let script = Arc::new(script(&snapshot, deltas_max, touched));
+    let delta_bytes = script.deltas.first().map_or(0, |(_, _, bytes)| bytes.len());
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
     let cp_port = listener.local_addr()?.port();
     let flowing = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -668,7 +709,7 @@ fn ingest_during_deltas(
     }
     let load = Load::new(node.0.id(), port, path, args.swap_secs)?;
     eprintln!(
-        "stream: {} s without, then with, a one-workspace delta every 500 ms",
+        "stream: {} s without, then with, a {touched}-workspace delta every 500 ms",
         args.swap_secs
     );
     let calm = load.measure()?;
@@ -677,8 +718,13 @@ fn ingest_during_deltas(
     flowing.store(false, std::sync::atomic::Ordering::Relaxed);
     // The last delta may still be applying.
     std::thread::sleep(Duration::from_secs(1));
+    let tokens: usize = snapshot.workspaces
+        [1.max(snapshot.workspaces.len().saturating_sub(touched))..]
+        .iter()
+        .map(|w| w.tokens.len())
+        .sum();
     println!(
-        "ingest while streamed deltas arrive ({} deltas sent, node at version {}):",
+        "ingest while streamed deltas of {touched} workspaces ({tokens} tokens, {delta_bytes} bytes) arrive ({} deltas sent, node at version {}):",
         sent.load(std::sync::atomic::Ordering::Relaxed),
         load.node_version()
     );

@@ -2,7 +2,7 @@
 //!
 //! The node connects (it initiates, so it can sit behind NAT), says which version it holds and
 //! that version's content hash, and applies what comes: a full snapshot, or deltas. Each
-//! version is validated, written to the redb cache, swapped in atomically and acknowledged; a
+//! version is validated, swapped in atomically, written to the redb cache and acknowledged; a
 //! version that cannot be applied is refused with the reason (NACK) and the node keeps serving
 //! the last good one. A gap or a hash that differs (a delta's result, or a heartbeat for the
 //! version held) makes it reconnect asking for a full snapshot. A silent connection (no
@@ -24,8 +24,9 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
 use serde::Deserialize;
-use sluice_storage::cache::ConfigCache;
+use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::config_delta::{ConfigDelta, DeltaError};
+use sluice_storage::config_state::{ConfigChange, ConfigState};
 use sluice_storage::snapshot::ConfigSnapshot;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
@@ -97,9 +98,8 @@ struct Local {
     settings: StreamSettings,
     /// host:port to connect to.
     authority: String,
-    /// The configuration served now, and its hash.
-    current: ConfigSnapshot,
-    hash: String,
+    /// The configuration served now, indexed so that a delta costs what it touches.
+    state: ConfigState,
     cache: Arc<ConfigCache>,
     access: Arc<Access>,
     metrics: Arc<HttpMetrics>,
@@ -136,12 +136,17 @@ impl ConfigStream {
             .trim_end_matches('/')
             .to_owned();
         let (stop, stop_rx) = watch::channel(false);
-        let hash = current.content_hash();
+        let version = current.version;
+        let state = ConfigState::new(current).unwrap_or_else(|e| {
+            // Cannot happen for a configuration that was validated before it was cached;
+            // an empty state makes the control plane send a full snapshot.
+            warn!(error = %e, version, "the configuration served at start does not index; asking for a full snapshot");
+            ConfigState::empty()
+        });
         let local = Local {
             settings,
             authority,
-            current,
-            hash,
+            state,
             cache,
             access,
             metrics,
@@ -208,7 +213,7 @@ async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
                 reason
             }
         };
-        warn!(%reason, version = local.current.version, "configuration stream interrupted; serving the last good configuration");
+        warn!(%reason, version = local.state.version(), "configuration stream interrupted; serving the last good configuration");
         if let Ok(mut last) = local.status.last_error.lock() {
             *last = Some(reason);
         }
@@ -236,12 +241,12 @@ fn query_escape(value: &str) -> String {
 
 /// One connection: request the stream, apply what comes.
 async fn session(local: &mut Local, resync: bool) -> End {
-    let hash = if resync { "" } else { local.hash.as_str() };
+    let hash = if resync { "" } else { local.state.hash() };
     let path = format!(
         "/api/v1/cluster/config-stream?node={}&addr={}&version={}&hash={}",
         query_escape(&local.settings.node_id),
         query_escape(&local.settings.http_addr),
-        local.current.version,
+        local.state.version(),
         hash
     );
     let request = match Request::get(path)
@@ -279,7 +284,7 @@ async fn session(local: &mut Local, resync: bool) -> End {
     if let Ok(mut last) = local.status.last_error.lock() {
         *last = None;
     }
-    info!(url = %local.settings.url, version = local.current.version, "configuration stream connected");
+    info!(url = %local.settings.url, version = local.state.version(), "configuration stream connected");
     let mut body = response.into_body();
     let mut buffer: Vec<u8> = Vec::new();
     // Bytes of `buffer` already known to hold no newline.
@@ -318,35 +323,34 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
         Ok(m) => m,
         Err(e) => {
             let reason = format!("unreadable message: {e}");
-            nack(local, local.current.version, &reason).await;
+            nack(local, local.state.version(), &reason).await;
             return Some(End::Resync(reason));
         }
     };
     match message {
         Message::Snapshot { hash, snapshot } => {
             let version = snapshot.version;
-            let checked = snapshot
-                .validate()
+            let checked = ConfigState::new(snapshot)
                 .map_err(|e| e.to_string())
-                .and_then(|()| {
-                    let got = snapshot.content_hash();
-                    if got == hash {
-                        Ok(())
+                .and_then(|state| {
+                    if state.hash() == hash {
+                        Ok(state)
                     } else {
                         Err(format!(
-                            "snapshot hash {got} differs from the announced {hash}"
+                            "snapshot hash {} differs from the announced {hash}",
+                            state.hash()
                         ))
                     }
                 });
             match checked {
-                Ok(()) => install(local, snapshot, hash).await,
+                Ok(state) => install_snapshot(local, state).await,
                 Err(reason) => nack(local, version, &reason).await,
             }
             None
         }
-        Message::Delta { delta } => match local.current.apply(&delta) {
-            Ok(next) => {
-                install(local, next, delta.hash).await;
+        Message::Delta { delta } => match local.state.apply(&delta) {
+            Ok(change) => {
+                install_change(local, change).await;
                 None
             }
             Err(e @ (DeltaError::Gap { .. } | DeltaError::Drift { .. })) => {
@@ -361,19 +365,19 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             }
         },
         Message::Heartbeat { version, hash } => {
-            if version == local.current.version && hash != local.hash {
+            if version == local.state.version() && hash != local.state.hash() {
                 return Some(End::Resync(format!(
                     "version {version} hashes differently here: this copy drifted"
                 )));
             }
             // Versions arrive before the heartbeat that announces them; two heartbeats ahead
             // of us mean something was missed: reconnect to catch up.
-            if version > local.current.version {
+            if version > local.state.version() {
                 local.behind_heartbeats += 1;
                 if local.behind_heartbeats >= 2 {
                     return Some(End::Retry(format!(
                         "the control plane is at version {version}, this node at {}",
-                        local.current.version
+                        local.state.version()
                     )));
                 }
             } else {
@@ -384,18 +388,39 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
     }
 }
 
-/// Serves `snapshot` from now on, keeps it in the cache, and acknowledges it. A version that
-/// could not be cached is still served (a revocation must not wait for a disk) but not
-/// acknowledged: after a restart the node would fall back to an older copy, and the control
-/// plane's lag shows it.
-async fn install(local: &mut Local, snapshot: ConfigSnapshot, hash: String) {
-    let cached = local.cache.store(&snapshot);
-    local.access.apply(&snapshot);
+/// Serves `state` from now on in place of what was served, keeps it in the cache, and
+/// acknowledges it.
+async fn install_snapshot(local: &mut Local, state: ConfigState) {
+    local.access.apply_state(&state);
+    local.state = state;
+    let cached = local.cache.store(&local.state.snapshot());
+    installed(local, cached).await;
+}
+
+/// Serves the version `change` led `local.state` to, updating the access table and the cache
+/// in proportion to the change (the whole of them only if they are not where it starts).
+async fn install_change(local: &mut Local, change: ConfigChange) {
+    if let Err(e) = local.access.apply_change(&change) {
+        warn!(error = %e, "rebuilding the access table from the whole configuration");
+        local.access.apply_state(&local.state);
+    }
+    let cached = match local.cache.store_change(&change) {
+        Err(e @ CacheError::NotAtBase { .. }) => {
+            warn!(error = %e, "rewriting the whole configuration cache");
+            local.cache.store(&local.state.snapshot())
+        }
+        other => other,
+    };
+    installed(local, cached).await;
+}
+
+/// Acknowledges the version now served once it is cached. A version that could not be cached
+/// is still served (a revocation must not wait for a disk) but not acknowledged: after a
+/// restart the node would fall back to an older copy, and the control plane's lag shows it.
+async fn installed(local: &mut Local, cached: Result<(), CacheError>) {
     local.session_was_useful = true;
-    local.metrics.config_version.set(snapshot.version as i64);
-    let version = snapshot.version;
-    local.current = snapshot;
-    local.hash = hash;
+    let version = local.state.version();
+    local.metrics.config_version.set(version as i64);
     match cached {
         Ok(()) => {
             info!(version, "configuration applied from the control plane");

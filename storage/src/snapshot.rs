@@ -130,50 +130,84 @@ impl ConfigSnapshot {
     /// Checks the invariants the data plane relies on: unique ids, slugs and token hashes,
     /// valid slugs, well-formed hashes.
     pub fn validate(&self) -> Result<(), SnapshotError> {
-        let invalid = |m: String| Err(SnapshotError::Invalid(m));
         let mut ids = HashSet::new();
         let mut slugs = HashSet::new();
         let mut hashes = HashSet::new();
         for ws in &self.workspaces {
-            if !is_valid_slug(&ws.slug) {
-                return invalid(format!("workspace slug {:?} is not a valid slug", ws.slug));
-            }
+            ws.validate()?;
             if !ids.insert(ws.id) || !slugs.insert(ws.slug.as_str()) {
-                return invalid(format!("workspace {:?} appears twice", ws.slug));
-            }
-            let mut sources = HashSet::new();
-            for source in &ws.sources {
-                if !is_valid_slug(&source.slug) {
-                    return invalid(format!(
-                        "source slug {:?} in workspace {:?} is not a valid slug",
-                        source.slug, ws.slug
-                    ));
-                }
-                if !sources.insert(source.slug.as_str()) {
-                    return invalid(format!(
-                        "source {:?} appears twice in workspace {:?}",
-                        source.slug, ws.slug
-                    ));
-                }
+                return Err(SnapshotError::Invalid(format!(
+                    "workspace {:?} appears twice",
+                    ws.slug
+                )));
             }
             for token in &ws.tokens {
-                let ok_hex = token.sha256.len() == 64
-                    && token
-                        .sha256
-                        .bytes()
-                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-                if !ok_hex {
-                    return invalid(format!(
-                        "token {} in workspace {:?} has no valid lowercase hex sha256",
-                        token.id, ws.slug
-                    ));
-                }
                 if !hashes.insert(token.sha256.as_str()) {
-                    return invalid(format!("token hash of {} appears twice", token.id));
+                    return Err(SnapshotError::duplicate_token(token));
                 }
             }
         }
         Ok(())
+    }
+}
+
+impl SnapshotError {
+    pub(crate) fn duplicate_token(token: &TokenConfig) -> Self {
+        SnapshotError::Invalid(format!("token hash of {} appears twice", token.id))
+    }
+}
+
+impl WorkspaceConfig {
+    /// The invariants that hold within one workspace: valid slugs, unique source slugs,
+    /// well-formed and unique token hashes. Uniqueness across workspaces is the snapshot's.
+    pub fn validate(&self) -> Result<(), SnapshotError> {
+        let invalid = |m: String| Err(SnapshotError::Invalid(m));
+        if !is_valid_slug(&self.slug) {
+            return invalid(format!(
+                "workspace slug {:?} is not a valid slug",
+                self.slug
+            ));
+        }
+        let mut sources = HashSet::new();
+        for source in &self.sources {
+            if !is_valid_slug(&source.slug) {
+                return invalid(format!(
+                    "source slug {:?} in workspace {:?} is not a valid slug",
+                    source.slug, self.slug
+                ));
+            }
+            if !sources.insert(source.slug.as_str()) {
+                return invalid(format!(
+                    "source {:?} appears twice in workspace {:?}",
+                    source.slug, self.slug
+                ));
+            }
+        }
+        let mut hashes = HashSet::new();
+        for token in &self.tokens {
+            if token.hash_bytes().is_none() {
+                return invalid(format!(
+                    "token {} in workspace {:?} has no valid lowercase hex sha256",
+                    token.id, self.slug
+                ));
+            }
+            if !hashes.insert(token.sha256.as_str()) {
+                return Err(SnapshotError::duplicate_token(token));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TokenConfig {
+    /// The token's SHA-256 as bytes, when `sha256` is 64 lowercase hex digits.
+    pub fn hash_bytes(&self) -> Option<[u8; 32]> {
+        let lowercase_hex = self
+            .sha256
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let mut bytes = [0u8; 32];
+        (lowercase_hex && hex::decode_to_slice(&self.sha256, &mut bytes).is_ok()).then_some(bytes)
     }
 }
 
