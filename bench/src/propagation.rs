@@ -11,14 +11,14 @@
 //!    node spends on a one-workspace delta and on a large one (`--large-delta-workspaces`):
 //!    apply to its indexed state, to its access table, and to its redb cache.
 //! 3. A node serving that snapshot takes single-event POSTs from the same load generator as
-//!    `http` for `--swap-secs`, first alone, then while a new version of the whole snapshot is
-//!    applied every 500 ms (validated, cached in redb and swapped in, the same work a streamed
-//!    version costs; the versions are serialised beforehand); prints requests/s of both and
-//!    the slowest second.
+//!    `http` in `--swap-rounds` × 2 windows of `--swap-secs`, alternately calm and while a new
+//!    version of the whole snapshot is applied every 500 ms (validated, cached in redb and
+//!    swapped in; the versions are serialised beforehand); prints requests/s of both, each
+//!    window's rate, and the slowest second.
 //! 4. The same through the configuration stream: a node follows a scripted control plane that
-//!    sends the snapshot, then (in the second half) a delta every 500 ms, which is what a node
-//!    does when people change a large configuration: once with one workspace per delta, once
-//!    with `--large-delta-workspaces`.
+//!    sends the snapshot, then (in the disturbed windows) a delta every 500 ms, which is what
+//!    a node does when people change a large configuration: once with one workspace per delta,
+//!    once with `--large-delta-workspaces`.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -50,9 +50,13 @@ pub struct PropagationArgs {
     /// Workspaces in the large snapshot.
     #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     workspaces: u64,
-    /// Seconds of load in each half of the swap measurement.
-    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    /// Seconds of each window of the swap measurements.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=600))]
     swap_secs: u64,
+    /// Calm and disturbed windows of each swap measurement, alternated (calm, disturbed,
+    /// disturbed, calm, ...) so that drift in the machine's speed cancels out.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=100))]
+    swap_rounds: u64,
     /// Workspaces each delta of the "large delta" measurements changes (100 of the default
     /// 1,000 is 10,000 tokens).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
@@ -397,7 +401,7 @@ fn snapshot_costs(snapshot: &ConfigSnapshot, large: usize) -> Result<()> {
     );
     let mut current = snapshot.clone();
     for touched in [1, large] {
-        let next = flipped(&current, touched);
+        let next = next_version(&current, touched);
         let mut delta = None;
         let diffing = timed(&mut || delta = Some(current.delta_to(&next)));
         let delta = delta.context("no delta")?;
@@ -412,7 +416,8 @@ fn snapshot_costs(snapshot: &ConfigSnapshot, large: usize) -> Result<()> {
         let to_cache = timed(&mut || stored = cache.store_change(&change));
         stored?;
         println!(
-            "  {touched}-workspace delta: {delta_len} bytes, diff (control plane) {}; node: validate, apply and hash {}, access table {}, redb cache {}",
+            "  delta of {}: {delta_len} bytes, diff (control plane) {}; node: validate, apply and hash {}, access table {}, redb cache {}",
+            describe(&current, touched),
             ms(diffing),
             ms(to_state),
             ms(to_access),
@@ -479,19 +484,20 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
         args.swap_secs,
     )?;
     eprintln!(
-        "swap: {} s of single-event POSTs without, then with, a full-snapshot swap every 500 ms",
+        "swap: {} windows of {} s of single-event POSTs, alternately without and with a full-snapshot swap every 500 ms",
+        args.swap_rounds * 2,
         args.swap_secs
     );
-    let calm = load.measure()?;
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapping = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // The versions are serialised before measuring, so that the load generator's process
     // spends only a file write per swap, not 35 ms of JSON.
-    let swaps_max = (args.swap_secs as usize + 2) * 2;
+    let swaps_max = disturbed_secs(args) as usize * 2 + 4;
     let versions: Vec<(u64, Vec<u8>)> = {
         let mut snapshot = snapshot.clone();
         (0..swaps_max)
             .map(|_| {
-                snapshot = flipped(&snapshot, 1);
+                snapshot = next_version(&snapshot, 1);
                 (
                     snapshot.version,
                     serde_json::to_vec(&snapshot).unwrap_or_default(),
@@ -500,13 +506,18 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
             .collect()
     };
     let swapper = {
-        let (stop, file) = (stop.clone(), file.clone());
+        let (stop, swapping, file) = (stop.clone(), swapping.clone(), file.clone());
         std::thread::spawn(move || {
             let (mut swaps, mut last_version) = (0u64, 0u64);
-            for (version, bytes) in versions {
-                if stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    break;
+            let mut versions = versions.into_iter();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(500));
+                if !swapping.load(std::sync::atomic::Ordering::Relaxed) {
+                    continue;
                 }
+                let Some((version, bytes)) = versions.next() else {
+                    break;
+                };
                 let tmp = file.with_extension("tmp");
                 if std::fs::write(&tmp, &bytes)
                     .and_then(|()| std::fs::rename(&tmp, &file))
@@ -515,24 +526,31 @@ fn ingest_during_swaps(bin: &Path, args: &PropagationArgs, snapshot: ConfigSnaps
                     swaps += 1;
                     last_version = version;
                 }
-                std::thread::sleep(Duration::from_millis(500));
             }
             (swaps, last_version)
         })
     };
-    let swapping = load.measure()?;
+    let measured = load.alternate(args.swap_rounds, &|on| {
+        swapping.store(on, std::sync::atomic::Ordering::Relaxed)
+    });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (swaps, last_version) = swapper
         .join()
         .map_err(|_| anyhow::anyhow!("swapper panicked"))?;
+    let (calm, swapped) = measured?;
     println!(
         "ingest while swapping a {}-token snapshot ({swaps} versions written, node at version {} of {last_version}):",
         snapshot.workspaces.iter().map(|w| w.tokens.len()).sum::<usize>(),
         load.node_version()
     );
-    print_pair("swaps", &calm, &swapping);
+    print_pair("swaps", &calm, &swapped);
     drop(node);
     Ok(())
+}
+
+/// Seconds of disturbed windows in one alternated measurement, warm-ups included.
+fn disturbed_secs(args: &PropagationArgs) -> u64 {
+    args.swap_rounds * (args.swap_secs + 1)
 }
 
 /// Lines a scripted control plane sends: the snapshot, then deltas.
@@ -541,8 +559,7 @@ struct Script {
     deltas: Vec<(u64, String, Vec<u8>)>,
 }
 
-/// `count` deltas, each flipping `enabled` on the last `touched` workspaces (never the first:
-/// the load generator's token is there).
+/// `count` deltas, each changing the last `touched` workspaces ([`next_version`]).
 fn script(snapshot: &ConfigSnapshot, count: usize, touched: usize) -> Script {
     let line = |value: Value| {
         let mut bytes = value.to_string().into_bytes();
@@ -554,7 +571,7 @@ fn script(snapshot: &ConfigSnapshot, count: usize, touched: usize) -> Script {
     let mut current = snapshot.clone();
     let deltas = (0..count)
         .map(|_| {
-            let next = flipped(&current, touched);
+            let next = next_version(&current, touched);
             let delta = current.delta_to(&next);
             let bytes = line(json!({"type": "delta", "delta": delta}));
             current = next;
@@ -567,14 +584,37 @@ fn script(snapshot: &ConfigSnapshot, count: usize, touched: usize) -> Script {
     }
 }
 
-/// The next version of `snapshot` with `enabled` flipped on its last `touched` workspaces
-/// (never the first).
-fn flipped(snapshot: &ConfigSnapshot, touched: usize) -> ConfigSnapshot {
+/// What [`next_version`] changes, in words.
+fn describe(snapshot: &ConfigSnapshot, touched: usize) -> String {
+    let tokens: usize = snapshot.workspaces
+        [1.max(snapshot.workspaces.len().saturating_sub(touched))..]
+        .iter()
+        .map(|w| w.tokens.len())
+        .sum();
+    if touched > 1 {
+        format!("{touched} workspaces flipped enabled/disabled, all their {tokens} tokens replaced")
+    } else {
+        format!("1 workspace flipped enabled/disabled ({tokens} tokens kept)")
+    }
+}
+
+/// The next version of `snapshot` with its last `touched` workspaces changed (never the
+/// first: the load generator's token is there): one workspace is disabled or enabled again,
+/// as when a trial ends; more have every token replaced as well, the largest change a delta
+/// of that many workspaces can carry.
+fn next_version(snapshot: &ConfigSnapshot, touched: usize) -> ConfigSnapshot {
     let mut next = snapshot.clone();
     next.version += 1;
     let len = next.workspaces.len();
+    let version = next.version;
     for ws in &mut next.workspaces[1.max(len.saturating_sub(touched))..] {
         ws.enabled = !ws.enabled;
+        if touched > 1 {
+            for (i, token) in ws.tokens.iter_mut().enumerate() {
+                token.id = Uuid::now_v7();
+                token.sha256 = sluice_storage::token::hash_hex(&format!("{version}-{}-{i}", ws.id));
+            }
+        }
     }
     next
 }
@@ -663,7 +703,7 @@ fn ingest_during_deltas(
     snapshot: ConfigSnapshot,
     touched: usize,
 ) -> Result<()> {
-    let deltas_max = (args.swap_secs as usize + 4) * 2;
+    let deltas_max = disturbed_secs(args) as usize * 2 + 4;
     let script = Arc::new(script(&snapshot, deltas_max, touched));
     let delta_bytes = script.deltas.first().map_or(0, |(_, _, bytes)| bytes.len());
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -709,22 +749,18 @@ fn ingest_during_deltas(
     }
     let load = Load::new(node.0.id(), port, path, args.swap_secs)?;
     eprintln!(
-        "stream: {} s without, then with, a {touched}-workspace delta every 500 ms",
+        "stream: {} windows of {} s, alternately without and with a {touched}-workspace delta every 500 ms",
+        args.swap_rounds * 2,
         args.swap_secs
     );
-    let calm = load.measure()?;
-    flowing.store(true, std::sync::atomic::Ordering::Relaxed);
-    let during = load.measure()?;
-    flowing.store(false, std::sync::atomic::Ordering::Relaxed);
+    let (calm, during) = load.alternate(args.swap_rounds, &|on| {
+        flowing.store(on, std::sync::atomic::Ordering::Relaxed)
+    })?;
     // The last delta may still be applying.
     std::thread::sleep(Duration::from_secs(1));
-    let tokens: usize = snapshot.workspaces
-        [1.max(snapshot.workspaces.len().saturating_sub(touched))..]
-        .iter()
-        .map(|w| w.tokens.len())
-        .sum();
     println!(
-        "ingest while streamed deltas of {touched} workspaces ({tokens} tokens, {delta_bytes} bytes) arrive ({} deltas sent, node at version {}):",
+        "ingest while streamed deltas of {} ({delta_bytes} bytes) arrive ({} deltas sent, node at version {}):",
+        describe(&snapshot, touched),
         sent.load(std::sync::atomic::Ordering::Relaxed),
         load.node_version()
     );
@@ -760,7 +796,7 @@ impl Load {
             }),
             plan: crate::loadgen::Plan {
                 connections: 32,
-                warmup: Duration::from_secs(1),
+                warmup: Duration::from_millis(500),
                 duration: Duration::from_secs(secs),
                 request_timeout: Duration::from_secs(10),
             },
@@ -777,6 +813,29 @@ impl Load {
         ))
     }
 
+    /// `rounds` calm and `rounds` disturbed windows (`disturb(true)` before a disturbed one,
+    /// `disturb(false)` after), in the order calm, disturbed, disturbed, calm, ... so that a
+    /// machine that speeds up or slows down over the run favours neither.
+    fn alternate(
+        &self,
+        rounds: u64,
+        disturb: &dyn Fn(bool),
+    ) -> Result<(Vec<crate::loadgen::Outcome>, Vec<crate::loadgen::Outcome>)> {
+        let (mut calm, mut disturbed) = (Vec::new(), Vec::new());
+        for round in 0..rounds * 2 {
+            let on = round % 4 == 1 || round % 4 == 2;
+            disturb(on);
+            let outcome = self.measure();
+            disturb(false);
+            if on {
+                disturbed.push(outcome?);
+            } else {
+                calm.push(outcome?);
+            }
+        }
+        Ok((calm, disturbed))
+    }
+
     /// The configuration version the node serves, from its `/readyz`.
     fn node_version(&self) -> String {
         agent()
@@ -790,10 +849,26 @@ impl Load {
     }
 }
 
-/// Prints a calm window against a disturbed one.
-fn print_pair(what: &str, calm: &crate::loadgen::Outcome, disturbed: &crate::loadgen::Outcome) {
-    let rate = |o: &crate::loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64();
-    let slowest = |o: &crate::loadgen::Outcome| o.per_second.iter().copied().min().unwrap_or(0);
+/// Prints calm windows against disturbed ones.
+fn print_pair(what: &str, calm: &[crate::loadgen::Outcome], disturbed: &[crate::loadgen::Outcome]) {
+    let rate = |o: &[crate::loadgen::Outcome]| {
+        let requests: u64 = o.iter().map(|o| o.requests).sum();
+        let secs: f64 = o.iter().map(|o| o.window.as_secs_f64()).sum();
+        requests as f64 / secs.max(1e-9)
+    };
+    let slowest = |o: &[crate::loadgen::Outcome]| {
+        o.iter()
+            .flat_map(|o| o.per_second.iter().copied())
+            .min()
+            .unwrap_or(0)
+    };
+    let errors = |o: &[crate::loadgen::Outcome]| o.iter().map(|o| o.error_count()).sum::<u64>();
+    let windows = |o: &[crate::loadgen::Outcome]| {
+        o.iter()
+            .map(|o| format!("{:.0}", o.requests as f64 / o.window.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     println!(
         "  without {what} {:.0} req/s (slowest second {}), with {what} {:.0} req/s (slowest second {}), ratio {:.2}, errors {} / {}",
         rate(calm),
@@ -801,7 +876,12 @@ fn print_pair(what: &str, calm: &crate::loadgen::Outcome, disturbed: &crate::loa
         rate(disturbed),
         slowest(disturbed),
         rate(disturbed) / rate(calm).max(1.0),
-        calm.error_count(),
-        disturbed.error_count()
+        errors(calm),
+        errors(disturbed)
+    );
+    println!(
+        "    windows without: {}; with: {}",
+        windows(calm),
+        windows(disturbed)
     );
 }

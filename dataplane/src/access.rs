@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use sluice_storage::config_state::{ConfigChange, ConfigState};
-use sluice_storage::snapshot::{ConfigSnapshot, Scope, WorkspaceConfig};
+use sluice_storage::snapshot::{ConfigSnapshot, Scope, TokenConfig, WorkspaceConfig};
 use sluice_storage::token;
 use uuid::Uuid;
 
@@ -49,7 +49,8 @@ pub struct ConfigView {
 /// Shards of the token index. A new version copies only the shards its changes touch: a
 /// one-workspace change to a configuration of 100,000 tokens copies a few thousand pointers,
 /// not the whole index.
-const TOKEN_SHARDS: usize = 4096;
+const TOKEN_SHARD_BITS: u32 = 12;
+const TOKEN_SHARDS: usize = 1 << TOKEN_SHARD_BITS;
 
 /// Token hash to token, sharded for copy-on-write.
 #[derive(Debug, Clone)]
@@ -67,14 +68,15 @@ impl Default for TokenTable {
 }
 
 impl TokenTable {
-    /// Folds the whole hash, so that even made-up hashes that differ only in their last
-    /// bytes (as test and benchmark snapshots have) spread over the shards.
+    /// Folds the whole hash and mixes it (Fibonacci hashing, top bits), so that even made-up
+    /// hashes that differ only in a few bytes (as test and benchmark snapshots have) spread
+    /// over the shards.
     fn shard(hash: &[u8; 32]) -> usize {
         let folded = hash
             .chunks_exact(8)
             .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
             .fold(0, |acc, word| acc ^ word);
-        (folded % TOKEN_SHARDS as u64) as usize
+        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TOKEN_SHARD_BITS)) as usize
     }
 
     fn get(&self, hash: &[u8; 32]) -> Option<&TokenView> {
@@ -153,18 +155,32 @@ impl ConfigView {
             workspaces: self.workspaces.clone(),
             tokens: self.tokens.clone(),
         };
+        // A token the change leaves as it was (same workspace, same fields) keeps its entry:
+        // disabling a workspace of 10,000 tokens copies no token.
+        let before: HashMap<Uuid, &WorkspaceConfig> = change
+            .before
+            .iter()
+            .map(|ws| (ws.id, ws.as_ref()))
+            .collect();
+        let after: HashMap<Uuid, &WorkspaceConfig> =
+            change.after.iter().map(|ws| (ws.id, ws.as_ref())).collect();
         // Everything old goes before anything new comes: a slug or token may move between
         // the workspaces of one change.
         for ws in &change.before {
             view.workspaces.remove(&ws.slug);
-            for token in &ws.tokens {
+            let kept = TokensById::of(after.get(&ws.id));
+            for token in ws.tokens.iter().filter(|t| !kept.has(t)) {
                 if let Some(hash) = token.hash_bytes() {
                     view.tokens.remove(&hash);
                 }
             }
         }
         for ws in &change.after {
-            view.add(ws, limits, rates);
+            view.add_workspace(ws, limits, rates);
+            let kept = TokensById::of(before.get(&ws.id));
+            for token in ws.tokens.iter().filter(|t| !kept.has(t)) {
+                view.add_token(ws.id, token);
+            }
         }
         let gone: HashSet<Uuid> = change
             .before
@@ -179,6 +195,13 @@ impl ConfigView {
     }
 
     fn add(&mut self, ws: &WorkspaceConfig, limits: &RateLimits, rates: RateDefaults) {
+        self.add_workspace(ws, limits, rates);
+        for token in &ws.tokens {
+            self.add_token(ws.id, token);
+        }
+    }
+
+    fn add_workspace(&mut self, ws: &WorkspaceConfig, limits: &RateLimits, rates: RateDefaults) {
         let rate = ws
             .events_per_second_max
             .unwrap_or(rates.events_per_second)
@@ -195,21 +218,22 @@ impl ConfigView {
                 bucket: limits.bucket(ws.id, rate, burst),
             }),
         );
-        for tok in &ws.tokens {
-            let Some(hash) = tok.hash_bytes() else {
-                continue;
-            };
-            self.tokens.insert(
-                hash,
-                TokenView {
-                    workspace_id: ws.id,
-                    can_ingest: tok.scopes.contains(&Scope::Ingest),
-                    sources: tok.sources.as_ref().map(|s| s.iter().cloned().collect()),
-                    device_id: tok.device_id.clone(),
-                    expires_at_us: tok.expires_at.map(|t| t.timestamp_micros()),
-                },
-            );
-        }
+    }
+
+    fn add_token(&mut self, workspace_id: Uuid, token: &TokenConfig) {
+        let Some(hash) = token.hash_bytes() else {
+            return;
+        };
+        self.tokens.insert(
+            hash,
+            TokenView {
+                workspace_id,
+                can_ingest: token.scopes.contains(&Scope::Ingest),
+                sources: token.sources.as_ref().map(|s| s.iter().cloned().collect()),
+                device_id: token.device_id.clone(),
+                expires_at_us: token.expires_at.map(|t| t.timestamp_micros()),
+            },
+        );
     }
 
     /// Decides whether `secret` may send events to `workspace`/`source` as `device`.
@@ -311,6 +335,23 @@ fn bound_device<'a>(
     }
 }
 
+/// The tokens of a workspace's other copy in a change, by id.
+struct TokensById<'a>(HashMap<Uuid, &'a TokenConfig>);
+
+impl<'a> TokensById<'a> {
+    fn of(ws: Option<&&'a WorkspaceConfig>) -> Self {
+        TokensById(
+            ws.map(|ws| ws.tokens.iter().map(|t| (t.id, t)).collect())
+                .unwrap_or_default(),
+        )
+    }
+
+    /// Whether the other copy holds `token` exactly as it is.
+    fn has(&self, token: &TokenConfig) -> bool {
+        self.0.get(&token.id).is_some_and(|t| *t == token)
+    }
+}
+
 /// A change that does not start from the version the view holds.
 #[derive(Debug, thiserror::Error)]
 #[error("the access table is at version {held}, the change starts from {from}")]
@@ -398,7 +439,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_storage::snapshot::{SourceConfig, TokenConfig};
+    use sluice_storage::snapshot::SourceConfig;
 
     fn workspace(slug: &str, secret: &str, enabled: bool) -> WorkspaceConfig {
         WorkspaceConfig {

@@ -11,6 +11,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 use sluice_storage::cache::ConfigCache;
+use sluice_storage::config_state::ConfigState;
 use sluice_storage::snapshot::ConfigSnapshot;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
@@ -69,8 +70,10 @@ pub struct SnapshotWatch {
 }
 
 impl SnapshotWatch {
+    /// Follows `path` from `current`, the configuration the node serves now.
     pub fn start(
         path: PathBuf,
+        current: ConfigSnapshot,
         cache: Arc<ConfigCache>,
         access: Arc<Access>,
         metrics: Arc<HttpMetrics>,
@@ -79,6 +82,12 @@ impl SnapshotWatch {
         let thread = std::thread::Builder::new()
             .name("sluice-config-watch".into())
             .spawn(move || {
+                let version = current.version;
+                let mut state = ConfigState::new(current).unwrap_or_else(|e| {
+                    // Cannot happen for a configuration validated before it was served.
+                    warn!(error = %e, version, "the configuration served at start does not index; the next file replaces it whole");
+                    ConfigState::empty()
+                });
                 let mut seen = stamp(&path);
                 while !*stop_rx.borrow_and_update() {
                     std::thread::sleep(WATCH_INTERVAL);
@@ -87,7 +96,7 @@ impl SnapshotWatch {
                         continue;
                     }
                     seen = now;
-                    apply_file(&path, &cache, &access, &metrics);
+                    apply_file(&path, &mut state, &cache, &access, &metrics);
                 }
             })?;
         Ok(SnapshotWatch {
@@ -111,7 +120,13 @@ fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
     Some((meta.modified().ok()?, meta.len()))
 }
 
-fn apply_file(path: &Path, cache: &ConfigCache, access: &Access, metrics: &HttpMetrics) {
+fn apply_file(
+    path: &Path,
+    state: &mut ConfigState,
+    cache: &ConfigCache,
+    access: &Access,
+    metrics: &HttpMetrics,
+) {
     let snapshot = match read_snapshot_file(path) {
         Ok(snapshot) => snapshot,
         Err(err) => {
@@ -127,10 +142,26 @@ fn apply_file(path: &Path, cache: &ConfigCache, access: &Access, metrics: &HttpM
         );
         return;
     }
-    if let Err(err) = cache.store(&snapshot) {
-        error!(error = %err, "caching the new config snapshot failed; applying it anyway");
+    let version = snapshot.version;
+    // The access table and the cache change only where the configuration did; should either
+    // not be at the state's version, it takes the whole configuration.
+    let change = match state.replace(snapshot) {
+        Ok(change) => change,
+        Err(err) => {
+            error!(error = %err, "config snapshot change ignored; keeping the current configuration");
+            return;
+        }
+    };
+    if let Err(err) = access.apply_change(&change) {
+        warn!(error = %err, "rebuilding the access table from the whole configuration");
+        access.apply_state(state);
     }
-    access.apply(&snapshot);
-    metrics.config_version.set(snapshot.version as i64);
-    info!(version = snapshot.version, "config snapshot applied");
+    if let Err(err) = cache.store_change(&change) {
+        warn!(error = %err, "rewriting the whole configuration cache");
+        if let Err(err) = cache.store(&state.snapshot()) {
+            error!(error = %err, "caching the new config snapshot failed; serving it anyway");
+        }
+    }
+    metrics.config_version.set(version as i64);
+    info!(version, "config snapshot applied");
 }

@@ -172,8 +172,14 @@ impl Node {
         };
         let watch = match &config.config_snapshot {
             Some(path) => Some(
-                SnapshotWatch::start(path.clone(), cache.clone(), access.clone(), metrics.clone())
-                    .map_err(io("starting the config snapshot watch"))?,
+                SnapshotWatch::start(
+                    path.clone(),
+                    snapshot.clone(),
+                    cache.clone(),
+                    access.clone(),
+                    metrics.clone(),
+                )
+                .map_err(io("starting the config snapshot watch"))?,
             ),
             None => None,
         };

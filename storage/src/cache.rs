@@ -5,6 +5,7 @@
 //! rewrites the workspaces it touches, not the whole configuration (100,000 tokens are about
 //! 20 MB of JSON).
 
+use std::collections::HashSet;
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -107,16 +108,25 @@ impl ConfigCache {
         }
     }
 
-    /// Validates and stores `snapshot` in place of whatever was stored.
+    /// Validates and stores `snapshot` in place of whatever was stored. Rows that would not
+    /// change are left alone: a configuration file of 100,000 tokens rewritten for one
+    /// workspace writes one row.
     pub fn store(&self, snapshot: &ConfigSnapshot) -> Result<(), CacheError> {
         snapshot.validate()?;
+        let ids: HashSet<u128> = snapshot.workspaces.iter().map(|w| w.id.as_u128()).collect();
         let txn = self.db.begin_write()?;
         txn.delete_table(LEGACY_SNAPSHOT)?;
-        txn.delete_table(WORKSPACES)?;
         {
             let mut table = txn.open_table(WORKSPACES)?;
+            table.retain(|id, _| ids.contains(&id))?;
             for ws in &snapshot.workspaces {
-                table.insert(ws.id.as_u128(), serde_json::to_vec(ws)?.as_slice())?;
+                let json = serde_json::to_vec(ws)?;
+                let unchanged = table
+                    .get(ws.id.as_u128())?
+                    .is_some_and(|row| row.value() == json.as_slice());
+                if !unchanged {
+                    table.insert(ws.id.as_u128(), json.as_slice())?;
+                }
             }
             txn.open_table(META)?.insert(VERSION, snapshot.version)?;
         }

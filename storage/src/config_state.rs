@@ -110,27 +110,73 @@ impl ConfigState {
             });
         }
         self.check(delta)?;
-        let upserted: Vec<Held> = delta
-            .upsert
-            .iter()
+        self.commit(
+            delta.to,
+            delta.upsert.clone(),
+            &delta.remove,
+            Some(&delta.hash),
+        )
+    }
+
+    /// Makes `next` (a later version, validated here) the configuration, as the change from
+    /// this one: what a node reading whole snapshots from a file does, so that the access
+    /// table and the cache still change only where the configuration did.
+    pub fn replace(&mut self, next: ConfigSnapshot) -> Result<ConfigChange, DeltaError> {
+        if next.version <= self.version {
+            return Err(DeltaError::Backwards {
+                from: self.version,
+                to: next.version,
+            });
+        }
+        next.validate()?;
+        let ids: HashSet<Uuid> = next.workspaces.iter().map(|w| w.id).collect();
+        let remove: Vec<Uuid> = self
+            .workspaces
+            .keys()
+            .filter(|id| !ids.contains(id))
+            .copied()
+            .collect();
+        let upsert: Vec<WorkspaceConfig> = next
+            .workspaces
+            .into_iter()
+            .filter(|ws| {
+                self.workspaces
+                    .get(&ws.id)
+                    .is_none_or(|held| *held.config != *ws)
+            })
+            .collect();
+        self.commit(next.version, upsert, &remove, None)
+    }
+
+    /// Moves to version `to` with `upsert` and `remove` (checked to fit) once the result hashes
+    /// as `expected` (when given); otherwise nothing changes.
+    fn commit(
+        &mut self,
+        to: u64,
+        upsert: Vec<WorkspaceConfig>,
+        remove: &[Uuid],
+        expected: Option<&str>,
+    ) -> Result<ConfigChange, DeltaError> {
+        let upserted: Vec<Held> = upsert
+            .into_iter()
             .map(|ws| Held {
                 hash: ws.content_hash(),
-                config: Arc::new(ws.clone()),
+                config: Arc::new(ws),
             })
             .collect();
         // The result's map shares every untouched workspace with this one: cloning it copies
         // one `Arc` per workspace, never a token.
         let mut next = self.workspaces.clone();
-        for id in &delta.remove {
+        for id in remove {
             next.remove(id);
         }
         for held in &upserted {
             next.insert(held.config.id, held.clone());
         }
-        let got = self.combined_hash(delta.to, &next);
-        if got != delta.hash {
+        let got = self.combined_hash(to, &next);
+        if let Some(expected) = expected.filter(|expected| *expected != got) {
             return Err(DeltaError::Drift {
-                expected: delta.hash.clone(),
+                expected: expected.to_owned(),
                 got,
             });
         }
@@ -138,11 +184,8 @@ impl ConfigState {
         // that moves between touched workspaces is not removed after its new owner took it.
         let mut previous = std::mem::replace(&mut self.workspaces, next);
         let mut before = Vec::new();
-        for id in delta
-            .remove
-            .iter()
-            .chain(delta.upsert.iter().map(|w| &w.id))
-        {
+        let upserted_ids = upserted.iter().map(|held| &held.config.id);
+        for id in remove.iter().chain(upserted_ids) {
             if let Some(old) = previous.remove(id) {
                 self.unindex(&old.config);
                 before.push(old.config);
@@ -153,11 +196,12 @@ impl ConfigState {
         for ws in &after {
             self.index(ws);
         }
-        self.version = delta.to;
+        let from = self.version;
+        self.version = to;
         self.hash = got;
         Ok(ConfigChange {
-            from: delta.from,
-            to: delta.to,
+            from,
+            to,
             before,
             after,
         })
@@ -387,5 +431,47 @@ mod tests {
             snapshot(2, vec![a, b]).content_hash(),
             "the version is part of the hash"
         );
+    }
+
+    /// A whole new snapshot replaces the state as a change of only what differs.
+    #[test]
+    fn replacing_with_a_whole_snapshot_changes_only_what_differs() {
+        let (a, b, c) = (
+            workspace("a", &[1]),
+            workspace("b", &[2]),
+            workspace("c", &[3]),
+        );
+        let v1 = snapshot(1, vec![a.clone(), b.clone(), c.clone()]);
+        let mut state = ConfigState::new(v1).expect("valid");
+        let mut b2 = b.clone();
+        b2.enabled = false;
+        let d = workspace("d", &[4]);
+        let v2 = snapshot(2, vec![d.clone(), b2, a.clone()]);
+        let change = state.replace(v2.clone()).expect("replaces");
+        let ids = |list: &[Arc<WorkspaceConfig>]| {
+            let mut ids: Vec<Uuid> = list.iter().map(|w| w.id).collect();
+            ids.sort();
+            ids
+        };
+        let mut before = vec![b.id, c.id];
+        before.sort();
+        let mut after = vec![b.id, d.id];
+        after.sort();
+        assert_eq!(ids(&change.before), before, "a is unchanged");
+        assert_eq!(ids(&change.after), after);
+        assert_eq!(state.hash(), v2.content_hash());
+        let fresh = ConfigState::new(v2.clone()).expect("valid");
+        assert_eq!(state.token_owners, fresh.token_owners);
+
+        assert!(matches!(
+            state.replace(v2.clone()),
+            Err(DeltaError::Backwards { .. })
+        ));
+        let invalid = snapshot(3, vec![a.clone(), workspace("a", &[9])]);
+        assert!(matches!(
+            state.replace(invalid),
+            Err(DeltaError::Invalid(_))
+        ));
+        assert_eq!(state.version(), 2, "refusals change nothing");
     }
 }
