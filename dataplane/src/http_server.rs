@@ -106,6 +106,13 @@ fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
+/// A timer that always fires within this long keeps the runtime's next wake-up close. Every
+/// request arms timers later than that (hyper's head-read timeout, the idle timeout), and
+/// tokio wakes its driver (an eventfd write, then an extra `epoll_wait` return) whenever a new
+/// timer is earlier than the next wake-up it parked for; with none pending, that was once per
+/// request.
+const TIMER_FLOOR: Duration = Duration::from_millis(500);
+
 async fn accept_loop(
     listener: std::net::TcpListener,
     api: Arc<Api>,
@@ -114,6 +121,14 @@ async fn accept_loop(
 ) {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
     let local = Rc::new(Cell::new(0usize));
+    // Ends with the runtime, when this loop returns.
+    tokio_uring::spawn(async {
+        let mut floor = tokio::time::interval(TIMER_FLOOR);
+        floor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            floor.tick().await;
+        }
+    });
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
