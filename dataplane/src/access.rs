@@ -3,8 +3,9 @@
 //!
 //! The index is built off the hot path whenever the configuration changes and swapped in
 //! atomically; a request reads one consistent version without taking a lock. A delta from the
-//! control plane builds the next index from the current one, copying only what it touches, so
-//! a large configuration changing under load costs the node little. Tokens are looked
+//! control plane builds the next index from the current one: it copies the workspace index
+//! (one entry per workspace) and only the token shards it touches, so a large configuration
+//! changing under load costs the node little. Tokens are looked
 //! up by the SHA-256 of the presented secret, so no secret is ever kept in memory.
 
 use std::collections::{HashMap, HashSet};
@@ -17,6 +18,7 @@ use sluice_storage::token;
 use uuid::Uuid;
 
 use crate::rate_limit::{Bucket, RateLimits};
+use crate::token_table::TokenTable;
 
 /// A workspace as the hot path needs it.
 #[derive(Debug)]
@@ -44,52 +46,6 @@ pub struct ConfigView {
     pub version: u64,
     workspaces: HashMap<String, Arc<WorkspaceView>>,
     tokens: TokenTable,
-}
-
-/// Shards of the token index. A new version copies only the shards its changes touch: a
-/// one-workspace change to a configuration of 100,000 tokens copies a few thousand pointers,
-/// not the whole index.
-const TOKEN_SHARD_BITS: u32 = 12;
-const TOKEN_SHARDS: usize = 1 << TOKEN_SHARD_BITS;
-
-/// Token hash to token, sharded for copy-on-write.
-#[derive(Debug, Clone)]
-struct TokenTable {
-    shards: Vec<Arc<HashMap<[u8; 32], Arc<TokenView>>>>,
-}
-
-impl Default for TokenTable {
-    fn default() -> Self {
-        let empty = Arc::new(HashMap::new());
-        TokenTable {
-            shards: vec![empty; TOKEN_SHARDS],
-        }
-    }
-}
-
-impl TokenTable {
-    /// Folds the whole hash and mixes it (Fibonacci hashing, top bits), so that even made-up
-    /// hashes that differ only in a few bytes (as test and benchmark snapshots have) spread
-    /// over the shards.
-    fn shard(hash: &[u8; 32]) -> usize {
-        let folded = hash
-            .chunks_exact(8)
-            .map(|word| u64::from_le_bytes(word.try_into().unwrap_or_default()))
-            .fold(0, |acc, word| acc ^ word);
-        (folded.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> (64 - TOKEN_SHARD_BITS)) as usize
-    }
-
-    fn get(&self, hash: &[u8; 32]) -> Option<&TokenView> {
-        self.shards[Self::shard(hash)].get(hash).map(Arc::as_ref)
-    }
-
-    fn insert(&mut self, hash: [u8; 32], token: TokenView) {
-        Arc::make_mut(&mut self.shards[Self::shard(&hash)]).insert(hash, Arc::new(token));
-    }
-
-    fn remove(&mut self, hash: &[u8; 32]) {
-        Arc::make_mut(&mut self.shards[Self::shard(hash)]).remove(hash);
-    }
 }
 
 /// Why a request is refused before its body is read.
@@ -186,7 +142,7 @@ impl ConfigView {
             .before
             .iter()
             .map(|ws| ws.id)
-            .filter(|id| !change.after.iter().any(|ws| ws.id == *id))
+            .filter(|id| !after.contains_key(id))
             .collect();
         if !gone.is_empty() {
             limits.retain(|id| !gone.contains(id));

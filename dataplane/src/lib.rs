@@ -6,7 +6,8 @@
 //! - [`http_server`] and [`uring_io`]: the io_uring front end.
 //! - [`ingest`], [`parse`], [`problem`]: the ingest API, body parsing, problem+json refusals.
 //! - [`mqtt`]: the MQTT 3.1.1 and 5 front end on ntex-mqtt, into the same WAL.
-//! - [`access`] and [`rate_limit`]: token checks against the snapshot, per-workspace rates.
+//! - [`access`], [`token_table`] and [`rate_limit`]: token checks against the snapshot, the
+//!   copy-on-write token index, per-workspace rates.
 //! - [`config`], [`config_source`], [`bootstrap`]: settings, where the snapshot comes from.
 //! - [`metrics`]: the Prometheus registry behind `/metrics`.
 //!
@@ -25,6 +26,7 @@ pub mod node;
 pub mod parse;
 pub mod problem;
 pub mod rate_limit;
+pub mod token_table;
 pub mod uring_io;
 
 pub use config::NodeConfig;

@@ -14,13 +14,15 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::config_delta::{combine_hashes, ConfigDelta, DeltaError};
+use crate::config_delta::{ConfigDelta, DeltaError};
+use crate::config_hash::combine_hashes;
 use crate::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
 
 /// One workspace as held: shared with the [`ConfigChange`]s that mention it.
 #[derive(Debug, Clone)]
 struct Held {
     config: Arc<WorkspaceConfig>,
+    /// [`WorkspaceConfig::content_hash`], kept so that no version rehashes it again.
     hash: [u8; 32],
 }
 

@@ -5,15 +5,16 @@
 //! - [`layout`] and [`parquet_file`]: the Hive-style object layout and the Parquet schema.
 //! - [`lake`]: object storage (local directory, S3, GCS, Azure, memory) behind `object_store`.
 //! - [`shipper`]: tails the WAL, batches per (workspace, source), uploads Parquet, trims the WAL.
-//! - [`snapshot`], [`config_delta`], [`config_state`], [`token`] and [`cache`]: the
-//!   configuration snapshot, the deltas between versions and their hash, the indexed copy a
-//!   node applies deltas to, token hashing, and the node's redb cache of the last-known-good
+//! - [`snapshot`], [`config_delta`], [`config_hash`], [`config_state`], [`token`] and
+//!   [`cache`]: the configuration snapshot, the deltas between versions, the hash that proves
+//!   two copies equal, the indexed copy a node applies deltas to, token hashing, and the node's redb cache of the last-known-good
 //!   configuration.
 //!
 //! This crate never speaks HTTP or MQTT; the data plane turns requests into [`event::IngestBatch`]es.
 
 pub mod cache;
 pub mod config_delta;
+pub mod config_hash;
 pub mod config_state;
 pub mod event;
 pub mod lake;

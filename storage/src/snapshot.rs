@@ -158,8 +158,9 @@ impl SnapshotError {
 }
 
 impl WorkspaceConfig {
-    /// The invariants that hold within one workspace: valid slugs, unique source slugs,
-    /// well-formed and unique token hashes. Uniqueness across workspaces is the snapshot's.
+    /// The invariants that hold within one workspace: valid slugs, unique source slugs and ids,
+    /// well-formed and unique token hashes, unique token ids (a node matches a token's old and
+    /// new copy by id). Uniqueness across workspaces is the snapshot's.
     pub fn validate(&self) -> Result<(), SnapshotError> {
         let invalid = |m: String| Err(SnapshotError::Invalid(m));
         if !is_valid_slug(&self.slug) {
@@ -169,7 +170,14 @@ impl WorkspaceConfig {
             ));
         }
         let mut sources = HashSet::new();
+        let mut ids = HashSet::new();
         for source in &self.sources {
+            if !ids.insert(source.id) {
+                return invalid(format!(
+                    "source id {} appears twice in workspace {:?}",
+                    source.id, self.slug
+                ));
+            }
             if !is_valid_slug(&source.slug) {
                 return invalid(format!(
                     "source slug {:?} in workspace {:?} is not a valid slug",
@@ -184,7 +192,14 @@ impl WorkspaceConfig {
             }
         }
         let mut hashes = HashSet::new();
+        let mut ids = HashSet::new();
         for token in &self.tokens {
+            if !ids.insert(token.id) {
+                return invalid(format!(
+                    "token id {} appears twice in workspace {:?}",
+                    token.id, self.slug
+                ));
+            }
             if token.hash_bytes().is_none() {
                 return invalid(format!(
                     "token {} in workspace {:?} has no valid lowercase hex sha256",
@@ -260,5 +275,39 @@ mod tests {
             workspaces: vec![ws("a"), ws("b")],
         };
         assert!(snapshot.validate().is_err());
+    }
+
+    /// A node matches the old and new copy of a token by id, so ids must be unique within a
+    /// workspace, or a token could vanish from one copy and not the other.
+    #[test]
+    fn duplicate_token_or_source_ids_are_invalid() {
+        let token = |hash: char| TokenConfig {
+            id: Uuid::nil(),
+            name: String::new(),
+            sha256: hash.to_string().repeat(64),
+            scopes: vec![Scope::Ingest],
+            sources: None,
+            device_id: None,
+            expires_at: None,
+        };
+        let mut ws = WorkspaceConfig {
+            id: Uuid::now_v7(),
+            slug: "a".into(),
+            name: String::new(),
+            enabled: true,
+            events_per_second_max: None,
+            sources: vec![],
+            tokens: vec![token('a'), token('b')],
+        };
+        assert!(ws.validate().is_err(), "two tokens with one id");
+        ws.tokens.pop();
+        assert!(ws.validate().is_ok());
+        let source = |slug: &str| SourceConfig {
+            id: Uuid::nil(),
+            slug: slug.into(),
+            name: String::new(),
+        };
+        ws.sources = vec![source("one"), source("two")];
+        assert!(ws.validate().is_err(), "two sources with one id");
     }
 }

@@ -100,7 +100,7 @@ impl Wal {
         // Counted before the active segment is filled: the quota counts records, not the
         // zeros reserved for them.
         segments.recount()?;
-        reserve(&file, config.segment_bytes_max).map_err(io_err(&path))?;
+        reserve(&file, config.segment_bytes_max, &path);
         sync_dir(&config.dir)?;
         segments.set_active(segment_first);
         metrics.wal_bytes.set(segments.bytes() as i64);
@@ -347,7 +347,7 @@ impl Writer {
             .write(true)
             .open(&path)
             .map_err(io_err(&path))?;
-        reserve(&file, self.segment_bytes_max).map_err(io_err(&path))?;
+        reserve(&file, self.segment_bytes_max, &path);
         sync_dir(self.segments.dir())?;
         self.file = file;
         self.segment_first = self.next_lsn;
@@ -360,20 +360,26 @@ impl Writer {
 }
 
 /// Allocates `len` bytes of disk to `file` (unwritten extents: no data is written) and syncs
-/// the allocation.
-fn reserve(file: &File, len: u64) -> std::io::Result<()> {
+/// the allocation. Only a speed-up: when it fails (a full disk, a file system without
+/// `fallocate`) the segment grows as it is written, with slower syncs, and the failure is
+/// logged; a full disk then shows in the writes themselves.
+fn reserve(file: &File, len: u64, path: &std::path::Path) {
     use std::os::fd::AsRawFd;
-    let len = i64::try_from(len).map_err(std::io::Error::other)?;
+    let Ok(len) = i64::try_from(len) else {
+        return;
+    };
     // SAFETY: plain system call on a descriptor `file` keeps open; no memory is shared.
     let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    if rc != 0 {
-        let err = std::io::Error::last_os_error();
-        // A file system without fallocate still works, with slower syncs.
+    let reserved = if rc == 0 {
+        file.sync_all()
+    } else {
+        Err(std::io::Error::last_os_error())
+    };
+    if let Err(err) = reserved {
         if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
-            return Err(err);
+            warn!(segment = %path.display(), error = %err, "preallocating the WAL segment failed; it grows as it is written");
         }
     }
-    file.sync_all()
 }
 
 #[cfg(test)]
