@@ -167,28 +167,7 @@ impl ConfigCache {
 mod tests {
     use super::*;
     use crate::config_state::ConfigState;
-    use crate::snapshot::{Scope, TokenConfig};
-    use uuid::Uuid;
-
-    fn workspace(slug: &str, token_hash: u64) -> WorkspaceConfig {
-        WorkspaceConfig {
-            id: Uuid::now_v7(),
-            slug: slug.into(),
-            name: String::new(),
-            enabled: true,
-            events_per_second_max: None,
-            sources: vec![],
-            tokens: vec![TokenConfig {
-                id: Uuid::now_v7(),
-                name: String::new(),
-                sha256: format!("{token_hash:064x}"),
-                scopes: vec![Scope::Ingest],
-                sources: None,
-                device_id: None,
-                expires_at: None,
-            }],
-        }
-    }
+    use crate::test_fixtures::workspace;
 
     #[test]
     fn stored_snapshot_survives_reopen() {
@@ -196,7 +175,7 @@ mod tests {
         let path = dir.path().join("cache.redb");
         let snapshot = ConfigSnapshot {
             version: 7,
-            workspaces: vec![workspace("a", 1), workspace("b", 2)],
+            workspaces: vec![workspace("a", &[1]), workspace("b", &[2])],
         };
         {
             let cache = ConfigCache::open(&path).expect("open");
@@ -214,7 +193,11 @@ mod tests {
     fn changes_apply_on_top_of_the_version_they_start_from() {
         let dir = tempfile::tempdir().expect("tempdir");
         let cache = ConfigCache::open(&dir.path().join("cache.redb")).expect("open");
-        let (a, b, c) = (workspace("a", 1), workspace("b", 2), workspace("c", 3));
+        let (a, b, c) = (
+            workspace("a", &[1]),
+            workspace("b", &[2]),
+            workspace("c", &[3]),
+        );
         let v1 = ConfigSnapshot {
             version: 1,
             workspaces: vec![a.clone(), b.clone()],
@@ -254,7 +237,7 @@ mod tests {
         let path = dir.path().join("cache.redb");
         let old = ConfigSnapshot {
             version: 3,
-            workspaces: vec![workspace("a", 1)],
+            workspaces: vec![workspace("a", &[1])],
         };
         {
             let db = Database::create(&path).expect("create");
@@ -272,7 +255,7 @@ mod tests {
         assert_eq!(cache.load().expect("load"), Some(old.clone()));
         let new = ConfigSnapshot {
             version: 4,
-            workspaces: vec![workspace("b", 2)],
+            workspaces: vec![workspace("b", &[2])],
         };
         cache.store(&new).expect("store");
         assert_eq!(cache.load().expect("load"), Some(new));

@@ -81,44 +81,20 @@ impl ConfigSnapshot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Scope, SourceConfig, TokenConfig};
-
-    fn workspace(slug: &str, token_hash: char) -> WorkspaceConfig {
-        WorkspaceConfig {
-            id: Uuid::now_v7(),
-            slug: slug.into(),
-            name: slug.into(),
-            enabled: true,
-            events_per_second_max: None,
-            sources: vec![SourceConfig {
-                id: Uuid::now_v7(),
-                slug: "telemetry".into(),
-                name: String::new(),
-            }],
-            tokens: vec![TokenConfig {
-                id: Uuid::now_v7(),
-                name: String::new(),
-                sha256: token_hash.to_string().repeat(64),
-                scopes: vec![Scope::Ingest],
-                sources: None,
-                device_id: None,
-                expires_at: None,
-            }],
-        }
-    }
+    use crate::test_fixtures::workspace;
 
     #[test]
     fn a_delta_turns_one_snapshot_into_the_next_and_nothing_else() {
-        let a = workspace("a", 'a');
-        let b = workspace("b", 'b');
-        let d = workspace("d", 'd');
+        let a = workspace("a", &[0xa]);
+        let b = workspace("b", &[0xb]);
+        let d = workspace("d", &[0xd]);
         let v1 = ConfigSnapshot {
             version: 1,
             workspaces: vec![a.clone(), b.clone(), d.clone()],
         };
         let mut a2 = a.clone();
         a2.enabled = false;
-        let c = workspace("c", 'c');
+        let c = workspace("c", &[0xc]);
         let v3 = ConfigSnapshot {
             version: 3,
             workspaces: vec![c.clone(), a2.clone(), b.clone()],
@@ -152,7 +128,7 @@ mod tests {
         ));
 
         let mut invalid = delta.clone();
-        invalid.upsert.push(workspace("b", 'e'));
+        invalid.upsert.push(workspace("b", &[0xe]));
         assert!(matches!(v1.apply(&invalid), Err(DeltaError::Invalid(_))));
     }
 }

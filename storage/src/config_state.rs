@@ -282,35 +282,7 @@ impl ConfigState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::snapshot::{Scope, SourceConfig, TokenConfig};
-
-    fn token(hash: u64) -> TokenConfig {
-        TokenConfig {
-            id: Uuid::now_v7(),
-            name: String::new(),
-            sha256: format!("{hash:064x}"),
-            scopes: vec![Scope::Ingest],
-            sources: None,
-            device_id: None,
-            expires_at: None,
-        }
-    }
-
-    fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
-        WorkspaceConfig {
-            id: Uuid::now_v7(),
-            slug: slug.into(),
-            name: slug.into(),
-            enabled: true,
-            events_per_second_max: None,
-            sources: vec![SourceConfig {
-                id: Uuid::now_v7(),
-                slug: "telemetry".into(),
-                name: String::new(),
-            }],
-            tokens: tokens.iter().map(|h| token(*h)).collect(),
-        }
-    }
+    use crate::test_fixtures::{token, workspace};
 
     fn snapshot(version: u64, workspaces: Vec<WorkspaceConfig>) -> ConfigSnapshot {
         ConfigSnapshot {

@@ -24,5 +24,7 @@ pub mod parquet_file;
 pub mod progress;
 pub mod shipper;
 pub mod snapshot;
+#[cfg(test)]
+mod test_fixtures;
 pub mod token;
 pub mod wal;
