@@ -461,7 +461,15 @@ fn refusals_are_problem_json_with_stable_types_and_write_nothing() {
         metrics.contains("sluice_http_requests_total{outcome=\"invalid-token\"} 1"),
         "{metrics}"
     );
-    assert!(!metrics.contains("outcome=\"accepted\""), "{metrics}");
+    // The accepted series exists from the start, at zero.
+    assert!(
+        metrics.contains("sluice_http_requests_total{outcome=\"accepted\"} 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("sluice_events_total{outcome=\"accepted\"} 0"),
+        "{metrics}"
+    );
 }
 
 #[test]

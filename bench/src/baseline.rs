@@ -23,14 +23,133 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use sluice_dataplane::uring_io::UringIo;
+
 /// Name of the baseline's runtime threads; the CPU probe finds them by it.
 pub const THREAD_NAME: &str = "bench-server";
+
+/// Either baseline, running.
+pub enum Server {
+    Tokio(Baseline),
+    Uring(UringBaseline),
+}
+
+impl Server {
+    pub fn addr(&self) -> SocketAddr {
+        match self {
+            Server::Tokio(server) => server.addr(),
+            Server::Uring(server) => server.addr(),
+        }
+    }
+
+    pub fn stop(self) {
+        match self {
+            Server::Tokio(server) => server.stop(),
+            Server::Uring(server) => server.stop(),
+        }
+    }
+}
 
 /// The running baseline server.
 pub struct Baseline {
     runtime: Runtime,
     addr: SocketAddr,
     stop: oneshot::Sender<()>,
+}
+
+/// The same bare server on Sluice's own HTTP transport: one tokio-uring runtime per thread,
+/// each with its own `SO_REUSEPORT` listener, hyper over [`UringIo`]. Set against
+/// [`Baseline`], it shows what the io_uring transport itself costs or saves; set against
+/// Sluice, what everything above the transport costs.
+pub struct UringBaseline {
+    addr: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UringBaseline {
+    pub fn start(threads: usize) -> Result<UringBaseline> {
+        let first = reuse_port_listener((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let addr = first.local_addr().context("reading the baseline address")?;
+        let mut listeners = vec![first];
+        for _ in 1..threads {
+            listeners.push(reuse_port_listener(addr)?);
+        }
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let mut handles = Vec::new();
+        for listener in listeners {
+            let mut stop_rx = stop_rx.clone();
+            handles.push(
+                std::thread::Builder::new()
+                    .name(THREAD_NAME.into())
+                    .spawn(move || {
+                        tokio_uring::start(async move {
+                            let listener = tokio_uring::net::TcpListener::from_std(listener);
+                            loop {
+                                tokio::select! {
+                                    _ = stop_rx.changed() => break,
+                                    accepted = listener.accept() => match accepted {
+                                        Ok((stream, _)) => {
+                                            tokio_uring::spawn(serve_uring(stream));
+                                        }
+                                        Err(_) => {
+                                            tokio::time::sleep(Duration::from_millis(10)).await
+                                        }
+                                    },
+                                }
+                            }
+                        })
+                    })
+                    .context("starting a baseline thread")?,
+            );
+        }
+        Ok(UringBaseline {
+            addr,
+            stop,
+            threads: handles,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stops accepting; each runtime ends, dropping its connections.
+    pub fn stop(self) {
+        let _ = self.stop.send(true);
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn reuse_port_listener(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
+        .context("creating the baseline socket")?;
+    socket.set_reuse_port(true).context("SO_REUSEPORT")?;
+    socket
+        .bind(&addr.into())
+        .context("binding the baseline server")?;
+    socket.listen(1024).context("listening")?;
+    Ok(socket.into())
+}
+
+async fn serve_uring(stream: tokio_uring::net::TcpStream) {
+    let _ = stream.set_nodelay(true);
+    let io = UringIo::new(stream, Duration::from_secs(60));
+    let _ = http1::Builder::new()
+        .serve_connection(io, hyper::service::service_fn(answer_204))
+        .await;
+}
+
+/// Receives the whole body, as any ingest server must (otherwise the ceiling would not include
+/// moving the bytes), and answers 204.
+async fn answer_204(req: Request<Incoming>) -> Result<Response<Empty<Bytes>>, Infallible> {
+    let _ = req.into_body().collect().await;
+    let mut response = Response::new(Empty::<Bytes>::new());
+    *response.status_mut() = StatusCode::NO_CONTENT;
+    Ok(response)
 }
 
 impl Baseline {
@@ -86,14 +205,7 @@ async fn accept_loop(listener: TcpListener, mut stop: oneshot::Receiver<()>) {
 async fn serve(stream: TcpStream) {
     // Same socket option as Sluice sets on its connections.
     let _ = stream.set_nodelay(true);
-    let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
-        // Receive the whole body, as any ingest server must; otherwise the ceiling would not
-        // include moving the bytes.
-        let _ = req.into_body().collect().await;
-        let mut response = Response::new(Empty::<Bytes>::new());
-        *response.status_mut() = StatusCode::NO_CONTENT;
-        Ok::<_, Infallible>(response)
-    });
+    let service = hyper::service::service_fn(answer_204);
     // Errors here are clients going away at the end of a run; nothing to report.
     let _ = http1::Builder::new()
         .serve_connection(TokioIo::new(stream), service)

@@ -102,6 +102,8 @@ pub struct HttpArgs {
 enum Scenario {
     /// The bare 204 server with single-event JSON bodies.
     Baseline,
+    /// The bare 204 server on Sluice's io_uring transport (tokio-uring), single-event bodies.
+    BaselineUring,
     /// Sluice with single-event JSON bodies.
     SluiceJson,
     /// Sluice with `--batch-events` NDJSON bodies.
@@ -131,7 +133,9 @@ fn http(args: HttpArgs) -> Result<()> {
     } else {
         args.scenario.clone()
     };
-    let needs_sluice = scenarios.iter().any(|s| *s != Scenario::Baseline);
+    let needs_sluice = scenarios
+        .iter()
+        .any(|s| matches!(s, Scenario::SluiceJson | Scenario::SluiceNdjson));
     let bin = match &args.sluice_bin {
         Some(bin) => bin.clone(),
         None => sluice::default_binary()?,
@@ -161,36 +165,8 @@ fn http(args: HttpArgs) -> Result<()> {
     let mut results = Vec::new();
     for scenario in scenarios {
         let result = match scenario {
-            Scenario::Baseline => {
-                progress(&format!(
-                    "baseline-204: bare hyper server, {server_threads} thread(s), \
-                     {} single-event requests in flight",
-                    plan.connections
-                ));
-                let hwm_before = sluice::vm_hwm_kib("/proc/self/status")?;
-                let server = baseline::Baseline::start(server_threads)?;
-                let target = Target {
-                    addr: server.addr(),
-                    path: "/v1/ingest/default/telemetry".into(),
-                    authorization: None,
-                    content_type: "application/json",
-                    bodies: single.clone(),
-                    events_per_body: 1,
-                    expect_accepted: false,
-                };
-                let outcome = runtime.block_on(loadgen::run(
-                    Arc::new(target),
-                    plan,
-                    ServerProcess::InProcess,
-                ));
-                server.stop();
-                let outcome = outcome.context("baseline scenario")?;
-                let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
-                let mut result =
-                    ScenarioResult::new("baseline-204", "application/json", 1, &single, &outcome);
-                result.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
-                result
-            }
+            Scenario::Baseline => run_baseline(&runtime, plan, server_threads, false, &single)?,
+            Scenario::BaselineUring => run_baseline(&runtime, plan, server_threads, true, &single)?,
             Scenario::SluiceJson => run_sluice(
                 &runtime,
                 &bin,
@@ -224,6 +200,53 @@ fn http(args: HttpArgs) -> Result<()> {
         print!("{}", report.table());
     }
     Ok(())
+}
+
+/// The ceiling: a bare 204 server in this process, on tokio's epoll runtime or (`uring`) on
+/// Sluice's io_uring transport.
+fn run_baseline(
+    runtime: &tokio::runtime::Runtime,
+    plan: Plan,
+    server_threads: usize,
+    uring: bool,
+    single: &Arc<Vec<bytes::Bytes>>,
+) -> Result<ScenarioResult> {
+    let name = if uring {
+        "baseline-uring-204"
+    } else {
+        "baseline-204"
+    };
+    progress(&format!(
+        "{name}: bare hyper server, {server_threads} thread(s), {} single-event requests in \
+         flight",
+        plan.connections
+    ));
+    let hwm_before = sluice::vm_hwm_kib("/proc/self/status")?;
+    let server = if uring {
+        baseline::Server::Uring(baseline::UringBaseline::start(server_threads)?)
+    } else {
+        baseline::Server::Tokio(baseline::Baseline::start(server_threads)?)
+    };
+    let target = Target {
+        addr: server.addr(),
+        path: "/v1/ingest/default/telemetry".into(),
+        authorization: None,
+        content_type: "application/json",
+        bodies: single.clone(),
+        events_per_body: 1,
+        expect_accepted: false,
+    };
+    let outcome = runtime.block_on(loadgen::run(
+        Arc::new(target),
+        plan,
+        ServerProcess::InProcess,
+    ));
+    server.stop();
+    let outcome = outcome.with_context(|| format!("{name} scenario"))?;
+    let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
+    let mut result = ScenarioResult::new(name, "application/json", 1, single, &outcome);
+    result.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
+    Ok(result)
 }
 
 /// One scenario against a fresh Sluice node.

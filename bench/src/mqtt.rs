@@ -43,8 +43,8 @@ pub struct MqttArgs {
     /// MQTT version of the simulated devices: 3 or 5.
     #[arg(long, default_value_t = 5)]
     protocol: u8,
-    /// Sluice's MQTT worker threads.
-    #[arg(long, default_value_t = 1)]
+    /// Sluice's MQTT worker threads; 0 = the node's default (one per available core).
+    #[arg(long, default_value_t = 0)]
     server_workers: usize,
     /// I/O drivers to run Sluice's scenarios with (`epoll`, `io_uring`).
     #[arg(long, value_delimiter = ',', default_value = "epoll")]
@@ -262,12 +262,19 @@ fn idle_memory(
 fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "MQTT ingest, {} B JSON payloads, MQTT {}, {} in flight per connection (QoS 1), {} s measured after {} s warm-up\n\n",
+        "MQTT ingest, {} B JSON payloads, MQTT {}, {} in flight per connection (QoS 1), {} s measured after {} s warm-up, Sluice MQTT workers: {}\n\n",
         args.payload_bytes,
         if args.protocol == 3 { "3.1.1" } else { "5" },
         args.inflight,
         args.duration_secs,
-        args.warmup_secs
+        args.warmup_secs,
+        match args.server_workers {
+            0 => format!(
+                "one per core ({})",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+            n => n.to_string(),
+        }
     ));
     out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|\n");

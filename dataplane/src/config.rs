@@ -71,7 +71,7 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS listener.
     pub tls_key: Option<PathBuf>,
-    /// Threads running MQTT connections (ntex workers).
+    /// Threads running MQTT connections (ntex workers); 0 = one per available core.
     pub workers: usize,
     /// The I/O driver of those threads: `epoll` or `io_uring`.
     pub io_driver: IoDriver,
@@ -160,7 +160,7 @@ impl Default for MqttConfig {
             tls_addr: None,
             tls_cert: None,
             tls_key: None,
-            workers: 1,
+            workers: 0,
             io_driver: IoDriver::Epoll,
             connections_max: 20_000,
             receive_max: 64,

@@ -91,30 +91,32 @@ impl Api {
                     return response;
                 }
                 let started = Instant::now();
-                let (outcome, events, response) = match self.ingest(req).await {
-                    Ok(accepted) => (
-                        "accepted",
-                        accepted,
+                match self.ingest(req).await {
+                    Ok(accepted) => {
+                        self.metrics.requests_accepted.inc();
+                        self.metrics.events_accepted.inc_by(accepted as u64);
+                        self.metrics
+                            .ack_seconds
+                            .observe(started.elapsed().as_secs_f64());
+                        // The same JSON as `json!({"accepted": n})`, without building a value.
                         text(
                             StatusCode::ACCEPTED,
                             "application/json",
-                            json!({ "accepted": accepted }).to_string(),
-                        ),
-                    ),
-                    Err((problem, events)) => (problem.kind, events, problem.into_response()),
-                };
-                let label = Outcome { outcome };
-                self.metrics.requests_total.get_or_create(&label).inc();
-                self.metrics
-                    .events_total
-                    .get_or_create(&label)
-                    .inc_by(events as u64);
-                if outcome == "accepted" {
-                    self.metrics
-                        .ack_seconds
-                        .observe(started.elapsed().as_secs_f64());
+                            format!("{{\"accepted\":{accepted}}}"),
+                        )
+                    }
+                    Err((problem, events)) => {
+                        let label = Outcome {
+                            outcome: problem.kind,
+                        };
+                        self.metrics.requests_total.get_or_create(&label).inc();
+                        self.metrics
+                            .events_total
+                            .get_or_create(&label)
+                            .inc_by(events as u64);
+                        problem.into_response()
+                    }
                 }
-                response
             }
             _ => Problem::new(
                 StatusCode::NOT_FOUND,

@@ -1,23 +1,25 @@
 //! What an MQTT device may do, whatever its protocol version: the CONNECT check and the path of
 //! one PUBLISH into the WAL. The version glue (`v3`, `v5`) only maps the outcomes to packets.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug};
 use sluice_storage::token;
 use sluice_storage::wal::{Wal, WalError};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::access::{Access, Refusal};
+use crate::access::{Access, Refusal, WorkspaceView};
 use crate::config::MqttConfig;
 use crate::ingest::now_us;
 use crate::metrics::{HttpMetrics, PublishLabels};
-use crate::parse::{self, BodyFormat, ParseError};
+use crate::parse::{self, BodyFormat, Events, ParseError};
 
-use super::batcher::Accepted;
+use super::batcher::{Accepted, Durable};
 use super::sessions::{DeviceSession, Sessions};
 use super::throttle::ConnectFailures;
 
@@ -201,6 +203,13 @@ impl MqttIngest {
 
     /// Stores one PUBLISH of `session`'s connection. QoS 1 and 2 return once it is durable in
     /// the WAL; QoS 0 returns once it is queued (unless the connection has too much queued).
+    ///
+    /// The checks and the hand-over to the connection's batcher are synchronous ([`take`]);
+    /// this future only waits for durability, or runs the boxed wait of a node or workspace
+    /// out of room. Keeping it small matters: ntex moves a handler's future through each of
+    /// its service layers for every PUBLISH.
+    ///
+    /// [`take`]: Self::take
     pub async fn publish(
         self: &Arc<Self>,
         session: &DeviceSession,
@@ -209,27 +218,34 @@ impl MqttIngest {
         qos: u8,
     ) -> Result<(), PublishRefusal> {
         let started = Instant::now();
+        let outcome = match self.take(session, topic, payload, qos) {
+            Taken::Done(outcome) => outcome,
+            Taken::Durable(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
+            Taken::Waiting(waiting) => waiting.await,
+        };
         let device = &session.device;
-        let outcome = match self.accept(device, topic, payload).await {
-            Ok(Some(accepted)) => match session.batcher.submit(self, accepted, qos > 0) {
-                Some(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
-                None => Ok(()),
-            },
-            Ok(None) => Ok(()),
-            Err(refusal) => Err(refusal),
-        };
-        let label = PublishLabels {
-            qos,
-            outcome: match &outcome {
-                Ok(()) => "accepted",
-                Err(r) => r.slug(),
-            },
-        };
-        self.metrics
-            .mqtt
-            .publishes_total
-            .get_or_create(&label)
-            .inc();
+        match (
+            &outcome,
+            self.metrics.mqtt.publishes_accepted.get(usize::from(qos)),
+        ) {
+            (Ok(()), Some(accepted)) => {
+                accepted.inc();
+            }
+            _ => {
+                let label = PublishLabels {
+                    qos,
+                    outcome: match &outcome {
+                        Ok(()) => crate::metrics::ACCEPTED,
+                        Err(r) => r.slug(),
+                    },
+                };
+                self.metrics
+                    .mqtt
+                    .publishes_total
+                    .get_or_create(&label)
+                    .inc();
+            }
+        }
         match &outcome {
             Ok(()) if qos > 0 => self
                 .metrics
@@ -249,14 +265,60 @@ impl MqttIngest {
         outcome
     }
 
-    /// Checks one PUBLISH against the configuration in force now, its payload, and the
-    /// workspace's rate; `None` when it carries no event.
-    async fn accept<'a>(
+    /// Checks one PUBLISH and, when there is room, queues it on the connection's batcher.
+    fn take<'a>(
+        self: &'a Arc<Self>,
+        session: &'a DeviceSession,
+        topic: &'a str,
+        payload: &[u8],
+        qos: u8,
+    ) -> Taken<'a> {
+        let checked = match self.check(&session.device, topic, payload) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return Taken::Done(Ok(())),
+            Err(refusal) => return Taken::Done(Err(refusal)),
+        };
+        // Room is there almost always: take it without setting up the waits (a timer and a
+        // semaphore future per publish, before this was split).
+        let permit = match self.inflight.clone().try_acquire_many_owned(checked.bytes) {
+            Ok(permit) => Some(permit),
+            Err(TryAcquireError::Closed) => return Taken::Done(Err(PublishRefusal::Unavailable)),
+            Err(TryAcquireError::NoPermits) => None,
+        };
+        match permit {
+            Some(permit) if checked.workspace.bucket.take(checked.count).is_ok() => {
+                match self.submit(session, checked.accepted(permit), qos) {
+                    Some(durable) => Taken::Durable(durable),
+                    None => Taken::Done(Ok(())),
+                }
+            }
+            permit => Taken::Waiting(Box::pin(async move {
+                let permit = self.wait_for_room(&checked, permit).await?;
+                match self.submit(session, checked.accepted(permit), qos) {
+                    Some(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
+                    None => Ok(()),
+                }
+            })),
+        }
+    }
+
+    fn submit(
+        self: &Arc<Self>,
+        session: &DeviceSession,
+        accepted: Accepted<'_>,
+        qos: u8,
+    ) -> Option<Durable> {
+        session.batcher.submit(self, accepted, qos > 0)
+    }
+
+    /// Checks one PUBLISH against the configuration in force now and its payload; `None` when
+    /// it carries no event.
+    fn check<'a>(
         &self,
         device: &'a Device,
         topic: &'a str,
         payload: &[u8],
-    ) -> Result<Option<Accepted<'a>>, PublishRefusal> {
+    ) -> Result<Option<Checked<'a>>, PublishRefusal> {
         let received_at_us = now_us();
         let source = source_of(topic).ok_or(PublishRefusal::TopicInvalid)?;
         let view = self.access.current();
@@ -283,35 +345,87 @@ impl MqttIngest {
         if count == 0 {
             return Ok(None);
         }
-        let waited = Instant::now();
-        // Node-wide memory bound: hold the payload's size until it is in the WAL.
-        let bytes = u32::try_from(events.payloads.len().max(1)).unwrap_or(u32::MAX);
-        let permit = tokio::select! {
-            permit = self.inflight.clone().acquire_many_owned(bytes) => {
-                permit.map_err(|_| PublishRefusal::Unavailable)?
-            }
-            () = ntex_util::time::sleep(ROOM_WAIT_MAX) => return Err(PublishRefusal::QuotaExceeded),
-        };
-        while grant.workspace.bucket.take(count).is_err() {
-            if waited.elapsed() > ROOM_WAIT_MAX {
-                return Err(PublishRefusal::QuotaExceeded);
-            }
-            ntex_util::time::sleep(ROOM_POLL).await;
-        }
         match self.wal.check_room(events.payloads.len()) {
             Ok(()) | Err(WalError::QuotaExceeded { .. }) => {}
             Err(_) => return Err(PublishRefusal::Unavailable),
         }
-        Ok(Some(Accepted {
-            workspace_id: grant.workspace.id,
+        Ok(Some(Checked {
+            workspace: grant.workspace,
             source,
             topic,
             device_id: &device.device_id,
             received_at_us,
-            payloads: events.payloads,
-            ends: events.ends,
-            permit,
+            // Node-wide memory bound: the payload's size is held until it is in the WAL.
+            bytes: u32::try_from(events.payloads.len().max(1)).unwrap_or(u32::MAX),
+            count,
+            events,
         }))
+    }
+
+    /// Waits for what [`take`](Self::take) found missing: the node's in-flight budget (when
+    /// `permit` is `None`) and the workspace's rate, together at most [`ROOM_WAIT_MAX`]. Waiting
+    /// holds the client's in-flight window, which is the flow control MQTT has.
+    async fn wait_for_room(
+        &self,
+        checked: &Checked<'_>,
+        permit: Option<OwnedSemaphorePermit>,
+    ) -> Result<OwnedSemaphorePermit, PublishRefusal> {
+        let since = Instant::now();
+        let permit = match permit {
+            Some(permit) => permit,
+            None => tokio::select! {
+                permit = self.inflight.clone().acquire_many_owned(checked.bytes) => {
+                    permit.map_err(|_| PublishRefusal::Unavailable)?
+                }
+                () = ntex_util::time::sleep(ROOM_WAIT_MAX) => {
+                    return Err(PublishRefusal::QuotaExceeded)
+                }
+            },
+        };
+        while checked.workspace.bucket.take(checked.count).is_err() {
+            if since.elapsed() > ROOM_WAIT_MAX {
+                return Err(PublishRefusal::QuotaExceeded);
+            }
+            ntex_util::time::sleep(ROOM_POLL).await;
+        }
+        Ok(permit)
+    }
+}
+
+/// How far [`MqttIngest::take`] got without waiting.
+enum Taken<'a> {
+    /// Refused, carried no event, or queued at QoS 0.
+    Done(Result<(), PublishRefusal>),
+    /// Queued; told when durable.
+    Durable(Durable),
+    /// Out of room: the wait, the queueing and the durability, boxed.
+    Waiting(Pin<Box<dyn Future<Output = Result<(), PublishRefusal>> + 'a>>),
+}
+
+/// A PUBLISH that passed the checks, before it has room.
+struct Checked<'a> {
+    workspace: Arc<WorkspaceView>,
+    source: &'a str,
+    topic: &'a str,
+    device_id: &'a str,
+    received_at_us: i64,
+    bytes: u32,
+    count: usize,
+    events: Events,
+}
+
+impl<'a> Checked<'a> {
+    fn accepted(self, permit: OwnedSemaphorePermit) -> Accepted<'a> {
+        Accepted {
+            workspace_id: self.workspace.id,
+            source: self.source,
+            topic: self.topic,
+            device_id: self.device_id,
+            received_at_us: self.received_at_us,
+            payloads: self.events.payloads,
+            ends: self.events.ends,
+            permit,
+        }
     }
 }
 

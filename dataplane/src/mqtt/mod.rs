@@ -154,7 +154,10 @@ fn serve(
     tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 ) -> io::Result<ntex_server::Server<Connection>> {
     let limits = &ingest.limits;
-    let workers = limits.workers.max(1);
+    let workers = match limits.workers {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
     let cfg = service_config(limits);
     let mut builder = ntex_server::net::ServerBuilder::new(ntex_server::NoConfig)
         .name("sluice-mqtt")

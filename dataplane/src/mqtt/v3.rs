@@ -4,11 +4,13 @@
 //! metric `sluice_mqtt_publishes_total{outcome=...}` and a log line say why), so the client
 //! never mistakes a refusal for an ack.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use ntex_mqtt::v3;
 use ntex_util::time::Seconds;
 
+use super::framing::{read_payload, PayloadRead};
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest};
 use super::sessions::{CloseReason, Closer, DeviceSession};
 use super::MqttError;
@@ -54,24 +56,30 @@ pub async fn connect(
     }
 }
 
-pub async fn publish(
+pub fn publish(
     session: &v3::Session<DeviceSession>,
-    publish: v3::Publish,
-) -> Result<(), MqttError> {
+    mut publish: v3::Publish,
+) -> impl Future<Output = Result<(), MqttError>> + '_ {
+    // Taken apart before the future, as in `v5::publish`: the packet is not kept in it.
     let qos = publish.qos() as u8;
-    let payload = publish
-        .read_all()
-        .await
+    let read = read_payload(publish.take_payload());
+    let topic = publish.packet().topic.clone();
+    async move {
+        let payload = match read {
+            PayloadRead::Now(read) => read,
+            PayloadRead::Later(reading) => reading.await,
+        }
         .map_err(|_| MqttError("payload-incomplete"))?;
-    let ingest = session.ingest().clone();
-    let stored = ingest
-        .publish(session, publish.publish_topic(), &payload, qos)
-        .await;
-    if qos == 0 {
-        // Nothing to answer at QoS 0: a refusal is counted and logged only.
-        return Ok(());
+        let stored = session
+            .ingest()
+            .publish(session, &topic, &payload, qos)
+            .await;
+        if qos == 0 {
+            // Nothing to answer at QoS 0: a refusal is counted and logged only.
+            return Ok(());
+        }
+        stored.map_err(|refusal| MqttError(refusal.slug()))
     }
-    stored.map_err(|refusal| MqttError(refusal.slug()))
 }
 
 /// SUBSCRIBE gets a SUBACK that fails every filter (0x80): this is an ingest-only endpoint.

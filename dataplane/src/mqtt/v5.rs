@@ -1,6 +1,7 @@
 //! MQTT 5: CONNACK reason codes, PUBACK/PUBREC reason codes for refusals, DISCONNECT with a
 //! reason when the node closes a session, SUBSCRIBE refused.
 
+use std::future::Future;
 use std::sync::Arc;
 
 use ntex_bytes::ByteString;
@@ -9,6 +10,7 @@ use ntex_mqtt::v5::codec::{
     ConnectAckReason, Disconnect, DisconnectReasonCode, PublishAckReason, SubscribeAckReason,
 };
 
+use super::framing::{read_payload, PayloadRead};
 use super::ingest::{ConnectRefusal, Credentials, MqttIngest, PublishRefusal};
 use super::sessions::{CloseReason, Closer, DeviceSession};
 use super::MqttError;
@@ -74,43 +76,52 @@ pub async fn connect(
     }
 }
 
-pub async fn publish(
+pub fn publish(
     session: &v5::Session<DeviceSession>,
-    publish: v5::Publish,
-) -> Result<v5::PublishAck, MqttError> {
+    mut publish: v5::Publish,
+) -> impl Future<Output = Result<v5::PublishAck, MqttError>> + '_ {
+    // Taken apart before the future: it keeps the payload, the topic and the answer, not the
+    // 264-byte packet, and ntex moves the future through each of its layers per PUBLISH.
     let qos = publish.qos() as u8;
-    let payload = publish
-        .read_all()
-        .await
-        .map_err(|_| MqttError("payload-incomplete"))?;
-    let ingest = session.ingest().clone();
-    let stored = ingest
-        .publish(session, publish.publish_topic(), &payload, qos)
-        .await;
-    if qos == 0 {
-        // Nothing to answer at QoS 0: a refusal is counted and logged only.
-        return Ok(publish.ack());
-    }
-    Ok(match stored {
-        Ok(()) => publish.ack(),
-        Err(refusal) => {
-            let code = match &refusal {
-                PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
-                    PublishAckReason::TopicNameInvalid
-                }
-                PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
-                PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
-                PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
-                    PublishAckReason::QuotaExceeded
-                }
-                PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
-            };
-            publish
-                .ack()
-                .reason_code(code)
-                .reason(ByteString::from(refusal.describe()))
+    let read = read_payload(publish.take_payload());
+    let topic = publish.packet().topic.clone();
+    let ack = publish.ack();
+    async move {
+        let payload = match read {
+            PayloadRead::Now(read) => read,
+            PayloadRead::Later(reading) => reading.await,
         }
-    })
+        .map_err(|_| MqttError("payload-incomplete"))?;
+        let stored = session
+            .ingest()
+            .publish(session, &topic, &payload, qos)
+            .await;
+        if qos == 0 {
+            // Nothing to answer at QoS 0: a refusal is counted and logged only.
+            return Ok(ack);
+        }
+        Ok(match stored {
+            Ok(()) => ack,
+            Err(refusal) => ack
+                .reason_code(reason_code(&refusal))
+                .reason(ByteString::from(refusal.describe())),
+        })
+    }
+}
+
+/// The PUBACK or PUBREC reason code of a refused PUBLISH.
+fn reason_code(refusal: &PublishRefusal) -> PublishAckReason {
+    match refusal {
+        PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
+            PublishAckReason::TopicNameInvalid
+        }
+        PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
+        PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
+        PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
+            PublishAckReason::QuotaExceeded
+        }
+        PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
+    }
 }
 
 /// SUBSCRIBE gets a SUBACK refusing every filter with 0x87: this is an ingest-only endpoint.
