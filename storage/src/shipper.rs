@@ -31,7 +31,7 @@ use crate::event::IngestBatch;
 use crate::lake::Lake;
 use crate::layout;
 use crate::metrics::{OutcomeLabel, StorageMetrics};
-use crate::parquet_file::{self, RowsBuilder};
+use crate::parquet_file::{self, BatchSize, RowsBuilder};
 use crate::progress::{Progress, ProgressError};
 use crate::wal::{Lsn, Segments, Tail, TailRecord, Wal, WalError};
 
@@ -207,6 +207,8 @@ struct KeyState {
     flushed: Lsn,
     failures: u32,
     retry_at: Option<Instant>,
+    /// The size of the last batch cut, to size the next one.
+    last_size: BatchSize,
 }
 
 struct UploadDone {
@@ -357,8 +359,13 @@ impl Shipper {
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
+        // Sized like the key's last batch, at most half of what the memory budget has left:
+        // a key whose traffic fell should not reserve a large batch it will not fill.
+        let expected = state
+            .last_size
+            .capped(self.config.held_bytes_max.saturating_sub(self.held_bytes) / 2);
         let open = state.open.get_or_insert_with(|| OpenBatch {
-            rows: RowsBuilder::new(),
+            rows: RowsBuilder::with_capacity(expected),
             workspace_id: env.workspace_id,
             source: env.source.clone(),
             first_lsn: record.lsn,
@@ -424,6 +431,7 @@ impl Shipper {
         let Some(open) = state.open.take() else {
             return;
         };
+        state.last_size = open.rows.size();
         let held = open.rows.bytes();
         let rows = open.rows.rows();
         self.open_bytes -= held;
