@@ -230,7 +230,9 @@ fn run_baseline(
     let target = Target {
         addr: server.addr(),
         path: "/v1/ingest/default/telemetry".into(),
-        authorization: None,
+        // The same request bytes as Sluice gets: a token of the same form, which the bare
+        // server ignores.
+        authorization: Some(format!("Bearer {}", sluice_storage::token::generate())),
         content_type: "application/json",
         bodies: single.clone(),
         events_per_body: 1,
