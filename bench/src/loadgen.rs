@@ -91,6 +91,36 @@ impl Outcome {
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
     }
+
+    /// Adds another window of the same scenario to this one (interleaved rounds).
+    pub fn absorb(&mut self, other: Outcome) {
+        let (mine, theirs) = (self.window.as_secs_f64(), other.window.as_secs_f64());
+        self.requests += other.requests;
+        self.events += other.events;
+        self.body_bytes += other.body_bytes;
+        for (kind, count) in other.errors {
+            *self.errors.entry(kind).or_default() += count;
+        }
+        for (kind, sample) in other.error_samples {
+            self.error_samples.entry(kind).or_insert(sample);
+        }
+        self.errors_outside_window += other.errors_outside_window;
+        // Both histograms have the same bounds, so adding cannot fail.
+        let _ = self.latency_us.add(&other.latency_us);
+        self.per_second.extend(other.per_second);
+        let mix = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if mine + theirs > 0.0 => {
+                Some((a * mine + b * theirs) / (mine + theirs))
+            }
+            _ => None,
+        };
+        self.cpu = CpuUse {
+            server_cores: mix(self.cpu.server_cores, other.cpu.server_cores),
+            loadgen_cores: mix(self.cpu.loadgen_cores, other.cpu.loadgen_cores),
+            other_cores: mix(self.cpu.other_cores, other.cpu.other_cores),
+        };
+        self.window += other.window;
+    }
 }
 
 /// CPU time used in the measurement window, in cores (1.0 = one core busy all the time).

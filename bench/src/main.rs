@@ -84,6 +84,12 @@ pub struct HttpArgs {
     /// `--http-threads`. 1 leaves the second core of a 2-core machine to the load generator.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     server_threads: u64,
+    /// Rounds the baseline and the single-event scenario are measured in, alternating
+    /// (`--duration-secs` split between them, each round after its own warm-up). This VM's
+    /// speed drifts within a minute; alternating puts the drift on both sides of the ratio.
+    /// 1 measures each in one piece, one after the other.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=100))]
+    rounds: u64,
     /// Seconds before an unanswered request counts as an error.
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=120))]
     request_timeout_secs: u64,
@@ -163,7 +169,29 @@ fn http(args: HttpArgs) -> Result<()> {
         .context("building the load generator runtime")?;
 
     let mut results = Vec::new();
+    let mut rounds = Vec::new();
+    let interleave = args.rounds > 1
+        && scenarios.contains(&Scenario::Baseline)
+        && scenarios.contains(&Scenario::SluiceJson);
+    if interleave {
+        let measured = run_interleaved(
+            &runtime,
+            &bin,
+            server_threads,
+            plan,
+            args.rounds as u32,
+            &single,
+        )?;
+        progress(&measured.baseline.one_line());
+        progress(&measured.single.one_line());
+        results.push(measured.baseline);
+        results.push(measured.single);
+        rounds = measured.rounds;
+    }
     for scenario in scenarios {
+        if interleave && matches!(scenario, Scenario::Baseline | Scenario::SluiceJson) {
+            continue;
+        }
         let result = match scenario {
             Scenario::Baseline => run_baseline(&runtime, plan, server_threads, false, &single)?,
             Scenario::BaselineUring => run_baseline(&runtime, plan, server_threads, true, &single)?,
@@ -192,7 +220,8 @@ fn http(args: HttpArgs) -> Result<()> {
         results.push(result);
     }
 
-    let report = Report::new(&args, results);
+    let mut report = Report::new(&args, results);
+    report.rounds = rounds;
     if args.json {
         let text = serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?;
         println!("{text}");
@@ -227,19 +256,8 @@ fn run_baseline(
     } else {
         baseline::Server::Tokio(baseline::Baseline::start(server_threads)?)
     };
-    let target = Target {
-        addr: server.addr(),
-        path: "/v1/ingest/default/telemetry".into(),
-        // The same request bytes as Sluice gets: a token of the same form, which the bare
-        // server ignores.
-        authorization: Some(format!("Bearer {}", sluice_storage::token::generate())),
-        content_type: "application/json",
-        bodies: single.clone(),
-        events_per_body: 1,
-        expect_accepted: false,
-    };
     let outcome = runtime.block_on(loadgen::run(
-        Arc::new(target),
+        Arc::new(baseline_target(server.addr(), single)),
         plan,
         ServerProcess::InProcess,
     ));
@@ -248,6 +266,158 @@ fn run_baseline(
     let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
     let mut result = ScenarioResult::new(name, "application/json", 1, single, &outcome);
     result.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
+    Ok(result)
+}
+
+/// Single-event requests for a bare 204 server at `addr`.
+fn baseline_target(addr: std::net::SocketAddr, single: &Arc<Vec<bytes::Bytes>>) -> Target {
+    Target {
+        addr,
+        path: "/v1/ingest/default/telemetry".into(),
+        // The same request bytes as Sluice gets: a token of the same form, which the bare
+        // server ignores.
+        authorization: Some(format!("Bearer {}", sluice_storage::token::generate())),
+        content_type: "application/json",
+        bodies: single.clone(),
+        events_per_body: 1,
+        expect_accepted: false,
+    }
+}
+
+/// What [`run_interleaved`] measured.
+struct Interleaved {
+    baseline: ScenarioResult,
+    single: ScenarioResult,
+    /// Each round's (baseline, Sluice) req/s.
+    rounds: Vec<(f64, f64)>,
+}
+
+/// The baseline and single-event Sluice, both running throughout, measured in `rounds`
+/// alternating windows.
+fn run_interleaved(
+    runtime: &tokio::runtime::Runtime,
+    bin: &std::path::Path,
+    server_threads: usize,
+    plan: Plan,
+    rounds: u32,
+    single: &Arc<Vec<bytes::Bytes>>,
+) -> Result<Interleaved> {
+    let round_plan = Plan {
+        duration: plan.duration / rounds,
+        ..plan
+    };
+    progress(&format!(
+        "baseline-204 and sluice-json-1 in {rounds} alternating rounds of {:.1} s (each after \
+         {:.1} s of warm-up), {} connections",
+        round_plan.duration.as_secs_f64(),
+        round_plan.warmup.as_secs_f64(),
+        plan.connections
+    ));
+    let hwm_before = sluice::vm_hwm_kib("/proc/self/status")?;
+    let server = baseline::Baseline::start(server_threads)?;
+    let base_target = Arc::new(baseline_target(server.addr(), single));
+    let node = sluice::Node::start(bin, server_threads)?;
+    let sluice_target = Arc::new(sluice_target(&node, "application/json", 1, single));
+    let rate = |o: &loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64().max(1e-9);
+    let mut base_total: Option<loadgen::Outcome> = None;
+    let mut sluice_total: Option<loadgen::Outcome> = None;
+    let mut pairs = Vec::new();
+    for round in 1..=rounds {
+        let base = runtime
+            .block_on(loadgen::run(
+                base_target.clone(),
+                round_plan,
+                ServerProcess::InProcess,
+            ))
+            .context("baseline round")?;
+        let one = runtime
+            .block_on(loadgen::run(
+                sluice_target.clone(),
+                round_plan,
+                ServerProcess::Child(node.pid()),
+            ))
+            .context("sluice-json round")?;
+        let pair = (rate(&base), rate(&one));
+        progress(&format!(
+            "round {round}: baseline {:.0} req/s, Sluice {:.0} req/s, ratio {:.2}",
+            pair.0,
+            pair.1,
+            pair.1 / pair.0.max(1e-9)
+        ));
+        pairs.push(pair);
+        for (total, outcome) in [(&mut base_total, base), (&mut sluice_total, one)] {
+            match total {
+                Some(total) => total.absorb(outcome),
+                None => *total = Some(outcome),
+            }
+        }
+    }
+    server.stop();
+    let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
+    let (Some(base_total), Some(sluice_total)) = (base_total, sluice_total) else {
+        anyhow::bail!("no rounds were run");
+    };
+    let mut base = ScenarioResult::new("baseline-204", "application/json", 1, single, &base_total);
+    base.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
+    let one = finish_sluice(
+        node,
+        "sluice-json-1",
+        "application/json",
+        1,
+        single,
+        &sluice_total,
+    )?;
+    Ok(Interleaved {
+        baseline: base,
+        single: one,
+        rounds: pairs,
+    })
+}
+
+/// Requests for the node's bootstrap workspace and source.
+fn sluice_target(
+    node: &sluice::Node,
+    content_type: &'static str,
+    events_per_body: usize,
+    bodies: &Arc<Vec<bytes::Bytes>>,
+) -> Target {
+    Target {
+        addr: node.addr,
+        path: node.path.clone(),
+        authorization: Some(format!("Bearer {}", node.token)),
+        content_type,
+        bodies: bodies.clone(),
+        events_per_body,
+        expect_accepted: true,
+    }
+}
+
+/// Stops the node and turns what was measured into its scenario's result.
+fn finish_sluice(
+    node: sluice::Node,
+    name: &str,
+    content_type: &'static str,
+    events_per_body: usize,
+    bodies: &Arc<Vec<bytes::Bytes>>,
+    outcome: &loadgen::Outcome,
+) -> Result<ScenarioResult> {
+    // Measured before the stop: once it exits, /proc no longer has it.
+    let peak_rss = node.peak_rss_kib().context("reading Sluice's peak RSS")?;
+    let wal = node.wal_stats().ok();
+    let stopped = node.stop().context("stopping Sluice")?;
+    progress(&format!(
+        "{name}: Sluice stopped in {:.1} s ({})",
+        stopped.took.as_secs_f64(),
+        stopped.exit
+    ));
+    for line in stopped.problems.iter().take(10) {
+        progress(&format!("{name}: sluice log: {line}"));
+    }
+    let mut result = ScenarioResult::new(name, content_type, events_per_body, bodies, outcome);
+    result.server_peak_rss_kib = Some(peak_rss);
+    result.wal = wal;
+    result.sluice_log_problems = stopped.problems;
+    result.sluice_stop_secs = Some(stopped.took.as_secs_f64());
     Ok(result)
 }
 
@@ -275,15 +445,7 @@ fn run_sluice(
         plan.connections,
         events_per_body
     ));
-    let target = Target {
-        addr: node.addr,
-        path: node.path.clone(),
-        authorization: Some(format!("Bearer {}", node.token)),
-        content_type,
-        bodies: bodies.clone(),
-        events_per_body,
-        expect_accepted: true,
-    };
+    let target = sluice_target(&node, content_type, events_per_body, bodies);
     let outcome = runtime
         .block_on(loadgen::run(
             Arc::new(target),
@@ -291,24 +453,7 @@ fn run_sluice(
             ServerProcess::Child(node.pid()),
         ))
         .with_context(|| format!("{name} scenario"))?;
-    // Measured before the stop: once it exits, /proc no longer has it.
-    let peak_rss = node.peak_rss_kib().context("reading Sluice's peak RSS")?;
-    let wal = node.wal_stats().ok();
-    let stopped = node.stop().context("stopping Sluice")?;
-    progress(&format!(
-        "{name}: Sluice stopped in {:.1} s ({})",
-        stopped.took.as_secs_f64(),
-        stopped.exit
-    ));
-    for line in stopped.problems.iter().take(10) {
-        progress(&format!("{name}: sluice log: {line}"));
-    }
-    let mut result = ScenarioResult::new(&name, content_type, events_per_body, bodies, &outcome);
-    result.server_peak_rss_kib = Some(peak_rss);
-    result.wal = wal;
-    result.sluice_log_problems = stopped.problems;
-    result.sluice_stop_secs = Some(stopped.took.as_secs_f64());
-    Ok(result)
+    finish_sluice(node, &name, content_type, events_per_body, bodies, &outcome)
 }
 
 /// Progress goes to stderr so that stdout holds only the table or the JSON.
