@@ -23,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
+use sluice_dataplane::http_server;
 use sluice_dataplane::uring_io::UringIo;
 
 /// Name of the baseline's runtime threads; the CPU probe finds them by it.
@@ -69,11 +70,12 @@ pub struct UringBaseline {
 
 impl UringBaseline {
     pub fn start(threads: usize) -> Result<UringBaseline> {
-        let first = reuse_port_listener((std::net::Ipv4Addr::LOCALHOST, 0).into())?;
+        let first = http_server::bind((std::net::Ipv4Addr::LOCALHOST, 0).into())
+            .context("binding the baseline server")?;
         let addr = first.local_addr().context("reading the baseline address")?;
         let mut listeners = vec![first];
         for _ in 1..threads {
-            listeners.push(reuse_port_listener(addr)?);
+            listeners.push(http_server::bind(addr).context("binding the baseline server")?);
         }
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
         let mut handles = Vec::new();
@@ -121,18 +123,6 @@ impl UringBaseline {
             let _ = thread.join();
         }
     }
-}
-
-fn reuse_port_listener(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    use socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)
-        .context("creating the baseline socket")?;
-    socket.set_reuse_port(true).context("SO_REUSEPORT")?;
-    socket
-        .bind(&addr.into())
-        .context("binding the baseline server")?;
-    socket.listen(1024).context("listening")?;
-    Ok(socket.into())
 }
 
 async fn serve_uring(stream: tokio_uring::net::TcpStream) {

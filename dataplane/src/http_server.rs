@@ -97,7 +97,9 @@ fn ring_setup() -> io_uring::Builder {
     }
 }
 
-fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// A listener on `addr` with `SO_REUSEPORT`, so that each runtime can have its own on the same
+/// port. Also used by the benchmark's io_uring baseline, to listen exactly as Sluice does.
+pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None)?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
