@@ -16,6 +16,15 @@
 //! reads the zeros after the last record as the end of the log: a frame of zeros fails its
 //! checksum and has LSN 0.
 //!
+//! Zeros ahead: preallocated blocks are "unwritten" until first written, and the first write
+//! into them changes the file's extent map, so that group's `fdatasync` also writes the inode:
+//! a second, serial device round trip on every small group. A small group therefore carries
+//! [`ZEROS_AHEAD`] bytes of zeros after its records in the same `pwrite`; the next groups
+//! overwrite blocks that are already written, and their syncs write data and flush only.
+//! Measured on the 2-core VM (4.6 KB groups): 0.26 ms and 64-75 µs of CPU a sync without,
+//! 0.15 ms and 37-41 µs with. Large groups skip it: one inode write is nothing next to them,
+//! and zeros would double what they write.
+//!
 //! An `fdatasync` error poisons the log: after a failed sync Linux may have dropped the dirty
 //! pages, so nothing written since the last good sync can be trusted and the node must restart
 //! (recovery then cuts the log back to what is really on disk).
@@ -35,6 +44,11 @@ use super::{
     RECORD_BYTES_MAX,
 };
 use crate::metrics::StorageMetrics;
+
+/// Zeros written after a small group's records, so that the next groups land on written
+/// blocks (see the module documentation). 256 KiB: about one group in sixty carries them on
+/// single-event load, and its sync takes ~1 ms instead of ~0.15.
+const ZEROS_AHEAD: usize = 256 << 10;
 
 /// Settings of the write-ahead log.
 #[derive(Debug, Clone)]
@@ -119,6 +133,7 @@ impl Wal {
             file,
             segment_first,
             segment_len,
+            written_to: segment_len,
             next_lsn,
             segment_bytes_max: config.segment_bytes_max,
             group_commit_bytes_max: config.group_commit_bytes_max,
@@ -240,6 +255,9 @@ struct Writer {
     file: File,
     segment_first: Lsn,
     segment_len: u64,
+    /// Bytes of the active segment written at least once (records or zeros ahead); beyond
+    /// this its blocks are preallocated but unwritten.
+    written_to: u64,
     next_lsn: Lsn,
     segment_bytes_max: u64,
     group_commit_bytes_max: usize,
@@ -304,12 +322,26 @@ impl Writer {
         for (i, append) in group.iter().enumerate() {
             encode_frame(buf, first + i as u64, &append.payload);
         }
+        let records_len = buf.len();
+        let zeros = zeros_ahead(
+            self.segment_len,
+            records_len,
+            self.written_to,
+            self.segment_bytes_max,
+        );
+        buf.resize(records_len + zeros, 0);
         let path = self.segments.path_of(self.segment_first);
-        if let Err(err) = self.file.write_all_at(buf, self.segment_len) {
+        let written = self.file.write_all_at(buf, self.segment_len);
+        buf.truncate(records_len);
+        if let Err(err) = written {
             // Cut whatever part of the group reached the file; the LSNs are reused.
             let _ = self.file.set_len(self.segment_len);
+            self.written_to = self.segment_len;
             return Err(io_err(&path)(err));
         }
+        self.written_to = self
+            .written_to
+            .max(self.segment_len + (records_len + zeros) as u64);
         let started = Instant::now();
         if let Err(err) = self.file.sync_data() {
             self.poisoned.store(true, Ordering::Relaxed);
@@ -352,11 +384,25 @@ impl Writer {
         self.file = file;
         self.segment_first = self.next_lsn;
         self.segment_len = 0;
+        self.written_to = 0;
         self.segments.set_active(self.segment_first);
         self.segments.add_segment();
         self.metrics.wal_segments.set(self.segments.count() as i64);
         Ok(())
     }
+}
+
+/// How many zeros to write after a group of `records_len` bytes written at `segment_len`:
+/// enough to reach [`ZEROS_AHEAD`] past its end when it would end in unwritten blocks (beyond
+/// `written_to`), never past the preallocated `reserved` length (zeros there would grow the
+/// file), and none for a large group.
+fn zeros_ahead(segment_len: u64, records_len: usize, written_to: u64, reserved: u64) -> usize {
+    let end = segment_len + records_len as u64;
+    if records_len >= ZEROS_AHEAD || end <= written_to {
+        return 0;
+    }
+    let target = (end + ZEROS_AHEAD as u64).min(reserved);
+    target.saturating_sub(end) as usize
 }
 
 /// Allocates `len` bytes of disk to `file` (unwritten extents: no data is written) and syncs
@@ -402,6 +448,29 @@ mod tests {
             .into_iter()
             .map(|r| (r.lsn, r.payload))
             .collect()
+    }
+
+    /// A small group that would end in unwritten blocks carries zeros up to `ZEROS_AHEAD`
+    /// past its end, capped at the preallocated length; a group inside written blocks, or a
+    /// large one, carries none.
+    #[test]
+    fn small_groups_write_zeros_ahead_within_the_reservation() {
+        let zeros = ZEROS_AHEAD as u64;
+        let reserved = 64 << 20;
+        assert_eq!(zeros_ahead(0, 100, 0, reserved), ZEROS_AHEAD);
+        assert_eq!(zeros_ahead(100, 200, 100 + zeros, reserved), 0);
+        assert_eq!(
+            zeros_ahead(zeros, 200, zeros + 100, reserved),
+            ZEROS_AHEAD,
+            "crossing the written end starts a new run of zeros"
+        );
+        assert_eq!(zeros_ahead(reserved - 300, 200, 0, reserved), 100);
+        assert_eq!(
+            zeros_ahead(reserved, 200, 0, reserved),
+            0,
+            "past the reservation"
+        );
+        assert_eq!(zeros_ahead(0, ZEROS_AHEAD, 0, reserved), 0, "a large group");
     }
 
     /// Records survive a crash (no clean close) and reopening across rotations; the zeros a
