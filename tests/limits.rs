@@ -1,5 +1,6 @@
 //! Slow, silent and surplus clients cannot pin the node: the connection limit closes extra
-//! connections at once, and silent or trickling clients are dropped after their timeouts.
+//! connections at once, and silent or trickling clients are dropped after their timeouts. A
+//! request with too many headers is refused.
 //! Settings come from a TOML file, which also covers that configuration path.
 
 mod common;
@@ -76,6 +77,26 @@ fn connection_limit_and_timeouts_shed_idle_slow_and_surplus_clients() {
         b"{\"ok\":true}",
     );
     assert_eq!(answer.status, 202, "{answer:?}");
+
+    // At most 100 headers a request (docs/http-ingest.md): 90 of our own plus the client's
+    // few pass, 120 get 431 from hyper.
+    let with_headers = |n: usize| {
+        let names: Vec<(String, String)> = (0..n)
+            .map(|i| (format!("x-extra-{i}"), "v".to_owned()))
+            .collect();
+        let mut headers: Vec<(&str, &str)> = names
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.push(("authorization", &auth));
+        post(
+            boot["http_url"].as_str().expect("url"),
+            &headers,
+            b"{\"ok\":true}",
+        )
+    };
+    assert_eq!(with_headers(90).status, 202);
+    assert_eq!(with_headers(120).status, 431);
     let metrics = sluice.metrics();
     assert!(
         metrics.contains("sluice_http_connections_refused_total 1"),
