@@ -4,8 +4,8 @@
 //! Group commit: the thread takes every append waiting in the queue (up to
 //! `group_commit_bytes_max`; after yielding the core once, so that a group being handed over
 //! is not cut after its first append), writes them with one `pwrite`, syncs once with
-//! `fdatasync`, then answers all of them. While it syncs, new appends queue up and form the next group, so the
-//! number of syncs per second stays bounded however many requests arrive.
+//! `fdatasync`, then answers all of them. While it syncs, new appends queue up and form the
+//! next group, so the number of syncs per second stays bounded however many requests arrive.
 //!
 //! Segments are preallocated with `fallocate`, so that a group commit writes into blocks the
 //! file already has and its `fdatasync` has no file size to update. On ext4 an append that
