@@ -1,6 +1,8 @@
 //! The `s3://` lake against a real S3-compatible server (s3s-fs, installed by
-//! scripts/test.sh), including an outage: the WAL absorbs events up to its quota, then ingest
-//! answers 503 with Retry-After, and when the server returns everything acknowledged arrives.
+//! scripts/test.sh), including an outage: the WAL absorbs events up to its quota, then HTTP
+//! ingest answers 503 with Retry-After and MQTT publishes are held, then refused (0x97 on
+//! MQTT 5, a disconnect on 3.1.1) instead of buffered, and when the server returns everything
+//! acknowledged arrives.
 
 mod common;
 
@@ -8,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::mqtt::{event, paho};
 use common::{duckdb, free_port, parquet_files, post, wait_for, Sluice};
 use serde_json::json;
 
@@ -149,6 +152,54 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
     assert!(acked > 100, "the WAL took events during the outage");
     assert_eq!(sluice.readyz()["ready"], json!(false));
 
+    // MQTT at the quota: a 4 KB QoS 1 publish is held for the node's room wait (10 s), then
+    // refused with 0x97 (quota exceeded) on MQTT 5 and with a disconnect on 3.1.1, where
+    // there is no negative acknowledgement; neither is acknowledged. Both run at once.
+    let mqtt_port = sluice.mqtt_port.to_string();
+    let token = boot["token"].as_str().expect("token").to_owned();
+    let publish = |version: &'static str, seq: usize| {
+        let (port, token) = (mqtt_port.clone(), token.clone());
+        std::thread::spawn(move || {
+            // Larger than the room the refused HTTP batch left.
+            let pad = "x".repeat(4096);
+            let payload = format!("{{\"seq\":{seq},\"via\":\"mqtt{version}\",\"pad\":\"{pad}\"}}");
+            let port: u16 = port.parse().expect("port");
+            let lines = paho(
+                port,
+                &[
+                    "publish",
+                    "--version",
+                    version,
+                    "--qos",
+                    "1",
+                    "--payload",
+                    &payload,
+                    "--client-id",
+                    &format!("outage-v{version}"),
+                    "--timeout",
+                    "20",
+                    "--username",
+                    "default",
+                    "--password",
+                    &token,
+                ],
+            );
+            event(&lines, "published").clone()
+        })
+    };
+    let (v5, v3) = (publish("5", acked), publish("3", acked + 1));
+    let v5 = v5.join().expect("MQTT 5 client");
+    let v3 = v3.join().expect("MQTT 3.1.1 client");
+    assert_eq!(v5["refused"]["0"], json!(0x97), "{v5}");
+    assert_eq!(v5["acked"], json!([]), "{v5}");
+    assert_eq!(v3["acked"], json!([]), "{v3}");
+    assert!(!v3["disconnected"].is_null(), "{v3}");
+    let metrics = sluice.metrics();
+    assert!(
+        metrics.contains("sluice_mqtt_publishes_total{qos=\"1\",outcome=\"quota-exceeded\"} 2"),
+        "both MQTT refusals counted: {metrics}"
+    );
+
     // Storage returns: everything acknowledged arrives, once, and ingest resumes.
     let mut s3 = S3Server::start(&root, s3.port);
     let arrived = wait_for(Duration::from_secs(60), || {
@@ -170,6 +221,22 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
         "ingest did not resume"
     );
     acked += 20;
+    let lines = paho(
+        sluice.mqtt_port,
+        &[
+            "publish",
+            "--qos",
+            "1",
+            "--payload",
+            &format!("{{\"seq\":{acked},\"via\":\"mqtt5\"}}"),
+            "--username",
+            "default",
+            "--password",
+            &token,
+        ],
+    );
+    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
+    acked += 1;
     sluice.stop();
     let rows = duckdb(
         &lake,
