@@ -13,7 +13,7 @@
 //! Each task drives its own connection future inside the same task (a `select!` with the
 //! exchange) instead of spawning it, so one request costs one task wake-up on each side.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -114,23 +114,41 @@ impl Outcome {
             }
             _ => None,
         };
+        let roles: BTreeSet<&String> = self
+            .cpu
+            .server_threads
+            .keys()
+            .chain(other.cpu.server_threads.keys())
+            .collect();
+        let server_threads = roles
+            .into_iter()
+            .filter_map(|role| {
+                let share =
+                    |cpu: &CpuUse| Some(cpu.server_threads.get(role).copied().unwrap_or(0.0));
+                Some((role.clone(), mix(share(&self.cpu), share(&other.cpu))?))
+            })
+            .collect();
         self.cpu = CpuUse {
             server_cores: mix(self.cpu.server_cores, other.cpu.server_cores),
             loadgen_cores: mix(self.cpu.loadgen_cores, other.cpu.loadgen_cores),
             other_cores: mix(self.cpu.other_cores, other.cpu.other_cores),
+            server_threads,
         };
         self.window += other.window;
     }
 }
 
 /// CPU time used in the measurement window, in cores (1.0 = one core busy all the time).
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct CpuUse {
     pub server_cores: Option<f64>,
     pub loadgen_cores: Option<f64>,
     /// Everything else on the machine (other processes, interrupts): a benchmark is only
     /// meaningful when this stays near zero.
     pub other_cores: Option<f64>,
+    /// The server child's share by thread role (see [`thread_role`]); empty for the
+    /// in-process baseline.
+    pub server_threads: BTreeMap<String, f64>,
 }
 
 /// Whose CPU time counts as the server's.
@@ -226,10 +244,19 @@ pub async fn run(target: Arc<Target>, plan: Plan, server: ServerProcess) -> Resu
                 |after: u64, before: u64| ticks_to_secs(after.saturating_sub(before)) / secs;
             let machine = cores(a.machine, b.machine);
             let ours = cores(a.bench_process + a.child, b.bench_process + b.child);
+            let server_threads = a
+                .child_threads
+                .iter()
+                .map(|(role, &after)| {
+                    let before = b.child_threads.get(role).copied().unwrap_or(0);
+                    (role.clone(), cores(after, before))
+                })
+                .collect();
             CpuUse {
                 server_cores: Some(cores(a.server, b.server)),
                 loadgen_cores: Some(cores(a.loadgen, b.loadgen)),
                 other_cores: Some((machine - ours).max(0.0)),
+                server_threads,
             }
         }
         _ => CpuUse::default(),
@@ -434,6 +461,9 @@ struct CpuTicks {
     bench_process: u64,
     /// The server child process, if any.
     child: u64,
+    /// The child's threads, summed by role. A thread that ends inside the window takes its
+    /// ticks with it, so the roles may add up to less than `child`.
+    child_threads: BTreeMap<String, u64>,
     /// All CPUs of the machine, busy time only.
     machine: u64,
 }
@@ -468,17 +498,46 @@ fn cpu_sample(server: ServerProcess) -> Result<CpuTicks> {
         }
     }
     let mut child = 0;
+    let mut child_threads = BTreeMap::new();
     if let ServerProcess::Child(pid) = server {
         child = process_cpu_ticks(&format!("/proc/{pid}/stat"))?;
         server_ticks = child;
+        child_threads = thread_ticks_by_role(pid)?;
     }
     Ok(CpuTicks {
         server: server_ticks,
         loadgen: loadgen_ticks,
         bench_process: process_cpu_ticks("/proc/self/stat")?,
         child,
+        child_threads,
         machine: machine_busy_ticks()?,
     })
+}
+
+/// CPU ticks of each thread of process `pid`, summed by [`thread_role`].
+fn thread_ticks_by_role(pid: u32) -> Result<BTreeMap<String, u64>> {
+    let mut roles = BTreeMap::new();
+    let dir = format!("/proc/{pid}/task");
+    for task in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
+        let dir = task.with_context(|| format!("reading {dir}"))?.path();
+        // A thread may exit between listing and reading; skip it.
+        let (Ok(comm), Ok(stat)) = (
+            std::fs::read_to_string(dir.join("comm")),
+            std::fs::read_to_string(dir.join("stat")),
+        ) else {
+            continue;
+        };
+        let ticks = stat_cpu_ticks(&stat).context("parsing a thread's stat")?;
+        *roles.entry(thread_role(comm.trim())).or_default() += ticks;
+    }
+    Ok(roles)
+}
+
+/// A thread's role from its name: numbered siblings (`sluice-http-0`, `sluice-http-1`) and
+/// the names the kernel cut at 15 bytes (`sluice-shipper-`) count together.
+fn thread_role(comm: &str) -> String {
+    comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-' || c == ':')
+        .to_owned()
 }
 
 fn process_cpu_ticks(path: &str) -> Result<u64> {
@@ -525,6 +584,15 @@ fn stat_cpu_ticks(stat: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn numbered_and_cut_thread_names_share_a_role() {
+        assert_eq!(thread_role("sluice-http-0"), "sluice-http");
+        assert_eq!(thread_role("sluice-http-12"), "sluice-http");
+        assert_eq!(thread_role("sluice-shipper-"), "sluice-shipper");
+        assert_eq!(thread_role("sluice-wal"), "sluice-wal");
+        assert_eq!(thread_role("sluice-mqtt:wor"), "sluice-mqtt:wor");
+    }
 
     #[test]
     fn stat_cpu_ticks_reads_utime_and_stime_past_odd_names() {

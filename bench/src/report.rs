@@ -36,6 +36,8 @@ pub struct ScenarioResult {
     pub server_cpu_cores: Option<f64>,
     pub loadgen_cpu_cores: Option<f64>,
     pub other_cpu_cores: Option<f64>,
+    /// The server's cores by thread role (Sluice only).
+    pub server_threads_cores: BTreeMap<String, f64>,
     /// Successful requests per second of the window.
     pub per_second: Vec<u64>,
     /// Sluice's VmHWM at the end of the window.
@@ -83,6 +85,7 @@ impl ScenarioResult {
             server_cpu_cores: outcome.cpu.server_cores,
             loadgen_cpu_cores: outcome.cpu.loadgen_cores,
             other_cpu_cores: outcome.cpu.other_cores,
+            server_threads_cores: outcome.cpu.server_threads.clone(),
             per_second: outcome.per_second.clone(),
             server_peak_rss_kib: None,
             bench_vmhwm_growth_kib: None,
@@ -135,6 +138,11 @@ impl ScenarioResult {
             "server_cpu_cores": self.server_cpu_cores.map(|v| round(v, 2)),
             "loadgen_cpu_cores": self.loadgen_cpu_cores.map(|v| round(v, 2)),
             "other_cpu_cores": self.other_cpu_cores.map(|v| round(v, 2)),
+            "server_threads_cpu_cores": self
+                .server_threads_cores
+                .iter()
+                .map(|(role, cores)| (role.clone(), json!(round(*cores, 2))))
+                .collect::<serde_json::Map<_, _>>(),
             "requests_per_second_timeline": self.per_second,
             "server_peak_rss_kib": self.server_peak_rss_kib,
             "bench_vmhwm_growth_kib": self.bench_vmhwm_growth_kib,
@@ -384,6 +392,20 @@ impl Report {
                     r.name,
                     grouped(*min as f64),
                     grouped(*max as f64)
+                );
+            }
+            let busy: Vec<String> = r
+                .server_threads_cores
+                .iter()
+                .filter(|(_, cores)| **cores >= 0.005)
+                .map(|(role, cores)| format!("{role} {cores:.2}"))
+                .collect();
+            if !busy.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "{}: server CPU by thread (cores): {}.",
+                    r.name,
+                    busy.join(", ")
                 );
             }
             if let Some(kib) = r.bench_vmhwm_growth_kib {
