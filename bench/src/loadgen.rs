@@ -472,7 +472,7 @@ struct CpuTicks {
 /// Linux supports today (it is part of the ABI, independent of the kernel's HZ).
 const USER_HZ: f64 = 100.0;
 
-fn ticks_to_secs(ticks: u64) -> f64 {
+pub(crate) fn ticks_to_secs(ticks: u64) -> f64 {
     ticks as f64 / USER_HZ
 }
 
@@ -515,7 +515,7 @@ fn cpu_sample(server: ServerProcess) -> Result<CpuTicks> {
 }
 
 /// CPU ticks of each thread of process `pid`, summed by [`thread_role`].
-fn thread_ticks_by_role(pid: u32) -> Result<BTreeMap<String, u64>> {
+pub(crate) fn thread_ticks_by_role(pid: u32) -> Result<BTreeMap<String, u64>> {
     let mut roles = BTreeMap::new();
     let dir = format!("/proc/{pid}/task");
     for task in std::fs::read_dir(&dir).with_context(|| format!("listing {dir}"))? {
@@ -540,7 +540,7 @@ fn thread_role(comm: &str) -> String {
         .to_owned()
 }
 
-fn process_cpu_ticks(path: &str) -> Result<u64> {
+pub(crate) fn process_cpu_ticks(path: &str) -> Result<u64> {
     let stat = std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?;
     stat_cpu_ticks(&stat).with_context(|| format!("parsing {path}"))
 }

@@ -8,6 +8,7 @@
 //! `--idle-connections` idle connections to a fresh node, and to mosquitto, with the RSS growth
 //! per connection.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -19,6 +20,7 @@ use clap::Args;
 use serde_json::json;
 use sluice_loadtest::mqtt::{self, Plan, Summary, Version};
 
+use crate::loadgen::{process_cpu_ticks, thread_ticks_by_role, ticks_to_secs};
 use crate::sluice::{self, status_kib, Node};
 
 #[derive(Args, Clone)]
@@ -70,6 +72,61 @@ struct Row {
     qos: u8,
     connections: usize,
     summary: Summary,
+    cpu: Option<ServerCpu>,
+}
+
+/// CPU used by the server and by this process (the simulator) over the measured seconds.
+struct ServerCpu {
+    server_cores: f64,
+    simulator_cores: f64,
+    /// The server's cores by thread role.
+    threads: BTreeMap<String, f64>,
+}
+
+impl ServerCpu {
+    /// The server's CPU time per message taken, in microseconds.
+    fn us_per_message(&self, messages_per_sec: f64) -> Option<f64> {
+        (messages_per_sec > 0.0).then(|| self.server_cores / messages_per_sec * 1e6)
+    }
+}
+
+/// Samples the CPU of process `pid` and of this process over the simulator's measured
+/// window: from `warmup` after the start (connections take a moment more, so the window
+/// starts a little early) for `duration`.
+fn sample_cpu(
+    pid: u32,
+    warmup: Duration,
+    duration: Duration,
+) -> std::thread::JoinHandle<Option<ServerCpu>> {
+    std::thread::spawn(move || {
+        let sample = || -> Result<(u64, u64, BTreeMap<String, u64>)> {
+            Ok((
+                process_cpu_ticks(&format!("/proc/{pid}/stat"))?,
+                process_cpu_ticks("/proc/self/stat")?,
+                thread_ticks_by_role(pid)?,
+            ))
+        };
+        std::thread::sleep(warmup);
+        let before = sample().ok()?;
+        std::thread::sleep(duration);
+        let after = sample().ok()?;
+        let secs = duration.as_secs_f64().max(f64::MIN_POSITIVE);
+        let cores = |a: u64, b: u64| ticks_to_secs(a.saturating_sub(b)) / secs;
+        Some(ServerCpu {
+            server_cores: cores(after.0, before.0),
+            simulator_cores: cores(after.1, before.1),
+            threads: after
+                .2
+                .iter()
+                .map(|(role, &a)| {
+                    (
+                        role.clone(),
+                        cores(a, before.2.get(role).copied().unwrap_or(0)),
+                    )
+                })
+                .collect(),
+        })
+    })
 }
 
 pub fn run(args: MqttArgs) -> Result<()> {
@@ -100,7 +157,9 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 let mut plan = plan_for(&args, addr, connections, qos);
                 plan.username = Some("default".into());
                 plan.password = Some(node.token.clone());
+                let cpu = sample_cpu(node.pid(), plan.warmup, plan.duration);
                 let summary = runtime.block_on(mqtt::run(plan))?;
+                let cpu = cpu.join().ok().flatten();
                 progress(&format!("  {}", summary.one_line()));
                 node.stop()?;
                 rows.push(Row {
@@ -108,13 +167,16 @@ pub fn run(args: MqttArgs) -> Result<()> {
                     qos,
                     connections,
                     summary,
+                    cpu,
                 });
             }
             if let Some(bin) = &mosquitto {
                 progress(&format!("mosquitto: QoS {qos}, {connections} connections"));
                 let broker = Mosquitto::start(bin)?;
-                let summary =
-                    runtime.block_on(mqtt::run(plan_for(&args, broker.addr, connections, qos)))?;
+                let plan = plan_for(&args, broker.addr, connections, qos);
+                let cpu = sample_cpu(broker.child.id(), plan.warmup, plan.duration);
+                let summary = runtime.block_on(mqtt::run(plan))?;
+                let cpu = cpu.join().ok().flatten();
                 progress(&format!("  {}", summary.one_line()));
                 drop(broker);
                 rows.push(Row {
@@ -122,6 +184,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                     qos,
                     connections,
                     summary,
+                    cpu,
                 });
             }
         }
@@ -160,6 +223,10 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 "server": r.server, "qos": r.qos, "connections": r.connections,
                 "ratio_to_mosquitto": ratio(&rows, r),
                 "summary": r.summary,
+                "server_cpu_cores": r.cpu.as_ref().map(|c| c.server_cores),
+                "simulator_cpu_cores": r.cpu.as_ref().map(|c| c.simulator_cores),
+                "server_threads_cpu_cores": r.cpu.as_ref().map(|c| &c.threads),
+                "server_us_per_message": r.cpu.as_ref().and_then(|c| c.us_per_message(r.summary.taken_per_sec)),
             })).collect::<Vec<_>>(),
             "idle": idle.iter().map(|(server, m)| json!({
                 "server": server, "connections": m.connected,
@@ -276,8 +343,8 @@ fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
             n => n.to_string(),
         }
     ));
-    out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let s = &r.summary;
         let (p50, p99, p999) = if r.qos == 0 {
@@ -289,8 +356,14 @@ fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
                 format!("{:.2}", s.latency_ms_p999),
             )
         };
+        let cpu = |f: &dyn Fn(&ServerCpu) -> Option<f64>| {
+            r.cpu
+                .as_ref()
+                .and_then(f)
+                .map_or("-".into(), |x| format!("{x:.2}"))
+        };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.server,
             r.qos,
             r.connections,
@@ -300,6 +373,29 @@ fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
             p999,
             s.failed,
             ratio(rows, r).map_or("-".into(), |x| format!("{x:.2}")),
+            cpu(&|c| Some(c.server_cores)),
+            cpu(&|c| c.us_per_message(s.taken_per_sec)),
+            cpu(&|c| Some(c.simulator_cores)),
+        ));
+    }
+    out.push_str(
+        "\nCPU in cores over the measured seconds (sampled from /proc, starting the warm-up's \
+         length after the simulator starts); \"sim CPU\" is this process, the simulator.\n",
+    );
+    for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
+        let Some(cpu) = &r.cpu else { continue };
+        let busy: Vec<String> = cpu
+            .threads
+            .iter()
+            .filter(|(_, cores)| **cores >= 0.005)
+            .map(|(role, cores)| format!("{role} {cores:.2}"))
+            .collect();
+        out.push_str(&format!(
+            "{} QoS {} {} connections, CPU by thread: {}\n",
+            r.server,
+            r.qos,
+            r.connections,
+            busy.join(", ")
         ));
     }
     if !idle.is_empty() {
