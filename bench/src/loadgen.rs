@@ -533,6 +533,17 @@ pub(crate) fn thread_ticks_by_role(pid: u32) -> Result<BTreeMap<String, u64>> {
     Ok(roles)
 }
 
+/// `role cores, role cores` for the roles that used at least 0.01 of a core; empty when none
+/// did.
+pub(crate) fn busy_threads_text(threads: &BTreeMap<String, f64>) -> String {
+    threads
+        .iter()
+        .filter(|(_, cores)| **cores >= 0.005)
+        .map(|(role, cores)| format!("{role} {cores:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// A thread's role from its name: numbered siblings (`sluice-http-0`, `sluice-http-1`) and
 /// the names the kernel cut at 15 bytes (`sluice-shipper-`) count together.
 fn thread_role(comm: &str) -> String {

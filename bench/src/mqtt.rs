@@ -20,7 +20,7 @@ use clap::Args;
 use serde_json::json;
 use sluice_loadtest::mqtt::{self, Plan, Summary, Version};
 
-use crate::loadgen::{process_cpu_ticks, thread_ticks_by_role, ticks_to_secs};
+use crate::loadgen::{busy_threads_text, process_cpu_ticks, thread_ticks_by_role, ticks_to_secs};
 use crate::sluice::{self, status_kib, Node};
 
 #[derive(Args, Clone)]
@@ -384,18 +384,12 @@ fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
     );
     for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
         let Some(cpu) = &r.cpu else { continue };
-        let busy: Vec<String> = cpu
-            .threads
-            .iter()
-            .filter(|(_, cores)| **cores >= 0.005)
-            .map(|(role, cores)| format!("{role} {cores:.2}"))
-            .collect();
         out.push_str(&format!(
             "{} QoS {} {} connections, CPU by thread: {}\n",
             r.server,
             r.qos,
             r.connections,
-            busy.join(", ")
+            busy_threads_text(&cpu.threads)
         ));
     }
     if !idle.is_empty() {

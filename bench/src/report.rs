@@ -7,7 +7,7 @@ use std::fmt::Write as _;
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use crate::loadgen::Outcome;
+use crate::loadgen::{busy_threads_text, Outcome};
 use crate::sluice::WalStats;
 use crate::HttpArgs;
 
@@ -394,19 +394,9 @@ impl Report {
                     grouped(*max as f64)
                 );
             }
-            let busy: Vec<String> = r
-                .server_threads_cores
-                .iter()
-                .filter(|(_, cores)| **cores >= 0.005)
-                .map(|(role, cores)| format!("{role} {cores:.2}"))
-                .collect();
+            let busy = busy_threads_text(&r.server_threads_cores);
             if !busy.is_empty() {
-                let _ = writeln!(
-                    out,
-                    "{}: server CPU by thread (cores): {}.",
-                    r.name,
-                    busy.join(", ")
-                );
+                let _ = writeln!(out, "{}: server CPU by thread (cores): {busy}.", r.name);
             }
             if let Some(kib) = r.bench_vmhwm_growth_kib {
                 let _ = writeln!(
