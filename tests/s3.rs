@@ -155,15 +155,14 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
     // MQTT at the quota: a 4 KB QoS 1 publish is held for the node's room wait (10 s), then
     // refused with 0x97 (quota exceeded) on MQTT 5 and with a disconnect on 3.1.1, where
     // there is no negative acknowledgement; neither is acknowledged. Both run at once.
-    let mqtt_port = sluice.mqtt_port.to_string();
+    let port = sluice.mqtt_port;
     let token = boot["token"].as_str().expect("token").to_owned();
     let publish = |version: &'static str, seq: usize| {
-        let (port, token) = (mqtt_port.clone(), token.clone());
+        let token = token.clone();
         std::thread::spawn(move || {
             // Larger than the room the refused HTTP batch left.
             let pad = "x".repeat(4096);
             let payload = format!("{{\"seq\":{seq},\"via\":\"mqtt{version}\",\"pad\":\"{pad}\"}}");
-            let port: u16 = port.parse().expect("port");
             let lines = paho(
                 port,
                 &[
