@@ -21,10 +21,10 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
-/// `qos` (0, 1 or 2) and `outcome` (`accepted` or the refusal) of an MQTT PUBLISH.
 /// The `outcome` label of everything taken in.
 pub const ACCEPTED: &str = "accepted";
 
+/// `qos` (0, 1 or 2) and `outcome` (`accepted` or the refusal) of an MQTT PUBLISH.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PublishLabels {
     pub qos: u8,

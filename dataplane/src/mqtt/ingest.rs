@@ -286,7 +286,13 @@ impl MqttIngest {
             Err(TryAcquireError::NoPermits) => None,
         };
         match permit {
-            Some(permit) if checked.workspace.bucket.take(checked.count).is_ok() => {
+            Some(permit)
+                if checked
+                    .workspace
+                    .bucket
+                    .take(checked.events.ends.len())
+                    .is_ok() =>
+            {
                 match self.submit(session, checked.accepted(permit), qos) {
                     Some(durable) => Taken::Durable(durable),
                     None => Taken::Done(Ok(())),
@@ -341,8 +347,7 @@ impl MqttIngest {
         }
         let events = parse::parse(payload, BodyFormat::Json, self.events_per_message_max)
             .map_err(PublishRefusal::PayloadInvalid)?;
-        let count = events.ends.len();
-        if count == 0 {
+        if events.ends.is_empty() {
             return Ok(None);
         }
         match self.wal.check_room(events.payloads.len()) {
@@ -357,7 +362,6 @@ impl MqttIngest {
             received_at_us,
             // Node-wide memory bound: the payload's size is held until it is in the WAL.
             bytes: u32::try_from(events.payloads.len().max(1)).unwrap_or(u32::MAX),
-            count,
             events,
         }))
     }
@@ -382,7 +386,12 @@ impl MqttIngest {
                 }
             },
         };
-        while checked.workspace.bucket.take(checked.count).is_err() {
+        while checked
+            .workspace
+            .bucket
+            .take(checked.events.ends.len())
+            .is_err()
+        {
             if since.elapsed() > ROOM_WAIT_MAX {
                 return Err(PublishRefusal::QuotaExceeded);
             }
@@ -410,7 +419,6 @@ struct Checked<'a> {
     device_id: &'a str,
     received_at_us: i64,
     bytes: u32,
-    count: usize,
     events: Events,
 }
 
