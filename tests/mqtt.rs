@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use common::controlplane::{make_certs, verified_user, Api};
 use common::mqtt::{
-    connect_v311, event, paho, publish_qos0, publish_qos1, publish_qos2, raw_connect, Background,
+    connect_raw, connect_v311, event, paho, publish_qos0, publish_qos1, publish_qos2, publish_raw,
+    raw_connect, read_packet, Background,
 };
 use common::{duckdb, wait_for, Sluice};
 use serde_json::{json, Value};
@@ -886,6 +887,174 @@ fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
     );
     let total = 4 * i64::from(per_connection);
     assert_eq!(rows, vec![vec![json!(total), json!(total)]]);
+}
+
+#[test]
+fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_ones() {
+    // Plain QoS 0 publishes are stored straight from the read buffer (the QoS 0 lane); QoS 1
+    // markers and MQTT 5 properties go through ntex-mqtt, and so do the QoS 0 publishes
+    // right behind the latter. Sent as a paced device fleet sends (every 100th message a
+    // QoS 1 marker, at most two markers unacknowledged), in slices that ignore packet
+    // boundaries, on both versions.
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    let count = 3000u16;
+    let per_marker = 100u16;
+    for version in [4u8, 5] {
+        let props: Option<&[u8]> = (version == 5).then_some(&[]);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        s.write_all(&connect_raw(
+            version,
+            &format!("bulk-{version}"),
+            "default",
+            &fx.token,
+            30,
+        ))
+        .expect("CONNECT");
+        let (first, connack) = read_packet(&mut s).expect("CONNACK");
+        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+
+        // Chunk k ends with marker k (packet id k).
+        let chunks: Vec<Vec<u8>> = (0..count / per_marker)
+            .map(|k| {
+                let mut chunk = Vec::new();
+                for seq in k * per_marker..(k + 1) * per_marker {
+                    let payload = format!(r#"{{"bulk": {version}, "seq": {seq}}}"#);
+                    let packet = match seq {
+                        _ if seq % per_marker == per_marker - 1 => publish_raw(
+                            0x32,
+                            "ingest/telemetry",
+                            Some(k + 1),
+                            props,
+                            payload.as_bytes(),
+                        ),
+                        _ if seq % 250 == 7 => {
+                            publish_raw(0x31, "ingest/telemetry", None, props, payload.as_bytes())
+                        }
+                        // Payload format indicator: UTF-8.
+                        _ if version == 5 && seq % 333 == 5 => publish_raw(
+                            0x30,
+                            "ingest/telemetry",
+                            None,
+                            Some(&[0x01, 0x01]),
+                            payload.as_bytes(),
+                        ),
+                        _ => publish_raw(0x30, "ingest/telemetry", None, props, payload.as_bytes()),
+                    };
+                    chunk.extend(packet);
+                }
+                chunk
+            })
+            .collect();
+        let mut acked = Vec::new();
+        for (k, chunk) in chunks.iter().enumerate() {
+            if k >= 2 {
+                let (first, ack) = read_packet(&mut s).expect("PUBACK");
+                assert_eq!(first, 0x40, "a PUBACK: {ack:?}");
+                assert!(ack.len() < 3 || ack[2] == 0, "success: {ack:?}");
+                acked.push(u16::from_be_bytes([ack[0], ack[1]]));
+            }
+            for piece in chunk.chunks(1499) {
+                s.write_all(piece).expect("write");
+            }
+        }
+        while acked.len() < chunks.len() {
+            let (first, ack) = read_packet(&mut s).expect("PUBACK");
+            assert_eq!(first, 0x40, "a PUBACK: {ack:?}");
+            acked.push(u16::from_be_bytes([ack[0], ack[1]]));
+        }
+        let markers = count / per_marker;
+        assert_eq!(acked, (1..=markers).collect::<Vec<_>>(), "v{version}");
+        drop(s);
+    }
+
+    // Before the queries, which restart the node.
+    let metrics = fx.sluice.metrics();
+    let accepted = format!(
+        r#"sluice_mqtt_publishes_total{{qos="0",outcome="accepted"}} {}"#,
+        2 * (count - count / per_marker)
+    );
+    assert!(metrics.contains(&accepted), "{accepted} in {metrics}");
+    // Most of them took the lane (not all: those with properties and some right behind them
+    // go through ntex-mqtt).
+    let lane = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("sluice_mqtt_qos0_lane_total "))
+        .and_then(|n| n.parse::<u32>().ok())
+        .expect("the lane's counter");
+    assert!(lane > u32::from(count), "{lane} by the lane");
+    for version in [4, 5] {
+        let rows = fx.query(&format!(
+            "SELECT count(*), count(DISTINCT payload->>'seq') FROM {{lake}} \
+             WHERE payload->>'bulk' = '{version}'"
+        ));
+        assert_eq!(
+            rows,
+            vec![vec![json!(count), json!(count)]],
+            "every message once, v{version}"
+        );
+        // QoS 0 messages keep their order: stored in sequence, a later one is never received
+        // before an earlier one. (QoS 1 markers may pass QoS 0 messages, as MQTT allows.)
+        let rows = fx.query(&format!(
+            "SELECT count(*) FROM (SELECT received_at < lag(received_at) OVER \
+             (ORDER BY (payload->>'seq')::INT) AS back FROM {{lake}} \
+             WHERE payload->>'bulk' = '{version}' AND (payload->>'seq')::INT % 100 <> 99) \
+             WHERE back"
+        ));
+        assert_eq!(rows, vec![vec![json!(0)]], "QoS 0 order, v{version}");
+    }
+}
+
+#[test]
+fn a_device_sending_only_qos0_is_not_timed_out_by_its_keep_alive() {
+    // Keep-alive 1 s, no PINGREQ: the QoS 0 publishes themselves keep the connection alive,
+    // although the lane stores most of them without ntex-mqtt seeing them.
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    for version in [4u8, 5] {
+        let props: Option<&[u8]> = (version == 5).then_some(&[]);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
+        let client = format!("keepalive-{version}");
+        s.write_all(&connect_raw(version, &client, "default", &fx.token, 1))
+            .expect("CONNECT");
+        let (first, connack) = read_packet(&mut s).expect("CONNACK");
+        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+        let started = std::time::Instant::now();
+        let mut sent = 0u32;
+        while started.elapsed() < Duration::from_secs(3) {
+            let mut burst = Vec::new();
+            for _ in 0..10 {
+                let payload = format!(r#"{{"alive": {version}, "n": {sent}}}"#);
+                burst.extend(publish_raw(
+                    0x30,
+                    "ingest/telemetry",
+                    None,
+                    props,
+                    payload.as_bytes(),
+                ));
+                sent += 1;
+            }
+            s.write_all(&burst).expect("the connection is still open");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        s.write_all(&publish_raw(
+            0x32,
+            "ingest/telemetry",
+            Some(1),
+            props,
+            b"{}",
+        ))
+        .expect("fence");
+        let (first, ack) = read_packet(&mut s).expect("PUBACK after 3 s without PINGREQ");
+        assert_eq!((first, &ack[..2]), (0x40, &[0u8, 1][..]), "v{version}");
+        let rows = fx.query(&format!(
+            "SELECT count(DISTINCT payload->>'n') FROM {{lake}} \
+             WHERE payload->>'alive' = '{version}'"
+        ));
+        assert_eq!(rows, vec![vec![json!(sent)]], "v{version}");
+    }
 }
 
 #[test]

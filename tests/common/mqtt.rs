@@ -123,11 +123,25 @@ pub fn remaining_length(out: &mut Vec<u8>, mut len: usize) {
 
 /// A raw MQTT 3.1.1 CONNECT with username and password.
 pub fn connect_v311(client_id: &str, username: &str, password: &str) -> Vec<u8> {
+    connect_raw(4, client_id, username, password, 30)
+}
+
+/// A raw CONNECT of `version` (4 = 3.1.1, 5) with username, password and keep-alive.
+pub fn connect_raw(
+    version: u8,
+    client_id: &str,
+    username: &str,
+    password: &str,
+    keep_alive_secs: u16,
+) -> Vec<u8> {
     let mut body = Vec::new();
     mqtt_str(&mut body, b"MQTT");
-    body.push(4); // protocol level 3.1.1
-    body.push(0b1100_0010); // username, password, clean session
-    body.extend_from_slice(&30u16.to_be_bytes());
+    body.push(version);
+    body.push(0b1100_0010); // username, password, clean start
+    body.extend_from_slice(&keep_alive_secs.to_be_bytes());
+    if version == 5 {
+        body.push(0); // no properties
+    }
     mqtt_str(&mut body, client_id.as_bytes());
     mqtt_str(&mut body, username.as_bytes());
     mqtt_str(&mut body, password.as_bytes());
@@ -135,6 +149,50 @@ pub fn connect_v311(client_id: &str, username: &str, password: &str) -> Vec<u8> 
     remaining_length(&mut packet, body.len());
     packet.extend_from_slice(&body);
     packet
+}
+
+/// A raw PUBLISH: `first` is the fixed header's first byte (type, DUP, QoS, RETAIN),
+/// `props` the MQTT 5 properties (`None` for 3.1.1).
+pub fn publish_raw(
+    first: u8,
+    topic: &str,
+    packet_id: Option<u16>,
+    props: Option<&[u8]>,
+    payload: &[u8],
+) -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, topic.as_bytes());
+    if let Some(id) = packet_id {
+        body.extend_from_slice(&id.to_be_bytes());
+    }
+    if let Some(props) = props {
+        remaining_length(&mut body, props.len());
+        body.extend_from_slice(props);
+    }
+    body.extend_from_slice(payload);
+    let mut packet = vec![first];
+    remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// Reads one packet: its first byte and the rest after the remaining length.
+pub fn read_packet(s: &mut impl std::io::Read) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut byte = [0u8; 1];
+    s.read_exact(&mut byte)?;
+    let first = byte[0];
+    let (mut len, mut shift) = (0usize, 0);
+    loop {
+        s.read_exact(&mut byte)?;
+        len |= usize::from(byte[0] & 0x7F) << shift;
+        shift += 7;
+        if byte[0] & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body)?;
+    Ok((first, body))
 }
 
 /// A raw QoS 0 PUBLISH with a topic given as bytes (which may be invalid UTF-8).

@@ -111,6 +111,11 @@ pub struct Batcher {
 }
 
 impl Batcher {
+    /// Whether `bytes` more can be queued without the publish having to wait for its record.
+    pub fn has_room(&self, bytes: usize) -> bool {
+        self.state.borrow().waiting_bytes + bytes <= QUEUED_BYTES_MAX
+    }
+
     /// Queues `accepted`. With `wait` (QoS 1/2), or when the connection has too much waiting,
     /// returns what tells when it is durable.
     pub fn submit(

@@ -9,15 +9,21 @@
 //! passed on at once, for the codec to refuse, so nothing waits for bytes that will never be
 //! accepted.
 
+use std::any::{Any, TypeId};
+use std::cell::RefCell;
 use std::future::Future;
 use std::io;
+use std::ops::Range;
 use std::pin::Pin;
+use std::rc::Rc;
 
 use futures::FutureExt;
 use ntex_bytes::{Bytes, BytesMut};
 use ntex_io::{FilterBuf, FilterLayer};
 use ntex_mqtt::error::PayloadError;
 use ntex_mqtt::Payload;
+
+use super::lane::Lane;
 
 /// A PUBLISH payload, read.
 pub enum PayloadRead {
@@ -40,14 +46,36 @@ pub fn read_payload(payload: Payload) -> PayloadRead {
     PayloadRead::Later(Box::pin(async move { payload.read_all().await }))
 }
 
-/// Passes complete MQTT packets from the socket's buffer to the codec's.
+/// Room for kept ranges a connection holds on to between reads.
+const KEPT_RANGES_KEPT: usize = 16;
+
+/// Passes complete MQTT packets from the socket's buffer to the codec's, after offering
+/// them to the connection's QoS 0 [`Lane`].
 #[derive(Debug)]
 pub struct WholePackets {
     /// Largest remaining length the node accepts (`mqtt.packet_bytes_max`).
-    pub packet_bytes_max: u32,
+    packet_bytes_max: u32,
+    /// Found by the CONNECT handler through [`FilterLayer::query`].
+    lane: Rc<Lane>,
+    /// What the lane leaves for the codec, reused from read to read.
+    kept: RefCell<Vec<Range<usize>>>,
+}
+
+impl WholePackets {
+    pub fn new(packet_bytes_max: u32) -> WholePackets {
+        WholePackets {
+            packet_bytes_max,
+            lane: Rc::default(),
+            kept: RefCell::default(),
+        }
+    }
 }
 
 impl FilterLayer for WholePackets {
+    fn query(&self, id: TypeId) -> Option<Box<dyn Any>> {
+        (id == TypeId::of::<Rc<Lane>>()).then(|| Box::new(self.lane.clone()) as Box<dyn Any>)
+    }
+
     fn process_read_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
         buf.with_read_buffers(|src, dst| {
             let Some(src) = src.as_mut() else {
@@ -55,6 +83,22 @@ impl FilterLayer for WholePackets {
             };
             let whole = complete_prefix(src, self.packet_bytes_max);
             if whole == 0 {
+                return Ok(());
+            }
+            let mut kept = self.kept.borrow_mut();
+            self.lane
+                .sort(&src[..whole], self.packet_bytes_max, &mut kept);
+            let untouched = kept.len() == 1 && kept[0] == (0..whole);
+            if !untouched {
+                // The lane took some: the codec gets the rest, copied (markers and the like).
+                for range in kept.iter() {
+                    dst.extend_from_slice(&src[range.clone()]);
+                }
+                src.advance_to(whole);
+                // A read alternating kinds of packets leaves many ranges; an idle connection
+                // should not keep their room.
+                kept.clear();
+                kept.shrink_to(KEPT_RANGES_KEPT);
                 return Ok(());
             }
             if whole == src.len() && dst.is_empty() {
@@ -75,39 +119,58 @@ impl FilterLayer for WholePackets {
     }
 }
 
+/// What the bytes at the start of a buffer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// A whole packet of `total` bytes, its fixed header `header` of them.
+    Whole { header: usize, total: usize },
+    /// The start of a packet; more bytes are needed.
+    Partial,
+    /// A fixed header the codec must see at once: a malformed length, or over the maximum.
+    Refused,
+}
+
+/// Reads the fixed header at the start of `buf`.
+pub fn packet_at(buf: &[u8], max: u32) -> Packet {
+    if buf.len() < 2 {
+        return Packet::Partial;
+    }
+    let mut remaining: u64 = 0;
+    let mut header = 1;
+    loop {
+        let Some(&byte) = buf.get(header) else {
+            return Packet::Partial;
+        };
+        remaining |= u64::from(byte & 0x7F) << (7 * (header - 1));
+        header += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if header > 4 {
+            // A fifth length byte is malformed.
+            return Packet::Refused;
+        }
+    }
+    if remaining > u64::from(max) {
+        return Packet::Refused;
+    }
+    let total = header + remaining as usize;
+    if buf.len() < total {
+        return Packet::Partial;
+    }
+    Packet::Whole { header, total }
+}
+
 /// Bytes at the start of `buf` that form whole packets, plus everything after a header the
 /// codec must see at once (malformed length, or over `max`).
 fn complete_prefix(buf: &BytesMut, max: u32) -> usize {
     let mut at = 0;
     loop {
-        let rest = &buf[at..];
-        if rest.len() < 2 {
-            return at;
+        match packet_at(&buf[at..], max) {
+            Packet::Whole { total, .. } => at += total,
+            Packet::Partial => return at,
+            Packet::Refused => return buf.len(),
         }
-        let mut remaining: u64 = 0;
-        let mut header = 1;
-        loop {
-            let Some(&byte) = rest.get(header) else {
-                return at;
-            };
-            remaining |= u64::from(byte & 0x7F) << (7 * (header - 1));
-            header += 1;
-            if byte & 0x80 == 0 {
-                break;
-            }
-            if header > 4 {
-                // A fifth length byte is malformed: let the codec say so.
-                return buf.len();
-            }
-        }
-        if remaining > u64::from(max) {
-            return buf.len();
-        }
-        let total = header + remaining as usize;
-        if rest.len() < total {
-            return at;
-        }
-        at += total;
     }
 }
 

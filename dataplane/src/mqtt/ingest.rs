@@ -3,6 +3,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,7 +20,7 @@ use crate::ingest::now_us;
 use crate::metrics::{HttpMetrics, PublishLabels};
 use crate::parse::{self, BodyFormat, Events, ParseError};
 
-use super::batcher::{Accepted, Durable};
+use super::batcher::{Accepted, Batcher, Durable};
 use super::sessions::{DeviceSession, Sessions};
 use super::throttle::ConnectFailures;
 
@@ -223,6 +224,10 @@ impl MqttIngest {
             Taken::Durable(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
             Taken::Waiting(waiting) => waiting.await,
         };
+        if qos == 0 {
+            // Queued, stored or refused: the lane may take the next ones.
+            session.lane.caught_up_one();
+        }
         let device = &session.device;
         match (
             &outcome,
@@ -306,6 +311,42 @@ impl MqttIngest {
                 }
             })),
         }
+    }
+
+    /// Stores a QoS 0 publish taken by the connection's lane, if it is accepted and there is
+    /// room for it now; `false` (nothing done) leaves it to the publish handler, which refuses
+    /// or waits as it does for every publish.
+    pub fn take_at_once(
+        self: &Arc<Self>,
+        device: &Device,
+        batcher: &Rc<Batcher>,
+        topic: &str,
+        payload: &[u8],
+    ) -> bool {
+        let Ok(Some(checked)) = self.check(device, topic, payload) else {
+            return false;
+        };
+        if !batcher.has_room(checked.events.payloads.len()) {
+            return false;
+        }
+        let Ok(permit) = self.inflight.clone().try_acquire_many_owned(checked.bytes) else {
+            return false;
+        };
+        if checked
+            .workspace
+            .bucket
+            .take(checked.events.ends.len())
+            .is_err()
+        {
+            return false;
+        }
+        // With room checked above, a QoS 0 submit never asks to wait.
+        let _ = batcher.submit(self, checked.accepted(permit), false);
+        if let Some(accepted) = self.metrics.mqtt.publishes_accepted.first() {
+            accepted.inc();
+        }
+        self.metrics.mqtt.qos0_lane_total.inc();
+        true
     }
 
     fn submit(

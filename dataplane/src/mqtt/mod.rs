@@ -5,13 +5,16 @@
 //! tokio-uring HTTP runtimes. Devices are checked and events accepted by [`ingest`] and
 //! written to the WAL per connection by `batcher`; `v3` and `v5` map the outcomes to
 //! packets; [`sessions`] closes sessions that are taken over or no longer allowed;
-//! [`throttle`] slows down failing CONNECTs; `framing` hands the codec whole packets only.
+//! [`throttle`] slows down failing CONNECTs; `framing` hands the codec whole packets only,
+//! after offering plain QoS 0 publishes to the connection's `lane`, which stores them without
+//! going through ntex-mqtt's dispatcher.
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
 mod batcher;
 mod framing;
 pub mod ingest;
+mod lane;
 pub mod runtime;
 pub mod sessions;
 pub mod throttle;
@@ -20,6 +23,7 @@ mod v5;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -172,9 +176,9 @@ fn serve(
         builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
             ntex_service::service(ntex_service::fn_service(
                 move |io: ntex_io::Io| async move {
-                    Ok::<_, ntex_mqtt::MqttError<MqttError>>(io.add_filter(framing::WholePackets {
-                        packet_bytes_max: max,
-                    }))
+                    Ok::<_, ntex_mqtt::MqttError<MqttError>>(
+                        io.add_filter(framing::WholePackets::new(max)),
+                    )
                 },
             ))
             .and_then(mqtt_service(ingest.clone()))
@@ -185,11 +189,7 @@ fn serve(
         builder = builder.listen("mqtts", listener, cfg, async move |_| {
             ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
                 .map_err(|e| ntex_mqtt::MqttError::Service(MqttError(tls_error(&e))))
-                .map(move |io| {
-                    io.add_filter(framing::WholePackets {
-                        packet_bytes_max: max,
-                    })
-                })
+                .map(move |io| io.add_filter(framing::WholePackets::new(max)))
                 .and_then(mqtt_service(ingest.clone()))
         })?;
     }
@@ -277,6 +277,15 @@ fn log_stop(device: &ingest::Device, control: &ntex_mqtt::Control<MqttError>) {
         ),
         _ => {}
     }
+}
+
+/// The QoS 0 lane of the connection behind `io`: its framing filter's, or a lane of its own
+/// (never offered a packet) should the filter be missing.
+fn lane_of(io: &ntex_io::IoBoxed) -> Rc<lane::Lane> {
+    io.query::<Rc<lane::Lane>>()
+        .as_ref()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Counts a refused CONNECT against the client's address and waits as long as the throttle

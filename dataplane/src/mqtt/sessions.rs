@@ -21,6 +21,7 @@ use crate::metrics::Reason;
 
 use super::batcher::Batcher;
 use super::ingest::{Device, MqttIngest};
+use super::lane::Lane;
 use crate::ingest::now_us;
 
 /// Why the node closes a session.
@@ -81,6 +82,8 @@ pub struct DeviceSession {
     pub device: Rc<Device>,
     /// The connection's queue of WAL records.
     pub batcher: Rc<Batcher>,
+    /// The connection's QoS 0 lane, open while the session is.
+    pub lane: Rc<Lane>,
     registration: Registration,
 }
 
@@ -107,15 +110,30 @@ pub trait Closer: 'static {
 impl DeviceSession {
     /// Registers the session (closing any older one with the same client id) and starts its
     /// watch on the current ntex worker.
-    pub fn start(ingest: &Arc<MqttIngest>, device: Device, closer: impl Closer) -> DeviceSession {
+    /// `lane` is the connection's (see [`Lane`]); `v5` tells it the packet format.
+    pub fn start(
+        ingest: &Arc<MqttIngest>,
+        device: Device,
+        closer: impl Closer,
+        lane: Rc<Lane>,
+        v5: bool,
+    ) -> DeviceSession {
         let key = (device.workspace_id, device.device_id.clone());
         let (id, kick) = ingest.sessions.register(key.clone());
         ingest.metrics.mqtt.sessions.inc();
         let (alive, gone) = oneshot::channel();
+        let closer = LaneCloser {
+            lane: lane.clone(),
+            closer,
+        };
         ntex_rt::spawn(watch(ingest.clone(), device.clone(), kick, gone, closer)).detach();
+        let device = Rc::new(device);
+        let batcher = Rc::new(Batcher::default());
+        lane.open(ingest.clone(), device.clone(), batcher.clone(), v5);
         DeviceSession {
-            device: Rc::new(device),
-            batcher: Rc::new(Batcher::default()),
+            device,
+            batcher,
+            lane,
             registration: Registration {
                 ingest: ingest.clone(),
                 key,
@@ -127,6 +145,19 @@ impl DeviceSession {
 
     pub fn ingest(&self) -> &Arc<MqttIngest> {
         &self.registration.ingest
+    }
+}
+
+/// Closes the lane along with the session, so that nothing sent after is stored.
+struct LaneCloser<C> {
+    lane: Rc<Lane>,
+    closer: C,
+}
+
+impl<C: Closer> Closer for LaneCloser<C> {
+    fn close(&self, reason: CloseReason) {
+        self.lane.close();
+        self.closer.close(reason);
     }
 }
 

@@ -39,7 +39,8 @@ pub async fn connect(
     match ingest.authorize(&creds) {
         Ok(device) => {
             let closer = V3Closer(connect.sink());
-            let session = DeviceSession::start(&ingest, device, closer);
+            let lane = super::lane_of(connect.io());
+            let session = DeviceSession::start(&ingest, device, closer, lane, false);
             // No session state is kept between connections (see docs/mqtt.md).
             Ok(connect
                 .ack(session, false)

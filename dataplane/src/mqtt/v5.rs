@@ -52,7 +52,8 @@ pub async fn connect(
     match ingest.authorize(&creds) {
         Ok(device) => {
             let closer = V5Closer(connect.sink());
-            let session = DeviceSession::start(&ingest, device, closer);
+            let lane = super::lane_of(connect.io());
+            let session = DeviceSession::start(&ingest, device, closer, lane, true);
             Ok(connect.ack(session).keep_alive(keep_alive).with(|ack| {
                 // Only tell the client a keep-alive when it differs from its own [MQTT-3.2.2-21].
                 if keep_alive != asked_keep_alive {
