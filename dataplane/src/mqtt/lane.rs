@@ -115,8 +115,8 @@ impl Lane {
     pub fn sort(&self, whole: &[u8], packet_bytes_max: u32, kept: &mut Vec<Range<usize>>) {
         kept.clear();
         let open = self.open.borrow();
-        // ntex's clock, cached per turn of its loop: no system call per read.
-        let now = open.as_ref().map(|_| ntex_util::time::now());
+        // Once per read, not per packet (a vDSO call).
+        let now = open.as_ref().map(|_| Instant::now());
         let nudge = match (now, self.handed_at.get()) {
             (Some(now), Some(at)) => now.saturating_duration_since(at) >= NUDGE_EVERY,
             _ => true,
