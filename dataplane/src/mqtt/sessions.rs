@@ -109,8 +109,8 @@ pub trait Closer: 'static {
 
 impl DeviceSession {
     /// Registers the session (closing any older one with the same client id) and starts its
-    /// watch on the current ntex worker.
-    /// `lane` is the connection's (see [`Lane`]); `v5` tells it the packet format.
+    /// watch on the current ntex worker, and opens the connection's `lane` (see [`Lane`]);
+    /// `v5` tells it the packet format.
     pub fn start(
         ingest: &Arc<MqttIngest>,
         device: Device,
