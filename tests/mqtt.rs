@@ -966,6 +966,18 @@ fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_
         }
         let markers = count / per_marker;
         assert_eq!(acked, (1..=markers).collect::<Vec<_>>(), "v{version}");
+        // A record this large is stored zstd-compressed in the WAL; it reads back whole.
+        let big = format!(r#"{{"big": {version}, "pad": "{}"}}"#, "z".repeat(10_000));
+        s.write_all(&publish_raw(
+            0x32,
+            "ingest/telemetry",
+            Some(markers + 1),
+            props,
+            big.as_bytes(),
+        ))
+        .expect("big publish");
+        let (first, ack) = read_packet(&mut s).expect("PUBACK");
+        assert_eq!((first, &ack[..2]), (0x40, &(markers + 1).to_be_bytes()[..]));
         drop(s);
     }
 
@@ -1003,6 +1015,10 @@ fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_
              WHERE back"
         ));
         assert_eq!(rows, vec![vec![json!(0)]], "QoS 0 order, v{version}");
+        let rows = fx.query(&format!(
+            "SELECT length(payload->>'pad') FROM {{lake}} WHERE payload->>'big' = '{version}'"
+        ));
+        assert_eq!(rows, vec![vec![json!(10_000)]], "the big one, v{version}");
     }
 }
 

@@ -152,7 +152,7 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
     assert!(acked > 100, "the WAL took events during the outage");
     assert_eq!(sluice.readyz()["ready"], json!(false));
 
-    // MQTT at the quota: a 4 KB QoS 1 publish is held for the node's room wait (10 s), then
+    // MQTT at the quota: a 4 KB QoS 1 publish (incompressible) is held for the node's room wait (10 s), then
     // refused with 0x97 (quota exceeded) on MQTT 5 and with a disconnect on 3.1.1, where
     // there is no negative acknowledgement; neither is acknowledged. Both run at once.
     let port = sluice.mqtt_port;
@@ -160,8 +160,17 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
     let publish = |version: &'static str, seq: usize| {
         let token = token.clone();
         std::thread::spawn(move || {
-            // Larger than the room the refused HTTP batch left.
-            let pad = "x".repeat(4096);
+            // Larger than the room the refused HTTP batch left, even compressed (MQTT records
+            // of 4 KiB or more are stored zstd-compressed): letters that do not repeat.
+            let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seq as u64;
+            let pad: String = (0..4096)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    char::from(b'a' + (x % 26) as u8)
+                })
+                .collect();
             let payload = format!("{{\"seq\":{seq},\"via\":\"mqtt{version}\",\"pad\":\"{pad}\"}}");
             let lines = paho(
                 port,

@@ -13,6 +13,17 @@ use uuid::Uuid;
 /// First byte of every encoded batch; bump it when the layout changes and keep a decoder for
 /// the old one.
 const FORMAT_V1: u8 = 1;
+/// As version 1, but the payloads are one zstd frame after their decompressed length (u32).
+const FORMAT_V2_ZSTD: u8 = 2;
+/// Payloads this large or larger are stored compressed when that makes them smaller. The WAL's
+/// `fdatasync` takes time in proportion to the bytes it writes (≈ 1 ms for a 130 KB group of
+/// MQTT records on the 2-core VM, 0.15 ms for 5 KB), and acknowledgements wait for it; small
+/// records (a single HTTP event) gain nothing and skip the work.
+const COMPRESS_MIN_BYTES: usize = 4 << 10;
+/// zstd's fastest regular level: telemetry JSON still shrinks several times.
+const ZSTD_LEVEL: i32 = 1;
+/// A decompressed length above this is corruption, not data (records are at most 16 MiB).
+const PAYLOADS_MAX: usize = 64 << 20;
 
 /// The 62 random bits at the end of a UUIDv7 (after the variant bits).
 const TAIL_MASK: u128 = (1u128 << 62) - 1;
@@ -96,6 +107,8 @@ pub enum DecodeError {
     NotUtf8,
     #[error("payload offsets are inconsistent")]
     BadOffsets,
+    #[error("compressed payloads do not decompress to their recorded length")]
+    BadCompression,
 }
 
 impl IngestBatch {
@@ -134,11 +147,44 @@ impl IngestBatch {
             + self.payloads.len()
     }
 
-    /// Appends the encoded batch to `out`.
+    /// The batch encoded compressed (version 2) when its payloads are large enough and shrink,
+    /// as [`encode_into`](Self::encode_into) writes it otherwise. Worth it where the WAL's
+    /// syncs, not the CPU, hold acknowledgements back: MQTT records (QoS 0 with 16 devices,
+    /// +28% on the 2-core VM). HTTP NDJSON bodies are not compressed: that benchmark is bound
+    /// by CPU, and compressing on the HTTP thread cost 17% of its events/s.
+    pub fn encode_compact(&self) -> Vec<u8> {
+        if self.payloads.len() >= COMPRESS_MIN_BYTES {
+            let compressed = COMPRESSOR.with(|c| {
+                c.borrow_mut()
+                    .as_mut()
+                    .and_then(|c| c.compress(&self.payloads).ok())
+            });
+            if let Some(compressed) = compressed.filter(|c| c.len() + 4 < self.payloads.len()) {
+                let mut out = Vec::with_capacity(
+                    self.encoded_len() - self.payloads.len() + 4 + compressed.len(),
+                );
+                self.encode_head(&mut out, FORMAT_V2_ZSTD);
+                out.extend_from_slice(&(self.payloads.len() as u32).to_le_bytes());
+                out.extend_from_slice(&compressed);
+                return out;
+            }
+        }
+        let mut out = Vec::new();
+        self.encode_into(&mut out);
+        out
+    }
+
+    /// Appends the encoded batch to `out` (version 1, uncompressed).
     pub fn encode_into(&self, out: &mut Vec<u8>) {
-        let env = &self.envelope;
         out.reserve(self.encoded_len());
-        out.push(FORMAT_V1);
+        self.encode_head(out, FORMAT_V1);
+        out.extend_from_slice(&self.payloads);
+    }
+
+    /// Everything before the payloads: version, envelope, event count and ends.
+    fn encode_head(&self, out: &mut Vec<u8>, version: u8) {
+        let env = &self.envelope;
+        out.push(version);
         out.extend_from_slice(env.first_event_id.as_bytes());
         out.extend_from_slice(&env.received_at_us.to_le_bytes());
         out.extend_from_slice(env.workspace_id.as_bytes());
@@ -150,14 +196,14 @@ impl IngestBatch {
         for end in &self.ends {
             out.extend_from_slice(&end.to_le_bytes());
         }
-        out.extend_from_slice(&self.payloads);
     }
 
-    /// Decodes a batch written by [`IngestBatch::encode_into`].
+    /// Decodes a batch written by [`IngestBatch::encode_into`] or
+    /// [`IngestBatch::encode_compact`].
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let mut r = Reader { bytes, pos: 0 };
         let version = r.u8()?;
-        if version != FORMAT_V1 {
+        if version != FORMAT_V1 && version != FORMAT_V2_ZSTD {
             return Err(DecodeError::UnknownVersion(version));
         }
         let first_event_id = Uuid::from_bytes(r.array()?);
@@ -173,7 +219,25 @@ impl IngestBatch {
         for _ in 0..count {
             ends.push(u32::from_le_bytes(r.array()?));
         }
-        let payloads = r.rest().to_vec();
+        let payloads = if version == FORMAT_V2_ZSTD {
+            let len = u32::from_le_bytes(r.array()?) as usize;
+            if len > PAYLOADS_MAX {
+                return Err(DecodeError::BadCompression);
+            }
+            let payloads = DECOMPRESSOR
+                .with(|d| {
+                    d.borrow_mut()
+                        .as_mut()
+                        .and_then(|d| d.decompress(r.rest(), len).ok())
+                })
+                .ok_or(DecodeError::BadCompression)?;
+            if payloads.len() != len {
+                return Err(DecodeError::BadCompression);
+            }
+            payloads
+        } else {
+            r.rest().to_vec()
+        };
         let mut previous = 0u32;
         for &end in &ends {
             if end < previous || end as usize > payloads.len() {
@@ -198,6 +262,16 @@ impl IngestBatch {
             ends,
         })
     }
+}
+
+thread_local! {
+    // One zstd context per thread, reused: creating one per record costs more than
+    // compressing a small record. `None` if zstd could not allocate one (then records are
+    // stored uncompressed, or fail to decode as corrupt).
+    static COMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Compressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Compressor::new(ZSTD_LEVEL).ok());
+    static DECOMPRESSOR: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+        std::cell::RefCell::new(zstd::bulk::Decompressor::new().ok());
 }
 
 /// Encoded size of an optional string written by [`put_str`].
@@ -292,6 +366,78 @@ mod tests {
         let decoded = IngestBatch::decode(&buf).expect("decodes");
         assert_eq!(decoded, batch);
         assert_eq!(decoded.payload(1), br#"{"b":"x"}"#);
+    }
+
+    fn telemetry(events: usize) -> IngestBatch {
+        let mut batch = sample();
+        batch.payloads.clear();
+        batch.ends.clear();
+        for i in 0..events {
+            let event = format!(
+                r#"{{"device":"sensor-{}","seq":{i},"temp":{}.5}}"#,
+                i % 7,
+                i % 40
+            );
+            batch.payloads.extend_from_slice(event.as_bytes());
+            batch.ends.push(batch.payloads.len() as u32);
+        }
+        batch
+    }
+
+    #[test]
+    fn large_batches_are_stored_compressed_and_read_back_exactly() {
+        let batch = telemetry(500);
+        let record = batch.encode_compact();
+        assert_eq!(record[0], FORMAT_V2_ZSTD);
+        assert!(
+            record.len() * 3 < batch.encoded_len(),
+            "{} bytes for {}",
+            record.len(),
+            batch.encoded_len()
+        );
+        assert_eq!(IngestBatch::decode(&record).expect("decodes"), batch);
+
+        // Small or incompressible payloads stay version 1.
+        let small = sample();
+        assert_eq!(small.encode_compact()[0], FORMAT_V1);
+        let mut noise = sample();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        noise.payloads = (0..8192)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        noise.ends = vec![8192];
+        let record = noise.encode_compact();
+        assert_eq!(record[0], FORMAT_V1);
+        assert_eq!(IngestBatch::decode(&record).expect("decodes"), noise);
+    }
+
+    #[test]
+    fn damaged_compressed_batches_are_errors_not_panics() {
+        let batch = telemetry(300);
+        let record = batch.encode_compact();
+        assert_eq!(record[0], FORMAT_V2_ZSTD);
+        for cut in (0..record.len()).step_by(7) {
+            assert!(IngestBatch::decode(&record[..cut]).is_err(), "cut at {cut}");
+        }
+        // A recorded length that does not match what the frame holds.
+        let head = batch.encoded_len() - batch.payloads.len();
+        let mut wrong = record.clone();
+        wrong[head..head + 4].copy_from_slice(&(batch.payloads.len() as u32 + 1).to_le_bytes());
+        assert!(matches!(
+            IngestBatch::decode(&wrong),
+            Err(DecodeError::BadCompression)
+        ));
+        let mut huge = record.clone();
+        huge[head..head + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(
+            IngestBatch::decode(&huge),
+            Err(DecodeError::BadCompression)
+        ));
     }
 
     #[test]

@@ -195,8 +195,7 @@ async fn append(ingest: &MqttIngest, record: Record) -> Result<(), WalError> {
         payloads: record.payloads,
         ends: record.ends,
     };
-    let mut encoded = Vec::with_capacity(batch.encoded_len());
-    batch.encode_into(&mut encoded);
+    let encoded = batch.encode_compact();
     // At the disk quota, wait a while for the shipper to free room: the connection's
     // publishes wait meanwhile, which is MQTT's flow control.
     let started = Instant::now();
