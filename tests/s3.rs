@@ -161,7 +161,7 @@ fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {
         let token = token.clone();
         std::thread::spawn(move || {
             // Larger than the room the refused HTTP batch left, even compressed (MQTT records
-            // of 4 KiB or more are stored zstd-compressed): letters that do not repeat.
+            // of 8 KiB or more are stored zstd-compressed): letters that do not repeat.
             let mut x = 0x9E37_79B9_7F4A_7C15u64 ^ seq as u64;
             let pad: String = (0..4096)
                 .map(|_| {
