@@ -23,8 +23,9 @@ const FORMAT_V2_ZSTD: u8 = 2;
 const COMPRESS_MIN_BYTES: usize = 8 << 10;
 /// zstd's fastest regular level: telemetry JSON still shrinks several times.
 const ZSTD_LEVEL: i32 = 1;
-/// A decompressed length above this is corruption, not data (records are at most 16 MiB).
-const PAYLOADS_MAX: usize = 64 << 20;
+/// Compressed payloads are at most a WAL record's size once decompressed, so a larger
+/// recorded length is corruption, not data (and is not allocated).
+const PAYLOADS_MAX: usize = crate::wal::RECORD_BYTES_MAX;
 
 /// The 62 random bits at the end of a UUIDv7 (after the variant bits).
 const TAIL_MASK: u128 = (1u128 << 62) - 1;
@@ -154,7 +155,7 @@ impl IngestBatch {
     /// +28% on the 2-core VM). HTTP NDJSON bodies are not compressed: that benchmark is bound
     /// by CPU, and compressing on the HTTP thread cost 17% of its events/s.
     pub fn encode_compact(&self) -> Vec<u8> {
-        if self.payloads.len() >= COMPRESS_MIN_BYTES {
+        if (COMPRESS_MIN_BYTES..=PAYLOADS_MAX).contains(&self.payloads.len()) {
             let compressed = COMPRESSOR.with(|c| {
                 c.borrow_mut()
                     .as_mut()
