@@ -69,6 +69,8 @@ pub struct Plan {
 
 /// What one scenario measured.
 pub struct Outcome {
+    /// Connections the generator kept busy.
+    pub connections: usize,
     /// Successful (2xx and, for Sluice, the right `accepted`) responses in the window.
     pub requests: u64,
     pub events: u64,
@@ -297,6 +299,7 @@ pub async fn run(target: Arc<Target>, plan: Plan, server: ServerProcess) -> Resu
         }
     }
     Ok(Outcome {
+        connections: plan.connections,
         requests: total.requests,
         events: total.events,
         body_bytes: total.body_bytes,
