@@ -543,6 +543,56 @@ fn verdict(met: bool) -> &'static str {
 mod tests {
     use super::*;
 
+    fn result(name: &str, connections: usize, requests: u64) -> ScenarioResult {
+        let outcome = Outcome {
+            connections,
+            requests,
+            events: requests,
+            body_bytes: 0,
+            errors: BTreeMap::new(),
+            error_samples: BTreeMap::new(),
+            errors_outside_window: 0,
+            latency_us: hdrhistogram::Histogram::new(3).expect("histogram"),
+            per_second: Vec::new(),
+            window: std::time::Duration::from_secs(1),
+            cpu: Default::default(),
+        };
+        ScenarioResult::new(name, "application/json", 1, &[], &outcome)
+    }
+
+    #[test]
+    fn the_ratio_is_each_servers_best_count_and_every_count_is_paired() {
+        let report = Report {
+            connections: vec![64, 256],
+            duration_secs: 1,
+            warmup_secs: 0,
+            batch_events: 1,
+            client_threads: 1,
+            server_threads: 1,
+            cpus: 2,
+            kernel: String::new(),
+            results: vec![
+                result(BASELINE, 64, 100_000),
+                result(SINGLE, 64, 50_000),
+                result("sluice-ndjson-1000", 64, 1_000),
+                result(BASELINE, 256, 80_000),
+                result(SINGLE, 256, 70_000),
+            ],
+            rounds: BTreeMap::from([(64, vec![(100_000.0, 40_000.0), (100_000.0, 60_000.0)])]),
+        };
+        // Sluice's best (256) against the ceiling (the baseline at 64).
+        assert_eq!(report.single_ratio(), Some(0.7));
+        let pairs: Vec<(usize, f64)> = report
+            .pairs()
+            .iter()
+            .map(|p| (p.connections, p.ratio()))
+            .collect();
+        assert_eq!(pairs, vec![(64, 0.5), (256, 0.875)]);
+        let table = report.table();
+        assert!(table.contains("= 0.70 (target >= 0.60: met)"), "{table}");
+        assert!(table.contains("median 0.50"), "{table}");
+    }
+
     #[test]
     fn grouped_inserts_thousands_separators() {
         assert_eq!(grouped(0.0), "0");
