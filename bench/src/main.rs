@@ -184,8 +184,15 @@ fn http(args: HttpArgs) -> Result<()> {
     let interleave = args.rounds > 1
         && scenarios.contains(&Scenario::Baseline)
         && scenarios.contains(&Scenario::SluiceJson);
-    let first_count = args.connections.first().copied().unwrap_or(64);
+    // Each count once, in the order given.
+    let mut counts: Vec<u64> = Vec::new();
     for &count in &args.connections {
+        if !counts.contains(&count) {
+            counts.push(count);
+        }
+    }
+    let first_count = counts.first().copied().unwrap_or(64);
+    for &count in &counts {
         let plan = Plan {
             connections: count as usize,
             ..plan
