@@ -115,6 +115,19 @@ pub struct HttpArgs {
     json: bool,
 }
 
+impl HttpArgs {
+    /// `--connections` with each count once, in the order given.
+    pub fn connection_counts(&self) -> Vec<u64> {
+        let mut counts = Vec::new();
+        for &count in &self.connections {
+            if !counts.contains(&count) {
+                counts.push(count);
+            }
+        }
+        counts
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Scenario {
     /// The bare 204 server with single-event JSON bodies.
@@ -161,12 +174,6 @@ fn http(args: HttpArgs) -> Result<()> {
         sluice::check_binary(&bin)?;
     }
 
-    let plan = Plan {
-        connections: 0,
-        warmup: Duration::from_secs(args.warmup_secs),
-        duration: Duration::from_secs(args.duration_secs),
-        request_timeout: Duration::from_secs(args.request_timeout_secs),
-    };
     let server_threads = args.server_threads as usize;
     let batch = args.batch_events as usize;
     let single = Arc::new(payload::single_event_bodies(SINGLE_BODIES));
@@ -184,18 +191,14 @@ fn http(args: HttpArgs) -> Result<()> {
     let interleave = args.rounds > 1
         && scenarios.contains(&Scenario::Baseline)
         && scenarios.contains(&Scenario::SluiceJson);
-    // Each count once, in the order given.
-    let mut counts: Vec<u64> = Vec::new();
-    for &count in &args.connections {
-        if !counts.contains(&count) {
-            counts.push(count);
-        }
-    }
+    let counts = args.connection_counts();
     let first_count = counts.first().copied().unwrap_or(64);
     for &count in &counts {
         let plan = Plan {
             connections: count as usize,
-            ..plan
+            warmup: Duration::from_secs(args.warmup_secs),
+            duration: Duration::from_secs(args.duration_secs),
+            request_timeout: Duration::from_secs(args.request_timeout_secs),
         };
         if interleave {
             let measured = run_interleaved(

@@ -248,7 +248,7 @@ impl Pair<'_> {
 impl Report {
     pub fn new(args: &HttpArgs, results: Vec<ScenarioResult>) -> Report {
         Report {
-            connections: args.connections.clone(),
+            connections: args.connection_counts(),
             duration_secs: args.duration_secs,
             warmup_secs: args.warmup_secs,
             batch_events: args.batch_events,
