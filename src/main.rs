@@ -5,6 +5,7 @@
 //! the control plane. Settings come from defaults, then a TOML file (`--config`; control-plane
 //! settings in its `[controlplane]` table), then `SLUICE_*` environment variables, then flags;
 //! docs/configuration.md lists them all.
+#![forbid(unsafe_code)]
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -230,7 +231,7 @@ struct NodeArgs {
     mqtt_workers: Option<usize>,
     /// I/O driver of the MQTT threads: epoll or io_uring [default: epoll].
     #[arg(long, env = "SLUICE_MQTT_IO_DRIVER")]
-    mqtt_io_driver: Option<sluice_dataplane::mqtt::runtime::IoDriver>,
+    mqtt_io_driver: Option<sluice_dataplane::IoDriver>,
     /// Name of this node in Parquet object names [default: generated, kept in the data dir].
     #[arg(long, env = "SLUICE_NODE_ID")]
     node_id: Option<String>,
@@ -431,11 +432,11 @@ fn start_controlplane(config: ControlPlaneConfig, first_start: FirstStart) -> Re
     let controlplane =
         ControlPlane::start(config, first_start).context("starting the control plane")?;
     if let Some(operator) = controlplane.initial_operator() {
-        // Printed this once only; the file keeps it (mode 0600).
+        // The password itself never goes to the log (logs are shipped and kept); the file
+        // holding it is readable by this user only.
         tracing::info!(
-            "created the operator account {} with password {} (also in {}). Sign in:\n\n  curl -X POST {}/api/v1/sessions -H 'Content-Type: application/json' -d '{{\"email\": \"{}\", \"password\": \"<password>\"}}'",
+            "created the operator account {}; its password is in {} (mode 0600). Sign in:\n\n  curl -X POST {}/api/v1/sessions -H 'Content-Type: application/json' -d '{{\"email\": \"{}\", \"password\": \"<password>\"}}'",
             operator.email,
-            operator.password,
             data_dir
                 .join(sluice_controlplane::initial_operator::FILE_NAME)
                 .display(),

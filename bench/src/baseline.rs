@@ -23,8 +23,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
 
-use sluice_dataplane::http_server;
-use sluice_dataplane::uring_io::UringIo;
+use sluice_dataplane::bench_api as http_server;
+use sluice_dataplane::bench_api::UringIo;
 
 /// Name of the baseline's runtime threads; the CPU probe finds them by it.
 pub const THREAD_NAME: &str = "bench-server";

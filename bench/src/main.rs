@@ -22,6 +22,7 @@
 //! of Sluice's best count to the ceiling (the baseline's best count). docs/benchmarks.md
 //! has measured figures and what they mean. Everything talks to 127.0.0.1 only and is bounded
 //! in time: each scenario lasts warm-up + duration, plus start and stop.
+#![forbid(unsafe_code)]
 
 mod baseline;
 mod loadgen;
@@ -310,7 +311,7 @@ fn baseline_target(addr: std::net::SocketAddr, single: &Arc<Vec<bytes::Bytes>>) 
         path: "/v1/ingest/default/telemetry".into(),
         // The same request bytes as Sluice gets: a token of the same form, which the bare
         // server ignores.
-        authorization: Some(format!("Bearer {}", sluice_storage::token::generate())),
+        authorization: Some(format!("Bearer {}", sluice_config::token::generate())),
         content_type: "application/json",
         bodies: single.clone(),
         events_per_body: 1,

@@ -28,10 +28,10 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use sluice_dataplane::access::{Access, RateDefaults};
+use sluice_config::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use sluice_config::state::ConfigState;
+use sluice_dataplane::bench_api::{Access, RateDefaults};
 use sluice_storage::cache::ConfigCache;
-use sluice_storage::config_state::ConfigState;
-use sluice_storage::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
 use uuid::Uuid;
 
 use crate::sluice::{self, free_port};
@@ -353,7 +353,7 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
         .first_mut()
         .and_then(|w| w.tokens.first_mut())
     {
-        first.sha256 = sluice_storage::token::hash_hex(LOAD_TOKEN);
+        first.sha256 = sluice_config::token::hash_hex(LOAD_TOKEN);
     }
     snapshot
 }
@@ -612,7 +612,7 @@ fn next_version(snapshot: &ConfigSnapshot, touched: usize) -> ConfigSnapshot {
         if touched > 1 {
             for (i, token) in ws.tokens.iter_mut().enumerate() {
                 token.id = Uuid::now_v7();
-                token.sha256 = sluice_storage::token::hash_hex(&format!("{version}-{}-{i}", ws.id));
+                token.sha256 = sluice_config::token::hash_hex(&format!("{version}-{}-{i}", ws.id));
             }
         }
     }

@@ -12,9 +12,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use sluice_storage::config_state::{ConfigChange, ConfigState};
-use sluice_storage::snapshot::{ConfigSnapshot, Scope, TokenConfig, WorkspaceConfig};
-use sluice_storage::token;
+use sluice_config::snapshot::{ConfigSnapshot, Scope, TokenConfig, WorkspaceConfig};
+use sluice_config::state::{ConfigChange, ConfigState};
+use sluice_config::token;
 use uuid::Uuid;
 
 use crate::rate_limit::{Bucket, RateLimits};
@@ -395,7 +395,7 @@ impl Access {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_storage::snapshot::SourceConfig;
+    use sluice_config::snapshot::SourceConfig;
 
     fn workspace(slug: &str, secret: &str, enabled: bool) -> WorkspaceConfig {
         WorkspaceConfig {

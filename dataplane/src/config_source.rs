@@ -10,14 +10,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use sluice_config::snapshot::ConfigSnapshot;
+use sluice_config::state::ConfigState;
 use sluice_storage::cache::ConfigCache;
-use sluice_storage::config_state::ConfigState;
-use sluice_storage::snapshot::ConfigSnapshot;
 use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::access::Access;
-use crate::metrics::HttpMetrics;
+use crate::metrics::NodeMetrics;
 
 /// How often the snapshot file is checked for changes.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
@@ -41,7 +41,7 @@ pub enum SourceError {
     Invalid {
         path: PathBuf,
         #[source]
-        source: sluice_storage::snapshot::SnapshotError,
+        source: sluice_config::snapshot::SnapshotError,
     },
 }
 
@@ -76,7 +76,7 @@ impl SnapshotWatch {
         current: ConfigSnapshot,
         cache: Arc<ConfigCache>,
         access: Arc<Access>,
-        metrics: Arc<HttpMetrics>,
+        metrics: Arc<NodeMetrics>,
     ) -> std::io::Result<Self> {
         let (stop, mut stop_rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
@@ -125,7 +125,7 @@ fn apply_file(
     state: &mut ConfigState,
     cache: &ConfigCache,
     access: &Access,
-    metrics: &HttpMetrics,
+    metrics: &NodeMetrics,
 ) {
     let snapshot = match read_snapshot_file(path) {
         Ok(snapshot) => snapshot,

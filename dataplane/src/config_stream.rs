@@ -23,17 +23,17 @@ use http::{header, Request, StatusCode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::rt::TokioIo;
 use rand::Rng;
-use serde::Deserialize;
+use sluice_config::delta::DeltaError;
+use sluice_config::snapshot::ConfigSnapshot;
+use sluice_config::state::{ConfigChange, ConfigState};
+use sluice_config::stream::{Ack, StreamMessage, ACKS_PATH, STREAM_PATH};
 use sluice_storage::cache::{CacheError, ConfigCache};
-use sluice_storage::config_delta::{ConfigDelta, DeltaError};
-use sluice_storage::config_state::{ConfigChange, ConfigState};
-use sluice_storage::snapshot::ConfigSnapshot;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::access::Access;
-use crate::metrics::HttpMetrics;
+use crate::metrics::NodeMetrics;
 
 /// A connection with no line for this long is taken for dead (heartbeats come every 5 s).
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -61,23 +61,6 @@ pub struct StreamStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
-/// A line of the stream.
-#[derive(Debug, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-enum Message {
-    Snapshot {
-        hash: String,
-        snapshot: ConfigSnapshot,
-    },
-    Delta {
-        delta: ConfigDelta,
-    },
-    Heartbeat {
-        version: u64,
-        hash: String,
-    },
-}
-
 /// Why a session ended.
 enum End {
     /// Reconnect, asking for what the node holds.
@@ -102,7 +85,7 @@ struct Local {
     state: ConfigState,
     cache: Arc<ConfigCache>,
     access: Arc<Access>,
-    metrics: Arc<HttpMetrics>,
+    metrics: Arc<NodeMetrics>,
     status: Arc<StreamStatus>,
     /// Whether the current session applied a version or stayed up long: only then does the
     /// backoff start over (a session that fails at once must not reconnect in a tight loop).
@@ -121,7 +104,7 @@ impl ConfigStream {
         current: ConfigSnapshot,
         cache: Arc<ConfigCache>,
         access: Arc<Access>,
-        metrics: Arc<HttpMetrics>,
+        metrics: Arc<NodeMetrics>,
         status: Arc<StreamStatus>,
     ) -> std::io::Result<ConfigStream> {
         let authority = settings
@@ -243,7 +226,7 @@ fn query_escape(value: &str) -> String {
 async fn session(local: &mut Local, resync: bool) -> End {
     let hash = if resync { "" } else { local.state.hash() };
     let path = format!(
-        "/api/v1/cluster/config-stream?node={}&addr={}&version={}&hash={}",
+        "{STREAM_PATH}?node={}&addr={}&version={}&hash={}",
         query_escape(&local.settings.node_id),
         query_escape(&local.settings.http_addr),
         local.state.version(),
@@ -319,7 +302,7 @@ async fn session(local: &mut Local, resync: bool) -> End {
 
 /// Applies one line; `Some` ends the session.
 async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
-    let message: Message = match serde_json::from_slice(line) {
+    let message: StreamMessage = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => {
             let reason = format!("unreadable message: {e}");
@@ -328,7 +311,7 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
         }
     };
     match message {
-        Message::Snapshot { hash, snapshot } => {
+        StreamMessage::Snapshot { hash, snapshot } => {
             let version = snapshot.version;
             let checked = ConfigState::new(snapshot)
                 .map_err(|e| e.to_string())
@@ -348,7 +331,7 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             }
             None
         }
-        Message::Delta { delta } => match local.state.apply(&delta) {
+        StreamMessage::Delta { delta } => match local.state.apply(&delta) {
             Ok(change) => {
                 install_change(local, change).await;
                 None
@@ -364,7 +347,7 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
                 None
             }
         },
-        Message::Heartbeat { version, hash } => {
+        StreamMessage::Heartbeat { version, hash } => {
             if version == local.state.version() && hash != local.state.hash() {
                 return Some(End::Resync(format!(
                     "version {version} hashes differently here: this copy drifted"
@@ -443,20 +426,23 @@ async fn nack(local: &Local, version: u64, reason: &str) {
 /// Tells the control plane; failures are only logged (the next heartbeat or reconnect shows
 /// the state anyway).
 async fn ack(local: &Local, version: u64, ok: bool, reason: Option<&str>) {
-    let body = serde_json::json!({
-        "node": local.settings.node_id,
-        "version": version,
-        "ok": ok,
-        "reason": reason,
-    });
-    let request = Request::post("/api/v1/cluster/acks")
+    let body = Ack {
+        node: local.settings.node_id.clone(),
+        version,
+        ok,
+        reason: reason.map(str::to_owned),
+    };
+    let Ok(body) = serde_json::to_vec(&body) else {
+        return;
+    };
+    let request = Request::post(ACKS_PATH)
         .header(header::HOST, &local.authority)
         .header(header::CONTENT_TYPE, "application/json")
         .header(
             header::AUTHORIZATION,
             format!("Bearer {}", local.settings.secret),
         )
-        .body(Full::new(Bytes::from(body.to_string())));
+        .body(Full::new(Bytes::from(body)));
     let Ok(request) = request else {
         return;
     };

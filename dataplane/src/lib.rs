@@ -3,31 +3,43 @@
 //! to the storage pipeline, answering only once they are durable.
 //!
 //! - [`node`]: assembles and runs a node.
-//! - [`http_server`] and [`uring_io`]: the io_uring front end.
-//! - [`ingest`], [`parse`], [`problem`]: the ingest API, body parsing, problem+json refusals.
-//! - [`mqtt`]: the MQTT 3.1.1 and 5 front end on ntex-mqtt, into the same WAL.
-//! - [`access`], [`token_table`] and [`rate_limit`]: token checks against the snapshot, the
+//! - `admit`: the one admission path both protocols take (access, parse, rate, envelope,
+//!   WAL).
+//! - `http`: the io_uring front end, the ingest API and its problem+json refusals.
+//! - `mqtt`: the MQTT 3.1.1 and 5 front end on ntex-mqtt.
+//! - `access`, `token_table` and `rate_limit`: token checks against the snapshot, the
 //!   copy-on-write token index, per-workspace rates.
-//! - [`config`], [`config_source`], [`bootstrap`]: settings, where the snapshot comes from.
-//! - [`metrics`]: the Prometheus registry behind `/metrics`.
+//! - [`config`], `config_source`, `config_stream`, `bootstrap`: settings, and where the
+//!   snapshot comes from (a file, the control plane, or the first start's bootstrap).
+//! - `metrics`: the node's Prometheus registry behind `/metrics`.
 //!
-//! The data plane never calls the control plane on the request path.
+//! The data plane never calls the control plane on the request path. Only what the `sluice`
+//! binary and the benchmarks need is public.
+#![forbid(unsafe_code)]
 
-pub mod access;
+mod access;
+mod admit;
 pub mod bootstrap;
 pub mod config;
-pub mod config_source;
-pub mod config_stream;
-pub mod http_server;
-pub mod ingest;
-pub mod metrics;
-pub mod mqtt;
+mod config_source;
+mod config_stream;
+mod http;
+mod metrics;
+mod mqtt;
 pub mod node;
-pub mod parse;
-pub mod problem;
-pub mod rate_limit;
-pub mod token_table;
-pub mod uring_io;
+mod parse;
+mod rate_limit;
+mod token_table;
 
+pub use bootstrap::Bootstrap;
 pub use config::NodeConfig;
+pub use mqtt::runtime::IoDriver;
 pub use node::{Node, NodeError};
+
+/// What the benchmarks build on: the HTTP front end's listener and socket adapter (for a bare
+/// baseline server on the same I/O path) and the access table (whose apply time they measure).
+pub mod bench_api {
+    pub use crate::access::{Access, RateDefaults};
+    pub use crate::http::server::bind;
+    pub use crate::http::uring_io::UringIo;
+}

@@ -49,7 +49,7 @@ pub struct MqttMetrics {
 }
 
 /// Metrics of the HTTP front end.
-pub struct HttpMetrics {
+pub struct NodeMetrics {
     pub requests_total: Family<Outcome, Counter>,
     pub events_total: Family<Outcome, Counter>,
     /// `requests_total` and `events_total` with `outcome="accepted"`, resolved once for the
@@ -67,7 +67,7 @@ pub struct HttpMetrics {
     registry: Registry,
 }
 
-impl HttpMetrics {
+impl NodeMetrics {
     pub fn new(storage: &StorageMetrics) -> Self {
         let mut registry = Registry::with_prefix("sluice");
         let requests_total = Family::<Outcome, Counter>::default();
@@ -84,7 +84,7 @@ impl HttpMetrics {
         });
         let requests_accepted = requests_total.get_or_create(&accepted).clone();
         let events_accepted = events_total.get_or_create(&accepted).clone();
-        let metrics = HttpMetrics {
+        let metrics = NodeMetrics {
             requests_accepted,
             events_accepted,
             requests_total,
@@ -175,7 +175,7 @@ impl HttpMetrics {
             mqtt.ack_seconds.clone(),
         );
         storage.register(&mut registry);
-        HttpMetrics {
+        NodeMetrics {
             registry,
             ..metrics
         }

@@ -7,26 +7,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use sluice_config::snapshot::ConfigSnapshot;
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
 use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
 use sluice_storage::metrics::StorageMetrics;
 use sluice_storage::progress::{Progress, ProgressError};
 use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
-use sluice_storage::snapshot::ConfigSnapshot;
 use sluice_storage::wal::{Wal, WalConfig, WalError};
 use tracing::{info, warn};
 
 use crate::access::{Access, RateDefaults};
+use crate::admit::{Admission, AdmitLimits};
 use crate::bootstrap::{self, Bootstrap};
 use crate::config::NodeConfig;
 use crate::config_source::{self, SnapshotWatch, SourceError};
 use crate::config_stream::{ConfigStream, StreamSettings, StreamStatus};
-use crate::http_server::HttpServer;
-use crate::ingest::Api;
-use crate::metrics::HttpMetrics;
+use crate::http::api::Api;
+use crate::http::server::HttpServer;
+use crate::metrics::NodeMetrics;
 use crate::mqtt::ingest::MqttIngest;
-use crate::mqtt::sessions::Sessions;
 use crate::mqtt::throttle::ConnectFailures;
 use crate::mqtt::MqttServer;
 
@@ -96,7 +96,7 @@ impl Node {
             .unwrap_or_else(|| data_dir.join("lake").display().to_string());
         let lake = Lake::open(&lake_spec)?;
         let storage_metrics = StorageMetrics::default();
-        let metrics = Arc::new(HttpMetrics::new(&storage_metrics));
+        let metrics = Arc::new(NodeMetrics::new(&storage_metrics));
 
         let progress = Progress::open(&data_dir.join("progress.redb"))?;
         let min_next_lsn = progress.load()?.values().max().map_or(1, |lsn| lsn + 1);
@@ -184,13 +184,17 @@ impl Node {
             None => None,
         };
 
+        let admission = Arc::new(Admission {
+            access,
+            wal,
+            limits: AdmitLimits {
+                events_per_batch_max: config.http.events_per_request_max,
+            },
+        });
         let mqtt = MqttServer::start(Arc::new(MqttIngest {
-            access: access.clone(),
-            wal: wal.clone(),
+            admission: admission.clone(),
             metrics: metrics.clone(),
             limits: config.mqtt.clone(),
-            events_per_message_max: config.http.events_per_request_max,
-            sessions: Sessions::default(),
             failures: ConnectFailures::new(config.mqtt.failed_connects_per_minute),
             inflight: Arc::new(tokio::sync::Semaphore::new(
                 config.mqtt.inflight_bytes_max.clamp(
@@ -201,8 +205,7 @@ impl Node {
         }))
         .map_err(io("starting MQTT"))?;
         let api = Arc::new(Api::new(
-            access,
-            wal,
+            admission,
             metrics,
             shipper.status(),
             config.http.clone(),

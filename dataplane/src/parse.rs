@@ -23,7 +23,7 @@ pub struct Events {
 }
 
 /// What is wrong with a body. Positions are 1-based, as editors show them.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
 pub enum ParseError {
     #[error("malformed JSON at line {line}, column {column}: {message}")]
     Malformed {

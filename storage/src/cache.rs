@@ -10,8 +10,8 @@ use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::config_state::ConfigChange;
-use crate::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
+use sluice_config::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
+use sluice_config::state::ConfigChange;
 
 /// Workspace id to the workspace's JSON.
 const WORKSPACES: TableDefinition<u128, &[u8]> = TableDefinition::new("config_workspaces");
@@ -135,7 +135,7 @@ impl ConfigCache {
     }
 
     /// Stores what `change` changed, on top of the version it starts from (validated by
-    /// [`crate::config_state::ConfigState::apply`]). A cache at another version (a store
+    /// [`sluice_config::state::ConfigState::apply`]). A cache at another version (a store
     /// failed earlier) refuses with [`CacheError::NotAtBase`]; store the whole configuration
     /// then.
     pub fn store_change(&self, change: &ConfigChange) -> Result<(), CacheError> {
@@ -166,8 +166,8 @@ impl ConfigCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config_state::ConfigState;
     use crate::test_fixtures::workspace;
+    use sluice_config::state::ConfigState;
 
     #[test]
     fn stored_snapshot_survives_reopen() {

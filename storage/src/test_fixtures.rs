@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::snapshot::{Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use sluice_config::snapshot::{Scope, SourceConfig, TokenConfig, WorkspaceConfig};
 
 /// An ingest token whose SHA-256 is `hash` as 64 hex digits.
 pub fn token(hash: u64) -> TokenConfig {

@@ -17,79 +17,28 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sluice_storage::config_delta::ConfigDelta;
-use sluice_storage::snapshot::ConfigSnapshot;
+use sluice_config::stream::{Ack, StreamMessage, StreamQuery};
 use tokio::sync::mpsc;
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 
 use super::{ApiJson, ApiQuery};
 use crate::app::App;
 use crate::auth::{require_operator, Caller};
 use crate::cluster::{CatchUp, NodeView};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 
 /// How often a stream says it is alive.
 pub const HEARTBEAT: Duration = Duration::from_secs(5);
 /// Longest node id.
 const NODE_ID_CHARS_MAX: usize = 128;
 
-/// Who is asking and what it holds.
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct StreamQuery {
-    /// The node's id.
-    pub node: String,
-    /// The node's HTTP ingest address, for the operator's list.
-    #[serde(default)]
-    pub addr: String,
-    /// The configuration version the node holds (0: none).
-    #[serde(default)]
-    pub version: u64,
-    /// The content hash of that version; empty forces a full snapshot.
-    #[serde(default)]
-    pub hash: String,
-}
-
-/// One line of the stream.
-#[derive(Debug, Serialize, ToSchema)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum StreamMessage {
-    /// Replace the whole configuration. Sent as the bytes of `cluster::snapshot_line`
-    /// (serialised once per version); this variant describes it in the document.
-    #[allow(dead_code)]
-    Snapshot {
-        hash: String,
-        #[schema(value_type = Object)]
-        snapshot: ConfigSnapshot,
-    },
-    /// Apply to the version `from`, giving `to`.
-    Delta {
-        #[schema(value_type = Object)]
-        delta: ConfigDelta,
-    },
-    /// The control plane's current version and hash.
-    Heartbeat { version: u64, hash: String },
-}
-
-/// A node's answer to a version.
-#[derive(Debug, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Ack {
-    pub node: String,
-    pub version: u64,
-    /// True: applied. False: refused, see `reason`; the node keeps its last good version.
-    pub ok: bool,
-    #[serde(default)]
-    pub reason: Option<String>,
-}
-
 /// Checks the cluster secret; nodes with another secret get nothing.
 fn authorize_node(app: &App, headers: &HeaderMap) -> ApiResult<()> {
     let Some(secret) = &app.config.cluster_secret else {
-        return Err(ApiError::not_found(
-            "cluster-disabled",
+        return Err(ApiError::new(
+            ProblemType::ClusterDisabled,
             "this control plane streams no configuration: it has no cluster secret",
         ));
     };
@@ -111,8 +60,8 @@ fn authorize_node(app: &App, headers: &HeaderMap) -> ApiResult<()> {
 
 fn valid_node_id(id: &str) -> ApiResult<()> {
     if id.is_empty() || id.len() > NODE_ID_CHARS_MAX || !id.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ApiError::bad_request(
-            "invalid-node",
+        return Err(ApiError::new(
+            ProblemType::InvalidNode,
             format!("node must be 1 to {NODE_ID_CHARS_MAX} visible ASCII characters"),
         ));
     }
@@ -159,16 +108,14 @@ pub async fn config_stream(
     valid_node_id(&query.node)?;
     let permit = app.streams.clone().try_acquire_owned().map_err(|_| {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ProblemType::Overloaded,
             "too many configuration streams are open",
         )
         .retry_after(5)
     })?;
     if !app.nodes.connected(&query.node, &query.addr) {
         return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ProblemType::Overloaded,
             "too many nodes are known to this control plane",
         )
         .retry_after(30));
@@ -347,6 +294,7 @@ pub async fn metrics(State(app): State<App>, headers: HeaderMap) -> ApiResult<Re
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_config::snapshot::ConfigSnapshot;
 
     #[test]
     fn the_cached_snapshot_line_is_the_documented_message() {

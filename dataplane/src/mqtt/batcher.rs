@@ -12,16 +12,14 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use futures::channel::oneshot;
-use sluice_storage::event::{Envelope, IngestBatch, Protocol};
-use sluice_storage::wal::WalError;
+use sluice_storage::event::Protocol;
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 use uuid::Uuid;
 
-use super::ingest::{MqttIngest, PublishRefusal};
+use crate::admit::{Admission, Refusal, Target};
 
 /// Payload bytes per record at most.
 const RECORD_BYTES_MAX: usize = 1 << 20;
@@ -29,9 +27,6 @@ const RECORD_BYTES_MAX: usize = 1 << 20;
 const RECORD_EVENTS_MAX: usize = 16_384;
 /// Bytes waiting per connection before a QoS 0 publish waits for its record too.
 const QUEUED_BYTES_MAX: usize = 4 << 20;
-/// How long an append may wait for disk room before its messages are refused.
-const ROOM_WAIT_MAX: Duration = Duration::from_secs(10);
-const ROOM_POLL: Duration = Duration::from_millis(50);
 
 /// Events of one accepted PUBLISH, checked and ready to store. The names are borrowed: most
 /// messages join a record that already owns them, so they are copied only for a new record.
@@ -48,7 +43,7 @@ pub struct Accepted<'a> {
 }
 
 /// Told when the record holding a publish is durable, or why it is not.
-pub type Durable = oneshot::Receiver<Result<(), PublishRefusal>>;
+pub type Durable = oneshot::Receiver<Result<(), Refusal>>;
 
 struct Record {
     workspace_id: Uuid,
@@ -60,7 +55,7 @@ struct Record {
     ends: Vec<u32>,
     /// The memory shares of its publishes, given back once it is appended.
     permits: Vec<OwnedSemaphorePermit>,
-    waiters: Vec<oneshot::Sender<Result<(), PublishRefusal>>>,
+    waiters: Vec<oneshot::Sender<Result<(), Refusal>>>,
 }
 
 impl Record {
@@ -120,7 +115,7 @@ impl Batcher {
     /// returns what tells when it is durable.
     pub fn submit(
         self: &Rc<Self>,
-        ingest: &Arc<MqttIngest>,
+        admission: &Arc<Admission>,
         accepted: Accepted<'_>,
         wait: bool,
     ) -> Option<Durable> {
@@ -146,14 +141,14 @@ impl Batcher {
         }
         if !state.flushing {
             state.flushing = true;
-            ntex_rt::spawn(flush(self.clone(), ingest.clone())).detach();
+            ntex_rt::spawn(flush(self.clone(), admission.clone())).detach();
         }
         rx
     }
 }
 
 /// Appends the connection's records one after the other until none is waiting.
-async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
+async fn flush(batcher: Rc<Batcher>, admission: Arc<Admission>) {
     loop {
         let mut record = {
             let mut state = batcher.state.borrow_mut();
@@ -170,54 +165,34 @@ async fn flush(batcher: Rc<Batcher>, ingest: Arc<MqttIngest>) {
         };
         let waiters = std::mem::take(&mut record.waiters);
         // The record's memory shares go back when `append` is done with it.
-        let result = append(&ingest, record).await;
+        let result = append(&admission, record).await;
         if let Err(err) = &result {
             warn!(error = %err, "MQTT messages could not be stored");
         }
         for waiter in waiters {
-            let _ = waiter.send(result.as_ref().map(|_| ()).map_err(refusal));
+            let _ = waiter.send(result.clone());
         }
     }
 }
 
-async fn append(ingest: &MqttIngest, record: Record) -> Result<(), WalError> {
+/// Appends one record, waiting at the disk quota for the shipper to free room: the
+/// connection's publishes wait meanwhile, which is MQTT's flow control.
+async fn append(admission: &Admission, record: Record) -> Result<(), Refusal> {
     let _permits = record.permits;
-    let batch = IngestBatch {
-        envelope: Envelope {
-            first_event_id: Uuid::now_v7(),
-            received_at_us: record.received_at_us,
-            workspace_id: record.workspace_id,
-            source: record.source,
-            device_id: Some(record.device_id),
-            protocol: Protocol::Mqtt,
-            topic: Some(record.topic),
-        },
-        payloads: record.payloads,
-        ends: record.ends,
-    };
+    let batch = Target {
+        workspace_id: record.workspace_id,
+        source: record.source.into(),
+        device_id: Some(record.device_id.into()),
+        protocol: Protocol::Mqtt,
+        topic: Some(record.topic.into()),
+        received_at_us: record.received_at_us,
+    }
+    .batch(record.payloads, record.ends);
     let encoded = batch.encode_compact();
-    // At the disk quota, wait a while for the shipper to free room: the connection's
-    // publishes wait meanwhile, which is MQTT's flow control.
-    let started = Instant::now();
-    loop {
-        match ingest.wal.check_room(encoded.len()) {
-            Err(WalError::QuotaExceeded { .. }) if started.elapsed() < ROOM_WAIT_MAX => {
-                ntex_util::time::sleep(ROOM_POLL).await;
-            }
-            other => {
-                other?;
-                break;
-            }
-        }
-    }
-    ingest.wal.append(encoded).await.map(|_| ())
-}
-
-fn refusal(err: &WalError) -> PublishRefusal {
-    match err {
-        WalError::QuotaExceeded { .. } => PublishRefusal::QuotaExceeded,
-        _ => PublishRefusal::Unavailable,
-    }
+    admission
+        .wait_for_room(encoded.len(), ntex_util::time::sleep)
+        .await?;
+    admission.append(encoded).await
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use ntex_mqtt::error::PayloadError;
 use ntex_mqtt::Payload;
 
 use super::lane::Lane;
+use super::packet::{packet_at, Packet};
 
 /// A PUBLISH payload, read.
 pub enum PayloadRead {
@@ -117,48 +118,6 @@ impl FilterLayer for WholePackets {
             Ok(())
         })
     }
-}
-
-/// What the bytes at the start of a buffer hold.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Packet {
-    /// A whole packet of `total` bytes, its fixed header `header` of them.
-    Whole { header: usize, total: usize },
-    /// The start of a packet; more bytes are needed.
-    Partial,
-    /// A fixed header the codec must see at once: a malformed length, or over the maximum.
-    Refused,
-}
-
-/// Reads the fixed header at the start of `buf`.
-pub fn packet_at(buf: &[u8], max: u32) -> Packet {
-    if buf.len() < 2 {
-        return Packet::Partial;
-    }
-    let mut remaining: u64 = 0;
-    let mut header = 1;
-    loop {
-        let Some(&byte) = buf.get(header) else {
-            return Packet::Partial;
-        };
-        remaining |= u64::from(byte & 0x7F) << (7 * (header - 1));
-        header += 1;
-        if byte & 0x80 == 0 {
-            break;
-        }
-        if header > 4 {
-            // A fifth length byte is malformed.
-            return Packet::Refused;
-        }
-    }
-    if remaining > u64::from(max) {
-        return Packet::Refused;
-    }
-    let total = header + remaining as usize;
-    if buf.len() < total {
-        return Packet::Partial;
-    }
-    Packet::Whole { header, total }
 }
 
 /// Bytes at the start of `buf` that form whole packets, plus everything after a header the

@@ -1,143 +1,39 @@
-//! What an MQTT device may do, whatever its protocol version: the CONNECT check and the path of
-//! one PUBLISH into the WAL. The version glue (`v3`, `v5`) only maps the outcomes to packets.
+//! What an MQTT device may do, whatever its protocol version: the CONNECT check, and the path
+//! of one PUBLISH through the [admission steps](crate::admit) into the connection's batcher.
+//! The version glue (`v3`, `v5`) only maps the outcomes to packets.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug};
-use sluice_storage::token;
-use sluice_storage::wal::{Wal, WalError};
+use sluice_config::snapshot::{is_valid_device_id, is_valid_slug};
+use sluice_config::token;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{info, warn};
-use uuid::Uuid;
 
-use crate::access::{Access, Refusal, WorkspaceView};
+use crate::access::{Refusal as AccessRefusal, WorkspaceView};
+use crate::admit::{self, Admission, Refusal, ROOM_POLL, ROOM_WAIT_MAX};
 use crate::config::MqttConfig;
-use crate::ingest::now_us;
-use crate::metrics::{HttpMetrics, PublishLabels};
-use crate::parse::{self, BodyFormat, Events, ParseError};
+use crate::metrics::{NodeMetrics, PublishLabels};
+use crate::parse::{BodyFormat, Events};
 
 use super::batcher::{Accepted, Batcher, Durable};
-use super::sessions::{DeviceSession, Sessions};
 use super::throttle::ConnectFailures;
+use super::types::{describe, publish_outcome, ConnectRefusal, Credentials, Device};
 
 /// State shared by every MQTT connection of a node, on every worker thread.
 pub struct MqttIngest {
-    pub access: Arc<Access>,
-    pub wal: Wal,
-    pub metrics: Arc<HttpMetrics>,
+    /// The steps shared with HTTP.
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<NodeMetrics>,
     pub limits: MqttConfig,
-    /// Events one PUBLISH may carry (a JSON array is a batch, as over HTTP).
-    pub events_per_message_max: usize,
-    pub sessions: Sessions,
     pub failures: ConnectFailures,
     /// Payload bytes received and not yet durable, all connections together
     /// (`mqtt.inflight_bytes_max`).
     pub inflight: Arc<Semaphore>,
 }
-
-/// Why a CONNECT is refused. Every refusal looks the same to the client whatever the detail,
-/// so that a wrong guess learns nothing about which workspaces or tokens exist.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ConnectRefusal {
-    /// No or wrong workspace/token pair, or an expired token.
-    BadCredentials,
-    /// Valid credentials that may not ingest now: disabled workspace, no ingest scope, a token
-    /// bound to another device.
-    NotAuthorized,
-    /// Empty or unusable client id (it is the device id).
-    BadClientId,
-}
-
-impl ConnectRefusal {
-    pub fn slug(self) -> &'static str {
-        match self {
-            ConnectRefusal::BadCredentials => "bad-credentials",
-            ConnectRefusal::NotAuthorized => "not-authorized",
-            ConnectRefusal::BadClientId => "bad-client-id",
-        }
-    }
-}
-
-/// The CONNECT fields that decide who the client is.
-pub struct Credentials<'a> {
-    /// The workspace slug.
-    pub username: Option<&'a str>,
-    /// An ingest token of that workspace.
-    pub password: Option<&'a [u8]>,
-    /// The device id.
-    pub client_id: &'a str,
-}
-
-/// Who an accepted connection speaks for. The token is kept as its hash only, and every
-/// PUBLISH is checked again against the configuration in force at that moment.
-#[derive(Debug, Clone)]
-pub struct Device {
-    pub workspace: String,
-    pub workspace_id: Uuid,
-    pub token_hash: [u8; 32],
-    pub device_id: String,
-    pub expires_at_us: Option<i64>,
-}
-
-/// Why a PUBLISH is refused; the reason codes are MQTT 5's.
-#[derive(Debug)]
-pub enum PublishRefusal {
-    /// Not `ingest/{source}` or `ingest/{source}/...`.
-    TopicInvalid,
-    UnknownSource,
-    /// The token may not write this source, or may not ingest at all any more.
-    NotAuthorized(Refusal),
-    PayloadTooLarge {
-        bytes: usize,
-    },
-    PayloadInvalid(ParseError),
-    /// Rate or disk quota exhausted for longer than a client should be held.
-    QuotaExceeded,
-    /// The WAL cannot take writes (fsync failed, or it is closing).
-    Unavailable,
-}
-
-impl PublishRefusal {
-    pub fn slug(&self) -> &'static str {
-        match self {
-            PublishRefusal::TopicInvalid => "topic-invalid",
-            PublishRefusal::UnknownSource => "unknown-source",
-            PublishRefusal::NotAuthorized(_) => "not-authorized",
-            PublishRefusal::PayloadTooLarge { .. } => "payload-too-large",
-            PublishRefusal::PayloadInvalid(_) => "payload-invalid",
-            PublishRefusal::QuotaExceeded => "quota-exceeded",
-            PublishRefusal::Unavailable => "unavailable",
-        }
-    }
-
-    /// A line for the client (MQTT 5 reason string) and the log.
-    pub fn describe(&self) -> String {
-        match self {
-            PublishRefusal::TopicInvalid => {
-                "publish to ingest/{source} or ingest/{source}/..., source a lowercase slug".into()
-            }
-            PublishRefusal::UnknownSource => "no such source in this workspace".into(),
-            PublishRefusal::NotAuthorized(r) => format!("not authorized: {r:?}"),
-            PublishRefusal::PayloadTooLarge { bytes } => {
-                format!("payload of {bytes} bytes is over the limit")
-            }
-            PublishRefusal::PayloadInvalid(e) => e.to_string(),
-            PublishRefusal::QuotaExceeded => {
-                "over the workspace's rate or the node's disk quota; retry later".into()
-            }
-            PublishRefusal::Unavailable => "the node cannot store events right now".into(),
-        }
-    }
-}
-
-/// How long a PUBLISH may wait for rate or disk room before it is refused. Waiting holds the
-/// client's in-flight window, which is the flow control MQTT has.
-const ROOM_WAIT_MAX: Duration = Duration::from_secs(10);
-const ROOM_POLL: Duration = Duration::from_millis(50);
 
 impl MqttIngest {
     /// Checks a CONNECT. Refusals are counted; the caller delays them for repeat offenders.
@@ -170,14 +66,14 @@ impl MqttIngest {
         }
         let secret = std::str::from_utf8(password).map_err(|_| ConnectRefusal::BadCredentials)?;
         let token_hash = token::hash(secret);
-        let view = self.access.current();
+        let view = self.admission.view();
         let grant = view
-            .check_session(&token_hash, workspace, creds.client_id, now_us())
+            .check_session(&token_hash, workspace, creds.client_id, admit::now_us())
             .map_err(|r| match r {
-                Refusal::UnknownToken
-                | Refusal::ExpiredToken
-                | Refusal::UnknownWorkspace
-                | Refusal::WrongWorkspace => ConnectRefusal::BadCredentials,
+                AccessRefusal::UnknownToken
+                | AccessRefusal::ExpiredToken
+                | AccessRefusal::UnknownWorkspace
+                | AccessRefusal::WrongWorkspace => ConnectRefusal::BadCredentials,
                 _ => ConnectRefusal::NotAuthorized,
             })?;
         Ok(Device {
@@ -190,20 +86,21 @@ impl MqttIngest {
     }
 
     /// Whether `device` may still be connected under the configuration in force now.
-    pub fn still_allowed(&self, device: &Device) -> Result<(), Refusal> {
-        self.access
-            .current()
+    pub fn still_allowed(&self, device: &Device) -> Result<(), AccessRefusal> {
+        self.admission
+            .view()
             .check_session(
                 &device.token_hash,
                 &device.workspace,
                 &device.device_id,
-                now_us(),
+                admit::now_us(),
             )
             .map(|_| ())
     }
 
-    /// Stores one PUBLISH of `session`'s connection. QoS 1 and 2 return once it is durable in
-    /// the WAL; QoS 0 returns once it is queued (unless the connection has too much queued).
+    /// Stores one PUBLISH of `device`'s connection, queued on its `batcher`. QoS 1 and 2 return
+    /// once it is durable in the WAL; QoS 0 returns once it is queued (unless the connection
+    /// has too much queued).
     ///
     /// The checks and the hand-over to the connection's batcher are synchronous ([`take`]);
     /// this future only waits for durability, or runs the boxed wait of a node or workspace
@@ -213,22 +110,18 @@ impl MqttIngest {
     /// [`take`]: Self::take
     pub async fn publish(
         self: &Arc<Self>,
-        session: &DeviceSession,
+        device: &Device,
+        batcher: &Rc<Batcher>,
         topic: &str,
         payload: &[u8],
         qos: u8,
-    ) -> Result<(), PublishRefusal> {
+    ) -> Result<(), Refusal> {
         let started = Instant::now();
-        let outcome = match self.take(session, topic, payload, qos) {
+        let outcome = match self.take(device, batcher, topic, payload, qos) {
             Taken::Done(outcome) => outcome,
-            Taken::Durable(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
+            Taken::Durable(durable) => durable.await.unwrap_or(Err(Refusal::StorageUnavailable)),
             Taken::Waiting(waiting) => waiting.await,
         };
-        if qos == 0 {
-            // Queued, stored or refused: the lane may take the next ones.
-            session.lane.caught_up_one();
-        }
-        let device = &session.device;
         match (
             &outcome,
             self.metrics.mqtt.publishes_accepted.get(usize::from(qos)),
@@ -241,7 +134,7 @@ impl MqttIngest {
                     qos,
                     outcome: match &outcome {
                         Ok(()) => crate::metrics::ACCEPTED,
-                        Err(r) => r.slug(),
+                        Err(r) => publish_outcome(r),
                     },
                 };
                 self.metrics
@@ -262,9 +155,9 @@ impl MqttIngest {
                 workspace = %device.workspace,
                 device = %device.device_id,
                 topic,
-                reason = refusal.slug(),
+                reason = publish_outcome(refusal),
                 "MQTT publish refused: {}",
-                refusal.describe()
+                describe(refusal)
             ),
         }
         outcome
@@ -273,12 +166,13 @@ impl MqttIngest {
     /// Checks one PUBLISH and, when there is room, queues it on the connection's batcher.
     fn take<'a>(
         self: &'a Arc<Self>,
-        session: &'a DeviceSession,
+        device: &'a Device,
+        batcher: &'a Rc<Batcher>,
         topic: &'a str,
         payload: &[u8],
         qos: u8,
     ) -> Taken<'a> {
-        let checked = match self.check(&session.device, topic, payload) {
+        let checked = match self.check(device, topic, payload) {
             Ok(Some(checked)) => checked,
             Ok(None) => return Taken::Done(Ok(())),
             Err(refusal) => return Taken::Done(Err(refusal)),
@@ -287,26 +181,20 @@ impl MqttIngest {
         // semaphore future per publish, before this was split).
         let permit = match self.inflight.clone().try_acquire_many_owned(checked.bytes) {
             Ok(permit) => Some(permit),
-            Err(TryAcquireError::Closed) => return Taken::Done(Err(PublishRefusal::Unavailable)),
+            Err(TryAcquireError::Closed) => return Taken::Done(Err(Refusal::StorageUnavailable)),
             Err(TryAcquireError::NoPermits) => None,
         };
         match permit {
-            Some(permit)
-                if checked
-                    .workspace
-                    .bucket
-                    .take(checked.events.ends.len())
-                    .is_ok() =>
-            {
-                match self.submit(session, checked.accepted(permit), qos) {
+            Some(permit) if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_ok() => {
+                match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
                     Some(durable) => Taken::Durable(durable),
                     None => Taken::Done(Ok(())),
                 }
             }
             permit => Taken::Waiting(Box::pin(async move {
                 let permit = self.wait_for_room(&checked, permit).await?;
-                match self.submit(session, checked.accepted(permit), qos) {
-                    Some(durable) => durable.await.unwrap_or(Err(PublishRefusal::Unavailable)),
+                match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
+                    Some(durable) => durable.await.unwrap_or(Err(Refusal::StorageUnavailable)),
                     None => Ok(()),
                 }
             })),
@@ -332,30 +220,16 @@ impl MqttIngest {
         let Ok(permit) = self.inflight.clone().try_acquire_many_owned(checked.bytes) else {
             return false;
         };
-        if checked
-            .workspace
-            .bucket
-            .take(checked.events.ends.len())
-            .is_err()
-        {
+        if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_err() {
             return false;
         }
         // With room checked above, a QoS 0 submit never asks to wait.
-        let _ = batcher.submit(self, checked.accepted(permit), false);
+        let _ = batcher.submit(&self.admission, checked.accepted(permit), false);
         if let Some(accepted) = self.metrics.mqtt.publishes_accepted.first() {
             accepted.inc();
         }
         self.metrics.mqtt.qos0_lane_total.inc();
         true
-    }
-
-    fn submit(
-        self: &Arc<Self>,
-        session: &DeviceSession,
-        accepted: Accepted<'_>,
-        qos: u8,
-    ) -> Option<Durable> {
-        session.batcher.submit(self, accepted, qos > 0)
     }
 
     /// Checks one PUBLISH against the configuration in force now and its payload; `None` when
@@ -365,35 +239,33 @@ impl MqttIngest {
         device: &'a Device,
         topic: &'a str,
         payload: &[u8],
-    ) -> Result<Option<Checked<'a>>, PublishRefusal> {
-        let received_at_us = now_us();
-        let source = source_of(topic).ok_or(PublishRefusal::TopicInvalid)?;
-        let view = self.access.current();
-        let grant = view
-            .check_hash(
-                &device.token_hash,
-                &device.workspace,
-                source,
-                Some(&device.device_id),
-                received_at_us,
-            )
-            .map_err(|r| match r {
-                Refusal::UnknownSource => PublishRefusal::UnknownSource,
-                other => PublishRefusal::NotAuthorized(other),
-            })?;
+    ) -> Result<Option<Checked<'a>>, Refusal> {
+        let received_at_us = admit::now_us();
+        let source = source_of(topic).ok_or(Refusal::TopicInvalid)?;
+        let view = self.admission.view();
+        let grant = Admission::check(
+            &view,
+            &device.token_hash,
+            &device.workspace,
+            source,
+            Some(&device.device_id),
+            received_at_us,
+        )?;
         if payload.len() > self.limits.payload_bytes_max {
-            return Err(PublishRefusal::PayloadTooLarge {
+            return Err(Refusal::PayloadTooLarge {
                 bytes: payload.len(),
+                max: self.limits.payload_bytes_max,
             });
         }
-        let events = parse::parse(payload, BodyFormat::Json, self.events_per_message_max)
-            .map_err(PublishRefusal::PayloadInvalid)?;
+        let events = self.admission.parse(payload, BodyFormat::Json)?;
         if events.ends.is_empty() {
             return Ok(None);
         }
-        match self.wal.check_room(events.payloads.len()) {
-            Ok(()) | Err(WalError::QuotaExceeded { .. }) => {}
-            Err(_) => return Err(PublishRefusal::Unavailable),
+        // At the disk quota the batcher waits for room (MQTT's flow control); anything else
+        // is refused now.
+        match self.admission.check_room(events.payloads.len()) {
+            Ok(()) | Err(Refusal::StorageFull) => {}
+            Err(other) => return Err(other),
         }
         Ok(Some(Checked {
             workspace: grant.workspace,
@@ -414,27 +286,22 @@ impl MqttIngest {
         &self,
         checked: &Checked<'_>,
         permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<OwnedSemaphorePermit, PublishRefusal> {
+    ) -> Result<OwnedSemaphorePermit, Refusal> {
         let since = Instant::now();
         let permit = match permit {
             Some(permit) => permit,
             None => tokio::select! {
                 permit = self.inflight.clone().acquire_many_owned(checked.bytes) => {
-                    permit.map_err(|_| PublishRefusal::Unavailable)?
+                    permit.map_err(|_| Refusal::StorageUnavailable)?
                 }
                 () = ntex_util::time::sleep(ROOM_WAIT_MAX) => {
-                    return Err(PublishRefusal::QuotaExceeded)
+                    return Err(Refusal::Overloaded)
                 }
             },
         };
-        while checked
-            .workspace
-            .bucket
-            .take(checked.events.ends.len())
-            .is_err()
-        {
+        while let Err(refusal) = admit::take_rate(&checked.workspace, checked.events.ends.len()) {
             if since.elapsed() > ROOM_WAIT_MAX {
-                return Err(PublishRefusal::QuotaExceeded);
+                return Err(refusal);
             }
             ntex_util::time::sleep(ROOM_POLL).await;
         }
@@ -445,11 +312,11 @@ impl MqttIngest {
 /// How far [`MqttIngest::take`] got without waiting.
 enum Taken<'a> {
     /// Refused, carried no event, or queued at QoS 0.
-    Done(Result<(), PublishRefusal>),
+    Done(Result<(), Refusal>),
     /// Queued; told when durable.
     Durable(Durable),
     /// Out of room: the wait, the queueing and the durability, boxed.
-    Waiting(Pin<Box<dyn Future<Output = Result<(), PublishRefusal>> + 'a>>),
+    Waiting(Pin<Box<dyn Future<Output = Result<(), Refusal>> + 'a>>),
 }
 
 /// A PUBLISH that passed the checks, before it has room.

@@ -1,29 +1,37 @@
 //! The MQTT front end: MQTT 3.1.1 and 5 on ntex-mqtt, on TCP and optionally TLS (rustls).
 //!
 //! It runs on its own ntex system (a thread of its own plus `workers` worker threads, each
-//! with its own I/O driver, epoll by default, see [`runtime`] for why), separate from the
-//! tokio-uring HTTP runtimes. Devices are checked and events accepted by [`ingest`] and
-//! written to the WAL per connection by `batcher`; `v3` and `v5` map the outcomes to
-//! packets; [`sessions`] closes sessions that are taken over or no longer allowed;
-//! [`throttle`] slows down failing CONNECTs; `framing` hands the codec whole packets only,
-//! after offering plain QoS 0 publishes to the connection's `lane`, which stores them without
-//! going through ntex-mqtt's dispatcher.
+//! with its own I/O driver, epoll by default, see `runtime` for why), separate from the
+//! tokio-uring HTTP runtimes. The modules, each importing only those listed before it:
+//!
+//! - `types`: who a connection speaks for, refusals and close reasons, the connection error;
+//! - `packet`: where a packet ends in a buffer (the fixed header);
+//! - `throttle`: slows down failing CONNECTs;
+//! - `batcher`: a connection's queue of WAL records, appended through the admission path;
+//! - `ingest`: the CONNECT check and one PUBLISH through the [admission steps](crate::admit);
+//! - `lane`: plain QoS 0 publishes stored straight from the read buffer;
+//! - `framing`: hands the codec whole packets only, after offering them to the lane;
+//! - `sessions`: live sessions, closed when taken over or no longer allowed;
+//! - `connect`: what both versions do around a CONNECT and a connection's end;
+//! - `v3` and `v5`: the version glue, mapping outcomes to packets.
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
 mod batcher;
+mod connect;
 mod framing;
-pub mod ingest;
+pub(crate) mod ingest;
 mod lane;
-pub mod runtime;
-pub mod sessions;
-pub mod throttle;
+mod packet;
+pub(crate) mod runtime;
+mod sessions;
+pub(crate) mod throttle;
+mod types;
 mod v3;
 mod v5;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::rc::Rc;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -37,25 +45,8 @@ use tracing::{error, info};
 
 use crate::config::MqttConfig;
 use ingest::MqttIngest;
-
-/// The error a publish or connect handler ends a connection with (3.1.1 refusals, broken
-/// payload streams); the slug says why.
-#[derive(Debug)]
-pub struct MqttError(pub &'static str);
-
-impl From<()> for MqttError {
-    fn from((): ()) -> Self {
-        MqttError("service")
-    }
-}
-
-impl TryFrom<MqttError> for ntex_mqtt::v5::PublishAck {
-    type Error = MqttError;
-
-    fn try_from(err: MqttError) -> Result<Self, Self::Error> {
-        Err(err)
-    }
-}
+use sessions::Sessions;
+use types::MqttError;
 
 /// A running MQTT front end.
 pub struct MqttServer {
@@ -96,7 +87,7 @@ impl MqttServer {
                     .disable_signals()
                     .build(runtime::MqttRuntime(io_driver));
                 let result = runner.run(move || {
-                    let server = serve(ingest, plain, tls)?;
+                    let server = serve(ingest, Arc::new(Sessions::default()), plain, tls)?;
                     let _ = started_tx.send(Ok((server, ntex_rt::System::current())));
                     Ok(())
                 });
@@ -154,6 +145,7 @@ fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
 /// Builds the ntex server on the current (MQTT) system.
 fn serve(
     ingest: Arc<MqttIngest>,
+    sessions: Arc<Sessions>,
     plain: Option<TcpListener>,
     tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
 ) -> io::Result<ntex_server::Server<Connection>> {
@@ -173,6 +165,7 @@ fn serve(
     let max = limits.packet_bytes_max;
     if let Some(listener) = plain {
         let ingest = ingest.clone();
+        let sessions = sessions.clone();
         builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
             ntex_service::service(ntex_service::fn_service(
                 move |io: ntex_io::Io| async move {
@@ -181,40 +174,44 @@ fn serve(
                     )
                 },
             ))
-            .and_then(mqtt_service(ingest.clone()))
+            .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
     }
     if let Some((listener, tls_config)) = tls {
         let ingest = ingest.clone();
         builder = builder.listen("mqtts", listener, cfg, async move |_| {
             ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
-                .map_err(|e| ntex_mqtt::MqttError::Service(MqttError(tls_error(&e))))
+                .map_err(|e| ntex_mqtt::MqttError::Service(tls_error(&e)))
                 .map(move |io| io.add_filter(framing::WholePackets::new(max)))
-                .and_then(mqtt_service(ingest.clone()))
+                .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
     }
     Ok(builder.run())
 }
 
-fn tls_error(err: &io::Error) -> &'static str {
+fn tls_error(err: &io::Error) -> MqttError {
     tracing::debug!(error = %err, "TLS handshake failed");
-    "tls-handshake"
+    MqttError::TlsHandshake
 }
 
 /// The MQTT 3.1.1 and 5 service of one connection.
 fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
     ingest: Arc<MqttIngest>,
+    sessions: Arc<Sessions>,
 ) -> impl ntex_service::Service<(), Req, Res = (), Error = ntex_mqtt::MqttError<MqttError>> {
     let ingest5 = ingest.clone();
+    let sessions5 = sessions.clone();
     ntex_mqtt::MqttServer::new()
         .v3(ntex_mqtt::v3::MqttServer::new(v3::publish)
             .protocol(v3::protocol)
             .control(v3::control)
-            .build(move |connect| v3::connect(ingest.clone(), connect)))
+            .build(move |connect| v3::connect(ingest.clone(), sessions.clone(), connect)))
         .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
             .protocol(v5::protocol)
             .control(v5::control)
-            .build(move |connect| v5::connect(ingest5.clone(), connect)))
+            .build(move |connect| {
+                v5::connect(ingest5.clone(), sessions5.clone(), connect)
+            }))
 }
 
 fn service_config(limits: &MqttConfig) -> SharedCfg {
@@ -259,55 +256,3 @@ fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Says why a connection ends when the node ended it.
-fn log_stop(device: &ingest::Device, control: &ntex_mqtt::Control<MqttError>) {
-    use ntex_mqtt::{Control, Reason};
-    match control {
-        Control::Stop(Reason::Error(err)) => tracing::info!(
-            workspace = %device.workspace,
-            device = %device.device_id,
-            reason = err.get_ref().0,
-            "MQTT connection closed"
-        ),
-        Control::Stop(Reason::Protocol(err)) => tracing::info!(
-            workspace = %device.workspace,
-            device = %device.device_id,
-            error = %err.get_ref(),
-            "MQTT connection closed: protocol error"
-        ),
-        _ => {}
-    }
-}
-
-/// The QoS 0 lane of the connection behind `io`: its framing filter's, or a lane of its own
-/// (never offered a packet) should the filter be missing.
-fn lane_of(io: &ntex_io::IoBoxed) -> Rc<lane::Lane> {
-    io.query::<Rc<lane::Lane>>()
-        .as_ref()
-        .cloned()
-        .unwrap_or_default()
-}
-
-/// Counts a refused CONNECT against the client's address and waits as long as the throttle
-/// says before the refusal is answered.
-async fn after_failed_connect(ingest: &MqttIngest, io: &ntex_io::IoBoxed) {
-    let peer: Option<IpAddr> = io
-        .query::<ntex_io::types::PeerAddr>()
-        .get()
-        .map(|peer| peer.0.ip());
-    let delay = ingest.failures.record(peer);
-    if !delay.is_zero() {
-        ntex_util::time::sleep(delay).await;
-    }
-}
-
-/// The keep-alive the node applies: the client's, capped; a client asking for none gets the
-/// cap (a connection that never has to speak would hold its slot forever).
-fn keep_alive(asked: u16, max: u16) -> u16 {
-    let max = max.max(1);
-    if asked == 0 {
-        max
-    } else {
-        asked.min(max)
-    }
-}

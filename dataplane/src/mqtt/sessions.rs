@@ -16,31 +16,14 @@ use tokio::sync::Notify;
 use tracing::info;
 use uuid::Uuid;
 
-use crate::access::Refusal;
+use crate::access::Refusal as AccessRefusal;
+use crate::admit::{now_us, Refusal};
 use crate::metrics::Reason;
 
 use super::batcher::Batcher;
-use super::ingest::{Device, MqttIngest};
+use super::ingest::MqttIngest;
 use super::lane::Lane;
-use crate::ingest::now_us;
-
-/// Why the node closes a session.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CloseReason {
-    /// Another CONNECT with the same client id.
-    TakenOver,
-    /// Token revoked or expired, workspace disabled or deleted, device binding changed.
-    NotAuthorized,
-}
-
-impl CloseReason {
-    fn slug(self) -> &'static str {
-        match self {
-            CloseReason::TakenOver => "taken-over",
-            CloseReason::NotAuthorized => "not-authorized",
-        }
-    }
-}
+use super::types::{CloseReason, Device};
 
 type Key = (Uuid, String);
 
@@ -81,14 +64,16 @@ impl Sessions {
 pub struct DeviceSession {
     pub device: Rc<Device>,
     /// The connection's queue of WAL records.
-    pub batcher: Rc<Batcher>,
+    batcher: Rc<Batcher>,
     /// The connection's QoS 0 lane, open while the session is.
-    pub lane: Rc<Lane>,
-    registration: Registration,
+    lane: Rc<Lane>,
+    ingest: Arc<MqttIngest>,
+    _registration: Registration,
 }
 
 /// Removes the session from the registry and ends its watch when the connection is gone.
 struct Registration {
+    sessions: Arc<Sessions>,
     ingest: Arc<MqttIngest>,
     key: Key,
     id: u64,
@@ -97,7 +82,7 @@ struct Registration {
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.ingest.sessions.unregister(&self.key, self.id);
+        self.sessions.unregister(&self.key, self.id);
         self.ingest.metrics.mqtt.sessions.dec();
     }
 }
@@ -113,13 +98,14 @@ impl DeviceSession {
     /// `v5` tells it the packet format.
     pub fn start(
         ingest: &Arc<MqttIngest>,
+        sessions: &Arc<Sessions>,
         device: Device,
         closer: impl Closer,
         lane: Rc<Lane>,
         v5: bool,
     ) -> DeviceSession {
         let key = (device.workspace_id, device.device_id.clone());
-        let (id, kick) = ingest.sessions.register(key.clone());
+        let (id, kick) = sessions.register(key.clone());
         ingest.metrics.mqtt.sessions.inc();
         let (alive, gone) = oneshot::channel();
         let closer = LaneCloser {
@@ -134,7 +120,9 @@ impl DeviceSession {
             device,
             batcher,
             lane,
-            registration: Registration {
+            ingest: ingest.clone(),
+            _registration: Registration {
+                sessions: sessions.clone(),
                 ingest: ingest.clone(),
                 key,
                 id,
@@ -143,8 +131,18 @@ impl DeviceSession {
         }
     }
 
-    pub fn ingest(&self) -> &Arc<MqttIngest> {
-        &self.registration.ingest
+    /// Stores one PUBLISH that ntex-mqtt decoded (see [`MqttIngest::publish`]). A QoS 0
+    /// publish handed to the codec is then behind the lane no more, whatever its outcome:
+    /// the lane learns it here, from the handler's return, and may take the next ones.
+    pub async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), Refusal> {
+        let outcome = self
+            .ingest
+            .publish(&self.device, &self.batcher, topic, payload, qos)
+            .await;
+        if qos == 0 {
+            self.lane.caught_up_one();
+        }
+        outcome
     }
 }
 
@@ -169,7 +167,7 @@ async fn watch(
     mut gone: oneshot::Receiver<()>,
     closer: impl Closer,
 ) {
-    let mut changes = ingest.access.subscribe();
+    let mut changes = ingest.admission.access.subscribe();
     let reason = loop {
         // Sleeping until the token expires; a day at most, then look again.
         let expiry = device
@@ -207,7 +205,7 @@ async fn watch(
     closer.close(reason);
 }
 
-fn log_refusal(device: &Device, refusal: &Refusal) {
+fn log_refusal(device: &Device, refusal: &AccessRefusal) {
     info!(
         workspace = %device.workspace,
         device = %device.device_id,

@@ -10,10 +10,12 @@ use std::sync::Arc;
 use ntex_mqtt::v3;
 use ntex_util::time::Seconds;
 
+use super::connect;
 use super::framing::{read_payload, PayloadRead};
-use super::ingest::{ConnectRefusal, Credentials, MqttIngest};
-use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::MqttError;
+use super::ingest::MqttIngest;
+use super::types::{publish_outcome, ConnectRefusal, Credentials, MqttError};
+use super::sessions::{Closer, DeviceSession, Sessions};
+use super::types::CloseReason;
 
 struct V3Closer(v3::MqttSink);
 
@@ -27,6 +29,7 @@ impl Closer for V3Closer {
 
 pub async fn connect(
     ingest: Arc<MqttIngest>,
+    sessions: Arc<Sessions>,
     connect: v3::Connect,
 ) -> Result<v3::ConnectAck<DeviceSession>, MqttError> {
     let packet = connect.packet();
@@ -35,19 +38,19 @@ pub async fn connect(
         password: packet.password.as_deref(),
         client_id: &packet.client_id,
     };
-    let keep_alive = super::keep_alive(packet.keep_alive, ingest.limits.keep_alive_max_secs);
+    let keep_alive = connect::keep_alive(packet.keep_alive, ingest.limits.keep_alive_max_secs);
     match ingest.authorize(&creds) {
         Ok(device) => {
             let closer = V3Closer(connect.sink());
-            let lane = super::lane_of(connect.io());
-            let session = DeviceSession::start(&ingest, device, closer, lane, false);
+            let lane = connect::lane_of(connect.io());
+            let session = DeviceSession::start(&ingest, &sessions, device, closer, lane, false);
             // No session state is kept between connections (see docs/mqtt.md).
             Ok(connect
                 .ack(session, false)
                 .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2))))
         }
         Err(refusal) => {
-            super::after_failed_connect(&ingest, connect.io()).await;
+            connect::after_failed_connect(&ingest, connect.io()).await;
             Ok(match refusal {
                 ConnectRefusal::BadCredentials => connect.bad_username_or_pwd(),
                 ConnectRefusal::NotAuthorized => connect.not_authorized(),
@@ -70,16 +73,13 @@ pub fn publish(
             PayloadRead::Now(read) => read,
             PayloadRead::Later(reading) => reading.await,
         }
-        .map_err(|_| MqttError("payload-incomplete"))?;
-        let stored = session
-            .ingest()
-            .publish(session, &topic, &payload, qos)
-            .await;
+        .map_err(|_| MqttError::PayloadIncomplete)?;
+        let stored = session.publish(&topic, &payload, qos).await;
         if qos == 0 {
             // Nothing to answer at QoS 0: a refusal is counted and logged only.
             return Ok(());
         }
-        stored.map_err(|refusal| MqttError(refusal.slug()))
+        stored.map_err(|refusal| MqttError::PublishRefused(publish_outcome(&refusal)))
     }
 }
 
@@ -106,6 +106,6 @@ pub async fn control(
     session: &v3::Session<DeviceSession>,
     control: ntex_mqtt::Control<MqttError>,
 ) -> Result<Option<v3::codec::Encoded>, MqttError> {
-    super::log_stop(&session.device, &control);
+    connect::log_stop(&session.device, &control);
     Ok(None)
 }

@@ -10,10 +10,13 @@ use ntex_mqtt::v5::codec::{
     ConnectAckReason, Disconnect, DisconnectReasonCode, PublishAckReason, SubscribeAckReason,
 };
 
+use super::connect;
 use super::framing::{read_payload, PayloadRead};
-use super::ingest::{ConnectRefusal, Credentials, MqttIngest, PublishRefusal};
-use super::sessions::{CloseReason, Closer, DeviceSession};
-use super::MqttError;
+use super::ingest::MqttIngest;
+use super::types::{describe, ConnectRefusal, Credentials, MqttError};
+use crate::admit::Refusal;
+use super::sessions::{Closer, DeviceSession, Sessions};
+use super::types::CloseReason;
 
 struct V5Closer(v5::MqttSink);
 
@@ -39,6 +42,7 @@ impl Closer for V5Closer {
 
 pub async fn connect(
     ingest: Arc<MqttIngest>,
+    sessions: Arc<Sessions>,
     connect: v5::Connect,
 ) -> Result<v5::ConnectAck<DeviceSession>, MqttError> {
     let packet = connect.packet();
@@ -48,12 +52,12 @@ pub async fn connect(
         client_id: &packet.client_id,
     };
     let asked_keep_alive = packet.keep_alive;
-    let keep_alive = super::keep_alive(asked_keep_alive, ingest.limits.keep_alive_max_secs);
+    let keep_alive = connect::keep_alive(asked_keep_alive, ingest.limits.keep_alive_max_secs);
     match ingest.authorize(&creds) {
         Ok(device) => {
             let closer = V5Closer(connect.sink());
-            let lane = super::lane_of(connect.io());
-            let session = DeviceSession::start(&ingest, device, closer, lane, true);
+            let lane = connect::lane_of(connect.io());
+            let session = DeviceSession::start(&ingest, &sessions, device, closer, lane, true);
             Ok(connect.ack(session).keep_alive(keep_alive).with(|ack| {
                 // Only tell the client a keep-alive when it differs from its own [MQTT-3.2.2-21].
                 if keep_alive != asked_keep_alive {
@@ -66,7 +70,7 @@ pub async fn connect(
             }))
         }
         Err(refusal) => {
-            super::after_failed_connect(&ingest, connect.io()).await;
+            connect::after_failed_connect(&ingest, connect.io()).await;
             let code = match refusal {
                 ConnectRefusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
                 ConnectRefusal::NotAuthorized => ConnectAckReason::NotAuthorized,
@@ -92,11 +96,8 @@ pub fn publish(
             PayloadRead::Now(read) => read,
             PayloadRead::Later(reading) => reading.await,
         }
-        .map_err(|_| MqttError("payload-incomplete"))?;
-        let stored = session
-            .ingest()
-            .publish(session, &topic, &payload, qos)
-            .await;
+        .map_err(|_| MqttError::PayloadIncomplete)?;
+        let stored = session.publish(&topic, &payload, qos).await;
         if qos == 0 {
             // Nothing to answer at QoS 0: a refusal is counted and logged only.
             return Ok(ack);
@@ -105,23 +106,27 @@ pub fn publish(
             Ok(()) => ack,
             Err(refusal) => ack
                 .reason_code(reason_code(&refusal))
-                .reason(ByteString::from(refusal.describe())),
+                .reason(ByteString::from(describe(&refusal))),
         })
     }
 }
 
 /// The PUBACK or PUBREC reason code of a refused PUBLISH.
-fn reason_code(refusal: &PublishRefusal) -> PublishAckReason {
+fn reason_code(refusal: &Refusal) -> PublishAckReason {
+    use crate::access::Refusal as Access;
     match refusal {
-        PublishRefusal::TopicInvalid | PublishRefusal::UnknownSource => {
+        Refusal::TopicInvalid | Refusal::Access(Access::UnknownSource) => {
             PublishAckReason::TopicNameInvalid
         }
-        PublishRefusal::NotAuthorized(_) => PublishAckReason::NotAuthorized,
-        PublishRefusal::PayloadInvalid(_) => PublishAckReason::PayloadFormatInvalid,
-        PublishRefusal::PayloadTooLarge { .. } | PublishRefusal::QuotaExceeded => {
-            PublishAckReason::QuotaExceeded
+        Refusal::Access(_) => PublishAckReason::NotAuthorized,
+        Refusal::Parse(_) => PublishAckReason::PayloadFormatInvalid,
+        Refusal::PayloadTooLarge { .. }
+        | Refusal::RateLimited { .. }
+        | Refusal::Overloaded
+        | Refusal::StorageFull => PublishAckReason::QuotaExceeded,
+        Refusal::RecordTooLarge | Refusal::StorageUnavailable => {
+            PublishAckReason::ImplementationSpecificError
         }
-        PublishRefusal::Unavailable => PublishAckReason::ImplementationSpecificError,
     }
 }
 
@@ -152,6 +157,6 @@ pub async fn control(
     session: &v5::Session<DeviceSession>,
     control: ntex_mqtt::Control<MqttError>,
 ) -> Result<Option<v5::codec::Encoded>, MqttError> {
-    super::log_stop(&session.device, &control);
+    connect::log_stop(&session.device, &control);
     Ok(None)
 }

@@ -419,17 +419,9 @@ fn zeros_ahead(segment_len: u64, records_len: usize, written_to: u64, reserved: 
 /// `fallocate`) the segment grows as it is written, with slower syncs, and the failure is
 /// logged; a full disk then shows in the writes themselves.
 fn reserve(file: &File, len: u64, path: &std::path::Path) {
-    use std::os::fd::AsRawFd;
-    let Ok(len) = i64::try_from(len) else {
-        return;
-    };
-    // SAFETY: plain system call on a descriptor `file` keeps open; no memory is shared.
-    let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) };
-    let reserved = if rc == 0 {
-        file.sync_all()
-    } else {
-        Err(std::io::Error::last_os_error())
-    };
+    let reserved = rustix::fs::fallocate(file, rustix::fs::FallocateFlags::empty(), 0, len)
+        .map_err(std::io::Error::from)
+        .and_then(|()| file.sync_all());
     if let Err(err) = reserved {
         if err.raw_os_error() != Some(libc::EOPNOTSUPP) {
             warn!(segment = %path.display(), error = %err, "preallocating the WAL segment failed; it grows as it is written");

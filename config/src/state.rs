@@ -14,8 +14,8 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use crate::config_delta::{ConfigDelta, DeltaError};
-use crate::config_hash::combine_hashes;
+use crate::delta::{ConfigDelta, DeltaError};
+use crate::hash::combine_hashes;
 use crate::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
 
 /// One workspace as held: shared with the [`ConfigChange`]s that mention it.

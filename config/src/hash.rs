@@ -2,7 +2,7 @@
 //!
 //! SHA-256 over the version and each workspace's own SHA-256 (of its JSON with sources and
 //! tokens in id order), in workspace id order. Per-workspace hashes let a node that applies a
-//! delta rehash only the workspaces the delta carries ([`crate::config_state`]). The control
+//! delta rehash only the workspaces the delta carries ([`crate::state`]). The control
 //! plane and its nodes must hash alike: run them from the same release.
 
 use sha2::{Digest, Sha256};
@@ -66,7 +66,7 @@ impl ConfigSnapshot {
     /// The hash that proves two copies equal: SHA-256 (hex) over the version and each
     /// workspace's [`WorkspaceConfig::content_hash`] in id order. Per-workspace hashes let a
     /// node that applies a delta rehash only the workspaces the delta touches
-    /// ([`crate::config_state::ConfigState`]).
+    /// ([`crate::state::ConfigState`]).
     pub fn content_hash(&self) -> String {
         let mut hashes: Vec<(Uuid, [u8; 32])> = self
             .workspaces

@@ -8,32 +8,33 @@
 
 use std::io::Read;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use serde_json::json;
-use sluice_storage::event::{Envelope, IngestBatch, Protocol};
+use sluice_config::snapshot::{is_valid_device_id, is_valid_slug, DEVICE_ID_LEN_MAX};
+use sluice_config::token;
+use sluice_storage::event::Protocol;
 use sluice_storage::shipper::ShipperStatus;
-use sluice_storage::snapshot::{is_valid_device_id, is_valid_slug, DEVICE_ID_LEN_MAX};
-use sluice_storage::wal::{Wal, WalError};
+use sluice_storage::wal::RECORD_BYTES_MAX;
 use tokio::sync::Semaphore;
-use uuid::Uuid;
 
-use crate::access::{Access, Refusal};
+use super::problem::{Problem, ProblemType};
+use crate::access;
+use crate::admit::{self, Admission, Refusal, Target};
 use crate::config::HttpConfig;
 use crate::config_stream::StreamStatus;
-use crate::metrics::{HttpMetrics, Outcome};
-use crate::parse::{self, BodyFormat, ParseError};
-use crate::problem::Problem;
+use crate::metrics::{NodeMetrics, Outcome};
+use crate::parse::{BodyFormat, ParseError};
 
 /// Shared state of every HTTP runtime.
 pub struct Api {
-    pub access: Arc<Access>,
-    pub wal: Wal,
-    pub metrics: Arc<HttpMetrics>,
+    /// The steps shared with MQTT.
+    pub admission: Arc<Admission>,
+    pub metrics: Arc<NodeMetrics>,
     pub shipper: Arc<ShipperStatus>,
     pub limits: HttpConfig,
     /// Bytes of bodies in memory, all requests together.
@@ -46,17 +47,15 @@ type HttpResponse = Response<Full<Bytes>>;
 
 impl Api {
     pub fn new(
-        access: Arc<Access>,
-        wal: Wal,
-        metrics: Arc<HttpMetrics>,
+        admission: Arc<Admission>,
+        metrics: Arc<NodeMetrics>,
         shipper: Arc<ShipperStatus>,
         limits: HttpConfig,
         config_stream: Option<(String, Arc<StreamStatus>)>,
     ) -> Self {
         let inflight = Semaphore::new(limits.inflight_bytes_max.min(Semaphore::MAX_PERMITS));
         Api {
-            access,
-            wal,
+            admission,
             metrics,
             shipper,
             limits,
@@ -78,13 +77,9 @@ impl Api {
             ),
             _ if path.starts_with("/v1/ingest/") => {
                 if req.method() != Method::POST {
-                    let mut response = Problem::new(
-                        StatusCode::METHOD_NOT_ALLOWED,
-                        "method-not-allowed",
-                        "Method not allowed",
-                        "ingest takes POST",
-                    )
-                    .into_response();
+                    let mut response =
+                        Problem::new(ProblemType::MethodNotAllowed, "ingest takes POST")
+                            .into_response();
                     response
                         .headers_mut()
                         .insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -107,7 +102,7 @@ impl Api {
                     }
                     Err((problem, events)) => {
                         let label = Outcome {
-                            outcome: problem.kind,
+                            outcome: problem.kind.slug(),
                         };
                         self.metrics.requests_total.get_or_create(&label).inc();
                         self.metrics
@@ -119,9 +114,7 @@ impl Api {
                 }
             }
             _ => Problem::new(
-                StatusCode::NOT_FOUND,
-                "not-found",
-                "Not found",
+                ProblemType::NotFound,
                 format!("no route for {path}; ingest is POST /v1/ingest/{{workspace}}/{{source}}"),
             )
             .into_response(),
@@ -129,11 +122,12 @@ impl Api {
     }
 
     fn readiness(&self) -> HttpResponse {
-        let wal_ok = self.wal.is_healthy();
+        let wal = &self.admission.wal;
+        let wal_ok = wal.is_healthy();
         // Not ready (take me out of the load balancer) once the WAL cannot take a typical
         // request: a tenth of the quota or one largest body, whichever is smaller.
-        let typical = (self.wal.bytes_max() / 10).min(self.limits.body_bytes_max as u64);
-        let wal_room = self.wal.check_room(typical as usize).is_ok();
+        let typical = (wal.bytes_max() / 10).min(self.limits.body_bytes_max as u64);
+        let wal_room = wal.check_room(typical as usize).is_ok();
         let uploads_failing = self
             .shipper
             .failing
@@ -142,11 +136,11 @@ impl Api {
         let ready = wal_ok && wal_room;
         let body = json!({
             "ready": ready,
-            "config_version": self.access.current().version,
+            "config_version": self.admission.view().version,
             "wal": {
                 "healthy": wal_ok,
-                "bytes": self.wal.segments().bytes(),
-                "bytes_max": self.wal.bytes_max(),
+                "bytes": wal.segments().bytes(),
+                "bytes_max": wal.bytes_max(),
             },
             "object_store": {
                 "uploads_failing": uploads_failing,
@@ -169,32 +163,41 @@ impl Api {
     }
 
     /// Accepts one ingest request; returns the number of events made durable, or the refusal
-    /// and the number of events it concerned (when known).
+    /// and the number of events it concerned (when known). The protocol's own checks (path,
+    /// headers, body) come first; the events then take the [admission path](crate::admit).
     async fn ingest(&self, req: Request<Incoming>) -> Result<usize, (Problem, usize)> {
-        let received_at_us = now_us();
+        let received_at_us = admit::now_us();
         let (parts, body) = req.into_parts();
         let refuse = |p: Problem| (p, 0usize);
         let (workspace, source) = ingest_target(parts.uri.path()).map_err(refuse)?;
         let secret = bearer_token(&parts.headers).map_err(refuse)?;
         let device = device_id(&parts.headers).map_err(refuse)?;
-        let view = self.access.current();
-        let grant = view
-            .check(secret, workspace, source, device, received_at_us)
-            .map_err(|r| refuse(refusal_problem(r, workspace, source)))?;
+        let admission = &self.admission;
+        let refused = |r: Refusal| refusal_problem(r, workspace, source);
+        let view = admission.view();
+        let grant = Admission::check(
+            &view,
+            &token::hash(secret),
+            workspace,
+            source,
+            device,
+            received_at_us,
+        )
+        .map_err(|r| refuse(refused(r)))?;
         let format = body_format(&parts.headers).map_err(refuse)?;
         let encoding = content_encoding(&parts.headers).map_err(refuse)?;
         let declared =
             declared_length(&parts.headers, self.limits.body_bytes_max).map_err(refuse)?;
-        self.wal
+        admission
             .check_room(declared.unwrap_or(0))
-            .map_err(|e| refuse(wal_problem(e)))?;
+            .map_err(|r| refuse(refused(r)))?;
 
         // Bound memory: reserve the body's size before reading it.
         let reserve = declared.unwrap_or(self.limits.body_bytes_max).max(1);
         let _permit = self
             .inflight
             .try_acquire_many(reserve.min(u32::MAX as usize) as u32)
-            .map_err(|_| refuse(overloaded()))?;
+            .map_err(|_| refuse(refused(Refusal::Overloaded)))?;
         let raw = read_body(
             body,
             self.limits.body_bytes_max,
@@ -215,7 +218,7 @@ impl Api {
                 _decoded_permit = Some(
                     self.inflight
                         .try_acquire_many(expected.min(u32::MAX as usize) as u32)
-                        .map_err(|_| refuse(overloaded()))?,
+                        .map_err(|_| refuse(refused(Refusal::Overloaded)))?,
                 );
                 // Decompressing up to `decoded_body_bytes_max` takes milliseconds of CPU; on the
                 // blocking pool it does not stall the other connections of this io_uring thread.
@@ -224,60 +227,34 @@ impl Api {
                     .await
                     .map_err(|e| {
                         tracing::error!(error = %e, "decompression task failed");
-                        refuse(overloaded())
+                        refuse(refused(Refusal::Overloaded))
                     })?
                     .map_err(refuse)?
             }
         };
-        let events = parse::parse(&decoded, format, self.limits.events_per_request_max)
-            .map_err(|e| refuse(parse_problem(e)))?;
+        let events = admission
+            .parse(&decoded, format)
+            .map_err(|r| refuse(refused(r)))?;
         let count = events.ends.len();
         if count == 0 {
             return Ok(0);
         }
-        grant.workspace.bucket.take(count).map_err(|wait| {
-            (
-                Problem::new(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "rate-limited",
-                    "Rate limit exceeded",
-                    format!(
-                        "workspace {workspace} is over its event rate on this node; retry after {wait} s"
-                    ),
-                )
-                .retry_after(wait),
-                count,
-            )
-        })?;
-        let batch = IngestBatch {
-            envelope: Envelope {
-                first_event_id: Uuid::now_v7(),
-                received_at_us,
-                workspace_id: grant.workspace.id,
-                source: source.to_owned(),
-                device_id: grant.device_id.map(str::to_owned),
-                protocol: Protocol::Http,
-                topic: None,
-            },
-            payloads: events.payloads,
-            ends: events.ends,
-        };
+        let counted = |r: Refusal| (refused(r), count);
+        admit::take_rate(&grant.workspace, count).map_err(counted)?;
+        let batch = Target {
+            workspace_id: grant.workspace.id,
+            source: source.into(),
+            device_id: grant.device_id.map(Into::into),
+            protocol: Protocol::Http,
+            topic: None,
+            received_at_us,
+        }
+        .batch(events.payloads, events.ends);
         let mut record = Vec::new();
         batch.encode_into(&mut record);
-        self.wal
-            .append(record)
-            .await
-            .map_err(|e| (wal_problem(e), count))?;
+        admission.append(record).await.map_err(counted)?;
         Ok(count)
     }
-}
-
-/// Now, in microseconds since the Unix epoch (UTC).
-pub fn now_us() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
@@ -289,16 +266,6 @@ fn text(status: StatusCode, content_type: &'static str, body: String) -> HttpRes
     response
 }
 
-fn overloaded() -> Problem {
-    Problem::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "overloaded",
-        "Node overloaded",
-        "too many request bodies are in flight on this node; retry shortly",
-    )
-    .retry_after(1)
-}
-
 /// `(workspace, source)` from `/v1/ingest/{workspace}/{source}`.
 fn ingest_target(path: &str) -> Result<(&str, &str), Problem> {
     let rest = path.strip_prefix("/v1/ingest/").unwrap_or_default();
@@ -307,22 +274,14 @@ fn ingest_target(path: &str) -> Result<(&str, &str), Problem> {
         (Some(ws), Some(source), None) if is_valid_slug(ws) && is_valid_slug(source) => {
             Ok((ws, source))
         }
-        _ => Err(Problem::new(
-            StatusCode::NOT_FOUND,
-            "not-found",
-            "Not found",
-            "ingest URLs are /v1/ingest/{workspace}/{source} with lowercase slugs (a-z, 0-9, -)",
+        _ => Err(Problem::new(ProblemType::NotFound, "ingest URLs are /v1/ingest/{workspace}/{source} with lowercase slugs (a-z, 0-9, -)",
         )),
     }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, Problem> {
     let missing = || {
-        Problem::new(
-            StatusCode::UNAUTHORIZED,
-            "missing-token",
-            "Missing access token",
-            "send the workspace access token as `Authorization: Bearer <token>`",
+        Problem::new(ProblemType::MissingToken, "send the workspace access token as `Authorization: Bearer <token>`",
         )
     };
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
@@ -339,11 +298,7 @@ fn device_id(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
         return Ok(None);
     };
     let bad = || {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-device-id",
-            "Invalid device id",
-            format!("X-Device-Id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
+        Problem::new(ProblemType::InvalidDeviceId, format!("X-Device-Id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
         )
     };
     let id = value.to_str().map_err(|_| bad())?;
@@ -370,11 +325,7 @@ fn body_format(headers: &HeaderMap) -> Result<BodyFormat, Problem> {
         "application/json" => Ok(BodyFormat::Json),
         "application/x-ndjson" | "application/ndjson" | "application/jsonl"
         | "application/x-jsonlines" => Ok(BodyFormat::Ndjson),
-        _ => Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-media-type",
-            "Unsupported media type",
-            format!(
+        _ => Err(Problem::new(ProblemType::UnsupportedMediaType, format!(
                 "Content-Type {media:?} is not accepted; use application/json or application/x-ndjson"
             ),
         )),
@@ -401,21 +352,13 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Problem> {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
         "zstd" => Ok(Encoding::Zstd),
-        _ => Err(Problem::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "unsupported-encoding",
-            "Unsupported content encoding",
-            format!("Content-Encoding {name:?} is not accepted; use gzip, zstd or none"),
+        _ => Err(Problem::new(ProblemType::UnsupportedEncoding, format!("Content-Encoding {name:?} is not accepted; use gzip, zstd or none"),
         )),
     }
 }
 
 fn too_large(what: &str, max: usize) -> Problem {
-    Problem::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        "body-too-large",
-        "Request body too large",
-        format!("the {what} is larger than {max} bytes; send smaller batches"),
+    Problem::new(ProblemType::BodyTooLarge, format!("the {what} is larger than {max} bytes; send smaller batches"),
     )
 }
 
@@ -429,11 +372,7 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Pro
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            Problem::new(
-                StatusCode::BAD_REQUEST,
-                "invalid-content-length",
-                "Invalid Content-Length",
-                "Content-Length is not a number",
+            Problem::new(ProblemType::InvalidContentLength, "Content-Length is not a number",
             )
         })?;
     if len > max {
@@ -453,11 +392,7 @@ async fn read_body(
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                Problem::new(
-                    StatusCode::BAD_REQUEST,
-                    "invalid-body",
-                    "Unreadable body",
-                    format!("the request body could not be read: {e}"),
+                Problem::new(ProblemType::InvalidBody, format!("the request body could not be read: {e}"),
                 )
             })?;
             let Ok(data) = frame.into_data() else {
@@ -481,22 +416,14 @@ async fn read_body(
         Ok(first.unwrap_or_else(|| buf.freeze()))
     };
     tokio::time::timeout(timeout, collect).await.map_err(|_| {
-        Problem::new(
-            StatusCode::REQUEST_TIMEOUT,
-            "body-timeout",
-            "Body too slow",
-            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+        Problem::new(ProblemType::BodyTimeout, format!("the body did not arrive within {} s", timeout.as_secs_f64()),
         )
     })?
 }
 
 fn decode(raw: &[u8], encoding: Encoding, max: usize) -> Result<Bytes, Problem> {
     let bad = |e: std::io::Error| {
-        Problem::new(
-            StatusCode::BAD_REQUEST,
-            "invalid-encoding",
-            "Body does not decompress",
-            format!("the body is not valid {encoding:?} data: {e}"),
+        Problem::new(ProblemType::InvalidEncoding, format!("the body is not valid {encoding:?} data: {e}"),
         )
     };
     let mut out = Vec::new();
@@ -525,106 +452,120 @@ fn decode(raw: &[u8], encoding: Encoding, max: usize) -> Result<Bytes, Problem> 
     Ok(Bytes::from(out))
 }
 
-fn parse_problem(err: ParseError) -> Problem {
-    let kind = match err {
-        ParseError::TooManyEvents { .. } => {
-            return Problem::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too-many-events",
-                "Too many events",
-                err.to_string(),
-            )
+/// The problem+json answer to a refusal of the admission path. Retry-After: 5 s while the
+/// node's storage is full or failing, 1 s when its memory budget is spent.
+fn refusal_problem(refusal: Refusal, workspace: &str, source: &str) -> Problem {
+    use ProblemType as P;
+    match refusal {
+        Refusal::Access(refusal) => access_problem(refusal, workspace, source),
+        // HTTP names its source in the path, checked before admission; kept for completeness.
+        Refusal::TopicInvalid => Problem::new(P::NotFound, refusal.to_string()),
+        Refusal::Parse(err) => {
+            let kind = match err {
+                ParseError::TooManyEvents { .. } => P::TooManyEvents,
+                ParseError::NotAnObject { .. } | ParseError::WrongTopLevel { .. } => {
+                    P::InvalidEvent
+                }
+                ParseError::Malformed { .. } | ParseError::TooLarge => P::MalformedJson,
+            };
+            Problem::new(kind, err.to_string())
         }
-        ParseError::NotAnObject { .. } | ParseError::WrongTopLevel { .. } => "invalid-event",
-        ParseError::Malformed { .. } | ParseError::TooLarge => "malformed-json",
-    };
-    let title = if kind == "invalid-event" {
-        "Event is not a JSON object"
-    } else {
-        "Malformed JSON"
-    };
-    Problem::new(StatusCode::BAD_REQUEST, kind, title, err.to_string())
-}
-
-fn wal_problem(err: WalError) -> Problem {
-    match err {
-        WalError::QuotaExceeded { .. } => Problem::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "storage-full",
-            "Node storage full",
-            "this node's write-ahead log is at its disk quota while object storage catches up; retry later",
+        Refusal::PayloadTooLarge { max, .. } => too_large("body", max),
+        Refusal::RecordTooLarge => too_large("batch", RECORD_BYTES_MAX),
+        Refusal::RateLimited { retry_after_s } => Problem::new(
+            P::RateLimited,
+            format!(
+                "workspace {workspace} is over its event rate on this node; retry after {retry_after_s} s"
+            ),
         )
-        .retry_after(5),
-        WalError::RecordTooLarge(_) => too_large("batch", sluice_storage::wal::RECORD_BYTES_MAX),
-        other => {
-            tracing::error!(error = %other, "WAL append failed");
-            Problem::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "storage-unavailable",
-                "Node storage unavailable",
-                "this node cannot write events durably right now; retry on another node or later",
-            )
-            .retry_after(5)
+        .retry_after(retry_after_s),
+        Refusal::Overloaded => Problem::new(
+            P::Overloaded,
+            "too many request bodies are in flight on this node; retry shortly",
+        )
+        .retry_after(1),
+        Refusal::StorageFull => Problem::new(P::StorageFull, refusal.to_string()).retry_after(5),
+        Refusal::StorageUnavailable => {
+            Problem::new(P::StorageUnavailable, refusal.to_string()).retry_after(5)
         }
     }
 }
 
-fn refusal_problem(refusal: Refusal, workspace: &str, source: &str) -> Problem {
-    use StatusCode as S;
+fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Problem {
+    use access::Refusal as R;
+    use ProblemType as P;
     match refusal {
-        Refusal::UnknownToken => Problem::new(
-            S::UNAUTHORIZED,
-            "invalid-token",
-            "Invalid access token",
+        R::UnknownToken => Problem::new(
+            P::InvalidToken,
             "the access token is not known (mistyped, revoked, or from another installation)",
         ),
-        Refusal::ExpiredToken => Problem::new(
-            S::UNAUTHORIZED,
-            "token-expired",
-            "Access token expired",
+        R::ExpiredToken => Problem::new(
+            P::TokenExpired,
             "the access token has expired; create a new one",
         ),
-        Refusal::UnknownWorkspace => Problem::new(
-            S::NOT_FOUND,
-            "unknown-workspace",
-            "Unknown workspace",
+        R::UnknownWorkspace => Problem::new(
+            P::UnknownWorkspace,
             format!("there is no workspace {workspace:?}"),
         ),
-        Refusal::WrongWorkspace => Problem::new(
-            S::FORBIDDEN,
-            "wrong-workspace",
-            "Token of another workspace",
+        R::WrongWorkspace => Problem::new(
+            P::WrongWorkspace,
             format!("the access token does not belong to workspace {workspace:?}"),
         ),
-        Refusal::WorkspaceDisabled => Problem::new(
-            S::FORBIDDEN,
-            "workspace-disabled",
-            "Workspace disabled",
+        R::WorkspaceDisabled => Problem::new(
+            P::WorkspaceDisabled,
             format!("workspace {workspace:?} is disabled and accepts no data; ask its admin to re-enable it"),
         ),
-        Refusal::UnknownSource => Problem::new(
-            S::NOT_FOUND,
-            "unknown-source",
-            "Unknown source",
+        R::UnknownSource => Problem::new(
+            P::UnknownSource,
             format!("workspace {workspace:?} has no source {source:?}"),
         ),
-        Refusal::MissingScope => Problem::new(
-            S::FORBIDDEN,
-            "missing-scope",
-            "Token lacks the ingest scope",
+        R::MissingScope => Problem::new(
+            P::MissingScope,
             "the access token may not send events; use a token with the `ingest` scope",
         ),
-        Refusal::SourceNotAllowed => Problem::new(
-            S::FORBIDDEN,
-            "source-not-allowed",
-            "Source not allowed for this token",
+        R::SourceNotAllowed => Problem::new(
+            P::SourceNotAllowed,
             format!("the access token may not write to source {source:?}"),
         ),
-        Refusal::DeviceNotAllowed { bound } => Problem::new(
-            S::FORBIDDEN,
-            "device-not-allowed",
-            "Device not allowed for this token",
+        R::DeviceNotAllowed { bound } => Problem::new(
+            P::DeviceNotAllowed,
             format!("the access token is bound to device {bound:?}; X-Device-Id must match"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every refusal of the admission path answers with its documented problem type, and
+    /// those a client should retry carry `Retry-After`.
+    #[test]
+    fn admission_refusals_become_their_problem_types() {
+        use ProblemType as P;
+        let cases = [
+            (Refusal::Access(access::Refusal::UnknownToken), P::InvalidToken, None),
+            (Refusal::Access(access::Refusal::UnknownSource), P::UnknownSource, None),
+            (
+                Refusal::Access(access::Refusal::DeviceNotAllowed { bound: "d".into() }),
+                P::DeviceNotAllowed,
+                None,
+            ),
+            (Refusal::Parse(ParseError::TooManyEvents { max: 1 }), P::TooManyEvents, None),
+            (Refusal::Parse(ParseError::NotAnObject { index: 1, line: 1 }), P::InvalidEvent, None),
+            (Refusal::Parse(ParseError::TooLarge), P::MalformedJson, None),
+            (Refusal::PayloadTooLarge { bytes: 2, max: 1 }, P::BodyTooLarge, None),
+            (Refusal::RecordTooLarge, P::BodyTooLarge, None),
+            (Refusal::RateLimited { retry_after_s: 3 }, P::RateLimited, Some(3)),
+            (Refusal::Overloaded, P::Overloaded, Some(1)),
+            (Refusal::StorageFull, P::StorageFull, Some(5)),
+            (Refusal::StorageUnavailable, P::StorageUnavailable, Some(5)),
+        ];
+        for (refusal, kind, retry_after) in cases {
+            let what = format!("{refusal:?}");
+            let problem = refusal_problem(refusal, "ws", "telemetry");
+            assert_eq!(problem.kind, kind, "{what}");
+            assert_eq!(problem.retry_after_s, retry_after, "{what}");
+        }
     }
 }

@@ -20,8 +20,8 @@ use socket2::{Domain, Socket, Type};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-use crate::ingest::Api;
-use crate::uring_io::UringIo;
+use super::api::Api;
+use super::uring_io::UringIo;
 
 /// The running front end.
 pub struct HttpServer {

@@ -3,7 +3,7 @@
 //! The control plane streams a full [`ConfigSnapshot`] to a node that is new, behind a gap or
 //! has drifted, and otherwise the [`ConfigDelta`]s it missed: whole workspaces replaced or
 //! removed (a workspace is small; finer deltas are not worth their complexity). Every delta
-//! carries the hash ([`crate::config_hash`]) of the snapshot it produces, so a node that
+//! carries the hash ([`crate::hash`]) of the snapshot it produces, so a node that
 //! applies it and gets another hash knows its copy drifted and asks for a full snapshot.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::config_state::ConfigState;
 use crate::snapshot::{ConfigSnapshot, SnapshotError, WorkspaceConfig};
+use crate::state::ConfigState;
 
 /// From one version to a later one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

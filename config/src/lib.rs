@@ -1,0 +1,23 @@
+//! The configuration the control plane pushes to every data-plane node.
+//!
+//! - [`snapshot`]: one version of it (workspaces, sources, token hashes with scopes and
+//!   bindings) and its validation.
+//! - [`delta`] and [`state`]: the change between two versions, and the indexed copy a node
+//!   applies changes to.
+//! - [`hash`]: the content hash that proves two copies equal.
+//! - [`token`]: generating access tokens and hashing them; no secret is ever stored.
+//! - [`stream`]: the configuration stream's wire types.
+//!
+//! This crate knows nothing of storage, HTTP or MQTT: both planes depend on it, and it on
+//! neither.
+#![forbid(unsafe_code)]
+
+pub mod delta;
+pub mod hash;
+pub mod snapshot;
+pub mod state;
+pub mod stream;
+pub mod token;
+
+#[cfg(test)]
+mod test_fixtures;

@@ -1,0 +1,36 @@
+//! Configurations for unit tests: workspaces with one `telemetry` source and tokens whose
+//! hashes are given as numbers.
+
+use uuid::Uuid;
+
+use crate::snapshot::{Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+
+/// An ingest token whose SHA-256 is `hash` as 64 hex digits.
+pub fn token(hash: u64) -> TokenConfig {
+    TokenConfig {
+        id: Uuid::now_v7(),
+        name: String::new(),
+        sha256: format!("{hash:064x}"),
+        scopes: vec![Scope::Ingest],
+        sources: None,
+        device_id: None,
+        expires_at: None,
+    }
+}
+
+/// An enabled workspace with the source `telemetry` and one token per hash.
+pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
+    WorkspaceConfig {
+        id: Uuid::now_v7(),
+        slug: slug.into(),
+        name: slug.into(),
+        enabled: true,
+        events_per_second_max: None,
+        sources: vec![SourceConfig {
+            id: Uuid::now_v7(),
+            slug: "telemetry".into(),
+            name: String::new(),
+        }],
+        tokens: tokens.iter().map(|h| token(*h)).collect(),
+    }
+}

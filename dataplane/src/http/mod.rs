@@ -1,0 +1,13 @@
+//! The HTTP front end: hyper on tokio-uring (one runtime per core), the ingest API and its
+//! problem+json refusals.
+//!
+//! - [`server`]: the listeners, connection limits and shutdown.
+//! - `uring_io`: tokio-uring's owned-buffer sockets behind hyper's `Read`/`Write`.
+//! - [`api`]: the routes; `POST /v1/ingest/...` reads and checks the request, then takes the
+//!   [admission path](crate::admit).
+//! - [`problem`]: the problem types and their RFC 9457 bodies.
+
+pub(crate) mod api;
+pub(crate) mod problem;
+pub(crate) mod server;
+pub(crate) mod uring_io;

@@ -1,0 +1,62 @@
+//! MQTT's fixed header: where a packet in a buffer ends, read without decoding it. The
+//! framing filter and the QoS 0 lane both cut their reads on it.
+
+/// What the bytes at the start of a buffer hold.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Packet {
+    /// A whole packet of `total` bytes, its fixed header `header` of them.
+    Whole { header: usize, total: usize },
+    /// The start of a packet; more bytes are needed.
+    Partial,
+    /// A fixed header the codec must see at once: a malformed length, or over the maximum.
+    Refused,
+}
+
+/// Reads the fixed header at the start of `buf`.
+pub fn packet_at(buf: &[u8], max: u32) -> Packet {
+    if buf.len() < 2 {
+        return Packet::Partial;
+    }
+    let mut remaining: u64 = 0;
+    let mut header = 1;
+    loop {
+        let Some(&byte) = buf.get(header) else {
+            return Packet::Partial;
+        };
+        remaining |= u64::from(byte & 0x7F) << (7 * (header - 1));
+        header += 1;
+        if byte & 0x80 == 0 {
+            break;
+        }
+        if header > 4 {
+            // A fifth length byte is malformed.
+            return Packet::Refused;
+        }
+    }
+    if remaining > u64::from(max) {
+        return Packet::Refused;
+    }
+    let total = header + remaining as usize;
+    if buf.len() < total {
+        return Packet::Partial;
+    }
+    Packet::Whole { header, total }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fixed_headers_tell_whole_partial_and_refused_packets_apart() {
+        assert_eq!(packet_at(&[0xC0, 0x00], 1024), Packet::Whole { header: 2, total: 2 });
+        assert_eq!(packet_at(&[0x30, 0x05, 1, 2], 1024), Packet::Partial);
+        assert_eq!(packet_at(&[0x30], 1024), Packet::Partial);
+        // 200 = 0xC8 0x01: a two-byte length.
+        let mut buf = vec![0x30, 0xC8, 0x01];
+        buf.extend(std::iter::repeat_n(0u8, 200));
+        assert_eq!(packet_at(&buf, 1024), Packet::Whole { header: 3, total: 203 });
+        assert_eq!(packet_at(&[0x30, 0x80, 0x80, 0x01, 0], 1024), Packet::Refused);
+        assert_eq!(packet_at(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], u32::MAX), Packet::Refused);
+    }
+}

@@ -1,0 +1,177 @@
+//! The types the MQTT front end's modules share: who a connection speaks for, why a CONNECT
+//! or a session is refused or closed, and the error a connection ends with.
+
+use uuid::Uuid;
+
+use crate::access;
+use crate::admit::Refusal;
+
+/// The CONNECT fields that decide who the client is.
+pub struct Credentials<'a> {
+    /// The workspace slug.
+    pub username: Option<&'a str>,
+    /// An ingest token of that workspace.
+    pub password: Option<&'a [u8]>,
+    /// The device id.
+    pub client_id: &'a str,
+}
+
+/// Who an accepted connection speaks for. The token is kept as its hash only, and every
+/// PUBLISH is checked again against the configuration in force at that moment.
+#[derive(Debug, Clone)]
+pub struct Device {
+    pub workspace: String,
+    pub workspace_id: Uuid,
+    pub token_hash: [u8; 32],
+    pub device_id: String,
+    pub expires_at_us: Option<i64>,
+}
+
+/// Why a CONNECT is refused. Every refusal looks the same to the client whatever the detail,
+/// so that a wrong guess learns nothing about which workspaces or tokens exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectRefusal {
+    /// No or wrong workspace/token pair, or an expired token.
+    BadCredentials,
+    /// Valid credentials that may not ingest now: disabled workspace, no ingest scope, a token
+    /// bound to another device.
+    NotAuthorized,
+    /// Empty or unusable client id (it is the device id).
+    BadClientId,
+}
+
+impl ConnectRefusal {
+    pub fn slug(self) -> &'static str {
+        match self {
+            ConnectRefusal::BadCredentials => "bad-credentials",
+            ConnectRefusal::NotAuthorized => "not-authorized",
+            ConnectRefusal::BadClientId => "bad-client-id",
+        }
+    }
+}
+
+/// Why the node closes a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CloseReason {
+    /// Another CONNECT with the same client id.
+    TakenOver,
+    /// Token revoked or expired, workspace disabled or deleted, device binding changed.
+    NotAuthorized,
+}
+
+impl CloseReason {
+    pub fn slug(self) -> &'static str {
+        match self {
+            CloseReason::TakenOver => "taken-over",
+            CloseReason::NotAuthorized => "not-authorized",
+        }
+    }
+}
+
+/// The MQTT outcome label of a refused PUBLISH (`sluice_mqtt_publishes_total{outcome}`).
+/// MQTT's labels predate the shared refusal type and are part of the documented metrics.
+pub fn publish_outcome(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::TopicInvalid => "topic-invalid",
+        Refusal::Access(access::Refusal::UnknownSource) => "unknown-source",
+        Refusal::Access(_) => "not-authorized",
+        Refusal::PayloadTooLarge { .. } => "payload-too-large",
+        Refusal::Parse(_) => "payload-invalid",
+        Refusal::RateLimited { .. } | Refusal::Overloaded | Refusal::StorageFull => {
+            "quota-exceeded"
+        }
+        Refusal::RecordTooLarge | Refusal::StorageUnavailable => "unavailable",
+    }
+}
+
+/// A line for the client (MQTT 5 reason string) and the log.
+pub fn describe(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::TopicInvalid => {
+            "publish to ingest/{source} or ingest/{source}/..., source a lowercase slug".into()
+        }
+        Refusal::Access(access::Refusal::UnknownSource) => "no such source in this workspace".into(),
+        Refusal::Access(r) => format!("not authorized: {r:?}"),
+        Refusal::PayloadTooLarge { bytes, .. } => {
+            format!("payload of {bytes} bytes is over the limit")
+        }
+        Refusal::Parse(e) => e.to_string(),
+        Refusal::RateLimited { .. } | Refusal::Overloaded | Refusal::StorageFull => {
+            "over the workspace's rate or the node's disk quota; retry later".into()
+        }
+        Refusal::RecordTooLarge | Refusal::StorageUnavailable => {
+            "the node cannot store events right now".into()
+        }
+    }
+}
+
+/// Why the node ends a connection from a handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum MqttError {
+    /// An MQTT 3.1.1 PUBLISH was refused: 3.1.1 has no negative acknowledgement, so the
+    /// connection closes. Carries the publish outcome label.
+    #[error("publish refused: {0}")]
+    PublishRefused(&'static str),
+    /// A streamed payload ended before it was whole.
+    #[error("the payload ended before it was whole")]
+    PayloadIncomplete,
+    /// The TLS handshake failed.
+    #[error("the TLS handshake failed")]
+    TlsHandshake,
+    /// An inner service failed.
+    #[error("the connection's service failed")]
+    Service,
+}
+
+impl MqttError {
+    /// The slug logged when the connection closes.
+    pub fn slug(self) -> &'static str {
+        match self {
+            MqttError::PublishRefused(outcome) => outcome,
+            MqttError::PayloadIncomplete => "payload-incomplete",
+            MqttError::TlsHandshake => "tls-handshake",
+            MqttError::Service => "service",
+        }
+    }
+}
+
+impl From<()> for MqttError {
+    fn from((): ()) -> Self {
+        MqttError::Service
+    }
+}
+
+impl TryFrom<MqttError> for ntex_mqtt::v5::PublishAck {
+    type Error = MqttError;
+
+    fn try_from(err: MqttError) -> Result<Self, Self::Error> {
+        Err(err)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::parse::ParseError;
+
+    /// The outcome labels are the documented metric labels of docs/mqtt.md.
+    #[test]
+    fn refusals_keep_their_documented_mqtt_outcomes() {
+        let cases = [
+            (Refusal::TopicInvalid, "topic-invalid"),
+            (Refusal::Access(access::Refusal::UnknownSource), "unknown-source"),
+            (Refusal::Access(access::Refusal::MissingScope), "not-authorized"),
+            (Refusal::PayloadTooLarge { bytes: 2, max: 1 }, "payload-too-large"),
+            (Refusal::Parse(ParseError::TooLarge), "payload-invalid"),
+            (Refusal::RateLimited { retry_after_s: 1 }, "quota-exceeded"),
+            (Refusal::Overloaded, "quota-exceeded"),
+            (Refusal::StorageFull, "quota-exceeded"),
+            (Refusal::StorageUnavailable, "unavailable"),
+        ];
+        let doc = include_str!("../../../docs/mqtt.md");
+        for (refusal, outcome) in cases {
+            assert_eq!(publish_outcome(&refusal), outcome, "{refusal:?}");
+            assert!(doc.contains(&format!("`{outcome}`")), "{outcome} is not in docs/mqtt.md");
+        }
+    }
+}
