@@ -9,12 +9,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use sluice_controlplane::{ControlPlane, ControlPlaneConfig, FirstStart};
 use sluice_dataplane::bootstrap::{self, Bootstrap};
 use sluice_dataplane::{Node, NodeConfig};
+use sluice_storage::shutdown::{Shutdown, ShutdownTrigger};
 
 #[derive(Parser)]
 #[command(
@@ -386,7 +388,9 @@ fn main() -> Result<()> {
             };
             let controlplane = start_controlplane(controlplane, first_start)?;
             let data_dir = node.data_dir.clone();
-            let node = start_node(node)?;
+            let grace = Duration::from_millis(node.shutdown_grace_ms);
+            let shutdown = ShutdownTrigger::new();
+            let node = start_node(node, shutdown.signal())?;
             let seeded = controlplane.seeded().map(|s| Bootstrap {
                 workspace: s.workspace.clone(),
                 source: s.source.clone(),
@@ -407,16 +411,21 @@ fn main() -> Result<()> {
                 announce(&node, &b);
             }
             wait_for_signal()?;
-            node.shutdown();
+            shutdown.trigger(Instant::now() + grace);
+            node.join();
             controlplane.shutdown();
         }
         Command::Dataplane(args) => {
-            let node = start_node(args.into_configs()?.0)?;
+            let config = args.into_configs()?.0;
+            let grace = Duration::from_millis(config.shutdown_grace_ms);
+            let shutdown = ShutdownTrigger::new();
+            let node = start_node(config, shutdown.signal())?;
             if let Some(b) = node.bootstrap() {
                 announce(&node, b);
             }
             wait_for_signal()?;
-            node.shutdown();
+            shutdown.trigger(Instant::now() + grace);
+            node.join();
         }
         Command::Controlplane(args) => {
             let controlplane = start_controlplane(args.into_config()?, FirstStart::Bare)?;
@@ -447,8 +456,8 @@ fn start_controlplane(config: ControlPlaneConfig, first_start: FirstStart) -> Re
     Ok(controlplane)
 }
 
-fn start_node(config: NodeConfig) -> Result<Node> {
-    Node::start(config).context("starting the data-plane node")
+fn start_node(config: NodeConfig, shutdown: Shutdown) -> Result<Node> {
+    Node::start(config, shutdown).context("starting the data-plane node")
 }
 
 /// Logs how to send a first event with the bootstrap token and query it.

@@ -16,8 +16,8 @@ use common::controlplane::{verified_user, Api};
 use common::mqtt::Background;
 use common::{free_port, post, wait_for, Proc};
 use serde_json::{json, Value};
-use sluice_storage::snapshot::ConfigSnapshot;
-use sluice_storage::token;
+use sluice_config::snapshot::ConfigSnapshot;
+use sluice_config::token;
 
 const SECRET: &str = "test-cluster-secret";
 

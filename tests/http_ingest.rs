@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{duckdb, parquet_files, post, wait_for, Sluice};
 use serde_json::{json, Value};
-use sluice_storage::token::hash_hex;
+use sluice_config::token::hash_hex;
 
 fn gzip(data: &[u8]) -> Vec<u8> {
     let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());

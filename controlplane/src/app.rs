@@ -11,6 +11,7 @@ use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
 use crate::rate_limit::RateLimit;
 use crate::secrets::SecretBox;
+use crate::shutdown::Stopping;
 use crate::store::{Change, State, Store};
 
 /// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
@@ -60,7 +61,8 @@ pub struct App {
     pub nodes: Arc<Nodes>,
     /// Configuration streams open at once at most.
     pub streams: Arc<Semaphore>,
-    /// Set when the control plane stops: long-lived streams end.
+    /// Set once when the control plane stops: the API stops taking requests, configuration
+    /// streams and background tasks end. Receive it with [`App::stop_signal`].
     pub stopping: watch::Sender<bool>,
     /// The OpenAPI document as served, set once when the router is built.
     pub openapi: Arc<std::sync::OnceLock<String>>,
@@ -94,6 +96,11 @@ impl App {
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
         }
+    }
+
+    /// The stop signal, for a task that must end when the control plane stops.
+    pub fn stop_signal(&self) -> Stopping {
+        Stopping::new(self.stopping.subscribe())
     }
 
     /// Computes and commits a change on a blocking thread (see [`Store::write`]).

@@ -18,7 +18,7 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::model::{Credential, User};
-use crate::problem::ApiError;
+use crate::problem::{ApiError, ProblemType};
 
 /// Prefix of session tokens.
 pub const SESSION_PREFIX: &str = "sluice_ses_";
@@ -35,16 +35,16 @@ const PASSWORD_CHARS_MAX: usize = 128;
 pub fn check_password_rules(password: &str, email: &str) -> Result<(), ApiError> {
     let chars = password.chars().count();
     if !(PASSWORD_CHARS_MIN..=PASSWORD_CHARS_MAX).contains(&chars) {
-        return Err(ApiError::bad_request(
-            "weak-password",
+        return Err(ApiError::new(
+            ProblemType::WeakPassword,
             format!(
                 "the password must have {PASSWORD_CHARS_MIN} to {PASSWORD_CHARS_MAX} characters"
             ),
         ));
     }
     if password.eq_ignore_ascii_case(email) || password.chars().all(|c| password.starts_with(c)) {
-        return Err(ApiError::bad_request(
-            "weak-password",
+        return Err(ApiError::new(
+            ProblemType::WeakPassword,
             "the password must not be the e-mail address or one repeated character",
         ));
     }
@@ -169,8 +169,8 @@ pub fn require_verified(caller: &Caller) -> Result<(), ApiError> {
     if caller.user.email_verified {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "email-not-verified",
+        Err(ApiError::new(
+            ProblemType::EmailNotVerified,
             "verify your e-mail address first with the code we sent (POST /api/v1/email-verification)",
         ))
     }
@@ -181,8 +181,8 @@ pub fn require_operator(caller: &Caller) -> Result<(), ApiError> {
     if caller.user.operator {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "operator-only",
+        Err(ApiError::new(
+            ProblemType::OperatorOnly,
             "this endpoint is for operators",
         ))
     }

@@ -12,8 +12,8 @@ use std::sync::{Arc, Mutex, RwLock};
 use axum::body::Bytes;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sluice_storage::config_delta::ConfigDelta;
-use sluice_storage::snapshot::ConfigSnapshot;
+use sluice_config::delta::ConfigDelta;
+use sluice_config::snapshot::ConfigSnapshot;
 use tokio::sync::watch;
 use utoipa::ToSchema;
 
@@ -305,7 +305,7 @@ impl Nodes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sluice_storage::snapshot::WorkspaceConfig;
+    use sluice_config::snapshot::WorkspaceConfig;
     use uuid::Uuid;
 
     fn snapshot(version: u64, slugs: &[&str]) -> ConfigSnapshot {
@@ -362,7 +362,7 @@ mod tests {
 
     #[test]
     fn deltas_beyond_the_memory_budget_are_dropped_and_replaced_by_a_snapshot() {
-        use sluice_storage::snapshot::{Scope, TokenConfig};
+        use sluice_config::snapshot::{Scope, TokenConfig};
         let v1 = snapshot(1, &["a"]);
         let history = ConfigHistory::new(v1.clone());
         let big = |version: u64, offset: usize| {

@@ -158,29 +158,55 @@ pub const CLUSTER_SECRET_CHARS_MIN: usize = 16;
 /// Longest duration a setting may have (100 years), so that time arithmetic cannot overflow.
 const DURATION_SECS_MAX: u64 = 100 * 365 * 24 * 3600;
 
+/// Bounds of `smtp_timeout_ms`: shorter gives up on healthy but slow servers, longer holds a
+/// workspace's sending slots (and a test send's request) for minutes.
+pub const SMTP_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1000..=120_000;
+
+/// A setting the control plane cannot work with. Each says which setting, what is wrong and
+/// what to set instead.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name} is over 100 years ({secs} s); set a shorter duration")]
+    DurationTooLong { name: &'static str, secs: u64 },
+    #[error(
+        "cluster_secret must have at least {CLUSTER_SECRET_CHARS_MIN} characters (it has {chars}); \
+         use a longer random secret, e.g. `openssl rand -hex 32`"
+    )]
+    ClusterSecretTooShort { chars: usize },
+    #[error(
+        "smtp_timeout_ms must be {} to {} (it is {ms}); set it within that range",
+        SMTP_TIMEOUT_MS_RANGE.start(),
+        SMTP_TIMEOUT_MS_RANGE.end()
+    )]
+    SmtpTimeoutOutOfRange { ms: u64 },
+    #[error("{name} must be above 0; leave it unset for the default")]
+    Zero { name: &'static str },
+}
+
 impl ControlPlaneConfig {
-    /// Refuses settings the control plane cannot work with.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Refuses settings the control plane cannot work with; the first mistake found is
+    /// reported.
+    pub fn validate(&self) -> Result<(), ConfigError> {
         for (name, secs) in [
             ("trial_duration_secs", self.trial_duration_secs),
             ("session_ttl_secs", self.session_ttl_secs),
             ("invitation_ttl_secs", self.invitation_ttl_secs),
         ] {
             if secs > DURATION_SECS_MAX {
-                return Err(format!("{name} is over 100 years"));
+                return Err(ConfigError::DurationTooLong { name, secs });
             }
         }
-        if self
-            .cluster_secret
-            .as_ref()
-            .is_some_and(|s| s.len() < CLUSTER_SECRET_CHARS_MIN)
-        {
-            return Err(format!(
-                "cluster_secret must have at least {CLUSTER_SECRET_CHARS_MIN} characters"
-            ));
+        if let Some(secret) = &self.cluster_secret {
+            if secret.len() < CLUSTER_SECRET_CHARS_MIN {
+                return Err(ConfigError::ClusterSecretTooShort {
+                    chars: secret.len(),
+                });
+            }
         }
-        if !(1000..=120_000).contains(&self.smtp_timeout_ms) {
-            return Err("smtp_timeout_ms must be 1000 to 120000".into());
+        if !SMTP_TIMEOUT_MS_RANGE.contains(&self.smtp_timeout_ms) {
+            return Err(ConfigError::SmtpTimeoutOutOfRange {
+                ms: self.smtp_timeout_ms,
+            });
         }
         for (name, value) in [
             ("session_ttl_secs", self.session_ttl_secs as usize),
@@ -191,7 +217,7 @@ impl ControlPlaneConfig {
             ("body_bytes_max", self.body_bytes_max),
         ] {
             if value == 0 {
-                return Err(format!("{name} must be above 0"));
+                return Err(ConfigError::Zero { name });
             }
         }
         Ok(())
@@ -202,5 +228,62 @@ impl ControlPlaneConfig {
             Some(url) => url.trim_end_matches('/').to_owned(),
             None => format!("http://{}", self.api_addr),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_defaults_are_valid() {
+        assert_eq!(ControlPlaneConfig::default().validate(), Ok(()));
+    }
+
+    #[test]
+    fn each_mistake_is_named_with_what_to_do() {
+        let with = |change: fn(&mut ControlPlaneConfig)| {
+            let mut config = ControlPlaneConfig::default();
+            change(&mut config);
+            config.validate().expect_err("refused")
+        };
+        let too_long = with(|c| c.session_ttl_secs = DURATION_SECS_MAX + 1);
+        assert_eq!(
+            too_long,
+            ConfigError::DurationTooLong {
+                name: "session_ttl_secs",
+                secs: DURATION_SECS_MAX + 1
+            }
+        );
+        assert!(
+            too_long.to_string().contains("over 100 years"),
+            "{too_long}"
+        );
+        let short = with(|c| c.cluster_secret = Some("short".into()));
+        assert_eq!(short, ConfigError::ClusterSecretTooShort { chars: 5 });
+        assert!(
+            short.to_string().contains("at least 16 characters"),
+            "{short}"
+        );
+        let timeout = with(|c| c.smtp_timeout_ms = 999);
+        assert_eq!(timeout, ConfigError::SmtpTimeoutOutOfRange { ms: 999 });
+        assert!(
+            timeout
+                .to_string()
+                .starts_with("smtp_timeout_ms must be 1000 to 120000"),
+            "{timeout}"
+        );
+        let zero = with(|c| c.page_size_max = 0);
+        assert_eq!(
+            zero,
+            ConfigError::Zero {
+                name: "page_size_max"
+            }
+        );
+        assert!(
+            zero.to_string()
+                .starts_with("page_size_max must be above 0"),
+            "{zero}"
+        );
     }
 }

@@ -11,12 +11,16 @@ use crate::store::Change;
 /// How often expired records are removed.
 pub const INTERVAL: Duration = Duration::from_secs(600);
 
-/// Removes expired records every `interval`, until the runtime stops.
+/// Removes expired records every `interval`, until the control plane stops.
 pub async fn sweep(app: App, interval: Duration) {
+    let mut stopping = app.stop_signal();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.wait() => return,
+        }
         let result = app
             .write(|s| {
                 let now = Utc::now();

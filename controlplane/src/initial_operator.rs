@@ -45,7 +45,7 @@ pub enum InitialOperatorError {
 }
 
 /// Creates the operator account when there is none; returns its credentials when it did.
-pub fn ensure(
+pub(crate) fn ensure(
     store: &Store,
     data_dir: &Path,
     api_url: &str,

@@ -1,36 +1,41 @@
 //! Sluice's control plane: the axum API people use to manage users, workspaces, members and
 //! roles, invitations, access tokens and sources.
 //!
-//! - [`store`]: every record in memory and in one redb file; changes commit before they show.
-//! - [`model`] and [`roles`]: the records and the one permission table.
-//! - [`auth`]: passwords, sessions, personal tokens, one-time codes, the caller of a request.
-//! - [`api`]: the HTTP endpoints and the OpenAPI document generated from them.
-//! - [`mail`]: platform mail through SMTP, or an outbox directory when none is configured.
-//! - [`trial`], [`purge`], [`housekeeping`], [`snapshot`]: background work (ended trials
-//!   disable workspaces, deleted workspaces' data leaves the lake, expired records go, the
-//!   data-plane configuration is written out).
+//! - `store`: every record in memory and in one redb file; changes commit before they show.
+//! - `model` and `roles`: the records and the one permission table.
+//! - `auth`: passwords, sessions, personal tokens, one-time codes, the caller of a request.
+//! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
+//!   the one list of problem types they refuse with.
+//! - `mail`: platform mail through SMTP, or an outbox directory when none is configured.
+//! - `trial`, `purge`, `housekeeping`, [`snapshot`]: background work (ended trials disable
+//!   workspaces, deleted workspaces' data leaves the lake, expired records go, the data-plane
+//!   configuration is written out), started and stopped through `shutdown`.
 //!
 //! The control plane runs on its own tokio runtime and threads; it never touches the data
-//! plane's request path.
+//! plane's request path. Outside this crate only [`ControlPlane`], its settings and errors, and
+//! the file names of [`snapshot`] and [`initial_operator`] are visible.
 
-pub mod api;
-pub mod app;
-pub mod auth;
-pub mod cluster;
-pub mod config;
-pub mod housekeeping;
+#![forbid(unsafe_code)]
+
+pub(crate) mod api;
+pub(crate) mod app;
+pub(crate) mod auth;
+pub(crate) mod cluster;
+pub(crate) mod config;
+pub(crate) mod housekeeping;
 pub mod initial_operator;
-pub mod mail;
-pub mod model;
-pub mod problem;
-pub mod purge;
-pub mod rate_limit;
-pub mod roles;
-pub mod secrets;
-pub mod seed;
+pub(crate) mod mail;
+pub(crate) mod model;
+pub(crate) mod problem;
+pub(crate) mod purge;
+pub(crate) mod rate_limit;
+pub(crate) mod roles;
+pub(crate) mod secrets;
+pub(crate) mod seed;
+pub(crate) mod shutdown;
 pub mod snapshot;
-pub mod store;
-pub mod trial;
+pub(crate) mod store;
+pub(crate) mod trial;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,21 +43,26 @@ use std::time::Duration;
 
 use axum::error_handling::HandleErrorLayer;
 use axum::extract::DefaultBodyLimit;
-use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::{BoxError, Router};
 use sluice_storage::lake::{Lake, LakeError};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tower::ServiceBuilder;
 
-pub use config::ControlPlaneConfig;
+// The public surface: starting and stopping, the settings, and what `start` may fail with.
+pub use config::{ConfigError, ControlPlaneConfig};
+pub use initial_operator::{InitialOperator, InitialOperatorError};
+pub use mail::MailError;
+pub use secrets::SecretError;
+pub use seed::Seeded;
+pub use store::StoreError;
 
 use crate::app::App;
-use crate::initial_operator::{InitialOperator, InitialOperatorError};
-use crate::mail::{MailError, MailSettings, Mailer};
-use crate::problem::ApiError;
-use crate::secrets::{SecretBox, SecretError};
-use crate::store::{Store, StoreError};
+use crate::mail::{MailSettings, Mailer};
+use crate::problem::{ApiError, ProblemType};
+use crate::secrets::SecretBox;
+use crate::shutdown::{BackgroundTasks, Joined};
+use crate::store::Store;
 
 /// Errors that keep the control plane from starting.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +84,7 @@ pub enum ControlPlaneError {
     #[error(transparent)]
     Secret(#[from] SecretError),
     #[error("invalid control-plane setting: {0}")]
-    Config(String),
+    Config(#[from] ConfigError),
     #[error("building the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -94,13 +104,20 @@ pub enum FirstStart {
     DefaultWorkspace { token: Option<String> },
 }
 
+/// How long stopping may take: in-flight requests finish and background tasks end within it,
+/// then the runtime is dropped with whatever still runs.
+pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
+
 /// A running control plane.
 pub struct ControlPlane {
     addr: SocketAddr,
     initial_operator: Option<InitialOperator>,
-    seeded: Option<seed::Seeded>,
-    stop: Option<oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    seeded: Option<Seeded>,
+    /// The stop signal (`App::stopping`): the API, the streams and the background tasks all
+    /// wait on it.
+    stopping: watch::Sender<bool>,
+    /// Returns how the background tasks ended.
+    thread: Option<std::thread::JoinHandle<Joined>>,
 }
 
 impl ControlPlane {
@@ -112,7 +129,7 @@ impl ControlPlane {
         first_start: FirstStart,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let mut config = config;
-        config.validate().map_err(ControlPlaneError::Config)?;
+        config.validate()?;
         std::fs::create_dir_all(&config.data_dir).map_err(io(format!(
             "creating data dir {}",
             config.data_dir.display()
@@ -186,33 +203,46 @@ impl ControlPlane {
             tokio::net::TcpListener::from_std(listener)
                 .map_err(io("registering the API listener"))?
         };
-        let (stop, stopped) = oneshot::channel::<()>();
+        let stopping = app.stopping.clone();
         let thread = std::thread::Builder::new()
             .name("controlplane-main".into())
             .spawn(move || {
-                runtime.block_on(async move {
+                let (joined, deadline) = runtime.block_on(async move {
                     let config = app.config.clone();
-                    tokio::spawn(trial::sweep(
-                        app.clone(),
-                        Duration::from_millis(config.trial_check_interval_ms.max(10)),
-                    ));
-                    tokio::spawn(snapshot::keep_file_current(app.clone(), snapshot_path));
-                    tokio::spawn(purge::run(app.clone(), lake));
-                    tokio::spawn(housekeeping::sweep(app.clone(), housekeeping::INTERVAL));
+                    let mut background = BackgroundTasks::default();
+                    background.spawn(
+                        "trial sweep",
+                        trial::sweep(
+                            app.clone(),
+                            Duration::from_millis(config.trial_check_interval_ms.max(10)),
+                        ),
+                    );
+                    background.spawn(
+                        "snapshot writer",
+                        snapshot::keep_file_current(app.clone(), snapshot_path),
+                    );
+                    background.spawn("purge", purge::run(app.clone(), lake));
+                    background.spawn(
+                        "housekeeping",
+                        housekeeping::sweep(app.clone(), housekeeping::INTERVAL),
+                    );
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                    let stopping = app.stopping.clone();
+                    let mut stop = app.stop_signal();
                     let served = axum::serve(listener, service)
-                        .with_graceful_shutdown(async move {
-                            let _ = stopped.await;
-                            // Configuration streams never end on their own.
-                            stopping.send_replace(true);
-                        })
+                        .with_graceful_shutdown(async move { stop.wait().await })
                         .await;
                     if let Err(e) = served {
                         tracing::error!(error = %e, "the control-plane API stopped");
+                        // Serving failed without a stop: the background tasks stop with it.
+                        app.stopping.send_replace(true);
                     }
+                    let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+                    (background.join_until(deadline).await, deadline)
                 });
-                runtime.shutdown_timeout(Duration::from_secs(5));
+                runtime.shutdown_timeout(
+                    deadline.saturating_duration_since(tokio::time::Instant::now()),
+                );
+                joined
             })
             .map_err(io("starting the control-plane thread"))?;
         tracing::info!(%addr, "control-plane API listening");
@@ -220,7 +250,7 @@ impl ControlPlane {
             addr,
             initial_operator,
             seeded,
-            stop: Some(stop),
+            stopping,
             thread: Some(thread),
         })
     }
@@ -236,22 +266,27 @@ impl ControlPlane {
     }
 
     /// The default workspace, when this start created it.
-    pub fn seeded(&self) -> Option<&seed::Seeded> {
+    pub fn seeded(&self) -> Option<&Seeded> {
         self.seeded.as_ref()
     }
 
-    /// Stops taking requests, lets the ones in flight finish, and stops the runtime.
+    /// Stops taking requests, lets the ones in flight finish, ends the background tasks and
+    /// stops the runtime, within [`STOP_DEADLINE`] or little more.
     pub fn shutdown(mut self) {
         self.stop_and_join();
     }
 
-    fn stop_and_join(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+    /// Gives the stop signal and waits for the control plane's thread; returns how the
+    /// background tasks ended (`None` when it was stopped already or its thread panicked).
+    fn stop_and_join(&mut self) -> Option<Joined> {
+        self.stopping.send_replace(true);
+        let joined = self.thread.take()?.join().ok()?;
+        tracing::info!(
+            ended = joined.ended.len(),
+            cut_off = ?joined.cut_off,
+            "control plane stopped"
+        );
+        Some(joined)
     }
 }
 
@@ -262,7 +297,7 @@ impl Drop for ControlPlane {
 }
 
 /// The whole HTTP surface, every route documented in the OpenAPI document, behind the limits.
-pub fn router(app: App) -> Result<Router, ControlPlaneError> {
+pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
     let (api, document) = api::router_and_document();
     let _ = app.openapi.set(document.to_json()?);
     let limits = ServiceBuilder::new()
@@ -355,19 +390,56 @@ async fn trace_request(
 async fn overloaded(error: BoxError) -> axum::response::Response {
     if error.is::<tower::timeout::error::Elapsed>() {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "timeout",
+            ProblemType::Timeout,
             "the request took too long; retry later",
         )
         .retry_after(5)
         .into_response()
     } else {
         ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "overloaded",
+            ProblemType::Overloaded,
             "the control plane is handling too many requests; retry shortly",
         )
         .retry_after(1)
         .into_response()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sweeps, the purge and the snapshot writer heed the stop signal: all of them return
+    /// on their own, none is aborted at the deadline, and stopping takes far less than it.
+    #[test]
+    fn stopping_ends_every_background_task_well_before_the_deadline() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = ControlPlaneConfig {
+            data_dir: dir.path().to_owned(),
+            api_addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            secret_key: Some("11".repeat(32)),
+            ..ControlPlaneConfig::default()
+        };
+        let mut control_plane = ControlPlane::start(config, FirstStart::Bare).expect("starts");
+        let started = std::time::Instant::now();
+        let joined = control_plane
+            .stop_and_join()
+            .expect("the first stop reports");
+        let took = started.elapsed();
+        assert_eq!(
+            joined.ended,
+            ["trial sweep", "snapshot writer", "purge", "housekeeping"],
+            "{joined:?}"
+        );
+        assert!(joined.cut_off.is_empty(), "{joined:?}");
+        assert!(
+            took < STOP_DEADLINE / 5,
+            "stopping took {took:?} (deadline {STOP_DEADLINE:?})"
+        );
+        assert_eq!(
+            control_plane.stop_and_join(),
+            None,
+            "stopping twice is harmless"
+        );
     }
 }

@@ -35,8 +35,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use uuid::Uuid;
 
 use crate::model::{Delivery, MailPurpose, MailTransport, SmtpSecurity, WorkspaceSmtp};
-use crate::problem::ApiError;
-use crate::secrets::SecretBox;
+use crate::problem::{ApiError, ProblemType};
+use crate::secrets::{SecretBox, SecretError};
 use crate::store::{Change, State, Store};
 
 /// Delivery attempts kept per workspace.
@@ -65,6 +65,78 @@ pub enum MailError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("setting up TLS for the platform SMTP server: {0}")]
+    Tls(TlsError),
+}
+
+/// Why TLS parameters for an SMTP server cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The configured extra CA (`smtp_ca_file`) is not a PEM certificate.
+    #[error("the SMTP CA file: {0}")]
+    CaFile(lettre::transport::smtp::Error),
+    #[error("{0}")]
+    Parameters(lettre::transport::smtp::Error),
+}
+
+/// Why one mail was not delivered. The text is what the workspace's delivery log and the answer
+/// to a test send show, so it starts with the kind of failure ("connection failed", "TLS
+/// failure", "timed out", ...) and carries the server's own words; the underlying errors are
+/// part of the text rather than `source()`, so that nothing is printed twice.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("the from address is not valid: {0}")]
+    FromAddress(lettre::address::AddressError),
+    #[error("the recipient address is not valid: {0}")]
+    Recipient(lettre::address::AddressError),
+    #[error("the mail could not be built: {0}")]
+    Message(lettre::error::Error),
+    #[error("connection failed: resolving {host} timed out")]
+    ResolveTimeout { host: String },
+    #[error("connection failed: resolving {host}: {error}")]
+    Resolve { host: String, error: std::io::Error },
+    /// A workspace server on a private address while the operator allows none.
+    #[error("connection failed: {host} resolves to the non-public address {ip}; an operator can allow such servers with smtp_allow_private_hosts")]
+    AddressRefused { host: String, ip: IpAddr },
+    #[error("connection failed: {host} has no address")]
+    NoAddress { host: String },
+    #[error("{0}")]
+    Tls(TlsError),
+    /// The workspace's SMTP password was sealed with a key that is no longer configured.
+    #[error("the stored SMTP password cannot be read: {0}")]
+    Password(SecretError),
+    /// The server or the connection to it failed; `detail` is lettre's error with its causes.
+    #[error("{kind}: {detail}")]
+    Smtp { kind: SmtpFailure, detail: String },
+    #[error("timed out after {} ms", .0.as_millis())]
+    Timeout(Duration),
+    /// Writing to the outbox directory (no platform SMTP server configured) failed.
+    #[error("{0}")]
+    OutboxWrite(lettre::transport::file::Error),
+}
+
+/// The kind of an SMTP failure, as the delivery log names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SmtpFailure {
+    Tls,
+    Timeout,
+    Authentication,
+    Refused,
+    Protocol,
+    Connection,
+}
+
+impl std::fmt::Display for SmtpFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            SmtpFailure::Tls => "TLS failure",
+            SmtpFailure::Timeout => "timed out",
+            SmtpFailure::Authentication => "authentication failed",
+            SmtpFailure::Refused => "refused by the server",
+            SmtpFailure::Protocol => "SMTP error",
+            SmtpFailure::Connection => "connection failed",
+        })
+    }
 }
 
 /// One mail to send.
@@ -135,8 +207,7 @@ pub struct Mailer {
 
 fn busy() -> ApiError {
     ApiError::new(
-        axum::http::StatusCode::SERVICE_UNAVAILABLE,
-        "mail-unavailable",
+        ProblemType::MailUnavailable,
         "too much mail is waiting to be sent; retry in a minute",
     )
     .retry_after(60)
@@ -232,8 +303,7 @@ impl Mailer {
             .and_then(Result::ok)
             .ok_or_else(|| {
                 ApiError::new(
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
-                    "mail-unavailable",
+                    ProblemType::MailUnavailable,
                     "this workspace's SMTP server is busy with other mail; retry shortly",
                 )
                 .retry_after(10)
@@ -291,18 +361,18 @@ fn platform_transport(
     ca_pem: Option<&[u8]>,
     timeout: Duration,
 ) -> Result<AsyncSmtpTransport<Tokio1Executor>, MailError> {
-    let bad = |e: String| MailError::SmtpUrl(e);
+    let bad = |e: &dyn std::fmt::Display| MailError::SmtpUrl(e.to_string());
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::from_url(url)
-        .map_err(|e| bad(e.to_string()))?
+        .map_err(|e| bad(&e))?
         .timeout(Some(timeout));
     if ca_pem.is_some() {
-        let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
+        let parsed = url::Url::parse(url).map_err(|e| bad(&e))?;
         let host = parsed.host_str().unwrap_or_default().to_owned();
         let tls_query = parsed
             .query_pairs()
             .find(|(k, _)| k == "tls")
             .map(|(_, v)| v.into_owned());
-        let params = || tls_parameters(&host, ca_pem).map_err(bad);
+        let params = || tls_parameters(&host, ca_pem).map_err(MailError::Tls);
         builder = match (parsed.scheme(), tls_query.as_deref()) {
             ("smtps", _) => builder.tls(Tls::Wrapper(params()?)),
             (_, Some("required")) => builder.tls(Tls::Required(params()?)),
@@ -313,13 +383,13 @@ fn platform_transport(
     Ok(builder.build())
 }
 
-fn tls_parameters(host: &str, ca_pem: Option<&[u8]>) -> Result<TlsParameters, String> {
+fn tls_parameters(host: &str, ca_pem: Option<&[u8]>) -> Result<TlsParameters, TlsError> {
     let mut builder = TlsParameters::builder(host.to_owned());
     if let Some(pem) = ca_pem {
-        let ca = Certificate::from_pem(pem).map_err(|e| format!("the SMTP CA file: {e}"))?;
+        let ca = Certificate::from_pem(pem).map_err(TlsError::CaFile)?;
         builder = builder.add_root_certificate(ca);
     }
-    builder.build_rustls().map_err(|e| e.to_string())
+    builder.build_rustls().map_err(TlsError::Parameters)
 }
 
 /// Whether `ip` is on the public internet (not loopback, private, link-local, CGNAT,
@@ -353,26 +423,27 @@ fn is_public(ip: IpAddr) -> bool {
 }
 
 /// The address to connect to for a workspace server: resolved once, checked, then used as is.
-async fn checked_address(shared: &Shared, smtp: &WorkspaceSmtp) -> Result<IpAddr, String> {
+async fn checked_address(shared: &Shared, smtp: &WorkspaceSmtp) -> Result<IpAddr, SendError> {
+    let host = || smtp.host.clone();
     let resolved = tokio::time::timeout(
         shared.timeout,
         tokio::net::lookup_host((smtp.host.as_str(), smtp.port)),
     )
     .await
-    .map_err(|_| format!("connection failed: resolving {} timed out", smtp.host))?
-    .map_err(|e| format!("connection failed: resolving {}: {e}", smtp.host))?;
+    .map_err(|_| SendError::ResolveTimeout { host: host() })?
+    .map_err(|error| SendError::Resolve {
+        host: host(),
+        error,
+    })?;
     let mut first = None;
     for addr in resolved {
         let ip = addr.ip();
         if !shared.allow_private_hosts && !is_public(ip) {
-            return Err(format!(
-                "connection failed: {} resolves to the non-public address {ip}; an operator can allow such servers with smtp_allow_private_hosts",
-                smtp.host
-            ));
+            return Err(SendError::AddressRefused { host: host(), ip });
         }
         first.get_or_insert(ip);
     }
-    first.ok_or_else(|| format!("connection failed: {} has no address", smtp.host))
+    first.ok_or_else(|| SendError::NoAddress { host: host() })
 }
 
 /// A transport to a workspace's own server, at its checked address; TLS still verifies the
@@ -380,23 +451,23 @@ async fn checked_address(shared: &Shared, smtp: &WorkspaceSmtp) -> Result<IpAddr
 async fn workspace_transport(
     shared: &Shared,
     smtp: &WorkspaceSmtp,
-) -> Result<AsyncSmtpTransport<Tokio1Executor>, String> {
+) -> Result<AsyncSmtpTransport<Tokio1Executor>, SendError> {
     let address = checked_address(shared, smtp).await?;
     let mut builder = AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(address.to_string())
         .port(smtp.port)
         .timeout(Some(shared.timeout));
-    let ca = shared.ca_pem.as_deref();
+    let params = || tls_parameters(&smtp.host, shared.ca_pem.as_deref()).map_err(SendError::Tls);
     builder = match smtp.security {
         SmtpSecurity::None => builder.tls(Tls::None),
-        SmtpSecurity::Starttls => builder.tls(Tls::Required(tls_parameters(&smtp.host, ca)?)),
-        SmtpSecurity::Tls => builder.tls(Tls::Wrapper(tls_parameters(&smtp.host, ca)?)),
+        SmtpSecurity::Starttls => builder.tls(Tls::Required(params()?)),
+        SmtpSecurity::Tls => builder.tls(Tls::Wrapper(params()?)),
     };
     if let Some(user) = &smtp.username {
         let password = match &smtp.password_sealed {
             Some(sealed) => shared
                 .secrets
                 .open(sealed, &smtp.workspace_id.to_string())
-                .map_err(|e| format!("the stored SMTP password cannot be read: {e}"))?,
+                .map_err(SendError::Password)?,
             None => String::new(),
         };
         builder = builder.credentials(Credentials::new(user.clone(), password));
@@ -421,23 +492,26 @@ fn tls_in_causes(e: &lettre::transport::smtp::Error) -> bool {
     false
 }
 
-/// The SMTP error with its causes, prefixed with what kind of failure it is.
-fn describe(e: &lettre::transport::smtp::Error) -> String {
+/// The SMTP error with its causes, classified by what kind of failure it is.
+fn smtp_failure(e: &lettre::transport::smtp::Error) -> SendError {
     let code = e.status().and_then(|c| c.to_string().parse::<u16>().ok());
     let kind = if e.is_tls() || tls_in_causes(e) {
-        "TLS failure"
+        SmtpFailure::Tls
     } else if e.is_timeout() {
-        "timed out"
+        SmtpFailure::Timeout
     } else if let Some(code) = code {
         match code {
-            534 | 535 | 538 => "authentication failed",
-            450..=452 | 550..=553 => "refused by the server",
-            _ => "SMTP error",
+            534 | 535 | 538 => SmtpFailure::Authentication,
+            450..=452 | 550..=553 => SmtpFailure::Refused,
+            _ => SmtpFailure::Protocol,
         }
     } else {
-        "connection failed"
+        SmtpFailure::Connection
     };
-    let mut text = format!("{kind}: {e}");
+    // Causes lettre's message does not already repeat are appended; the check runs against the
+    // whole text as shown, kind included.
+    let prefix = format!("{kind}: ");
+    let mut text = format!("{prefix}{e}");
     let mut source = std::error::Error::source(e);
     while let Some(cause) = source {
         let cause_text = cause.to_string();
@@ -447,7 +521,10 @@ fn describe(e: &lettre::transport::smtp::Error) -> String {
         }
         source = cause.source();
     }
-    text
+    SendError::Smtp {
+        kind,
+        detail: text.split_off(prefix.len()),
+    }
 }
 
 /// Sends one mail through `own` (a workspace's server) or the platform, and records the attempt
@@ -475,7 +552,7 @@ async fn deliver(shared: &Shared, mail: Mail, own: Option<WorkspaceSmtp>) -> Del
         delivered: result.is_ok(),
         error: result
             .err()
-            .map(|e| e.chars().take(ERROR_CHARS_MAX).collect()),
+            .map(|e| e.to_string().chars().take(ERROR_CHARS_MAX).collect()),
     };
     if mail.workspace.is_some() {
         record(shared, delivery.clone()).await;
@@ -483,45 +560,40 @@ async fn deliver(shared: &Shared, mail: Mail, own: Option<WorkspaceSmtp>) -> Del
     delivery
 }
 
-async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Result<(), String> {
+async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Result<(), SendError> {
     let from = match own {
         Some(smtp) => {
-            let address = smtp
-                .from_address
-                .parse()
-                .map_err(|e| format!("the from address is not valid: {e}"))?;
+            let address = smtp.from_address.parse().map_err(SendError::FromAddress)?;
             Mailbox::new(smtp.from_name.clone(), address)
         }
         None => shared.from.clone(),
     };
-    let to: Mailbox = mail
-        .to
-        .parse()
-        .map_err(|e| format!("the recipient address is not valid: {e}"))?;
+    let to: Mailbox = mail.to.parse().map_err(SendError::Recipient)?;
     let message = Message::builder()
         .from(from)
         .to(to)
         .subject(mail.subject.clone())
         .body(mail.body.clone())
-        .map_err(|e| format!("the mail could not be built: {e}"))?;
+        .map_err(SendError::Message)?;
     let smtp = |transport: AsyncSmtpTransport<Tokio1Executor>, message: Message| async move {
         match tokio::time::timeout(shared.timeout, transport.send(message)).await {
             Ok(Ok(_)) => Ok(()),
-            Ok(Err(e)) => Err(describe(&e)),
-            Err(_) => Err(format!("timed out after {} ms", shared.timeout.as_millis())),
+            Ok(Err(e)) => Err(smtp_failure(&e)),
+            Err(_) => Err(SendError::Timeout(shared.timeout)),
         }
     };
     match (own, &shared.platform) {
         (Some(settings), _) => smtp(workspace_transport(shared, settings).await?, message).await,
         (None, Platform::Smtp(transport)) => smtp(transport.clone(), message).await,
         (None, Platform::Outbox(file, dir)) => {
-            let written = file.send(message).await.map_err(|e| e.to_string());
+            let written = file.send(message).await.map_err(SendError::OutboxWrite);
+            // The body carries codes and links that act as credentials: it goes to the outbox
+            // file only, never to the log.
             tracing::info!(
                 outbox = %dir.display(),
                 to = %mail.to,
                 subject = %mail.subject,
-                "mail written to the outbox (no SMTP configured):\n{}",
-                mail.body
+                "mail written to the outbox (no SMTP configured); read it there"
             );
             written.map(|_| ())
         }
@@ -606,6 +678,49 @@ mod tests {
             log_changes(&state, gone).is_empty(),
             "no log for a deleted workspace"
         );
+    }
+
+    /// The delivery log and test sends show these texts; the integration tests and scripts
+    /// match on their beginnings ("connection failed", "TLS failure", "timed out", ...).
+    #[test]
+    fn send_errors_read_as_the_delivery_log_shows_them() {
+        let host = || "mail.internal".to_owned();
+        let cases = [
+            (
+                SendError::AddressRefused {
+                    host: host(),
+                    ip: "10.0.0.5".parse().expect("ip"),
+                },
+                "connection failed: mail.internal resolves to the non-public address 10.0.0.5; \
+                 an operator can allow such servers with smtp_allow_private_hosts",
+            ),
+            (
+                SendError::NoAddress { host: host() },
+                "connection failed: mail.internal has no address",
+            ),
+            (
+                SendError::ResolveTimeout { host: host() },
+                "connection failed: resolving mail.internal timed out",
+            ),
+            (
+                SendError::Timeout(Duration::from_millis(1500)),
+                "timed out after 1500 ms",
+            ),
+            (
+                SendError::Smtp {
+                    kind: SmtpFailure::Authentication,
+                    detail: "permanent error (535): bad credentials".into(),
+                },
+                "authentication failed: permanent error (535): bad credentials",
+            ),
+            (
+                SendError::Password(SecretError::Malformed),
+                "the stored SMTP password cannot be read: ",
+            ),
+        ];
+        for (error, text) in cases {
+            assert!(error.to_string().starts_with(text), "{error} / {text}");
+        }
     }
 
     #[test]

@@ -5,7 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_storage::snapshot::Scope;
+use sluice_config::snapshot::Scope;
 use utoipa::ToSchema;
 use uuid::Uuid;
 

@@ -3,8 +3,8 @@
 //! renamed, revoked and deleted through the API like any other.
 
 use chrono::Utc;
-use sluice_storage::snapshot::Scope;
-use sluice_storage::token;
+use sluice_config::snapshot::Scope;
+use sluice_config::token;
 use uuid::Uuid;
 
 use crate::model::{secret_hint, AccessToken, Member, Protocol, Source, Workspace};

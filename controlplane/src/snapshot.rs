@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use sluice_storage::snapshot::{ConfigSnapshot, SourceConfig, TokenConfig, WorkspaceConfig};
+use sluice_config::snapshot::{ConfigSnapshot, SourceConfig, TokenConfig, WorkspaceConfig};
 
 use crate::app::App;
 use crate::store::State;
@@ -16,7 +16,7 @@ use crate::store::State;
 pub const FILE_NAME: &str = "config-snapshot.json";
 
 /// The configuration data-plane nodes need, at the state's version.
-pub fn build(s: &State) -> ConfigSnapshot {
+pub(crate) fn build(s: &State) -> ConfigSnapshot {
     ConfigSnapshot {
         version: s.config_version,
         workspaces: s
@@ -54,7 +54,7 @@ pub fn build(s: &State) -> ConfigSnapshot {
 }
 
 /// Writes `snapshot` to `path` atomically (a reader sees the old or the new file, whole).
-pub fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
+pub(crate) fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
     let mut file = std::fs::File::create(&tmp)?;
     file.write_all(&serde_json::to_vec_pretty(snapshot)?)?;
@@ -62,9 +62,10 @@ pub fn write_file(path: &Path, snapshot: &ConfigSnapshot) -> std::io::Result<()>
     std::fs::rename(&tmp, path)
 }
 
-/// Publishes every new version, until the runtime stops: to the history the configuration
-/// stream serves from, and to the snapshot file.
-pub async fn keep_file_current(app: App, path: PathBuf) {
+/// Publishes every new version, until the control plane stops: to the history the
+/// configuration stream serves from, and to the snapshot file.
+pub(crate) async fn keep_file_current(app: App, path: PathBuf) {
+    let mut stopping = app.stop_signal();
     let mut versions = app.config_version.subscribe();
     loop {
         // Marked seen before reading the state: a change committed while this version is
@@ -88,8 +89,12 @@ pub async fn keep_file_current(app: App, path: PathBuf) {
             }
             Err(e) => tracing::warn!(error = %e, "writing the configuration snapshot failed"),
         }
-        if versions.changed().await.is_err() {
-            return;
+        // A version committed before the stop is still written (hence `biased`); one committed
+        // after it, at the next start.
+        tokio::select! {
+            biased;
+            changed = versions.changed() => if changed.is_err() { return },
+            _ = stopping.wait() => return,
         }
     }
 }

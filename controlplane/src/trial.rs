@@ -31,12 +31,16 @@ pub fn reconcile(s: &State, now: DateTime<Utc>, creator: Option<&User>) -> Vec<C
         .collect()
 }
 
-/// Runs [`reconcile`] for everyone every `interval`, until the runtime stops.
+/// Runs [`reconcile`] for everyone every `interval`, until the control plane stops.
 pub async fn sweep(app: App, interval: Duration) {
+    let mut stopping = app.stop_signal();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        ticker.tick().await;
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stopping.wait() => return,
+        }
         let result = app
             .write(|s| Ok((reconcile(s, Utc::now(), None), ())))
             .await;

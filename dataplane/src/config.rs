@@ -6,6 +6,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
+
 use crate::mqtt::runtime::IoDriver;
 
 /// Everything a node needs to start.
@@ -192,5 +194,78 @@ impl Default for WalSettings {
             bytes_max: 4 << 30,
             segment_bytes: 64 << 20,
         }
+    }
+}
+
+/// A configuration mistake found when the node starts, before anything is opened.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error("node id {0:?} is not valid: use 1 to {NODE_ID_LEN_MAX} of A-Z, a-z, 0-9, -, _ and .")]
+    NodeId(String),
+    #[error(
+        "--control-plane needs --cluster-secret (the secret the control plane was started with)"
+    )]
+    ControlPlaneWithoutSecret,
+    #[error("--control-plane and --config-snapshot exclude each other: choose where the configuration comes from")]
+    TwoConfigSources,
+    #[error("control-plane URL {0:?} must start with http://")]
+    ControlPlaneUrl(String),
+    #[error("mqtt.tls_addr needs mqtt.tls_cert and mqtt.tls_key (PEM files)")]
+    TlsWithoutCertificate,
+}
+
+impl NodeConfig {
+    /// Checks the settings that depend on each other, once, at start.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if let Some(id) = &self.node_id {
+            if !is_valid_node_id(id) {
+                return Err(ConfigError::NodeId(id.clone()));
+            }
+        }
+        if let Some(url) = &self.control_plane {
+            if self.cluster_secret.as_deref().is_none_or(str::is_empty) {
+                return Err(ConfigError::ControlPlaneWithoutSecret);
+            }
+            if self.config_snapshot.is_some() {
+                return Err(ConfigError::TwoConfigSources);
+            }
+            if !url.starts_with("http://") {
+                return Err(ConfigError::ControlPlaneUrl(url.clone()));
+            }
+        }
+        if self.mqtt.tls_addr.is_some()
+            && (self.mqtt.tls_cert.is_none() || self.mqtt.tls_key.is_none())
+        {
+            return Err(ConfigError::TlsWithoutCertificate);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_contradict_each_other_are_refused_at_start() {
+        let ok = NodeConfig::default();
+        assert_eq!(ok.validate(), Ok(()));
+        let mut c = NodeConfig {
+            control_plane: Some("http://cp:8080".into()),
+            ..NodeConfig::default()
+        };
+        assert_eq!(c.validate(), Err(ConfigError::ControlPlaneWithoutSecret));
+        c.cluster_secret = Some("s".into());
+        assert_eq!(c.validate(), Ok(()));
+        c.config_snapshot = Some("snap.json".into());
+        assert_eq!(c.validate(), Err(ConfigError::TwoConfigSources));
+        c.config_snapshot = None;
+        c.control_plane = Some("https://cp".into());
+        assert!(matches!(c.validate(), Err(ConfigError::ControlPlaneUrl(_))));
+        let bad_id = NodeConfig {
+            node_id: Some("a/b".into()),
+            ..NodeConfig::default()
+        };
+        assert!(matches!(bad_id.validate(), Err(ConfigError::NodeId(_))));
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime};
 use sluice_config::snapshot::ConfigSnapshot;
 use sluice_config::state::ConfigState;
 use sluice_storage::cache::ConfigCache;
-use tokio::sync::watch;
+use sluice_storage::shutdown::Shutdown;
 use tracing::{error, info, warn};
 
 use crate::access::Access;
@@ -63,10 +63,10 @@ pub fn read_snapshot_file(path: &Path) -> Result<ConfigSnapshot, SourceError> {
     Ok(snapshot)
 }
 
-/// Polls a snapshot file and applies newer versions.
+/// Polls a snapshot file and applies newer versions, until the shutdown signal (seen within
+/// one poll interval).
 pub struct SnapshotWatch {
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 impl SnapshotWatch {
@@ -77,8 +77,8 @@ impl SnapshotWatch {
         cache: Arc<ConfigCache>,
         access: Arc<Access>,
         metrics: Arc<NodeMetrics>,
+        shutdown: Shutdown,
     ) -> std::io::Result<Self> {
-        let (stop, mut stop_rx) = watch::channel(false);
         let thread = std::thread::Builder::new()
             .name("sluice-config-watch".into())
             .spawn(move || {
@@ -89,7 +89,7 @@ impl SnapshotWatch {
                     ConfigState::empty()
                 });
                 let mut seen = stamp(&path);
-                while !*stop_rx.borrow_and_update() {
+                while !shutdown.is_requested() {
                     std::thread::sleep(WATCH_INTERVAL);
                     let now = stamp(&path);
                     if now == seen {
@@ -99,19 +99,14 @@ impl SnapshotWatch {
                     apply_file(&path, &mut state, &cache, &access, &metrics);
                 }
             })?;
-        Ok(SnapshotWatch {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(SnapshotWatch { thread })
     }
 }
 
-impl Drop for SnapshotWatch {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl SnapshotWatch {
+    /// Waits for the watch's thread to end (after the shutdown signal).
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }
 

@@ -28,8 +28,8 @@ use sluice_config::snapshot::ConfigSnapshot;
 use sluice_config::state::{ConfigChange, ConfigState};
 use sluice_config::stream::{Ack, StreamMessage, ACKS_PATH, STREAM_PATH};
 use sluice_storage::cache::{CacheError, ConfigCache};
+use sluice_storage::shutdown::Shutdown;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::access::Access;
@@ -64,16 +64,62 @@ pub struct StreamStatus {
 /// Why a session ended.
 enum End {
     /// Reconnect, asking for what the node holds.
-    Retry(String),
+    Retry(StreamError),
     /// Reconnect asking for a full snapshot (gap or drift).
-    Resync(String),
+    Resync(StreamError),
     Stopped,
 }
 
-/// The running stream.
+/// What interrupted the stream; shown in `/readyz` as `config_stream.last_error`.
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("building the request: {0}")]
+    Request(#[source] http::Error),
+    #[error("connecting to {authority} timed out")]
+    ConnectTimeout { authority: String },
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        authority: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {authority}: {source}")]
+    Handshake {
+        authority: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("{authority} did not answer in time")]
+    AnswerTimeout { authority: String },
+    #[error("request to {authority}: {source}")]
+    Send {
+        authority: String,
+        #[source]
+        source: hyper::Error,
+    },
+    #[error("the control plane answered {status}: {body}")]
+    Refused { status: StatusCode, body: String },
+    #[error("no heartbeat from the control plane")]
+    Silent,
+    #[error("the control plane ended the stream")]
+    Ended,
+    #[error("reading the stream: {0}")]
+    Read(#[source] hyper::Error),
+    #[error("a line of the stream is over {LINE_BYTES_MAX} bytes")]
+    LineTooLong,
+    #[error("unreadable message: {0}")]
+    Unreadable(#[source] serde_json::Error),
+    #[error(transparent)]
+    Delta(DeltaError),
+    #[error("version {version} hashes differently here: this copy drifted")]
+    Drift { version: u64 },
+    #[error("the control plane is at version {theirs}, this node at {ours}")]
+    Behind { theirs: u64, ours: u64 },
+}
+
+/// The running stream; it ends on the shutdown signal.
 pub struct ConfigStream {
-    stop: watch::Sender<bool>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
 }
 
 /// What the session works on.
@@ -106,6 +152,7 @@ impl ConfigStream {
         access: Arc<Access>,
         metrics: Arc<NodeMetrics>,
         status: Arc<StreamStatus>,
+        shutdown: Shutdown,
     ) -> std::io::Result<ConfigStream> {
         let authority = settings
             .url
@@ -118,7 +165,6 @@ impl ConfigStream {
             })?
             .trim_end_matches('/')
             .to_owned();
-        let (stop, stop_rx) = watch::channel(false);
         let version = current.version;
         let state = ConfigState::new(current).unwrap_or_else(|e| {
             // Cannot happen for a configuration that was validated before it was cached;
@@ -150,26 +196,21 @@ impl ConfigStream {
                         return;
                     }
                 };
-                runtime.block_on(follow(local, stop_rx));
+                runtime.block_on(follow(local, shutdown));
             })?;
-        Ok(ConfigStream {
-            stop,
-            thread: Some(thread),
-        })
+        Ok(ConfigStream { thread })
     }
 }
 
-impl Drop for ConfigStream {
-    fn drop(&mut self) {
-        let _ = self.stop.send(true);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
+impl ConfigStream {
+    /// Waits for the stream's thread to end (after the shutdown signal).
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }
 
 /// Connects, follows, reconnects, until told to stop.
-async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
+async fn follow(mut local: Local, mut shutdown: Shutdown) {
     let mut backoff = BACKOFF_MIN;
     let mut resync = false;
     loop {
@@ -178,7 +219,7 @@ async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
         let started = std::time::Instant::now();
         let end = tokio::select! {
             end = session(&mut local, resync) => end,
-            _ = stop.wait_for(|s| *s) => End::Stopped,
+            _ = shutdown.requested() => End::Stopped,
         };
         local.status.connected.store(false, Ordering::Relaxed);
         local.metrics.config_stream_connected.set(0);
@@ -198,14 +239,14 @@ async fn follow(mut local: Local, mut stop: watch::Receiver<bool>) {
         };
         warn!(%reason, version = local.state.version(), "configuration stream interrupted; serving the last good configuration");
         if let Ok(mut last) = local.status.last_error.lock() {
-            *last = Some(reason);
+            *last = Some(reason.to_string());
         }
         // Full jitter: nodes that lost the control plane together do not return together.
         let wait = rand::rng().random_range(Duration::ZERO..=backoff);
         backoff = (backoff * 2).min(BACKOFF_MAX);
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = shutdown.requested() => return,
         }
     }
 }
@@ -241,7 +282,7 @@ async fn session(local: &mut Local, resync: bool) -> End {
         .body(Empty::<Bytes>::new())
     {
         Ok(r) => r,
-        Err(e) => return End::Retry(format!("building the request: {e}")),
+        Err(e) => return End::Retry(StreamError::Request(e)),
     };
     let response = match send(&local.authority, request).await {
         Ok(r) => r,
@@ -260,7 +301,7 @@ async fn session(local: &mut Local, resync: bool) -> End {
                     .collect::<String>()
             })
             .unwrap_or_default();
-        return End::Retry(format!("the control plane answered {status}: {body}"));
+        return End::Retry(StreamError::Refused { status, body });
     }
     local.status.connected.store(true, Ordering::Relaxed);
     local.metrics.config_stream_connected.set(1);
@@ -274,18 +315,16 @@ async fn session(local: &mut Local, resync: bool) -> End {
     let mut scanned = 0;
     loop {
         let frame = match tokio::time::timeout(IDLE_TIMEOUT, body.frame()).await {
-            Err(_) => return End::Retry("no heartbeat from the control plane".into()),
-            Ok(None) => return End::Retry("the control plane ended the stream".into()),
-            Ok(Some(Err(e))) => return End::Retry(format!("reading the stream: {e}")),
+            Err(_) => return End::Retry(StreamError::Silent),
+            Ok(None) => return End::Retry(StreamError::Ended),
+            Ok(Some(Err(e))) => return End::Retry(StreamError::Read(e)),
             Ok(Some(Ok(frame))) => frame,
         };
         let Ok(data) = frame.into_data() else {
             continue;
         };
         if buffer.len() + data.len() > LINE_BYTES_MAX {
-            return End::Retry(format!(
-                "a line of the stream is over {LINE_BYTES_MAX} bytes"
-            ));
+            return End::Retry(StreamError::LineTooLong);
         }
         buffer.extend_from_slice(&data);
         while let Some(offset) = buffer[scanned..].iter().position(|b| *b == b'\n') {
@@ -305,9 +344,9 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
     let message: StreamMessage = match serde_json::from_slice(line) {
         Ok(m) => m,
         Err(e) => {
-            let reason = format!("unreadable message: {e}");
-            nack(local, local.state.version(), &reason).await;
-            return Some(End::Resync(reason));
+            let error = StreamError::Unreadable(e);
+            nack(local, local.state.version(), &error.to_string()).await;
+            return Some(End::Resync(error));
         }
     };
     match message {
@@ -338,7 +377,7 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             }
             Err(e @ (DeltaError::Gap { .. } | DeltaError::Drift { .. })) => {
                 nack(local, delta.to, &e.to_string()).await;
-                Some(End::Resync(e.to_string()))
+                Some(End::Resync(StreamError::Delta(e)))
             }
             Err(e) => {
                 // Refused; the node keeps its version, and a later delta from the refused one
@@ -349,19 +388,17 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
         },
         StreamMessage::Heartbeat { version, hash } => {
             if version == local.state.version() && hash != local.state.hash() {
-                return Some(End::Resync(format!(
-                    "version {version} hashes differently here: this copy drifted"
-                )));
+                return Some(End::Resync(StreamError::Drift { version }));
             }
             // Versions arrive before the heartbeat that announces them; two heartbeats ahead
             // of us mean something was missed: reconnect to catch up.
             if version > local.state.version() {
                 local.behind_heartbeats += 1;
                 if local.behind_heartbeats >= 2 {
-                    return Some(End::Retry(format!(
-                        "the control plane is at version {version}, this node at {}",
-                        local.state.version()
-                    )));
+                    return Some(End::Retry(StreamError::Behind {
+                        theirs: version,
+                        ours: local.state.version(),
+                    }));
                 }
             } else {
                 local.behind_heartbeats = 0;
@@ -459,7 +496,7 @@ async fn ack(local: &Local, version: u64, ok: bool, reason: Option<&str>) {
 async fn send<B>(
     authority: &str,
     request: Request<B>,
-) -> Result<http::Response<hyper::body::Incoming>, String>
+) -> Result<http::Response<hyper::body::Incoming>, StreamError>
 where
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
@@ -467,14 +504,27 @@ where
 {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(authority))
         .await
-        .map_err(|_| format!("connecting to {authority} timed out"))?
-        .map_err(|e| format!("connecting to {authority}: {e}"))?;
+        .map_err(|_| StreamError::ConnectTimeout {
+            authority: authority.to_owned(),
+        })?
+        .map_err(|source| StreamError::Connect {
+            authority: authority.to_owned(),
+            source,
+        })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("HTTP handshake with {authority}: {e}"))?;
+        .map_err(|source| StreamError::Handshake {
+            authority: authority.to_owned(),
+            source,
+        })?;
     tokio::spawn(connection);
     tokio::time::timeout(CONNECT_TIMEOUT, sender.send_request(request))
         .await
-        .map_err(|_| format!("{authority} did not answer in time"))?
-        .map_err(|e| format!("request to {authority}: {e}"))
+        .map_err(|_| StreamError::AnswerTimeout {
+            authority: authority.to_owned(),
+        })?
+        .map_err(|source| StreamError::Send {
+            authority: authority.to_owned(),
+            source,
+        })
 }

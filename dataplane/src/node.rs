@@ -1,26 +1,28 @@
 //! A data-plane node: opens the WAL, the upload progress, the lake and the config, starts the
-//! shipper and the HTTP and MQTT front ends, and shuts them down in order (stop taking requests, let the
-//! ones in flight finish, then upload what the WAL holds, as far as the grace period allows).
+//! shipper, the configuration's source and the HTTP and MQTT front ends, all on one
+//! [`Shutdown`] signal. On it the front ends stop taking requests and let the ones in flight
+//! finish, and the shipper uploads what the WAL holds, within the signal's deadline;
+//! [`Node::join`] waits for all of them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sluice_config::snapshot::ConfigSnapshot;
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
-use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
 use sluice_storage::metrics::StorageMetrics;
 use sluice_storage::progress::{Progress, ProgressError};
 use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
+use sluice_storage::shutdown::Shutdown;
 use sluice_storage::wal::{Wal, WalConfig, WalError};
 use tracing::{info, warn};
 
 use crate::access::{Access, RateDefaults};
 use crate::admit::{Admission, AdmitLimits};
 use crate::bootstrap::{self, Bootstrap};
-use crate::config::NodeConfig;
+use crate::config::{ConfigError, NodeConfig};
 use crate::config_source::{self, SnapshotWatch, SourceError};
 use crate::config_stream::{ConfigStream, StreamSettings, StreamStatus};
 use crate::http::api::Api;
@@ -51,6 +53,8 @@ pub enum NodeError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error("the node's configuration: {0}")]
+    Config(#[from] ConfigError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -63,10 +67,9 @@ pub struct Node {
     http: HttpServer,
     mqtt: Option<MqttServer>,
     shipper: ShipperHandle,
-    _watch: Option<SnapshotWatch>,
+    watch: Option<SnapshotWatch>,
     /// Follows the control plane, when configured.
-    _stream: Option<ConfigStream>,
-    grace: Duration,
+    stream: Option<ConfigStream>,
     bootstrap: Option<Bootstrap>,
     lake_url: String,
     lake_local: Option<PathBuf>,
@@ -74,19 +77,13 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn start(config: NodeConfig) -> Result<Node, NodeError> {
+    /// Starts a node whose every thread stops on `shutdown`.
+    pub fn start(config: NodeConfig, shutdown: Shutdown) -> Result<Node, NodeError> {
+        config.validate()?;
         let data_dir = config.data_dir.clone();
         std::fs::create_dir_all(&data_dir)
             .map_err(io(format!("creating data dir {}", data_dir.display())))?;
         let node_id = match &config.node_id {
-            Some(id) if !is_valid_node_id(id) => {
-                return Err(NodeError::Io {
-                    context: "checking node_id".into(),
-                    source: std::io::Error::other(format!(
-                        "node id {id:?} is not valid: use 1 to {NODE_ID_LEN_MAX} of A-Z, a-z, 0-9, -, _ and ."
-                    )),
-                })
-            }
             Some(id) => id.clone(),
             None => node_id(&data_dir)?,
         };
@@ -131,6 +128,7 @@ impl Node {
             progress,
             lake,
             storage_metrics.clone(),
+            shutdown.clone(),
         )?;
 
         let cache = Arc::new(ConfigCache::open(&data_dir.join("cache.redb"))?);
@@ -143,14 +141,8 @@ impl Node {
         let stream_status = Arc::new(StreamStatus::default());
         let stream = match &config.control_plane {
             Some(url) => {
-                let secret = config
-                    .cluster_secret
-                    .clone()
-                    .filter(|s| !s.is_empty())
-                    .ok_or_else(|| NodeError::Io {
-                        context: "following the control plane".into(),
-                        source: std::io::Error::other("--control-plane needs --cluster-secret"),
-                    })?;
+                // Present: checked by `validate`.
+                let secret = config.cluster_secret.clone().unwrap_or_default();
                 Some(
                     ConfigStream::start(
                         StreamSettings {
@@ -164,6 +156,7 @@ impl Node {
                         access.clone(),
                         metrics.clone(),
                         stream_status.clone(),
+                        shutdown.clone(),
                     )
                     .map_err(io("starting the configuration stream"))?,
                 )
@@ -178,6 +171,7 @@ impl Node {
                     cache.clone(),
                     access.clone(),
                     metrics.clone(),
+                    shutdown.clone(),
                 )
                 .map_err(io("starting the config snapshot watch"))?,
             ),
@@ -191,18 +185,21 @@ impl Node {
                 events_per_batch_max: config.http.events_per_request_max,
             },
         });
-        let mqtt = MqttServer::start(Arc::new(MqttIngest {
-            admission: admission.clone(),
-            metrics: metrics.clone(),
-            limits: config.mqtt.clone(),
-            failures: ConnectFailures::new(config.mqtt.failed_connects_per_minute),
-            inflight: Arc::new(tokio::sync::Semaphore::new(
-                config.mqtt.inflight_bytes_max.clamp(
-                    config.mqtt.payload_bytes_max,
-                    tokio::sync::Semaphore::MAX_PERMITS,
-                ),
-            )),
-        }))
+        let mqtt = MqttServer::start(
+            Arc::new(MqttIngest {
+                admission: admission.clone(),
+                metrics: metrics.clone(),
+                limits: config.mqtt.clone(),
+                failures: ConnectFailures::new(config.mqtt.failed_connects_per_minute),
+                inflight: Arc::new(tokio::sync::Semaphore::new(
+                    config.mqtt.inflight_bytes_max.clamp(
+                        config.mqtt.payload_bytes_max,
+                        tokio::sync::Semaphore::MAX_PERMITS,
+                    ),
+                )),
+            }),
+            shutdown.clone(),
+        )
         .map_err(io("starting MQTT"))?;
         let api = Arc::new(Api::new(
             admission,
@@ -214,8 +211,8 @@ impl Node {
                 .clone()
                 .map(|url| (url, stream_status.clone())),
         ));
-        let http =
-            HttpServer::start(api).map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
+        let http = HttpServer::start(api, shutdown)
+            .map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
 
         if let Some(b) = bootstrap.as_mut() {
             let url = format!(
@@ -234,9 +231,8 @@ impl Node {
             http,
             mqtt,
             shipper,
-            _watch: watch,
-            _stream: stream,
-            grace: Duration::from_millis(config.shutdown_grace_ms),
+            watch,
+            stream,
             bootstrap,
             lake_url,
             lake_local,
@@ -277,15 +273,21 @@ impl Node {
         self.lake_local.as_deref()
     }
 
-    /// Graceful stop within the configured grace period.
-    pub fn shutdown(self) {
-        let deadline = Instant::now() + self.grace;
+    /// Waits for every thread of the node to end, after the shutdown signal: the front ends
+    /// first (their end closes the WAL's writer), then the shipper, which uploads until then.
+    pub fn join(self) {
         info!("stopping: no new requests; uploading what is buffered");
         if let Some(mqtt) = self.mqtt {
-            mqtt.shutdown(deadline);
+            mqtt.join();
         }
-        self.http.shutdown(deadline);
-        self.shipper.shutdown(deadline);
+        self.http.join();
+        if let Some(stream) = self.stream {
+            stream.join();
+        }
+        if let Some(watch) = self.watch {
+            watch.join();
+        }
+        self.shipper.join();
         info!("stopped");
     }
 }
@@ -297,14 +299,6 @@ fn initial_config(
 ) -> Result<(ConfigSnapshot, Option<Bootstrap>), NodeError> {
     let cached = cache.load()?;
     if config.control_plane.is_some() {
-        if config.config_snapshot.is_some() {
-            return Err(NodeError::Io {
-                context: "choosing the configuration source".into(),
-                source: std::io::Error::other(
-                    "--control-plane and --config-snapshot exclude each other",
-                ),
-            });
-        }
         // Until the first version arrives: the last-known-good copy, else nothing (every
         // request refused), never a bootstrap of its own.
         return Ok((cached.unwrap_or_else(ConfigSnapshot::empty), None));

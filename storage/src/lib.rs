@@ -8,6 +8,7 @@
 //! - [`cache`]: the node's redb cache of the last-known-good configuration (the configuration
 //!   itself is `sluice-config`'s).
 //! - [`progress`]: the shipper's record of what each WAL range became.
+//! - [`shutdown`]: the one shutdown signal every thread and task of a process receives.
 //!
 //! The Parquet half (`parquet_file`, `shipper`, and with them arrow and parquet) is the
 //! default feature `parquet`; the control plane, which only lists and deletes lake objects,
@@ -26,6 +27,7 @@ pub mod parquet_file;
 pub mod progress;
 #[cfg(feature = "parquet")]
 pub mod shipper;
+pub mod shutdown;
 #[cfg(test)]
 mod test_fixtures;
 pub mod wal;

@@ -22,17 +22,17 @@ use std::time::{Duration, Instant};
 use arrow_array::RecordBatch;
 use bytes::Bytes;
 use object_store::path::Path;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::event::IngestBatch;
-use crate::lake::Lake;
+use crate::lake::{Lake, LakeError};
 use crate::layout;
 use crate::metrics::{OutcomeLabel, StorageMetrics};
 use crate::parquet_file::{self, BatchSize, RowsBuilder};
 use crate::progress::{Progress, ProgressError};
+use crate::shutdown::Shutdown;
 use crate::wal::{Lsn, Segments, Tail, TailRecord, Wal, WalError};
 
 /// Settings of the shipper.
@@ -88,10 +88,11 @@ pub struct ShipperStatus {
     pub last_error: Mutex<Option<String>>,
 }
 
-/// Running shipper; [`ShipperHandle::shutdown`] drains it.
+/// A running shipper. On the shutdown signal it cuts every open batch and uploads until the
+/// WAL's writer has closed and everything is in object storage, or the signal's deadline;
+/// whatever is not uploaded by then stays in the WAL for the next start.
 pub struct ShipperHandle {
-    stop: watch::Sender<Option<Instant>>,
-    thread: Option<JoinHandle<()>>,
+    thread: JoinHandle<()>,
     status: Arc<ShipperStatus>,
 }
 
@@ -100,19 +101,9 @@ impl ShipperHandle {
         self.status.clone()
     }
 
-    /// Cuts every open batch, uploads what it can until `deadline`, and stops. Whatever is not
-    /// uploaded by then stays in the WAL for the next start.
-    pub fn shutdown(mut self, deadline: Instant) {
-        let _ = self.stop.send(Some(deadline));
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-impl Drop for ShipperHandle {
-    fn drop(&mut self) {
-        let _ = self.stop.send(Some(Instant::now()));
+    /// Waits for the shipper's thread to end (after the shutdown signal).
+    pub fn join(self) {
+        let _ = self.thread.join();
     }
 }
 
@@ -123,11 +114,11 @@ pub fn start(
     progress: Progress,
     lake: Lake,
     metrics: StorageMetrics,
+    shutdown: Shutdown,
 ) -> Result<ShipperHandle, ShipperError> {
     let tail = Tail::new(wal.segments(), wal.durable(), metrics.clone())?;
     let flushed = progress.load()?;
     let status = Arc::new(ShipperStatus::default());
-    let (stop, stop_rx) = watch::channel(None);
     let shipper = Shipper {
         keys: HashMap::new(),
         flushed_at_start: flushed,
@@ -154,15 +145,11 @@ pub fn start(
                 .enable_all()
                 .build();
             match runtime {
-                Ok(runtime) => runtime.block_on(shipper.run(stop_rx)),
+                Ok(runtime) => runtime.block_on(shipper.run(shutdown)),
                 Err(err) => error!(error = %err, "cannot start the shipper runtime"),
             }
         })?;
-    Ok(ShipperHandle {
-        stop,
-        thread: Some(thread),
-        status,
-    })
+    Ok(ShipperHandle { thread, status })
 }
 
 /// A batch still taking events.
@@ -216,8 +203,21 @@ struct UploadDone {
     /// The encoded file when encoding succeeded (kept so a retry does not encode again), and
     /// whether the upload succeeded.
     encoded: Option<Bytes>,
-    result: Result<usize, String>,
+    result: Result<usize, UploadError>,
     elapsed: Duration,
+}
+
+/// Why a file did not reach object storage (it is retried with backoff either way).
+#[derive(Debug, thiserror::Error)]
+enum UploadError {
+    #[error("encoding Parquet: {0}")]
+    Encode(#[source] parquet::errors::ParquetError),
+    #[error("uploading: {0}")]
+    Store(#[source] LakeError),
+    #[error("recording the upload's progress: {0}")]
+    Progress(#[source] ProgressError),
+    #[error("the {0} task failed: {1}")]
+    Task(&'static str, #[source] tokio::task::JoinError),
 }
 
 struct Shipper {
@@ -242,11 +242,11 @@ struct Shipper {
 }
 
 impl Shipper {
-    async fn run(mut self, mut stop: watch::Receiver<Option<Instant>>) {
+    async fn run(mut self, mut shutdown: Shutdown) {
         info!(lake = self.lake.url(), node = %self.config.node_id, "shipper started");
         let mut writer_gone = false;
         loop {
-            let deadline = *stop.borrow();
+            let deadline = shutdown.deadline();
             let stopping = deadline.is_some();
             while let Some(done) = self.uploads.try_join_next_with_id() {
                 self.finish_upload(done).await;
@@ -277,7 +277,10 @@ impl Shipper {
                     .keys
                     .values()
                     .all(|k| k.open.is_none() && k.queue.is_empty() && k.uploading.is_none());
-                if (drained && self.tail.caught_up()) || now >= deadline {
+                // Done once the front ends are (the WAL's writer closes after its last
+                // append) and all they appended is uploaded.
+                let finished = drained && self.tail.caught_up() && self.tail.writer_closed();
+                if finished || now >= deadline {
                     if !drained {
                         warn!("shipper stopped before every batch was uploaded; the WAL keeps them for the next start");
                     }
@@ -298,7 +301,7 @@ impl Shipper {
                     self.finish_upload(done).await;
                 }
                 _ = tokio::time::sleep_until(wake_at.into()) => {}
-                _ = stop.changed() => {}
+                _ = shutdown.requested(), if deadline.is_none() => {}
             }
         }
         // Uploads still running are abandoned; their files are rebuilt from the WAL next time.
@@ -497,7 +500,7 @@ impl Shipper {
                 (
                     key,
                     None,
-                    Err(format!("upload task failed: {err}")),
+                    Err(UploadError::Task("upload", err)),
                     Duration::ZERO,
                 )
             }
@@ -511,22 +514,23 @@ impl Shipper {
         if let Some(bytes) = encoded {
             file.data = FileData::Encoded(bytes);
         }
-        let committed = match &result {
-            Ok(_) => {
+        let result = match result {
+            Ok(bytes) => {
                 let progress = self.progress.clone();
                 let (k, lsn) = (key.clone(), file.last_lsn);
-                tokio::task::spawn_blocking(move || progress.commit(&k, lsn))
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.map_err(|e| e.to_string()))
+                match tokio::task::spawn_blocking(move || progress.commit(&k, lsn)).await {
+                    Ok(Ok(())) => Ok(bytes),
+                    Ok(Err(err)) => Err(UploadError::Progress(err)),
+                    Err(err) => Err(UploadError::Task("progress commit", err)),
+                }
             }
-            Err(err) => Err(err.clone()),
+            Err(err) => Err(err),
         };
         let Some(state) = self.keys.get_mut(&key) else {
             return;
         };
-        match (committed, result) {
-            (Ok(()), Ok(bytes)) => {
+        match result {
+            Ok(bytes) => {
                 state.flushed = file.last_lsn;
                 state.failures = 0;
                 state.retry_at = None;
@@ -541,7 +545,7 @@ impl Shipper {
                 self.status.failing.store(false, Ordering::Relaxed);
                 debug!(path = %file.path, rows = file.rows, bytes, ?elapsed, "file uploaded");
             }
-            (Err(err), _) | (Ok(()), Err(err)) => {
+            Err(err) => {
                 state.failures = state.failures.saturating_add(1);
                 let backoff = backoff(state.failures);
                 state.retry_at = Some(Instant::now() + backoff);
@@ -553,7 +557,7 @@ impl Shipper {
                     .inc();
                 self.status.failing.store(true, Ordering::Relaxed);
                 if let Ok(mut last) = self.status.last_error.lock() {
-                    *last = Some(err);
+                    *last = Some(err.to_string());
                 }
                 state.queue.push_front(file);
             }
@@ -623,8 +627,8 @@ async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
             match tokio::task::spawn_blocking(move || parquet_file::encode(&batch, metadata)).await
             {
                 Ok(Ok(bytes)) => Ok(Bytes::from(bytes)),
-                Ok(Err(err)) => Err(format!("encoding Parquet: {err}")),
-                Err(err) => Err(format!("encoding Parquet: {err}")),
+                Ok(Err(err)) => Err(UploadError::Encode(err)),
+                Err(err) => Err(UploadError::Task("Parquet encoding", err)),
             }
         }
     };
@@ -635,7 +639,7 @@ async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
                 .put(&job.path, bytes.clone())
                 .await
                 .map(|()| len)
-                .map_err(|e| e.to_string());
+                .map_err(UploadError::Store);
             (Some(bytes), result)
         }
         Err(err) => (None, Err(err)),

@@ -125,7 +125,7 @@ pub async fn config_stream(
     tokio::spawn(async move {
         let _permit = permit;
         let mut changes = app.history.subscribe();
-        let mut stopping = app.stopping.subscribe();
+        let mut stopping = app.stop_signal();
         let mut heartbeat = tokio::time::interval(HEARTBEAT);
         // Marked seen before looking: a version published in between wakes the loop instead
         // of being lost.
@@ -156,7 +156,7 @@ pub async fn config_stream(
                     }));
                     app.nodes.seen(&node);
                 }
-                _ = stopping.wait_for(|s| *s) => break,
+                _ = stopping.wait() => break,
             }
         }
         app.nodes.disconnected(&node);

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::auth::{self};
 use crate::mail::Mail;
 use crate::model::{CodePurpose, MailPurpose, OneTimeCode, User};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::rate_limit::client_key;
 use crate::store::Change;
 
@@ -77,7 +77,7 @@ pub(super) fn code_mail(to: &str, purpose: CodePurpose, code: &str) -> Mail {
 /// the code consumed or its attempts counted) and whether it matched.
 pub(super) fn check_code(user: &User, purpose: CodePurpose, code: &str) -> (User, ApiResult<()>) {
     let mut updated = user.clone();
-    let invalid = |detail: &str| ApiError::bad_request("invalid-code", detail.to_owned());
+    let invalid = |detail: &str| ApiError::new(ProblemType::InvalidCode, detail.to_owned());
     let Some(pending) = user.code.as_ref().filter(|c| c.purpose == purpose) else {
         return (
             updated,

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 use super::{authorize, require_enabled, ApiJson, ApiPath};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::Change;
 
@@ -43,8 +43,8 @@ pub async fn get_cors(
 /// Checks an origin: `http` or `https`, a host, an optional port, nothing else.
 fn valid_origin(origin: &str) -> ApiResult<String> {
     let bad = || {
-        ApiError::bad_request(
-            "invalid-origin",
+        ApiError::new(
+            ProblemType::InvalidOrigin,
             format!("{origin:?} is not an origin like https://app.example.com"),
         )
     };
@@ -75,8 +75,8 @@ pub async fn set_cors(
     ApiJson(form): ApiJson<Cors>,
 ) -> ApiResult<Json<Cors>> {
     if form.allowed_origins.len() > ORIGINS_MAX {
-        return Err(ApiError::bad_request(
-            "invalid-origin",
+        return Err(ApiError::new(
+            ProblemType::InvalidOrigin,
             format!("at most {ORIGINS_MAX} origins"),
         ));
     }

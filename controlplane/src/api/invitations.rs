@@ -16,7 +16,7 @@ use crate::app::App;
 use crate::auth::{self, require_verified, Caller};
 use crate::mail::Mail;
 use crate::model::{Invitation, MailPurpose, Member, Workspace};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
 
@@ -184,8 +184,8 @@ fn check_invitation<'s>(
     require_enabled(ws)?;
     if let Some(user) = s.user_by_email(email) {
         if s.members.contains_key(&(ws.id, user.id)) {
-            return Err(ApiError::conflict(
-                "already-member",
+            return Err(ApiError::new(
+                ProblemType::AlreadyMember,
                 format!("{email:?} is already a member of {:?}", ws.slug),
             ));
         }
@@ -208,7 +208,7 @@ pub async fn cancel_invitation(
         s.invitations
             .get(&invitation_id)
             .filter(|i| i.workspace_id == ws.id)
-            .ok_or_else(|| ApiError::not_found("unknown-invitation", "no such invitation"))?;
+            .ok_or_else(|| ApiError::new(ProblemType::UnknownInvitation, "no such invitation"))?;
         Ok((
             vec![Change::DeleteInvitation(invitation_id)],
             StatusCode::NO_CONTENT,
@@ -240,8 +240,8 @@ pub async fn accept(app: &App, caller: Caller, token: &str) -> ApiResult<Workspa
             .values()
             .find(|i| i.token_sha256 == hash)
             .ok_or_else(|| {
-                ApiError::not_found(
-                    "unknown-invitation",
+                ApiError::new(
+                    ProblemType::UnknownInvitation,
                     "this invitation link is not valid: it was cancelled, already used or replaced by a newer one",
                 )
             })?;
@@ -249,25 +249,24 @@ pub async fn accept(app: &App, caller: Caller, token: &str) -> ApiResult<Workspa
             return Ok((
                 vec![Change::DeleteInvitation(invitation.id)],
                 Err(ApiError::new(
-                    StatusCode::GONE,
-                    "invitation-expired",
+                    ProblemType::InvitationExpired,
                     "this invitation has expired; ask an Admin of the workspace to invite you again",
                 )),
             ));
         }
         if !invitation.email.eq_ignore_ascii_case(&caller.user.email) {
-            return Err(ApiError::forbidden(
-                "invitation-email-mismatch",
+            return Err(ApiError::new(
+                ProblemType::InvitationEmailMismatch,
                 "this invitation was sent to another e-mail address; sign in with the address the invitation was sent to",
             ));
         }
         let ws = s
             .workspaces
             .get(&invitation.workspace_id)
-            .ok_or_else(|| ApiError::not_found("unknown-invitation", "the workspace no longer exists"))?;
+            .ok_or_else(|| ApiError::new(ProblemType::UnknownInvitation, "the workspace no longer exists"))?;
         if s.members.contains_key(&(ws.id, caller.user.id)) {
-            return Err(ApiError::conflict(
-                "already-member",
+            return Err(ApiError::new(
+                ProblemType::AlreadyMember,
                 format!("you are already a member of {:?}", ws.slug),
             ));
         }

@@ -13,7 +13,7 @@ use super::{authorize, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::Member;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
 
@@ -54,8 +54,8 @@ fn admins(s: &Data, workspace: Uuid) -> usize {
 }
 
 fn last_admin() -> ApiError {
-    ApiError::conflict(
-        "last-admin",
+    ApiError::new(
+        ProblemType::LastAdmin,
         "a workspace needs at least one Admin: make someone else Admin first",
     )
 }
@@ -66,7 +66,7 @@ fn member_id(caller: &Caller, user: &str) -> ApiResult<Uuid> {
         return Ok(caller.user.id);
     }
     Uuid::parse_str(user)
-        .map_err(|_| ApiError::not_found("unknown-member", format!("no member {user:?}")))
+        .map_err(|_| ApiError::new(ProblemType::UnknownMember, format!("no member {user:?}")))
 }
 
 /// Members of a workspace. Any member.
@@ -109,7 +109,7 @@ pub async fn change_role(
         let member = s
             .members
             .get(&(ws.id, user))
-            .ok_or_else(|| ApiError::not_found("unknown-member", "no such member"))?;
+            .ok_or_else(|| ApiError::new(ProblemType::UnknownMember, "no such member"))?;
         if member.role == Role::Admin && form.role != Role::Admin && admins(s, ws.id) <= 1 {
             return Err(last_admin());
         }
@@ -144,7 +144,7 @@ pub async fn remove_member(
         let member = s
             .members
             .get(&(ws.id, user))
-            .ok_or_else(|| ApiError::not_found("unknown-member", "no such member"))?;
+            .ok_or_else(|| ApiError::new(ProblemType::UnknownMember, "no such member"))?;
         if member.role == Role::Admin && admins(s, ws.id) <= 1 {
             return Err(last_admin());
         }

@@ -34,11 +34,9 @@ use utoipa_axum::routes;
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::Workspace;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::State;
-
-pub use links::LOGIN_PATH;
 
 /// A JSON body; malformed or mistyped bodies are refused with problem+json.
 #[derive(FromRequest)]
@@ -90,8 +88,8 @@ impl PageQuery {
     ) -> ApiResult<Page<T>> {
         let limit = self.limit.unwrap_or(PAGE_SIZE_DEFAULT);
         if limit == 0 || limit > app.config.page_size_max {
-            return Err(ApiError::bad_request(
-                "invalid-query",
+            return Err(ApiError::new(
+                ProblemType::InvalidQuery,
                 format!("limit must be 1 to {}", app.config.page_size_max),
             ));
         }
@@ -118,8 +116,8 @@ pub fn authorize<'s>(
     action: Action,
 ) -> ApiResult<(&'s Workspace, Role)> {
     let unknown = || {
-        ApiError::not_found(
-            "unknown-workspace",
+        ApiError::new(
+            ProblemType::UnknownWorkspace,
             format!("no workspace {key:?} among yours"),
         )
     };
@@ -134,8 +132,8 @@ pub fn authorize<'s>(
             .iter()
             .map(|r| format!("{r:?}"))
             .collect();
-        return Err(ApiError::forbidden(
-            "insufficient-role",
+        return Err(ApiError::new(
+            ProblemType::InsufficientRole,
             format!(
                 "your role in {:?} is {:?}; this needs {}: ask an Admin",
                 ws.slug,
@@ -152,8 +150,8 @@ pub fn authorize<'s>(
 pub fn valid_text(field: &str, text: &str, chars_max: usize) -> ApiResult<String> {
     let text = text.trim();
     if text.is_empty() || text.chars().count() > chars_max || text.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            "invalid-name",
+        return Err(ApiError::new(
+            ProblemType::InvalidName,
             format!("{field} must have 1 to {chars_max} printable characters"),
         ));
     }
@@ -165,8 +163,8 @@ pub fn require_enabled(ws: &Workspace) -> ApiResult<()> {
     if ws.enabled {
         Ok(())
     } else {
-        Err(ApiError::forbidden(
-            "workspace-disabled",
+        Err(ApiError::new(
+            ProblemType::WorkspaceDisabled,
             format!(
                 "workspace {:?} is disabled because its creator's trial ended; choose a paid plan or ask an operator to prolong the trial",
                 ws.slug
@@ -316,8 +314,8 @@ fn with_response_descriptions(mut document: utoipa::openapi::OpenApi) -> utoipa:
 
 /// Answer of routes that do not exist.
 pub async fn no_route() -> ApiError {
-    ApiError::not_found(
-        "no-route",
+    ApiError::new(
+        ProblemType::NoRoute,
         "no such endpoint; see /api/v1/openapi.json for the API",
     )
 }
@@ -325,8 +323,7 @@ pub async fn no_route() -> ApiError {
 /// Answer of a known route called with the wrong method.
 pub async fn wrong_method() -> ApiError {
     ApiError::new(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "method-not-allowed",
+        ProblemType::MethodNotAllowed,
         "this endpoint does not take that method; see /api/v1/openapi.json",
     )
 }

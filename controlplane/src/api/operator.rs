@@ -12,7 +12,7 @@ use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{require_operator, Caller};
 use crate::model::Plan;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::store::Change;
 use crate::trial;
 
@@ -59,7 +59,7 @@ async fn change_user(
             .users
             .get(&user)
             .cloned()
-            .ok_or_else(|| ApiError::not_found("unknown-user", "no such user"))?;
+            .ok_or_else(|| ApiError::new(ProblemType::UnknownUser, "no such user"))?;
         edit(&mut updated);
         let view = UserView::from(&updated);
         let mut changes = trial::reconcile(s, Utc::now(), Some(&updated));

@@ -13,7 +13,7 @@ use super::ApiJson;
 use crate::app::App;
 use crate::auth::{self};
 use crate::model::CodePurpose;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::store::Change;
 
 /// Send a password reset code (answers 202 whether or not the address is registered).
@@ -58,8 +58,8 @@ pub async fn reset_password(
     let code = form.code;
     app.write(move |s| {
         let user = s.user_by_email(&email).ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid-code",
+            ApiError::new(
+                ProblemType::InvalidCode,
                 "the code is wrong or was never sent; request a new one",
             )
         })?;

@@ -13,7 +13,7 @@ use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::model::{Credential, CredentialKind};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::store::Change;
 
 /// A personal access token, without its secret.
@@ -82,8 +82,8 @@ pub async fn create_personal_token(
     auth::require_verified(&caller)?;
     let name = valid_name("name", &form.name)?;
     if form.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::bad_request(
-            "invalid-expiry",
+        return Err(ApiError::new(
+            ProblemType::InvalidExpiry,
             "expires_at is in the past",
         ));
     }
@@ -132,7 +132,10 @@ pub async fn revoke_personal_token(
                 c.id == token_id && c.user_id == user && c.kind == CredentialKind::PersonalToken
             })
             .ok_or_else(|| {
-                ApiError::not_found("unknown-token", "no such personal access token of yours")
+                ApiError::new(
+                    ProblemType::UnknownToken,
+                    "no such personal access token of yours",
+                )
             })?;
         Ok((vec![Change::DeleteCredential(c.sha256.clone())], ()))
     })

@@ -17,7 +17,7 @@ use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::model::{Credential, CredentialKind};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::rate_limit::client_key;
 use crate::store::Change;
 
@@ -152,8 +152,8 @@ pub async fn sign_in(
     responses((status = 204), (status = 401, body = crate::problem::ProblemBody)))]
 pub async fn sign_out(State(app): State<App>, caller: Caller) -> ApiResult<Response> {
     if caller.credential.kind != CredentialKind::Session {
-        return Err(ApiError::bad_request(
-            "not-a-session",
+        return Err(ApiError::new(
+            ProblemType::NotASession,
             "this request used a personal access token; revoke it with DELETE /api/v1/me/tokens/{id}",
         ));
     }
@@ -219,7 +219,9 @@ pub async fn end_session(
             .credentials
             .values()
             .find(|c| c.id == session_id && c.user_id == user && c.kind == CredentialKind::Session)
-            .ok_or_else(|| ApiError::not_found("unknown-session", "no such session of yours"))?;
+            .ok_or_else(|| {
+                ApiError::new(ProblemType::UnknownSession, "no such session of yours")
+            })?;
         Ok((
             vec![Change::DeleteCredential(session.sha256.clone())],
             StatusCode::NO_CONTENT,

@@ -15,7 +15,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::mail::Mail;
 use crate::model::{Delivery, MailPurpose, MailTransport, SmtpSecurity, WorkspaceSmtp};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::Change;
 
@@ -104,7 +104,7 @@ impl From<&Delivery> for DeliveryView {
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
-    ApiError::bad_request("invalid-smtp-settings", detail)
+    ApiError::new(ProblemType::InvalidSmtpSettings, detail)
 }
 
 /// Checks a host name (letters, digits, `-`, `.`) or an IP address.
@@ -128,8 +128,8 @@ fn valid_host(host: &str) -> ApiResult<String> {
 }
 
 fn no_smtp(slug: &str) -> ApiError {
-    ApiError::not_found(
-        "smtp-not-configured",
+    ApiError::new(
+        ProblemType::SmtpNotConfigured,
         format!("workspace {slug:?} has no SMTP settings; its mail goes through the platform"),
     )
 }

@@ -13,7 +13,7 @@ use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQu
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::{Protocol, Source, Workspace};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::{Change, State as Data};
 
@@ -83,8 +83,8 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 fn valid_protocols(protocols: Option<Vec<Protocol>>) -> ApiResult<Vec<Protocol>> {
     let protocols = protocols.unwrap_or_else(|| vec![Protocol::Http, Protocol::Mqtt]);
     if protocols.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid-protocols",
+        return Err(ApiError::new(
+            ProblemType::InvalidProtocols,
             "give the source at least one protocol: http or mqtt",
         ));
     }
@@ -99,14 +99,14 @@ fn valid_protocols(protocols: Option<Vec<Protocol>>) -> ApiResult<Vec<Protocol>>
 
 fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
     if !schema.is_object() {
-        return Err(ApiError::bad_request(
-            "invalid-schema",
+        return Err(ApiError::new(
+            ProblemType::InvalidSchema,
             "schema must be a JSON Schema object",
         ));
     }
     if serde_json::to_vec(schema).map_or(true, |b| b.len() > SCHEMA_BYTES_MAX) {
-        return Err(ApiError::bad_request(
-            "invalid-schema",
+        return Err(ApiError::new(
+            ProblemType::InvalidSchema,
             format!("schema must be at most {SCHEMA_BYTES_MAX} bytes"),
         ));
     }
@@ -115,8 +115,8 @@ fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
 
 fn find<'s>(s: &'s Data, ws: &Workspace, slug: &str) -> ApiResult<&'s Source> {
     s.sources_of(ws.id).find(|x| x.slug == slug).ok_or_else(|| {
-        ApiError::not_found(
-            "unknown-source",
+        ApiError::new(
+            ProblemType::UnknownSource,
             format!("no source {slug:?} in workspace {:?}", ws.slug),
         )
     })
@@ -171,8 +171,8 @@ pub async fn create_source(
         require_enabled(ws)?;
         ApiError::at_most(s.sources_of(ws.id).count(), max, "sources per workspace")?;
         if s.sources_of(ws.id).any(|x| x.slug == slug) {
-            return Err(ApiError::conflict(
-                "source-exists",
+            return Err(ApiError::new(
+                ProblemType::SourceExists,
                 format!("workspace {:?} already has a source {slug:?}", ws.slug),
             ));
         }

@@ -6,8 +6,8 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_storage::snapshot::{is_valid_device_id, Scope, DEVICE_ID_LEN_MAX};
-use sluice_storage::token;
+use sluice_config::snapshot::{is_valid_device_id, Scope, DEVICE_ID_LEN_MAX};
+use sluice_config::token;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -16,7 +16,7 @@ use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQu
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::{secret_hint, AccessToken};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::Change;
 
@@ -135,22 +135,22 @@ pub async fn create_token(
 ) -> ApiResult<(StatusCode, Json<AccessTokenView>)> {
     let name = valid_display_name(&form.name)?;
     if form.scopes.is_empty() {
-        return Err(ApiError::bad_request(
-            "invalid-scopes",
+        return Err(ApiError::new(
+            ProblemType::InvalidScopes,
             "give the token at least one scope: ingest or read",
         ));
     }
     if let Some(device) = &form.device_id {
         if !is_valid_device_id(device) {
-            return Err(ApiError::bad_request(
-                "invalid-device-id",
+            return Err(ApiError::new(
+                ProblemType::InvalidDeviceId,
                 format!("device_id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
             ));
         }
     }
     if form.expires_at.is_some_and(|at| at <= Utc::now()) {
-        return Err(ApiError::bad_request(
-            "invalid-expiry",
+        return Err(ApiError::new(
+            ProblemType::InvalidExpiry,
             "expires_at is in the past",
         ));
     }
@@ -175,8 +175,8 @@ pub async fn create_token(
             if let Some(sources) = &form.sources {
                 for slug in sources {
                     if !s.sources_of(ws.id).any(|x| &x.slug == slug) {
-                        return Err(ApiError::bad_request(
-                            "unknown-source",
+                        return Err(ApiError::new(
+                            ProblemType::UnknownTokenSource,
                             format!("no source {slug:?} in workspace {:?}", ws.slug),
                         ));
                     }
@@ -224,7 +224,10 @@ pub async fn get_token(
 }
 
 fn unknown_token() -> ApiError {
-    ApiError::not_found("unknown-token", "no such access token in this workspace")
+    ApiError::new(
+        ProblemType::UnknownToken,
+        "no such access token in this workspace",
+    )
 }
 
 /// Revoke an access token; every data-plane node refuses it from the next configuration

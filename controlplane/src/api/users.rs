@@ -16,7 +16,7 @@ use super::ApiJson;
 use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::model::{CodePurpose, Plan, User};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::rate_limit::client_key;
 use crate::store::Change;
 
@@ -69,8 +69,8 @@ pub struct SignUp {
 pub fn valid_email(email: &str) -> ApiResult<String> {
     let email = email.trim();
     if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
-        return Err(ApiError::bad_request(
-            "invalid-email",
+        return Err(ApiError::new(
+            ProblemType::InvalidEmail,
             format!("{email:?} is not an e-mail address"),
         ));
     }
@@ -136,8 +136,8 @@ pub async fn sign_up(
 }
 
 fn taken(email: &str) -> ApiError {
-    ApiError::conflict(
-        "email-taken",
+    ApiError::new(
+        ProblemType::EmailTaken,
         format!("{email:?} is already registered; sign in or reset the password"),
     )
 }
@@ -165,15 +165,15 @@ pub async fn verify_email(
     let code = form.code;
     app.write(move |s| {
         let invalid = || {
-            ApiError::bad_request(
-                "invalid-code",
+            ApiError::new(
+                ProblemType::InvalidCode,
                 "the code is wrong or was never sent; request a new one",
             )
         };
         let user = s.user_by_email(&email).ok_or_else(invalid)?;
         if user.email_verified {
-            return Err(ApiError::conflict(
-                "already-verified",
+            return Err(ApiError::new(
+                ProblemType::AlreadyVerified,
                 "this e-mail address is already verified",
             ));
         }

@@ -5,7 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_storage::snapshot::{is_valid_slug, SLUG_LEN_MAX};
+use sluice_config::snapshot::{is_valid_slug, SLUG_LEN_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -13,7 +13,7 @@ use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQu
 use crate::app::App;
 use crate::auth::{require_verified, Caller};
 use crate::model::{Member, Purge, User, Workspace};
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::purge;
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
@@ -76,14 +76,14 @@ pub fn valid_display_name(name: &str) -> ApiResult<String> {
 /// slugs, and such a slug could never be reached.
 pub fn valid_slug(slug: &str) -> ApiResult<String> {
     if Uuid::parse_str(slug).is_ok() {
-        return Err(ApiError::bad_request(
-            "invalid-slug",
+        return Err(ApiError::new(
+            ProblemType::InvalidSlug,
             format!("{slug:?} reads as an id; choose a slug with a word in it"),
         ));
     }
     if !is_valid_slug(slug) {
-        return Err(ApiError::bad_request(
-            "invalid-slug",
+        return Err(ApiError::new(
+            ProblemType::InvalidSlug,
             format!(
                 "{slug:?} is not a valid slug: use 1 to {SLUG_LEN_MAX} characters of a-z, 0-9 and -, starting with a letter or digit"
             ),
@@ -149,8 +149,8 @@ pub async fn create_workspace(
         ApiError::at_most(created, max, "workspaces created per user")?;
         let slug = match slug {
             Some(slug) if s.slugs.contains_key(&slug) => {
-                return Err(ApiError::conflict(
-                    "slug-taken",
+                return Err(ApiError::new(
+                    ProblemType::SlugTaken,
                     format!("the slug {slug:?} is taken; choose another"),
                 ))
             }
@@ -275,8 +275,8 @@ pub async fn delete_workspace(
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::DeleteWorkspace)?;
         if s.workspaces_of(caller.user.id).count() <= 1 {
-            return Err(ApiError::conflict(
-                "last-workspace",
+            return Err(ApiError::new(
+                ProblemType::LastWorkspace,
                 "you cannot delete your last workspace; create another one first",
             ));
         }

@@ -274,14 +274,18 @@ fn ingest_target(path: &str) -> Result<(&str, &str), Problem> {
         (Some(ws), Some(source), None) if is_valid_slug(ws) && is_valid_slug(source) => {
             Ok((ws, source))
         }
-        _ => Err(Problem::new(ProblemType::NotFound, "ingest URLs are /v1/ingest/{workspace}/{source} with lowercase slugs (a-z, 0-9, -)",
+        _ => Err(Problem::new(
+            ProblemType::NotFound,
+            "ingest URLs are /v1/ingest/{workspace}/{source} with lowercase slugs (a-z, 0-9, -)",
         )),
     }
 }
 
 fn bearer_token(headers: &HeaderMap) -> Result<&str, Problem> {
     let missing = || {
-        Problem::new(ProblemType::MissingToken, "send the workspace access token as `Authorization: Bearer <token>`",
+        Problem::new(
+            ProblemType::MissingToken,
+            "send the workspace access token as `Authorization: Bearer <token>`",
         )
     };
     let value = headers.get(header::AUTHORIZATION).ok_or_else(missing)?;
@@ -298,7 +302,9 @@ fn device_id(headers: &HeaderMap) -> Result<Option<&str>, Problem> {
         return Ok(None);
     };
     let bad = || {
-        Problem::new(ProblemType::InvalidDeviceId, format!("X-Device-Id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
+        Problem::new(
+            ProblemType::InvalidDeviceId,
+            format!("X-Device-Id must be 1 to {DEVICE_ID_LEN_MAX} visible ASCII characters"),
         )
     };
     let id = value.to_str().map_err(|_| bad())?;
@@ -352,13 +358,17 @@ fn content_encoding(headers: &HeaderMap) -> Result<Encoding, Problem> {
         "" | "identity" => Ok(Encoding::Identity),
         "gzip" | "x-gzip" => Ok(Encoding::Gzip),
         "zstd" => Ok(Encoding::Zstd),
-        _ => Err(Problem::new(ProblemType::UnsupportedEncoding, format!("Content-Encoding {name:?} is not accepted; use gzip, zstd or none"),
+        _ => Err(Problem::new(
+            ProblemType::UnsupportedEncoding,
+            format!("Content-Encoding {name:?} is not accepted; use gzip, zstd or none"),
         )),
     }
 }
 
 fn too_large(what: &str, max: usize) -> Problem {
-    Problem::new(ProblemType::BodyTooLarge, format!("the {what} is larger than {max} bytes; send smaller batches"),
+    Problem::new(
+        ProblemType::BodyTooLarge,
+        format!("the {what} is larger than {max} bytes; send smaller batches"),
     )
 }
 
@@ -372,7 +382,9 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Pro
         .ok()
         .and_then(|s| s.parse().ok())
         .ok_or_else(|| {
-            Problem::new(ProblemType::InvalidContentLength, "Content-Length is not a number",
+            Problem::new(
+                ProblemType::InvalidContentLength,
+                "Content-Length is not a number",
             )
         })?;
     if len > max {
@@ -392,7 +404,9 @@ async fn read_body(
         let mut buf = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|e| {
-                Problem::new(ProblemType::InvalidBody, format!("the request body could not be read: {e}"),
+                Problem::new(
+                    ProblemType::InvalidBody,
+                    format!("the request body could not be read: {e}"),
                 )
             })?;
             let Ok(data) = frame.into_data() else {
@@ -416,14 +430,18 @@ async fn read_body(
         Ok(first.unwrap_or_else(|| buf.freeze()))
     };
     tokio::time::timeout(timeout, collect).await.map_err(|_| {
-        Problem::new(ProblemType::BodyTimeout, format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+        Problem::new(
+            ProblemType::BodyTimeout,
+            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
         )
     })?
 }
 
 fn decode(raw: &[u8], encoding: Encoding, max: usize) -> Result<Bytes, Problem> {
     let bad = |e: std::io::Error| {
-        Problem::new(ProblemType::InvalidEncoding, format!("the body is not valid {encoding:?} data: {e}"),
+        Problem::new(
+            ProblemType::InvalidEncoding,
+            format!("the body is not valid {encoding:?} data: {e}"),
         )
     };
     let mut out = Vec::new();
@@ -544,19 +562,43 @@ mod tests {
     fn admission_refusals_become_their_problem_types() {
         use ProblemType as P;
         let cases = [
-            (Refusal::Access(access::Refusal::UnknownToken), P::InvalidToken, None),
-            (Refusal::Access(access::Refusal::UnknownSource), P::UnknownSource, None),
+            (
+                Refusal::Access(access::Refusal::UnknownToken),
+                P::InvalidToken,
+                None,
+            ),
+            (
+                Refusal::Access(access::Refusal::UnknownSource),
+                P::UnknownSource,
+                None,
+            ),
             (
                 Refusal::Access(access::Refusal::DeviceNotAllowed { bound: "d".into() }),
                 P::DeviceNotAllowed,
                 None,
             ),
-            (Refusal::Parse(ParseError::TooManyEvents { max: 1 }), P::TooManyEvents, None),
-            (Refusal::Parse(ParseError::NotAnObject { index: 1, line: 1 }), P::InvalidEvent, None),
+            (
+                Refusal::Parse(ParseError::TooManyEvents { max: 1 }),
+                P::TooManyEvents,
+                None,
+            ),
+            (
+                Refusal::Parse(ParseError::NotAnObject { index: 1, line: 1 }),
+                P::InvalidEvent,
+                None,
+            ),
             (Refusal::Parse(ParseError::TooLarge), P::MalformedJson, None),
-            (Refusal::PayloadTooLarge { bytes: 2, max: 1 }, P::BodyTooLarge, None),
+            (
+                Refusal::PayloadTooLarge { bytes: 2, max: 1 },
+                P::BodyTooLarge,
+                None,
+            ),
             (Refusal::RecordTooLarge, P::BodyTooLarge, None),
-            (Refusal::RateLimited { retry_after_s: 3 }, P::RateLimited, Some(3)),
+            (
+                Refusal::RateLimited { retry_after_s: 3 },
+                P::RateLimited,
+                Some(3),
+            ),
             (Refusal::Overloaded, P::Overloaded, Some(1)),
             (Refusal::StorageFull, P::StorageFull, Some(5)),
             (Refusal::StorageUnavailable, P::StorageUnavailable, Some(5)),

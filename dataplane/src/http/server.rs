@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
+use sluice_storage::shutdown::Shutdown;
 use socket2::{Domain, Socket, Type};
-use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
 use super::api::Api;
@@ -26,13 +26,13 @@ use super::uring_io::UringIo;
 /// The running front end.
 pub struct HttpServer {
     addr: SocketAddr,
-    stop: watch::Sender<Option<Instant>>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl HttpServer {
-    /// Binds `api.limits.addr` and starts the runtimes.
-    pub fn start(api: Arc<Api>) -> std::io::Result<HttpServer> {
+    /// Binds `api.limits.addr` and starts the runtimes. On `shutdown` they stop accepting, let
+    /// requests in flight finish until its deadline, then close the rest.
+    pub fn start(api: Arc<Api>, shutdown: Shutdown) -> std::io::Result<HttpServer> {
         let threads = match api.limits.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -43,12 +43,11 @@ impl HttpServer {
         for _ in 1..threads {
             listeners.push(bind(addr)?);
         }
-        let (stop, stop_rx) = watch::channel(None);
         let open = Arc::new(AtomicUsize::new(0));
         let mut handles = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let api = api.clone();
-            let stop_rx = stop_rx.clone();
+            let shutdown = shutdown.clone();
             let open = open.clone();
             handles.push(
                 std::thread::Builder::new()
@@ -57,14 +56,13 @@ impl HttpServer {
                         tokio_uring::builder()
                             .entries(1024)
                             .uring_builder(&ring_setup())
-                            .start(accept_loop(listener, api, stop_rx, open));
+                            .start(accept_loop(listener, api, shutdown, open));
                     })?,
             );
         }
         info!(%addr, threads, "HTTP ingest listening (io_uring)");
         Ok(HttpServer {
             addr,
-            stop,
             threads: handles,
         })
     }
@@ -73,9 +71,8 @@ impl HttpServer {
         self.addr
     }
 
-    /// Stops accepting, lets requests in flight finish until `deadline`, then closes the rest.
-    pub fn shutdown(self, deadline: Instant) {
-        let _ = self.stop.send(Some(deadline));
+    /// Waits for every runtime to end (after the shutdown signal).
+    pub fn join(self) {
         for thread in self.threads {
             let _ = thread.join();
         }
@@ -118,7 +115,7 @@ const TIMER_FLOOR: Duration = Duration::from_millis(500);
 async fn accept_loop(
     listener: std::net::TcpListener,
     api: Arc<Api>,
-    mut stop: watch::Receiver<Option<Instant>>,
+    mut shutdown: Shutdown,
     open: Arc<AtomicUsize>,
 ) {
     let listener = tokio_uring::net::TcpListener::from_std(listener);
@@ -145,10 +142,10 @@ async fn accept_loop(
                     let _ = stream.set_nodelay(true);
                     api.metrics.connections.inc();
                     local.set(local.get() + 1);
-                    let (api, stop, open, local) =
-                        (api.clone(), stop.clone(), open.clone(), local.clone());
+                    let (api, shutdown, open, local) =
+                        (api.clone(), shutdown.clone(), open.clone(), local.clone());
                     tokio_uring::spawn(async move {
-                        serve(stream, api.clone(), stop).await;
+                        serve(stream, api.clone(), shutdown).await;
                         api.metrics.connections.dec();
                         open.fetch_sub(1, Ordering::AcqRel);
                         local.set(local.get() - 1);
@@ -160,20 +157,16 @@ async fn accept_loop(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
             },
-            _ = stop.changed() => break,
+            _ = shutdown.requested() => break,
         }
     }
-    let deadline = (*stop.borrow()).unwrap_or_else(Instant::now);
+    let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
     while local.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
-async fn serve(
-    stream: tokio_uring::net::TcpStream,
-    api: Arc<Api>,
-    mut stop: watch::Receiver<Option<Instant>>,
-) {
+async fn serve(stream: tokio_uring::net::TcpStream, api: Arc<Api>, mut shutdown: Shutdown) {
     let limits = &api.limits;
     let io = UringIo::new(stream, Duration::from_millis(limits.idle_timeout_ms));
     let handler = api.clone();
@@ -192,7 +185,7 @@ async fn serve(
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
-        _ = stop.changed() => {
+        _ = shutdown.requested() => {
             conn.as_mut().graceful_shutdown();
             conn.await
         }

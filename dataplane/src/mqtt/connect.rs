@@ -32,10 +32,7 @@ pub fn log_stop(device: &Device, control: &ntex_mqtt::Control<MqttError>) {
 /// The QoS 0 lane of the connection behind `io`: its framing filter's, or a lane of its own
 /// (never offered a packet) should the filter be missing.
 pub fn lane_of(io: &ntex_io::IoBoxed) -> Rc<Lane> {
-    io.query::<Rc<Lane>>()
-        .as_ref()
-        .cloned()
-        .unwrap_or_default()
+    io.query::<Rc<Lane>>().as_ref().cloned().unwrap_or_default()
 }
 
 /// Counts a refused CONNECT against the client's address and waits as long as the throttle

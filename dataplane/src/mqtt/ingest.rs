@@ -185,7 +185,9 @@ impl MqttIngest {
             Err(TryAcquireError::NoPermits) => None,
         };
         match permit {
-            Some(permit) if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_ok() => {
+            Some(permit)
+                if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_ok() =>
+            {
                 match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
                     Some(durable) => Taken::Durable(durable),
                     None => Taken::Done(Ok(())),

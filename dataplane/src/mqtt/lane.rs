@@ -34,8 +34,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batcher::Batcher;
-use super::packet::{packet_at, Packet};
 use super::ingest::MqttIngest;
+use super::packet::{packet_at, Packet};
 use super::types::Device;
 
 /// How often at least one packet goes to the codec, for its keep-alive; well under the

@@ -43,24 +43,27 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{error, info};
 
+use sluice_storage::shutdown::Shutdown;
+
 use crate::config::MqttConfig;
 use ingest::MqttIngest;
 use sessions::Sessions;
 use types::MqttError;
 
-/// A running MQTT front end.
+/// A running MQTT front end; it stops on the shutdown signal.
 pub struct MqttServer {
     addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
-    server: ntex_server::Server<Connection>,
-    system: ntex_rt::System,
+    /// The ntex system's thread.
     thread: std::thread::JoinHandle<()>,
+    /// Waits for the shutdown signal, then stops the ntex server and system.
+    stopper: std::thread::JoinHandle<()>,
 }
 
 impl MqttServer {
     /// Binds the configured listeners and starts serving them. Returns `Ok(None)` when no
     /// listener is configured.
-    pub fn start(ingest: Arc<MqttIngest>) -> io::Result<Option<MqttServer>> {
+    pub fn start(ingest: Arc<MqttIngest>, shutdown: Shutdown) -> io::Result<Option<MqttServer>> {
         let limits = ingest.limits.clone();
         let plain = limits.addr.map(bind).transpose()?;
         let tls = match limits.tls_addr {
@@ -105,12 +108,14 @@ impl MqttServer {
         if let Some(addr) = tls_addr {
             info!(%addr, "MQTT over TLS listening");
         }
+        let stopper = std::thread::Builder::new()
+            .name("sluice-mqtt-stop".into())
+            .spawn(move || stop_on(shutdown, server, system))?;
         Ok(Some(MqttServer {
             addr,
             tls_addr,
-            server,
-            system,
             thread,
+            stopper,
         }))
     }
 
@@ -122,19 +127,31 @@ impl MqttServer {
         self.tls_addr
     }
 
-    /// Stops accepting, gives open connections until `deadline` to finish what they are
-    /// storing, then stops the MQTT threads.
-    pub fn shutdown(self, deadline: Instant) {
-        let stop = self.server.stop(true);
-        let (done_tx, done_rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            futures::executor::block_on(stop);
-            let _ = done_tx.send(());
-        });
-        let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-        self.system.stop();
+    /// Waits for the MQTT threads to end (after the shutdown signal).
+    pub fn join(self) {
+        let _ = self.stopper.join();
         let _ = self.thread.join();
     }
+}
+
+/// On the shutdown signal: stops accepting, gives open connections until the deadline to
+/// finish what they are storing, then stops the MQTT threads.
+fn stop_on(
+    mut shutdown: Shutdown,
+    server: ntex_server::Server<Connection>,
+    system: ntex_rt::System,
+) {
+    let deadline = futures::executor::block_on(shutdown.requested());
+    let stop = server.stop(true);
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    // Detached on purpose: ntex's graceful stop may outlive the deadline, and the system is
+    // stopped then anyway, which ends it.
+    std::thread::spawn(move || {
+        futures::executor::block_on(stop);
+        let _ = done_tx.send(());
+    });
+    let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
+    system.stop();
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
@@ -209,9 +226,7 @@ fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
         .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
             .protocol(v5::protocol)
             .control(v5::control)
-            .build(move |connect| {
-                v5::connect(ingest5.clone(), sessions5.clone(), connect)
-            }))
+            .build(move |connect| v5::connect(ingest5.clone(), sessions5.clone(), connect)))
 }
 
 fn service_config(limits: &MqttConfig) -> SharedCfg {
@@ -255,4 +270,3 @@ fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
     .map_err(|e| io::Error::other(format!("the MQTT TLS certificate or key: {e}")))?;
     Ok(Arc::new(config))
 }
-

@@ -49,14 +49,32 @@ mod tests {
 
     #[test]
     fn fixed_headers_tell_whole_partial_and_refused_packets_apart() {
-        assert_eq!(packet_at(&[0xC0, 0x00], 1024), Packet::Whole { header: 2, total: 2 });
+        assert_eq!(
+            packet_at(&[0xC0, 0x00], 1024),
+            Packet::Whole {
+                header: 2,
+                total: 2
+            }
+        );
         assert_eq!(packet_at(&[0x30, 0x05, 1, 2], 1024), Packet::Partial);
         assert_eq!(packet_at(&[0x30], 1024), Packet::Partial);
         // 200 = 0xC8 0x01: a two-byte length.
         let mut buf = vec![0x30, 0xC8, 0x01];
         buf.extend(std::iter::repeat_n(0u8, 200));
-        assert_eq!(packet_at(&buf, 1024), Packet::Whole { header: 3, total: 203 });
-        assert_eq!(packet_at(&[0x30, 0x80, 0x80, 0x01, 0], 1024), Packet::Refused);
-        assert_eq!(packet_at(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], u32::MAX), Packet::Refused);
+        assert_eq!(
+            packet_at(&buf, 1024),
+            Packet::Whole {
+                header: 3,
+                total: 203
+            }
+        );
+        assert_eq!(
+            packet_at(&[0x30, 0x80, 0x80, 0x01, 0], 1024),
+            Packet::Refused
+        );
+        assert_eq!(
+            packet_at(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], u32::MAX),
+            Packet::Refused
+        );
     }
 }

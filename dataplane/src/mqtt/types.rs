@@ -90,7 +90,9 @@ pub fn describe(refusal: &Refusal) -> String {
         Refusal::TopicInvalid => {
             "publish to ingest/{source} or ingest/{source}/..., source a lowercase slug".into()
         }
-        Refusal::Access(access::Refusal::UnknownSource) => "no such source in this workspace".into(),
+        Refusal::Access(access::Refusal::UnknownSource) => {
+            "no such source in this workspace".into()
+        }
         Refusal::Access(r) => format!("not authorized: {r:?}"),
         Refusal::PayloadTooLarge { bytes, .. } => {
             format!("payload of {bytes} bytes is over the limit")
@@ -159,9 +161,18 @@ mod tests {
     fn refusals_keep_their_documented_mqtt_outcomes() {
         let cases = [
             (Refusal::TopicInvalid, "topic-invalid"),
-            (Refusal::Access(access::Refusal::UnknownSource), "unknown-source"),
-            (Refusal::Access(access::Refusal::MissingScope), "not-authorized"),
-            (Refusal::PayloadTooLarge { bytes: 2, max: 1 }, "payload-too-large"),
+            (
+                Refusal::Access(access::Refusal::UnknownSource),
+                "unknown-source",
+            ),
+            (
+                Refusal::Access(access::Refusal::MissingScope),
+                "not-authorized",
+            ),
+            (
+                Refusal::PayloadTooLarge { bytes: 2, max: 1 },
+                "payload-too-large",
+            ),
             (Refusal::Parse(ParseError::TooLarge), "payload-invalid"),
             (Refusal::RateLimited { retry_after_s: 1 }, "quota-exceeded"),
             (Refusal::Overloaded, "quota-exceeded"),
@@ -171,7 +182,10 @@ mod tests {
         let doc = include_str!("../../../docs/mqtt.md");
         for (refusal, outcome) in cases {
             assert_eq!(publish_outcome(&refusal), outcome, "{refusal:?}");
-            assert!(doc.contains(&format!("`{outcome}`")), "{outcome} is not in docs/mqtt.md");
+            assert!(
+                doc.contains(&format!("`{outcome}`")),
+                "{outcome} is not in docs/mqtt.md"
+            );
         }
     }
 }

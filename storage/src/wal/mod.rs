@@ -48,6 +48,12 @@ pub enum WalError {
         #[source]
         source: std::io::Error,
     },
+    #[error("WAL commit to {path} failed: {source}")]
+    Commit {
+        path: PathBuf,
+        #[source]
+        source: std::sync::Arc<WalError>,
+    },
     #[error("the WAL is full ({bytes} bytes on disk, quota {quota}); retry when object storage has caught up")]
     QuotaExceeded { bytes: u64, quota: u64 },
     #[error("the WAL is failed after an fsync error and takes no more writes; restart the node")]

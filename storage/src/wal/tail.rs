@@ -64,6 +64,11 @@ impl Tail {
         })
     }
 
+    /// Whether the writer has stopped: nothing more will be appended.
+    pub fn writer_closed(&self) -> bool {
+        self.durable.has_changed().is_err()
+    }
+
     /// Waits until the durable end moves; false when the writer has stopped.
     pub async fn changed(&mut self) -> bool {
         self.durable.changed().await.is_ok()

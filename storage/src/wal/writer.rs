@@ -303,11 +303,14 @@ impl Writer {
                 }
                 Err(err) => {
                     error!(error = %err, records = group.len(), "WAL commit failed");
-                    let message = err.to_string();
+                    // One failure answers the whole group; each append gets it whole, kind
+                    // and all.
+                    let source = Arc::new(err);
+                    let path = self.segments.path_of(self.segment_first);
                     for append in group.drain(..) {
-                        let _ = append.done.send(Err(WalError::Io {
-                            path: self.segments.path_of(self.segment_first),
-                            source: std::io::Error::other(message.clone()),
+                        let _ = append.done.send(Err(WalError::Commit {
+                            path: path.clone(),
+                            source: source.clone(),
                         }));
                     }
                 }
