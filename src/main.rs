@@ -386,10 +386,11 @@ fn main() -> Result<()> {
                     }
                 }
             };
-            let controlplane = start_controlplane(controlplane, first_start)?;
-            let data_dir = node.data_dir.clone();
-            let grace = Duration::from_millis(node.shutdown_grace_ms);
+            // One signal for both planes; dropped on an early return, it stops what started.
             let shutdown = ShutdownTrigger::new();
+            let grace = Duration::from_millis(node.shutdown_grace_ms);
+            let controlplane = start_controlplane(controlplane, first_start, shutdown.signal())?;
+            let data_dir = node.data_dir.clone();
             let node = start_node(node, shutdown.signal())?;
             let seeded = controlplane.seeded().map(|s| Bootstrap {
                 workspace: s.workspace.clone(),
@@ -413,7 +414,7 @@ fn main() -> Result<()> {
             wait_for_signal()?;
             shutdown.trigger(Instant::now() + grace);
             node.join();
-            controlplane.shutdown();
+            controlplane.join();
         }
         Command::Dataplane(args) => {
             let config = args.into_configs()?.0;
@@ -428,18 +429,25 @@ fn main() -> Result<()> {
             node.join();
         }
         Command::Controlplane(args) => {
-            let controlplane = start_controlplane(args.into_config()?, FirstStart::Bare)?;
+            let shutdown = ShutdownTrigger::new();
+            let controlplane =
+                start_controlplane(args.into_config()?, FirstStart::Bare, shutdown.signal())?;
             wait_for_signal()?;
-            controlplane.shutdown();
+            shutdown.trigger(Instant::now() + sluice_controlplane::STOP_DEADLINE);
+            controlplane.join();
         }
     }
     Ok(())
 }
 
-fn start_controlplane(config: ControlPlaneConfig, first_start: FirstStart) -> Result<ControlPlane> {
+fn start_controlplane(
+    config: ControlPlaneConfig,
+    first_start: FirstStart,
+    shutdown: Shutdown,
+) -> Result<ControlPlane> {
     let data_dir = config.data_dir.clone();
     let controlplane =
-        ControlPlane::start(config, first_start).context("starting the control plane")?;
+        ControlPlane::start(config, first_start, shutdown).context("starting the control plane")?;
     if let Some(operator) = controlplane.initial_operator() {
         // The password itself never goes to the log (logs are shipped and kept); the file
         // holding it is readable by this user only.

@@ -11,8 +11,8 @@ use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
 use crate::rate_limit::RateLimit;
 use crate::secrets::SecretBox;
-use crate::shutdown::Stopping;
 use crate::store::{Change, State, Store};
+use sluice_storage::shutdown::Shutdown;
 
 /// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
 pub struct Limits {
@@ -61,9 +61,9 @@ pub struct App {
     pub nodes: Arc<Nodes>,
     /// Configuration streams open at once at most.
     pub streams: Arc<Semaphore>,
-    /// Set once when the control plane stops: the API stops taking requests, configuration
+    /// The process's shutdown signal: on it the API stops taking requests, configuration
     /// streams and background tasks end. Receive it with [`App::stop_signal`].
-    pub stopping: watch::Sender<bool>,
+    shutdown: Shutdown,
     /// The OpenAPI document as served, set once when the router is built.
     pub openapi: Arc<std::sync::OnceLock<String>>,
     /// Password hashes computed at once at most (two per core).
@@ -76,6 +76,7 @@ impl App {
         mailer: Mailer,
         secrets: Arc<SecretBox>,
         config: ControlPlaneConfig,
+        shutdown: Shutdown,
     ) -> Self {
         let version = store.read(|s| s.config_version);
         let history = Arc::new(ConfigHistory::new(store.read(crate::snapshot::build)));
@@ -90,7 +91,7 @@ impl App {
             history,
             nodes: Arc::new(Nodes::default()),
             streams,
-            stopping: watch::Sender::new(false),
+            shutdown,
             openapi: Arc::new(std::sync::OnceLock::new()),
             password_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
@@ -99,8 +100,8 @@ impl App {
     }
 
     /// The stop signal, for a task that must end when the control plane stops.
-    pub fn stop_signal(&self) -> Stopping {
-        Stopping::new(self.stopping.subscribe())
+    pub fn stop_signal(&self) -> Shutdown {
+        self.shutdown.clone()
     }
 
     /// Computes and commits a change on a blocking thread (see [`Store::write`]).

@@ -46,7 +46,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::response::IntoResponse;
 use axum::{BoxError, Router};
 use sluice_storage::lake::{Lake, LakeError};
-use tokio::sync::watch;
+use sluice_storage::shutdown::Shutdown;
 use tower::ServiceBuilder;
 
 // The public surface: starting and stopping, the settings, and what `start` may fail with.
@@ -55,13 +55,14 @@ pub use initial_operator::{InitialOperator, InitialOperatorError};
 pub use mail::MailError;
 pub use secrets::SecretError;
 pub use seed::Seeded;
+pub use shutdown::Joined;
 pub use store::StoreError;
 
 use crate::app::App;
 use crate::mail::{MailSettings, Mailer};
 use crate::problem::{ApiError, ProblemType};
 use crate::secrets::SecretBox;
-use crate::shutdown::{BackgroundTasks, Joined};
+use crate::shutdown::BackgroundTasks;
 use crate::store::Store;
 
 /// Errors that keep the control plane from starting.
@@ -104,8 +105,9 @@ pub enum FirstStart {
     DefaultWorkspace { token: Option<String> },
 }
 
-/// How long stopping may take: in-flight requests finish and background tasks end within it,
-/// then the runtime is dropped with whatever still runs.
+/// How long stopping may take when the shutdown signal carries no nearer deadline: in-flight
+/// requests finish and background tasks end within it, then the runtime is dropped with
+/// whatever still runs.
 pub const STOP_DEADLINE: Duration = Duration::from_secs(5);
 
 /// A running control plane.
@@ -113,20 +115,18 @@ pub struct ControlPlane {
     addr: SocketAddr,
     initial_operator: Option<InitialOperator>,
     seeded: Option<Seeded>,
-    /// The stop signal (`App::stopping`): the API, the streams and the background tasks all
-    /// wait on it.
-    stopping: watch::Sender<bool>,
-    /// Returns how the background tasks ended.
-    thread: Option<std::thread::JoinHandle<Joined>>,
+    /// Serves until the shutdown signal; returns how the background tasks ended.
+    thread: std::thread::JoinHandle<Joined>,
 }
 
 impl ControlPlane {
     /// Opens the store, makes the operator account (and what `first_start` asks for) on first
     /// start, writes the configuration snapshot file, binds the API address and serves on a
-    /// runtime of its own.
+    /// runtime of its own until `shutdown`.
     pub fn start(
         config: ControlPlaneConfig,
         first_start: FirstStart,
+        shutdown: Shutdown,
     ) -> Result<ControlPlane, ControlPlaneError> {
         let mut config = config;
         config.validate()?;
@@ -195,7 +195,7 @@ impl ControlPlane {
                 store.clone(),
                 secrets.clone(),
             )?;
-            App::new(store, mailer, secrets, config)
+            App::new(store, mailer, secrets, config, shutdown)
         };
         let router = router(app.clone())?;
         let listener = {
@@ -203,7 +203,6 @@ impl ControlPlane {
             tokio::net::TcpListener::from_std(listener)
                 .map_err(io("registering the API listener"))?
         };
-        let stopping = app.stopping.clone();
         let thread = std::thread::Builder::new()
             .name("controlplane-main".into())
             .spawn(move || {
@@ -229,14 +228,23 @@ impl ControlPlane {
                     let service = router.into_make_service_with_connect_info::<SocketAddr>();
                     let mut stop = app.stop_signal();
                     let served = axum::serve(listener, service)
-                        .with_graceful_shutdown(async move { stop.wait().await })
+                        .with_graceful_shutdown(async move {
+                            stop.requested().await;
+                        })
                         .await;
-                    if let Err(e) = served {
-                        tracing::error!(error = %e, "the control-plane API stopped");
-                        // Serving failed without a stop: the background tasks stop with it.
-                        app.stopping.send_replace(true);
-                    }
-                    let deadline = tokio::time::Instant::now() + STOP_DEADLINE;
+                    let now = tokio::time::Instant::now();
+                    let deadline = match (served, app.stop_signal().deadline()) {
+                        (Ok(()), Some(deadline)) => {
+                            tokio::time::Instant::from_std(deadline).min(now + STOP_DEADLINE)
+                        }
+                        (Ok(()), None) => now + STOP_DEADLINE,
+                        (Err(e), _) => {
+                            // Serving failed without a stop: the background tasks are cut
+                            // off with it.
+                            tracing::error!(error = %e, "the control-plane API stopped");
+                            now
+                        }
+                    };
                     (background.join_until(deadline).await, deadline)
                 });
                 runtime.shutdown_timeout(
@@ -250,8 +258,7 @@ impl ControlPlane {
             addr,
             initial_operator,
             seeded,
-            stopping,
-            thread: Some(thread),
+            thread,
         })
     }
 
@@ -270,29 +277,18 @@ impl ControlPlane {
         self.seeded.as_ref()
     }
 
-    /// Stops taking requests, lets the ones in flight finish, ends the background tasks and
-    /// stops the runtime, within [`STOP_DEADLINE`] or little more.
-    pub fn shutdown(mut self) {
-        self.stop_and_join();
-    }
-
-    /// Gives the stop signal and waits for the control plane's thread; returns how the
-    /// background tasks ended (`None` when it was stopped already or its thread panicked).
-    fn stop_and_join(&mut self) -> Option<Joined> {
-        self.stopping.send_replace(true);
-        let joined = self.thread.take()?.join().ok()?;
+    /// Waits until the control plane has stopped after the shutdown signal: requests in
+    /// flight finished, background tasks ended, the runtime stopped, within the signal's
+    /// deadline (at most [`STOP_DEADLINE`]) or little more. Returns how the background tasks
+    /// ended (`None` when the thread panicked).
+    pub fn join(self) -> Option<Joined> {
+        let joined = self.thread.join().ok()?;
         tracing::info!(
             ended = joined.ended.len(),
             cut_off = ?joined.cut_off,
             "control plane stopped"
         );
         Some(joined)
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        self.stop_and_join();
     }
 }
 
@@ -408,6 +404,7 @@ async fn overloaded(error: BoxError) -> axum::response::Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_storage::shutdown::ShutdownTrigger;
 
     /// The sweeps, the purge and the snapshot writer heed the stop signal: all of them return
     /// on their own, none is aborted at the deadline, and stopping takes far less than it.
@@ -420,11 +417,12 @@ mod tests {
             secret_key: Some("11".repeat(32)),
             ..ControlPlaneConfig::default()
         };
-        let mut control_plane = ControlPlane::start(config, FirstStart::Bare).expect("starts");
+        let shutdown = ShutdownTrigger::new();
+        let control_plane =
+            ControlPlane::start(config, FirstStart::Bare, shutdown.signal()).expect("starts");
         let started = std::time::Instant::now();
-        let joined = control_plane
-            .stop_and_join()
-            .expect("the first stop reports");
+        shutdown.trigger(started + STOP_DEADLINE);
+        let joined = control_plane.join().expect("the stop reports");
         let took = started.elapsed();
         assert_eq!(
             joined.ended,
@@ -435,11 +433,6 @@ mod tests {
         assert!(
             took < STOP_DEADLINE / 5,
             "stopping took {took:?} (deadline {STOP_DEADLINE:?})"
-        );
-        assert_eq!(
-            control_plane.stop_and_join(),
-            None,
-            "stopping twice is harmless"
         );
     }
 }

@@ -33,7 +33,7 @@ pub async fn run(app: App, lake: Arc<Lake>) {
         // idempotent, and the purge record goes only after its last pass.
         tokio::select! {
             () = run_due(&app, &lake) => {}
-            _ = stopping.wait() => return,
+            _ = stopping.requested() => return,
         }
         let next_due = app.store.read(|s| s.purges.iter().map(|p| p.due_at).min());
         let wait = next_due
@@ -43,7 +43,7 @@ pub async fn run(app: App, lake: Arc<Lake>) {
         tokio::select! {
             changed = versions.changed() => if changed.is_err() { return },
             _ = tokio::time::sleep(wait) => {}
-            _ = stopping.wait() => return,
+            _ = stopping.requested() => return,
         }
     }
 }

@@ -1,33 +1,16 @@
-//! Stopping the control plane: the one stop signal every long-lived task receives, and the
-//! background tasks that are joined, within a deadline, when it is given.
+//! The control plane's background tasks (sweeps, purges, the snapshot writer), joined within
+//! the shutdown deadline.
 //!
-//! The signal is [`App::stopping`](crate::app::App::stopping), a `watch<bool>` set once: the
-//! API's graceful shutdown, the configuration streams and the background sweeps all wait on it,
-//! so one `send_replace(true)` stops everything, and a task started after the stop sees it at
-//! once. A task must return promptly when it fires and must never wait on anything unbounded
-//! in between; a task still running at the deadline is aborted and named in the log.
+//! Every long-lived task of the control plane waits on the process's one shutdown signal
+//! ([`sluice_storage::shutdown::Shutdown`], from [`App::stop_signal`](crate::app::App::stop_signal)):
+//! the API's graceful shutdown, the configuration streams and these tasks. A task must return
+//! promptly when it fires and must never wait on anything unbounded in between; a task still
+//! running at the deadline is aborted and named in the log.
 
 use std::future::Future;
 
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-
-/// The receiving end of the stop signal.
-#[derive(Debug, Clone)]
-pub struct Stopping(watch::Receiver<bool>);
-
-impl Stopping {
-    pub fn new(receiver: watch::Receiver<bool>) -> Self {
-        Stopping(receiver)
-    }
-
-    /// Returns once the control plane stops, at once when it has already. A dropped sender
-    /// counts as a stop: nothing could give the signal any more.
-    pub async fn wait(&mut self) {
-        let _ = self.0.wait_for(|stopping| *stopping).await;
-    }
-}
 
 /// The background tasks of a running control plane (sweeps, purges, the snapshot writer),
 /// each with a name for the log.
@@ -78,16 +61,19 @@ impl BackgroundTasks {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_storage::shutdown::ShutdownTrigger;
     use std::time::Duration;
 
     #[tokio::test]
     async fn tasks_that_heed_the_signal_end_and_others_are_cut_off() {
-        let signal = watch::Sender::new(false);
+        let trigger = ShutdownTrigger::new();
         let mut tasks = BackgroundTasks::default();
-        let mut stopping = Stopping::new(signal.subscribe());
-        tasks.spawn("heeds", async move { stopping.wait().await });
+        let mut stopping = trigger.signal();
+        tasks.spawn("heeds", async move {
+            stopping.requested().await;
+        });
         tasks.spawn("ignores", std::future::pending());
-        signal.send_replace(true);
+        trigger.trigger(std::time::Instant::now());
         let started = Instant::now();
         let joined = tasks
             .join_until(Instant::now() + Duration::from_millis(200))
@@ -100,15 +86,5 @@ mod tests {
             }
         );
         assert!(started.elapsed() < Duration::from_secs(2));
-    }
-
-    #[tokio::test]
-    async fn a_task_started_after_the_stop_sees_it_at_once() {
-        let signal = watch::Sender::new(false);
-        signal.send_replace(true);
-        let mut stopping = Stopping::new(signal.subscribe());
-        tokio::time::timeout(Duration::from_secs(1), stopping.wait())
-            .await
-            .expect("returns at once");
     }
 }

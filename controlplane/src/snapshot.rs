@@ -94,7 +94,7 @@ pub(crate) async fn keep_file_current(app: App, path: PathBuf) {
         tokio::select! {
             biased;
             changed = versions.changed() => if changed.is_err() { return },
-            _ = stopping.wait() => return,
+            _ = stopping.requested() => return,
         }
     }
 }

@@ -39,7 +39,7 @@ pub async fn sweep(app: App, interval: Duration) {
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            _ = stopping.wait() => return,
+            _ = stopping.requested() => return,
         }
         let result = app
             .write(|s| Ok((reconcile(s, Utc::now(), None), ())))

@@ -156,7 +156,7 @@ pub async fn config_stream(
                     }));
                     app.nodes.seen(&node);
                 }
-                _ = stopping.wait() => break,
+                _ = stopping.requested() => break,
             }
         }
         app.nodes.disconnected(&node);
