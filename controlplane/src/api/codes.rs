@@ -9,7 +9,7 @@ use chrono::{Duration, Utc};
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::users::valid_email;
+use super::validate::valid_email;
 use super::ApiJson;
 use crate::app::App;
 use crate::auth::{self};

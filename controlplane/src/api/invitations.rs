@@ -9,9 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::validate::valid_email;
 use super::workspaces::WorkspaceView;
 use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
-use crate::api::users::valid_email;
 use crate::app::App;
 use crate::auth::{self, require_verified, Caller};
 use crate::mail::Mail;

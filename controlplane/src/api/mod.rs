@@ -20,6 +20,7 @@ mod smtp;
 mod sources;
 mod tokens;
 mod users;
+mod validate;
 mod workspaces;
 
 use axum::extract::{FromRequest, FromRequestParts};
@@ -143,19 +144,6 @@ pub fn authorize<'s>(
         ));
     }
     Ok((ws, member.role))
-}
-
-/// Checks a free-text name (display names, first and last names, token names): trimmed, 1 to
-/// `chars_max` characters, no control characters. `field` names it in the refusal.
-pub fn valid_text(field: &str, text: &str, chars_max: usize) -> ApiResult<String> {
-    let text = text.trim();
-    if text.is_empty() || text.chars().count() > chars_max || text.chars().any(char::is_control) {
-        return Err(ApiError::new(
-            ProblemType::InvalidName,
-            format!("{field} must have 1 to {chars_max} printable characters"),
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 /// Refuses changes to a disabled workspace's assets.

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::users::valid_name;
+use super::validate::valid_name;
 use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};

@@ -9,8 +9,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::users::valid_email;
-use super::{authorize, require_enabled, valid_text, ApiJson, ApiPath, Page};
+use super::validate::valid_email;
+use super::validate::valid_text;
+use super::{authorize, require_enabled, ApiJson, ApiPath, Page};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::mail::Mail;

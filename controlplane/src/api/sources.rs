@@ -8,7 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::workspaces::{valid_display_name, valid_slug};
+use super::validate::{valid_display_name, valid_slug};
 use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;

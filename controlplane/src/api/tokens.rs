@@ -11,7 +11,7 @@ use sluice_config::token;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::workspaces::valid_display_name;
+use super::validate::valid_display_name;
 use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;

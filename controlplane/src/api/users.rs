@@ -11,6 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::codes::{check_code, code_mail, limit_code_attempts, limited, with_new_code};
+use super::validate::{valid_email, valid_name};
 use super::workspaces::first_workspace;
 use super::ApiJson;
 use crate::app::App;
@@ -21,7 +22,6 @@ use crate::rate_limit::client_key;
 use crate::store::Change;
 
 /// Longest first or last name.
-const NAME_CHARS_MAX: usize = 100;
 
 /// A user as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -63,22 +63,6 @@ pub struct SignUp {
     pub password: String,
     pub first_name: String,
     pub last_name: String,
-}
-
-/// Checks an e-mail address; returns it trimmed.
-pub fn valid_email(email: &str) -> ApiResult<String> {
-    let email = email.trim();
-    if email.len() > 254 || email.parse::<lettre::Address>().is_err() {
-        return Err(ApiError::new(
-            ProblemType::InvalidEmail,
-            format!("{email:?} is not an e-mail address"),
-        ));
-    }
-    Ok(email.to_owned())
-}
-
-pub(super) fn valid_name(field: &str, name: &str) -> ApiResult<String> {
-    super::valid_text(field, name, NAME_CHARS_MAX)
 }
 
 /// Sign up with e-mail and password; a verification code is sent by e-mail.

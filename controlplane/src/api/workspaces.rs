@@ -5,10 +5,10 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_config::snapshot::{is_valid_slug, SLUG_LEN_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::validate::{valid_display_name, valid_slug};
 use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{require_verified, Caller};
@@ -19,7 +19,6 @@ use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
 
 /// Longest display name.
-const NAME_CHARS_MAX: usize = 200;
 
 /// A workspace as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
@@ -66,30 +65,6 @@ pub struct NewWorkspace {
 #[serde(deny_unknown_fields)]
 pub struct Rename {
     pub name: String,
-}
-
-pub fn valid_display_name(name: &str) -> ApiResult<String> {
-    super::valid_text("the name", name, NAME_CHARS_MAX)
-}
-
-/// Checks a slug given by a user. A slug that reads as a UUID is refused: paths take ids or
-/// slugs, and such a slug could never be reached.
-pub fn valid_slug(slug: &str) -> ApiResult<String> {
-    if Uuid::parse_str(slug).is_ok() {
-        return Err(ApiError::new(
-            ProblemType::InvalidSlug,
-            format!("{slug:?} reads as an id; choose a slug with a word in it"),
-        ));
-    }
-    if !is_valid_slug(slug) {
-        return Err(ApiError::new(
-            ProblemType::InvalidSlug,
-            format!(
-                "{slug:?} is not a valid slug: use 1 to {SLUG_LEN_MAX} characters of a-z, 0-9 and -, starting with a letter or digit"
-            ),
-        ));
-    }
-    Ok(slug.to_owned())
 }
 
 /// A slug made from a display name: lower case, runs of other characters become `-`.
@@ -311,6 +286,7 @@ pub async fn delete_workspace(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sluice_config::snapshot::is_valid_slug;
 
     #[test]
     fn slugs_from_names_are_valid() {
