@@ -323,6 +323,15 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         );
     }
     cluster.control.restart();
+    // The nodes come back on their own, after a jittered backoff of up to 10 s; the token
+    // below lives 6 s, so it is made once they are all following again.
+    assert!(
+        wait_for(Duration::from_secs(20), || {
+            all.iter()
+                .all(|n| cluster.readyz(*n)["config_stream"]["connected"] == true)
+        }),
+        "every node reconnects to the restarted control plane"
+    );
 
     // An expiring token, a deleted source and a deleted workspace are refused everywhere too.
     let bob = verified_user(&cluster.api, &outbox, "bob@example.com");

@@ -561,6 +561,12 @@ fn account_refusals_sessions_tokens_and_password_reset() {
         json!({"email": "carol@example.com", "code": code}),
     );
     assert_eq!(a.status, 200, "{}", a.body);
+    // Mailed codes act as credentials: the outbox has them, the log never does.
+    assert!(
+        !sluice.log().contains(&code),
+        "a mailed code reached the log: {}",
+        sluice.log()
+    );
     assert_eq!(a.json()["email_verified"], true);
     // Unknown addresses get the same answer as known ones.
     let a = api.post(
@@ -1174,6 +1180,16 @@ fn in_sluice_up_a_token_made_through_the_api_ingests_at_once_and_stops_when_revo
         sluice.log().contains("created the operator account"),
         "the log shows the operator account once: {}",
         sluice.log()
+    );
+    let operator: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(sluice.data_dir.join("initial-operator.json"))
+            .expect("initial-operator.json"),
+    )
+    .expect("initial-operator.json is JSON");
+    let password = operator["password"].as_str().expect("password");
+    assert!(
+        !sluice.log().contains(password),
+        "the operator's password reached the log"
     );
     let op = operator_session(&sluice, &api);
     let tokens = api.get("/api/v1/workspaces/default/tokens", &op);

@@ -298,7 +298,7 @@ fn idle_memory(
     plan.idle = true;
     plan.client_id_prefix = "idle".into();
     // At 2,000 new connections a second into one worker, a few percent of Sluice's CONNECTs
-    // were closed before their CONNACK (docs/benchmarks.md); 500 a second opens them all.
+    // were closed before their CONNACK (docs/bench-log/mqtt.md); 500 a second opens them all.
     plan.connect_rate = IDLE_CONNECT_RATE;
     plan.warmup = Duration::from_secs(2);
     plan.duration = Duration::from_secs(3);

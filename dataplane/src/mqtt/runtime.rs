@@ -7,7 +7,7 @@
 //! (measured: the thread at 100% in `memmove`, no message processed for seconds, gigabytes of
 //! buffer). Newer ntex-net releases need a newer compiler, so the epoll driver (`polling`) is
 //! the default here and io_uring stays a setting (`mqtt.io_driver = "io_uring"`);
-//! docs/benchmarks.md has both measured.
+//! docs/bench-log/mqtt.md has both measured.
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};

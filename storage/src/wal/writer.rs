@@ -13,9 +13,9 @@
 //! both cores of a small machine busy, 19 KB appends took 3.5 ms a sync, into a preallocated
 //! file 0.45 ms. (Writing the next segment full of zeros in the background would bring that to
 //! 0.26 ms, but the 64 MiB of writes it costs showed up as 100 ms stalls in the ingest
-//! benchmark; see docs/benchmarks.md.) A sealed segment is cut back to its records. Recovery
-//! reads the zeros after the last record as the end of the log: a frame of zeros fails its
-//! checksum and has LSN 0.
+//! benchmark; see docs/bench-log/http.md, "After the second profile".) A sealed segment is
+//! cut back to its records. Recovery reads the zeros after the last record as the end of the
+//! log: a frame of zeros fails its checksum and has LSN 0.
 //!
 //! Zeros ahead: preallocated blocks are "unwritten" until first written, and the first write
 //! into them changes the file's extent map, so that group's `fdatasync` also writes the inode:
@@ -278,8 +278,8 @@ impl Writer {
             // requests, on the same core as often as not) run before it takes the group: one
             // `sched_yield`, which returns at once when nothing else wants the core. Measured
             // on two cores, single-event POSTs: groups of ~31 requests instead of ~15 and
-            // +18% requests/s (docs/benchmarks.md). Waiting on a timer instead would add its
-            // delay to every acknowledgement, also when the node is idle.
+            // +18% requests/s (docs/bench-log/http.md, "Bigger groups"). Waiting on a timer
+            // instead would add its delay to every acknowledgement, also when the node is idle.
             std::thread::yield_now();
             while bytes < self.group_commit_bytes_max {
                 match rx.try_recv() {
