@@ -21,8 +21,6 @@ use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::rate_limit::client_key;
 use crate::store::Change;
 
-/// Longest first or last name.
-
 /// A user as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct UserView {

@@ -18,8 +18,6 @@ use crate::purge;
 use crate::roles::{Action, Role};
 use crate::store::{Change, State as Data};
 
-/// Longest display name.
-
 /// A workspace as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct WorkspaceView {
