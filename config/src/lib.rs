@@ -19,5 +19,5 @@ pub mod state;
 pub mod stream;
 pub mod token;
 
-#[cfg(test)]
-mod test_fixtures;
+#[cfg(any(test, feature = "test-fixtures"))]
+pub mod test_fixtures;

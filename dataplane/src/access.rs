@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use sluice_config::snapshot::{ConfigSnapshot, Scope, TokenConfig, WorkspaceConfig};
 use sluice_config::state::{ConfigChange, ConfigState};
-use sluice_config::token;
 use uuid::Uuid;
 
 use crate::rate_limit::{Bucket, RateLimits};
@@ -192,21 +191,10 @@ impl ConfigView {
         );
     }
 
-    /// Decides whether `secret` may send events to `workspace`/`source` as `device`.
-    /// Checks run in this order so that a caller without a valid token learns nothing about
-    /// which workspaces exist.
-    pub fn check<'a>(
-        &'a self,
-        secret: &str,
-        workspace: &str,
-        source: &str,
-        device: Option<&'a str>,
-        now_us: i64,
-    ) -> Result<Grant<'a>, Refusal> {
-        self.check_hash(&token::hash(secret), workspace, source, device, now_us)
-    }
-
-    /// [`check`](Self::check) for a token known by its SHA-256, as an MQTT session keeps it.
+    /// Decides whether the token whose SHA-256 is `token_hash` may send events to
+    /// `workspace`/`source` as `device`. Checks run in this order so that a caller without a
+    /// valid token learns nothing about which workspaces exist. Tokens are known by their hash
+    /// only: HTTP hashes the presented secret, an MQTT session keeps the hash.
     pub fn check_hash<'a>(
         &'a self,
         token_hash: &[u8; 32],
@@ -396,6 +384,7 @@ impl Access {
 mod tests {
     use super::*;
     use sluice_config::snapshot::SourceConfig;
+    use sluice_config::token;
 
     fn workspace(slug: &str, secret: &str, enabled: bool) -> WorkspaceConfig {
         WorkspaceConfig {
@@ -432,7 +421,8 @@ mod tests {
         };
         let access = Access::new(&snapshot, rates);
         let view = access.current();
-        let check = |t: &str, w: &str, s: &str| view.check(t, w, s, None, 0).map(|_| ());
+        let check =
+            |t: &str, w: &str, s: &str| view.check_hash(&token::hash(t), w, s, None, 0).map(|_| ());
         assert_eq!(
             check("nope", "zzz", "telemetry"),
             Err(Refusal::UnknownToken)
@@ -457,7 +447,7 @@ mod tests {
             for slug in slugs {
                 for source in ["telemetry", "other"] {
                     let outcome = view
-                        .check(secret, slug, source, Some("dev"), 0)
+                        .check_hash(&token::hash(secret), slug, source, Some("dev"), 0)
                         .map(|grant| (grant.workspace.id, grant.device_id.map(str::to_owned)));
                     seen.push(format!("{secret} {slug} {source}: {outcome:?}"));
                 }
@@ -532,10 +522,13 @@ mod tests {
         // The revoked token is refused, the moved one works in its new workspace.
         let view = access.current();
         assert_eq!(
-            view.check("ta", "a2", "telemetry", None, 0).map(|_| ()),
+            view.check_hash(&token::hash("ta"), "a2", "telemetry", None, 0)
+                .map(|_| ()),
             Err(Refusal::UnknownToken)
         );
-        assert!(view.check("tc", "d", "telemetry", None, 0).is_ok());
+        assert!(view
+            .check_hash(&token::hash("tc"), "d", "telemetry", None, 0)
+            .is_ok());
 
         // A change built on another version is refused and the view stays.
         let stale = state

@@ -166,8 +166,8 @@ impl ConfigCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::test_fixtures::workspace;
     use sluice_config::state::ConfigState;
+    use sluice_config::test_fixtures::workspace;
 
     #[test]
     fn stored_snapshot_survives_reopen() {

@@ -23,11 +23,9 @@ pub mod lake;
 pub mod layout;
 pub mod metrics;
 #[cfg(feature = "parquet")]
-pub mod parquet_file;
+pub(crate) mod parquet_file;
 pub mod progress;
 #[cfg(feature = "parquet")]
 pub mod shipper;
 pub mod shutdown;
-#[cfg(test)]
-mod test_fixtures;
 pub mod wal;
