@@ -443,6 +443,83 @@ fn refusals_get_reason_codes_on_mqtt5_a_disconnect_on_311_and_store_nothing() {
     assert_eq!(rows, vec![vec![json!("fine")]]);
 }
 
+/// A source's `protocols` are enforced on the node: an HTTP-only source refuses MQTT (0x87 on
+/// MQTT 5, a closed connection on 3.1.1), an MQTT-only source refuses HTTP with
+/// `403 protocol-not-allowed`, and nothing refused is stored.
+#[test]
+fn a_source_takes_events_only_over_its_protocols() {
+    let mut fx = Fixture::start(&[]);
+    let port = fx.mqtt_port();
+    for (slug, protocols) in [
+        ("http-only", json!(["http"])),
+        ("mqtt-only", json!(["mqtt"])),
+    ] {
+        let a = fx.api.post(
+            "/api/v1/workspaces/default/sources",
+            Some(&fx.operator),
+            json!({"slug": slug, "protocols": protocols}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+        fx.wait_until_served("default", &fx.token, slug);
+    }
+    let auth = format!("Bearer {}", fx.token);
+    let http = |source: &str, r: &str| {
+        common::post(
+            &fx.sluice.ingest_url("default", source),
+            &[("authorization", &auth)],
+            format!(r#"{{"r": "{r}"}}"#).as_bytes(),
+        )
+    };
+    let refused = http("mqtt-only", "http-to-mqtt-only");
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused
+            .body
+            .contains("urn:sluice:problem:protocol-not-allowed"),
+        "{}",
+        refused.body
+    );
+    assert_eq!(http("http-only", "http-ok").status, 202);
+
+    let publish = |version: &str, topic: &str, r: &str| -> Value {
+        let payload = format!(r#"{{"r": "{r}"}}"#);
+        let lines = paho(
+            port,
+            &with_creds(
+                &[
+                    "publish",
+                    "--version",
+                    version,
+                    "--qos",
+                    "1",
+                    "--topic",
+                    topic,
+                    "--payload",
+                    &payload,
+                    "--timeout",
+                    "5",
+                ],
+                &fx.token,
+            ),
+        );
+        event(&lines, "published").clone()
+    };
+    let p = publish("5", "ingest/http-only/room-1", "mqtt5-to-http-only");
+    assert_eq!(p["refused"]["0"], 0x87, "{p}");
+    let p = publish("3", "ingest/http-only/room-1", "mqtt3-to-http-only");
+    assert_eq!(p["acked"], json!([]), "{p}");
+    assert!(
+        !p["disconnected"].is_null(),
+        "3.1.1 closes the connection: {p}"
+    );
+    let p = publish("5", "ingest/mqtt-only/room-1", "mqtt-ok");
+    assert_eq!(p["acked"], json!([0]), "{p}");
+
+    let mut rows = fx.query("SELECT payload->>'r' FROM {lake} WHERE payload->>'r' IS NOT NULL");
+    rows.sort_by_key(|r| r[0].to_string());
+    assert_eq!(rows, vec![vec![json!("http-ok")], vec![json!("mqtt-ok")]]);
+}
+
 #[test]
 fn mqtt_over_tls_takes_events_from_clients_that_trust_the_certificate() {
     let certs = tempfile::tempdir().expect("tempdir");

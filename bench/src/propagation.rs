@@ -28,7 +28,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use serde_json::{json, Value};
-use sluice_config::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use sluice_config::snapshot::{
+    ConfigSnapshot, Protocol, Scope, SourceConfig, TokenConfig, WorkspaceConfig,
+};
 use sluice_config::state::ConfigState;
 use sluice_dataplane::bench_api::{Access, RateDefaults};
 use sluice_storage::cache::ConfigCache;
@@ -330,6 +332,7 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                     id: Uuid::now_v7(),
                     slug: "telemetry".into(),
                     name: String::new(),
+                    protocols: Protocol::all(),
                 }],
                 tokens: (0..per)
                     .map(|_| {

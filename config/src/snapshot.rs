@@ -55,6 +55,34 @@ pub struct SourceConfig {
     pub slug: String,
     #[serde(default)]
     pub name: String,
+    /// The protocols devices may send to this source over; a configuration written before
+    /// sources had them means every protocol.
+    #[serde(default = "Protocol::all")]
+    pub protocols: Vec<Protocol>,
+}
+
+/// A protocol devices send events over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    Http,
+    Mqtt,
+}
+
+impl Protocol {
+    /// Every protocol, the default of a source.
+    pub fn all() -> Vec<Protocol> {
+        vec![Protocol::Http, Protocol::Mqtt]
+    }
+
+    /// The name stored in the `protocol` column and in configurations.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Mqtt => "mqtt",
+        }
+    }
 }
 
 /// What a token may do.
@@ -306,6 +334,7 @@ mod tests {
             id: Uuid::nil(),
             slug: slug.into(),
             name: String::new(),
+            protocols: Protocol::all(),
         };
         ws.sources = vec![source("one"), source("two")];
         assert!(ws.validate().is_err(), "two sources with one id");

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::snapshot::{Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use crate::snapshot::{Protocol, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
 
 /// An ingest token whose SHA-256 is `hash` as 64 hex digits.
 pub fn token(hash: u64) -> TokenConfig {
@@ -30,6 +30,7 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
             id: Uuid::now_v7(),
             slug: "telemetry".into(),
             name: String::new(),
+            protocols: Protocol::all(),
         }],
         tokens: tokens.iter().map(|h| token(*h)).collect(),
     }

@@ -148,13 +148,8 @@ pub struct AccessToken {
     pub created_at: DateTime<Utc>,
 }
 
-/// Protocols a source accepts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub enum Protocol {
-    Http,
-    Mqtt,
-}
+/// Protocols a source accepts: the configuration's, which nodes enforce.
+pub use sluice_config::snapshot::Protocol;
 
 /// An ingest point of a workspace.
 #[derive(Debug, Clone, Serialize, Deserialize)]

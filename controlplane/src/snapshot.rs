@@ -34,6 +34,7 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         id: x.id,
                         slug: x.slug.clone(),
                         name: x.name.clone(),
+                        protocols: x.protocols.clone(),
                     })
                     .collect(),
                 tokens: s

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use sluice_config::snapshot::{ConfigSnapshot, Scope, TokenConfig, WorkspaceConfig};
+use sluice_config::snapshot::{ConfigSnapshot, Protocol, Scope, TokenConfig, WorkspaceConfig};
 use sluice_config::state::{ConfigChange, ConfigState};
 use uuid::Uuid;
 
@@ -25,8 +25,32 @@ pub struct WorkspaceView {
     pub id: Uuid,
     pub slug: String,
     pub enabled: bool,
-    pub sources: HashSet<String>,
+    /// Each source and the protocols it takes.
+    pub sources: HashMap<String, Protocols>,
     pub bucket: Arc<Bucket>,
+}
+
+/// The protocols a source takes, as a set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Protocols {
+    http: bool,
+    mqtt: bool,
+}
+
+impl Protocols {
+    fn of(list: &[Protocol]) -> Self {
+        Protocols {
+            http: list.contains(&Protocol::Http),
+            mqtt: list.contains(&Protocol::Mqtt),
+        }
+    }
+
+    fn allow(self, protocol: Protocol) -> bool {
+        match protocol {
+            Protocol::Http => self.http,
+            Protocol::Mqtt => self.mqtt,
+        }
+    }
 }
 
 /// A token as the hot path needs it.
@@ -56,9 +80,13 @@ pub enum Refusal {
     WrongWorkspace,
     WorkspaceDisabled,
     UnknownSource,
+    /// The source does not take events over this protocol.
+    ProtocolNotAllowed,
     MissingScope,
     SourceNotAllowed,
-    DeviceNotAllowed { bound: String },
+    DeviceNotAllowed {
+        bound: String,
+    },
 }
 
 /// What an accepted token grants for this request.
@@ -169,7 +197,11 @@ impl ConfigView {
                 id: ws.id,
                 slug: ws.slug.clone(),
                 enabled: ws.enabled,
-                sources: ws.sources.iter().map(|s| s.slug.clone()).collect(),
+                sources: ws
+                    .sources
+                    .iter()
+                    .map(|s| (s.slug.clone(), Protocols::of(&s.protocols)))
+                    .collect(),
                 bucket: limits.bucket(ws.id, rate, burst),
             }),
         );
@@ -201,14 +233,16 @@ impl ConfigView {
         workspace: &str,
         source: &str,
         device: Option<&'a str>,
+        protocol: Protocol,
         now_us: i64,
     ) -> Result<Grant<'a>, Refusal> {
         let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
-        if !ws.sources.contains(source) {
-            return Err(Refusal::UnknownSource);
-        }
+        let protocols = ws.sources.get(source).ok_or(Refusal::UnknownSource)?;
         if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
             return Err(Refusal::SourceNotAllowed);
+        }
+        if !protocols.allow(protocol) {
+            return Err(Refusal::ProtocolNotAllowed);
         }
         let device_id = bound_device(token, device)?;
         Ok(Grant {
@@ -397,6 +431,7 @@ mod tests {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),
                 name: String::new(),
+                protocols: Protocol::all(),
             }],
             tokens: vec![TokenConfig {
                 id: Uuid::now_v7(),
@@ -421,8 +456,10 @@ mod tests {
         };
         let access = Access::new(&snapshot, rates);
         let view = access.current();
-        let check =
-            |t: &str, w: &str, s: &str| view.check_hash(&token::hash(t), w, s, None, 0).map(|_| ());
+        let check = |t: &str, w: &str, s: &str| {
+            view.check_hash(&token::hash(t), w, s, None, Protocol::Http, 0)
+                .map(|_| ())
+        };
         assert_eq!(
             check("nope", "zzz", "telemetry"),
             Err(Refusal::UnknownToken)
@@ -447,7 +484,14 @@ mod tests {
             for slug in slugs {
                 for source in ["telemetry", "other"] {
                     let outcome = view
-                        .check_hash(&token::hash(secret), slug, source, Some("dev"), 0)
+                        .check_hash(
+                            &token::hash(secret),
+                            slug,
+                            source,
+                            Some("dev"),
+                            Protocol::Http,
+                            0,
+                        )
                         .map(|grant| (grant.workspace.id, grant.device_id.map(str::to_owned)));
                     seen.push(format!("{secret} {slug} {source}: {outcome:?}"));
                 }
@@ -491,6 +535,7 @@ mod tests {
             id: Uuid::now_v7(),
             slug: "other".into(),
             name: String::new(),
+            protocols: Protocol::all(),
         });
         let mut c3 = c2.clone();
         c3.tokens.clear();
@@ -522,12 +567,26 @@ mod tests {
         // The revoked token is refused, the moved one works in its new workspace.
         let view = access.current();
         assert_eq!(
-            view.check_hash(&token::hash("ta"), "a2", "telemetry", None, 0)
-                .map(|_| ()),
+            view.check_hash(
+                &token::hash("ta"),
+                "a2",
+                "telemetry",
+                None,
+                Protocol::Http,
+                0
+            )
+            .map(|_| ()),
             Err(Refusal::UnknownToken)
         );
         assert!(view
-            .check_hash(&token::hash("tc"), "d", "telemetry", None, 0)
+            .check_hash(
+                &token::hash("tc"),
+                "d",
+                "telemetry",
+                None,
+                Protocol::Http,
+                0
+            )
             .is_ok());
 
         // A change built on another version is refused and the view stays.
@@ -540,5 +599,32 @@ mod tests {
         let behind = ConfigChange { from: 2, ..stale };
         assert!(access.apply_change(&behind).is_err());
         assert_eq!(access.current().version, 3);
+    }
+
+    #[test]
+    fn a_source_takes_only_its_protocols() {
+        let mut ws = workspace("a", "ta", true);
+        ws.sources[0].protocols = vec![Protocol::Http];
+        let snapshot = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![ws],
+        };
+        let access = Access::new(
+            &snapshot,
+            RateDefaults {
+                events_per_second: 1000,
+            },
+        );
+        let view = access.current();
+        let hash = token::hash("ta");
+        assert!(view
+            .check_hash(&hash, "a", "telemetry", None, Protocol::Http, 0)
+            .is_ok());
+        assert_eq!(
+            view.check_hash(&hash, "a", "telemetry", None, Protocol::Mqtt, 0)
+                .map(|_| ())
+                .unwrap_err(),
+            Refusal::ProtocolNotAllowed
+        );
     }
 }

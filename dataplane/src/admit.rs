@@ -132,16 +132,18 @@ impl Admission {
         self.access.current()
     }
 
-    /// Step 1: may the token (known by its SHA-256) send to `workspace`/`source` as `device`?
+    /// Step 1: may the token (known by its SHA-256) send to `workspace`/`source` as `device`
+    /// over `protocol`?
     pub fn check<'a>(
         view: &'a ConfigView,
         token_hash: &[u8; 32],
         workspace: &str,
         source: &str,
         device: Option<&'a str>,
+        protocol: Protocol,
         now_us: i64,
     ) -> Result<Grant<'a>, Refusal> {
-        view.check_hash(token_hash, workspace, source, device, now_us)
+        view.check_hash(token_hash, workspace, source, device, protocol, now_us)
             .map_err(Refusal::Access)
     }
 

@@ -9,7 +9,9 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
-use sluice_config::snapshot::{ConfigSnapshot, Scope, SourceConfig, TokenConfig, WorkspaceConfig};
+use sluice_config::snapshot::{
+    ConfigSnapshot, Protocol, Scope, SourceConfig, TokenConfig, WorkspaceConfig,
+};
 use sluice_config::token;
 use uuid::Uuid;
 
@@ -43,6 +45,7 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),
                 name: "Telemetry".into(),
+                protocols: Protocol::all(),
             }],
             tokens: vec![TokenConfig {
                 id: Uuid::now_v7(),

@@ -30,34 +30,22 @@ const PAYLOADS_MAX: usize = crate::wal::RECORD_BYTES_MAX;
 /// The 62 random bits at the end of a UUIDv7 (after the variant bits).
 const TAIL_MASK: u128 = (1u128 << 62) - 1;
 
-/// How an event reached the node.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Protocol {
-    Http,
-    Mqtt,
+/// How an event reached the node: the configuration's protocols.
+pub use sluice_config::snapshot::Protocol;
+
+/// A protocol's byte in the record encoding.
+fn protocol_code(protocol: Protocol) -> u8 {
+    match protocol {
+        Protocol::Http => 1,
+        Protocol::Mqtt => 2,
+    }
 }
 
-impl Protocol {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Protocol::Http => "http",
-            Protocol::Mqtt => "mqtt",
-        }
-    }
-
-    fn code(self) -> u8 {
-        match self {
-            Protocol::Http => 1,
-            Protocol::Mqtt => 2,
-        }
-    }
-
-    fn from_code(code: u8) -> Option<Self> {
-        match code {
-            1 => Some(Protocol::Http),
-            2 => Some(Protocol::Mqtt),
-            _ => None,
-        }
+fn protocol_from_code(code: u8) -> Option<Protocol> {
+    match code {
+        1 => Some(Protocol::Http),
+        2 => Some(Protocol::Mqtt),
+        _ => None,
     }
 }
 
@@ -190,7 +178,7 @@ impl IngestBatch {
         out.extend_from_slice(env.first_event_id.as_bytes());
         out.extend_from_slice(&env.received_at_us.to_le_bytes());
         out.extend_from_slice(env.workspace_id.as_bytes());
-        out.push(env.protocol.code());
+        out.push(protocol_code(env.protocol));
         put_str(out, Some(&env.source));
         put_str(out, env.device_id.as_deref());
         put_str(out, env.topic.as_deref());
@@ -212,7 +200,7 @@ impl IngestBatch {
         let received_at_us = i64::from_le_bytes(r.array()?);
         let workspace_id = Uuid::from_bytes(r.array()?);
         let code = r.u8()?;
-        let protocol = Protocol::from_code(code).ok_or(DecodeError::UnknownProtocol(code))?;
+        let protocol = protocol_from_code(code).ok_or(DecodeError::UnknownProtocol(code))?;
         let source = r.str()?.ok_or(DecodeError::Truncated)?;
         let device_id = r.str()?;
         let topic = r.str()?;

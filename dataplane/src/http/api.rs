@@ -181,6 +181,7 @@ impl Api {
             workspace,
             source,
             device,
+            Protocol::Http,
             received_at_us,
         )
         .map_err(|r| refuse(refused(r)))?;
@@ -540,6 +541,10 @@ fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Pr
         R::MissingScope => Problem::new(
             P::MissingScope,
             "the access token may not send events; use a token with the `ingest` scope",
+        ),
+        R::ProtocolNotAllowed => Problem::new(
+            P::ProtocolNotAllowed,
+            format!("source {source:?} does not take events over HTTP; its protocols are set in the control plane"),
         ),
         R::SourceNotAllowed => Problem::new(
             P::SourceNotAllowed,

@@ -29,6 +29,7 @@ pub enum ProblemType {
     MissingScope,
     UnknownSource,
     SourceNotAllowed,
+    ProtocolNotAllowed,
     DeviceNotAllowed,
     UnsupportedMediaType,
     UnsupportedEncoding,
@@ -49,7 +50,7 @@ pub enum ProblemType {
 impl ProblemType {
     /// All of them, in the order of the documentation's table.
     #[cfg(test)]
-    pub const ALL: [ProblemType; 27] = [
+    pub const ALL: [ProblemType; 28] = [
         ProblemType::MethodNotAllowed,
         ProblemType::NotFound,
         ProblemType::MissingToken,
@@ -62,6 +63,7 @@ impl ProblemType {
         ProblemType::MissingScope,
         ProblemType::UnknownSource,
         ProblemType::SourceNotAllowed,
+        ProblemType::ProtocolNotAllowed,
         ProblemType::DeviceNotAllowed,
         ProblemType::UnsupportedMediaType,
         ProblemType::UnsupportedEncoding,
@@ -111,6 +113,11 @@ impl ProblemType {
                 "source-not-allowed",
                 S::FORBIDDEN,
                 "Source not allowed for this token",
+            ),
+            P::ProtocolNotAllowed => (
+                "protocol-not-allowed",
+                S::FORBIDDEN,
+                "Protocol not allowed for this source",
             ),
             P::DeviceNotAllowed => (
                 "device-not-allowed",

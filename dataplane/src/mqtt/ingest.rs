@@ -8,7 +8,7 @@ use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
-use sluice_config::snapshot::{is_valid_device_id, is_valid_slug};
+use sluice_config::snapshot::{is_valid_device_id, is_valid_slug, Protocol};
 use sluice_config::token;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use tracing::{info, warn};
@@ -251,6 +251,7 @@ impl MqttIngest {
             &device.workspace,
             source,
             Some(&device.device_id),
+            Protocol::Mqtt,
             received_at_us,
         )?;
         if payload.len() > self.limits.payload_bytes_max {
