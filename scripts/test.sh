@@ -9,6 +9,8 @@
 #     document) and paho-mqtt (the Eclipse Paho MQTT client of the MQTT tests)
 #   - the Debian packages mosquitto-clients and mosquitto when apt-get can install them (the
 #     MQTT tests also publish with mosquitto_pub; the MQTT benchmark compares with mosquitto)
+#   - Debian's chromium, which the CORS test drives through Playwright (in tests/requirements.txt;
+#     it uses the system browser and downloads none)
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
@@ -32,6 +34,16 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2
     { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
       $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto mosquitto-clients >/dev/null 2>&1; } ||
     echo "mosquitto could not be installed; the tests that use mosquitto_pub skip that part"
+fi
+
+echo "== Chromium (the CORS test posts from pages in a real browser, driven by Playwright)"
+if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
+  sudo_cmd=""
+  if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
+  $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+    { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
+      $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } ||
+    echo "chromium could not be installed; the CORS browser test will fail"
 fi
 
 echo "== s3s-fs (S3-compatible server for the s3:// tests)"

@@ -328,6 +328,7 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                 name: format!("Workspace {w}"),
                 enabled: true,
                 events_per_second_max: None,
+                cors_origins: Vec::new(),
                 sources: vec![SourceConfig {
                     id: Uuid::now_v7(),
                     slug: "telemetry".into(),

@@ -37,6 +37,11 @@ pub struct WorkspaceConfig {
     /// Events per second the workspace may ingest on one node; the node default when absent.
     #[serde(default)]
     pub events_per_second_max: Option<u64>,
+    /// Web origins (`scheme://host[:port]`, as browsers send them) whose pages may send
+    /// events to this workspace's ingest URLs. Left out of the JSON when empty, so that
+    /// workspaces without them hash as before.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cors_origins: Vec<String>,
     #[serde(default)]
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
@@ -295,6 +300,7 @@ mod tests {
             name: String::new(),
             enabled: true,
             events_per_second_max: None,
+            cors_origins: Vec::new(),
             sources: vec![],
             tokens: vec![token.clone()],
         };
@@ -324,6 +330,7 @@ mod tests {
             name: String::new(),
             enabled: true,
             events_per_second_max: None,
+            cors_origins: Vec::new(),
             sources: vec![],
             tokens: vec![token('a'), token('b')],
         };

@@ -26,6 +26,7 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
         name: slug.into(),
         enabled: true,
         events_per_second_max: None,
+        cors_origins: Vec::new(),
         sources: vec![SourceConfig {
             id: Uuid::now_v7(),
             slug: "telemetry".into(),

@@ -320,6 +320,7 @@ mod tests {
                     name: String::new(),
                     enabled: true,
                     events_per_second_max: None,
+                    cors_origins: Vec::new(),
                     sources: vec![],
                     tokens: vec![],
                 })

@@ -28,6 +28,7 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                 name: ws.name.clone(),
                 enabled: ws.enabled,
                 events_per_second_max: None,
+                cors_origins: ws.cors_allowed_origins.clone(),
                 sources: s
                     .sources_of(ws.id)
                     .map(|x| SourceConfig {

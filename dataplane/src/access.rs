@@ -25,6 +25,8 @@ pub struct WorkspaceView {
     pub id: Uuid,
     pub slug: String,
     pub enabled: bool,
+    /// Web origins whose pages may send events (CORS).
+    pub cors_origins: Vec<String>,
     /// Each source and the protocols it takes.
     pub sources: HashMap<String, Protocols>,
     pub bucket: Arc<Bucket>,
@@ -197,6 +199,7 @@ impl ConfigView {
                 id: ws.id,
                 slug: ws.slug.clone(),
                 enabled: ws.enabled,
+                cors_origins: ws.cors_origins.clone(),
                 sources: ws
                     .sources
                     .iter()
@@ -221,6 +224,13 @@ impl ConfigView {
                 expires_at_us: token.expires_at.map(|t| t.timestamp_micros()),
             },
         );
+    }
+
+    /// Whether pages on `origin` may send events to `workspace` (the token is checked apart).
+    pub fn cors_allows(&self, workspace: &str, origin: &str) -> bool {
+        self.workspaces
+            .get(workspace)
+            .is_some_and(|ws| ws.cors_origins.iter().any(|o| o == origin))
     }
 
     /// Decides whether the token whose SHA-256 is `token_hash` may send events to
@@ -427,6 +437,7 @@ mod tests {
             name: String::new(),
             enabled,
             events_per_second_max: None,
+            cors_origins: Vec::new(),
             sources: vec![SourceConfig {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),

@@ -41,6 +41,7 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
             name: "Default".into(),
             enabled: true,
             events_per_second_max: None,
+            cors_origins: Vec::new(),
             sources: vec![SourceConfig {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),

@@ -213,6 +213,7 @@ pub struct Answer {
     pub content_type: String,
     pub retry_after: Option<String>,
     pub body: String,
+    pub headers: ureq::http::HeaderMap,
 }
 
 impl Answer {
@@ -230,8 +231,17 @@ impl Answer {
             status: resp.status().as_u16(),
             content_type,
             retry_after,
+            headers: resp.headers().clone(),
             body: resp.body_mut().read_to_string().unwrap_or_default(),
         }
+    }
+
+    /// A response header, when present and text.
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
     }
 
     pub fn json(&self) -> Value {

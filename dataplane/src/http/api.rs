@@ -22,6 +22,7 @@ use sluice_storage::shipper::ShipperStatus;
 use sluice_storage::wal::RECORD_BYTES_MAX;
 use tokio::sync::Semaphore;
 
+use super::cors;
 use super::problem::{Problem, ProblemType};
 use crate::access;
 use crate::admit::{self, Admission, Refusal, Target};
@@ -75,6 +76,9 @@ impl Api {
                 "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 self.metrics.render(),
             ),
+            (&Method::OPTIONS, _) if path.starts_with("/v1/ingest/") => cors::preflight(
+                cors::allowed_origin(&self.admission.view(), path, req.headers()),
+            ),
             _ if path.starts_with("/v1/ingest/") => {
                 if req.method() != Method::POST {
                     let mut response =
@@ -82,11 +86,17 @@ impl Api {
                             .into_response();
                     response
                         .headers_mut()
-                        .insert(header::ALLOW, HeaderValue::from_static("POST"));
+                        .insert(header::ALLOW, HeaderValue::from_static("POST, OPTIONS"));
                     return response;
                 }
+                // Only requests from browsers carry `Origin`; others skip the lookup.
+                let origin = req
+                    .headers()
+                    .contains_key(header::ORIGIN)
+                    .then(|| cors::allowed_origin(&self.admission.view(), path, req.headers()))
+                    .flatten();
                 let started = Instant::now();
-                match self.ingest(req).await {
+                let mut response = match self.ingest(req).await {
                     Ok(accepted) => {
                         self.metrics.requests_accepted.inc();
                         self.metrics.events_accepted.inc_by(accepted as u64);
@@ -111,7 +121,11 @@ impl Api {
                             .inc_by(events as u64);
                         problem.into_response()
                     }
+                };
+                if let Some(origin) = origin {
+                    cors::allow(&mut response, origin);
                 }
+                response
             }
             _ => Problem::new(
                 ProblemType::NotFound,
