@@ -228,7 +228,7 @@ struct NodeArgs {
     /// Open MQTT connections at most [default: 20000].
     #[arg(long, env = "SLUICE_MQTT_CONNECTIONS_MAX")]
     mqtt_connections_max: Option<usize>,
-    /// MQTT worker threads [default: 1].
+    /// MQTT worker threads; 0 = one per available core [default: 0].
     #[arg(long, env = "SLUICE_MQTT_WORKERS")]
     mqtt_workers: Option<usize>,
     /// I/O driver of the MQTT threads: epoll or io_uring [default: epoll].
@@ -347,15 +347,26 @@ impl NodeArgs {
     }
 }
 
+/// The log filter: `SLUICE_LOG` (tracing's `EnvFilter` syntax) or `info`. ntex narrates every
+/// worker start and stop at info, and ntex-mqtt's per-connection session says at info that it
+/// found no I/O configuration of its own (its default is the one we want); their warnings are
+/// enough, unless `SLUICE_LOG` names those targets itself.
+fn log_filter(sluice_log: Option<String>) -> tracing_subscriber::EnvFilter {
+    let mut directives = sluice_log
+        .filter(|s| !s.trim().is_empty())
+        .unwrap_or_else(|| "info".to_owned());
+    for quiet in ["ntex_rt", "ntex_server", "ntex_service::cfg"] {
+        if !directives.contains(quiet) {
+            directives.push_str(&format!(",{quiet}=warn"));
+        }
+    }
+    tracing_subscriber::EnvFilter::try_new(&directives)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
+}
+
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("SLUICE_LOG")
-                // ntex narrates every worker start and stop at info; its warnings are enough.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,ntex_rt=warn,ntex_server=warn")
-                }),
-        )
+        .with_env_filter(log_filter(std::env::var("SLUICE_LOG").ok()))
         // Logs are diagnostics: stderr, like every server's, so stdout stays clean.
         .with_writer(std::io::stderr)
         .init();
@@ -476,7 +487,7 @@ fn announce(node: &Node, b: &Bootstrap) {
             .map(|d| d.display().to_string())
             .unwrap_or_else(|| node.lake_url().to_owned());
         tracing::info!(
-            "ready. Send an event (the token is in {boot}):\n\n  TOKEN=$(python3 -c \"import json; print(json.load(open('{boot}'))['token'])\")\n  curl -X POST {url} \\\n    -H \"Authorization: Bearer $TOKEN\" \\\n    -H 'Content-Type: application/json' \\\n    -d '{{\"device\":\"probe-1\",\"temp_c\":21.5}}'\n\nQuery the Parquet files (written every --batch-max-age-ms) with DuckDB:\n\n  duckdb -c \"SELECT received_at, device_id, payload->>'temp_c' AS temp_c FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)\"",
+            "ready. Send an event (the token is in {boot}):\n\n  TOKEN=$(python3 -c \"import json; print(json.load(open('{boot}'))['token'])\")\n  curl -X POST {url} \\\n    -H \"Authorization: Bearer $TOKEN\" \\\n    -H 'Content-Type: application/json' -H 'X-Device-Id: probe-1' \\\n    -d '{{\"temp_c\":21.5}}'\n\nQuery the Parquet files (written every --batch-max-age-ms) with DuckDB:\n\n  duckdb -c \"SELECT received_at, device_id, payload->>'temp_c' AS temp_c FROM read_parquet('{lake}/**/*.parquet', hive_partitioning = true)\"",
             url = b.http_url,
             boot = node.bootstrap_path().display(),
         );

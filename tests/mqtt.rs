@@ -514,6 +514,12 @@ fn a_source_takes_events_only_over_its_protocols() {
     );
     let p = publish("5", "ingest/mqtt-only/room-1", "mqtt-ok");
     assert_eq!(p["acked"], json!([0]), "{p}");
+    // Connections leave no ntex notices in the log, only Sluice's own lines.
+    assert!(
+        !fx.sluice.log().contains("does not exist, using default"),
+        "{}",
+        fx.sluice.log()
+    );
 
     let mut rows = fx.query("SELECT payload->>'r' FROM {lake} WHERE payload->>'r' IS NOT NULL");
     rows.sort_by_key(|r| r[0].to_string());

@@ -546,7 +546,7 @@ fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Pr
         ),
         R::WorkspaceDisabled => Problem::new(
             P::WorkspaceDisabled,
-            format!("workspace {workspace:?} is disabled and accepts no data; ask its admin to re-enable it"),
+            format!("workspace {workspace:?} is disabled because its creator's trial ended, and accepts no data until an operator prolongs that trial or changes the creator's plan"),
         ),
         R::UnknownSource => Problem::new(
             P::UnknownSource,

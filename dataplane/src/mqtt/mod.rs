@@ -231,6 +231,8 @@ fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
 
 fn service_config(limits: &MqttConfig) -> SharedCfg {
     SharedCfg::new("sluice-mqtt")
+        // ntex's I/O defaults, given explicitly: ntex logs every connection that finds none.
+        .add(ntex_io::IoConfig::new())
         .add(
             MqttServiceConfig::new()
                 .set_max_size(limits.packet_bytes_max)
