@@ -307,9 +307,16 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
         cluster.all_answer(&all, "plant", &third, 403),
         "a disabled workspace is refused on every node"
     );
-    assert_eq!(
-        cluster.ingest(0, "plant", &third).problem(),
-        "workspace-disabled"
+    let refused = cluster.ingest(0, "plant", &third);
+    assert_eq!(refused.problem(), "workspace-disabled");
+    // The device owner learns what unblocks it, not to ask an admin who cannot.
+    let detail = refused.json()["detail"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        detail.contains("trial") && detail.contains("operator") && !detail.contains("admin"),
+        "{detail}"
     );
     // It stays refused while the control plane is away, also by a node restarted offline.
     cluster.control.stop();
