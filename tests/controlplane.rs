@@ -863,6 +863,13 @@ fn invitation_links_refuse_expired_cancelled_reused_replaced_and_other_addresses
     }
     assert!(!pending().contains(&"hal@example.com".to_owned()));
     assert_problem(&accept(&hal, &late), 410, "invitation-expired");
+    // It keeps saying so (until the sweep removes it, minutes later), through the link too.
+    assert_problem(&accept(&hal, &late), 410, "invitation-expired");
+    assert_problem(
+        &api.get(&format!("/invitations/accept?token={late}"), &hal.token),
+        410,
+        "invitation-expired",
+    );
     let members = api.get("/api/v1/workspaces/team/members", &admin.token);
     assert_eq!(
         members.json()["items"].as_array().map(Vec::len),
@@ -944,6 +951,29 @@ fn an_ended_trial_disables_the_creators_workspaces_until_an_operator_prolongs_it
         json!({"slug": "more"}),
     );
     assert_problem(&a, 403, "workspace-disabled");
+    // The refusal says who and what can enable it again: the creator's trial or plan, changed
+    // by an operator at the endpoint named.
+    for a in [
+        api.post(
+            "/api/v1/workspaces/trial/tokens",
+            Some(&hank.token),
+            json!({"name": "more", "scopes": ["ingest"]}),
+        ),
+        api.patch(
+            "/api/v1/workspaces/trial",
+            &hank.token,
+            json!({"name": "Renamed"}),
+        ),
+    ] {
+        assert_problem(&a, 403, "workspace-disabled");
+        let detail = a.json()["detail"].as_str().unwrap_or_default().to_owned();
+        assert!(detail.contains("hank@example.com"), "{detail}");
+        assert!(
+            detail.contains(&format!("PUT /api/v1/operator/users/{}/trial", hank.id)),
+            "{detail}"
+        );
+        assert!(!detail.contains("choose a paid plan"), "{detail}");
+    }
 
     let users = api.get("/api/v1/operator/users", &operator);
     assert!(users.body.contains("hank@example.com"), "{}", users.body);
@@ -1130,6 +1160,13 @@ fn deleting_a_workspace_removes_its_tokens_sources_and_data_in_the_lake() {
         "the deleted workspace's data leaves the lake"
     );
     assert!(file_of(&kept).exists(), "other workspaces' data stays");
+    let dir_of = |ws: &Value| lake.join(format!("workspace={}", ws["id"].as_str().expect("id")));
+    assert!(
+        wait_for(Duration::from_secs(10), || !dir_of(&doomed).exists()),
+        "no empty directories of the deleted workspace are left in the lake: {:?}",
+        std::fs::read_dir(&lake).map(|d| d.flatten().map(|e| e.path()).collect::<Vec<_>>())
+    );
+    assert!(dir_of(&kept).is_dir() && lake.is_dir());
     assert!(wait_for(Duration::from_secs(5), || {
         snapshot_enabled(&sluice.data_dir, "doomed").is_none()
     }));
@@ -1258,4 +1295,241 @@ fn in_sluice_up_a_token_made_through_the_api_ingests_at_once_and_stops_when_revo
         "every accepted event is in Parquet once: {rows:?}"
     );
     assert_eq!(rows[0][1], "press-7");
+}
+
+/// The caller's workspaces.
+fn workspaces_of(api: &Api, user: &User) -> Vec<Value> {
+    let a = api.get("/api/v1/workspaces", &user.token);
+    assert_eq!(a.status, 200, "{}", a.body);
+    a.json()["items"].as_array().cloned().unwrap_or_default()
+}
+
+#[test]
+fn a_member_left_without_a_workspace_gets_a_fresh_one_of_their_own() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = api(&sluice);
+    let mail = outbox(&sluice);
+    let alice = verified_user(&api, &mail, "alice@example.com");
+    let bob = verified_user(&api, &mail, "bob@example.com");
+    let carol = verified_user(&api, &mail, "carol@example.com");
+    let dave = verified_user(&api, &mail, "dave@example.com");
+    create_workspace(&api, &alice, "Shared", "shared");
+    create_workspace(&api, &alice, "Team", "team");
+    add_member(&api, &mail, &alice, "shared", &bob, "editor");
+    add_member(&api, &mail, &alice, "shared", &carol, "viewer");
+    add_member(&api, &mail, &alice, "team", &dave, "viewer");
+    // Bob and Dave delete the workspace they started with: Alice's is all they have.
+    for user in [&bob, &dave] {
+        let own = workspaces_of(&api, user)
+            .into_iter()
+            .find(|w| w["role"] == "admin")
+            .expect("the first workspace");
+        let a = api.delete(
+            &format!("/api/v1/workspaces/{}", own["id"].as_str().expect("id")),
+            &user.token,
+        );
+        assert_eq!(a.status, 204, "{}", a.body);
+        assert_eq!(workspaces_of(&api, user).len(), 1);
+    }
+    let carols = workspaces_of(&api, &carol).len();
+
+    // Deleting the shared workspace leaves Bob with none: he gets one of his own, as at
+    // verification. Carol still has hers and gets nothing new.
+    let a = api.delete("/api/v1/workspaces/shared", &alice.token);
+    assert_eq!(a.status, 204, "{}", a.body);
+    let bobs = workspaces_of(&api, &bob);
+    assert_eq!(bobs.len(), 1, "{bobs:?}");
+    assert_eq!(bobs[0]["role"], "admin");
+    assert_eq!(bobs[0]["name"], "Test's workspace");
+    assert_eq!(bobs[0]["enabled"], true);
+    assert_eq!(bobs[0]["created_by"], bob.id.as_str());
+    let a = api.post(
+        &format!(
+            "/api/v1/workspaces/{}/sources",
+            bobs[0]["slug"].as_str().expect("slug")
+        ),
+        Some(&bob.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "he can use it: {}", a.body);
+    assert_eq!(workspaces_of(&api, &carol).len(), carols - 1);
+
+    // The same when an Admin removes a member from their only workspace.
+    let a = api.delete(
+        &format!("/api/v1/workspaces/team/members/{}", dave.id),
+        &alice.token,
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    let daves = workspaces_of(&api, &dave);
+    assert_eq!(daves.len(), 1, "{daves:?}");
+    assert_eq!(daves[0]["role"], "admin");
+    assert_ne!(daves[0]["slug"], bobs[0]["slug"], "each their own");
+}
+
+/// The value of the first `href="…"` in `html` that starts with `prefix`, unescaped.
+fn href(html: &str, prefix: &str) -> String {
+    let start = html
+        .find(&format!("href=\"{prefix}"))
+        .unwrap_or_else(|| panic!("a link to {prefix} in {html}"))
+        + "href=\"".len();
+    let end = start + html[start..].find('"').expect("end of the link");
+    html[start..end].replace("&amp;", "&")
+}
+
+fn html_of(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    let content_type = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    resp.body_mut().read_to_string().expect("html")
+}
+
+#[test]
+fn an_invitee_without_an_account_signs_up_from_the_login_page_and_returns_to_the_link() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = api(&sluice);
+    let mail = outbox(&sluice);
+    let base = sluice.api_url();
+    let alice = verified_user(&api, &mail, "alice@example.com");
+    create_workspace(&api, &alice, "Crew", "crew");
+    let a = api.post(
+        "/api/v1/workspaces/crew/invitations",
+        Some(&alice.token),
+        json!({"email": "newbie@example.com", "role": "viewer"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let link = wait_mail(&mail, "newbie@example.com", "invited", 0).link();
+
+    // The link sends a browser to sign in; the sign-in page links to sign-up, keeping `next`.
+    let browser = manual_agent();
+    let resp = browser.get(&link).call().expect("link");
+    assert_eq!(resp.status().as_u16(), 303);
+    let to_login = location(&resp);
+    let next = url_decode(to_login.trim_start_matches("/login?next="));
+    let mut page = browser
+        .get(format!("{base}{to_login}"))
+        .call()
+        .expect("login page");
+    let login_html = html_of(&mut page);
+    let to_signup = href(&login_html, "/signup?");
+    assert_eq!(
+        url_decode(to_signup.trim_start_matches("/signup?next=")),
+        next,
+        "{to_signup}"
+    );
+    let mut page = browser
+        .get(format!("{base}{to_signup}"))
+        .call()
+        .expect("sign-up page");
+    assert_eq!(page.status().as_u16(), 200);
+    let signup_html = html_of(&mut page);
+    assert!(signup_html.contains("<form"), "{signup_html}");
+    assert!(
+        signup_html.contains(&format!(
+            "name=\"next\" value=\"{}\"",
+            next.replace('&', "&amp;")
+        )),
+        "{signup_html}"
+    );
+
+    // A refusal shows the form again with what was wrong.
+    let password = "a long enough passphrase";
+    let form = |password: &'static str| {
+        vec![
+            ("email", "newbie@example.com"),
+            ("password", password),
+            ("first_name", "New"),
+            ("last_name", "Bie"),
+            ("next", next.as_str()),
+        ]
+    };
+    let mut weak = browser
+        .post(format!("{base}/signup"))
+        .send_form(form("short"))
+        .expect("sign up");
+    assert_eq!(weak.status().as_u16(), 400);
+    let weak_html = html_of(&mut weak);
+    assert!(
+        weak_html.contains("<form") && weak_html.contains("characters"),
+        "{weak_html}"
+    );
+    let mut signed_up = browser
+        .post(format!("{base}/signup"))
+        .send_form(form(password))
+        .expect("sign up");
+    assert_eq!(signed_up.status().as_u16(), 200);
+    let verify_html = html_of(&mut signed_up);
+    assert!(
+        verify_html.contains("action=\"/signup/verify\""),
+        "{verify_html}"
+    );
+    let code = wait_mail(&mail, "newbie@example.com", "verification code", 0).code();
+    let resp = browser
+        .post(format!("{base}/signup/verify"))
+        .send_form([
+            ("email", "newbie@example.com"),
+            ("code", code.as_str()),
+            ("next", next.as_str()),
+        ])
+        .expect("verify");
+    assert_eq!(resp.status().as_u16(), 303);
+    let to_login = location(&resp);
+    assert_eq!(
+        url_decode(to_login.trim_start_matches("/login?next=")),
+        next,
+        "{to_login}"
+    );
+
+    // A wrong password shows the sign-in form again, readable, not problem+json.
+    let mut wrong = browser
+        .post(format!("{base}/login"))
+        .send_form([
+            ("email", "newbie@example.com"),
+            ("password", "not the password"),
+            ("next", next.as_str()),
+        ])
+        .expect("login form");
+    assert_eq!(wrong.status().as_u16(), 401);
+    let wrong_html = html_of(&mut wrong);
+    assert!(wrong_html.contains("<form"), "{wrong_html}");
+    assert!(
+        wrong_html.contains("wrong e-mail or password"),
+        "{wrong_html}"
+    );
+    assert!(
+        wrong_html.contains(&format!("value=\"{}\"", next.replace('&', "&amp;"))),
+        "keeps next: {wrong_html}"
+    );
+
+    let resp = browser
+        .post(format!("{base}/login"))
+        .send_form([
+            ("email", "newbie@example.com"),
+            ("password", password),
+            ("next", next.as_str()),
+        ])
+        .expect("login form");
+    assert_eq!(resp.status().as_u16(), 303);
+    assert_eq!(location(&resp), next);
+    let cookie = resp
+        .headers()
+        .get("set-cookie")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("session cookie")
+        .to_owned();
+    let mut joined = browser
+        .get(format!("{base}{next}"))
+        .header("cookie", &cookie)
+        .call()
+        .expect("back at the link");
+    assert_eq!(joined.status().as_u16(), 200);
+    let joined: Value =
+        serde_json::from_str(&joined.body_mut().read_to_string().expect("body")).expect("json");
+    assert_eq!(joined["slug"], "crew");
 }

@@ -9,7 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::controlplane::{
-    add_member, mails_to, verified_user, wait_mail, Api, SmtpOptions, SmtpServer, User,
+    add_member, mails_to, read_mails_like_a_client, verified_user, wait_mail, wait_mail_file, Api,
+    SmtpOptions, SmtpServer, User,
 };
 use common::{free_port, Answer, Sluice};
 use serde_json::{json, Value};
@@ -555,7 +556,168 @@ fn the_delivery_log_keeps_the_50_newest_and_follows_the_roles() {
         .map(|n| format!("r{n:02}@example.com"))
         .collect();
     assert_eq!(recipients, expected, "the 50 newest, newest first");
+
+    // The log pages like every list: `limit` items a page, `next_cursor` to the next one.
+    let mut paged: Vec<String> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let query = match &cursor {
+            Some(c) => format!("?limit=5&cursor={c}"),
+            None => "?limit=5".to_owned(),
+        };
+        let a = api.get(
+            &format!("/api/v1/workspaces/acme/email-deliveries{query}"),
+            &viewer.token,
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        let page = a.json();
+        let items = page["items"].as_array().cloned().unwrap_or_default();
+        assert!(items.len() <= 5, "limit=5 gives at most 5: {}", a.body);
+        paged.extend(
+            items
+                .iter()
+                .filter_map(|d| d["recipient"].as_str().map(str::to_owned)),
+        );
+        pages += 1;
+        match page["next_cursor"].as_str() {
+            Some(next) => cursor = Some(next.to_owned()),
+            None => break,
+        }
+        assert!(pages < 20, "paging ends");
+    }
+    assert_eq!(pages, 10, "50 deliveries in pages of 5");
+    assert_eq!(
+        paged, expected,
+        "the pages hold the 50 newest, newest first"
+    );
+    assert_problem(
+        &api.get(
+            "/api/v1/workspaces/acme/email-deliveries?limit=0",
+            &viewer.token,
+        ),
+        400,
+        "invalid-query",
+    );
     assert_eq!(api.delete(smtp, &editor.token).status, 204);
+}
+
+/// The text a mail client shows for `mail` (JSON from `read_mails_like_a_client`).
+fn text_of(mail: &Value) -> String {
+    mail["text"].as_str().unwrap_or_default().to_owned()
+}
+
+/// The first `http://` link in `text`.
+fn link_in(text: &str) -> String {
+    let start = text.find("http://").expect("a link in the text");
+    text[start..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn invitation_and_code_mails_are_complete_mime_messages_whose_links_work() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let own = SmtpServer::start(&dir.path().join("own"));
+    // No platform SMTP server: codes and the invitations of `plain` go to the outbox.
+    let sluice = Sluice::start(&dir.path().join("data"), &[PRIVATE]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let admin = verified_user(&api, &outbox, "admin@acme.example");
+    let olga = verified_user(&api, &outbox, "olga@example.com");
+    let piet = verified_user(&api, &outbox, "piet@example.com");
+    // A name that must be escaped in HTML.
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&admin.token),
+        json!({"name": "Acme <R&D>", "slug": "acme"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    workspace(&api, &admin, "plain");
+    let a = api.put(
+        "/api/v1/workspaces/acme/smtp",
+        &admin.token,
+        smtp_settings(&own, "none", None),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    for (slug, user) in [("acme", &olga), ("plain", &piet)] {
+        let a = api.post(
+            &format!("/api/v1/workspaces/{slug}/invitations"),
+            Some(&admin.token),
+            json!({"email": user.email, "role": "editor"}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let sent = wait_mail_file(&own.maildir, &olga.email, "invited", 0);
+    let outboxed = wait_mail_file(&outbox, &piet.email, "invited", 0);
+    let code = wait_mail_file(&outbox, &admin.email, "verification code", 0);
+    let mails = read_mails_like_a_client(&[sent, outboxed, code]);
+
+    for mail in &mails {
+        assert_eq!(mail["mime_version"], "1.0", "{mail:#}");
+        assert_eq!(mail["content_type"], "multipart/alternative", "{mail:#}");
+        assert_eq!(mail["defects"], json!([]), "{mail:#}");
+        let parts = mail["parts"].as_array().expect("parts");
+        let types: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| p["content_type"].as_str())
+            .collect();
+        assert_eq!(types, ["text/plain", "text/html"], "{mail:#}");
+        for part in parts {
+            assert_eq!(part["charset"], "utf-8", "{part:#}");
+            let encoding = part["transfer_encoding"].as_str().unwrap_or_default();
+            assert!(
+                ["7bit", "8bit", "quoted-printable", "base64"].contains(&encoding),
+                "an explicit transfer encoding: {part:#}"
+            );
+        }
+    }
+
+    // The invitations: the link in the text works, the HTML links to the same place.
+    for (mail, user, slug) in [(&mails[0], &olga, "acme"), (&mails[1], &piet, "plain")] {
+        let text = text_of(mail);
+        let link = link_in(&text);
+        assert!(
+            link.starts_with(&format!("{}/invitations/accept?token=", sluice.api_url())),
+            "{text}"
+        );
+        let html = mail["html"].as_str().unwrap_or_default();
+        assert!(
+            html.contains(&format!("<a href=\"{link}\">")),
+            "a real link in the HTML: {html}"
+        );
+        let token = link.split("token=").nth(1).expect("token");
+        assert_eq!(token.len(), 36, "a whole token: {link}");
+        let a = api.get(link.trim_start_matches(&sluice.api_url()), &user.token);
+        assert_eq!(a.status, 200, "the accept link works: {}", a.body);
+        assert_eq!(a.json()["slug"], slug, "{}", a.body);
+    }
+    let acme_html = mails[0]["html"].as_str().unwrap_or_default();
+    assert!(
+        acme_html.contains("Acme &lt;R&amp;D&gt;") && !acme_html.contains("<R&D>"),
+        "names are escaped in HTML: {acme_html}"
+    );
+    assert!(
+        text_of(&mails[0]).contains("Acme <R&D>"),
+        "and shown as they are in the text"
+    );
+
+    // The code mail: the code is in both parts.
+    let text = text_of(&mails[2]);
+    let digits = text
+        .split(|c: char| !c.is_ascii_digit())
+        .find(|w| w.len() == 6)
+        .unwrap_or_else(|| panic!("a code in {text}"));
+    assert!(
+        mails[2]["html"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(digits),
+        "{:#}",
+        mails[2]
+    );
 }
 
 #[test]

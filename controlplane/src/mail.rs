@@ -14,6 +14,11 @@
 //! per workspace server, each bounded by the timeout, so a slow or dead workspace server holds
 //! its own two slots and never delays other workspaces' or the platform's mail.
 //!
+//! Every mail is a complete MIME message (`multipart/alternative`): the text as written, and
+//! the same as HTML with its links made real links. The text goes as 7bit whenever it is plain
+//! ASCII, so that a link can be copied out of the raw message (an outbox `.eml`) as it is;
+//! otherwise as quoted-printable, which every mail client decodes.
+//!
 //! A workspace server must resolve to public addresses unless the operator allows private ones
 //! (`smtp_allow_private_hosts`): otherwise any workspace Admin could make the control plane
 //! probe or relay through hosts on its internal network. The checked address is the one
@@ -26,7 +31,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::Utc;
-use lettre::message::Mailbox;
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Body, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
 use lettre::transport::smtp::AsyncSmtpTransport;
@@ -47,6 +53,8 @@ pub const PLATFORM_SENDS_IN_FLIGHT: usize = 8;
 pub const WORKSPACE_SENDS_IN_FLIGHT: usize = 2;
 /// Longest SMTP error text kept (a server's reply can be long).
 const ERROR_CHARS_MAX: usize = 1024;
+/// Longest line of a 7bit body (RFC 5322, without the CRLF).
+const LINE_BYTES_MAX: usize = 998;
 
 /// Why mail cannot be set up.
 #[derive(Debug, thiserror::Error)]
@@ -144,6 +152,8 @@ impl std::fmt::Display for SmtpFailure {
 pub struct Mail {
     pub to: String,
     pub subject: String,
+    /// Plain text; paragraphs apart by blank lines. A paragraph that is a lone `http(s)://`
+    /// URL becomes a link in the HTML part.
     pub body: String,
     pub purpose: MailPurpose,
     /// The workspace it is sent for: its SMTP server is used and the attempt is logged.
@@ -573,7 +583,7 @@ async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Resu
         .from(from)
         .to(to)
         .subject(mail.subject.clone())
-        .body(mail.body.clone())
+        .multipart(alternative(&mail.body))
         .map_err(SendError::Message)?;
     let smtp = |transport: AsyncSmtpTransport<Tokio1Executor>, message: Message| async move {
         match tokio::time::timeout(shared.timeout, transport.send(message)).await {
@@ -598,6 +608,80 @@ async fn send(shared: &Shared, own: Option<&WorkspaceSmtp>, mail: &Mail) -> Resu
             written.map(|_| ())
         }
     }
+}
+
+/// The mail's MIME body: `text` as it is and as HTML, for clients to choose from.
+fn alternative(text: &str) -> MultiPart {
+    MultiPart::alternative()
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_PLAIN)
+                .body(encoded(text.to_owned())),
+        )
+        .singlepart(
+            SinglePart::builder()
+                .header(ContentType::TEXT_HTML)
+                .body(encoded(html_of(text))),
+        )
+}
+
+/// `content` with an explicit transfer encoding: 7bit when it is ASCII with lines short enough
+/// (links stay intact in the raw message; lettre's own choice would take quoted-printable for
+/// any line over 76 characters, which writes `=` as `=3D` and breaks long links), else
+/// quoted-printable.
+fn encoded(content: String) -> Body {
+    let seven_bit = content.is_ascii()
+        && !content.contains(['\0', '\r'])
+        && content.lines().all(|line| line.len() <= LINE_BYTES_MAX);
+    if seven_bit {
+        Body::dangerous_pre_encoded(
+            content.replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::SevenBit,
+        )
+    } else {
+        match Body::new_with_encoding(content, ContentTransferEncoding::QuotedPrintable) {
+            Ok(body) => body,
+            // Quoted-printable takes any content; lettre's own choice is the fallback.
+            Err(bytes) => Body::new(bytes),
+        }
+    }
+}
+
+/// `text` as an HTML page: paragraphs, line breaks, and paragraphs that are a lone URL as
+/// links. Everything is escaped, non-ASCII as character references, so the HTML is ASCII.
+fn html_of(text: &str) -> String {
+    let mut html =
+        String::from("<!doctype html>\n<html><head><meta charset=\"utf-8\"></head><body>\n");
+    for paragraph in text.split("\n\n").map(str::trim).filter(|p| !p.is_empty()) {
+        let is_link = (paragraph.starts_with("http://") || paragraph.starts_with("https://"))
+            && !paragraph.contains(char::is_whitespace);
+        if is_link {
+            let url = escape_html(paragraph);
+            html.push_str(&format!("<p><a href=\"{url}\">{url}</a></p>\n"));
+        } else {
+            let lines: Vec<String> = paragraph.lines().map(escape_html).collect();
+            html.push_str(&format!("<p>{}</p>\n", lines.join("<br>\n")));
+        }
+    }
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// `text` safe in HTML text and attribute values, and ASCII.
+fn escape_html(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if c.is_ascii() => out.push(c),
+            c => out.push_str(&format!("&#{};", u32::from(c))),
+        }
+    }
+    out
 }
 
 /// The changes that add `delivery` to its workspace's log and drop what falls out of the
@@ -721,6 +805,65 @@ mod tests {
         for (error, text) in cases {
             assert!(error.to_string().starts_with(text), "{error} / {text}");
         }
+    }
+
+    fn formatted(body: &str) -> String {
+        let message = Message::builder()
+            .from("Sluice <noreply@example.com>".parse().expect("from"))
+            .to("ada@example.com".parse().expect("to"))
+            .subject("Test")
+            .multipart(alternative(body))
+            .expect("message");
+        String::from_utf8(message.formatted()).expect("utf-8")
+    }
+
+    #[test]
+    fn mails_are_mime_with_a_copyable_link_and_an_html_alternative() {
+        let link =
+            "http://127.0.0.1:18080/invitations/accept?token=0190f3a0-0000-7000-8000-000000000001";
+        let raw = formatted(&format!(
+            "Ada <ada@example.com> invited you to \"R&D <lab>\" as Editor, and this line is long enough to pass 76 characters.\n\n{link}\n"
+        ));
+        assert!(raw.contains("MIME-Version: 1.0\r\n"), "{raw}");
+        assert!(
+            raw.contains("Content-Type: multipart/alternative;"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Content-Type: text/plain; charset=utf-8\r\n"),
+            "{raw}"
+        );
+        assert!(
+            raw.contains("Content-Type: text/html; charset=utf-8\r\n"),
+            "{raw}"
+        );
+        assert_eq!(
+            raw.matches("Content-Transfer-Encoding: 7bit\r\n").count(),
+            2,
+            "{raw}"
+        );
+        assert!(
+            raw.contains(&format!("\r\n{link}\r\n")),
+            "the link as is: {raw}"
+        );
+        assert!(raw.contains(&format!("<a href=\"{link}\">")), "{raw}");
+        assert!(raw.contains("&quot;R&amp;D &lt;lab&gt;&quot;"), "{raw}");
+        assert!(!raw.contains("=3D"), "{raw}");
+    }
+
+    #[test]
+    fn non_ascii_text_goes_quoted_printable_and_html_as_character_references() {
+        let raw = formatted("Jürgen invited you to Wärme.\n");
+        assert!(
+            raw.contains("Content-Transfer-Encoding: quoted-printable\r\n"),
+            "{raw}"
+        );
+        assert!(raw.contains("J=C3=BCrgen"), "{raw}");
+        assert!(
+            raw.contains("J&#252;rgen invited you to W&#228;rme."),
+            "{raw}"
+        );
+        assert!(raw.is_ascii());
     }
 
     #[test]

@@ -112,31 +112,69 @@ impl Mail {
     }
 }
 
-/// Parses a raw RFC 5322 message (headers, blank line, 7bit or quoted-printable body).
+/// Parses a raw RFC 5322 message: its headers, and as `body` its plain-text content (the
+/// `text/plain` part of a multipart message), decoded from 7bit, 8bit or quoted-printable.
 pub fn parse_mail(raw: &str) -> Mail {
     let raw = raw.replace("\r\n", "\n");
-    let (head, body) = raw.split_once("\n\n").unwrap_or((&raw, ""));
+    let (head, body) = split_head(&raw);
+    Mail {
+        to: header(head, "To"),
+        from: header(head, "From"),
+        subject: header(head, "Subject"),
+        body: plain_text(head, body).unwrap_or_default(),
+    }
+}
+
+fn split_head(raw: &str) -> (&str, &str) {
+    raw.split_once("\n\n").unwrap_or((raw, ""))
+}
+
+/// A header's value (unfolded), or "" when absent.
+fn header(head: &str, name: &str) -> String {
     let unfolded = head.replace("\n ", " ").replace("\n\t", " ");
-    let header = |name: &str| {
-        unfolded
-            .lines()
-            .find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+    unfolded
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default()
+}
+
+/// The decoded `text/plain` content of a message or part: itself, or its first plain-text
+/// part when it is multipart.
+fn plain_text(head: &str, body: &str) -> Option<String> {
+    let content_type = header(head, "Content-Type");
+    let lower = content_type.to_ascii_lowercase();
+    if lower.starts_with("multipart/") {
+        let boundary = content_type
+            .split(';')
+            .find_map(|p| {
+                let (k, v) = p.trim().split_once('=')?;
+                k.eq_ignore_ascii_case("boundary")
+                    .then(|| v.trim_matches('"').to_owned())
             })
-            .unwrap_or_default()
-    };
-    let body = if header("Content-Transfer-Encoding").eq_ignore_ascii_case("quoted-printable") {
+            .expect("a multipart message has a boundary");
+        let delimiter = format!("--{boundary}");
+        return format!("\n{body}")
+            .split(&format!("\n{delimiter}"))
+            .skip(1)
+            .take_while(|part| !part.starts_with("--"))
+            .find_map(|part| {
+                let part = part.strip_prefix('\n').unwrap_or(part);
+                let (head, body) = split_head(part);
+                plain_text(head, body)
+            });
+    }
+    if !(lower.is_empty() || lower.starts_with("text/plain")) {
+        return None;
+    }
+    let encoding = header(head, "Content-Transfer-Encoding");
+    Some(if encoding.eq_ignore_ascii_case("quoted-printable") {
         decode_quoted_printable(body)
     } else {
         body.to_owned()
-    };
-    Mail {
-        to: header("To"),
-        from: header("From"),
-        subject: header("Subject"),
-        body,
-    }
+    })
 }
 
 fn decode_quoted_printable(text: &str) -> String {
@@ -158,8 +196,8 @@ fn decode_quoted_printable(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Mail files (`*.eml` or Maildir entries) under `dir`, parsed.
-pub fn mails_in(dir: &Path) -> Vec<Mail> {
+/// Mail files (`*.eml` or Maildir entries) under `dir`, oldest first, each parsed.
+pub fn mail_files(dir: &Path) -> Vec<(PathBuf, Mail)> {
     let mut files: Vec<PathBuf> = Vec::new();
     for sub in [dir.to_path_buf(), dir.join("new"), dir.join("cur")] {
         if let Ok(entries) = std::fs::read_dir(&sub) {
@@ -175,11 +213,18 @@ pub fn mails_in(dir: &Path) -> Vec<Mail> {
         )
     });
     files
-        .iter()
+        .into_iter()
         .filter(|p| p.extension().is_none_or(|e| e != "json"))
-        .filter_map(|p| std::fs::read_to_string(p).ok())
-        .map(|raw| parse_mail(&raw))
+        .filter_map(|p| {
+            let raw = std::fs::read_to_string(&p).ok()?;
+            Some((p, parse_mail(&raw)))
+        })
         .collect()
+}
+
+/// Mail files (`*.eml` or Maildir entries) under `dir`, parsed.
+pub fn mails_in(dir: &Path) -> Vec<Mail> {
+    mail_files(dir).into_iter().map(|(_, mail)| mail).collect()
 }
 
 /// Whether `mail` is addressed to exactly `to` (case-insensitive), as `to` or `Name <to>`.
@@ -202,13 +247,44 @@ pub fn mails_to(dir: &Path, to: &str, subject: &str) -> Vec<Mail> {
 /// Waits until there are more than `skip` mails to `to` whose subject contains `subject`;
 /// returns the one after the first `skip` (in order of arrival).
 pub fn wait_mail(dir: &Path, to: &str, subject: &str, skip: usize) -> Mail {
-    let find = || mails_to(dir, to, subject).into_iter().nth(skip);
+    let path = wait_mail_file(dir, to, subject, skip);
+    parse_mail(&std::fs::read_to_string(path).expect("mail file"))
+}
+
+/// Like [`wait_mail`], but returns the file the mail is in.
+pub fn wait_mail_file(dir: &Path, to: &str, subject: &str, skip: usize) -> PathBuf {
+    let find = || {
+        mail_files(dir)
+            .into_iter()
+            .filter(|(_, m)| addressed_to(m, to) && m.subject.contains(subject))
+            .nth(skip)
+            .map(|(path, _)| path)
+    };
     assert!(
         wait_for(Duration::from_secs(20), || find().is_some()),
         "no mail #{skip} to {to} about {subject:?} in {}",
         dir.display()
     );
     find().expect("mail")
+}
+
+/// Mail files as a mail client reads them: parsed by Python's `email` package
+/// (`policy=email.policy.default`, through `tests/mail_reader.py`). Each is a JSON object
+/// with `mime_version`, `content_type`, `defects`, `parts` (`content_type`, `charset`,
+/// `transfer_encoding`, decoded `content`) and the decoded `text` and `html` bodies.
+pub fn read_mails_like_a_client(files: &[PathBuf]) -> Vec<Value> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mail_reader.py");
+    let out = Command::new(python())
+        .arg(script)
+        .args(files)
+        .output()
+        .expect("python");
+    assert!(
+        out.status.success(),
+        "reading mails with Python's email package failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("mail_reader.py prints JSON")
 }
 
 /// A real SMTP server (aiosmtpd, through `tests/smtp_server.py`) on loopback that stores what

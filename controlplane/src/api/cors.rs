@@ -5,7 +5,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use super::{authorize, require_enabled, ApiJson, ApiPath};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::problem::{ApiError, ApiResult, ProblemType};
@@ -89,7 +89,7 @@ pub async fn set_cors(
     }
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageCors)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let mut ws = ws.clone();
         ws.cors_allowed_origins = origins.clone();
         Ok((

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::validate::valid_email;
 use super::workspaces::WorkspaceView;
-use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, require_verified, Caller};
 use crate::mail::Mail;
@@ -181,7 +181,7 @@ fn check_invitation<'s>(
     email: &str,
 ) -> ApiResult<&'s Workspace> {
     let (ws, _) = authorize(s, caller, workspace, Action::ManageMembers)?;
-    require_enabled(ws)?;
+    require_enabled_in(s, ws)?;
     if let Some(user) = s.user_by_email(email) {
         if s.members.contains_key(&(ws.id, user.id)) {
             return Err(ApiError::new(
@@ -245,13 +245,12 @@ pub async fn accept(app: &App, caller: Caller, token: &str) -> ApiResult<Workspa
                     "this invitation link is not valid: it was cancelled, already used or replaced by a newer one",
                 )
             })?;
+        // An expired invitation stays until the housekeeping sweep removes it, so that its
+        // link keeps saying "expired" rather than "unknown" meanwhile.
         if invitation.expires_at <= Utc::now() {
-            return Ok((
-                vec![Change::DeleteInvitation(invitation.id)],
-                Err(ApiError::new(
-                    ProblemType::InvitationExpired,
-                    "this invitation has expired; ask an Admin of the workspace to invite you again",
-                )),
+            return Err(ApiError::new(
+                ProblemType::InvitationExpired,
+                "this invitation has expired; ask an Admin of the workspace to invite you again",
             ));
         }
         if !invitation.email.eq_ignore_ascii_case(&caller.user.email) {

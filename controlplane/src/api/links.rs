@@ -1,23 +1,24 @@
 //! The pages behind links in mails: the invitation link and the sign-in form it redirects to
-//! when nobody is signed in.
+//! when nobody is signed in (which links to the sign-up form, `signup.rs`, for newcomers).
 
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Redirect, Response};
 use axum::Json;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
+use super::signup::SIGNUP_PATH;
 use super::workspaces::WorkspaceView;
-use super::{ApiForm, ApiQuery};
+use super::{html, ApiForm, ApiQuery};
 use crate::api::invitations::accept;
 use crate::api::sessions::{open_session, session_cookie};
 use crate::app::App;
 use crate::auth::{presented_secret, Caller};
-use crate::problem::ApiResult;
+use crate::problem::{ApiError, ApiResult};
 
 /// Where the sign-in form lives.
 pub const LOGIN_PATH: &str = "/login";
@@ -61,7 +62,7 @@ impl FromRequestParts<App> for MaybeCaller {
 /// Where the form may send people afterwards: the invitation link or an API path of this
 /// server, written in plain visible ASCII (browsers drop tabs and newlines from URLs, which
 /// would turn `/\t/evil.example` into `//evil.example`). Anything else goes to `/api/v1/me`.
-fn safe_next(next: Option<&str>) -> &str {
+pub(super) fn safe_next(next: Option<&str>) -> &str {
     let allowed = |n: &str| {
         (n.starts_with("/invitations/accept?") || n.starts_with("/api/v1/"))
             && n.bytes().all(|b| b.is_ascii_graphic())
@@ -98,13 +99,6 @@ mod tests {
     }
 }
 
-fn escape_html(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
-
 /// The link in an invitation mail: accepts the invitation for the signed-in user, or sends
 /// them to sign in first and back here afterwards.
 #[utoipa::path(get, path = "/invitations/accept", tag = "invitations", params(LinkQuery),
@@ -128,31 +122,61 @@ pub async fn accept_link(
     }
 }
 
-/// The sign-in form.
-#[utoipa::path(get, path = "/login", tag = "users", security(()), params(LoginQuery),
-    responses((status = 200, description = "an HTML sign-in form", content_type = "text/html")))]
-pub async fn login_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Html<String> {
-    let next = escape_html(safe_next(query.next.as_deref()));
-    Html(format!(
-        "<!doctype html><html><head><meta charset=\"utf-8\"><title>Sign in to Sluice</title></head><body>\
-<h1>Sign in to Sluice</h1><form method=\"post\" action=\"{LOGIN_PATH}\">\
-<label>E-mail <input name=\"email\" type=\"email\" required></label>\
-<label>Password <input name=\"password\" type=\"password\" required></label>\
-<input type=\"hidden\" name=\"next\" value=\"{next}\"><button>Sign in</button></form></body></html>"
-    ))
+/// `/login?next=…` for `next` (made safe).
+pub(super) fn login_url(next: Option<&str>) -> String {
+    with_next(LOGIN_PATH, next)
 }
 
-/// Submits the sign-in form: sets the session cookie and goes on to `next`.
+/// `path?next=…` for `next` (made safe).
+pub(super) fn with_next(path: &str, next: Option<&str>) -> String {
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("next", safe_next(next))
+        .finish();
+    format!("{path}?{query}")
+}
+
+/// The sign-in form, with `refusal` above it and `email` filled in when it was sent before.
+fn login_form_page(next: Option<&str>, email: &str, refusal: Option<&ApiError>) -> Response {
+    let next = safe_next(next);
+    let signup = html::escape(&with_next(SIGNUP_PATH, Some(next)));
+    html::form_page(
+        "Sign in to Sluice",
+        refusal,
+        &format!(
+            "<form method=\"post\" action=\"{LOGIN_PATH}\">\
+<p><label>E-mail <input name=\"email\" type=\"email\" value=\"{email}\" required></label></p>\
+<p><label>Password <input name=\"password\" type=\"password\" required></label></p>\
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button>Sign in</button></p></form>\
+<p>New to Sluice? <a href=\"{signup}\">Create an account</a> with the address you were invited at.</p>",
+            email = html::escape(email),
+            next = html::escape(next),
+        ),
+    )
+}
+
+/// The sign-in form.
+#[utoipa::path(get, path = "/login", tag = "users", security(()), params(LoginQuery),
+    responses((status = 200, description = "an HTML sign-in form with a link to sign up", content_type = "text/html")))]
+pub async fn login_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Response {
+    login_form_page(query.next.as_deref(), "", None)
+}
+
+/// Submits the sign-in form: sets the session cookie and goes on to `next`. A refusal (wrong
+/// e-mail or password, too many attempts) shows the form again with what was wrong.
 #[utoipa::path(post, path = "/login", tag = "users", security(()),
     request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 303, description = "signed in: to `next`, with the session cookie"),
-        (status = 401, body = crate::problem::ProblemBody), (status = 429, body = crate::problem::ProblemBody)))]
+        (status = 401, description = "the form again, saying the e-mail or password is wrong", content_type = "text/html"),
+        (status = 429, description = "the form again, saying when to retry", content_type = "text/html")))]
 pub async fn login_form(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiForm(form): ApiForm<LoginForm>,
-) -> ApiResult<Response> {
-    let session = open_session(&app, peer, &form.email, form.password).await?;
+) -> Response {
+    let session = match open_session(&app, peer, &form.email, form.password).await {
+        Ok(session) => session,
+        Err(refusal) => return login_form_page(form.next.as_deref(), &form.email, Some(&refusal)),
+    };
     let next = safe_next(form.next.as_deref());
     let mut response = (
         StatusCode::SEE_OTHER,
@@ -165,5 +189,5 @@ pub async fn login_form(
     response
         .headers_mut()
         .insert(header::SET_COOKIE, session_cookie(&app, Some(&session)));
-    Ok(response)
+    response
 }

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::workspaces::replacements;
 use super::{authorize, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
@@ -121,7 +122,8 @@ pub async fn change_role(
     .await
 }
 
-/// Remove a member (Admin), or leave (`me`, any member). The last Admin cannot go.
+/// Remove a member (Admin), or leave (`me`, any member). The last Admin cannot go. A member
+/// left without a workspace gets a fresh one of their own.
 #[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}/members/{user}", tag = "workspaces",
     params(("workspace" = String, Path, description = "Workspace id or slug"),
         ("user" = String, Path, description = "User id, or `me` to leave")),
@@ -148,10 +150,9 @@ pub async fn remove_member(
         if member.role == Role::Admin && admins(s, ws.id) <= 1 {
             return Err(last_admin());
         }
-        Ok((
-            vec![Change::DeleteMember(ws.id, user)],
-            StatusCode::NO_CONTENT,
-        ))
+        let mut changes = vec![Change::DeleteMember(ws.id, user)];
+        changes.extend(replacements(s, ws.id, [user]));
+        Ok((changes, StatusCode::NO_CONTENT))
     })
     .await
 }

@@ -8,6 +8,7 @@
 mod cluster;
 mod codes;
 mod cors;
+mod html;
 mod invitations;
 mod links;
 mod members;
@@ -16,6 +17,7 @@ mod operator;
 mod password_reset;
 mod personal_tokens;
 mod sessions;
+mod signup;
 mod smtp;
 mod sources;
 mod tokens;
@@ -34,7 +36,7 @@ use utoipa_axum::routes;
 
 use crate::app::App;
 use crate::auth::Caller;
-use crate::model::Workspace;
+use crate::model::{User, Workspace};
 use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::State;
@@ -87,6 +89,25 @@ impl PageQuery {
         app: &App,
         items: impl IntoIterator<Item = (String, T)>,
     ) -> ApiResult<Page<T>> {
+        self.cut(app, items, Order::Oldest)
+    }
+
+    /// Cuts one page out of `items` for a list shown newest first (a log), each with its sort
+    /// key (unique, larger is newer); the cursor works as in [`PageQuery::page`].
+    pub fn page_newest_first<T>(
+        &self,
+        app: &App,
+        items: impl IntoIterator<Item = (String, T)>,
+    ) -> ApiResult<Page<T>> {
+        self.cut(app, items, Order::Newest)
+    }
+
+    fn cut<T>(
+        &self,
+        app: &App,
+        items: impl IntoIterator<Item = (String, T)>,
+        order: Order,
+    ) -> ApiResult<Page<T>> {
         let limit = self.limit.unwrap_or(PAGE_SIZE_DEFAULT);
         if limit == 0 || limit > app.config.page_size_max {
             return Err(ApiError::new(
@@ -94,11 +115,19 @@ impl PageQuery {
                 format!("limit must be 1 to {}", app.config.page_size_max),
             ));
         }
+        let after_cursor = |key: &String| match (&self.cursor, order) {
+            (None, _) => true,
+            (Some(c), Order::Oldest) => key > c,
+            (Some(c), Order::Newest) => key < c,
+        };
         let mut items: Vec<(String, T)> = items
             .into_iter()
-            .filter(|(key, _)| self.cursor.as_ref().is_none_or(|c| key > c))
+            .filter(|(key, _)| after_cursor(key))
             .collect();
-        items.sort_by(|a, b| a.0.cmp(&b.0));
+        match order {
+            Order::Oldest => items.sort_by(|a, b| a.0.cmp(&b.0)),
+            Order::Newest => items.sort_by(|a, b| b.0.cmp(&a.0)),
+        }
         let next_cursor = (items.len() > limit).then(|| items[limit - 1].0.clone());
         items.truncate(limit);
         Ok(Page {
@@ -106,6 +135,13 @@ impl PageQuery {
             next_cursor,
         })
     }
+}
+
+/// Which end of a list comes first.
+#[derive(Clone, Copy)]
+enum Order {
+    Oldest,
+    Newest,
 }
 
 /// The caller's role in the workspace named by `key` (id or slug), if it allows `action`.
@@ -146,19 +182,38 @@ pub fn authorize<'s>(
     Ok((ws, member.role))
 }
 
-/// Refuses changes to a disabled workspace's assets.
-pub fn require_enabled(ws: &Workspace) -> ApiResult<()> {
+/// Refuses changes to a disabled workspace's assets, saying what enables it again and who can
+/// do it: an operator, by prolonging the creator's trial or giving them a paid plan. Names the
+/// creator by e-mail.
+pub fn require_enabled_in(s: &State, ws: &Workspace) -> ApiResult<()> {
     if ws.enabled {
-        Ok(())
-    } else {
-        Err(ApiError::new(
-            ProblemType::WorkspaceDisabled,
-            format!(
-                "workspace {:?} is disabled because its creator's trial ended; choose a paid plan or ask an operator to prolong the trial",
-                ws.slug
-            ),
-        ))
+        return Ok(());
     }
+    Err(disabled(ws, s.users.get(&ws.created_by)))
+}
+
+/// The refusal of a change to a disabled workspace, `creator` being the user who created it.
+fn disabled(ws: &Workspace, creator: Option<&User>) -> ApiError {
+    let id = ws.created_by;
+    let (who, ended) = match creator {
+        Some(user) => (
+            user.email.clone(),
+            format!(" on {}", user.trial_ends_at.format("%Y-%m-%d %H:%M UTC")),
+        ),
+        None => (format!("user {id}"), String::new()),
+    };
+    ApiError::new(
+        ProblemType::WorkspaceDisabled,
+        format!(
+            "workspace {:?} is disabled because the trial of its creator, {who}, ended{ended}. \
+             It is enabled again as soon as an operator prolongs that trial \
+             (PUT /api/v1/operator/users/{id}/trial) or gives {who} a paid plan \
+             (PUT /api/v1/operator/users/{id}/plan): ask {who} or your operator. Meanwhile \
+             the workspace can be read, its tokens revoked, its members changed, and it can \
+             be deleted.",
+            ws.slug
+        ),
+    )
 }
 
 struct Security;
@@ -263,6 +318,8 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::set_trial))
         .routes(routes!(links::accept_link))
         .routes(routes!(links::login_page, links::login_form))
+        .routes(routes!(signup::signup_page, signup::signup_form))
+        .routes(routes!(signup::verify_form))
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::openapi_document))
         .split_for_parts();

@@ -11,7 +11,7 @@ use uuid::Uuid;
 
 use super::validate::valid_email;
 use super::validate::valid_text;
-use super::{authorize, require_enabled, ApiJson, ApiPath, Page};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::mail::Mail;
@@ -202,7 +202,7 @@ pub async fn put_smtp(
     let secrets = app.secrets.clone();
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSmtp)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let context = ws.id.to_string();
         let stored = s.smtp.get(&ws.id);
         let password_sealed = match form.password.as_deref() {
@@ -285,7 +285,7 @@ pub async fn test_smtp(
     // The settings checked here are the ones the test uses, whatever changes meanwhile.
     let (ws, settings) = app.store.read(|s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSmtp)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let settings = s
             .smtp
             .get(&ws.id)
@@ -316,25 +316,28 @@ pub async fn test_smtp(
     Ok(Json(DeliveryView::from(&delivery)))
 }
 
-/// The 50 most recent attempts to send the workspace's mail, newest first. Any member.
+/// The most recent attempts to send the workspace's mail (the newest 50 are kept), newest
+/// first, a page at a time. Any member.
 #[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/email-deliveries", tag = "smtp",
-    params(("workspace" = String, Path, description = "Workspace id or slug")),
-    responses((status = 200, body = Page<DeliveryView>), (status = 404, body = crate::problem::ProblemBody)))]
+    params(("workspace" = String, Path, description = "Workspace id or slug"), PageQuery),
+    responses((status = 200, body = Page<DeliveryView>), (status = 400, body = crate::problem::ProblemBody),
+        (status = 404, body = crate::problem::ProblemBody)))]
 pub async fn list_deliveries(
     State(app): State<App>,
     caller: Caller,
     ApiPath(workspace): ApiPath<String>,
+    ApiQuery(page): ApiQuery<PageQuery>,
 ) -> ApiResult<Json<Page<DeliveryView>>> {
-    app.store.read(|s| {
+    let items = app.store.read(|s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
-        Ok(Json(Page {
-            items: s
-                .deliveries_of(ws.id)
+        // Ids are UUIDv7: in time order, as their text is.
+        Ok::<_, ApiError>(
+            s.deliveries_of(ws.id)
                 .rev()
                 .take(crate::mail::DELIVERIES_KEPT)
-                .map(DeliveryView::from)
-                .collect(),
-            next_cursor: None,
-        }))
-    })
+                .map(|d| (d.id.to_string(), DeliveryView::from(d)))
+                .collect::<Vec<_>>(),
+        )
+    })?;
+    page.page_newest_first(&app, items).map(Json)
 }

@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::validate::{valid_display_name, valid_slug};
-use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::{Protocol, Source, Workspace};
@@ -168,7 +168,7 @@ pub async fn create_source(
     let max = app.config.sources_per_workspace_max;
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         ApiError::at_most(s.sources_of(ws.id).count(), max, "sources per workspace")?;
         if s.sources_of(ws.id).any(|x| x.slug == slug) {
             return Err(ApiError::new(
@@ -233,7 +233,7 @@ pub async fn update_source(
     }
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let mut updated = find(s, ws, &source)?.clone();
         if let Some(name) = name {
             updated.name = name;
@@ -263,7 +263,7 @@ pub async fn delete_source(
 ) -> ApiResult<StatusCode> {
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let id = find(s, ws, &source)?.id;
         Ok((vec![Change::DeleteSource(id)], StatusCode::NO_CONTENT))
     })

@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::validate::valid_display_name;
-use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
 use crate::model::{secret_hint, AccessToken};
@@ -166,7 +166,7 @@ pub async fn create_token(
     let created = app
         .write(move |s| {
             let (ws, _) = authorize(s, &caller, &workspace, Action::ManageTokens)?;
-            require_enabled(ws)?;
+            require_enabled_in(s, ws)?;
             ApiError::at_most(
                 s.tokens_of(ws.id).count(),
                 max,

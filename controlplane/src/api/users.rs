@@ -74,6 +74,12 @@ pub async fn sign_up(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<SignUp>,
 ) -> ApiResult<(StatusCode, Json<UserView>)> {
+    let view = register(&app, peer, form).await?;
+    Ok((StatusCode::CREATED, Json(view)))
+}
+
+/// Creates the account and mails its verification code; used by the API and the sign-up form.
+pub(super) async fn register(app: &App, peer: SocketAddr, form: SignUp) -> ApiResult<UserView> {
     let email = valid_email(&form.email)?;
     let first_name = valid_name("first_name", &form.first_name)?;
     let last_name = valid_name("last_name", &form.last_name)?;
@@ -114,7 +120,7 @@ pub async fn sign_up(
     })
     .await?;
     slot.send(code_mail(&email, CodePurpose::VerifyEmail, &code));
-    Ok((StatusCode::CREATED, Json(view)))
+    Ok(view)
 }
 
 fn taken(email: &str) -> ApiError {
@@ -142,7 +148,12 @@ pub async fn verify_email(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     ApiJson(form): ApiJson<EmailCode>,
 ) -> ApiResult<Json<UserView>> {
-    limit_code_attempts(&app, peer)?;
+    verify(&app, peer, form).await.map(Json)
+}
+
+/// Checks the code and marks the address verified; used by the API and the sign-up form.
+pub(super) async fn verify(app: &App, peer: SocketAddr, form: EmailCode) -> ApiResult<UserView> {
+    limit_code_attempts(app, peer)?;
     let email = form.email;
     let code = form.code;
     app.write(move |s| {
@@ -159,7 +170,7 @@ pub async fn verify_email(
                 "this e-mail address is already verified",
             ));
         }
-        let (mut updated, matched) = check_code(user, CodePurpose::VerifyEmail, &code);
+        let (mut updated, matched) = check_code(user, CodePurpose::VerifyEmail, code.trim());
         let mut changes = Vec::new();
         if matched.is_ok() {
             updated.email_verified = true;
@@ -170,7 +181,6 @@ pub async fn verify_email(
         Ok((changes, matched.map(|()| view)))
     })
     .await?
-    .map(Json)
 }
 
 /// The signed-in user.

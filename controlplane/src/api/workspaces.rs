@@ -1,5 +1,7 @@
 //! Workspaces: create, list, get, rename, delete.
 
+use std::collections::HashSet;
+
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
@@ -9,7 +11,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use super::validate::{valid_display_name, valid_slug};
-use super::{authorize, require_enabled, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{require_verified, Caller};
 use crate::model::{Member, Purge, User, Workspace};
@@ -161,14 +163,45 @@ pub fn first_workspace(s: &Data, user: &User) -> Vec<Change> {
     if s.workspaces_of(user.id).next().is_some() {
         return Vec::new();
     }
+    own_workspace(s, user, &mut HashSet::new())
+}
+
+/// Fresh workspaces for the verified users among `leaving` whom losing their membership of
+/// `workspace` (it is deleted, or they are removed or leave) would leave with none: one of
+/// their own each, as at verification ([`first_workspace`]), so that every user keeps one.
+pub fn replacements(
+    s: &Data,
+    workspace: Uuid,
+    leaving: impl IntoIterator<Item = Uuid>,
+) -> Vec<Change> {
+    let mut taken = HashSet::new();
+    let mut changes = Vec::new();
+    for user_id in leaving {
+        let Some(user) = s.users.get(&user_id).filter(|u| u.email_verified) else {
+            continue;
+        };
+        let keeps_one = s.workspaces_of(user_id).any(|(ws, _)| ws.id != workspace);
+        if !keeps_one {
+            tracing::info!(user = %user.id, "a member left without a workspace gets one of their own");
+            changes.extend(own_workspace(s, user, &mut taken));
+        }
+    }
+    changes
+}
+
+/// A new workspace of `user`'s, named after them, with them as Admin; its slug is free in `s`
+/// and not among `taken` (slugs given in the same change), to which it is added.
+fn own_workspace(s: &Data, user: &User, taken: &mut HashSet<String>) -> Vec<Change> {
     let now = Utc::now();
     let base = match slug_from_name(&user.first_name).as_str() {
         "workspace" => slug_from_name(user.email.split('@').next().unwrap_or_default()),
         slug => slug.to_owned(),
     };
+    let slug = free_slug_among(s, taken, &base);
+    taken.insert(slug.clone());
     let ws = Workspace {
         id: Uuid::now_v7(),
-        slug: free_slug(s, &base),
+        slug,
         name: format!("{}'s workspace", user.first_name),
         created_by: user.id,
         created_at: now,
@@ -186,12 +219,18 @@ pub fn first_workspace(s: &Data, user: &User) -> Vec<Change> {
 
 /// `base`, or `base-2`, `base-3`, ... whichever is free (and does not read as an id).
 pub fn free_slug(s: &Data, base: &str) -> String {
-    if !s.slugs.contains_key(base) && Uuid::parse_str(base).is_err() {
+    free_slug_among(s, &HashSet::new(), base)
+}
+
+/// [`free_slug`], also avoiding the slugs in `taken`.
+fn free_slug_among(s: &Data, taken: &HashSet<String>, base: &str) -> String {
+    let free = |slug: &str| !s.slugs.contains_key(slug) && !taken.contains(slug);
+    if free(base) && Uuid::parse_str(base).is_err() {
         return base.to_owned();
     }
     (2..)
         .map(|n| format!("{base}-{n}"))
-        .find(|slug| !s.slugs.contains_key(slug))
+        .find(|slug| free(slug))
         .unwrap_or_else(|| Uuid::now_v7().simple().to_string())
 }
 
@@ -225,7 +264,7 @@ pub async fn rename_workspace(
     let name = valid_display_name(&form.name)?;
     app.write(move |s| {
         let (ws, role) = authorize(s, &caller, &workspace, Action::RenameWorkspace)?;
-        require_enabled(ws)?;
+        require_enabled_in(s, ws)?;
         let mut ws = ws.clone();
         ws.name = name;
         let view = WorkspaceView::new(&ws, role);
@@ -235,7 +274,8 @@ pub async fn rename_workspace(
 }
 
 /// Delete a workspace with its members, invitations, tokens, sources and ingested data. Admin
-/// only; refused for the caller's last workspace.
+/// only; refused for the caller's last workspace. Members it leaves without a workspace get a
+/// fresh one of their own.
 #[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}", tag = "workspaces",
     params(("workspace" = String, Path, description = "Workspace id or slug")),
     responses((status = 204), (status = 403, body = crate::problem::ProblemBody),
@@ -257,6 +297,11 @@ pub async fn delete_workspace(
             .members_of(ws.id)
             .map(|m| Change::DeleteMember(ws.id, m.user_id))
             .collect();
+        changes.extend(replacements(
+            s,
+            ws.id,
+            s.members_of(ws.id).map(|m| m.user_id),
+        ));
         changes.extend(
             s.invitations_of(ws.id)
                 .map(|i| Change::DeleteInvitation(i.id)),
