@@ -3,6 +3,10 @@
 //! Accepted forms: one JSON object, a JSON array of objects, or NDJSON (one object per line,
 //! blank lines ignored). Each event is validated as JSON and kept as the exact text sent; only
 //! the spans are recorded, so no `serde_json::Value` is ever built on the hot path.
+//!
+//! An event must also be JSON every reader takes (I-JSON, RFC 7493, as far as a reader can
+//! notice; see [`check_event`]): an event DuckDB cannot read would break every query over the
+//! files it lands in.
 
 use serde_json::value::RawValue;
 
@@ -35,6 +39,12 @@ pub enum ParseError {
     NotAnObject { index: usize, line: usize },
     #[error("the body is a JSON {found}; send an object, an array of objects, or NDJSON")]
     WrongTopLevel { found: &'static str },
+    #[error("event {index} (line {line}) is JSON that readers refuse: {reason}")]
+    Unreadable {
+        index: usize,
+        line: usize,
+        reason: &'static str,
+    },
     #[error("more than {max} events in one request; split the batch")]
     TooManyEvents { max: usize },
     #[error("the body is larger than 4 GiB")]
@@ -82,6 +92,7 @@ fn parse_json(body: &[u8], events_max: usize) -> Result<Events, ParseError> {
         None => Ok(events),
         Some(b'{') => {
             let raw: &RawValue = serde_json::from_slice(body).map_err(|e| malformed(&e, 0))?;
+            readable(raw.get().as_bytes(), 1, 1)?;
             events.payloads.reserve(raw.get().len());
             events.push(raw.get().as_bytes())?;
             Ok(events)
@@ -101,6 +112,7 @@ fn parse_json(body: &[u8], events_max: usize) -> Result<Events, ParseError> {
                         line: 1,
                     });
                 }
+                readable(raw.get().as_bytes(), index + 1, 1)?;
                 events.push(raw.get().as_bytes())?;
             }
             Ok(events)
@@ -139,9 +151,108 @@ fn parse_ndjson(body: &[u8], events_max: usize) -> Result<Events, ParseError> {
             return Err(ParseError::TooManyEvents { max: events_max });
         }
         let raw: &RawValue = serde_json::from_slice(line).map_err(|e| malformed(&e, index))?;
+        readable(raw.get().as_bytes(), events.ends.len() + 1, line_no)?;
         events.push(raw.get().as_bytes())?;
     }
     Ok(events)
+}
+
+/// Deepest nesting of objects and arrays in an event: what serde_json and most readers take.
+pub const DEPTH_MAX: usize = 128;
+
+fn readable(text: &[u8], index: usize, line: usize) -> Result<(), ParseError> {
+    check_event(text).map_err(|reason| ParseError::Unreadable {
+        index,
+        line,
+        reason,
+    })
+}
+
+/// Refuses what valid JSON may hold but readers refuse: nesting deeper than [`DEPTH_MAX`], a
+/// lone UTF-16 surrogate escape (`"\ud800"`: not Unicode, and DuckDB's JSON functions fail on
+/// every row of the file), `\u0000` (cuts strings short in C readers), and numbers beyond a
+/// double (`1e99999`). `text` is one event that already parsed as JSON. Duplicate member names,
+/// which I-JSON also forbids, are kept as sent (readers take one of them).
+pub fn check_event(text: &[u8]) -> Result<(), &'static str> {
+    let mut depth = 0usize;
+    let mut i = 0;
+    while let Some(&byte) = text.get(i) {
+        match byte {
+            b'"' => i = string_end(text, i + 1)?,
+            b'{' | b'[' => {
+                depth += 1;
+                if depth > DEPTH_MAX {
+                    return Err("objects and arrays nested deeper than 128 levels");
+                }
+                i += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                i += 1;
+            }
+            b'-' | b'0'..=b'9' => i = number_end(text, i)?,
+            _ => i += 1,
+        }
+    }
+    Ok(())
+}
+
+/// The index after the string whose contents start at `i`, checking its escapes.
+fn string_end(text: &[u8], mut i: usize) -> Result<usize, &'static str> {
+    const LONE: &str = "a lone UTF-16 surrogate escape in a string";
+    loop {
+        match text.get(i) {
+            None => return Ok(i),
+            Some(b'"') => return Ok(i + 1),
+            Some(b'\\') if text.get(i + 1) == Some(&b'u') => {
+                let unit = hex4(text, i + 2);
+                match unit {
+                    Some(0) => return Err("\\u0000 (NUL) in a string"),
+                    Some(0xD800..=0xDBFF) => {
+                        // A high surrogate counts only with a low one right after it.
+                        let low = (text.get(i + 6) == Some(&b'\\')
+                            && text.get(i + 7) == Some(&b'u'))
+                        .then(|| hex4(text, i + 8))
+                        .flatten();
+                        if !matches!(low, Some(0xDC00..=0xDFFF)) {
+                            return Err(LONE);
+                        }
+                        i += 12;
+                    }
+                    Some(0xDC00..=0xDFFF) => return Err(LONE),
+                    _ => i += 6,
+                }
+            }
+            Some(b'\\') => i += 2,
+            Some(_) => i += 1,
+        }
+    }
+}
+
+/// The four hex digits at `at` as a UTF-16 unit.
+fn hex4(text: &[u8], at: usize) -> Option<u32> {
+    let digits = std::str::from_utf8(text.get(at..at + 4)?).ok()?;
+    u32::from_str_radix(digits, 16).ok()
+}
+
+/// The index after the number starting at `i`, refusing one a double cannot hold.
+fn number_end(text: &[u8], i: usize) -> Result<usize, &'static str> {
+    let len = text[i..]
+        .iter()
+        .position(|b| !matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        .unwrap_or(text.len() - i);
+    let token = &text[i..i + len];
+    // Fifteen digits without an exponent always fit; only longer or scaled ones are parsed.
+    if len > 15 || token.iter().any(|b| matches!(b, b'e' | b'E')) {
+        let finite = std::str::from_utf8(token)
+            .ok()
+            .and_then(|t| t.parse::<f64>().ok())
+            .is_some_and(f64::is_finite);
+        if !finite {
+            return Err("a number beyond the range of a double");
+        }
+    }
+    Ok(i + len)
 }
 
 #[cfg(test)]
@@ -195,5 +306,76 @@ mod tests {
         assert_eq!(err, ParseError::TooManyEvents { max: 2 });
         let err = parse(b"[{},{},{}]", BodyFormat::Json, 2).expect_err("too many");
         assert_eq!(err, ParseError::TooManyEvents { max: 2 });
+    }
+
+    #[test]
+    fn json_that_readers_refuse_is_refused_per_event() {
+        let refused = |text: &str| {
+            parse(text.as_bytes(), BodyFormat::Ndjson, 10)
+                .map(|_| ())
+                .expect_err(text)
+        };
+        for text in [
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":"x\udc00y"}"#,
+            r#"{"a":"\ud800\u0041"}"#,
+            r#"{"a":"\u0000"}"#,
+            r#"{"a":1e99999}"#,
+            r#"{"a":-1E400}"#,
+        ] {
+            assert!(
+                matches!(
+                    refused(text),
+                    ParseError::Unreadable {
+                        index: 1,
+                        line: 1,
+                        ..
+                    }
+                ),
+                "{text}"
+            );
+        }
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(128), "]".repeat(128));
+        assert!(matches!(refused(&deep), ParseError::Unreadable { .. }));
+        // Which event, on which line.
+        let err = parse(b"{}\n\n{\"a\":\"\\ud800\"}", BodyFormat::Ndjson, 10).expect_err("lone");
+        assert!(
+            matches!(
+                err,
+                ParseError::Unreadable {
+                    index: 2,
+                    line: 3,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let err = parse(br#"[{}, {"a":1e999}]"#, BodyFormat::Json, 10).expect_err("huge");
+        assert!(
+            matches!(
+                err,
+                ParseError::Unreadable {
+                    index: 2,
+                    line: 1,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn what_readers_take_stays_as_sent() {
+        let deep = format!(r#"{{"a":{}1{}}}"#, "[".repeat(127), "]".repeat(127));
+        for text in [
+            r#"{"emoji":"\ud83d\ude00","raw":"😀"}"#,
+            r#"{"a":1e308,"b":-1.5e-400,"c":123456789012345678901234567890}"#,
+            r#"{"s":"\"[{not nesting}]\\","t":"\\u0000 is text here"}"#,
+            r#"{"a":"\u0001\u00e9"}"#,
+            deep.as_str(),
+        ] {
+            let events = parse(text.as_bytes(), BodyFormat::Json, 10).expect(text);
+            assert_eq!(texts(&events), vec![text.to_owned()]);
+        }
     }
 }

@@ -496,9 +496,9 @@ fn refusal_problem(refusal: Refusal, workspace: &str, source: &str) -> Problem {
         Refusal::Parse(err) => {
             let kind = match err {
                 ParseError::TooManyEvents { .. } => P::TooManyEvents,
-                ParseError::NotAnObject { .. } | ParseError::WrongTopLevel { .. } => {
-                    P::InvalidEvent
-                }
+                ParseError::NotAnObject { .. }
+                | ParseError::WrongTopLevel { .. }
+                | ParseError::Unreadable { .. } => P::InvalidEvent,
                 ParseError::Malformed { .. } | ParseError::TooLarge => P::MalformedJson,
             };
             Problem::new(kind, err.to_string())
