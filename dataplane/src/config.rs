@@ -57,6 +57,8 @@ pub struct HttpConfig {
     pub inflight_bytes_max: usize,
     pub header_read_timeout_ms: u64,
     pub body_read_timeout_ms: u64,
+    /// After the first 5 s, the slowest a body may arrive on average; slower, `408`.
+    pub body_bytes_per_second_min: usize,
     /// A connection with no bytes arriving for this long is closed.
     pub idle_timeout_ms: u64,
 }
@@ -150,6 +152,7 @@ impl Default for HttpConfig {
             inflight_bytes_max: 512 << 20,
             header_read_timeout_ms: 10_000,
             body_read_timeout_ms: 30_000,
+            body_bytes_per_second_min: 1024,
             idle_timeout_ms: 120_000,
         }
     }

@@ -22,6 +22,7 @@ use sluice_storage::shipper::ShipperStatus;
 use sluice_storage::wal::RECORD_BYTES_MAX;
 use tokio::sync::Semaphore;
 
+use super::budget::Reservation;
 use super::cors;
 use super::problem::{Problem, ProblemType};
 use crate::access;
@@ -39,7 +40,7 @@ pub struct Api {
     pub shipper: Arc<ShipperStatus>,
     pub limits: HttpConfig,
     /// Bytes of bodies in memory, all requests together.
-    pub inflight: Semaphore,
+    pub inflight: Arc<Semaphore>,
     /// The control plane followed and how the stream is doing, for `/readyz`.
     pub config_stream: Option<(String, Arc<StreamStatus>)>,
 }
@@ -54,7 +55,9 @@ impl Api {
         limits: HttpConfig,
         config_stream: Option<(String, Arc<StreamStatus>)>,
     ) -> Self {
-        let inflight = Semaphore::new(limits.inflight_bytes_max.min(Semaphore::MAX_PERMITS));
+        let inflight = Arc::new(Semaphore::new(
+            limits.inflight_bytes_max.min(Semaphore::MAX_PERMITS),
+        ));
         Api {
             admission,
             metrics,
@@ -207,44 +210,33 @@ impl Api {
             .check_room(declared.unwrap_or(0))
             .map_err(|r| refuse(refused(r)))?;
 
-        // Bound memory: reserve the body's size before reading it.
-        let reserve = declared.unwrap_or(self.limits.body_bytes_max).max(1);
-        let _permit = self
-            .inflight
-            .try_acquire_many(reserve.min(u32::MAX as usize) as u32)
-            .map_err(|_| refuse(refused(Refusal::Overloaded)))?;
-        let raw = read_body(
-            body,
-            self.limits.body_bytes_max,
-            declared,
-            Duration::from_millis(self.limits.body_read_timeout_ms),
-        )
-        .await
-        .map_err(refuse)?;
+        // Bound memory: the body and its decompressed form hold the node's budget as they
+        // arrive and inflate (`budget`), released when the request ends.
+        let mut reservation = Reservation::new(self.inflight.clone());
+        let overloaded = || refused(Refusal::Overloaded);
+        let raw = read_body(body, &self.limits, declared, &mut reservation)
+            .await
+            .map_err(|e| refuse(e.into_problem(overloaded)))?;
         self.metrics.body_bytes_total.inc_by(raw.len() as u64);
-        // Decompressed bodies are held too; reserve a typical expansion (the decoder itself
-        // stops at `decoded_body_bytes_max`).
-        let mut _decoded_permit = None;
-        let decoded: Bytes = match encoding {
-            Encoding::Identity => raw,
+        let (decoded, _reservation): (Bytes, Reservation) = match encoding {
+            Encoding::Identity => (raw, reservation),
             other => {
-                let expected = (raw.len().saturating_mul(8))
-                    .clamp(64 << 10, self.limits.decoded_body_bytes_max);
-                _decoded_permit = Some(
-                    self.inflight
-                        .try_acquire_many(expected.min(u32::MAX as usize) as u32)
-                        .map_err(|_| refuse(refused(Refusal::Overloaded)))?,
-                );
                 // Decompressing up to `decoded_body_bytes_max` takes milliseconds of CPU; on the
                 // blocking pool it does not stall the other connections of this io_uring thread.
                 let max = self.limits.decoded_body_bytes_max;
-                tokio::task::spawn_blocking(move || decode(&raw, other, max))
-                    .await
-                    .map_err(|e| {
-                        tracing::error!(error = %e, "decompression task failed");
-                        refuse(refused(Refusal::Overloaded))
-                    })?
-                    .map_err(refuse)?
+                let (decoded, reservation) = tokio::task::spawn_blocking(move || {
+                    let decoded = decode(&raw, other, max, &mut reservation);
+                    (decoded, reservation)
+                })
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "decompression task failed");
+                    refuse(overloaded())
+                })?;
+                (
+                    decoded.map_err(|e| refuse(e.into_problem(overloaded)))?,
+                    reservation,
+                )
             }
         };
         let events = admission
@@ -408,79 +400,144 @@ fn declared_length(headers: &HeaderMap, max: usize) -> Result<Option<usize>, Pro
     Ok(Some(len))
 }
 
-async fn read_body(
-    mut body: Incoming,
-    max: usize,
-    declared: Option<usize>,
-    timeout: Duration,
-) -> Result<Bytes, Problem> {
-    let collect = async {
-        let mut first: Option<Bytes> = None;
-        let mut buf = BytesMut::new();
-        while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|e| {
-                Problem::new(
-                    ProblemType::InvalidBody,
-                    format!("the request body could not be read: {e}"),
-                )
-            })?;
-            let Ok(data) = frame.into_data() else {
-                continue;
-            };
-            let total = first.as_ref().map_or(0, Bytes::len) + buf.len() + data.len();
-            if total > max {
-                return Err(too_large("body", max));
-            }
-            // A body that arrives in one frame is used as is, without a copy.
-            match first.take() {
-                None if buf.is_empty() => first = Some(data),
-                None => buf.extend_from_slice(&data),
-                Some(previous) => {
-                    buf.reserve(declared.unwrap_or(0).max(previous.len() + data.len()));
-                    buf.extend_from_slice(&previous);
-                    buf.extend_from_slice(&data);
-                }
-            }
-        }
-        Ok(first.unwrap_or_else(|| buf.freeze()))
-    };
-    tokio::time::timeout(timeout, collect).await.map_err(|_| {
-        Problem::new(
-            ProblemType::BodyTimeout,
-            format!("the body did not arrive within {} s", timeout.as_secs_f64()),
-        )
-    })?
+/// Why a body could not be taken: a problem of its own, or no room in the memory budget.
+enum BodyError {
+    Problem(Problem),
+    NoRoom,
 }
 
-fn decode(raw: &[u8], encoding: Encoding, max: usize) -> Result<Bytes, Problem> {
+impl BodyError {
+    fn into_problem(self, overloaded: impl FnOnce() -> Problem) -> Problem {
+        match self {
+            BodyError::Problem(problem) => problem,
+            BodyError::NoRoom => overloaded(),
+        }
+    }
+}
+
+impl From<Problem> for BodyError {
+    fn from(problem: Problem) -> Self {
+        BodyError::Problem(problem)
+    }
+}
+
+/// How long a body may arrive slower than `http.body_bytes_per_second_min`: a request
+/// starting on a slow link gets going in that time.
+const BODY_RATE_GRACE: Duration = Duration::from_secs(5);
+
+/// Reads the body within `http.body_bytes_max`, `http.body_read_timeout_ms` and the minimum
+/// rate, holding in `reservation` what it keeps in memory.
+async fn read_body(
+    mut body: Incoming,
+    limits: &HttpConfig,
+    declared: Option<usize>,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
+    let max = limits.body_bytes_max;
+    let started = tokio::time::Instant::now();
+    let timeout = Duration::from_millis(limits.body_read_timeout_ms);
+    let rate_min = limits.body_bytes_per_second_min.max(1) as f64;
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
+    let mut received = 0usize;
+    loop {
+        // The next bytes are due by the overall deadline and by the minimum rate's.
+        let by_rate =
+            started + BODY_RATE_GRACE + Duration::from_secs_f64((received + 1) as f64 / rate_min);
+        let due = by_rate.min(started + timeout);
+        let frame = match tokio::time::timeout_at(due, body.frame()).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(_) if due < started + timeout => {
+                return Err(Problem::new(
+                    ProblemType::BodyTimeout,
+                    format!(
+                        "the body arrived slower than {} bytes/s; send it in one go",
+                        limits.body_bytes_per_second_min
+                    ),
+                )
+                .into())
+            }
+            Err(_) => {
+                return Err(Problem::new(
+                    ProblemType::BodyTimeout,
+                    format!("the body did not arrive within {} s", timeout.as_secs_f64()),
+                )
+                .into())
+            }
+        };
+        let frame = frame.map_err(|e| {
+            Problem::new(
+                ProblemType::InvalidBody,
+                format!("the request body could not be read: {e}"),
+            )
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        received += data.len();
+        if received > max {
+            return Err(too_large("body", max).into());
+        }
+        // A body that arrives in one frame is used as is, without a copy.
+        match first.take() {
+            None if buf.is_empty() => first = Some(data),
+            None => buf.extend_from_slice(&data),
+            Some(previous) => {
+                // The declared size is the likely end; it is held only as the bytes come.
+                buf.reserve(declared.unwrap_or(0).min(received * 2).max(received));
+                buf.extend_from_slice(&previous);
+                buf.extend_from_slice(&data);
+            }
+        }
+        let held = first.as_ref().map_or(0, Bytes::len) + buf.capacity();
+        if !reservation.hold(held) {
+            return Err(BodyError::NoRoom);
+        }
+    }
+    Ok(first.unwrap_or_else(|| buf.freeze()))
+}
+
+/// Decompresses `raw` within `max` bytes of output, holding in `reservation` what the output
+/// takes as it grows.
+fn decode(
+    raw: &[u8],
+    encoding: Encoding,
+    max: usize,
+    reservation: &mut Reservation,
+) -> Result<Bytes, BodyError> {
     let bad = |e: std::io::Error| {
         Problem::new(
             ProblemType::InvalidEncoding,
             format!("the body is not valid {encoding:?} data: {e}"),
         )
     };
-    let mut out = Vec::new();
-    // Read one byte past the limit to tell "exactly at the limit" from "over it"; the limit
-    // also stops decompression bombs after `max` bytes of output.
-    let limit = max as u64 + 1;
-    match encoding {
-        Encoding::Identity => out.extend_from_slice(raw),
-        Encoding::Gzip => {
-            flate2::read::MultiGzDecoder::new(raw)
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(bad)?;
+    let mut decoder: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => Box::new(raw),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(raw)),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(raw).map_err(bad)?),
+    };
+    // What the input already holds stays held; the output comes on top.
+    let base = reservation.bytes();
+    let mut out: Vec<u8> = Vec::new();
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = decoder.read(&mut chunk).map_err(bad)?;
+        if n == 0 {
+            break;
         }
-        Encoding::Zstd => {
-            zstd::stream::read::Decoder::new(raw)
-                .map_err(bad)?
-                .take(limit)
-                .read_to_end(&mut out)
-                .map_err(bad)?;
+        // The limit also stops decompression bombs after `max` bytes of output.
+        if out.len() + n > max {
+            return Err(too_large("decompressed body", max).into());
         }
-    }
-    if out.len() > max {
-        return Err(too_large("decompressed body", max));
+        if out.capacity() < out.len() + n {
+            let grown = (out.len() + n).next_power_of_two().min(max);
+            out.reserve_exact(grown - out.len());
+            if !reservation.hold(base + out.capacity()) {
+                return Err(BodyError::NoRoom);
+            }
+        }
+        out.extend_from_slice(&chunk[..n]);
     }
     Ok(Bytes::from(out))
 }

@@ -5,10 +5,12 @@
 //! - `uring_io`: tokio-uring's owned-buffer sockets behind hyper's `Read`/`Write`.
 //! - [`api`]: the routes; `POST /v1/ingest/...` reads and checks the request, then takes the
 //!   [admission path](crate::admit).
+//! - `budget`: the memory budget request bodies hold as they arrive and inflate.
 //! - `cors`: cross-origin requests from the web origins a workspace allows.
 //! - [`problem`]: the problem types and their RFC 9457 bodies.
 
 pub(crate) mod api;
+mod budget;
 mod cors;
 pub(crate) mod problem;
 pub(crate) mod server;
