@@ -372,10 +372,14 @@ fn main() -> Result<()> {
         .init();
     // object_store's HTTP client uses rustls without a built-in provider; pick ring.
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // The data dir holds secrets (tokens, the secret key, mailed links, password hashes):
+    // everything this process creates is its user's only (files 0600, directories 0700).
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match cli.command {
         Command::Up(args) => {
             let (mut node, mut controlplane) = args.node.into_configs()?;
+            private_dir(&node.data_dir)?;
             // One machine, one data dir and one lake for both planes.
             controlplane.data_dir = node.data_dir.clone();
             controlplane.object_store = node.object_store.clone();
@@ -429,6 +433,7 @@ fn main() -> Result<()> {
         }
         Command::Dataplane(args) => {
             let config = args.into_configs()?.0;
+            private_dir(&config.data_dir)?;
             let grace = Duration::from_millis(config.shutdown_grace_ms);
             let shutdown = ShutdownTrigger::new();
             let node = start_node(config, shutdown.signal())?;
@@ -440,9 +445,10 @@ fn main() -> Result<()> {
             node.join();
         }
         Command::Controlplane(args) => {
+            let config = args.into_config()?;
+            private_dir(&config.data_dir)?;
             let shutdown = ShutdownTrigger::new();
-            let controlplane =
-                start_controlplane(args.into_config()?, FirstStart::Bare, shutdown.signal())?;
+            let controlplane = start_controlplane(config, FirstStart::Bare, shutdown.signal())?;
             wait_for_signal()?;
             shutdown.trigger(Instant::now() + sluice_controlplane::STOP_DEADLINE);
             controlplane.join();
@@ -477,6 +483,15 @@ fn start_controlplane(
 
 fn start_node(config: NodeConfig, shutdown: Shutdown) -> Result<Node> {
     Node::start(config, shutdown).context("starting the data-plane node")
+}
+
+/// Creates `dir` if needed and makes it its owner's only (0700), also when an earlier release
+/// created it open to others.
+fn private_dir(dir: &std::path::Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", dir.display()))
 }
 
 /// Logs how to send a first event with the bootstrap token and query it.
