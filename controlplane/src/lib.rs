@@ -7,6 +7,7 @@
 //! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
 //!   the one list of problem types they refuse with.
 //! - `mail`: platform mail through SMTP, or an outbox directory when none is configured.
+//! - `outbound`: which addresses the control plane may connect to for a workspace.
 //! - `trial`, `purge`, `housekeeping`, [`snapshot`]: background work (ended trials disable
 //!   workspaces, deleted workspaces' data leaves the lake, expired records go, the data-plane
 //!   configuration is written out), started and stopped through `shutdown`.
@@ -26,6 +27,7 @@ pub(crate) mod housekeeping;
 pub mod initial_operator;
 pub(crate) mod mail;
 pub(crate) mod model;
+pub(crate) mod outbound;
 pub(crate) mod problem;
 pub(crate) mod purge;
 pub(crate) mod rate_limit;
