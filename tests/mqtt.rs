@@ -802,6 +802,70 @@ fn every_puback_survives_kill_9_exactly_once() {
     );
 }
 
+/// How long until the node closes `stream`, if within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    stream.set_read_timeout(Some(limit)).expect("read timeout");
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(started.elapsed()),
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(started.elapsed())
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Clients without a token get little: a CONNECT declaring more than `mqtt.connect_bytes_max`
+/// is cut off before its bytes are held, and past `mqtt.connecting_max` connections waiting to
+/// authenticate, new ones are closed at once; a real device connects once they are gone.
+#[test]
+fn unauthenticated_connections_hold_little_and_are_bounded_in_number() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[mqtt]\nconnecting_max = 4\n").expect("config");
+    let fx = Fixture::start(&["--config", config.to_str().expect("utf8")]);
+    let addr = format!("127.0.0.1:{}", fx.mqtt_port());
+
+    // A CONNECT declaring 1 MiB (remaining length 0x80 0x80 0x40), of which 10 bytes arrive.
+    let mut big = TcpStream::connect(&addr).expect("connect");
+    big.write_all(&[
+        0x10, 0x80, 0x80, 0x40, 0, 4, b'M', b'Q', b'T', b'T', 4, 2, 0, 60,
+    ])
+    .expect("send");
+    let closed = closed_within(&mut big, Duration::from_secs(3));
+    assert!(
+        closed.is_some_and(|t| t < Duration::from_secs(1)),
+        "an oversized CONNECT is cut off at once, not held for the connect timeout: {closed:?}"
+    );
+
+    // Four half-sent CONNECTs take every place; a fifth connection is closed at once.
+    let mut waiting: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(&addr).expect("connect");
+            s.write_all(&[0x10, 0x20, 0, 4]).expect("send");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let mut fifth = TcpStream::connect(&addr).expect("the kernel accepts");
+    assert!(
+        closed_within(&mut fifth, Duration::from_secs(1)).is_some(),
+        "a connection past mqtt.connecting_max is closed at once"
+    );
+    waiting.clear();
+    std::thread::sleep(Duration::from_millis(300));
+    let lines = paho(
+        fx.mqtt_port(),
+        &with_creds(&["publish", "--version", "5", "--qos", "1"], &fx.token),
+    );
+    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
+    assert!(waiting.is_empty());
+}
+
 #[test]
 fn hostile_input_leaves_the_node_serving_everyone_else() {
     let fx = Fixture::start(&[]);

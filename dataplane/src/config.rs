@@ -97,6 +97,10 @@ pub struct MqttConfig {
     pub connect_timeout_secs: u16,
     /// Failed CONNECTs one address may make per minute before its refusals are delayed.
     pub failed_connects_per_minute: u32,
+    /// Largest CONNECT packet: a client that has not authenticated gets no more room.
+    pub connect_bytes_max: u32,
+    /// Connections that have not authenticated yet, at once; more are closed at once.
+    pub connecting_max: usize,
 }
 
 /// When a batch becomes a Parquet file.
@@ -175,6 +179,8 @@ impl Default for MqttConfig {
             keep_alive_max_secs: 3600,
             connect_timeout_secs: 10,
             failed_connects_per_minute: 10,
+            connect_bytes_max: 64 << 10,
+            connecting_max: 1024,
         }
     }
 }

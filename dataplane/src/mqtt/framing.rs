@@ -23,6 +23,7 @@ use ntex_io::{FilterBuf, FilterLayer};
 use ntex_mqtt::error::PayloadError;
 use ntex_mqtt::Payload;
 
+use super::connecting::ConnectingSlot;
 use super::lane::Lane;
 use super::packet::{packet_at, Packet};
 
@@ -56,6 +57,8 @@ const KEPT_RANGES_KEPT: usize = 16;
 pub struct WholePackets {
     /// Largest remaining length the node accepts (`mqtt.packet_bytes_max`).
     packet_bytes_max: u32,
+    /// Largest remaining length of the first packet, the CONNECT (`mqtt.connect_bytes_max`).
+    connect_bytes_max: u32,
     /// Found by the CONNECT handler through [`FilterLayer::query`].
     lane: Rc<Lane>,
     /// What the lane leaves for the codec, reused from read to read.
@@ -63,10 +66,18 @@ pub struct WholePackets {
 }
 
 impl WholePackets {
-    pub fn new(packet_bytes_max: u32) -> WholePackets {
+    /// The filter of a connection holding `slot` among those not authenticated yet.
+    pub fn new(
+        packet_bytes_max: u32,
+        connect_bytes_max: u32,
+        slot: ConnectingSlot,
+    ) -> WholePackets {
+        let lane = Rc::new(Lane::default());
+        lane.connecting(slot);
         WholePackets {
             packet_bytes_max,
-            lane: Rc::default(),
+            connect_bytes_max,
+            lane,
             kept: RefCell::default(),
         }
     }
@@ -82,6 +93,16 @@ impl FilterLayer for WholePackets {
             let Some(src) = src.as_mut() else {
                 return Ok(());
             };
+            // Until its CONNECT is accepted a client gets room for a small CONNECT only: one
+            // declaring more is cut off before its bytes are held.
+            if self.lane.is_connecting()
+                && packet_at(src, self.connect_bytes_max) == Packet::Refused
+            {
+                return Err(io::Error::other(format!(
+                    "a first packet over mqtt.connect_bytes_max ({} bytes)",
+                    self.connect_bytes_max
+                )));
+            }
             let whole = complete_prefix(src, self.packet_bytes_max);
             if whole == 0 {
                 return Ok(());

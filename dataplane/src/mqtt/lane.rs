@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::batcher::Batcher;
+use super::connecting::ConnectingSlot;
 use super::ingest::MqttIngest;
 use super::packet::{packet_at, Packet};
 use super::types::Device;
@@ -61,6 +62,9 @@ pub struct Lane {
     behind: Cell<u32>,
     /// When the codec was last given a packet.
     handed_at: Cell<Option<Instant>>,
+    /// The connection's place among those not authenticated yet, until its CONNECT is
+    /// accepted or it closes.
+    connecting: RefCell<Option<ConnectingSlot>>,
 }
 
 struct Open {
@@ -91,6 +95,7 @@ impl Lane {
         batcher: Rc<Batcher>,
         v5: bool,
     ) {
+        self.connecting.borrow_mut().take();
         if self.closed.get() {
             return;
         }
@@ -107,6 +112,16 @@ impl Lane {
     pub fn close(&self) {
         self.closed.set(true);
         self.open.borrow_mut().take();
+    }
+
+    /// Holds `slot` until the connection's CONNECT is accepted.
+    pub fn connecting(&self, slot: ConnectingSlot) {
+        *self.connecting.borrow_mut() = Some(slot);
+    }
+
+    /// Whether the connection has not authenticated yet.
+    pub fn is_connecting(&self) -> bool {
+        self.connecting.borrow().is_some()
     }
 
     /// The publish handler took a QoS 0 publish that the codec was given.

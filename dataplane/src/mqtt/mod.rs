@@ -7,6 +7,7 @@
 //! - `types`: who a connection speaks for, refusals and close reasons, the connection error;
 //! - `packet`: where a packet ends in a buffer (the fixed header);
 //! - `throttle`: slows down failing CONNECTs;
+//! - `connecting`: bounds the connections that have not authenticated yet;
 //! - `batcher`: a connection's queue of WAL records, appended through the admission path;
 //! - `ingest`: the CONNECT check and one PUBLISH through the [admission steps](crate::admit);
 //! - `lane`: plain QoS 0 publishes stored straight from the read buffer;
@@ -19,6 +20,7 @@
 
 mod batcher;
 mod connect;
+mod connecting;
 mod framing;
 pub(crate) mod ingest;
 mod lane;
@@ -46,6 +48,7 @@ use tracing::{error, info};
 use sluice_storage::shutdown::Shutdown;
 
 use crate::config::MqttConfig;
+use connecting::Connecting;
 use ingest::MqttIngest;
 use sessions::Sessions;
 use types::MqttError;
@@ -180,26 +183,43 @@ fn serve(
         .maxconn(limits.connections_max.div_ceil(workers).max(1))
         .shutdown_timeout(Seconds(5));
     let max = limits.packet_bytes_max;
+    let connect_max = limits.connect_bytes_max;
+    let connecting = Connecting::new(limits.connecting_max);
     if let Some(listener) = plain {
         let ingest = ingest.clone();
         let sessions = sessions.clone();
+        let connecting = connecting.clone();
         builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
-            ntex_service::service(ntex_service::fn_service(
-                move |io: ntex_io::Io| async move {
+            let connecting = connecting.clone();
+            ntex_service::service(ntex_service::fn_service(move |io: ntex_io::Io| {
+                let slot = connecting.enter();
+                async move {
+                    let slot =
+                        slot.ok_or(ntex_mqtt::MqttError::Service(MqttError::TooManyConnecting))?;
                     Ok::<_, ntex_mqtt::MqttError<MqttError>>(
-                        io.add_filter(framing::WholePackets::new(max)),
+                        io.add_filter(framing::WholePackets::new(max, connect_max, slot)),
                     )
-                },
-            ))
+                }
+            }))
             .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
     }
     if let Some((listener, tls_config)) = tls {
         let ingest = ingest.clone();
         builder = builder.listen("mqtts", listener, cfg, async move |_| {
+            let connecting = connecting.clone();
             ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
                 .map_err(|e| ntex_mqtt::MqttError::Service(tls_error(&e)))
-                .map(move |io| io.add_filter(framing::WholePackets::new(max)))
+                .and_then(ntex_service::fn_service(move |io: ntex_io::Io<_>| {
+                    let slot = connecting.enter();
+                    async move {
+                        let slot = slot
+                            .ok_or(ntex_mqtt::MqttError::Service(MqttError::TooManyConnecting))?;
+                        Ok::<_, ntex_mqtt::MqttError<MqttError>>(
+                            io.add_filter(framing::WholePackets::new(max, connect_max, slot)),
+                        )
+                    }
+                }))
                 .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
     }

@@ -120,6 +120,9 @@ pub enum MqttError {
     /// The TLS handshake failed.
     #[error("the TLS handshake failed")]
     TlsHandshake,
+    /// `mqtt.connecting_max` connections are already waiting to authenticate.
+    #[error("too many connections are authenticating")]
+    TooManyConnecting,
     /// An inner service failed.
     #[error("the connection's service failed")]
     Service,
@@ -132,6 +135,7 @@ impl MqttError {
             MqttError::PublishRefused(outcome) => outcome,
             MqttError::PayloadIncomplete => "payload-incomplete",
             MqttError::TlsHandshake => "tls-handshake",
+            MqttError::TooManyConnecting => "too-many-connecting",
             MqttError::Service => "service",
         }
     }
