@@ -448,4 +448,46 @@ mod tests {
         ));
         assert_eq!(state.version(), 2, "refusals change nothing");
     }
+
+    /// Fuzz: snapshots and deltas read from damaged JSON are refused or applied, never a panic,
+    /// and an applied change leaves a state whose hash is its snapshot's
+    /// (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_damaged_snapshots_and_deltas_are_refused_or_applied_whole() {
+        use crate::delta::ConfigDelta;
+        use crate::snapshot::ConfigSnapshot;
+        let before = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![workspace("a", &[1, 2]), workspace("b", &[3])],
+        };
+        let mut after = before.clone();
+        after.version = 2;
+        after.workspaces[1] = workspace("c", &[4]);
+        let snapshot_json = serde_json::to_vec(&before).expect("json");
+        let delta_json = serde_json::to_vec(&before.delta_to(&after)).expect("json");
+        arbtest::arbtest(|u| {
+            let mut bytes = if u.arbitrary()? {
+                snapshot_json.clone()
+            } else {
+                delta_json.clone()
+            };
+            for _ in 0..u.int_in_range(1..=3u8)? {
+                let at = u.choose_index(bytes.len())?;
+                bytes[at] = *u.choose(br#"{}[]":,0123456789-abcdef \"#)?;
+            }
+            if let Ok(snapshot) = serde_json::from_slice::<ConfigSnapshot>(&bytes) {
+                if let Ok(state) = ConfigState::new(snapshot.clone()) {
+                    assert_eq!(state.hash(), snapshot.content_hash());
+                }
+            }
+            if let Ok(delta) = serde_json::from_slice::<ConfigDelta>(&bytes) {
+                let mut state = ConfigState::new(before.clone()).expect("state");
+                if state.apply(&delta).is_ok() {
+                    assert_eq!(state.hash(), state.snapshot().content_hash());
+                }
+            }
+            Ok(())
+        })
+        .budget_ms(crate::test_fixtures::fuzz_budget_ms());
+    }
 }

@@ -21,6 +21,7 @@ pub const ACKS_PATH: &str = "/api/v1/cluster/acks";
 #[cfg_attr(feature = "openapi", into_params(parameter_in = Query))]
 pub struct StreamQuery {
     /// The node's id.
+    #[cfg_attr(feature = "openapi", param(pattern = r"^[!-~]{1,128}$"))]
     pub node: String,
     /// The node's HTTP ingest address, for the operator's list.
     #[serde(default)]
@@ -59,6 +60,7 @@ pub enum StreamMessage {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Ack {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[!-~]{1,128}$"))]
     pub node: String,
     pub version: u64,
     /// True: applied. False: refused, see `reason`; the node keeps its last good version.

@@ -1,5 +1,5 @@
 //! Configurations for unit tests: workspaces with one `telemetry` source and tokens whose
-//! hashes are given as numbers.
+//! hashes are given as numbers; and how long each fuzz test runs.
 
 use uuid::Uuid;
 
@@ -35,4 +35,13 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
         }],
         tokens: tokens.iter().map(|h| token(*h)).collect(),
     }
+}
+
+/// Milliseconds each fuzz test runs: `SLUICE_FUZZ_MS`, else one second (the test suite's
+/// short run; `SLUICE_FUZZ_MS=600000` is the documented long one).
+pub fn fuzz_budget_ms() -> u64 {
+    std::env::var("SLUICE_FUZZ_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
 }

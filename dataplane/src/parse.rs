@@ -378,4 +378,42 @@ mod tests {
             assert_eq!(texts(&events), vec![text.to_owned()]);
         }
     }
+
+    /// Fuzz: bodies built from JSON's own characters (so that many are nearly valid) and raw
+    /// bytes, as JSON and as NDJSON: every accepted event is a JSON object every reader takes;
+    /// nothing panics (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_every_accepted_event_is_a_readable_object() {
+        const PIECES: [&[u8]; 24] = [
+            b"{", b"}", b"[", b"]", b"\"", b"\\", b"\\u", b"d800", b"dc00", b"0000", b"0041",
+            b":", b",", b"1", b"-", b"e", b"9999", b".5", b" ", b"\n", b"\r\n", b"\"a\"", b"null",
+            "é".as_bytes(),
+        ];
+        arbtest::arbtest(|u| {
+            let body: Vec<u8> = if u.ratio(1, 4)? {
+                u.arbitrary()?
+            } else {
+                let mut body = Vec::new();
+                for _ in 0..u.int_in_range(0..=64u8)? {
+                    body.extend_from_slice(u.choose(&PIECES)?);
+                }
+                body
+            };
+            let format = if u.arbitrary()? {
+                BodyFormat::Json
+            } else {
+                BodyFormat::Ndjson
+            };
+            if let Ok(events) = parse(&body, format, 1000) {
+                for text in texts(&events) {
+                    let value: serde_json::Value =
+                        serde_json::from_str(&text).expect("an accepted event is JSON");
+                    assert!(value.is_object(), "{text}");
+                    assert_eq!(check_event(text.as_bytes()), Ok(()), "{text}");
+                }
+            }
+            Ok(())
+        })
+        .budget_ms(sluice_config::test_fixtures::fuzz_budget_ms());
+    }
 }

@@ -449,4 +449,52 @@ mod tests {
         assert_eq!(b.get_version_num(), 7);
         assert_eq!(b.get_variant(), uuid::Variant::RFC4122);
     }
+
+    /// Fuzz: any bytes, and real records cut or damaged anywhere, decode to a batch whose
+    /// offsets hold, or to an error; never to a panic (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_batch_decoding_never_panics_and_offsets_hold() {
+        let batch = IngestBatch {
+            envelope: Envelope {
+                first_event_id: Uuid::now_v7(),
+                received_at_us: 1,
+                workspace_id: Uuid::now_v7(),
+                source: "telemetry".into(),
+                device_id: Some("d".into()),
+                protocol: Protocol::Mqtt,
+                topic: Some("ingest/telemetry".into()),
+            },
+            payloads: br#"{"a":1}{"b":[2,3]}"#.repeat(300),
+            ends: (1..=600).map(|i| if i % 2 == 1 { 7 + 18 * (i / 2) } else { 18 * (i / 2) }).collect(),
+        };
+        let mut plain = Vec::new();
+        batch.encode_into(&mut plain);
+        let seeds = [plain, batch.encode_compact()];
+        arbtest::arbtest(|u| {
+            let mut bytes = match u.int_in_range(0..=2u8)? {
+                0 => u.arbitrary::<Vec<u8>>()?,
+                n => seeds[usize::from(n - 1)].clone(),
+            };
+            for _ in 0..u.int_in_range(0..=4u8)? {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = u.choose_index(bytes.len())?;
+                if u.arbitrary()? {
+                    bytes.truncate(at);
+                } else {
+                    bytes[at] ^= u.int_in_range(1..=255u8)?;
+                }
+            }
+            if let Ok(batch) = IngestBatch::decode(&bytes) {
+                let mut previous = 0;
+                for &end in &batch.ends {
+                    assert!(end >= previous && end as usize <= batch.payloads.len());
+                    previous = end;
+                }
+            }
+            Ok(())
+        })
+        .budget_ms(sluice_config::test_fixtures::fuzz_budget_ms());
+    }
 }

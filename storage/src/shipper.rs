@@ -386,10 +386,13 @@ impl Shipper {
                 bad, "payloads that are not UTF-8 stored as null"
             );
         }
+        // A key's records arrive in LSN order, after what is already in the lake.
+        debug_assert!(record.lsn > state.flushed && record.lsn >= open.last_lsn);
         open.last_lsn = record.lsn;
         let grown = open.rows.bytes() - before;
         self.held_bytes += grown;
         self.open_bytes += grown;
+        debug_assert!(self.open_bytes <= self.held_bytes, "open batches are part of what is held");
         let full = open.rows.rows() >= self.config.batch_max_rows
             || open.rows.bytes() >= self.config.batch_max_bytes;
         if full {
@@ -437,6 +440,7 @@ impl Shipper {
         state.last_size = open.rows.size();
         let held = open.rows.bytes();
         let rows = open.rows.rows();
+        debug_assert!(held <= self.open_bytes, "a cut batch was counted as open");
         self.open_bytes -= held;
         let path = layout::file_path(
             self.lake.prefix(),
@@ -531,6 +535,8 @@ impl Shipper {
         };
         match result {
             Ok(bytes) => {
+                debug_assert!(file.last_lsn > state.flushed, "the watermark only moves forward");
+                debug_assert!(file.held <= self.held_bytes, "an uploaded file was counted as held");
                 state.flushed = file.last_lsn;
                 state.failures = 0;
                 state.retry_at = None;

@@ -301,4 +301,28 @@ mod tests {
         keep(&mut kept, 12..14);
         assert_eq!(kept, vec![0..9, 12..14]);
     }
+
+    /// Fuzz: the lane's publish splitter and its sorting of a read, on any bytes, never panic,
+    /// and the ranges it leaves for the codec lie inside the read, in order
+    /// (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_the_lane_splits_and_sorts_any_read() {
+        arbtest::arbtest(|u| {
+            let bytes: Vec<u8> = u.arbitrary()?;
+            let v5: bool = u.arbitrary()?;
+            if let Some((topic, payload)) = split_publish(&bytes, v5) {
+                assert!(topic.len() + payload.len() < bytes.len());
+            }
+            let lane = Lane::default();
+            let mut kept = Vec::new();
+            lane.sort(&bytes, u.int_in_range(1..=1 << 20)?, &mut kept);
+            let mut at = 0;
+            for range in &kept {
+                assert!(range.start >= at && range.start < range.end && range.end <= bytes.len());
+                at = range.end;
+            }
+            Ok(())
+        })
+        .budget_ms(sluice_config::test_fixtures::fuzz_budget_ms());
+    }
 }

@@ -77,4 +77,20 @@ mod tests {
             Packet::Refused
         );
     }
+
+    /// Fuzz: any bytes and limit give a header of 2 to 5 bytes inside a packet inside the
+    /// buffer, or no packet; never a panic (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_fixed_headers_stay_inside_the_buffer() {
+        arbtest::arbtest(|u| {
+            let bytes: Vec<u8> = u.arbitrary()?;
+            let max: u32 = u.arbitrary()?;
+            if let Packet::Whole { header, total } = packet_at(&bytes, max) {
+                assert!((2..=5).contains(&header) && header <= total && total <= bytes.len());
+                assert!(total - header <= max as usize);
+            }
+            Ok(())
+        })
+        .budget_ms(sluice_config::test_fixtures::fuzz_budget_ms());
+    }
 }

@@ -272,4 +272,36 @@ mod tests {
         flipped[last] ^= 1;
         assert_eq!(decode_frame(&flipped), Frame::Corrupt);
     }
+
+    /// Fuzz: a frame cut or damaged anywhere is incomplete or corrupt, never a record other
+    /// than the one written, never a panic (`SLUICE_FUZZ_MS` sets the run).
+    #[test]
+    fn fuzz_frames_damaged_anywhere_never_decode_as_another_record() {
+        arbtest::arbtest(|u| {
+            let payload: Vec<u8> = u.arbitrary()?;
+            let lsn: u64 = u.arbitrary()?;
+            let mut frame = Vec::new();
+            encode_frame(&mut frame, lsn, &payload);
+            let mut bytes = frame.clone();
+            let damaged = !bytes.is_empty() && u.arbitrary()?;
+            if damaged {
+                let at = u.choose_index(bytes.len())?;
+                bytes[at] ^= u.int_in_range(1..=255u8)?;
+            }
+            let cut = u.int_in_range(0..=bytes.len())?;
+            match decode_frame(&bytes[..cut]) {
+                Frame::Record { lsn: got, payload: p, len } => {
+                    assert_eq!(len, frame.len());
+                    if !damaged {
+                        assert_eq!((got, p), (lsn, &payload[..]));
+                    }
+                }
+                Frame::Incomplete | Frame::Corrupt => {
+                    assert!(damaged || cut < frame.len(), "a whole frame must decode");
+                }
+            }
+            Ok(())
+        })
+        .budget_ms(sluice_config::test_fixtures::fuzz_budget_ms());
+    }
 }

@@ -331,6 +331,7 @@ impl Writer {
         }
         buf.clear();
         let first = self.next_lsn;
+        debug_assert!(first > 0, "LSN 0 marks the zeros after the last record");
         for (i, append) in group.iter().enumerate() {
             encode_frame(buf, first + i as u64, &append.payload);
         }
@@ -371,6 +372,8 @@ impl Writer {
             .inc_by(buf.len() as u64);
         self.segment_len += buf.len() as u64;
         self.next_lsn += group.len() as u64;
+        // LSNs are contiguous: this group took exactly the numbers after the last one.
+        debug_assert_eq!(self.next_lsn, first + group.len() as u64);
         self.segments.add_bytes(buf.len() as u64);
         self.metrics.wal_bytes.set(self.segments.bytes() as i64);
         Ok(first)
