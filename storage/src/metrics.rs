@@ -93,7 +93,7 @@ impl StorageMetrics {
         );
         registry.register(
             "wal_corrupt_records",
-            "WAL records skipped because their checksum or framing was wrong",
+            "WAL records that could not be read back (checksum, framing or encoding); their bytes go to quarantine",
             self.wal_corrupt_records_total.clone(),
         );
         registry.register(

@@ -334,7 +334,9 @@ impl Shipper {
             Ok(batch) => batch,
             Err(err) => {
                 self.metrics.wal_corrupt_records_total.inc();
-                error!(lsn = record.lsn, error = %err, "undecodable WAL record skipped");
+                error!(lsn = record.lsn, error = %err, "undecodable WAL record; it goes to quarantine");
+                self.segments
+                    .quarantine(&format!("record-{:020}.bin", record.lsn), &record.payload);
                 return;
             }
         };

@@ -158,6 +158,9 @@ impl Api {
                 "healthy": wal_ok,
                 "bytes": wal.segments().bytes(),
                 "bytes_max": wal.bytes_max(),
+                // Damaged WAL bytes kept in <data dir>/quarantine/ since start: an operator's
+                // matter (see docs/parquet-layout.md), not a reason to take the node out.
+                "quarantined_files": wal.segments().quarantined(),
             },
             "object_store": {
                 "uploads_failing": uploads_failing,

@@ -145,6 +145,8 @@ pub struct Segments {
     count: AtomicU64,
     /// Segment currently written by the writer; never removed.
     active: AtomicU64,
+    /// Files of damaged WAL bytes put in quarantine since start.
+    quarantined: AtomicU64,
 }
 
 impl Segments {
@@ -154,6 +156,45 @@ impl Segments {
             bytes: AtomicU64::new(0),
             count: AtomicU64::new(0),
             active: AtomicU64::new(0),
+            quarantined: AtomicU64::new(0),
+        }
+    }
+
+    /// Where damaged WAL bytes are kept for the operator: `quarantine/` beside the WAL's
+    /// directory (`<data dir>/quarantine/`).
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.dir
+            .parent()
+            .map_or_else(|| self.dir.join("quarantine"), |p| p.join("quarantine"))
+    }
+
+    /// Files put in quarantine since the node started; `/readyz` shows it.
+    pub fn quarantined(&self) -> u64 {
+        self.quarantined.load(Ordering::Relaxed)
+    }
+
+    /// Keeps `bytes`, which the log cannot read back (they may hold acknowledged events), in
+    /// `quarantine/<name>` and counts them. Best effort: a failure is logged, and the log goes
+    /// on either way.
+    pub(crate) fn quarantine(&self, name: &str, bytes: &[u8]) {
+        let dir = self.quarantine_dir();
+        let path = dir.join(name);
+        let written = fs::create_dir_all(&dir)
+            .and_then(|()| fs::write(&path, bytes))
+            .and_then(|()| fs::File::open(&path)?.sync_all());
+        self.quarantined.fetch_add(1, Ordering::Relaxed);
+        match written {
+            Ok(()) => tracing::error!(
+                file = %path.display(),
+                bytes = bytes.len(),
+                "damaged WAL bytes put in quarantine: they may hold acknowledged events that are not in the lake"
+            ),
+            Err(err) => tracing::error!(
+                file = %path.display(),
+                bytes = bytes.len(),
+                error = %err,
+                "damaged WAL bytes could not be put in quarantine"
+            ),
         }
     }
 

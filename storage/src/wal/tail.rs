@@ -169,11 +169,22 @@ impl Tail {
                 error!(
                     segment = %path.display(),
                     offset = open.offset,
-                    "corrupt WAL record; the rest of this segment is skipped"
+                    "corrupt WAL record; the rest of this segment goes to quarantine"
                 );
                 if !sealed {
                     // The writer's own segment cannot be skipped past; stop here.
                     break;
+                }
+                // What follows the damage cannot be framed any more, but it is kept: it may
+                // hold acknowledged events.
+                let rest = std::fs::read(&path)
+                    .map(|bytes| bytes.get(open.offset as usize..).unwrap_or_default().to_vec());
+                match rest {
+                    Ok(rest) => self.segments.quarantine(
+                        &format!("segment-{:020}-at-{}.wal", open.first, open.offset),
+                        &rest,
+                    ),
+                    Err(err) => error!(segment = %path.display(), error = %err, "reading the damaged segment failed"),
                 }
                 self.finished = Some(open.first);
                 self.current = None;
@@ -218,5 +229,63 @@ fn open_without_atime(path: &std::path::Path) -> std::io::Result<File> {
     {
         Err(err) if err.raw_os_error() == Some(libc::EPERM) => File::open(path),
         opened => opened,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::StorageMetrics;
+    use crate::wal::{Tail, Wal, WalConfig};
+
+    /// A damaged record in a sealed segment: the records before it and every later segment
+    /// are read; what follows the damage in its segment is kept in quarantine, counted.
+    #[test]
+    fn damage_in_a_sealed_segment_goes_to_quarantine_and_reading_goes_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let wal_dir = dir.path().join("wal");
+        let config = WalConfig {
+            segment_bytes_max: 4096,
+            ..WalConfig::new(wal_dir.clone())
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let wal = Wal::open(config, 1, StorageMetrics::default()).expect("open");
+        let payload = |i: u64| format!("record {i:03} {}", "x".repeat(280)).into_bytes();
+        for i in 1..=40 {
+            let lsn = runtime.block_on(wal.append(payload(i))).expect("append");
+            assert_eq!(lsn, i);
+        }
+        let segments = wal.segments();
+        let list = segments.list().expect("list");
+        assert!(list.len() >= 3, "{list:?}");
+        // Damage the fifth record of the first (sealed) segment.
+        let first = segments.path_of(list[0]);
+        let mut bytes = std::fs::read(&first).expect("read");
+        let frame = 16 + payload(1).len();
+        bytes[4 * frame + 20] ^= 0xFF;
+        std::fs::write(&first, &bytes).expect("write");
+
+        let mut tail = Tail::new(segments.clone(), wal.durable(), StorageMetrics::default())
+            .expect("tail");
+        let read: Vec<u64> = tail
+            .read(usize::MAX)
+            .expect("read")
+            .into_iter()
+            .map(|r| r.lsn)
+            .collect();
+        let second_segment = list[1];
+        let expected: Vec<u64> = (1..=4).chain(second_segment..=40).collect();
+        assert_eq!(read, expected);
+        assert_eq!(segments.quarantined(), 1);
+        let kept = std::fs::read(
+            segments
+                .quarantine_dir()
+                .join(format!("segment-{:020}-at-{}.wal", list[0], 4 * frame)),
+        )
+        .expect("the damaged bytes are kept");
+        let records_end = (second_segment - 1) as usize * frame;
+        assert_eq!(&kept[..records_end - 4 * frame], &bytes[4 * frame..records_end]);
+        assert_eq!(segments.quarantine_dir(), dir.path().join("quarantine"));
     }
 }
