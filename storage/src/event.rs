@@ -465,7 +465,15 @@ mod tests {
                 topic: Some("ingest/telemetry".into()),
             },
             payloads: br#"{"a":1}{"b":[2,3]}"#.repeat(300),
-            ends: (1..=600).map(|i| if i % 2 == 1 { 7 + 18 * (i / 2) } else { 18 * (i / 2) }).collect(),
+            ends: (1..=600)
+                .map(|i| {
+                    if i % 2 == 1 {
+                        7 + 18 * (i / 2)
+                    } else {
+                        18 * (i / 2)
+                    }
+                })
+                .collect(),
         };
         let mut plain = Vec::new();
         batch.encode_into(&mut plain);

@@ -394,7 +394,10 @@ impl Shipper {
         let grown = open.rows.bytes() - before;
         self.held_bytes += grown;
         self.open_bytes += grown;
-        debug_assert!(self.open_bytes <= self.held_bytes, "open batches are part of what is held");
+        debug_assert!(
+            self.open_bytes <= self.held_bytes,
+            "open batches are part of what is held"
+        );
         let full = open.rows.rows() >= self.config.batch_max_rows
             || open.rows.bytes() >= self.config.batch_max_bytes;
         if full {
@@ -537,8 +540,14 @@ impl Shipper {
         };
         match result {
             Ok(bytes) => {
-                debug_assert!(file.last_lsn > state.flushed, "the watermark only moves forward");
-                debug_assert!(file.held <= self.held_bytes, "an uploaded file was counted as held");
+                debug_assert!(
+                    file.last_lsn > state.flushed,
+                    "the watermark only moves forward"
+                );
+                debug_assert!(
+                    file.held <= self.held_bytes,
+                    "an uploaded file was counted as held"
+                );
                 state.flushed = file.last_lsn;
                 state.failures = 0;
                 state.retry_at = None;

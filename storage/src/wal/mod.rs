@@ -17,6 +17,7 @@
 //! - [`writer`]: the group-commit writer thread behind [`Wal::append`].
 //! - [`tail`]: the reader that follows the durable end of the log.
 
+mod faults;
 mod tail;
 mod writer;
 
@@ -331,7 +332,11 @@ mod tests {
             }
             let cut = u.int_in_range(0..=bytes.len())?;
             match decode_frame(&bytes[..cut]) {
-                Frame::Record { lsn: got, payload: p, len } => {
+                Frame::Record {
+                    lsn: got,
+                    payload: p,
+                    len,
+                } => {
                     assert_eq!(len, frame.len());
                     if !damaged {
                         assert_eq!((got, p), (lsn, &payload[..]));

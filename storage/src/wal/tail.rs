@@ -177,14 +177,20 @@ impl Tail {
                 }
                 // What follows the damage cannot be framed any more, but it is kept: it may
                 // hold acknowledged events.
-                let rest = std::fs::read(&path)
-                    .map(|bytes| bytes.get(open.offset as usize..).unwrap_or_default().to_vec());
+                let rest = std::fs::read(&path).map(|bytes| {
+                    bytes
+                        .get(open.offset as usize..)
+                        .unwrap_or_default()
+                        .to_vec()
+                });
                 match rest {
                     Ok(rest) => self.segments.quarantine(
                         &format!("segment-{:020}-at-{}.wal", open.first, open.offset),
                         &rest,
                     ),
-                    Err(err) => error!(segment = %path.display(), error = %err, "reading the damaged segment failed"),
+                    Err(err) => {
+                        error!(segment = %path.display(), error = %err, "reading the damaged segment failed")
+                    }
                 }
                 self.finished = Some(open.first);
                 self.current = None;
@@ -266,8 +272,8 @@ mod tests {
         bytes[4 * frame + 20] ^= 0xFF;
         std::fs::write(&first, &bytes).expect("write");
 
-        let mut tail = Tail::new(segments.clone(), wal.durable(), StorageMetrics::default())
-            .expect("tail");
+        let mut tail =
+            Tail::new(segments.clone(), wal.durable(), StorageMetrics::default()).expect("tail");
         let read: Vec<u64> = tail
             .read(usize::MAX)
             .expect("read")
@@ -278,14 +284,17 @@ mod tests {
         let expected: Vec<u64> = (1..=4).chain(second_segment..=40).collect();
         assert_eq!(read, expected);
         assert_eq!(segments.quarantined(), 1);
-        let kept = std::fs::read(
-            segments
-                .quarantine_dir()
-                .join(format!("segment-{:020}-at-{}.wal", list[0], 4 * frame)),
-        )
+        let kept = std::fs::read(segments.quarantine_dir().join(format!(
+            "segment-{:020}-at-{}.wal",
+            list[0],
+            4 * frame
+        )))
         .expect("the damaged bytes are kept");
         let records_end = (second_segment - 1) as usize * frame;
-        assert_eq!(&kept[..records_end - 4 * frame], &bytes[4 * frame..records_end]);
+        assert_eq!(
+            &kept[..records_end - 4 * frame],
+            &bytes[4 * frame..records_end]
+        );
         assert_eq!(segments.quarantine_dir(), dir.path().join("quarantine"));
     }
 }

@@ -31,7 +31,6 @@
 //! (recovery then cuts the log back to what is really on disk).
 
 use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -41,8 +40,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tracing::{error, info, warn};
 
 use super::{
-    decode_frame, encode_frame, io_err, sync_dir, DurableEnd, Frame, Lsn, Segments, WalError,
-    RECORD_BYTES_MAX,
+    decode_frame, encode_frame, faults, io_err, sync_dir, DurableEnd, Frame, Lsn, Segments,
+    WalError, RECORD_BYTES_MAX,
 };
 use crate::metrics::StorageMetrics;
 
@@ -344,7 +343,7 @@ impl Writer {
         );
         buf.resize(records_len + zeros, 0);
         let path = self.segments.path_of(self.segment_first);
-        let written = self.file.write_all_at(buf, self.segment_len);
+        let written = faults::write_all_at(&self.file, self.segments.dir(), buf, self.segment_len);
         buf.truncate(records_len);
         if let Err(err) = written {
             // Cut whatever part of the group reached the file; the LSNs are reused.
@@ -356,7 +355,7 @@ impl Writer {
             .written_to
             .max(self.segment_len + (records_len + zeros) as u64);
         let started = Instant::now();
-        if let Err(err) = self.file.sync_data() {
+        if let Err(err) = faults::sync_data(&self.file, self.segments.dir()) {
             self.poisoned.store(true, Ordering::Relaxed);
             return Err(io_err(&path)(err));
         }
@@ -610,5 +609,57 @@ mod tests {
                 "byte {at}: only the records before it"
             );
         }
+    }
+
+    /// `fdatasync` failing (EIO) poisons the log: the append is refused, and so is every one
+    /// after, even once the disk would sync again (the page cache may have dropped the
+    /// unsynced pages: a retried sync that succeeds proves nothing).
+    #[test]
+    fn a_failed_fdatasync_is_never_retried_and_believed() {
+        use super::faults::{inject, Fault};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let wal = Wal::open(config(dir.path()), 1, StorageMetrics::default()).expect("open");
+        runtime
+            .block_on(wal.append(b"before".to_vec()))
+            .expect("append");
+        inject(dir.path(), Fault::SyncIo, 1);
+        let failed = runtime.block_on(wal.append(b"during".to_vec()));
+        assert!(matches!(failed, Err(WalError::Commit { .. })), "{failed:?}");
+        assert!(!wal.is_healthy());
+        let after = runtime.block_on(wal.append(b"after".to_vec()));
+        assert!(matches!(after, Err(WalError::Poisoned)), "{after:?}");
+        assert_eq!(read_all(&wal), vec![(1, b"before".to_vec())]);
+    }
+
+    /// A full disk (ENOSPC on write) refuses the appends it hits, writes nothing of them, and
+    /// the log goes on when space returns, without a gap or a reused acknowledged LSN.
+    #[test]
+    fn a_full_disk_refuses_appends_until_space_returns() {
+        use super::faults::{inject, Fault};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let wal = Wal::open(config(dir.path()), 1, StorageMetrics::default()).expect("open");
+        let first = runtime
+            .block_on(wal.append(b"one".to_vec()))
+            .expect("append");
+        inject(dir.path(), Fault::WriteNoSpace, 2);
+        for _ in 0..2 {
+            let full = runtime.block_on(wal.append(b"refused".to_vec()));
+            assert!(matches!(full, Err(WalError::Commit { .. })), "{full:?}");
+        }
+        assert!(wal.is_healthy(), "a full disk is not a failed sync");
+        let second = runtime
+            .block_on(wal.append(b"two".to_vec()))
+            .expect("space again");
+        assert_eq!(second, first + 1);
+        assert_eq!(
+            read_all(&wal),
+            vec![(first, b"one".to_vec()), (second, b"two".to_vec())]
+        );
     }
 }
