@@ -385,8 +385,29 @@ mod tests {
     #[test]
     fn fuzz_every_accepted_event_is_a_readable_object() {
         const PIECES: [&[u8]; 24] = [
-            b"{", b"}", b"[", b"]", b"\"", b"\\", b"\\u", b"d800", b"dc00", b"0000", b"0041",
-            b":", b",", b"1", b"-", b"e", b"9999", b".5", b" ", b"\n", b"\r\n", b"\"a\"", b"null",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b"\"",
+            b"\\",
+            b"\\u",
+            b"d800",
+            b"dc00",
+            b"0000",
+            b"0041",
+            b":",
+            b",",
+            b"1",
+            b"-",
+            b"e",
+            b"9999",
+            b".5",
+            b" ",
+            b"\n",
+            b"\r\n",
+            b"\"a\"",
+            b"null",
             "é".as_bytes(),
         ];
         arbtest::arbtest(|u| {
