@@ -6,7 +6,8 @@
 #   - .venv/ with the Python packages of tests/requirements.txt: duckdb (tests read the Parquet
 #     output with DuckDB), aiosmtpd and trustme (real SMTP servers with test certificates for
 #     the mail and TLS tests), openapi-spec-validator (checks the control plane's OpenAPI
-#     document) and paho-mqtt (the Eclipse Paho MQTT client of the MQTT tests)
+#     document), schemathesis (checks the API against that document, tests/openapi.rs) and
+#     paho-mqtt (the Eclipse Paho MQTT client of the MQTT tests)
 #   - the Debian packages mosquitto-clients and mosquitto when apt-get can install them (the
 #     MQTT tests also publish with mosquitto_pub; the MQTT benchmark compares with mosquitto)
 #   - Debian's chromium, which the CORS test drives through Playwright (in tests/requirements.txt;

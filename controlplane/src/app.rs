@@ -9,14 +9,15 @@ use crate::cluster::{ConfigHistory, Nodes};
 use crate::config::ControlPlaneConfig;
 use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
-use crate::rate_limit::RateLimit;
+use crate::rate_limit::{RateLimit, SignInLimits};
 use crate::secrets::SecretBox;
 use crate::store::{Change, State, Store};
 use sluice_storage::shutdown::Shutdown;
 
 /// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
 pub struct Limits {
-    pub sign_in_per_account: RateLimit,
+    /// Failed sign-ins per (account, client address) and per account.
+    pub sign_in: SignInLimits,
     pub sign_in_per_address: RateLimit,
     pub code_attempts_per_address: RateLimit,
     pub codes_per_account: RateLimit,
@@ -32,7 +33,11 @@ impl Limits {
         const HOUR: Duration = Duration::from_secs(3600);
         const DAY: Duration = Duration::from_secs(24 * 3600);
         Limits {
-            sign_in_per_account: RateLimit::new(c.sign_in_failures_per_account, QUARTER_HOUR),
+            sign_in: SignInLimits::new(
+                c.sign_in_failures_per_account,
+                c.sign_in_failures_per_account_all_addresses,
+                QUARTER_HOUR,
+            ),
             sign_in_per_address: RateLimit::new(c.sign_in_attempts_per_address, QUARTER_HOUR),
             code_attempts_per_address: RateLimit::new(c.code_attempts_per_address, QUARTER_HOUR),
             codes_per_account: RateLimit::new(c.codes_per_account_per_hour, HOUR),

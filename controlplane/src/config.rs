@@ -61,12 +61,21 @@ pub struct ControlPlaneConfig {
     pub concurrent_requests_max: usize,
     /// A request taking longer is answered 503.
     pub request_timeout_ms: u64,
+    /// A request body must arrive whole within this, else `408 body-timeout`; it is read
+    /// before the request counts against `concurrent_requests_max`.
+    pub body_read_timeout_ms: u64,
+    /// After a body's first 5 s, the slowest it may arrive on average (else `408`).
+    pub body_bytes_per_second_min: usize,
     /// Invitations a workspace may send per day.
     pub invitations_per_workspace_per_day: u32,
     /// Invitations one user may send per day, across workspaces.
     pub invitations_per_inviter_per_day: u32,
-    /// Failed sign-ins per account per 15 minutes before sign-in is refused.
+    /// Failed sign-ins per account from one client address per 15 minutes before sign-in
+    /// from that address is refused.
     pub sign_in_failures_per_account: u32,
+    /// Failed sign-ins per account from all addresses together per 15 minutes before every
+    /// sign-in to it is refused: the wall a guesser on many addresses meets.
+    pub sign_in_failures_per_account_all_addresses: u32,
     /// Sign-in attempts per client address per 15 minutes.
     pub sign_in_attempts_per_address: u32,
     /// Code guesses (e-mail verification, password reset) per client address per 15 minutes;
@@ -133,9 +142,12 @@ impl Default for ControlPlaneConfig {
             body_bytes_max: 1 << 20,
             concurrent_requests_max: 1024,
             request_timeout_ms: 30_000,
+            body_read_timeout_ms: 10_000,
+            body_bytes_per_second_min: 1024,
             invitations_per_workspace_per_day: 50,
             invitations_per_inviter_per_day: 100,
             sign_in_failures_per_account: 10,
+            sign_in_failures_per_account_all_addresses: 100,
             sign_in_attempts_per_address: 100,
             code_attempts_per_address: 50,
             codes_per_account_per_hour: 5,
@@ -215,6 +227,7 @@ impl ControlPlaneConfig {
             ("mail_queue_max", self.mail_queue_max),
             ("concurrent_requests_max", self.concurrent_requests_max),
             ("body_bytes_max", self.body_bytes_max),
+            ("body_read_timeout_ms", self.body_read_timeout_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });

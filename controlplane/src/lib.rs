@@ -6,6 +6,8 @@
 //! - `auth`: passwords, sessions, personal tokens, one-time codes, the caller of a request.
 //! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
 //!   the one list of problem types they refuse with.
+//! - `request_body`: every request body read whole, in time, before the request counts
+//!   against the in-flight limit of the whole API.
 //! - `mail`: platform mail through SMTP, or an outbox directory when none is configured.
 //! - `outbound`: which addresses the control plane may connect to for a workspace.
 //! - `trial`, `purge`, `housekeeping`, [`snapshot`]: background work (ended trials disable
@@ -31,6 +33,7 @@ pub(crate) mod outbound;
 pub(crate) mod problem;
 pub(crate) mod purge;
 pub(crate) mod rate_limit;
+pub(crate) mod request_body;
 pub(crate) mod roles;
 pub(crate) mod secrets;
 pub(crate) mod seed;
@@ -295,21 +298,31 @@ impl ControlPlane {
 }
 
 /// The whole HTTP surface, every route documented in the OpenAPI document, behind the limits.
+///
+/// The limits wrap the router as one service: `Router::layer` would give every route a
+/// concurrency limit of its own. Bodies are read outside them (`request_body`), so a slow
+/// sender holds no place among the requests in flight.
 pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
     let (api, document) = api::router_and_document();
     let _ = app.openapi.set(document.to_json()?);
-    let limits = ServiceBuilder::new()
-        .layer(HandleErrorLayer::new(overloaded))
-        .load_shed()
-        .concurrency_limit(app.config.concurrent_requests_max.max(1))
-        .timeout(Duration::from_millis(app.config.request_timeout_ms));
-    Ok(api
+    let api = api
         .layer(axum::middleware::from_fn(trace_request))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)
         .layer(DefaultBodyLimit::max(app.config.body_bytes_max))
-        .layer(limits)
-        .with_state(app))
+        .with_state(app.clone());
+    let limited = ServiceBuilder::new()
+        .layer(HandleErrorLayer::new(overloaded))
+        .load_shed()
+        .concurrency_limit(app.config.concurrent_requests_max.max(1))
+        .timeout(Duration::from_millis(app.config.request_timeout_ms))
+        .service(api);
+    Ok(Router::new()
+        .fallback_service(limited)
+        .layer(axum::middleware::from_fn_with_state(
+            app,
+            request_body::read_whole,
+        )))
 }
 
 /// The secret key: from the settings, else from the key file (made on first start).

@@ -80,8 +80,8 @@ problem_types! {
     NoRoute => (NOT_FOUND, "no-route", "No such endpoint"),
     ClusterDisabled => (NOT_FOUND, "cluster-disabled", "Configuration stream disabled"),
     MethodNotAllowed => (METHOD_NOT_ALLOWED, "method-not-allowed", "Method not allowed"),
+    BodyTimeout => (REQUEST_TIMEOUT, "body-timeout", "Body too slow"),
     EmailTaken => (CONFLICT, "email-taken", "E-mail address taken"),
-    AlreadyVerified => (CONFLICT, "already-verified", "Already verified"),
     SlugTaken => (CONFLICT, "slug-taken", "Slug taken"),
     SourceExists => (CONFLICT, "source-exists", "Source exists"),
     AlreadyMember => (CONFLICT, "already-member", "Already a member"),
@@ -259,6 +259,12 @@ impl From<FormRejection> for ApiError {
                 ProblemType::UnsupportedMediaType,
                 "send the form as application/x-www-form-urlencoded",
             ),
+            FormRejection::BytesRejection(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+                ApiError::new(
+                    ProblemType::BodyTooLarge,
+                    "the request body is larger than the API accepts",
+                )
+            }
             other => ApiError::new(ProblemType::InvalidBody, other.body_text()),
         }
     }

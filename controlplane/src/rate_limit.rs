@@ -44,29 +44,11 @@ impl RateLimit {
     }
 
     /// Counts one event for `key`; `Err(seconds until allowed)` when over the limit (the event
-    /// is then not counted).
+    /// is then not counted). Looking and counting are one step under the lock, so events
+    /// racing each other never get past the limit together.
     pub fn hit(&self, key: &str) -> Result<(), u64> {
-        self.check(key, true)
-    }
-
-    /// Like [`RateLimit::hit`] without counting: is `key` over the limit right now?
-    pub fn check_only(&self, key: &str) -> Result<(), u64> {
-        self.check(key, false)
-    }
-
-    fn check(&self, key: &str, count: bool) -> Result<(), u64> {
         let now = Instant::now();
         let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
-        if !count {
-            // A look only: never adds a key, so checks cannot fill the table.
-            return match counters.get(key) {
-                Some((start, n)) if now.duration_since(*start) < self.window && *n >= self.max => {
-                    let left = self.window.saturating_sub(now.duration_since(*start));
-                    Err(left.as_secs().max(1))
-                }
-                _ => Ok(()),
-            };
-        }
         if counters.len() >= KEYS_MAX && !counters.contains_key(key) {
             let window = self.window;
             counters.retain(|_, (start, _)| now.duration_since(*start) < window);
@@ -86,12 +68,92 @@ impl RateLimit {
         Ok(())
     }
 
+    /// Like [`RateLimit::hit`] without counting: is `key` over the limit right now? A look
+    /// only: never adds a key, so checks cannot fill the table.
+    pub fn check_only(&self, key: &str) -> Result<(), u64> {
+        let now = Instant::now();
+        let counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        match counters.get(key) {
+            Some((start, n)) if now.duration_since(*start) < self.window && *n >= self.max => {
+                let left = self.window.saturating_sub(now.duration_since(*start));
+                Err(left.as_secs().max(1))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Takes back one event of `key` counted by [`RateLimit::hit`] (e.g. an attempt that
+    /// turned out to be no failure).
+    pub fn refund(&self, key: &str) {
+        let mut counters = self.counters.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, n)) = counters.get_mut(key) {
+            *n = n.saturating_sub(1);
+        }
+    }
+
     /// Forgets `key` (e.g. after a successful sign-in).
     pub fn reset(&self, key: &str) {
         self.counters
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(key);
+    }
+}
+
+/// The limits on guessing passwords: failures per account from one client address, and a
+/// slower limit per account from all addresses together.
+///
+/// Per (account, address) so that a guesser locks out only their own address, not the owner
+/// signing in from theirs; the overall limit is the wall a guesser spread over many addresses
+/// still meets (at the price that such a guesser, past it, locks the owner out too). Each
+/// attempt is counted before its password is checked and given back when it was right, so
+/// attempts sent in parallel get no more checks than the limit.
+pub struct SignInLimits {
+    from_address: RateLimit,
+    all_addresses: RateLimit,
+}
+
+/// Why a sign-in attempt may not go ahead, with the seconds until it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SignInRefused {
+    /// Too many failures for this account from this client address.
+    FromThisAddress(u64),
+    /// Too many failures for this account from everywhere.
+    AllAddresses(u64),
+}
+
+impl SignInLimits {
+    pub fn new(from_address_max: u32, all_addresses_max: u32, window: Duration) -> Self {
+        SignInLimits {
+            from_address: RateLimit::new(from_address_max, window),
+            all_addresses: RateLimit::new(all_addresses_max, window),
+        }
+    }
+
+    fn pair(account: &str, client: &str) -> String {
+        // A space never appears in an e-mail address or a client key.
+        format!("{account} {client}")
+    }
+
+    /// Counts an attempt on `account` from `client` (a [`client_key`]) as a failure until
+    /// [`SignInLimits::succeeded`] says otherwise; refused past either limit.
+    pub fn begin(&self, account: &str, client: &str) -> Result<(), SignInRefused> {
+        let pair = Self::pair(account, client);
+        self.from_address
+            .hit(&pair)
+            .map_err(SignInRefused::FromThisAddress)?;
+        if let Err(wait) = self.all_addresses.hit(account) {
+            self.from_address.refund(&pair);
+            return Err(SignInRefused::AllAddresses(wait));
+        }
+        Ok(())
+    }
+
+    /// The password was right: the failures from this address are forgotten and this attempt
+    /// is no longer counted against the account.
+    pub fn succeeded(&self, account: &str, client: &str) {
+        self.from_address.reset(&Self::pair(account, client));
+        self.all_addresses.refund(account);
     }
 }
 
@@ -122,5 +184,52 @@ mod tests {
         assert_eq!(client_key(a), client_key(b));
         let v4: std::net::IpAddr = "::ffff:10.0.0.1".parse().expect("ip");
         assert_eq!(client_key(v4), "10.0.0.1");
+    }
+
+    #[test]
+    fn a_guesser_locks_out_their_own_address_and_many_guessers_the_account() {
+        let limits = SignInLimits::new(3, 5, Duration::from_secs(60));
+        for _ in 0..3 {
+            assert_eq!(limits.begin("ada@example.com", "10.0.0.1"), Ok(()));
+        }
+        assert!(matches!(
+            limits.begin("ada@example.com", "10.0.0.1"),
+            Err(SignInRefused::FromThisAddress(_))
+        ));
+        // The owner elsewhere is not locked out, and a right password is not a failure.
+        assert_eq!(limits.begin("ada@example.com", "10.0.0.2"), Ok(()));
+        limits.succeeded("ada@example.com", "10.0.0.2");
+        assert_eq!(limits.begin("grace@example.com", "10.0.0.1"), Ok(()));
+        // Two more failures from a third address make five in all: everyone is refused.
+        for _ in 0..2 {
+            assert_eq!(limits.begin("ada@example.com", "10.0.0.3"), Ok(()));
+        }
+        for client in ["10.0.0.2", "10.0.0.4"] {
+            assert!(matches!(
+                limits.begin("ada@example.com", client),
+                Err(SignInRefused::AllAddresses(_))
+            ));
+        }
+        // Refused by the overall limit, an attempt does not count against its address.
+        let counters = limits.from_address.counters.lock().expect("lock");
+        assert_eq!(
+            counters.get("ada@example.com 10.0.0.4").map(|c| c.1),
+            Some(0)
+        );
+    }
+
+    #[test]
+    fn attempts_racing_each_other_never_pass_the_limit_together() {
+        let limits = std::sync::Arc::new(SignInLimits::new(10, 100, Duration::from_secs(60)));
+        let passed: usize = (0..40)
+            .map(|_| {
+                let limits = limits.clone();
+                std::thread::spawn(move || limits.begin("ada@example.com", "10.0.0.1").is_ok())
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|t| usize::from(t.join().expect("thread")))
+            .sum();
+        assert_eq!(passed, 10);
     }
 }

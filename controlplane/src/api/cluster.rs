@@ -98,7 +98,10 @@ fn catch_up(app: &App, version: u64, hash: &str) -> (Vec<Bytes>, u64, String) {
 #[utoipa::path(get, path = "/api/v1/cluster/config-stream", tag = "cluster", security(()),
     params(StreamQuery),
     responses((status = 200, description = "a long-lived stream of StreamMessage lines", body = StreamMessage, content_type = "application/x-ndjson"),
-        (status = 401, body = crate::problem::ProblemBody), (status = 503, body = crate::problem::ProblemBody)))]
+        (status = 400, description = "`invalid-node`: the node id is not 1 to 128 visible ASCII characters", body = crate::problem::ProblemBody),
+        (status = 401, body = crate::problem::ProblemBody),
+        (status = 404, description = "`cluster-disabled`: the control plane has no cluster secret", body = crate::problem::ProblemBody),
+        (status = 503, body = crate::problem::ProblemBody)))]
 pub async fn config_stream(
     State(app): State<App>,
     headers: HeaderMap,
@@ -176,7 +179,10 @@ pub async fn config_stream(
 /// A node acknowledges or refuses a version.
 #[utoipa::path(post, path = "/api/v1/cluster/acks", tag = "cluster", security(()),
     request_body = Ack,
-    responses((status = 204), (status = 401, body = crate::problem::ProblemBody)))]
+    responses((status = 204),
+        (status = 400, description = "`invalid-node`: the node id is not 1 to 128 visible ASCII characters", body = crate::problem::ProblemBody),
+        (status = 401, body = crate::problem::ProblemBody),
+        (status = 404, description = "`cluster-disabled`: the control plane has no cluster secret", body = crate::problem::ProblemBody)))]
 pub async fn ack(
     State(app): State<App>,
     headers: HeaderMap,

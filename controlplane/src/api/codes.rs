@@ -73,25 +73,27 @@ pub(super) fn code_mail(to: &str, purpose: CodePurpose, code: &str) -> Mail {
     }
 }
 
+/// The one refusal of a code, whatever was wrong: a wrong, expired or used-up code, an
+/// address nobody registered, or one verified already. Telling these apart (or how many
+/// guesses are left) would tell anyone who is registered and who is verified.
+pub(super) fn invalid_code() -> ApiError {
+    ApiError::new(
+        ProblemType::InvalidCode,
+        "the code is wrong, expired or used up; request a new one \
+         (an address verified already can sign in)",
+    )
+}
+
 /// Checks `code` against the user's pending code of `purpose`. Returns the user to store (with
 /// the code consumed or its attempts counted) and whether it matched.
 pub(super) fn check_code(user: &User, purpose: CodePurpose, code: &str) -> (User, ApiResult<()>) {
     let mut updated = user.clone();
-    let invalid = |detail: &str| ApiError::new(ProblemType::InvalidCode, detail.to_owned());
     let Some(pending) = user.code.as_ref().filter(|c| c.purpose == purpose) else {
-        return (
-            updated,
-            Err(invalid(
-                "the code is wrong or was never sent; request a new one",
-            )),
-        );
+        return (updated, Err(invalid_code()));
     };
     if pending.expires_at <= Utc::now() {
         updated.code = None;
-        return (
-            updated,
-            Err(invalid("the code has expired; request a new one")),
-        );
+        return (updated, Err(invalid_code()));
     }
     if auth::code_hash(user.id, code) == pending.sha256 {
         updated.code = None;
@@ -100,24 +102,17 @@ pub(super) fn check_code(user: &User, purpose: CodePurpose, code: &str) -> (User
     let left = pending.attempts_left.saturating_sub(1);
     if left == 0 {
         updated.code = None;
-        return (
-            updated,
-            Err(invalid("too many wrong codes; request a new one")),
-        );
-    }
-    if let Some(c) = updated.code.as_mut() {
+    } else if let Some(c) = updated.code.as_mut() {
         c.attempts_left = left;
     }
-    (
-        updated,
-        Err(invalid(&format!("the code is wrong; {left} attempts left"))),
-    )
+    (updated, Err(invalid_code()))
 }
 
 /// An e-mail address.
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EmailOnly {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
 }
 

@@ -49,6 +49,7 @@ impl From<&Invitation> for InvitationView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewInvitation {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
     pub role: Role,
 }

@@ -102,6 +102,7 @@ mod tests {
 /// The link in an invitation mail: accepts the invitation for the signed-in user, or sends
 /// them to sign in first and back here afterwards.
 #[utoipa::path(get, path = "/invitations/accept", tag = "invitations", params(LinkQuery),
+    security((), ("bearer" = []), ("cookie" = [])),
     responses((status = 200, body = WorkspaceView), (status = 303, description = "not signed in: to the sign-in form"),
         (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
         (status = 410, body = crate::problem::ProblemBody)))]

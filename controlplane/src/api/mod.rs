@@ -16,6 +16,7 @@ mod meta;
 mod operator;
 mod password_reset;
 mod personal_tokens;
+mod refusals;
 mod sessions;
 mod signup;
 mod smtp;
@@ -42,9 +43,47 @@ use crate::roles::{Action, Role};
 use crate::store::State;
 
 /// A JSON body; malformed or mistyped bodies are refused with problem+json.
-#[derive(FromRequest)]
-#[from_request(via(axum::Json), rejection(ApiError))]
+///
+/// A number with a zero fraction (`2.0`) is the same JSON number as `2`, and JSON Schema calls
+/// it an integer: it is read as one, where serde alone would refuse it for an integer field.
 pub struct ApiJson<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let axum::Json(mut value) =
+            axum::Json::<serde_json::Value>::from_request(request, state).await?;
+        whole_numbers_as_integers(&mut value);
+        serde_json::from_value(value).map(ApiJson).map_err(|e| {
+            ApiError::new(
+                ProblemType::InvalidBody,
+                format!("the body does not fit: {e}"),
+            )
+        })
+    }
+}
+
+/// Rewrites every float with a zero fraction that fits an `i64` or `u64` as that integer.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) if n.is_f64() => {
+            let f = n.as_f64().unwrap_or(f64::NAN);
+            // Both bounds are powers of two, exact as f64.
+            if f.fract() == 0.0 && f >= i64::MIN as f64 && f < u64::MAX as f64 {
+                *n = if f < 0.0 {
+                    (f as i64).into()
+                } else {
+                    (f as u64).into()
+                };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
+}
 
 /// A form body (`application/x-www-form-urlencoded`); bad ones are refused with
 /// problem+json.
@@ -67,6 +106,7 @@ pub struct ApiQuery<T>(pub T);
 #[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// Items per page (default 50, at most the server's `page_size_max`, 200 by default).
+    #[param(minimum = 1, maximum = 200)]
     pub limit: Option<usize>,
     /// `next_cursor` of the previous page.
     pub cursor: Option<String>,
@@ -323,7 +363,10 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(meta::healthz))
         .routes(routes!(meta::openapi_document))
         .split_for_parts();
-    (router, with_response_descriptions(document))
+    (
+        router,
+        with_response_descriptions(refusals::document_refusals(document)),
+    )
 }
 
 /// OpenAPI requires a description on every response; where a handler gives none, the
@@ -371,4 +414,21 @@ pub async fn wrong_method() -> ApiError {
         ProblemType::MethodNotAllowed,
         "this endpoint does not take that method; see /api/v1/openapi.json",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::whole_numbers_as_integers;
+    use serde_json::json;
+
+    #[test]
+    fn whole_floats_are_read_as_integers_and_other_numbers_stay() {
+        let mut value = json!({"port": 25.0, "deep": [{"n": -3.0}], "half": 2.5, "big": 1e300});
+        whole_numbers_as_integers(&mut value);
+        assert_eq!(
+            value,
+            json!({"port": 25, "deep": [{"n": -3}], "half": 2.5, "big": 1e300})
+        );
+        assert!(value["port"].is_u64() && value["deep"][0]["n"].is_i64());
+    }
 }

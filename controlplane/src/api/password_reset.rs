@@ -7,13 +7,13 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use utoipa::ToSchema;
 
-use super::codes::{check_code, limit_code_attempts, send_code, EmailOnly};
+use super::codes::{check_code, invalid_code, limit_code_attempts, send_code, EmailOnly};
 use super::workspaces::first_workspace;
 use super::ApiJson;
 use crate::app::App;
 use crate::auth::{self};
 use crate::model::CodePurpose;
-use crate::problem::{ApiError, ApiResult, ProblemType};
+use crate::problem::ApiResult;
 use crate::store::Change;
 
 /// Send a password reset code (answers 202 whether or not the address is registered).
@@ -35,6 +35,8 @@ pub async fn request_password_reset(
 pub struct PasswordReset {
     pub email: String,
     pub code: String,
+    /// 10 to 128 characters, not the e-mail address, not one repeated character.
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
 }
 
@@ -42,7 +44,8 @@ pub struct PasswordReset {
 /// personal access token of the user.
 #[utoipa::path(post, path = "/api/v1/password-reset", tag = "users", security(()),
     request_body = PasswordReset,
-    responses((status = 204), (status = 400, body = crate::problem::ProblemBody)))]
+    responses((status = 204), (status = 400, body = crate::problem::ProblemBody),
+        (status = 429, body = crate::problem::ProblemBody)))]
 pub async fn reset_password(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -57,12 +60,7 @@ pub async fn reset_password(
     let email = form.email;
     let code = form.code;
     app.write(move |s| {
-        let user = s.user_by_email(&email).ok_or_else(|| {
-            ApiError::new(
-                ProblemType::InvalidCode,
-                "the code is wrong or was never sent; request a new one",
-            )
-        })?;
+        let user = s.user_by_email(&email).ok_or_else(invalid_code)?;
         let (mut updated, matched) = check_code(user, CodePurpose::ResetPassword, &code);
         let mut changes = Vec::new();
         if matched.is_ok() {

@@ -47,6 +47,7 @@ impl From<&Credential> for PersonalTokenView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewPersonalToken {
+    #[schema(schema_with = super::validate::person_name_schema)]
     pub name: String,
     /// When it stops working; never when absent.
     pub expires_at: Option<DateTime<Utc>>,

@@ -18,7 +18,7 @@ use crate::app::App;
 use crate::auth::{self, Caller};
 use crate::model::{Credential, CredentialKind};
 use crate::problem::{ApiError, ApiResult, ProblemType};
-use crate::rate_limit::client_key;
+use crate::rate_limit::{client_key, SignInRefused};
 use crate::store::Change;
 
 /// Sign-in form.
@@ -46,14 +46,24 @@ pub async fn open_session(
     password: String,
 ) -> ApiResult<SessionView> {
     let account = email.trim().to_lowercase();
+    let client = client_key(peer.ip());
     limited(
-        app.limits.sign_in_per_address.hit(&client_key(peer.ip())),
+        app.limits.sign_in_per_address.hit(&client),
         "sign-in attempts from this address",
     )?;
-    limited(
-        app.limits.sign_in_per_account.check_only(&account),
-        "failed sign-ins for this account",
-    )?;
+    // Counted as a failure before the password is checked, so that guesses sent in parallel
+    // get no more checks than the limit; given back below when the password is right.
+    app.limits
+        .sign_in
+        .begin(&account, &client)
+        .map_err(|refused| match refused {
+            SignInRefused::FromThisAddress(wait) => {
+                ApiError::rate_limited("failed sign-ins for this account from this address", wait)
+            }
+            SignInRefused::AllAddresses(wait) => {
+                ApiError::rate_limited("failed sign-ins for this account", wait)
+            }
+        })?;
     let user = app.store.read(|s| s.user_by_email(&account).cloned());
     let hash = user
         .as_ref()
@@ -64,12 +74,9 @@ pub async fn open_session(
         .await?;
     let user = match user {
         Some(user) if matches => user,
-        _ => {
-            let _ = app.limits.sign_in_per_account.hit(&account);
-            return Err(ApiError::unauthenticated("wrong e-mail or password"));
-        }
+        _ => return Err(ApiError::unauthenticated("wrong e-mail or password")),
     };
-    app.limits.sign_in_per_account.reset(&account);
+    app.limits.sign_in.succeeded(&account, &client);
     let secret = auth::new_secret(auth::SESSION_PREFIX);
     let now = Utc::now();
     let expires_at = now + Duration::seconds(app.config.session_ttl_secs as i64);
@@ -149,7 +156,9 @@ pub async fn sign_in(
 
 /// Sign out: ends the session used for this request.
 #[utoipa::path(delete, path = "/api/v1/sessions/current", tag = "users",
-    responses((status = 204), (status = 401, body = crate::problem::ProblemBody)))]
+    responses((status = 204),
+        (status = 400, description = "`not-a-session`: the request used a personal access token", body = crate::problem::ProblemBody),
+        (status = 401, body = crate::problem::ProblemBody)))]
 pub async fn sign_out(State(app): State<App>, caller: Caller) -> ApiResult<Response> {
     if caller.credential.kind != CredentialKind::Session {
         return Err(ApiError::new(

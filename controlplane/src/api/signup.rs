@@ -17,7 +17,7 @@ use super::links::{login_url, safe_next, LoginQuery};
 use super::users::{register, verify, EmailCode, SignUp};
 use super::{html, ApiForm, ApiQuery};
 use crate::app::App;
-use crate::problem::{ApiError, ProblemType};
+use crate::problem::ApiError;
 
 /// Where the sign-up form lives.
 pub const SIGNUP_PATH: &str = "/signup";
@@ -27,10 +27,14 @@ const VERIFY_PATH: &str = "/signup/verify";
 /// The sign-up form's fields.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct SignUpForm {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// 10 to 128 characters.
+    /// 10 to 128 characters, not the e-mail address, not one repeated character.
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
+    #[schema(schema_with = super::validate::person_name_schema)]
     pub first_name: String,
+    #[schema(schema_with = super::validate::person_name_schema)]
     pub last_name: String,
     /// Where to go after signing in (see `/login`).
     pub next: Option<String>,
@@ -140,7 +144,7 @@ pub async fn signup_form(
 /// and goes on to sign in, keeping `next`. A wrong code shows the code form again.
 #[utoipa::path(post, path = "/signup/verify", tag = "users", security(()),
     request_body(content = VerifyForm, content_type = "application/x-www-form-urlencoded"),
-    responses((status = 303, description = "verified (or already): to `/login?next=…`"),
+    responses((status = 303, description = "verified: to `/login?next=…`"),
         (status = 400, description = "the code form again, saying what was wrong", content_type = "text/html"),
         (status = 429, description = "the code form again, saying when to retry", content_type = "text/html")))]
 pub async fn verify_form(
@@ -156,7 +160,6 @@ pub async fn verify_form(
     };
     match verify(&app, peer, check).await {
         Ok(_) => to_login(next.as_deref()),
-        Err(refusal) if refusal.kind == ProblemType::AlreadyVerified => to_login(next.as_deref()),
         Err(refusal) => code_form_page(next.as_deref(), &email, Some(&refusal)),
     }
 }
@@ -172,6 +175,7 @@ fn to_login(next: Option<&str>) -> Response {
 mod tests {
     use super::super::links::with_next;
     use super::*;
+    use crate::problem::ProblemType;
 
     #[tokio::test]
     async fn every_step_keeps_a_safe_next_and_escapes_what_was_typed() {

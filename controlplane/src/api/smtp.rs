@@ -56,15 +56,26 @@ impl From<&WorkspaceSmtp> for SmtpView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpSettings {
-    /// Host name or IP address of the server.
+    /// Host name or IP address of the server (an IPv6 address is accepted too).
+    #[schema(
+        min_length = 1,
+        max_length = 253,
+        pattern = r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$"
+    )]
     pub host: String,
+    #[schema(minimum = 1, maximum = 65535)]
     pub port: u16,
     /// `none`, `starttls` (must succeed) or `tls` (implicit TLS).
     pub security: SmtpSecurity,
+    #[schema(schema_with = super::validate::smtp_username_schema)]
     pub username: Option<String>,
-    /// Absent: keep the stored password. Empty: remove it.
+    /// Absent: keep the stored password. Empty: remove it. At most 1024 bytes, no NUL; needs
+    /// a username.
+    #[schema(pattern = r"^[^\x00]*$")]
     pub password: Option<String>,
+    #[schema(format = Email, max_length = 254)]
     pub from_address: String,
+    #[schema(schema_with = super::validate::smtp_from_name_schema)]
     pub from_name: Option<String>,
 }
 
@@ -72,6 +83,7 @@ pub struct SmtpSettings {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SmtpTest {
+    #[schema(format = Email, max_length = 254)]
     pub to: String,
 }
 

@@ -52,10 +52,18 @@ impl From<&Source> for SourceView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewSource {
+    /// `a-z`, `0-9` and `-`, at most 63 characters, not an id.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"
+    )]
     pub slug: String,
     /// Display name; the slug when absent.
+    #[schema(schema_with = super::validate::optional_display_name_schema)]
     pub name: Option<String>,
-    /// Both when absent.
+    /// Both when absent; at least one.
+    #[schema(min_items = 1)]
     pub protocols: Option<Vec<Protocol>>,
     /// JSON Schema of the payload (an object).
     #[schema(value_type = Option<Object>)]
@@ -66,7 +74,10 @@ pub struct NewSource {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceUpdate {
+    #[schema(schema_with = super::validate::optional_display_name_schema)]
     pub name: Option<String>,
+    /// At least one.
+    #[schema(min_items = 1)]
     pub protocols: Option<Vec<Protocol>>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]

@@ -89,12 +89,15 @@ impl From<&AccessToken> for AccessTokenView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewAccessToken {
+    #[schema(schema_with = super::validate::display_name_schema)]
     pub name: String,
     /// At least one.
+    #[schema(min_items = 1)]
     pub scopes: Vec<TokenScope>,
     /// Limit it to these sources (slugs of existing sources); all when absent.
     pub sources: Option<Vec<String>>,
-    /// Bind it to one device id.
+    /// Bind it to one device id: 1 to 128 visible ASCII characters.
+    #[schema(min_length = 1, max_length = 128, pattern = r"^[!-~]{1,128}$")]
     pub device_id: Option<String>,
     /// When it stops working; never when absent.
     pub expires_at: Option<DateTime<Utc>>,

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use super::codes::{check_code, code_mail, limit_code_attempts, limited, with_new_code};
+use super::codes::{
+    check_code, code_mail, invalid_code, limit_code_attempts, limited, with_new_code,
+};
 use super::validate::{valid_email, valid_name};
 use super::workspaces::first_workspace;
 use super::ApiJson;
@@ -56,10 +58,14 @@ impl From<&User> for UserView {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignUp {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// 10 to 128 characters.
+    /// 10 to 128 characters, not the e-mail address, not one repeated character.
+    #[schema(min_length = 10, max_length = 128)]
     pub password: String,
+    #[schema(schema_with = super::validate::person_name_schema)]
     pub first_name: String,
+    #[schema(schema_with = super::validate::person_name_schema)]
     pub last_name: String,
 }
 
@@ -142,7 +148,9 @@ pub struct EmailCode {
 /// gets one of their own, as Admin.
 #[utoipa::path(post, path = "/api/v1/email-verification", tag = "users", security(()),
     request_body = EmailCode,
-    responses((status = 200, body = UserView), (status = 400, body = crate::problem::ProblemBody)))]
+    responses((status = 200, body = UserView),
+        (status = 400, description = "`invalid-code`: a wrong, expired or used-up code, an unknown address or one verified already, all alike", body = crate::problem::ProblemBody),
+        (status = 429, body = crate::problem::ProblemBody)))]
 pub async fn verify_email(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -157,19 +165,11 @@ pub(super) async fn verify(app: &App, peer: SocketAddr, form: EmailCode) -> ApiR
     let email = form.email;
     let code = form.code;
     app.write(move |s| {
-        let invalid = || {
-            ApiError::new(
-                ProblemType::InvalidCode,
-                "the code is wrong or was never sent; request a new one",
-            )
-        };
-        let user = s.user_by_email(&email).ok_or_else(invalid)?;
-        if user.email_verified {
-            return Err(ApiError::new(
-                ProblemType::AlreadyVerified,
-                "this e-mail address is already verified",
-            ));
-        }
+        // An unknown or verified address is refused as a wrong code is (`invalid_code`).
+        let user = s
+            .user_by_email(&email)
+            .filter(|u| !u.email_verified)
+            .ok_or_else(invalid_code)?;
         let (mut updated, matched) = check_code(user, CodePurpose::VerifyEmail, code.trim());
         let mut changes = Vec::new();
         if matched.is_ok() {

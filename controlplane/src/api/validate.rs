@@ -46,6 +46,69 @@ pub fn valid_display_name(name: &str) -> ApiResult<String> {
     valid_text("the name", name, DISPLAY_NAME_CHARS_MAX)
 }
 
+/// The white space `str::trim` removes (Unicode `White_Space`) above Latin-1, as regex class
+/// items; spelled out because `\s` means slightly different sets in ECMAScript, Python and Rust.
+const WHITE_SPACE_ABOVE_LATIN1: &str = r"\u1680\u2000-\u200A\u2028\u2029\u202F\u205F\u3000";
+
+/// The JSON Schema `pattern` of what [`valid_text`] accepts with `chars_max`: 1 to
+/// `chars_max` characters between optional white space, none of them a control character.
+/// No `maxLength` goes with it: the white space around the text does not count.
+pub fn text_pattern(chars_max: usize) -> String {
+    let other = WHITE_SPACE_ABOVE_LATIN1;
+    // Trimmed: white space (the Latin-1 part is `\t`-`\r`, space, NEL and NBSP).
+    let space = format!(r"[\t-\r \x85\xA0{other}]");
+    // First and last character: neither white space nor a control character.
+    let visible = format!(r"[^\x00-\x20\x7F-\xA0{other}]");
+    // Any other: not a control character.
+    let printable = r"[^\x00-\x1F\x7F-\x9F]";
+    let inner = chars_max.saturating_sub(2);
+    format!("^{space}*{visible}(?:{printable}{{0,{inner}}}{visible})?{space}*$")
+}
+
+/// The schema of a text field checked by [`valid_text`] with `chars_max`; `null` allowed when
+/// `optional`.
+fn text_schema(chars_max: usize, optional: bool) -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let schema_type: SchemaType = if optional {
+        [Type::String, Type::Null].into_iter().collect()
+    } else {
+        Type::String.into()
+    };
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .min_length(Some(1))
+        .pattern(Some(text_pattern(chars_max)))
+        .description(Some(format!(
+            "1 to {chars_max} characters, not counting white space around them; no control characters"
+        )))
+        .build()
+}
+
+/// Schema of a first or last name or a personal token's name ([`valid_name`]).
+pub fn person_name_schema() -> utoipa::openapi::schema::Object {
+    text_schema(PERSON_NAME_CHARS_MAX, false)
+}
+
+/// Schema of a display name ([`valid_display_name`]).
+pub fn display_name_schema() -> utoipa::openapi::schema::Object {
+    text_schema(DISPLAY_NAME_CHARS_MAX, false)
+}
+
+/// Schema of an optional display name ([`valid_display_name`]).
+pub fn optional_display_name_schema() -> utoipa::openapi::schema::Object {
+    text_schema(DISPLAY_NAME_CHARS_MAX, true)
+}
+
+/// Schema of an SMTP user name, which `smtp.rs` checks with [`valid_text`] and 254.
+pub fn smtp_username_schema() -> utoipa::openapi::schema::Object {
+    text_schema(254, true)
+}
+
+/// Schema of an SMTP sender name, which `smtp.rs` checks with [`valid_text`] and 100.
+pub fn smtp_from_name_schema() -> utoipa::openapi::schema::Object {
+    text_schema(100, true)
+}
+
 /// Checks a slug given by a user. A slug that reads as a UUID is refused: paths take ids or
 /// slugs, and such a slug could never be reached.
 pub fn valid_slug(slug: &str) -> ApiResult<String> {

@@ -55,8 +55,14 @@ impl WorkspaceView {
 #[serde(deny_unknown_fields)]
 pub struct NewWorkspace {
     /// Display name, free text.
+    #[schema(schema_with = super::validate::display_name_schema)]
     pub name: String,
-    /// `a-z`, `0-9` and `-`, at most 63 characters; derived from the name when absent.
+    /// `a-z`, `0-9` and `-`, at most 63 characters, not an id; derived from the name when absent.
+    #[schema(
+        min_length = 1,
+        max_length = 63,
+        pattern = r"^[a-z0-9][a-z0-9-]{0,62}$"
+    )]
     pub slug: Option<String>,
 }
 
@@ -64,6 +70,7 @@ pub struct NewWorkspace {
 #[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Rename {
+    #[schema(schema_with = super::validate::display_name_schema)]
     pub name: String,
 }
 
