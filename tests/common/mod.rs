@@ -14,12 +14,23 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// A free loopback port (bound and released; the node binds it right after).
+/// A free loopback port (bound and released; the node binds it right after, and again on a
+/// restart).
+///
+/// Picked below Linux's ephemeral range (32768-60999), never by binding port 0: a port from
+/// that range, released while the node restarts, can be taken meanwhile as the source port of
+/// any outgoing connection of the tests running in parallel, and the restart then fails with
+/// "Address already in use".
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    use rand::Rng;
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let port = rng.random_range(20_000..32_768);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in 20000-32767")
 }
 
 /// One running `sluice up` process.

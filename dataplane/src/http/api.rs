@@ -535,10 +535,14 @@ fn decode(
         }
         if out.capacity() < out.len() + n {
             let grown = (out.len() + n).next_power_of_two().min(max);
-            out.reserve_exact(grown - out.len());
-            if !reservation.hold(base + out.capacity()) {
+            // Growing copies: the old buffer and the new one are both in memory until the copy
+            // is done, so both are held first (without it twelve 16 MiB bombs against a 48 MiB
+            // budget took the node's peak memory up by 89 MiB), and the old one given back.
+            if !reservation.hold(base + out.capacity() + grown) {
                 return Err(BodyError::NoRoom);
             }
+            out.reserve_exact(grown - out.len());
+            reservation.release_to(base + out.capacity());
         }
         out.extend_from_slice(&chunk[..n]);
     }

@@ -55,6 +55,18 @@ impl Reservation {
     pub fn hold(&mut self, total: usize) -> bool {
         self.grow(total.saturating_sub(self.bytes))
     }
+
+    /// Gives back what it holds over `total` bytes.
+    pub fn release_to(&mut self, total: usize) {
+        if total >= self.bytes {
+            return;
+        }
+        if let Some(held) = &mut self.held {
+            // Dropping the split-off permits returns them to the budget.
+            drop(held.split(self.bytes - total));
+        }
+        self.bytes = total;
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +87,9 @@ mod tests {
         drop(a);
         assert_eq!(budget.available_permits(), 60);
         assert!(b.hold(100));
+        b.release_to(30);
+        assert_eq!((b.bytes(), budget.available_permits()), (30, 70));
+        b.release_to(50);
+        assert_eq!(b.bytes(), 30, "releasing never takes more");
     }
 }
