@@ -12,6 +12,9 @@
 #     MQTT tests also publish with mosquitto_pub; the MQTT benchmark compares with mosquitto)
 #   - Debian's chromium, which the CORS test drives through Playwright (in tests/requirements.txt;
 #     it uses the system browser and downloads none)
+#   - for deploy/check.sh (the deploy test): kubectl and haproxy from apt when missing, and
+#     .venv-deploy/ with deploy/requirements.txt (Checkov, kubernetes-validate,
+#     check-jsonschema, hadolint)
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
@@ -46,6 +49,23 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
       $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; } ||
     echo "chromium could not be installed; the CORS browser test will fail"
 fi
+
+echo "== deploy/ checks: kubectl (kustomize), HAProxy, and Checkov, kubernetes-validate, check-jsonschema, hadolint in .venv-deploy"
+for package in kubectl haproxy; do
+  if ! command -v "$package" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo_cmd=""
+    if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
+    $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null 2>&1 ||
+      { $sudo_cmd apt-get update -q >/dev/null 2>&1 &&
+        $sudo_cmd env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$package" >/dev/null 2>&1; } ||
+      echo "$package could not be installed; the deploy test will fail"
+  fi
+done
+# A venv of its own: Checkov pins many packages that would fight with the test venv's.
+if [ ! -x .venv-deploy/bin/python ]; then
+  python3 -m venv .venv-deploy
+fi
+.venv-deploy/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
 
 echo "== s3s-fs (S3-compatible server for the s3:// tests)"
 if [ ! -x "$tools/bin/s3s-fs" ]; then
