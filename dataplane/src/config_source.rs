@@ -151,6 +151,8 @@ fn apply_file(
         warn!(error = %err, "rebuilding the access table from the whole configuration");
         access.apply_state(state);
     }
+    // Served but not cached: a restart serves the cached older version, then this file again.
+    sluice_storage::chaos::point("config-swap");
     if let Err(err) = cache.store_change(&change) {
         warn!(error = %err, "rewriting the whole configuration cache");
         if let Err(err) = cache.store(&state.snapshot()) {

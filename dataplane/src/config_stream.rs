@@ -413,6 +413,8 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
 async fn install_snapshot(local: &mut Local, state: ConfigState) {
     local.access.apply_state(&state);
     local.state = state;
+    // Served but not cached (nor acknowledged): a restart serves the cached older version.
+    sluice_storage::chaos::point("config-swap");
     let cached = local.cache.store(&local.state.snapshot());
     installed(local, cached).await;
 }
@@ -424,6 +426,7 @@ async fn install_change(local: &mut Local, change: ConfigChange) {
         warn!(error = %e, "rebuilding the access table from the whole configuration");
         local.access.apply_state(&local.state);
     }
+    sluice_storage::chaos::point("config-swap");
     let cached = match local.cache.store_change(&change) {
         Err(e @ CacheError::NotAtBase { .. }) => {
             warn!(error = %e, "rewriting the whole configuration cache");

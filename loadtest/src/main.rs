@@ -5,14 +5,17 @@
 //!     --username default --password "$TOKEN"
 //! sluice-loadtest mqtt --devices 10000 --idle --duration-secs 60 ...   # hold connections
 //! sluice-loadtest mqtt ... --json                                     # machine-readable
+//! sluice-loadtest chaos --rounds 100 --sluice target/release/sluice    # kill -9 rounds
 //! ```
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
+use sluice_loadtest::chaos;
 use sluice_loadtest::mqtt::{self, Payload, Plan, Version};
 
 #[derive(Parser)]
@@ -26,6 +29,40 @@ struct Cli {
 enum Command {
     /// N MQTT devices, each its own connection, publishing at a QoS and rate.
     Mqtt(MqttArgs),
+    /// Rounds of HTTP and MQTT QoS 1 load against a node killed with SIGKILL once per round;
+    /// reports acknowledged, stored, lost and duplicated events. Exits 1 unless none is lost
+    /// or duplicated.
+    Chaos(ChaosArgs),
+}
+
+#[derive(Args)]
+struct ChaosArgs {
+    /// Rounds: one kill and restart each.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    rounds: u32,
+    /// Seed of everything random; printed by every run, to replay it.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// The `sluice` binary, built with `--features chaos` [default: `sluice` beside this
+    /// binary].
+    #[arg(long)]
+    sluice: Option<PathBuf>,
+    /// New or empty directory for the node's data and log [default: a new one under the
+    /// system's temporary directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// HTTP clients posting NDJSON back to back.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=256))]
+    http_clients: u64,
+    /// MQTT QoS 1 devices.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    mqtt_devices: u64,
+    /// Earliest and latest moment of a timed kill after the node is up, ms.
+    #[arg(long, default_value = "200,1500", value_delimiter = ',', num_args = 2)]
+    kill_after_ms: Vec<u64>,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -87,7 +124,57 @@ struct MqttArgs {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    let Command::Mqtt(args) = cli.command;
+    match cli.command {
+        Command::Mqtt(args) => run_mqtt(args),
+        Command::Chaos(args) => run_chaos(args),
+    }
+}
+
+fn run_chaos(args: ChaosArgs) -> Result<()> {
+    let seed = args.seed.unwrap_or_else(chaos::fresh_seed);
+    let sluice = match args.sluice {
+        Some(path) => path,
+        None => std::env::current_exe()
+            .context("locating this binary")?
+            .with_file_name("sluice"),
+    };
+    if !sluice.is_file() {
+        bail!(
+            "no sluice binary at {}: build it with `cargo build --release -p sluice --features chaos` or pass --sluice",
+            sluice.display()
+        );
+    }
+    let dir = args
+        .dir
+        .unwrap_or_else(|| std::env::temp_dir().join(format!("sluice-chaos-{seed}")));
+    let mut plan = chaos::Plan::new(sluice, dir, args.rounds, seed);
+    plan.http_clients = args.http_clients;
+    plan.mqtt_devices = args.mqtt_devices;
+    if let [lo, hi] = args.kill_after_ms[..] {
+        plan.kill_after_ms = (lo.min(hi), lo.max(hi));
+    }
+    plan.progress = true;
+    raise_fd_limit();
+    let report = chaos::run(&plan)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", report.text());
+    }
+    let never = report.points_never_fired();
+    if !never.is_empty() {
+        eprintln!(
+            "crash points armed but never fired: {never:?}; was sluice built with `--features chaos`?"
+        );
+    }
+    if !report.passed() || !never.is_empty() {
+        eprintln!("chaos run FAILED; replay with --seed {seed}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+fn run_mqtt(args: MqttArgs) -> Result<()> {
     let addr: SocketAddr = (args.host.as_str(), args.port)
         .to_socket_addrs()
         .with_context(|| format!("resolving {}", args.host))?

@@ -9,6 +9,7 @@
 //!   itself is `sluice-config`'s).
 //! - [`progress`]: the shipper's record of what each WAL range became.
 //! - [`shutdown`]: the one shutdown signal every thread and task of a process receives.
+//! - [`chaos`]: named crash points, compiled in only with the feature `chaos`.
 //!
 //! The Parquet half (`parquet_file`, `shipper`, and with them arrow and parquet) is the
 //! default feature `parquet`; the control plane, which only lists and deletes lake objects,
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod cache;
+pub mod chaos;
 pub mod event;
 pub mod lake;
 pub mod layout;

@@ -215,6 +215,7 @@ pub fn encode(
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
     let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
     writer.write(batch)?;
+    crate::chaos::point("parquet-encode");
     writer.close()?;
     Ok(out)
 }

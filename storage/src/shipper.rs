@@ -657,6 +657,11 @@ async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
                 .await
                 .map(|()| len)
                 .map_err(UploadError::Store);
+            if result.is_ok() {
+                // The object exists and its watermark is not committed: a restart must
+                // rebuild the same file under the same name, not a second copy.
+                crate::chaos::point("upload");
+            }
             (Some(bytes), result)
         }
         Err(err) => (None, Err(err)),

@@ -394,6 +394,9 @@ impl Writer {
             .open(&path)
             .map_err(io_err(&path))?;
         reserve(&file, self.segment_bytes_max, &path);
+        // A new, preallocated segment of zeros after a sealed one: recovery must take it as
+        // empty and go on from the sealed one's last record.
+        crate::chaos::point("wal-rotate");
         sync_dir(self.segments.dir())?;
         self.file = file;
         self.segment_first = self.next_lsn;
