@@ -95,7 +95,7 @@ impl Node {
         let storage_metrics = StorageMetrics::default();
         let metrics = Arc::new(NodeMetrics::new(&storage_metrics));
 
-        let progress = Progress::open(&data_dir.join("progress.redb"))?;
+        let progress = Progress::open(&data_dir.join("progress.redb"), &data_dir.join("wal"))?;
         let min_next_lsn = progress.load()?.values().max().map_or(1, |lsn| lsn + 1);
         let mut wal_config = WalConfig::new(data_dir.join("wal"));
         wal_config.bytes_max = config.wal.bytes_max;

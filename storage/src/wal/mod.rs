@@ -284,6 +284,29 @@ impl Segments {
     }
 }
 
+/// Whether the log in `dir` may hold a record: any segment but a single first one, or a first
+/// segment that does not start with zeros (the writer preallocates with zeros). Errs towards
+/// yes: a torn first record counts. A missing directory holds none.
+pub fn holds_records(dir: &Path) -> Result<bool, WalError> {
+    if !dir.try_exists().map_err(io_err(dir))? {
+        return Ok(false);
+    }
+    let segments = Segments::new(dir.to_path_buf());
+    match segments.list()?.as_slice() {
+        [] => Ok(false),
+        [1] => {
+            use std::io::Read;
+            let path = segments.path_of(1);
+            let mut header = Vec::with_capacity(FRAME_HEADER_LEN);
+            fs::File::open(&path)
+                .and_then(|f| f.take(FRAME_HEADER_LEN as u64).read_to_end(&mut header))
+                .map_err(io_err(&path))?;
+            Ok(header.iter().any(|b| *b != 0))
+        }
+        _ => Ok(true),
+    }
+}
+
 /// Makes a directory's entries (new or removed files) durable.
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), WalError> {
     fs::File::open(dir)
