@@ -1,10 +1,11 @@
 //! What MQTT 3.1.1 and 5 connections have in common around their CONNECT and their end: the
-//! keep-alive granted, the connection's QoS 0 lane, the delay of a refused CONNECT, and the
+//! keep-alive granted, the connection's QoS 0 lane and conformance state, the delay of a refused CONNECT, and the
 //! log line of a connection the node closed.
 
 use std::net::IpAddr;
 use std::rc::Rc;
 
+use super::conformance::Conformance;
 use super::ingest::MqttIngest;
 use super::lane::Lane;
 use super::types::{Device, MqttError};
@@ -33,6 +34,15 @@ pub fn log_stop(device: &Device, control: &ntex_mqtt::Control<MqttError>) {
 /// (never offered a packet) should the filter be missing.
 pub fn lane_of(io: &ntex_io::IoBoxed) -> Rc<Lane> {
     io.query::<Rc<Lane>>().as_ref().cloned().unwrap_or_default()
+}
+
+/// The conformance state of the connection behind `io`: its framing filter's, or one of its
+/// own (that never saw a packet) should the filter be missing.
+pub fn conformance_of(io: &ntex_io::IoBoxed) -> Rc<Conformance> {
+    io.query::<Rc<Conformance>>()
+        .as_ref()
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Counts a refused CONNECT against the client's address and waits as long as the throttle

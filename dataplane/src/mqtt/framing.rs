@@ -8,6 +8,10 @@
 //! so every payload arrives in one piece. A packet declaring more than the maximum size is
 //! passed on at once, for the codec to refuse, so nothing waits for bytes that will never be
 //! accepted.
+//!
+//! Whole packets are first screened for what the MQTT specifications ask that ntex-mqtt does
+//! not do ([`Conformance`]), which may answer or refuse them here, and then offered to the
+//! QoS 0 lane.
 
 use std::any::{Any, TypeId};
 use std::cell::RefCell;
@@ -23,6 +27,7 @@ use ntex_io::{FilterBuf, FilterLayer};
 use ntex_mqtt::error::PayloadError;
 use ntex_mqtt::Payload;
 
+use super::conformance::{Conformance, Screened};
 use super::connecting::ConnectingSlot;
 use super::lane::Lane;
 use super::packet::{packet_at, Packet};
@@ -61,6 +66,8 @@ pub struct WholePackets {
     connect_bytes_max: u32,
     /// Found by the CONNECT handler through [`FilterLayer::query`].
     lane: Rc<Lane>,
+    /// The connection's conformance state, found by the CONNECT handler the same way.
+    conformance: Rc<Conformance>,
     /// What the lane leaves for the codec, reused from read to read.
     kept: RefCell<Vec<Range<usize>>>,
 }
@@ -78,6 +85,7 @@ impl WholePackets {
             packet_bytes_max,
             connect_bytes_max,
             lane,
+            conformance: Rc::default(),
             kept: RefCell::default(),
         }
     }
@@ -85,14 +93,27 @@ impl WholePackets {
 
 impl FilterLayer for WholePackets {
     fn query(&self, id: TypeId) -> Option<Box<dyn Any>> {
-        (id == TypeId::of::<Rc<Lane>>()).then(|| Box::new(self.lane.clone()) as Box<dyn Any>)
+        if id == TypeId::of::<Rc<Lane>>() {
+            Some(Box::new(self.lane.clone()))
+        } else if id == TypeId::of::<Rc<Conformance>>() {
+            Some(Box::new(self.conformance.clone()))
+        } else {
+            None
+        }
     }
 
     fn process_read_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
-        buf.with_read_buffers(|src, dst| {
+        // Answers of the conformance screen; allocated only when there are some.
+        let mut answers = Vec::new();
+        let screened = buf.with_read_buffers(|src, dst| {
             let Some(src) = src.as_mut() else {
-                return Ok(());
+                return Ok(Screened::Open);
             };
+            if self.conformance.is_closing() {
+                // Refused, and closing: nothing more is read while the answer goes out.
+                src.clear();
+                return Ok(Screened::Open);
+            }
             // Until its CONNECT is accepted a client gets room for a small CONNECT only: one
             // declaring more is cut off before its bytes are held.
             if self.lane.is_connecting()
@@ -103,11 +124,36 @@ impl FilterLayer for WholePackets {
                     self.connect_bytes_max
                 )));
             }
-            let whole = complete_prefix(src, self.packet_bytes_max);
+            let mut whole = complete_prefix(src, self.packet_bytes_max);
             if whole == 0 {
-                return Ok(());
+                return Ok(Screened::Open);
             }
             let mut kept = self.kept.borrow_mut();
+            let screened = self.conformance.screen(
+                &mut src[..whole],
+                self.packet_bytes_max,
+                &mut kept,
+                &mut answers,
+            );
+            if screened == Screened::Close {
+                src.clear();
+                return Ok(Screened::Close);
+            }
+            if !(kept.len() == 1 && kept[0] == (0..whole)) {
+                // The screen answered some packets itself (QoS 2 resends, PUBREL): the rest
+                // goes on without them. Rare, so copied.
+                let mut rest = BytesMut::with_capacity(src.len());
+                for range in kept.iter() {
+                    rest.extend_from_slice(&src[range.clone()]);
+                }
+                let screened_len = rest.len();
+                rest.extend_from_slice(&src[whole..]);
+                *src = rest;
+                whole = screened_len;
+                if whole == 0 {
+                    return Ok(Screened::Open);
+                }
+            }
             self.lane
                 .sort(&src[..whole], self.packet_bytes_max, &mut kept);
             let untouched = kept.len() == 1 && kept[0] == (0..whole);
@@ -121,7 +167,7 @@ impl FilterLayer for WholePackets {
                 // should not keep their room.
                 kept.clear();
                 kept.shrink_to(KEPT_RANGES_KEPT);
-                return Ok(());
+                return Ok(Screened::Open);
             }
             if whole == src.len() && dst.is_empty() {
                 // The common case, everything complete: hand the buffer over without copying.
@@ -129,13 +175,25 @@ impl FilterLayer for WholePackets {
             } else {
                 dst.extend_from_slice(&src.split_to(whole));
             }
-            Ok(())
-        })
+            Ok(Screened::Open)
+        })?;
+        if !answers.is_empty() {
+            buf.with_write_buffers(|src, dst| {
+                // After what ntex-mqtt wrote before, in order.
+                self.conformance.outgoing(src, dst);
+                dst.extend_from_slice(&answers);
+            });
+        }
+        if screened == Screened::Close {
+            // Graceful: the answer is written before the connection closes.
+            buf.io().close();
+        }
+        Ok(())
     }
 
     fn process_write_buf(&self, buf: &FilterBuf<'_>) -> io::Result<()> {
         buf.with_write_buffers(|src, dst| {
-            src.move_to(dst);
+            self.conformance.outgoing(src, dst);
             Ok(())
         })
     }

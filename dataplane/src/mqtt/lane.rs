@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use super::batcher::Batcher;
 use super::connecting::ConnectingSlot;
 use super::ingest::MqttIngest;
-use super::packet::{packet_at, Packet};
+use super::packet::{keep, packet_at, Packet};
 use super::types::Device;
 
 /// How often at least one packet goes to the codec, for its keep-alive; well under the
@@ -180,14 +180,6 @@ impl Lane {
     }
 }
 
-/// Adds `range` to `kept`, merged with the last range when they touch.
-fn keep(kept: &mut Vec<Range<usize>>, range: Range<usize>) {
-    match kept.last_mut() {
-        Some(last) if last.end == range.start => last.end = range.end,
-        _ => kept.push(range),
-    }
-}
-
 impl Open {
     /// Stores one QoS 0 publish (its variable header and payload) if it is plain and can be
     /// stored at once; `false` leaves it to the codec.
@@ -291,15 +283,6 @@ mod tests {
         lane.sort(&[0xE0, 0, 0x30, 3, 0, 1, b'a'], 1024, &mut kept);
         assert_eq!((kept.len(), &kept[0]), (1, &(0..7)));
         assert!(lane.closed.get());
-    }
-
-    #[test]
-    fn kept_ranges_merge_when_they_touch() {
-        let mut kept = Vec::new();
-        keep(&mut kept, 0..5);
-        keep(&mut kept, 5..9);
-        keep(&mut kept, 12..14);
-        assert_eq!(kept, vec![0..9, 12..14]);
     }
 
     /// Fuzz: the lane's publish splitter and its sorting of a read, on any bytes, never panic,

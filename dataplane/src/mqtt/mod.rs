@@ -6,6 +6,8 @@
 //!
 //! - `types`: who a connection speaks for, refusals and close reasons, the connection error;
 //! - `packet`: where a packet ends in a buffer (the fixed header);
+//! - `conformance`: what the MQTT specifications ask that ntex-mqtt does not do, answered on
+//!   whole packets before the codec sees them;
 //! - `throttle`: slows down failing CONNECTs;
 //! - `connecting`: bounds the connections that have not authenticated yet;
 //! - `batcher`: a connection's queue of WAL records, appended through the admission path;
@@ -19,6 +21,7 @@
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
 mod batcher;
+mod conformance;
 mod connect;
 mod connecting;
 mod framing;

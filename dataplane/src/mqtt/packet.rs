@@ -1,5 +1,7 @@
 //! MQTT's fixed header: where a packet in a buffer ends, read without decoding it. The
-//! framing filter and the QoS 0 lane both cut their reads on it.
+//! framing filter, the conformance screen and the QoS 0 lane all cut their reads on it.
+
+use std::ops::Range;
 
 /// What the bytes at the start of a buffer hold.
 #[derive(Debug, PartialEq, Eq)]
@@ -43,6 +45,14 @@ pub fn packet_at(buf: &[u8], max: u32) -> Packet {
     Packet::Whole { header, total }
 }
 
+/// Adds `range` of a read to those kept for the codec, merged with the last when they touch.
+pub fn keep(kept: &mut Vec<Range<usize>>, range: Range<usize>) {
+    match kept.last_mut() {
+        Some(last) if last.end == range.start => last.end = range.end,
+        _ => kept.push(range),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -76,6 +86,15 @@ mod tests {
             packet_at(&[0x30, 0xFF, 0xFF, 0xFF, 0xFF, 0x7F], u32::MAX),
             Packet::Refused
         );
+    }
+
+    #[test]
+    fn kept_ranges_merge_when_they_touch() {
+        let mut kept = Vec::new();
+        keep(&mut kept, 0..5);
+        keep(&mut kept, 5..9);
+        keep(&mut kept, 12..14);
+        assert_eq!(kept, vec![0..9, 12..14]);
     }
 
     /// Fuzz: any bytes and limit give a header of 2 to 5 bytes inside a packet inside the

@@ -6,6 +6,7 @@
 //! one small task that waits on both, on the token's expiry, and on the session's end.
 
 use std::collections::HashMap;
+use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -21,6 +22,7 @@ use crate::admit::{now_us, Refusal};
 use crate::metrics::Reason;
 
 use super::batcher::Batcher;
+use super::conformance::Conformance;
 use super::ingest::MqttIngest;
 use super::lane::Lane;
 use super::types::{CloseReason, Device};
@@ -67,6 +69,8 @@ pub struct DeviceSession {
     batcher: Rc<Batcher>,
     /// The connection's QoS 0 lane, open while the session is.
     lane: Rc<Lane>,
+    /// Tells the QoS of a PUBLISH handed to ntex-mqtt at another (see `conformance`).
+    conformance: Rc<Conformance>,
     ingest: Arc<MqttIngest>,
     _registration: Registration,
 }
@@ -102,6 +106,7 @@ impl DeviceSession {
         device: Device,
         closer: impl Closer,
         lane: Rc<Lane>,
+        conformance: Rc<Conformance>,
         v5: bool,
     ) -> DeviceSession {
         let key = (device.workspace_id, device.device_id.clone());
@@ -120,6 +125,7 @@ impl DeviceSession {
             device,
             batcher,
             lane,
+            conformance,
             ingest: ingest.clone(),
             _registration: Registration {
                 sessions: sessions.clone(),
@@ -129,6 +135,11 @@ impl DeviceSession {
                 _alive: alive,
             },
         }
+    }
+
+    /// The QoS a PUBLISH that ntex-mqtt decoded as `qos` was sent with.
+    pub fn qos_sent(&self, qos: ntex_mqtt::QoS, packet_id: Option<NonZeroU16>) -> u8 {
+        self.conformance.qos_sent(qos as u8, packet_id)
     }
 
     /// Stores one PUBLISH that ntex-mqtt decoded (see [`MqttIngest::publish`]). A QoS 0

@@ -43,7 +43,9 @@ pub async fn connect(
         Ok(device) => {
             let closer = V3Closer(connect.sink());
             let lane = connect::lane_of(connect.io());
-            let session = DeviceSession::start(&ingest, &sessions, device, closer, lane, false);
+            let conformance = connect::conformance_of(connect.io());
+            let session =
+                DeviceSession::start(&ingest, &sessions, device, closer, lane, conformance, false);
             // No session state is kept between connections (see docs/mqtt.md).
             Ok(connect
                 .ack(session, false)
@@ -65,7 +67,8 @@ pub fn publish(
     mut publish: v3::Publish,
 ) -> impl Future<Output = Result<(), MqttError>> + '_ {
     // Taken apart before the future, as in `v5::publish`: the packet is not kept in it.
-    let qos = publish.qos() as u8;
+    // As sent: ntex-mqtt is handed QoS 2 publishes as QoS 1 (see `conformance`).
+    let qos = session.qos_sent(publish.qos(), publish.id());
     let read = read_payload(publish.take_payload());
     let topic = publish.packet().topic.clone();
     async move {

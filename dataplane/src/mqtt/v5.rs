@@ -57,7 +57,9 @@ pub async fn connect(
         Ok(device) => {
             let closer = V5Closer(connect.sink());
             let lane = connect::lane_of(connect.io());
-            let session = DeviceSession::start(&ingest, &sessions, device, closer, lane, true);
+            let conformance = connect::conformance_of(connect.io());
+            let session =
+                DeviceSession::start(&ingest, &sessions, device, closer, lane, conformance, true);
             Ok(connect.ack(session).keep_alive(keep_alive).with(|ack| {
                 // Only tell the client a keep-alive when it differs from its own [MQTT-3.2.2-21].
                 if keep_alive != asked_keep_alive {
@@ -87,7 +89,8 @@ pub fn publish(
 ) -> impl Future<Output = Result<v5::PublishAck, MqttError>> + '_ {
     // Taken apart before the future: it keeps the payload, the topic and the answer, not the
     // 264-byte packet, and ntex moves the future through each of its layers per PUBLISH.
-    let qos = publish.qos() as u8;
+    // As sent: ntex-mqtt is handed QoS 2 publishes as QoS 1 (see `conformance`).
+    let qos = session.qos_sent(publish.qos(), publish.id());
     let read = read_payload(publish.take_payload());
     let topic = publish.packet().topic.clone();
     let ack = publish.ack();
