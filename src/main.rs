@@ -7,6 +7,8 @@
 //! docs/configuration.md lists them all.
 #![forbid(unsafe_code)]
 
+mod descriptors;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -387,6 +389,7 @@ fn main() -> Result<()> {
                 controlplane.cluster_secret = node.cluster_secret.clone();
             }
             args.api.apply(&mut controlplane);
+            fit_connection_caps(Some(&mut node), Some(&mut controlplane))?;
             // The node follows the control plane's configuration (the snapshot file it writes
             // after every change) unless it is given a snapshot file of its own. The first
             // start seeds the default workspace there, keeping the token of an earlier
@@ -432,7 +435,8 @@ fn main() -> Result<()> {
             controlplane.join();
         }
         Command::Dataplane(args) => {
-            let config = args.into_configs()?.0;
+            let mut config = args.into_configs()?.0;
+            fit_connection_caps(Some(&mut config), None)?;
             private_dir(&config.data_dir)?;
             let grace = Duration::from_millis(config.shutdown_grace_ms);
             let shutdown = ShutdownTrigger::new();
@@ -445,7 +449,8 @@ fn main() -> Result<()> {
             node.join();
         }
         Command::Controlplane(args) => {
-            let config = args.into_config()?;
+            let mut config = args.into_config()?;
+            fit_connection_caps(None, Some(&mut config))?;
             private_dir(&config.data_dir)?;
             let shutdown = ShutdownTrigger::new();
             let controlplane = start_controlplane(config, FirstStart::Bare, shutdown.signal())?;
@@ -455,6 +460,41 @@ fn main() -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Raises the descriptor limit and fits the connection caps of the listeners this process
+/// runs into it (see `descriptors`), lowering them in the configs when they do not fit.
+fn fit_connection_caps(
+    node: Option<&mut NodeConfig>,
+    controlplane: Option<&mut ControlPlaneConfig>,
+) -> Result<()> {
+    let per_core = |n: usize| match n {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let mut caps = Vec::new();
+    let mut threads = 0;
+    if let Some(controlplane) = controlplane {
+        caps.push(descriptors::Cap {
+            setting: "controlplane.connections_max",
+            value: &mut controlplane.connections_max,
+        });
+    }
+    if let Some(node) = node {
+        threads += per_core(node.http.threads);
+        caps.push(descriptors::Cap {
+            setting: "http.connections_max",
+            value: &mut node.http.connections_max,
+        });
+        if node.mqtt.addr.is_some() || node.mqtt.tls_addr.is_some() {
+            threads += per_core(node.mqtt.workers);
+            caps.push(descriptors::Cap {
+                setting: "mqtt.connections_max",
+                value: &mut node.mqtt.connections_max,
+            });
+        }
+    }
+    descriptors::fit_caps(&mut caps, threads)
 }
 
 fn start_controlplane(

@@ -57,6 +57,12 @@ pub struct ControlPlaneConfig {
     pub invitation_ttl_secs: u64,
     /// Largest request body.
     pub body_bytes_max: usize,
+    /// Connections open at once; more are answered `503 overloaded` and closed. Each holds a
+    /// file descriptor of the process, which in `sluice up` is also the data plane's.
+    pub connections_max: usize,
+    /// A connection waiting this long for a request head (idle between requests, or sending
+    /// one slowly) is closed.
+    pub idle_timeout_ms: u64,
     /// Requests handled at once; more are answered 503.
     pub concurrent_requests_max: usize,
     /// A request taking longer is answered 503.
@@ -140,6 +146,10 @@ impl Default for ControlPlaneConfig {
             session_ttl_secs: 14 * 24 * 3600,
             invitation_ttl_secs: 7 * 24 * 3600,
             body_bytes_max: 1 << 20,
+            // Room for every configuration stream (`config_streams_max`) and as many people
+            // again, far below the descriptors a server gets (see docs/configuration.md).
+            connections_max: 2048,
+            idle_timeout_ms: 30_000,
             concurrent_requests_max: 1024,
             request_timeout_ms: 30_000,
             body_read_timeout_ms: 10_000,
@@ -174,6 +184,10 @@ const DURATION_SECS_MAX: u64 = 100 * 365 * 24 * 3600;
 /// workspace's sending slots (and a test send's request) for minutes.
 pub const SMTP_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1000..=120_000;
 
+/// Most API connections that may be configured: more could never get descriptors (Linux
+/// allows a process 1,048,576 by default, `fs.nr_open`).
+pub const CONNECTIONS_MAX_LIMIT: usize = 1 << 20;
+
 /// A setting the control plane cannot work with. Each says which setting, what is wrong and
 /// what to set instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -193,6 +207,10 @@ pub enum ConfigError {
     SmtpTimeoutOutOfRange { ms: u64 },
     #[error("{name} must be above 0; leave it unset for the default")]
     Zero { name: &'static str },
+    #[error(
+        "connections_max must be at most {CONNECTIONS_MAX_LIMIT} (it is {value}); set a lower one"
+    )]
+    TooManyConnections { value: usize },
 }
 
 impl ControlPlaneConfig {
@@ -228,10 +246,23 @@ impl ControlPlaneConfig {
             ("concurrent_requests_max", self.concurrent_requests_max),
             ("body_bytes_max", self.body_bytes_max),
             ("body_read_timeout_ms", self.body_read_timeout_ms as usize),
+            ("connections_max", self.connections_max),
+            ("idle_timeout_ms", self.idle_timeout_ms as usize),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });
             }
+        }
+        if self.connections_max > CONNECTIONS_MAX_LIMIT {
+            return Err(ConfigError::TooManyConnections {
+                value: self.connections_max,
+            });
+        }
+        if self.idle_timeout_ms > DURATION_SECS_MAX * 1000 {
+            return Err(ConfigError::DurationTooLong {
+                name: "idle_timeout_ms",
+                secs: self.idle_timeout_ms / 1000,
+            });
         }
         Ok(())
     }
@@ -285,6 +316,19 @@ mod tests {
                 .to_string()
                 .starts_with("smtp_timeout_ms must be 1000 to 120000"),
             "{timeout}"
+        );
+        let connections = with(|c| c.connections_max = CONNECTIONS_MAX_LIMIT + 1);
+        assert_eq!(
+            connections,
+            ConfigError::TooManyConnections {
+                value: CONNECTIONS_MAX_LIMIT + 1
+            }
+        );
+        assert_eq!(
+            with(|c| c.idle_timeout_ms = 0),
+            ConfigError::Zero {
+                name: "idle_timeout_ms"
+            }
         );
         let zero = with(|c| c.page_size_max = 0);
         assert_eq!(

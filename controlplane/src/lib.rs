@@ -6,6 +6,7 @@
 //! - `auth`: passwords, sessions, personal tokens, one-time codes, the caller of a request.
 //! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
 //!   the one list of problem types they refuse with.
+//! - `listener`: the API's connections, at most `connections_max` open, closed when idle.
 //! - `request_body`: every request body read whole, in time, before the request counts
 //!   against the in-flight limit of the whole API.
 //! - `mail`: platform mail through SMTP, or an outbox directory when none is configured.
@@ -27,6 +28,7 @@ pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod housekeeping;
 pub mod initial_operator;
+pub(crate) mod listener;
 pub(crate) mod mail;
 pub(crate) mod model;
 pub(crate) mod outbound;
@@ -64,6 +66,7 @@ pub use shutdown::Joined;
 pub use store::StoreError;
 
 use crate::app::App;
+use crate::listener::ConnectionLimits;
 use crate::mail::{MailSettings, Mailer};
 use crate::problem::{ApiError, ProblemType};
 use crate::secrets::SecretBox;
@@ -230,25 +233,21 @@ impl ControlPlane {
                         "housekeeping",
                         housekeeping::sweep(app.clone(), housekeeping::INTERVAL),
                     );
-                    let service = router.into_make_service_with_connect_info::<SocketAddr>();
-                    let mut stop = app.stop_signal();
-                    let served = axum::serve(listener, service)
-                        .with_graceful_shutdown(async move {
-                            stop.requested().await;
-                        })
-                        .await;
+                    let limits = ConnectionLimits {
+                        connections_max: config.connections_max,
+                        idle_timeout: Duration::from_millis(config.idle_timeout_ms),
+                    };
+                    // Connections and background tasks stop by the same deadline.
+                    let stop_by = |requested: std::time::Instant| {
+                        requested.min(std::time::Instant::now() + STOP_DEADLINE)
+                    };
+                    listener::serve(listener, router, limits, app.stop_signal(), stop_by).await;
                     let now = tokio::time::Instant::now();
-                    let deadline = match (served, app.stop_signal().deadline()) {
-                        (Ok(()), Some(deadline)) => {
+                    let deadline = match app.stop_signal().deadline() {
+                        Some(deadline) => {
                             tokio::time::Instant::from_std(deadline).min(now + STOP_DEADLINE)
                         }
-                        (Ok(()), None) => now + STOP_DEADLINE,
-                        (Err(e), _) => {
-                            // Serving failed without a stop: the background tasks are cut
-                            // off with it.
-                            tracing::error!(error = %e, "the control-plane API stopped");
-                            now
-                        }
+                        None => now + STOP_DEADLINE,
                     };
                     (background.join_until(deadline).await, deadline)
                 });
