@@ -26,10 +26,8 @@ fn run(command: &mut Command) -> String {
 #[test]
 fn deploy_checks_pass_without_a_cluster() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = run(Command::new(root.join("deploy/check.sh")).env(
-        "SLUICE_DEPLOY_VENV",
-        root.join(".venv-deploy").as_os_str(),
-    ));
+    let out = run(Command::new(root.join("deploy/check.sh"))
+        .env("SLUICE_DEPLOY_VENV", root.join(".venv-deploy").as_os_str()));
     assert!(out.contains("deploy/ checks passed"), "{out}");
 }
 
@@ -86,7 +84,9 @@ fn data_plane_pods_keep_their_wal_and_get_time_to_upload_it() {
             .any(|m| m["name"] == "data" && m["mountPath"] == "/data"));
         // The pod is killed only after the node's own shutdown deadline has passed.
         let grace_ms: u64 = env("SLUICE_SHUTDOWN_GRACE_MS").parse().expect("ms");
-        let termination_s = pod["terminationGracePeriodSeconds"].as_u64().expect("grace");
+        let termination_s = pod["terminationGracePeriodSeconds"]
+            .as_u64()
+            .expect("grace");
         assert!(
             termination_s * 1000 >= grace_ms + 10_000,
             "{overlay}: {termination_s} s of termination grace for a {grace_ms} ms shutdown"
