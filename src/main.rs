@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod descriptors;
+mod health;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -40,6 +41,19 @@ enum Command {
     Dataplane(Box<NodeArgs>),
     /// Run the control plane (the management API).
     Controlplane(Box<ControlPlaneArgs>),
+    /// Check a running Sluice: GET the URL (plain HTTP), exit 0 on a 2xx answer, else 1 with
+    /// the reason. For container health checks, e.g. `sluice health http://127.0.0.1:8081/readyz`.
+    Health(HealthArgs),
+}
+
+/// `sluice health`.
+#[derive(Args)]
+struct HealthArgs {
+    /// The URL to GET, e.g. http://127.0.0.1:8081/healthz.
+    url: String,
+    /// How long the whole check may take, in ms.
+    #[arg(long, default_value_t = 2000)]
+    timeout_ms: u64,
 }
 
 /// `sluice up`: both planes.
@@ -379,6 +393,15 @@ fn main() -> Result<()> {
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     match cli.command {
+        Command::Health(args) => {
+            match health::check(&args.url, Duration::from_millis(args.timeout_ms)) {
+                Ok(status) => println!("{status}"),
+                Err(err) => {
+                    eprintln!("unhealthy: {err:#}");
+                    std::process::exit(1);
+                }
+            }
+        }
         Command::Up(args) => {
             let (mut node, mut controlplane) = args.node.into_configs()?;
             private_dir(&node.data_dir)?;

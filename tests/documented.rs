@@ -133,3 +133,50 @@ fn documents(row: &str, default: &str) -> bool {
         .to_owned();
     cell.split([' ', '(', ')', ',']).any(|word| word == first)
 }
+
+/// The container's `HEALTHCHECK` (deploy/container/Containerfile) and Compose's health checks
+/// run `sluice health <url>`: exit 0 on a 2xx answer, 1 with one line saying why otherwise,
+/// and never hang on a port that does not answer.
+#[test]
+fn sluice_health_exits_0_on_2xx_and_1_with_a_reason_otherwise() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let health = |url: &str| {
+        Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["health", url, "--timeout-ms", "1000"])
+            .output()
+            .expect("sluice health runs")
+    };
+    let containerfile = include_str!("../deploy/container/Containerfile");
+    assert!(
+        containerfile.contains(r#"/sluice", "health", "http://127.0.0.1:8081/healthz""#),
+        "the Containerfile's HEALTHCHECK is the command tested here"
+    );
+    for path in ["/healthz", "/readyz"] {
+        let out = health(&format!("{}{path}", sluice.base_url()));
+        assert!(out.status.success(), "{path}: {out:?}");
+        assert!(String::from_utf8_lossy(&out.stdout).contains("200"));
+    }
+    let out = health(&format!("{}/no-such-page", sluice.base_url()));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("404"), "{stderr}");
+
+    // Nothing listening: refused at once.
+    let out = health(&format!("http://127.0.0.1:{}/healthz", common::free_port()));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    // A listener that never answers: the timeout, not a hang.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let started = std::time::Instant::now();
+    let out = health(&format!(
+        "http://{}/healthz",
+        silent.local_addr().expect("addr")
+    ));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("within 1000 ms"),
+        "{out:?}"
+    );
+}
