@@ -113,6 +113,9 @@ pub struct BatchConfig {
     /// Memory for open batches and files awaiting upload, all sources together.
     pub held_bytes_max: usize,
     pub uploads_max: usize,
+    /// One upload attempt is given up after this long and retried: a store that never
+    /// answers must not hold a (workspace, source) pair's files forever. At least 1000.
+    pub upload_timeout_ms: u64,
 }
 
 /// Write-ahead log limits.
@@ -193,6 +196,7 @@ impl Default for BatchConfig {
             max_age_ms: 60_000,
             held_bytes_max: 512 << 20,
             uploads_max: 4,
+            upload_timeout_ms: 300_000,
         }
     }
 }

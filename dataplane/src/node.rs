@@ -120,6 +120,9 @@ impl Node {
         shipper_config.batch_max_age = Duration::from_millis(config.batch.max_age_ms);
         shipper_config.held_bytes_max = config.batch.held_bytes_max;
         shipper_config.uploads_max = config.batch.uploads_max.max(1);
+        // Shorter would give up uploads that are merely slow, again and again.
+        shipper_config.upload_timeout =
+            Duration::from_millis(config.batch.upload_timeout_ms.max(1000));
         let lake_url = lake.url().to_owned();
         let lake_local = lake.local_root().map(Path::to_path_buf);
         let shipper = shipper::start(

@@ -37,8 +37,10 @@ fn retry_config() -> RetryConfig {
     }
 }
 
-/// Files larger than this are uploaded in parts.
+/// Files larger than this are uploaded in parts ...
 const MULTIPART_THRESHOLD: usize = 16 << 20;
+/// ... of this size.
+const PART_BYTES: usize = 8 << 20;
 
 /// Errors of the lake.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,8 @@ pub struct Lake {
     /// Root directory when the lake is local, for syncing files.
     local_root: Option<PathBuf>,
     url: String,
+    /// [`MULTIPART_THRESHOLD`] and [`PART_BYTES`]; smaller in tests, to cut small files in parts.
+    multipart: (usize, usize),
 }
 
 impl Lake {
@@ -86,6 +90,7 @@ impl Lake {
             prefix,
             local_root: None,
             url: spec.to_owned(),
+            multipart: (MULTIPART_THRESHOLD, PART_BYTES),
         };
         match scheme {
             "file" => {
@@ -101,6 +106,7 @@ impl Lake {
                     prefix: Path::default(),
                     local_root: Some(dir),
                     url: spec.to_owned(),
+                    multipart: (MULTIPART_THRESHOLD, PART_BYTES),
                 })
             }
             "memory" => Ok(lake(Arc::new(InMemory::new()), Path::default())),
@@ -131,6 +137,25 @@ impl Lake {
         }
     }
 
+    /// A local lake in `root` reached through `store` (which writes there), cutting files over
+    /// `multipart_threshold` bytes into parts of `part_bytes`: for tests that put faults
+    /// between the shipper and the disk.
+    #[cfg(test)]
+    pub(crate) fn local_through(
+        store: Arc<dyn ObjectStore>,
+        root: PathBuf,
+        multipart_threshold: usize,
+        part_bytes: usize,
+    ) -> Lake {
+        Lake {
+            store,
+            prefix: Path::default(),
+            url: format!("file://{}", root.display()),
+            local_root: Some(root),
+            multipart: (multipart_threshold, part_bytes),
+        }
+    }
+
     /// The prefix under which every Sluice object lives.
     pub fn prefix(&self) -> &Path {
         &self.prefix
@@ -152,9 +177,12 @@ impl Lake {
 
     /// Writes `data` at `path`, atomically (readers see the whole object or none), durably.
     pub async fn put(&self, path: &Path, data: Bytes) -> Result<(), LakeError> {
-        if data.len() > MULTIPART_THRESHOLD {
+        let (threshold, part_bytes) = self.multipart;
+        if data.len() > threshold {
             let upload = self.store.put_multipart(path).await?;
-            let mut writer = WriteMultipart::new_with_chunk_size(upload, 8 << 20);
+            // A failed part or completion aborts the upload (`finish` does), so no part of a
+            // failed file is left behind to become visible or cost storage.
+            let mut writer = WriteMultipart::new_with_chunk_size(upload, part_bytes);
             writer.put(data);
             writer.finish().await?;
         } else {
@@ -194,3 +222,6 @@ impl Lake {
         Ok(deleted.len())
     }
 }
+
+#[cfg(test)]
+pub(crate) mod faults;

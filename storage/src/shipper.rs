@@ -52,6 +52,10 @@ pub struct ShipperConfig {
     pub uploads_max: usize,
     /// WAL bytes read per step.
     pub read_bytes_max: usize,
+    /// One upload attempt (the object store's own retries included) is given up after this
+    /// long and retried like a failed one: a store that never answers must not hold the key's
+    /// files, and with them its WAL segments, forever.
+    pub upload_timeout: Duration,
 }
 
 impl ShipperConfig {
@@ -64,6 +68,7 @@ impl ShipperConfig {
             held_bytes_max: 512 << 20,
             uploads_max: 4,
             read_bytes_max: 8 << 20,
+            upload_timeout: Duration::from_secs(300),
         }
     }
 }
@@ -214,6 +219,8 @@ enum UploadError {
     Encode(#[source] parquet::errors::ParquetError),
     #[error("uploading: {0}")]
     Store(#[source] LakeError),
+    #[error("uploading: no answer from object storage within {0:?}")]
+    TimedOut(Duration),
     #[error("recording the upload's progress: {0}")]
     Progress(#[source] ProgressError),
     #[error("the {0} task failed: {1}")]
@@ -484,6 +491,7 @@ impl Shipper {
                 first_lsn: file.first_lsn,
                 last_lsn: file.last_lsn,
                 node: self.config.node_id.clone(),
+                timeout: self.config.upload_timeout,
             };
             state.uploading = Some(file);
             let lake = self.lake.clone();
@@ -629,7 +637,11 @@ struct UploadJob {
     first_lsn: Lsn,
     last_lsn: Lsn,
     node: String,
+    timeout: Duration,
 }
+
+#[cfg(test)]
+mod tests;
 
 async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
     let started = Instant::now();
@@ -652,11 +664,13 @@ async fn upload(job: UploadJob, lake: Lake) -> UploadDone {
     let (encoded, result) = match encoded {
         Ok(bytes) => {
             let len = bytes.len();
-            let result = lake
-                .put(&job.path, bytes.clone())
-                .await
-                .map(|()| len)
-                .map_err(UploadError::Store);
+            // A put given up may still land later; it writes the same bytes under the same
+            // name as the retry, so it cannot add a copy.
+            let result =
+                match tokio::time::timeout(job.timeout, lake.put(&job.path, bytes.clone())).await {
+                    Ok(put) => put.map(|()| len).map_err(UploadError::Store),
+                    Err(_) => Err(UploadError::TimedOut(job.timeout)),
+                };
             if result.is_ok() {
                 // The object exists and its watermark is not committed: a restart must
                 // rebuild the same file under the same name, not a second copy.
