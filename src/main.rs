@@ -290,6 +290,11 @@ struct NodeArgs {
     /// How long shutdown waits for requests and uploads, in ms [default: 10000].
     #[arg(long, env = "SLUICE_SHUTDOWN_GRACE_MS")]
     shutdown_grace_ms: Option<u64>,
+    /// On SIGTERM, how long the node keeps serving with /readyz answering 503 before its
+    /// listeners close, so that load balancers take it out first; in ms, at most half the
+    /// grace, skipped when nothing asked /readyz [default: 2000].
+    #[arg(long, env = "SLUICE_SHUTDOWN_DRAIN_MS")]
+    shutdown_drain_ms: Option<u64>,
 }
 
 /// A listener address, or `off` (`None`).
@@ -329,6 +334,7 @@ impl NodeArgs {
         set!(connections_max => http.connections_max);
         set!(workspace_events_per_second => workspace_events_per_second);
         set!(shutdown_grace_ms => shutdown_grace_ms);
+        set!(shutdown_drain_ms => shutdown_drain_ms);
         set!(mqtt_connections_max => mqtt.connections_max);
         set!(mqtt_workers => mqtt.workers);
         set!(mqtt_io_driver => mqtt.io_driver);
@@ -453,7 +459,9 @@ fn main() -> Result<()> {
                 announce(&node, &b);
             }
             wait_for_signal()?;
-            shutdown.trigger(Instant::now() + grace);
+            let signalled = Instant::now();
+            std::thread::sleep(node.drain());
+            shutdown.trigger(signalled + grace);
             node.join();
             controlplane.join();
         }
@@ -468,7 +476,9 @@ fn main() -> Result<()> {
                 announce(&node, b);
             }
             wait_for_signal()?;
-            shutdown.trigger(Instant::now() + grace);
+            let signalled = Instant::now();
+            std::thread::sleep(node.drain());
+            shutdown.trigger(signalled + grace);
             node.join();
         }
         Command::Controlplane(args) => {

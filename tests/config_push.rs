@@ -407,11 +407,15 @@ fn three_nodes_converge_follow_changes_and_keep_serving_while_the_control_plane_
             .unwrap_or_default()
             .contains("401")
     }));
+    // It knows no token at all, and says so rather than calling the token wrong.
+    let a = cluster.ingest(3, "plant", &second);
     assert_eq!(
-        cluster.ingest(3, "plant", &second).status,
-        401,
-        "it knows no token at all"
+        (a.status, a.problem().as_str()),
+        (503, "not-configured"),
+        "{}",
+        a.body
     );
+    assert_eq!(cluster.readyz(3)["ready"], false);
 }
 
 /// A scripted control plane: answers each stream request with the next script's lines (and

@@ -9,6 +9,7 @@
 //! up by the SHA-256 of the presented secret, so no secret is ever kept in memory.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -358,6 +359,11 @@ pub struct Access {
     /// Held while a new view is built from the current one, so that two writers cannot
     /// both build on the same version.
     writer: Mutex<()>,
+    /// Whether the view is a configuration at all. False only on a node that follows a control
+    /// plane, had nothing cached, and has not heard from the control plane yet: its empty view
+    /// would answer every token as wrong, so ingest answers "not configured" (503) instead
+    /// and `/readyz` keeps the node out of the load balancer.
+    configured: AtomicBool,
 }
 
 impl Access {
@@ -371,7 +377,25 @@ impl Access {
             rates,
             changes,
             writer: Mutex::new(()),
+            configured: AtomicBool::new(true),
         }
+    }
+
+    /// Marks the view as no configuration yet: until the first version is installed or
+    /// [`Access::mark_configured`] is called, [`Access::is_configured`] says false.
+    pub fn await_configuration(&self) {
+        self.configured.store(false, Ordering::Release);
+    }
+
+    /// The view is the configuration's source's current one (the control plane said so),
+    /// even if no version had to be installed for it.
+    pub fn mark_configured(&self) {
+        self.configured.store(true, Ordering::Release);
+    }
+
+    /// Whether the node has a configuration (see the field).
+    pub fn is_configured(&self) -> bool {
+        self.configured.load(Ordering::Acquire)
     }
 
     /// The view to use for one request.
@@ -414,6 +438,7 @@ impl Access {
     fn install(&self, view: ConfigView) {
         let version = view.version;
         self.view.store(Arc::new(view));
+        self.configured.store(true, Ordering::Release);
         self.changes.send_replace(version);
     }
 

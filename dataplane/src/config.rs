@@ -36,6 +36,10 @@ pub struct NodeConfig {
     pub workspace_events_per_second: u64,
     /// How long shutdown waits for requests in flight and the last uploads.
     pub shutdown_grace_ms: u64,
+    /// On SIGTERM, how long the node keeps serving while `/readyz` says 503, so that load
+    /// balancers take it out before its listeners close; part of `shutdown_grace_ms` (at
+    /// most half of it).
+    pub shutdown_drain_ms: u64,
 }
 
 /// Limits of the HTTP front end.
@@ -142,6 +146,7 @@ impl Default for NodeConfig {
             wal: WalSettings::default(),
             workspace_events_per_second: 1_000_000,
             shutdown_grace_ms: 10_000,
+            shutdown_drain_ms: 2_000,
         }
     }
 }

@@ -390,6 +390,11 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             if version == local.state.version() && hash != local.state.hash() {
                 return Some(End::Resync(StreamError::Drift { version }));
             }
+            if version == local.state.version() {
+                // In step with the control plane, also when it had nothing to send (a node
+                // at version 0 following a control plane that has no configuration yet).
+                local.access.mark_configured();
+            }
             // Versions arrive before the heartbeat that announces them; two heartbeats ahead
             // of us mean something was missed: reconnect to catch up.
             if version > local.state.version() {

@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -74,6 +75,11 @@ pub struct Node {
     lake_url: String,
     lake_local: Option<PathBuf>,
     data_dir: PathBuf,
+    /// Shared with the HTTP runtimes: `/readyz` reads its draining flag.
+    api: Arc<Api>,
+    /// How long to keep serving, unready, before the listeners close (`shutdown_drain_ms`,
+    /// at most half the grace).
+    drain: Duration,
 }
 
 impl Node {
@@ -135,11 +141,20 @@ impl Node {
         )?;
 
         let cache = Arc::new(ConfigCache::open(&data_dir.join("cache.redb"))?);
-        let (snapshot, mut bootstrap) = initial_config(&config, &cache)?;
+        let cached = cache.load()?;
+        // A node following a control plane with nothing cached has no configuration until
+        // the stream's first answer: it refuses traffic meanwhile (503) rather than answering
+        // every token as unknown.
+        let awaiting = config.control_plane.is_some() && cached.is_none();
+        let (snapshot, mut bootstrap) = initial_config(&config, &cache, cached)?;
         let rates = RateDefaults {
             events_per_second: config.workspace_events_per_second,
         };
         let access = Arc::new(Access::new(&snapshot, rates));
+        if awaiting {
+            access.await_configuration();
+            info!("no configuration yet: refusing traffic until the control plane answers");
+        }
         metrics.config_version.set(snapshot.version as i64);
         let stream_status = Arc::new(StreamStatus::default());
         let stream = match &config.control_plane {
@@ -200,6 +215,7 @@ impl Node {
                         tokio::sync::Semaphore::MAX_PERMITS,
                     ),
                 )),
+                shutdown: shutdown.clone(),
             }),
             shutdown.clone(),
         )
@@ -214,7 +230,7 @@ impl Node {
                 .clone()
                 .map(|url| (url, stream_status.clone())),
         ));
-        let http = HttpServer::start(api, shutdown)
+        let http = HttpServer::start(api.clone(), shutdown)
             .map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
 
         if let Some(b) = bootstrap.as_mut() {
@@ -240,7 +256,28 @@ impl Node {
             lake_url,
             lake_local,
             data_dir,
+            api,
+            drain: Duration::from_millis(
+                config.shutdown_drain_ms.min(config.shutdown_grace_ms / 2),
+            ),
         })
+    }
+
+    /// The first step of a shutdown: `/readyz` answers 503 from now on while everything is
+    /// still served. Returns how long to wait before firing the shutdown signal, so that load
+    /// balancers see the node unready and stop sending it connections: `shutdown_drain_ms`,
+    /// or nothing when no one has asked `/readyz` since start (no one to tell).
+    pub fn drain(&self) -> Duration {
+        self.api.draining.store(true, Ordering::Relaxed);
+        if self.api.readiness_asked.load(Ordering::Relaxed) {
+            info!(
+                drain_ms = self.drain.as_millis() as u64,
+                "draining: /readyz answers 503; listeners close after the drain delay"
+            );
+            self.drain
+        } else {
+            Duration::ZERO
+        }
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -290,6 +327,9 @@ impl Node {
         if let Some(watch) = self.watch {
             watch.join();
         }
+        // The last holder of the WAL's writer: dropped, the writer closes and the shipper
+        // knows nothing more will come.
+        drop(self.api);
         self.shipper.join();
         info!("stopped");
     }
@@ -299,8 +339,8 @@ impl Node {
 fn initial_config(
     config: &NodeConfig,
     cache: &ConfigCache,
+    cached: Option<ConfigSnapshot>,
 ) -> Result<(ConfigSnapshot, Option<Bootstrap>), NodeError> {
-    let cached = cache.load()?;
     if config.control_plane.is_some() {
         // Until the first version arrives: the last-known-good copy, else nothing (every
         // request refused), never a bootstrap of its own.

@@ -7,6 +7,7 @@
 //! append, so a refused request writes nothing, and a batch is accepted or refused whole.
 
 use std::io::Read;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -43,6 +44,12 @@ pub struct Api {
     pub inflight: Arc<Semaphore>,
     /// The control plane followed and how the stream is doing, for `/readyz`.
     pub config_stream: Option<(String, Arc<StreamStatus>)>,
+    /// Set on SIGTERM, before the listeners close: `/readyz` answers 503 so that load
+    /// balancers stop sending new connections while this node still serves them.
+    pub draining: AtomicBool,
+    /// Whether anyone (a load balancer, an orchestrator) has asked `/readyz` since start:
+    /// the drain delay is worth waiting only if someone will see the node go unready.
+    pub readiness_asked: AtomicBool,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -65,6 +72,8 @@ impl Api {
             limits,
             inflight,
             config_stream,
+            draining: AtomicBool::new(false),
+            readiness_asked: AtomicBool::new(false),
         }
     }
 
@@ -139,6 +148,9 @@ impl Api {
     }
 
     fn readiness(&self) -> HttpResponse {
+        self.readiness_asked.store(true, Ordering::Relaxed);
+        let draining = self.draining.load(Ordering::Relaxed);
+        let configured = self.admission.access.is_configured();
         let wal = &self.admission.wal;
         let wal_ok = wal.is_healthy();
         // Not ready (take me out of the load balancer) once the WAL cannot take a typical
@@ -150,9 +162,14 @@ impl Api {
             .failing
             .load(std::sync::atomic::Ordering::Relaxed);
         let last_error = self.shipper.last_error.lock().ok().and_then(|e| e.clone());
-        let ready = wal_ok && wal_room;
+        let ready = wal_ok && wal_room && configured && !draining;
         let body = json!({
             "ready": ready,
+            // Shutting down: no new connections, please (see `shutdown_drain_ms`).
+            "draining": draining,
+            // False until a node following a control plane has heard from it (nothing was
+            // cached): every request is refused `503 not-configured` meanwhile.
+            "configured": configured,
             "config_version": self.admission.view().version,
             "wal": {
                 "healthy": wal_ok,
@@ -190,6 +207,16 @@ impl Api {
         let (parts, body) = req.into_parts();
         let refuse = |p: Problem| (p, 0usize);
         let (workspace, source) = ingest_target(parts.uri.path()).map_err(refuse)?;
+        if !self.admission.access.is_configured() {
+            // The tokens are unknown, not wrong: say so, so that clients retry (elsewhere).
+            return Err(refuse(
+                Problem::new(
+                    ProblemType::NotConfigured,
+                    "this node has not received its configuration from the control plane yet; retry",
+                )
+                .retry_after(5),
+            ));
+        }
         let secret = bearer_token(&parts.headers).map_err(refuse)?;
         let device = device_id(&parts.headers).map_err(refuse)?;
         let admission = &self.admission;

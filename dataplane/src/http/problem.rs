@@ -19,6 +19,7 @@ pub const TYPE_PREFIX: &str = "urn:sluice:problem:";
 pub enum ProblemType {
     MethodNotAllowed,
     NotFound,
+    NotConfigured,
     MissingToken,
     InvalidDeviceId,
     InvalidToken,
@@ -50,9 +51,10 @@ pub enum ProblemType {
 impl ProblemType {
     /// All of them, in the order of the documentation's table.
     #[cfg(test)]
-    pub const ALL: [ProblemType; 28] = [
+    pub const ALL: [ProblemType; 29] = [
         ProblemType::MethodNotAllowed,
         ProblemType::NotFound,
+        ProblemType::NotConfigured,
         ProblemType::MissingToken,
         ProblemType::InvalidDeviceId,
         ProblemType::InvalidToken,
@@ -92,6 +94,11 @@ impl ProblemType {
                 "Method not allowed",
             ),
             P::NotFound => ("not-found", S::NOT_FOUND, "Not found"),
+            P::NotConfigured => (
+                "not-configured",
+                S::SERVICE_UNAVAILABLE,
+                "Node not configured yet",
+            ),
             P::MissingToken => ("missing-token", S::UNAUTHORIZED, "Missing access token"),
             P::InvalidDeviceId => ("invalid-device-id", S::BAD_REQUEST, "Invalid device id"),
             P::InvalidToken => ("invalid-token", S::UNAUTHORIZED, "Invalid access token"),

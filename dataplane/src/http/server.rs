@@ -160,6 +160,9 @@ async fn accept_loop(
             _ = shutdown.requested() => break,
         }
     }
+    // Closed now, not when the runtime ends: a connection the kernel would queue on it meanwhile
+    // is never served; refused, it goes (through the balancer) to another node.
+    drop(listener);
     let deadline = shutdown.deadline().unwrap_or_else(Instant::now);
     while local.get() > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -33,6 +33,9 @@ pub struct MqttIngest {
     /// Payload bytes received and not yet durable, all connections together
     /// (`mqtt.inflight_bytes_max`).
     pub inflight: Arc<Semaphore>,
+    /// The node's shutdown: every session is then closed (DISCONNECT 0x8B on MQTT 5), so that
+    /// devices reconnect through the balancer to another node instead of finding a dead socket.
+    pub shutdown: sluice_storage::shutdown::Shutdown,
 }
 
 impl MqttIngest {
@@ -61,6 +64,9 @@ impl MqttIngest {
         let (Some(workspace), Some(password)) = (creds.username, creds.password) else {
             return Err(ConnectRefusal::BadCredentials);
         };
+        if !self.admission.access.is_configured() {
+            return Err(ConnectRefusal::NotConfigured);
+        }
         if !is_valid_device_id(creds.client_id) {
             return Err(ConnectRefusal::BadClientId);
         }

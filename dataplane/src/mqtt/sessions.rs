@@ -170,7 +170,8 @@ impl<C: Closer> Closer for LaneCloser<C> {
     }
 }
 
-/// Waits until the session must close (takeover, configuration change, expiry) or is gone.
+/// Waits until the session must close (takeover, configuration change, expiry, the node's
+/// shutdown) or is gone.
 async fn watch(
     ingest: Arc<MqttIngest>,
     device: Device,
@@ -179,6 +180,7 @@ async fn watch(
     closer: impl Closer,
 ) {
     let mut changes = ingest.admission.access.subscribe();
+    let mut shutdown = ingest.shutdown.clone();
     let reason = loop {
         // Sleeping until the token expires; a day at most, then look again.
         let expiry = device
@@ -190,6 +192,7 @@ async fn watch(
             biased;
             _ = &mut gone => return,
             () = kick.notified() => break CloseReason::TakenOver,
+            _ = shutdown.requested() => break CloseReason::ShuttingDown,
             changed = changes.changed() => {
                 if changed.is_err() {
                     return;

@@ -38,6 +38,9 @@ pub enum ConnectRefusal {
     NotAuthorized,
     /// Empty or unusable client id (it is the device id).
     BadClientId,
+    /// The node follows a control plane it has not heard from yet and had nothing cached: it
+    /// does not know any token, so it cannot tell (server unavailable; try another node).
+    NotConfigured,
 }
 
 impl ConnectRefusal {
@@ -46,6 +49,7 @@ impl ConnectRefusal {
             ConnectRefusal::BadCredentials => "bad-credentials",
             ConnectRefusal::NotAuthorized => "not-authorized",
             ConnectRefusal::BadClientId => "bad-client-id",
+            ConnectRefusal::NotConfigured => "not-configured",
         }
     }
 }
@@ -57,6 +61,8 @@ pub enum CloseReason {
     TakenOver,
     /// Token revoked or expired, workspace disabled or deleted, device binding changed.
     NotAuthorized,
+    /// The node is shutting down (SIGTERM): reconnect, through the balancer, to another node.
+    ShuttingDown,
 }
 
 impl CloseReason {
@@ -64,6 +70,7 @@ impl CloseReason {
         match self {
             CloseReason::TakenOver => "taken-over",
             CloseReason::NotAuthorized => "not-authorized",
+            CloseReason::ShuttingDown => "shutting-down",
         }
     }
 }

@@ -52,11 +52,15 @@ pub async fn connect(
                 .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2))))
         }
         Err(refusal) => {
-            connect::after_failed_connect(&ingest, connect.io()).await;
+            // Not the client's failure: no throttle for a node without a configuration.
+            if refusal != ConnectRefusal::NotConfigured {
+                connect::after_failed_connect(&ingest, connect.io()).await;
+            }
             Ok(match refusal {
                 ConnectRefusal::BadCredentials => connect.bad_username_or_pwd(),
                 ConnectRefusal::NotAuthorized => connect.not_authorized(),
                 ConnectRefusal::BadClientId => connect.identifier_rejected(),
+                ConnectRefusal::NotConfigured => connect.service_unavailable(),
             })
         }
     }

@@ -31,6 +31,10 @@ impl Closer for V5Closer {
                 DisconnectReasonCode::NotAuthorized,
                 "the token or workspace no longer allows ingest",
             ),
+            CloseReason::ShuttingDown => (
+                DisconnectReasonCode::ServerShuttingDown,
+                "this node is shutting down; connect again",
+            ),
         };
         self.0.close_with_reason(Disconnect {
             reason_code,
@@ -72,11 +76,15 @@ pub async fn connect(
             }))
         }
         Err(refusal) => {
-            connect::after_failed_connect(&ingest, connect.io()).await;
+            // Not the client's failure: no throttle for a node without a configuration.
+            if refusal != ConnectRefusal::NotConfigured {
+                connect::after_failed_connect(&ingest, connect.io()).await;
+            }
             let code = match refusal {
                 ConnectRefusal::BadCredentials => ConnectAckReason::BadUserNameOrPassword,
                 ConnectRefusal::NotAuthorized => ConnectAckReason::NotAuthorized,
                 ConnectRefusal::BadClientId => ConnectAckReason::ClientIdentifierNotValid,
+                ConnectRefusal::NotConfigured => ConnectAckReason::ServerUnavailable,
             };
             Ok(connect.failed(code))
         }
