@@ -439,7 +439,10 @@ fn a_three_node_cluster_behind_haproxy_keeps_every_acknowledged_event_through_a_
     assert!(status.success(), "{status}: {}", nodes[2].log_text());
     assert!(took < grace, "drained in {took:?}");
     let drain_log = nodes[2].log_text();
-    let drain_log = &drain_log[drain_log.len().saturating_sub(3000)..];
+    let tail = (drain_log.len().saturating_sub(3000)..)
+        .find(|i| drain_log.is_char_boundary(*i))
+        .unwrap_or(0);
+    let drain_log = &drain_log[tail..];
     std::thread::sleep(Duration::from_secs(1));
     stop.store(true, Ordering::Relaxed);
     for thread in load {
