@@ -34,13 +34,15 @@ use serde::Serialize;
 use node::{End, Node, Ports};
 
 /// The node's crash points (`sluice_storage::chaos::POINTS`), each with the highest `n` a
-/// round may arm it with: enough spread to land on different files, segments and versions,
-/// small enough that the point fires within a second or two of load.
+/// round may arm it with: enough spread that the kill lands sometimes while the node recovers
+/// the last life's WAL and sometimes well into new load, small enough that the point fires
+/// within a second or two (with the default node flags a file is cut every 150 ms per key and a
+/// segment fills in tens of ms; the churn changes the configuration about every 200 ms).
 pub const POINTS: [(&str, u64); 4] = [
-    ("parquet-encode", 4),
-    ("upload", 4),
-    ("wal-rotate", 8),
-    ("config-swap", 3),
+    ("parquet-encode", 8),
+    ("upload", 8),
+    ("wal-rotate", 20),
+    ("config-swap", 4),
 ];
 
 /// The line a node writes to stderr as a crash point kills it (`sluice_storage::chaos::KILL_LINE`,
@@ -362,11 +364,6 @@ pub fn run(plan: &Plan) -> Result<Report> {
         ports.clone(),
         plan.node_args.clone(),
     );
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(2)))
-        .build()
-        .into();
     let log = |line: String| {
         if plan.progress {
             eprintln!("{line}");
@@ -398,7 +395,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
         node.spawn(arm.as_deref())?;
         let born = Instant::now();
         let mut during_start = false;
-        let end = match node.wait_healthy(&agent)? {
+        let end = match node.wait_healthy()? {
             Some(end) => {
                 during_start = true;
                 end
@@ -504,7 +501,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
     // Once more, unarmed: the node recovers the last life's WAL while the load goes on, then
     // stops cleanly and uploads everything it holds.
     node.spawn(None)?;
-    if let Some(end) = node.wait_healthy(&agent)? {
+    if let Some(end) = node.wait_healthy()? {
         bail!(
             "sluice died during its final start ({end:?}); see {}",
             node.log_path().display()
@@ -515,6 +512,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
     }
     std::thread::sleep(plan.settle);
     load.stop.store(true, Ordering::Relaxed);
+    let stopping = Instant::now();
     let mut acked_http = Vec::new();
     let mut acked_mqtt = Vec::new();
     for (i, client) in clients.into_iter().enumerate() {
@@ -530,6 +528,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
     if let Some(churn) = churn_thread {
         let _ = churn.join();
     }
+    let clients_stopped = stopping.elapsed();
     let status = node.stop(Duration::from_secs(120))?;
     if !status.success() {
         bail!(
@@ -537,7 +536,11 @@ pub fn run(plan: &Plan) -> Result<Report> {
             node.log_path().display()
         );
     }
-    log("chaos: node stopped cleanly; reading the lake".to_owned());
+    log(format!(
+        "chaos: clients stopped in {:.1} s, node stopped cleanly in {:.1} s; reading the lake",
+        clients_stopped.as_secs_f64(),
+        (stopping.elapsed() - clients_stopped).as_secs_f64()
+    ));
 
     let stored = lake::read(&node.data_dir().join("lake"))?;
     let acked: HashSet<u64> = acked_http.iter().chain(&acked_mqtt).copied().collect();

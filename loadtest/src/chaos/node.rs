@@ -114,7 +114,11 @@ impl Node {
             .arg("--api-addr")
             .arg(format!("127.0.0.1:{}", self.ports.api))
             .args(&self.extra_args)
-            .env("SLUICE_LOG", "info")
+            // The node's own level unless the driver's environment names one.
+            .env(
+                "SLUICE_LOG",
+                std::env::var("SLUICE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .env_remove("SLUICE_CHAOS")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -132,7 +136,14 @@ impl Node {
     /// Waits until both the ingest and the control-plane API answer `/healthz`. `Ok(Some(end))`
     /// when the process died first (a crash point can fire during start, while the shipper
     /// uploads what the last life left in the WAL).
-    pub fn wait_healthy(&mut self, agent: &ureq::Agent) -> Result<Option<End>> {
+    pub fn wait_healthy(&mut self) -> Result<Option<End>> {
+        // Its own client, dropped on return: a keep-alive connection left open to the node
+        // would be one more the node's graceful stop waits for.
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(2)))
+            .build()
+            .into();
         let deadline = Instant::now() + START_TIMEOUT;
         let healthy = |base: String| {
             agent
