@@ -33,11 +33,15 @@ fn five_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
     });
     eprintln!("{}", report.text());
 
-    assert!(
-        report.passed(),
-        "seed {seed} (replay: SLUICE_CHAOS_SEED={seed}): {}",
-        report.text()
-    );
+    if !report.passed() {
+        // Kept for a look: the lake, the WAL and the node's log across all its lives.
+        let kept = dir.keep();
+        panic!(
+            "seed {seed} (replay: SLUICE_CHAOS_SEED={seed}): {}\ndata dir and log kept in {}",
+            report.text(),
+            kept.display()
+        );
+    }
     // Otherwise the test could pass without testing what it claims.
     for kind in [
         "timer",
