@@ -329,11 +329,15 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                 enabled: true,
                 events_per_second_max: None,
                 cors_origins: Vec::new(),
+                tag_rules: Vec::new(),
                 sources: vec![SourceConfig {
                     id: Uuid::now_v7(),
                     slug: "telemetry".into(),
                     name: String::new(),
                     protocols: Protocol::all(),
+                    schema: None,
+                    on_invalid: Default::default(),
+                    keep_payload: true,
                 }],
                 tokens: (0..per)
                     .map(|_| {

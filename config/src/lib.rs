@@ -4,6 +4,7 @@
 //!   bindings) and its validation.
 //! - [`delta`] and [`state`]: the change between two versions, and the indexed copy a node
 //!   applies changes to.
+//! - [`shaping`]: sources' JSON Schemas, the typed columns they give, and tag rules.
 //! - [`hash`]: the content hash that proves two copies equal.
 //! - [`token`]: generating access tokens and hashing them; no secret is ever stored.
 //! - [`stream`]: the configuration stream's wire types.
@@ -14,6 +15,7 @@
 
 pub mod delta;
 pub mod hash;
+pub mod shaping;
 pub mod snapshot;
 pub mod state;
 pub mod stream;

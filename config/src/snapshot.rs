@@ -11,6 +11,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::shaping::{self, OnInvalid, TagRule};
+
 /// One version of a node's configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -46,6 +48,9 @@ pub struct WorkspaceConfig {
     pub sources: Vec<SourceConfig>,
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
+    /// Tag rules, in the order they apply ([`crate::shaping`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tag_rules: Vec<TagRule>,
 }
 
 fn enabled_by_default() -> bool {
@@ -64,6 +69,23 @@ pub struct SourceConfig {
     /// sources had them means every protocol.
     #[serde(default = "Protocol::all")]
     pub protocols: Vec<Protocol>,
+    /// JSON Schema (draft 2020-12) every event must meet; any JSON object when absent. Its
+    /// top-level scalar properties become typed Parquet columns ([`crate::shaping::columns`]).
+    /// The shaping fields are left out of the JSON at their defaults, so that sources without
+    /// them hash as before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema: Option<serde_json::Value>,
+    /// What becomes of events the schema refuses.
+    #[serde(default, skip_serializing_if = "OnInvalid::is_reject")]
+    pub on_invalid: OnInvalid,
+    /// Whether the `payload` column (the event's JSON text) is written beside the typed
+    /// columns; a source may turn it off once it trusts its schema.
+    #[serde(default = "enabled_by_default", skip_serializing_if = "is_true")]
+    pub keep_payload: bool,
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 /// A protocol devices send events over.
@@ -223,7 +245,17 @@ impl WorkspaceConfig {
                     source.slug, self.slug
                 ));
             }
+            if let Some(schema) = &source.schema {
+                shaping::check_schema(schema).map_err(|e| {
+                    SnapshotError::Invalid(format!(
+                        "source {:?} in workspace {:?}: {e}",
+                        source.slug, self.slug
+                    ))
+                })?;
+            }
         }
+        shaping::check_rules(&self.tag_rules)
+            .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
         let mut hashes = HashSet::new();
         let mut ids = HashSet::new();
         for token in &self.tokens {
@@ -303,6 +335,7 @@ mod tests {
             cors_origins: Vec::new(),
             sources: vec![],
             tokens: vec![token.clone()],
+            tag_rules: Vec::new(),
         };
         let snapshot = ConfigSnapshot {
             version: 1,
@@ -333,6 +366,7 @@ mod tests {
             cors_origins: Vec::new(),
             sources: vec![],
             tokens: vec![token('a'), token('b')],
+            tag_rules: Vec::new(),
         };
         assert!(ws.validate().is_err(), "two tokens with one id");
         ws.tokens.pop();
@@ -342,6 +376,9 @@ mod tests {
             slug: slug.into(),
             name: String::new(),
             protocols: Protocol::all(),
+            schema: None,
+            on_invalid: Default::default(),
+            keep_payload: true,
         };
         ws.sources = vec![source("one"), source("two")];
         assert!(ws.validate().is_err(), "two sources with one id");

@@ -32,8 +32,12 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
             slug: "telemetry".into(),
             name: String::new(),
             protocols: Protocol::all(),
+            schema: None,
+            on_invalid: Default::default(),
+            keep_payload: true,
         }],
         tokens: tokens.iter().map(|h| token(*h)).collect(),
+        tag_rules: Vec::new(),
     }
 }
 

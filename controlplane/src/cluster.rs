@@ -323,6 +323,7 @@ mod tests {
                     cors_origins: Vec::new(),
                     sources: vec![],
                     tokens: vec![],
+                    tag_rules: Vec::new(),
                 })
                 .collect(),
         }

@@ -36,6 +36,9 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         slug: x.slug.clone(),
                         name: x.name.clone(),
                         protocols: x.protocols.clone(),
+                        schema: None,
+                        on_invalid: Default::default(),
+                        keep_payload: true,
                     })
                     .collect(),
                 tokens: s
@@ -50,6 +53,7 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         expires_at: t.expires_at,
                     })
                     .collect(),
+                tag_rules: Vec::new(),
             })
             .collect(),
     }

@@ -463,11 +463,15 @@ mod tests {
             enabled,
             events_per_second_max: None,
             cors_origins: Vec::new(),
+            tag_rules: Vec::new(),
             sources: vec![SourceConfig {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),
                 name: String::new(),
                 protocols: Protocol::all(),
+                schema: None,
+                on_invalid: Default::default(),
+                keep_payload: true,
             }],
             tokens: vec![TokenConfig {
                 id: Uuid::now_v7(),
@@ -572,6 +576,9 @@ mod tests {
             slug: "other".into(),
             name: String::new(),
             protocols: Protocol::all(),
+            schema: None,
+            on_invalid: Default::default(),
+            keep_payload: true,
         });
         let mut c3 = c2.clone();
         c3.tokens.clear();

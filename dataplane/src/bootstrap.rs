@@ -47,6 +47,9 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
                 slug: "telemetry".into(),
                 name: "Telemetry".into(),
                 protocols: Protocol::all(),
+                schema: None,
+                on_invalid: Default::default(),
+                keep_payload: true,
             }],
             tokens: vec![TokenConfig {
                 id: Uuid::now_v7(),
@@ -57,6 +60,7 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
                 device_id: None,
                 expires_at: None,
             }],
+            tag_rules: Vec::new(),
         }],
     };
     let bootstrap = Bootstrap {
