@@ -7,6 +7,7 @@
 //! docs/configuration.md lists them all.
 #![forbid(unsafe_code)]
 
+mod backup;
 mod descriptors;
 mod health;
 
@@ -84,6 +85,46 @@ struct ControlPlaneArgs {
     cluster_secret: Option<String>,
     #[command(flatten)]
     api: ApiArgs,
+    #[command(subcommand)]
+    action: Option<ControlPlaneAction>,
+}
+
+/// `sluice controlplane backup` and `restore`.
+#[derive(Subcommand)]
+enum ControlPlaneAction {
+    /// Save a consistent copy of the running control plane's store (controlplane.redb) to a
+    /// new file, taken by the control plane while it runs (an operator's token).
+    Backup(BackupArgs),
+    /// Put a backup in place of the store in --data-dir (the control plane stopped); the
+    /// replaced store is kept beside it, and nodes get the restored configuration as a new
+    /// version.
+    Restore(RestoreArgs),
+}
+
+/// `sluice controlplane backup`.
+#[derive(Args)]
+struct BackupArgs {
+    /// The file to write (must not exist).
+    path: PathBuf,
+    /// The control plane's API.
+    #[arg(long, env = "SLUICE_API_URL", default_value = "http://127.0.0.1:8080")]
+    api_url: String,
+    /// An operator's session or personal access token.
+    #[arg(long, env = "SLUICE_OPERATOR_TOKEN", hide_env_values = true)]
+    token: String,
+    /// How long connecting and each read may take, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    timeout_ms: u64,
+}
+
+/// `sluice controlplane restore`.
+#[derive(Args)]
+struct RestoreArgs {
+    /// The backup file.
+    path: PathBuf,
+    /// The stopped control plane's data directory.
+    #[arg(long, env = "SLUICE_DATA_DIR", default_value = "data")]
+    data_dir: PathBuf,
 }
 
 /// Control-plane settings; each overrides the TOML file and the built-in default.
@@ -481,7 +522,10 @@ fn main() -> Result<()> {
             shutdown.trigger(signalled + grace);
             node.join();
         }
-        Command::Controlplane(args) => {
+        Command::Controlplane(mut args) => {
+            if let Some(action) = args.action.take() {
+                return controlplane_action(action);
+            }
             let mut config = args.into_config()?;
             fit_connection_caps(None, Some(&mut config))?;
             private_dir(&config.data_dir)?;
@@ -490,6 +534,42 @@ fn main() -> Result<()> {
             wait_for_signal()?;
             shutdown.trigger(Instant::now() + sluice_controlplane::STOP_DEADLINE);
             controlplane.join();
+        }
+    }
+    Ok(())
+}
+
+/// `sluice controlplane backup` or `restore`.
+fn controlplane_action(action: ControlPlaneAction) -> Result<()> {
+    match action {
+        ControlPlaneAction::Backup(b) => {
+            let (version, bytes) = backup::save(
+                &b.api_url,
+                &b.token,
+                &b.path,
+                Duration::from_millis(b.timeout_ms),
+            )?;
+            println!(
+                "saved {} ({bytes} bytes, configuration version {version})",
+                b.path.display()
+            );
+        }
+        ControlPlaneAction::Restore(r) => {
+            let restored = sluice_controlplane::backup::restore(&r.path, &r.data_dir)
+                .with_context(|| format!("restoring {}", r.path.display()))?;
+            println!(
+                "restored {} into {} (configuration version {} in the backup, {} now){}",
+                r.path.display(),
+                r.data_dir
+                    .join(sluice_controlplane::backup::STORE_FILE_NAME)
+                    .display(),
+                restored.backup_version,
+                restored.version,
+                restored
+                    .previous
+                    .map(|p| format!("; the replaced store is {}", p.display()))
+                    .unwrap_or_default()
+            );
         }
     }
     Ok(())

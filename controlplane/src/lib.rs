@@ -24,6 +24,7 @@
 pub(crate) mod api;
 pub(crate) mod app;
 pub(crate) mod auth;
+pub mod backup;
 pub(crate) mod cluster;
 pub(crate) mod config;
 pub(crate) mod housekeeping;

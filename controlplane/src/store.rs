@@ -329,6 +329,12 @@ impl Store {
         })
     }
 
+    /// Copies the store as of one read transaction into a new redb file at `dest`, while
+    /// writers go on (see `backup`). Returns the configuration version copied.
+    pub fn backup_to(&self, dest: &Path) -> Result<u64, crate::backup::BackupError> {
+        crate::backup::copy(&self.db, dest)
+    }
+
     /// Runs `f` on a consistent view of the state.
     pub fn read<T>(&self, f: impl FnOnce(&State) -> T) -> T {
         let state = self.state.read().unwrap_or_else(|e| e.into_inner());

@@ -356,6 +356,7 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(operator::list_users))
         .routes(routes!(operator::set_plan))
         .routes(routes!(operator::set_trial))
+        .routes(routes!(operator::backup))
         .routes(routes!(links::accept_link))
         .routes(routes!(links::login_page, links::login_form))
         .routes(routes!(signup::signup_page, signup::signup_form))

@@ -99,3 +99,50 @@ pub async fn set_trial(
     require_operator(&caller)?;
     change_user(&app, user, move |u| u.trial_ends_at = form.trial_ends_at).await
 }
+
+/// A consistent copy of the control plane's store, taken while it runs: one read transaction
+/// copied into a new redb file (writers go on meanwhile). Operators only. `sluice controlplane
+/// backup` saves it; `sluice controlplane restore` puts it back.
+#[utoipa::path(get, path = "/api/v1/operator/backup", tag = "operator",
+    responses((status = 200, description = "the store as a redb file; `X-Sluice-Config-Version` gives the configuration version it holds", content_type = "application/octet-stream"),
+        (status = 403, body = crate::problem::ProblemBody)))]
+pub async fn backup(State(app): State<App>, caller: Caller) -> ApiResult<axum::response::Response> {
+    use axum::response::IntoResponse;
+    require_operator(&caller)?;
+    let store = app.store.clone();
+    // Beside the store: the same file system, writable where the root file system is not.
+    let path = app
+        .config
+        .data_dir
+        .join(format!("backup-{}.redb.partial", Uuid::now_v7().simple()));
+    let (version, bytes) = tokio::task::spawn_blocking(move || {
+        let copied = store
+            .backup_to(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|version| {
+                std::fs::read(&path)
+                    .map(|bytes| (version, bytes))
+                    .map_err(|e| format!("reading {}: {e}", path.display()))
+            });
+        let _ = std::fs::remove_file(&path);
+        copied
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("the backup did not complete: {e}")))?
+    .map_err(|e| ApiError::internal(format!("the backup failed: {e}")))?;
+    tracing::info!(version, bytes = bytes.len(), "store backed up");
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "application/octet-stream".to_owned(),
+            ),
+            (
+                axum::http::HeaderName::from_static("x-sluice-config-version"),
+                version.to_string(),
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
