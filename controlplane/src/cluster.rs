@@ -19,16 +19,24 @@ use utoipa::ToSchema;
 
 /// Deltas kept for catching up.
 pub const DELTAS_KEPT: usize = 1024;
-/// Tokens and sources carried by the kept deltas together at most: a delta holds whole
-/// workspaces, so a count alone would not bound memory (a node further behind gets a
-/// snapshot).
+/// Tokens and sources carried by the kept deltas together at most (a source weighs one more
+/// per KiB of its schema, a workspace one per tag rule): a delta holds whole workspaces, so a
+/// count of deltas alone would not bound memory (a node further behind gets a snapshot).
 pub const DELTA_ITEMS_KEPT: usize = 200_000;
 
 fn items(delta: &ConfigDelta) -> usize {
     delta
         .upsert
         .iter()
-        .map(|w| 1 + w.tokens.len() + w.sources.len())
+        .map(|w| {
+            let schemas: usize = w
+                .sources
+                .iter()
+                .filter_map(|x| x.schema.as_ref())
+                .map(|schema| serde_json::to_vec(schema).map_or(0, |b| b.len()) >> 10)
+                .sum();
+            1 + w.tokens.len() + w.sources.len() + schemas + w.tag_rules.len()
+        })
         .sum::<usize>()
         + delta.remove.len()
 }

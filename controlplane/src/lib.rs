@@ -38,6 +38,7 @@ pub(crate) mod purge;
 pub(crate) mod rate_limit;
 pub(crate) mod request_body;
 pub(crate) mod roles;
+pub(crate) mod schema;
 pub(crate) mod secrets;
 pub(crate) mod seed;
 pub(crate) mod shutdown;

@@ -159,6 +159,7 @@ fn refusal_response() -> Vec<u8> {
         title: kind.title().to_owned(),
         status: kind.status().as_u16(),
         detail: "the control plane has too many open connections; retry shortly".to_owned(),
+        errors: Vec::new(),
     };
     let body = serde_json::to_vec(&body).unwrap_or_default();
     let mut response = format!(

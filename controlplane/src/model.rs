@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sluice_config::shaping::{OnInvalid, TagRule};
 use sluice_config::snapshot::Scope;
 use utoipa::ToSchema;
 use uuid::Uuid;
@@ -159,9 +160,29 @@ pub struct Source {
     pub slug: String,
     pub name: String,
     pub protocols: Vec<Protocol>,
-    /// JSON Schema of the payload, when the source has one.
+    /// JSON Schema (draft 2020-12) of the payload, when the source has one.
     pub schema: Option<serde_json::Value>,
+    /// What nodes do with events the schema refuses. Records written before sources had it
+    /// read as the default, `reject`.
+    #[serde(default)]
+    pub on_invalid: OnInvalid,
+    /// Whether the `payload` column is written beside the typed columns; true in records
+    /// written before sources had it.
+    #[serde(default = "keep_payload_by_default")]
+    pub keep_payload: bool,
     pub created_at: DateTime<Utc>,
+}
+
+fn keep_payload_by_default() -> bool {
+    true
+}
+
+/// A workspace's tag rules, in the order they apply: one record per workspace, so that a
+/// reorder is one write and the order cannot be half-changed.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TagRules {
+    pub workspace_id: Uuid,
+    pub rules: Vec<TagRule>,
 }
 
 /// How the connection to an SMTP server is secured.

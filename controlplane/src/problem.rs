@@ -53,11 +53,15 @@ problem_types! {
     InvalidDeviceId => (BAD_REQUEST, "invalid-device-id", "Invalid device id"),
     InvalidExpiry => (BAD_REQUEST, "invalid-expiry", "Invalid expiry"),
     InvalidProtocols => (BAD_REQUEST, "invalid-protocols", "Invalid protocols"),
+    /// A source's JSON Schema the nodes could not apply; `errors` lists each problem with its
+    /// JSON pointer into the schema.
     InvalidSchema => (BAD_REQUEST, "invalid-schema", "Invalid schema"),
+    InvalidTagRule => (BAD_REQUEST, "invalid-tag-rule", "Invalid tag rule"),
     InvalidOrigin => (BAD_REQUEST, "invalid-origin", "Invalid CORS origin"),
     /// A new token's `sources` names a source the workspace does not have; the same slug as
     /// [`ProblemType::UnknownSource`], with 400 because the path itself is fine.
-    UnknownTokenSource => (BAD_REQUEST, "unknown-source", "Unknown source in the token's sources"),
+    /// Likewise a tag rule's `sources`.
+    UnknownNamedSource => (BAD_REQUEST, "unknown-source", "Unknown source named in the body"),
     InvalidCode => (BAD_REQUEST, "invalid-code", "Invalid code"),
     InvalidSmtpSettings => (BAD_REQUEST, "invalid-smtp-settings", "Invalid SMTP settings"),
     NotASession => (BAD_REQUEST, "not-a-session", "Not a session"),
@@ -75,6 +79,7 @@ problem_types! {
     UnknownInvitation => (NOT_FOUND, "unknown-invitation", "Unknown invitation"),
     UnknownToken => (NOT_FOUND, "unknown-token", "Unknown access token"),
     UnknownSource => (NOT_FOUND, "unknown-source", "Unknown source"),
+    UnknownTagRule => (NOT_FOUND, "unknown-tag-rule", "Unknown tag rule"),
     UnknownUser => (NOT_FOUND, "unknown-user", "Unknown user"),
     NotFound => (NOT_FOUND, "not-found", "Not found"),
     NoRoute => (NOT_FOUND, "no-route", "No such endpoint"),
@@ -129,6 +134,27 @@ pub struct ApiError {
     pub detail: String,
     /// Seconds for `Retry-After` (429 and 503).
     pub retry_after_s: Option<u64>,
+    /// Each thing wrong in the body, where it is (`invalid-schema`).
+    pub errors: Vec<FieldError>,
+}
+
+/// One thing wrong in a request body, and where.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
+pub struct FieldError {
+    /// JSON pointer (RFC 6901) into the value the refusal is about (for `invalid-schema`, the
+    /// submitted schema); empty for the whole value.
+    pub pointer: String,
+    /// What is wrong there.
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn at(pointer: impl Into<String>, message: impl Into<String>) -> Self {
+        FieldError {
+            pointer: pointer.into(),
+            message: message.into(),
+        }
+    }
 }
 
 /// The body of every error response.
@@ -143,6 +169,11 @@ pub struct ProblemBody {
     pub status: u16,
     /// What was wrong with this request and what to do.
     pub detail: String,
+    /// An extension member of some types (`invalid-schema`): each thing wrong, with its JSON
+    /// pointer. Absent otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub errors: Vec<FieldError>,
 }
 
 /// `type` in the OpenAPI document: a string, one of the URIs of [`ProblemType::ALL`].
@@ -169,7 +200,14 @@ impl ApiError {
             kind,
             detail: detail.into(),
             retry_after_s: None,
+            errors: Vec::new(),
         }
+    }
+
+    /// Adds the `errors` extension member: each thing wrong, with its pointer.
+    pub fn with_errors(mut self, errors: Vec<FieldError>) -> Self {
+        self.errors = errors;
+        self
     }
 
     pub fn status(&self) -> StatusCode {
@@ -284,6 +322,7 @@ impl IntoResponse for ApiError {
             title: self.kind.title().to_owned(),
             status: status.as_u16(),
             detail: self.detail,
+            errors: self.errors,
         };
         let bytes = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = (status, bytes).into_response();

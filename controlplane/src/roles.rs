@@ -26,6 +26,8 @@ pub enum Action {
     /// Invite, cancel invitations, remove members and change their roles.
     ManageMembers,
     ManageSources,
+    /// Create, change, reorder and delete the workspace's tag rules.
+    ManageTagRules,
     ManageTokens,
     ManageCors,
     /// Save, remove and test the workspace's SMTP settings.
@@ -42,7 +44,10 @@ impl Action {
             | Action::DeleteWorkspace
             | Action::ManageMembers
             | Action::ManageCors => &[Admin],
-            Action::ManageSources | Action::ManageTokens | Action::ManageSmtp => &[Admin, Editor],
+            Action::ManageSources
+            | Action::ManageTagRules
+            | Action::ManageTokens
+            | Action::ManageSmtp => &[Admin, Editor],
         }
     }
 
@@ -63,6 +68,7 @@ mod tests {
             Action::DeleteWorkspace,
             Action::ManageMembers,
             Action::ManageSources,
+            Action::ManageTagRules,
             Action::ManageTokens,
             Action::ManageCors,
         ] {
@@ -71,6 +77,7 @@ mod tests {
         }
         assert!(Action::ManageSources.allows(Role::Editor));
         assert!(Action::ManageTokens.allows(Role::Editor));
+        assert!(Action::ManageTagRules.allows(Role::Editor));
         assert!(Action::ManageSmtp.allows(Role::Editor));
         assert!(!Action::ManageSmtp.allows(Role::Viewer));
         assert!(!Action::ManageMembers.allows(Role::Editor));

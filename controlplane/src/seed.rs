@@ -50,6 +50,8 @@ pub fn seed(store: &Store, owner: Uuid, token: Option<String>) -> Result<Seeded,
             name: "Telemetry".into(),
             protocols: vec![Protocol::Http, Protocol::Mqtt],
             schema: None,
+            on_invalid: Default::default(),
+            keep_payload: true,
             created_at: now,
         }),
         Change::PutToken(AccessToken {

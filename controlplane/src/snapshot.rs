@@ -1,5 +1,6 @@
 //! The data-plane configuration derived from the control plane's state, in the `storage/`
-//! snapshot format (token hashes only, never secrets).
+//! snapshot format (token hashes only, never secrets), with each source's schema and shaping
+//! settings and each workspace's tag rules in order: the content hash covers them all.
 //!
 //! Each version is also written to `<data-dir>/config-snapshot.json`, which a data-plane node
 //! can follow with `--config-snapshot` until the configuration stream exists.
@@ -36,9 +37,9 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         slug: x.slug.clone(),
                         name: x.name.clone(),
                         protocols: x.protocols.clone(),
-                        schema: None,
-                        on_invalid: Default::default(),
-                        keep_payload: true,
+                        schema: x.schema.clone(),
+                        on_invalid: x.on_invalid,
+                        keep_payload: x.keep_payload,
                     })
                     .collect(),
                 tokens: s
@@ -53,7 +54,7 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         expires_at: t.expires_at,
                     })
                     .collect(),
-                tag_rules: Vec::new(),
+                tag_rules: s.tag_rules_of(ws.id).to_vec(),
             })
             .collect(),
     }
@@ -102,5 +103,133 @@ pub(crate) async fn keep_file_current(app: App, path: PathBuf) {
             changed = versions.changed() => if changed.is_err() { return },
             _ = stopping.requested() => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::{CatchUp, ConfigHistory};
+    use crate::model::{Source, TagRules, Workspace};
+    use crate::store::{Change, Store, StoreError};
+    use serde_json::json;
+    use sluice_config::shaping::{Extract, OnInvalid, TagRule};
+    use sluice_config::snapshot::Protocol;
+    use uuid::Uuid;
+
+    fn rule(pattern: &str) -> TagRule {
+        TagRule {
+            id: Uuid::now_v7(),
+            name: "site".into(),
+            sources: vec!["telemetry".into()],
+            extract: Extract::Topic {
+                pattern: pattern.into(),
+                device_id: None,
+            },
+        }
+    }
+
+    fn write(store: &Store, changes: Vec<Change>) {
+        store
+            .write(|_| Ok::<_, StoreError>((changes, ())))
+            .expect("write");
+    }
+
+    /// What a node gets after `from`: the deltas it applies, replayed onto its copy.
+    fn node_copy(history: &ConfigHistory, from: &ConfigSnapshot) -> ConfigSnapshot {
+        match history.catch_up(from.version, &from.content_hash()) {
+            CatchUp::Deltas(deltas) => deltas.iter().fold(from.clone(), |copy, d| {
+                copy.apply(d).expect("the delta applies")
+            }),
+            _ => panic!("a node one version behind gets deltas"),
+        }
+    }
+
+    #[test]
+    fn a_schema_or_tag_rule_change_is_a_new_version_whose_delta_carries_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("cp.redb")).expect("open");
+        let ws = Workspace {
+            id: Uuid::now_v7(),
+            slug: "plant".into(),
+            name: "Plant".into(),
+            created_by: Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+            enabled: true,
+            cors_allowed_origins: vec![],
+        };
+        let mut source = Source {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "telemetry".into(),
+            name: "telemetry".into(),
+            protocols: vec![Protocol::Http],
+            schema: None,
+            on_invalid: OnInvalid::Reject,
+            keep_payload: true,
+            created_at: chrono::Utc::now(),
+        };
+        write(
+            &store,
+            vec![
+                Change::PutWorkspace(ws.clone()),
+                Change::PutSource(source.clone()),
+            ],
+        );
+        let first = store.read(build);
+        let history = ConfigHistory::new(first.clone());
+
+        source.schema = Some(json!({"properties": {"temp_c": {"type": "number"}}}));
+        source.on_invalid = OnInvalid::Quarantine;
+        source.keep_payload = false;
+        write(&store, vec![Change::PutSource(source.clone())]);
+        let second = store.read(build);
+        assert_eq!(second.version, first.version + 1);
+        assert_ne!(second.content_hash(), first.content_hash());
+        history.advance(second.clone());
+        let copy = node_copy(&history, &first);
+        let shaped = &copy.workspaces[0].sources[0];
+        assert_eq!(shaped.schema, source.schema);
+        assert_eq!(shaped.on_invalid, OnInvalid::Quarantine);
+        assert!(!shaped.keep_payload);
+
+        let rules = vec![rule("ingest/{source}/{site}/#"), rule("site/{site}")];
+        write(
+            &store,
+            vec![Change::PutTagRules(TagRules {
+                workspace_id: ws.id,
+                rules: rules.clone(),
+            })],
+        );
+        let third = store.read(build);
+        assert_eq!(third.version, second.version + 1);
+        history.advance(third.clone());
+        assert_eq!(node_copy(&history, &second).workspaces[0].tag_rules, rules);
+
+        let reordered = vec![rules[1].clone(), rules[0].clone()];
+        write(
+            &store,
+            vec![Change::PutTagRules(TagRules {
+                workspace_id: ws.id,
+                rules: reordered.clone(),
+            })],
+        );
+        let fourth = store.read(build);
+        assert_eq!(fourth.version, third.version + 1);
+        assert_ne!(
+            fourth.content_hash(),
+            third.content_hash(),
+            "the order of the rules is part of the hash"
+        );
+        history.advance(fourth);
+        assert_eq!(
+            node_copy(&history, &third).workspaces[0].tag_rules,
+            reordered
+        );
+
+        // Persisted: a restarted control plane builds the same configuration.
+        drop(store);
+        let store = Store::open(&dir.path().join("cp.redb")).expect("reopen");
+        assert_eq!(store.read(build).workspaces[0].tag_rules, reordered);
     }
 }

@@ -16,9 +16,11 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use uuid::Uuid;
 
+use sluice_config::shaping::TagRule;
+
 use crate::model::{
-    AccessToken, Credential, Delivery, Invitation, Member, Purge, Source, User, Workspace,
-    WorkspaceSmtp,
+    AccessToken, Credential, Delivery, Invitation, Member, Purge, Source, TagRules, User,
+    Workspace, WorkspaceSmtp,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -28,6 +30,8 @@ const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
 const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("access_tokens");
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
+/// Workspace id -> its tag rules, in order.
+const TAG_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("tag_rules");
 /// Workspaces deleted whose objects in the lake are still to be removed.
 const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
 const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp");
@@ -76,6 +80,8 @@ pub struct State {
     pub invitations: BTreeMap<Uuid, Invitation>,
     pub tokens: BTreeMap<Uuid, AccessToken>,
     pub sources: BTreeMap<Uuid, Source>,
+    /// Workspace id -> its tag rules, in the order they apply.
+    pub tag_rules: HashMap<Uuid, Vec<TagRule>>,
     /// Deleted workspaces whose lake objects are still to be deleted.
     pub purges: Vec<Purge>,
     /// Workspace id -> its own SMTP server.
@@ -102,6 +108,8 @@ pub enum Change {
     DeleteToken(Uuid),
     PutSource(Source),
     DeleteSource(Uuid),
+    /// Replaces a workspace's tag rules (an empty list removes the record).
+    PutTagRules(TagRules),
     PutPurge(Purge),
     DeletePurge(Uuid),
     PutSmtp(WorkspaceSmtp),
@@ -121,6 +129,7 @@ impl Change {
                 | Change::DeleteToken(_)
                 | Change::PutSource(_)
                 | Change::DeleteSource(_)
+                | Change::PutTagRules(_)
         )
     }
 }
@@ -176,6 +185,12 @@ impl State {
             Change::DeleteSource(id) => {
                 self.sources.remove(&id);
             }
+            Change::PutTagRules(r) if r.rules.is_empty() => {
+                self.tag_rules.remove(&r.workspace_id);
+            }
+            Change::PutTagRules(r) => {
+                self.tag_rules.insert(r.workspace_id, r.rules);
+            }
             Change::PutPurge(purge) => {
                 self.purges.retain(|p| p.workspace_id != purge.workspace_id);
                 self.purges.push(purge);
@@ -228,6 +243,14 @@ impl State {
         self.sources
             .values()
             .filter(move |s| s.workspace_id == workspace)
+    }
+
+    /// A workspace's tag rules, in the order they apply.
+    pub fn tag_rules_of(&self, workspace: Uuid) -> &[TagRule] {
+        self.tag_rules
+            .get(&workspace)
+            .map(Vec::as_slice)
+            .unwrap_or_default()
     }
 
     pub fn tokens_of(&self, workspace: Uuid) -> impl Iterator<Item = &AccessToken> {
@@ -307,6 +330,9 @@ impl Store {
             for s in load_table::<Source>(&txn, SOURCES)? {
                 state.apply(Change::PutSource(s));
             }
+            for rules in load_table::<TagRules>(&txn, TAG_RULES)? {
+                state.apply(Change::PutTagRules(rules));
+            }
             for purge in load_table::<Purge>(&txn, PURGES)? {
                 state.apply(Change::PutPurge(purge));
             }
@@ -374,6 +400,7 @@ impl Store {
             let mut invitations = txn.open_table(INVITATIONS)?;
             let mut tokens = txn.open_table(TOKENS)?;
             let mut sources = txn.open_table(SOURCES)?;
+            let mut tag_rules = txn.open_table(TAG_RULES)?;
             let mut purges = txn.open_table(PURGES)?;
             let mut smtp = txn.open_table(SMTP)?;
             let mut deliveries = txn.open_table(DELIVERIES)?;
@@ -418,6 +445,13 @@ impl Store {
                     }
                     Change::DeleteSource(id) => {
                         sources.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutTagRules(r) if r.rules.is_empty() => {
+                        tag_rules.remove(r.workspace_id.to_string().as_str())?;
+                    }
+                    Change::PutTagRules(r) => {
+                        let key = r.workspace_id.to_string();
+                        tag_rules.insert(key.as_str(), encode(r)?.as_slice())?;
                     }
                     Change::PutPurge(p) => {
                         let key = p.workspace_id.to_string();
@@ -486,6 +520,18 @@ mod tests {
             store.read(|s| s.workspace("fleet").map(|w| w.id)),
             Some(ws.id)
         );
+    }
+
+    #[test]
+    fn a_source_stored_before_shaping_reads_with_the_defaults() {
+        let old = serde_json::json!({
+            "id": Uuid::now_v7(), "workspace_id": Uuid::now_v7(), "slug": "telemetry",
+            "name": "telemetry", "protocols": ["http", "mqtt"], "schema": null,
+            "created_at": "2026-01-01T00:00:00Z"
+        });
+        let source: Source = serde_json::from_value(old).expect("an old record reads");
+        assert_eq!(source.on_invalid, sluice_config::shaping::OnInvalid::Reject);
+        assert!(source.keep_payload);
     }
 
     #[test]

@@ -21,6 +21,7 @@ mod sessions;
 mod signup;
 mod smtp;
 mod sources;
+mod tag_rules;
 mod tokens;
 mod users;
 mod validate;
@@ -296,7 +297,8 @@ impl Modify for Security {
         (name = "workspaces", description = "Workspaces and their members"),
         (name = "invitations", description = "Inviting people into a workspace"),
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
-        (name = "sources", description = "Ingest points and CORS origins"),
+        (name = "sources", description = "Ingest points, their schemas, and CORS origins"),
+        (name = "tag-rules", description = "A workspace's ordered rules that lift values from topics, headers, query parameters and payloads into tags"),
         (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
         (name = "cluster", description = "The configuration stream to data-plane nodes (cluster secret)"),
@@ -344,6 +346,16 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             sources::get_source,
             sources::update_source,
             sources::delete_source
+        ))
+        .routes(routes!(
+            tag_rules::list_tag_rules,
+            tag_rules::create_tag_rule,
+            tag_rules::replace_tag_rules
+        ))
+        .routes(routes!(
+            tag_rules::get_tag_rule,
+            tag_rules::update_tag_rule,
+            tag_rules::delete_tag_rule
         ))
         .routes(routes!(cors::get_cors, cors::set_cors))
         .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))

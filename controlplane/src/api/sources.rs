@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize};
+use sluice_config::shaping::{self, Column, OnInvalid};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -17,9 +18,6 @@ use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::{Change, State as Data};
 
-/// Largest JSON Schema of a source, serialised.
-const SCHEMA_BYTES_MAX: usize = 64 << 10;
-
 /// A source as the API shows it.
 #[derive(Debug, Serialize, ToSchema)]
 pub struct SourceView {
@@ -29,9 +27,22 @@ pub struct SourceView {
     pub slug: String,
     pub name: String,
     pub protocols: Vec<Protocol>,
-    /// JSON Schema of the payload.
+    /// JSON Schema (draft 2020-12) every event must meet; absent when the source takes any
+    /// JSON object.
     #[schema(value_type = Option<Object>)]
     pub schema: Option<serde_json::Value>,
+    /// The schema's version (16 hex digits of its SHA-256), written into every row stored
+    /// under it; absent without a schema.
+    #[schema(min_length = 16, max_length = 16, pattern = "^[0-9a-f]{16}$")]
+    pub schema_version: Option<String>,
+    /// The typed Parquet columns the schema gives, in name order: one per top-level property
+    /// of a single type. Empty without a schema.
+    pub columns: Vec<Column>,
+    /// What nodes do with events the schema refuses.
+    pub on_invalid: OnInvalid,
+    /// Whether the `payload` column (each event's JSON text) is written beside the typed
+    /// columns.
+    pub keep_payload: bool,
     pub created_at: DateTime<Utc>,
 }
 
@@ -43,6 +54,10 @@ impl From<&Source> for SourceView {
             name: s.name.clone(),
             protocols: s.protocols.clone(),
             schema: s.schema.clone(),
+            schema_version: s.schema.as_ref().map(shaping::schema_version),
+            columns: s.schema.as_ref().map(shaping::columns).unwrap_or_default(),
+            on_invalid: s.on_invalid,
+            keep_payload: s.keep_payload,
             created_at: s.created_at,
         }
     }
@@ -65,9 +80,15 @@ pub struct NewSource {
     /// Both when absent; at least one.
     #[schema(min_items = 1)]
     pub protocols: Option<Vec<Protocol>>,
-    /// JSON Schema of the payload (an object).
+    /// JSON Schema (draft 2020-12) of the payload, at most 64 KiB; references only inside
+    /// the document. Any JSON object is accepted when absent.
     #[schema(value_type = Option<Object>)]
     pub schema: Option<serde_json::Value>,
+    /// What nodes do with events the schema refuses; `reject` when absent.
+    pub on_invalid: Option<OnInvalid>,
+    /// Whether the `payload` column is written beside the typed columns; true when absent.
+    /// `false` needs a schema that gives typed columns.
+    pub keep_payload: Option<bool>,
 }
 
 /// Changes to a source; absent fields stay as they are, `"schema": null` removes the schema.
@@ -79,9 +100,14 @@ pub struct SourceUpdate {
     /// At least one.
     #[schema(min_items = 1)]
     pub protocols: Option<Vec<Protocol>>,
+    /// A new JSON Schema; `null` removes it. Applies to events from the next configuration
+    /// version on; files already written keep the schema they were written under.
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     pub schema: Option<Option<serde_json::Value>>,
+    pub on_invalid: Option<OnInvalid>,
+    /// `false` needs a schema that gives typed columns.
+    pub keep_payload: Option<bool>,
 }
 
 /// Tells a field given as `null` (Some(None)) from an absent one (None).
@@ -108,20 +134,44 @@ fn valid_protocols(protocols: Option<Vec<Protocol>>) -> ApiResult<Vec<Protocol>>
     Ok(unique)
 }
 
+/// Checks a schema as the nodes will apply it; the refusal lists each problem with its JSON
+/// pointer in `errors`, and names the first in `detail`.
 fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
-    if !schema.is_object() {
-        return Err(ApiError::new(
+    crate::schema::check(schema).map_err(|errors| {
+        let first = errors
+            .first()
+            .map(|e| {
+                let at = if e.pointer.is_empty() {
+                    "the schema".to_owned()
+                } else {
+                    format!("{:?}", e.pointer)
+                };
+                format!("at {at}: {}", e.message)
+            })
+            .unwrap_or_default();
+        ApiError::new(
             ProblemType::InvalidSchema,
-            "schema must be a JSON Schema object",
-        ));
+            format!(
+                "the schema is not one the nodes can apply ({} problem(s); `errors` lists them \
+                 with JSON pointers into the schema); {first}",
+                errors.len()
+            ),
+        )
+        .with_errors(errors)
+    })
+}
+
+/// Refuses dropping `payload` where nothing else would keep the events' content.
+fn valid_payload_choice(keep_payload: bool, schema: Option<&serde_json::Value>) -> ApiResult<()> {
+    let typed = schema.is_some_and(|s| !shaping::columns(s).is_empty());
+    if keep_payload || typed {
+        return Ok(());
     }
-    if serde_json::to_vec(schema).map_or(true, |b| b.len() > SCHEMA_BYTES_MAX) {
-        return Err(ApiError::new(
-            ProblemType::InvalidSchema,
-            format!("schema must be at most {SCHEMA_BYTES_MAX} bytes"),
-        ));
-    }
-    Ok(())
+    Err(ApiError::new(
+        ProblemType::InvalidBody,
+        "keep_payload false needs a schema whose properties give typed columns: without them \
+         nothing of the events would be stored. Give the source such a schema first",
+    ))
 }
 
 fn find<'s>(s: &'s Data, ws: &Workspace, slug: &str) -> ApiResult<&'s Source> {
@@ -176,6 +226,9 @@ pub async fn create_source(
     if let Some(schema) = &form.schema {
         valid_schema(schema)?;
     }
+    let keep_payload = form.keep_payload.unwrap_or(true);
+    valid_payload_choice(keep_payload, form.schema.as_ref())?;
+    let on_invalid = form.on_invalid.unwrap_or_default();
     let max = app.config.sources_per_workspace_max;
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
@@ -194,6 +247,8 @@ pub async fn create_source(
             name,
             protocols,
             schema: form.schema,
+            on_invalid,
+            keep_payload,
             created_at: Utc::now(),
         };
         let view = SourceView::from(&source);
@@ -221,7 +276,7 @@ pub async fn get_source(
     })
 }
 
-/// Change a source's name, protocols or schema. Admin or Editor.
+/// Change a source's name, protocols, schema, `on_invalid` or `keep_payload`. Admin or Editor.
 #[utoipa::path(patch, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
     params(("workspace" = String, Path, description = "Workspace id or slug"),
         ("source" = String, Path, description = "Source slug")),
@@ -255,6 +310,13 @@ pub async fn update_source(
         if let Some(schema) = form.schema {
             updated.schema = schema;
         }
+        if let Some(on_invalid) = form.on_invalid {
+            updated.on_invalid = on_invalid;
+        }
+        if let Some(keep_payload) = form.keep_payload {
+            updated.keep_payload = keep_payload;
+        }
+        valid_payload_choice(updated.keep_payload, updated.schema.as_ref())?;
         let view = SourceView::from(&updated);
         Ok((vec![Change::PutSource(updated)], Json(view)))
     })

@@ -179,7 +179,7 @@ pub async fn create_token(
                 for slug in sources {
                     if !s.sources_of(ws.id).any(|x| &x.slug == slug) {
                         return Err(ApiError::new(
-                            ProblemType::UnknownTokenSource,
+                            ProblemType::UnknownNamedSource,
                             format!("no source {slug:?} in workspace {:?}", ws.slug),
                         ));
                     }

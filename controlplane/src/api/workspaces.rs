@@ -14,7 +14,7 @@ use super::validate::{valid_display_name, valid_slug};
 use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{require_verified, Caller};
-use crate::model::{Member, Purge, User, Workspace};
+use crate::model::{Member, Purge, TagRules, User, Workspace};
 use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::purge;
 use crate::roles::{Action, Role};
@@ -315,6 +315,12 @@ pub async fn delete_workspace(
         );
         changes.extend(s.tokens_of(ws.id).map(|t| Change::DeleteToken(t.id)));
         changes.extend(s.sources_of(ws.id).map(|x| Change::DeleteSource(x.id)));
+        if !s.tag_rules_of(ws.id).is_empty() {
+            changes.push(Change::PutTagRules(TagRules {
+                workspace_id: ws.id,
+                rules: Vec::new(),
+            }));
+        }
         if s.smtp.contains_key(&ws.id) {
             changes.push(Change::DeleteSmtp(ws.id));
         }
