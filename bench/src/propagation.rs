@@ -383,7 +383,9 @@ fn snapshot_costs(snapshot: &ConfigSnapshot, large: usize) -> Result<()> {
             events_per_second: 1_000_000,
         },
     ));
-    let applying = timed(&mut || access.apply(snapshot));
+    let mut applied = Ok(());
+    let applying = timed(&mut || applied = access.apply(snapshot));
+    applied?;
     let mut state = None;
     let indexing = timed(&mut || state = ConfigState::new(snapshot.clone()).ok());
     let mut state = state.context("the benchmark snapshot is invalid")?;

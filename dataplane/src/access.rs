@@ -18,6 +18,7 @@ use sluice_config::state::{ConfigChange, ConfigState};
 use uuid::Uuid;
 
 use crate::rate_limit::{Bucket, RateLimits};
+use crate::shape::{SchemaCache, SchemaError, SourceShape};
 use crate::token_table::TokenTable;
 
 /// A workspace as the hot path needs it.
@@ -28,9 +29,17 @@ pub struct WorkspaceView {
     pub enabled: bool,
     /// Web origins whose pages may send events (CORS).
     pub cors_origins: Vec<String>,
-    /// Each source and the protocols it takes.
-    pub sources: HashMap<String, Protocols>,
+    /// Each source: the protocols it takes and what shapes its events.
+    pub sources: HashMap<String, SourceView>,
     pub bucket: Arc<Bucket>,
+}
+
+/// A source as the hot path needs it.
+#[derive(Debug)]
+pub struct SourceView {
+    protocols: Protocols,
+    /// `None` for a source without a schema or tag rules.
+    pub shape: Option<Arc<SourceShape>>,
 }
 
 /// The protocols a source takes, as a set.
@@ -98,6 +107,10 @@ pub struct Grant<'a> {
     pub workspace: Arc<WorkspaceView>,
     /// The device the events are from: the header's, or the token's binding.
     pub device_id: Option<&'a str>,
+    /// Whether the token is bound to that device (a tag rule's device does not replace it).
+    pub device_bound: bool,
+    /// What shapes the source's events; `None` when nothing does.
+    pub shape: Option<Arc<SourceShape>>,
 }
 
 /// What an accepted MQTT CONNECT may rely on until the configuration changes.
@@ -120,6 +133,7 @@ impl ConfigView {
         workspaces: impl Iterator<Item = &'a WorkspaceConfig>,
         limits: &RateLimits,
         rates: RateDefaults,
+        schemas: &SchemaCache,
     ) -> Self {
         let mut view = ConfigView {
             version,
@@ -128,14 +142,20 @@ impl ConfigView {
         let mut ids = HashSet::new();
         for ws in workspaces {
             ids.insert(ws.id);
-            view.add(ws, limits, rates);
+            view.add(ws, limits, rates, schemas);
         }
         limits.retain(|id| ids.contains(id));
         view
     }
 
     /// The next version: this one with `change` made, sharing everything it does not touch.
-    fn changed(&self, change: &ConfigChange, limits: &RateLimits, rates: RateDefaults) -> Self {
+    fn changed(
+        &self,
+        change: &ConfigChange,
+        limits: &RateLimits,
+        rates: RateDefaults,
+        schemas: &SchemaCache,
+    ) -> Self {
         let mut view = ConfigView {
             version: change.to,
             workspaces: self.workspaces.clone(),
@@ -162,7 +182,7 @@ impl ConfigView {
             }
         }
         for ws in &change.after {
-            view.add_workspace(ws, limits, rates);
+            view.add_workspace(ws, limits, rates, schemas);
             let kept = TokensById::of(before.get(&ws.id));
             for token in ws.tokens.iter().filter(|t| !kept.has(t)) {
                 view.add_token(ws.id, token);
@@ -180,14 +200,26 @@ impl ConfigView {
         view
     }
 
-    fn add(&mut self, ws: &WorkspaceConfig, limits: &RateLimits, rates: RateDefaults) {
-        self.add_workspace(ws, limits, rates);
+    fn add(
+        &mut self,
+        ws: &WorkspaceConfig,
+        limits: &RateLimits,
+        rates: RateDefaults,
+        schemas: &SchemaCache,
+    ) {
+        self.add_workspace(ws, limits, rates, schemas);
         for token in &ws.tokens {
             self.add_token(ws.id, token);
         }
     }
 
-    fn add_workspace(&mut self, ws: &WorkspaceConfig, limits: &RateLimits, rates: RateDefaults) {
+    fn add_workspace(
+        &mut self,
+        ws: &WorkspaceConfig,
+        limits: &RateLimits,
+        rates: RateDefaults,
+        schemas: &SchemaCache,
+    ) {
         let rate = ws
             .events_per_second_max
             .unwrap_or(rates.events_per_second)
@@ -204,7 +236,13 @@ impl ConfigView {
                 sources: ws
                     .sources
                     .iter()
-                    .map(|s| (s.slug.clone(), Protocols::of(&s.protocols)))
+                    .map(|s| {
+                        let view = SourceView {
+                            protocols: Protocols::of(&s.protocols),
+                            shape: SourceShape::of(ws, s, schemas),
+                        };
+                        (s.slug.clone(), view)
+                    })
                     .collect(),
                 bucket: limits.bucket(ws.id, rate, burst),
             }),
@@ -248,17 +286,19 @@ impl ConfigView {
         now_us: i64,
     ) -> Result<Grant<'a>, Refusal> {
         let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
-        let protocols = ws.sources.get(source).ok_or(Refusal::UnknownSource)?;
+        let source_view = ws.sources.get(source).ok_or(Refusal::UnknownSource)?;
         if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
             return Err(Refusal::SourceNotAllowed);
         }
-        if !protocols.allow(protocol) {
+        if !source_view.protocols.allow(protocol) {
             return Err(Refusal::ProtocolNotAllowed);
         }
         let device_id = bound_device(token, device)?;
         Ok(Grant {
             workspace: ws.clone(),
             device_id,
+            device_bound: token.device_id.is_some(),
+            shape: source_view.shape.clone(),
         })
     }
 
@@ -349,6 +389,15 @@ pub struct NotAtBase {
     pub from: u64,
 }
 
+/// Why a node refuses a configuration version (it keeps serving the one it has).
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    NotAtBase(#[from] NotAtBase),
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
 /// The current configuration view, swapped atomically on change.
 pub struct Access {
     view: ArcSwap<ConfigView>,
@@ -364,12 +413,21 @@ pub struct Access {
     /// would answer every token as wrong, so ingest answers "not configured" (503) instead
     /// and `/readyz` keeps the node out of the load balancer.
     configured: AtomicBool,
+    /// Sources' schemas, compiled once per schema version.
+    schemas: SchemaCache,
 }
 
 impl Access {
     pub fn new(snapshot: &ConfigSnapshot, rates: RateDefaults) -> Self {
         let limits = RateLimits::default();
-        let view = ConfigView::build(snapshot.version, snapshot.workspaces.iter(), &limits, rates);
+        let schemas = SchemaCache::default();
+        let view = ConfigView::build(
+            snapshot.version,
+            snapshot.workspaces.iter(),
+            &limits,
+            rates,
+            &schemas,
+        );
         let (changes, _) = tokio::sync::watch::channel(view.version);
         Access {
             view: ArcSwap::from_pointee(view),
@@ -378,7 +436,17 @@ impl Access {
             changes,
             writer: Mutex::new(()),
             configured: AtomicBool::new(true),
+            schemas,
         }
+    }
+
+    /// Checks what a node must be able to apply in `workspaces` before it takes a
+    /// configuration: every source's schema compiles (and stays compiled for the view).
+    pub fn check<'a>(
+        &self,
+        workspaces: impl Iterator<Item = &'a WorkspaceConfig>,
+    ) -> Result<(), SchemaError> {
+        self.schemas.check(workspaces)
     }
 
     /// Marks the view as no configuration yet: until the first version is installed or
@@ -403,34 +471,42 @@ impl Access {
         self.view.load_full()
     }
 
-    /// Installs `snapshot` (already validated) as the current configuration.
-    pub fn apply(&self, snapshot: &ConfigSnapshot) {
+    /// Installs `snapshot` (already validated) as the current configuration; refused (the
+    /// current one stays) when a schema does not compile.
+    pub fn apply(&self, snapshot: &ConfigSnapshot) -> Result<(), ApplyError> {
+        self.check(snapshot.workspaces.iter())?;
         self.replace(snapshot.version, snapshot.workspaces.iter());
+        Ok(())
     }
 
-    /// Installs `state` as the current configuration.
-    pub fn apply_state(&self, state: &ConfigState) {
+    /// Installs `state` as the current configuration; refused (the current one stays) when a
+    /// schema does not compile.
+    pub fn apply_state(&self, state: &ConfigState) -> Result<(), ApplyError> {
+        self.check(state.workspaces())?;
         self.replace(state.version(), state.workspaces());
+        Ok(())
     }
 
     fn replace<'a>(&self, version: u64, workspaces: impl Iterator<Item = &'a WorkspaceConfig>) {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let view = ConfigView::build(version, workspaces, &self.limits, self.rates);
+        let view = ConfigView::build(version, workspaces, &self.limits, self.rates, &self.schemas);
         self.install(view);
     }
 
     /// Installs the version `change` leads to, copying only what it touches. Refused when the
     /// current view is not the version the change starts from; apply the whole state then.
-    pub fn apply_change(&self, change: &ConfigChange) -> Result<(), NotAtBase> {
+    pub fn apply_change(&self, change: &ConfigChange) -> Result<(), ApplyError> {
+        self.check(change.after.iter().map(|ws| ws.as_ref()))?;
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         let current = self.view.load();
         if current.version != change.from {
             return Err(NotAtBase {
                 held: current.version,
                 from: change.from,
-            });
+            }
+            .into());
         }
-        let view = current.changed(change, &self.limits, self.rates);
+        let view = current.changed(change, &self.limits, self.rates, &self.schemas);
         self.install(view);
         Ok(())
     }
@@ -438,6 +514,7 @@ impl Access {
     fn install(&self, view: ConfigView) {
         let version = view.version;
         self.view.store(Arc::new(view));
+        self.schemas.prune();
         self.configured.store(true, Ordering::Release);
         self.changes.send_replace(version);
     }

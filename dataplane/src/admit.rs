@@ -4,9 +4,11 @@
 //!    ([`Admission::check`]);
 //! 2. **parse**: the payload into events, within the per-batch event limit
 //!    ([`Admission::parse`]);
-//! 3. **rate**: the workspace's event rate ([`take_rate`]);
-//! 4. **envelope**: what every event of the batch shares ([`Target::batch`]);
-//! 5. **WAL**: the batch appended as one record, waiting for its group's `fdatasync`
+//! 3. **shape**: the source's schema on every event and the workspace's tag rules
+//!    ([`shape`], [`crate::shape`]); nothing for a source with neither;
+//! 4. **rate**: the workspace's event rate ([`take_rate`]);
+//! 5. **envelope**: what every event of the batch shares ([`Target::batch`]);
+//! 6. **WAL**: the batch appended as one record, waiting for its group's `fdatasync`
 //!    ([`Admission::append`]); only then does the front end acknowledge.
 //!
 //! Each front end reads its own framing first (HTTP headers and body, MQTT packets) and maps a
@@ -20,12 +22,13 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use sluice_storage::event::{Envelope, IngestBatch, Protocol};
+use sluice_storage::event::{Envelope, IngestBatch, Protocol, Shaping};
 use sluice_storage::wal::{Wal, WalError, RECORD_BYTES_MAX};
 use uuid::Uuid;
 
 use crate::access::{self, Access, ConfigView, Grant, WorkspaceView};
 use crate::parse::{self, BodyFormat, Events, ParseError};
+use crate::shape::{EventFailure, Origin, Shaped};
 
 /// How long a protocol with flow control (MQTT) may hold a message while it waits for rate or
 /// disk room before refusing it. Waiting holds the client's in-flight window.
@@ -64,6 +67,16 @@ pub enum Refusal {
     /// The payload is not events (malformed JSON, not objects, too many).
     #[error(transparent)]
     Parse(#[from] ParseError),
+    /// Events do not match the source's schema (`on_invalid = reject`): the first
+    /// [`crate::shape::FAILURES_LISTED_MAX`] failures, and how many there were.
+    #[error(
+        "{count} event(s) do not match the source's schema{}",
+        first_failure(failures)
+    )]
+    InvalidEvents {
+        failures: Vec<EventFailure>,
+        count: usize,
+    },
     /// The workspace is over its event rate on this node.
     #[error("the workspace is over its event rate on this node; retry after {retry_after_s} s")]
     RateLimited { retry_after_s: u64 },
@@ -79,6 +92,21 @@ pub enum Refusal {
     /// The WAL cannot write durably (I/O error, closing).
     #[error("this node cannot write events durably right now; retry on another node or later")]
     StorageUnavailable,
+}
+
+fn first_failure(failures: &[EventFailure]) -> String {
+    failures.first().map_or_else(String::new, |f| {
+        format!(
+            "; event {} at {:?}: {}",
+            f.index,
+            if f.pointer.is_empty() {
+                "/"
+            } else {
+                &f.pointer
+            },
+            f.message
+        )
+    })
 }
 
 impl From<WalError> for Refusal {
@@ -104,6 +132,8 @@ pub struct Target<'a> {
     pub protocol: Protocol,
     pub topic: Option<Cow<'a, str>>,
     pub received_at_us: i64,
+    /// What shaping made of the batch ([`shape`]).
+    pub shaping: Option<Box<Shaping>>,
 }
 
 impl Target<'_> {
@@ -122,6 +152,7 @@ impl Target<'_> {
             },
             payloads,
             ends,
+            shaping: self.shaping,
         }
     }
 }
@@ -186,7 +217,22 @@ impl Admission {
     }
 }
 
-/// Step 3: takes `events` from the workspace's rate.
+/// Step 3: the source's schema and tag rules on `events` (none: `Ok(None)` at no cost).
+pub fn shape(
+    grant: &Grant<'_>,
+    events: &Events,
+    origin: Origin<'_>,
+) -> Result<Option<Shaped>, Refusal> {
+    let Some(shape) = &grant.shape else {
+        return Ok(None);
+    };
+    shape
+        .apply(&events.payloads, &events.ends, origin, grant.device_bound)
+        .map(Some)
+        .map_err(|(failures, count)| Refusal::InvalidEvents { failures, count })
+}
+
+/// Step 4: takes `events` from the workspace's rate.
 pub fn take_rate(workspace: &WorkspaceView, events: usize) -> Result<(), Refusal> {
     workspace
         .bucket
@@ -215,6 +261,7 @@ mod tests {
             protocol: Protocol::Mqtt,
             topic: Some("ingest/telemetry/d-1".into()),
             received_at_us: 42,
+            shaping: None,
         };
         let a = target().batch(b"{}".to_vec(), vec![2]);
         let b = target().batch(b"{}".to_vec(), vec![2]);

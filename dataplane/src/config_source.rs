@@ -137,6 +137,10 @@ fn apply_file(
         );
         return;
     }
+    if let Err(err) = access.check(snapshot.workspaces.iter()) {
+        error!(error = %err, "config snapshot change refused; keeping the current configuration");
+        return;
+    }
     let version = snapshot.version;
     // The access table and the cache change only where the configuration did; should either
     // not be at the state's version, it takes the whole configuration.
@@ -149,7 +153,10 @@ fn apply_file(
     };
     if let Err(err) = access.apply_change(&change) {
         warn!(error = %err, "rebuilding the access table from the whole configuration");
-        access.apply_state(state);
+        if let Err(err) = access.apply_state(state) {
+            // Checked above; cannot happen.
+            error!(error = %err, "the configuration could not be installed");
+        }
     }
     // Served but not cached: a restart serves the cached older version, then this file again.
     sluice_storage::chaos::point("config-swap");

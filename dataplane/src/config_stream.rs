@@ -30,7 +30,7 @@ use sluice_config::stream::{Ack, StreamMessage, ACKS_PATH, STREAM_PATH};
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::shutdown::Shutdown;
 use tokio::net::TcpStream;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use crate::access::Access;
 use crate::metrics::NodeMetrics;
@@ -370,6 +370,17 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             }
             None
         }
+        StreamMessage::Delta { delta } if local.access.check(delta.upsert.iter()).is_err() => {
+            // A schema this node cannot compile: refused like an invalid delta, the node
+            // keeps its version (and the control plane, which checks schemas when they are
+            // saved, hears why).
+            let reason = match local.access.check(delta.upsert.iter()) {
+                Err(e) => e.to_string(),
+                Ok(()) => String::new(),
+            };
+            nack(local, delta.to, &reason).await;
+            None
+        }
         StreamMessage::Delta { delta } => match local.state.apply(&delta) {
             Ok(change) => {
                 install_change(local, change).await;
@@ -416,7 +427,10 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
 /// Serves `state` from now on in place of what was served, keeps it in the cache, and
 /// acknowledges it.
 async fn install_snapshot(local: &mut Local, state: ConfigState) {
-    local.access.apply_state(&state);
+    if let Err(e) = local.access.apply_state(&state) {
+        nack(local, state.version(), &e.to_string()).await;
+        return;
+    }
     local.state = state;
     // Served but not cached (nor acknowledged): a restart serves the cached older version.
     sluice_storage::chaos::point("config-swap");
@@ -429,7 +443,10 @@ async fn install_snapshot(local: &mut Local, state: ConfigState) {
 async fn install_change(local: &mut Local, change: ConfigChange) {
     if let Err(e) = local.access.apply_change(&change) {
         warn!(error = %e, "rebuilding the access table from the whole configuration");
-        local.access.apply_state(&local.state);
+        if let Err(e) = local.access.apply_state(&local.state) {
+            // Checked before the delta was applied; cannot happen.
+            error!(error = %e, "the configuration could not be installed");
+        }
     }
     sluice_storage::chaos::point("config-swap");
     let cached = match local.cache.store_change(&change) {

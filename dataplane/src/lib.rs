@@ -29,6 +29,7 @@ mod mqtt;
 pub mod node;
 mod parse;
 mod rate_limit;
+mod shape;
 mod token_table;
 
 pub use bootstrap::Bootstrap;

@@ -5,6 +5,11 @@
 //! <prefix>/workspace=<workspace-id>/source=<slug>/date=YYYY-MM-DD/hour=HH/<node>-<uuidv7>.parquet
 //! ```
 //!
+//! Events a source's schema refused under `on_invalid = quarantine` go into the same partition
+//! as `<node>-<uuidv7>.quarantine`: Parquet too, but not matched by `**/*.parquet`, so that
+//! every query over the lake's events reads accepted events only, and removed with everything
+//! else under `workspace=<id>/`.
+//!
 //! A file holds events of one hour (batches are cut when the hour changes), and its name is
 //! derived from the id of its first event. The name is therefore deterministic: after a crash
 //! the same batch, rebuilt from the WAL, lands under the same name and replaces the earlier
@@ -30,10 +35,16 @@ pub fn file_path(
     received_at_us: i64,
     node: &str,
     first_event_id: Uuid,
+    quarantine: bool,
 ) -> Path {
+    let extension = if quarantine {
+        QUARANTINE_EXTENSION
+    } else {
+        "parquet"
+    };
     let at = DateTime::from_timestamp_micros(received_at_us).unwrap_or_default();
     let relative = format!(
-        "workspace={workspace_id}/source={source}/date={:04}-{:02}-{:02}/hour={:02}/{node}-{first_event_id}.parquet",
+        "workspace={workspace_id}/source={source}/date={:04}-{:02}-{:02}/hour={:02}/{node}-{first_event_id}.{extension}",
         at.year(),
         at.month(),
         at.day(),
@@ -41,6 +52,9 @@ pub fn file_path(
     );
     prefix.parts().chain(Path::from(relative).parts()).collect()
 }
+
+/// The extension of quarantine files (Parquet, apart from the events' `*.parquet`).
+pub const QUARANTINE_EXTENSION: &str = "quarantine";
 
 /// Longest node id.
 pub const NODE_ID_LEN_MAX: usize = 64;
@@ -82,11 +96,16 @@ mod tests {
         let ev = Uuid::parse_str("0190f3a0-0000-7000-8000-000000000002").expect("uuid");
         // 2024-03-05T07:08:09Z
         let at = 1_709_622_489_000_000;
-        let path = file_path(&Path::from("lake"), ws, "telemetry", at, "node1", ev);
+        let path = file_path(&Path::from("lake"), ws, "telemetry", at, "node1", ev, false);
         assert_eq!(
             path.as_ref(),
             "lake/workspace=0190f3a0-0000-7000-8000-000000000001/source=telemetry/date=2024-03-05/hour=07/node1-0190f3a0-0000-7000-8000-000000000002.parquet"
         );
         assert_eq!(hour_of(at), hour_of(at + 1));
+        let quarantine = file_path(&Path::from("lake"), ws, "telemetry", at, "node1", ev, true);
+        assert_eq!(
+            quarantine.as_ref(),
+            path.as_ref().replace(".parquet", ".quarantine")
+        );
     }
 }

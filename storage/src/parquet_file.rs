@@ -11,21 +11,37 @@
 //! | `topic` | string, nullable | MQTT topic |
 //! | `payload` | string | the event as JSON text, exactly as sent |
 //!
+//! A source with a schema or tag rules ([`FileShape::Shaped`]) has these columns too, and
+//! `payload` only while its `keep_payload` is on:
+//!
+//! | column | type | notes |
+//! | --- | --- | --- |
+//! | `tags` | map(string, string) | what the workspace's tag rules extracted |
+//! | `schema_version` | string, nullable | the schema the events were checked against |
+//! | one per typed property | string, timestamp(µs, UTC), int64, float64, bool, or JSON text | null where the event lacks the property or holds another type |
+//!
+//! Quarantine files ([`FileShape::Quarantine`]) have the eight columns, `tags`,
+//! `schema_version` and `quarantine_error` (the validator's message).
+//!
 //! Files are zstd-compressed; `payload` and `event_id` skip dictionary encoding (every value is
 //! distinct), the repetitive columns keep it.
 
 use std::sync::{Arc, LazyLock};
 
-use arrow_array::builder::{StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::{ArrayRef, RecordBatch};
+use arrow_array::builder::{
+    BooleanBuilder, Float64Builder, Int64Builder, MapBuilder, StringBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
+use serde_json::Value;
 
-use crate::event::{event_id, IngestBatch};
+use crate::event::{event_id, Column, ColumnType, IngestBatch};
 
 /// Rows per Parquet row group: large enough for scans, small enough to bound reader memory.
 const ROW_GROUP_ROWS: usize = 1 << 20;
@@ -47,9 +63,133 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
     ]))
 });
 
-/// The Arrow schema of every events file.
+/// The Arrow schema of every events file of a source without schema or tag rules.
 pub fn schema() -> SchemaRef {
     SCHEMA.clone()
+}
+
+/// What a file holds, and so which columns it has. The shipper keys its open batches by it:
+/// a file has one shape, and a shaped source's file one schema version.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileShape {
+    /// A source without a schema or tag rules: the eight columns of [`schema`].
+    Plain,
+    /// Events a source's schema and tag rules shaped (and, with a schema, accepted).
+    Shaped {
+        schema_version: Option<String>,
+        columns: Arc<[Column]>,
+        keep_payload: bool,
+    },
+    /// Events a schema refused, kept under `on_invalid = quarantine`.
+    Quarantine,
+}
+
+/// Which events of a batch go into a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Select {
+    /// Every event the schema accepted (all of them for a source without one).
+    Valid,
+    /// Every event the schema refused.
+    Quarantined,
+}
+
+/// The indexes of `batch`'s events that `select` picks, in order.
+pub fn selected(batch: &IngestBatch, select: Select) -> Vec<u32> {
+    let quarantined = batch
+        .shaping
+        .as_ref()
+        .map_or(&[][..], |s| &s.quarantined[..]);
+    match select {
+        Select::Quarantined => quarantined.iter().map(|q| q.index).collect(),
+        Select::Valid => {
+            let mut refused = quarantined.iter().map(|q| q.index).peekable();
+            (0..batch.len() as u32)
+                .filter(|i| {
+                    if refused.peek() == Some(i) {
+                        refused.next();
+                        false
+                    } else {
+                        true
+                    }
+                })
+                .collect()
+        }
+    }
+}
+
+/// A typed column being filled.
+enum TypedBuilder {
+    String(StringBuilder),
+    Timestamp(TimestampMicrosecondBuilder),
+    Int64(Int64Builder),
+    Float64(Float64Builder),
+    Boolean(BooleanBuilder),
+    Json(StringBuilder),
+}
+
+impl TypedBuilder {
+    fn new(column_type: ColumnType) -> Self {
+        match column_type {
+            ColumnType::String => TypedBuilder::String(StringBuilder::new()),
+            ColumnType::Timestamp => {
+                TypedBuilder::Timestamp(TimestampMicrosecondBuilder::new().with_timezone("UTC"))
+            }
+            ColumnType::Int64 => TypedBuilder::Int64(Int64Builder::new()),
+            ColumnType::Float64 => TypedBuilder::Float64(Float64Builder::new()),
+            ColumnType::Boolean => TypedBuilder::Boolean(BooleanBuilder::new()),
+            ColumnType::Json => TypedBuilder::Json(StringBuilder::new()),
+        }
+    }
+
+    /// Appends `value`, or null where it is absent or of another type: events the schema
+    /// accepted match it, and anything else (a record replayed under another schema) must not
+    /// stop the file.
+    fn append(&mut self, value: Option<&Value>) {
+        match self {
+            TypedBuilder::String(b) => b.append_option(value.and_then(Value::as_str)),
+            TypedBuilder::Timestamp(b) => b.append_option(
+                value
+                    .and_then(Value::as_str)
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                    .map(|t| t.timestamp_micros()),
+            ),
+            TypedBuilder::Int64(b) => b.append_option(value.and_then(|v| {
+                v.as_i64().or_else(|| {
+                    // JSON Schema's integer takes 3.0 too.
+                    v.as_f64()
+                        .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                        .map(|f| f as i64)
+                })
+            })),
+            TypedBuilder::Float64(b) => b.append_option(value.and_then(Value::as_f64)),
+            TypedBuilder::Boolean(b) => b.append_option(value.and_then(Value::as_bool)),
+            TypedBuilder::Json(b) => match value {
+                Some(v @ (Value::Object(_) | Value::Array(_))) => b.append_value(v.to_string()),
+                _ => b.append_null(),
+            },
+        }
+    }
+
+    fn finish(&mut self) -> ArrayRef {
+        match self {
+            TypedBuilder::String(b) | TypedBuilder::Json(b) => Arc::new(b.finish()),
+            TypedBuilder::Timestamp(b) => Arc::new(b.finish()),
+            TypedBuilder::Int64(b) => Arc::new(b.finish()),
+            TypedBuilder::Float64(b) => Arc::new(b.finish()),
+            TypedBuilder::Boolean(b) => Arc::new(b.finish()),
+        }
+    }
+}
+
+/// The columns a shaped or quarantine file has beyond the eight.
+struct ShapedColumns {
+    tags: MapBuilder<StringBuilder, StringBuilder>,
+    schema_version: StringBuilder,
+    /// `(name, builder)` of each typed column, in the schema's name order.
+    typed: Vec<(String, TypedBuilder)>,
+    /// Quarantine files only.
+    quarantine_error: Option<StringBuilder>,
+    keep_payload: bool,
 }
 
 /// Columns being filled for one future file.
@@ -62,6 +202,8 @@ pub struct RowsBuilder {
     protocol: StringBuilder,
     topic: StringBuilder,
     payload: StringBuilder,
+    /// `None` for [`FileShape::Plain`].
+    shaped: Option<ShapedColumns>,
     rows: usize,
     bytes: usize,
 }
@@ -115,9 +257,35 @@ impl RowsBuilder {
             protocol: text(4),
             topic: text(5),
             payload: text(6),
+            shaped: None,
             rows: 0,
             bytes: 0,
         }
+    }
+
+    /// Builders for a file of `shape`, sized like the last batch of its key.
+    pub fn shaped(shape: &FileShape, size: BatchSize) -> Self {
+        let mut rows = Self::with_capacity(size);
+        let (columns, keep_payload, quarantine) = match shape {
+            FileShape::Plain => return rows,
+            FileShape::Shaped {
+                columns,
+                keep_payload,
+                ..
+            } => (&columns[..], *keep_payload, false),
+            FileShape::Quarantine => (&[][..], true, true),
+        };
+        rows.shaped = Some(ShapedColumns {
+            tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
+            schema_version: StringBuilder::new(),
+            typed: columns
+                .iter()
+                .map(|c| (c.name.clone(), TypedBuilder::new(c.column_type)))
+                .collect(),
+            quarantine_error: quarantine.then(StringBuilder::new),
+            keep_payload,
+        });
+        rows
     }
 
     /// What the builders hold so far.
@@ -150,37 +318,84 @@ impl RowsBuilder {
     /// data plane validated) are replaced by `null` JSON rather than dropped, so row counts stay
     /// exact; the count of such payloads is returned.
     pub fn append(&mut self, batch: &IngestBatch) -> usize {
+        let all: Vec<u32> = (0..batch.len() as u32).collect();
+        self.append_events(batch, &all)
+    }
+
+    /// Adds the events of `batch` at `indexes` (in order), with the typed columns, tags and
+    /// quarantine error of a shaped file; returns the count of payloads that were not UTF-8.
+    pub fn append_events(&mut self, batch: &IngestBatch, indexes: &[u32]) -> usize {
         let env = &batch.envelope;
         let mut id_buf = uuid::Uuid::encode_buffer();
         let workspace = env.workspace_id.hyphenated().to_string();
+        let shaping = batch.shaping.as_deref();
+        let mut quarantined = shaping.map_or(&[][..], |s| &s.quarantined[..]).iter();
         let mut bad = 0;
-        for i in 0..batch.len() {
-            let id = event_id(env.first_event_id, i as u32);
+        for &i in indexes {
+            let id = event_id(env.first_event_id, i);
+            let i = i as usize;
             self.event_id
                 .append_value(id.hyphenated().encode_lower(&mut id_buf));
             self.received_at.append_value(env.received_at_us);
             self.workspace_id.append_value(&workspace);
             self.source.append_value(&env.source);
-            self.device_id.append_option(env.device_id.as_deref());
+            let device = shaping
+                .and_then(|s| s.device_of(i))
+                .or(env.device_id.as_deref());
+            self.device_id.append_option(device);
             self.protocol.append_value(env.protocol.as_str());
             self.topic.append_option(env.topic.as_deref());
             let payload = batch.payload(i);
-            match std::str::from_utf8(payload) {
-                Ok(text) => self.payload.append_value(text),
+            let text = match std::str::from_utf8(payload) {
+                Ok(text) => text,
                 Err(_) => {
                     bad += 1;
-                    self.payload.append_value("null");
+                    "null"
+                }
+            };
+            match &mut self.shaped {
+                None => self.payload.append_value(text),
+                Some(shaped) => {
+                    if shaped.keep_payload {
+                        self.payload.append_value(text);
+                    }
+                    let tags = shaping.map_or(&[][..], |s| s.tags_of(i));
+                    for (k, v) in tags {
+                        shaped.tags.keys().append_value(k);
+                        shaped.tags.values().append_value(v);
+                    }
+                    // Appending an entry cannot fail with matching keys and values.
+                    let _ = shaped.tags.append(true);
+                    shaped
+                        .schema_version
+                        .append_option(shaping.and_then(|s| s.schema_version.as_deref()));
+                    if let Some(errors) = &mut shaped.quarantine_error {
+                        let error = quarantined
+                            .by_ref()
+                            .find(|q| q.index as usize >= i)
+                            .filter(|q| q.index as usize == i)
+                            .map(|q| q.error.as_str());
+                        errors.append_option(error);
+                    }
+                    if !shaped.typed.is_empty() {
+                        // Off the request path: one parse per event here spares the hot
+                        // path from carrying typed values.
+                        let object = serde_json::from_str::<Value>(text).ok();
+                        for (name, column) in &mut shaped.typed {
+                            column.append(object.as_ref().and_then(|o| o.get(name.as_str())));
+                        }
+                    }
                 }
             }
             self.bytes += payload.len() + 96;
         }
-        self.rows += batch.len();
+        self.rows += indexes.len();
         bad
     }
 
     /// Turns the builders into one record batch.
     pub fn finish(mut self) -> RecordBatch {
-        let columns: Vec<ArrayRef> = vec![
+        let mut columns: Vec<ArrayRef> = vec![
             Arc::new(self.event_id.finish()),
             Arc::new(self.received_at.finish()),
             Arc::new(self.workspace_id.finish()),
@@ -188,10 +403,38 @@ impl RowsBuilder {
             Arc::new(self.device_id.finish()),
             Arc::new(self.protocol.finish()),
             Arc::new(self.topic.finish()),
-            Arc::new(self.payload.finish()),
         ];
-        // The columns match SCHEMA by construction; a mismatch is a bug in this module.
-        RecordBatch::try_new(schema(), columns).expect("columns match the events schema")
+        let Some(mut shaped) = self.shaped else {
+            columns.push(Arc::new(self.payload.finish()));
+            // The columns match SCHEMA by construction; a mismatch is a bug in this module.
+            return RecordBatch::try_new(schema(), columns)
+                .expect("columns match the events schema");
+        };
+        let mut fields: Vec<Field> = SCHEMA.fields()[..7]
+            .iter()
+            .map(|f| f.as_ref().clone())
+            .collect();
+        if shaped.keep_payload {
+            fields.push(SCHEMA.fields()[7].as_ref().clone());
+            columns.push(Arc::new(self.payload.finish()));
+        }
+        let tags = Arc::new(shaped.tags.finish());
+        fields.push(Field::new("tags", tags.data_type().clone(), false));
+        columns.push(tags);
+        fields.push(Field::new("schema_version", DataType::Utf8, true));
+        columns.push(Arc::new(shaped.schema_version.finish()));
+        if let Some(mut errors) = shaped.quarantine_error {
+            fields.push(Field::new("quarantine_error", DataType::Utf8, true));
+            columns.push(Arc::new(errors.finish()));
+        }
+        for (name, column) in &mut shaped.typed {
+            let array = column.finish();
+            fields.push(Field::new(name.as_str(), array.data_type().clone(), true));
+            columns.push(array);
+        }
+        // Fields are derived from the arrays themselves; a mismatch is a bug in this module.
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns)
+            .expect("columns match the fields made from them")
     }
 }
 
@@ -213,7 +456,7 @@ pub fn encode(
         ))
         .build();
     let mut out = Vec::with_capacity(batch.get_array_memory_size() / 4);
-    let mut writer = ArrowWriter::try_new(&mut out, schema(), Some(props))?;
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), Some(props))?;
     writer.write(batch)?;
     crate::chaos::point("parquet-encode");
     writer.close()?;
@@ -244,6 +487,7 @@ mod tests {
             },
             payloads,
             ends,
+            shaping: None,
         }
     }
 
@@ -276,5 +520,102 @@ mod tests {
         assert_eq!(half.rows, 500);
         assert_eq!(half.text_bytes, [18_000, 18_000, 0, 0, 0, 0, 64_000]);
         assert_eq!(size.capped(0).rows, 0);
+    }
+
+    /// A shaped batch becomes typed columns (null where an event holds another type), its
+    /// tags a map, and its refused events a quarantine file of their own.
+    #[test]
+    fn shaped_events_fill_typed_columns_and_quarantine_apart() {
+        use crate::event::{Quarantined, Shaping};
+        use arrow_array::cast::AsArray;
+        use arrow_array::types::{Float64Type, Int64Type, TimestampMicrosecondType};
+        let mut b = batch(0);
+        for event in [
+            r#"{"temp_c":21.5,"n":3,"at":"2026-12-06T08:00:00Z","ok":true,"meta":{"a":1}}"#,
+            r#"{"temp_c":"warm"}"#,
+            r#"{"temp_c":7,"n":4.0,"at":"not a time"}"#,
+        ] {
+            b.payloads.extend_from_slice(event.as_bytes());
+            b.ends.push(b.payloads.len() as u32);
+        }
+        let col = |name: &str, column_type| Column {
+            name: name.into(),
+            column_type,
+        };
+        let columns: Arc<[Column]> = vec![
+            col("at", ColumnType::Timestamp),
+            col("meta", ColumnType::Json),
+            col("n", ColumnType::Int64),
+            col("ok", ColumnType::Boolean),
+            col("temp_c", ColumnType::Float64),
+        ]
+        .into();
+        b.shaping = Some(Box::new(Shaping {
+            schema_version: Some("v1".into()),
+            columns: columns.clone(),
+            keep_payload: false,
+            tags: vec![("site".into(), "lyon".into())],
+            events: None,
+            quarantined: vec![Quarantined {
+                index: 1,
+                error: "\"warm\" is not of type \"number\"".into(),
+            }],
+        }));
+        let shape = FileShape::Shaped {
+            schema_version: Some("v1".into()),
+            columns,
+            keep_payload: false,
+        };
+        let mut rows = RowsBuilder::shaped(&shape, BatchSize::default());
+        let valid = selected(&b, Select::Valid);
+        assert_eq!(valid, vec![0, 2]);
+        rows.append_events(&b, &valid);
+        let file = rows.finish();
+        let schema = file.schema();
+        assert!(
+            schema.field_with_name("payload").is_err(),
+            "keep_payload off"
+        );
+        assert!(matches!(
+            schema.field_with_name("tags").expect("tags").data_type(),
+            DataType::Map(..)
+        ));
+        let temp = file.column_by_name("temp_c").expect("temp_c");
+        assert_eq!(
+            temp.as_primitive::<Float64Type>().values().to_vec(),
+            [21.5, 7.0]
+        );
+        let n = file
+            .column_by_name("n")
+            .expect("n")
+            .as_primitive::<Int64Type>();
+        assert_eq!(n.values().to_vec(), [3, 4]);
+        let at = file.column_by_name("at").expect("at");
+        let at = at.as_primitive::<TimestampMicrosecondType>();
+        assert_eq!(at.value(0), 1_796_544_000_000_000);
+        assert!(at.is_null(1), "not a date-time: null");
+        assert!(file.column_by_name("ok").expect("ok").is_null(1));
+        assert_eq!(
+            file.column_by_name("meta")
+                .expect("meta")
+                .as_string::<i32>()
+                .value(0),
+            r#"{"a":1}"#
+        );
+        encode(&file, Vec::new()).expect("encodes");
+
+        let mut quarantine = RowsBuilder::shaped(&FileShape::Quarantine, BatchSize::default());
+        quarantine.append_events(&b, &selected(&b, Select::Quarantined));
+        let file = quarantine.finish();
+        assert_eq!(file.num_rows(), 1);
+        let errors = file.column_by_name("quarantine_error").expect("errors");
+        assert!(errors.as_string::<i32>().value(0).contains("warm"));
+        assert_eq!(
+            file.column_by_name("payload")
+                .expect("payload")
+                .as_string::<i32>()
+                .value(0),
+            r#"{"temp_c":"warm"}"#
+        );
     }
 }

@@ -30,7 +30,7 @@ use crate::event::IngestBatch;
 use crate::lake::{Lake, LakeError};
 use crate::layout;
 use crate::metrics::{OutcomeLabel, StorageMetrics};
-use crate::parquet_file::{self, BatchSize, RowsBuilder};
+use crate::parquet_file::{self, BatchSize, FileShape, RowsBuilder, Select};
 use crate::progress::{Progress, ProgressError};
 use crate::shutdown::Shutdown;
 use crate::wal::{Lsn, Segments, Tail, TailRecord, Wal, WalError};
@@ -162,6 +162,8 @@ struct OpenBatch {
     rows: RowsBuilder,
     workspace_id: Uuid,
     source: String,
+    /// Quarantine files get their own name in the same partition.
+    quarantine: bool,
     first_lsn: Lsn,
     last_lsn: Lsn,
     first_event_id: Uuid,
@@ -350,20 +352,77 @@ impl Shipper {
         if batch.is_empty() {
             return;
         }
+        match batch.shaping.as_deref() {
+            None => self.add_events(
+                record.lsn,
+                &batch,
+                key_of(&batch, None),
+                FileShape::Plain,
+                None,
+            ),
+            Some(shaping) => {
+                // One record may hold events of two datasets: the accepted ones and, under
+                // `on_invalid = quarantine`, the refused ones. Each key keeps its own
+                // watermark, so each takes the record once.
+                let quarantined = !shaping.quarantined.is_empty();
+                let shape = FileShape::Shaped {
+                    schema_version: shaping.schema_version.clone(),
+                    columns: shaping.columns.clone(),
+                    keep_payload: shaping.keep_payload,
+                };
+                if shaping.quarantined.len() < batch.len() {
+                    let indexes =
+                        quarantined.then(|| parquet_file::selected(&batch, Select::Valid));
+                    self.add_events(
+                        record.lsn,
+                        &batch,
+                        key_of(&batch, Some(&shape)),
+                        shape,
+                        indexes,
+                    );
+                }
+                if quarantined {
+                    let indexes = parquet_file::selected(&batch, Select::Quarantined);
+                    self.add_events(
+                        record.lsn,
+                        &batch,
+                        key_of(&batch, Some(&FileShape::Quarantine)),
+                        FileShape::Quarantine,
+                        Some(indexes),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Adds the events of `batch` at `indexes` (all of them when `None`) to the open batch of
+    /// `key`, whose files have `shape`.
+    fn add_events(
+        &mut self,
+        lsn: Lsn,
+        batch: &IngestBatch,
+        key: String,
+        shape: FileShape,
+        indexes: Option<Vec<u32>>,
+    ) {
         let env = &batch.envelope;
-        let key = format!("{}/{}", env.workspace_id, env.source);
+        let events = indexes.as_ref().map_or(batch.len(), Vec::len);
+        let first_index = indexes
+            .as_ref()
+            .and_then(|i| i.first().copied())
+            .unwrap_or(0);
         let flushed_at_start = &self.flushed_at_start;
         let state = self.keys.entry(key.clone()).or_insert_with(|| KeyState {
             flushed: flushed_at_start.get(&key).copied().unwrap_or(0),
             ..KeyState::default()
         });
-        if record.lsn <= state.flushed {
+        if lsn <= state.flushed {
             // Already in the lake before the last restart.
             return;
         }
         let hour = layout::hour_of(env.received_at_us);
         let must_cut_first = state.open.as_ref().is_some_and(|open| {
-            open.hour != hour || open.rows.rows() + batch.len() > self.config.batch_max_rows
+            open.hour != hour || open.rows.rows() + events > self.config.batch_max_rows
         });
         if must_cut_first {
             self.cut(&key);
@@ -377,27 +436,29 @@ impl Shipper {
             .last_size
             .capped(self.config.held_bytes_max.saturating_sub(self.held_bytes) / 2);
         let open = state.open.get_or_insert_with(|| OpenBatch {
-            rows: RowsBuilder::with_capacity(expected),
+            rows: RowsBuilder::shaped(&shape, expected),
             workspace_id: env.workspace_id,
             source: env.source.clone(),
-            first_lsn: record.lsn,
-            last_lsn: record.lsn,
-            first_event_id: env.first_event_id,
+            quarantine: shape == FileShape::Quarantine,
+            first_lsn: lsn,
+            last_lsn: lsn,
+            // The file's first event names it: the same after a replay from the WAL.
+            first_event_id: crate::event::event_id(env.first_event_id, first_index),
             first_received_at_us: env.received_at_us,
             hour,
             opened: Instant::now(),
         });
         let before = open.rows.bytes();
-        let bad = open.rows.append(&batch);
+        let bad = match &indexes {
+            None => open.rows.append(batch),
+            Some(indexes) => open.rows.append_events(batch, indexes),
+        };
         if bad > 0 {
-            warn!(
-                lsn = record.lsn,
-                bad, "payloads that are not UTF-8 stored as null"
-            );
+            warn!(lsn, bad, "payloads that are not UTF-8 stored as null");
         }
         // A key's records arrive in LSN order, after what is already in the lake.
-        debug_assert!(record.lsn > state.flushed && record.lsn >= open.last_lsn);
-        open.last_lsn = record.lsn;
+        debug_assert!(lsn > state.flushed && lsn >= open.last_lsn);
+        open.last_lsn = lsn;
         let grown = open.rows.bytes() - before;
         self.held_bytes += grown;
         self.open_bytes += grown;
@@ -461,6 +522,7 @@ impl Shipper {
             open.first_received_at_us,
             &self.config.node_id,
             open.first_event_id,
+            open.quarantine,
         );
         debug!(%path, rows, first_lsn = open.first_lsn, last_lsn = open.last_lsn, "batch cut");
         state.queue.push_back(CutFile {
@@ -618,6 +680,29 @@ impl Shipper {
             }
             Err(err) => error!(error = %err, "removing uploaded WAL segments failed"),
         }
+    }
+}
+
+/// The key of `batch`'s events in a file of `shape` (`None`: a source without shaping). The
+/// key names the watermark in `progress.redb`: a plain source's key is `<workspace>/<source>`
+/// as it always was; a shaped one adds the schema version and payload setting, so that a
+/// file holds one schema version, and quarantine has its own.
+fn key_of(batch: &IngestBatch, shape: Option<&FileShape>) -> String {
+    let env = &batch.envelope;
+    match shape {
+        None | Some(FileShape::Plain) => format!("{}/{}", env.workspace_id, env.source),
+        Some(FileShape::Quarantine) => format!("{}/{}#quarantine", env.workspace_id, env.source),
+        Some(FileShape::Shaped {
+            schema_version,
+            keep_payload,
+            ..
+        }) => format!(
+            "{}/{}#schema={}{}",
+            env.workspace_id,
+            env.source,
+            schema_version.as_deref().unwrap_or("none"),
+            if *keep_payload { "" } else { ",no-payload" }
+        ),
     }
 }
 

@@ -32,6 +32,8 @@ use crate::config::HttpConfig;
 use crate::config_stream::StreamStatus;
 use crate::metrics::{NodeMetrics, Outcome};
 use crate::parse::{BodyFormat, ParseError};
+use crate::shape::Origin;
+use sluice_config::shaping::OnInvalid;
 
 /// Shared state of every HTTP runtime.
 pub struct Api {
@@ -109,18 +111,32 @@ impl Api {
                     .flatten();
                 let started = Instant::now();
                 let mut response = match self.ingest(req).await {
-                    Ok(accepted) => {
+                    Ok(Ingested {
+                        accepted,
+                        quarantined,
+                    }) => {
                         self.metrics.requests_accepted.inc();
                         self.metrics.events_accepted.inc_by(accepted as u64);
                         self.metrics
                             .ack_seconds
                             .observe(started.elapsed().as_secs_f64());
                         // The same JSON as `json!({"accepted": n})`, without building a value.
-                        text(
-                            StatusCode::ACCEPTED,
-                            "application/json",
-                            format!("{{\"accepted\":{accepted}}}"),
-                        )
+                        let body = match quarantined {
+                            None => format!("{{\"accepted\":{accepted}}}"),
+                            Some(quarantined) => {
+                                if quarantined > 0 {
+                                    let label = Outcome {
+                                        outcome: "quarantined",
+                                    };
+                                    self.metrics
+                                        .events_total
+                                        .get_or_create(&label)
+                                        .inc_by(quarantined as u64);
+                                }
+                                format!("{{\"accepted\":{accepted},\"quarantined\":{quarantined}}}")
+                            }
+                        };
+                        text(StatusCode::ACCEPTED, "application/json", body)
                     }
                     Err((problem, events)) => {
                         let label = Outcome {
@@ -202,7 +218,7 @@ impl Api {
     /// Accepts one ingest request; returns the number of events made durable, or the refusal
     /// and the number of events it concerned (when known). The protocol's own checks (path,
     /// headers, body) come first; the events then take the [admission path](crate::admit).
-    async fn ingest(&self, req: Request<Incoming>) -> Result<usize, (Problem, usize)> {
+    async fn ingest(&self, req: Request<Incoming>) -> Result<Ingested, (Problem, usize)> {
         let received_at_us = admit::now_us();
         let (parts, body) = req.into_parts();
         let refuse = |p: Problem| (p, 0usize);
@@ -273,25 +289,59 @@ impl Api {
             .parse(&decoded, format)
             .map_err(|r| refuse(refused(r)))?;
         let count = events.ends.len();
+        let quarantine = grant
+            .shape
+            .as_ref()
+            .is_some_and(|s| s.on_invalid == OnInvalid::Quarantine);
         if count == 0 {
-            return Ok(0);
+            return Ok(Ingested {
+                accepted: 0,
+                quarantined: quarantine.then_some(0),
+            });
         }
         let counted = |r: Refusal| (refused(r), count);
+        let origin = Origin {
+            topic: None,
+            headers: Some(&parts.headers),
+            query: parts.uri.query(),
+        };
+        let shaped = admit::shape(&grant, &events, origin).map_err(counted)?;
         admit::take_rate(&grant.workspace, count).map_err(counted)?;
+        let (shaping, rule_device) = match shaped {
+            Some(shaped) => (Some(shaped.shaping), shaped.device_id),
+            None => (None, None),
+        };
+        let quarantined = shaping.as_ref().map_or(0, |s| s.quarantined.len());
         let batch = Target {
             workspace_id: grant.workspace.id,
             source: source.into(),
-            device_id: grant.device_id.map(Into::into),
+            device_id: match rule_device {
+                Some(device) => Some(device.into()),
+                None => grant.device_id.map(Into::into),
+            },
             protocol: Protocol::Http,
             topic: None,
             received_at_us,
+            shaping,
         }
         .batch(events.payloads, events.ends);
         let mut record = Vec::new();
         batch.encode_into(&mut record);
         admission.append(record).await.map_err(counted)?;
-        Ok(count)
+        Ok(Ingested {
+            accepted: count - quarantined,
+            quarantined: quarantine.then_some(quarantined),
+        })
     }
+}
+
+/// What an accepted request stored.
+struct Ingested {
+    /// Events stored as accepted.
+    accepted: usize,
+    /// Events stored in quarantine; `Some` for a source with `on_invalid = quarantine` only,
+    /// whose answers always say it.
+    quarantined: Option<usize>,
 }
 
 fn text(status: StatusCode, content_type: &'static str, body: String) -> HttpResponse {
@@ -593,6 +643,10 @@ fn refusal_problem(refusal: Refusal, workspace: &str, source: &str) -> Problem {
                 ParseError::Malformed { .. } | ParseError::TooLarge => P::MalformedJson,
             };
             Problem::new(kind, err.to_string())
+        }
+        Refusal::InvalidEvents { ref failures, .. } => {
+            let failures = failures.clone();
+            Problem::new(P::InvalidEvents, refusal.to_string()).with_errors(failures)
         }
         Refusal::PayloadTooLarge { max, .. } => too_large("body", max),
         Refusal::RecordTooLarge => too_large("batch", RECORD_BYTES_MAX),

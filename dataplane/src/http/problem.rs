@@ -9,6 +9,8 @@ use http::{header, HeaderValue, Response, StatusCode};
 use http_body_util::Full;
 use serde::Serialize;
 
+use crate::shape::EventFailure;
+
 /// Prefix of every problem type URI.
 pub const TYPE_PREFIX: &str = "urn:sluice:problem:";
 
@@ -45,13 +47,14 @@ pub enum ProblemType {
     MalformedJson,
     InvalidEvent,
     TooManyEvents,
+    InvalidEvents,
     RateLimited,
 }
 
 impl ProblemType {
     /// All of them, in the order of the documentation's table.
     #[cfg(test)]
-    pub const ALL: [ProblemType; 29] = [
+    pub const ALL: [ProblemType; 30] = [
         ProblemType::MethodNotAllowed,
         ProblemType::NotFound,
         ProblemType::NotConfigured,
@@ -80,6 +83,7 @@ impl ProblemType {
         ProblemType::MalformedJson,
         ProblemType::InvalidEvent,
         ProblemType::TooManyEvents,
+        ProblemType::InvalidEvents,
         ProblemType::RateLimited,
     ];
 
@@ -172,6 +176,11 @@ impl ProblemType {
                 "Event is not a JSON object",
             ),
             P::TooManyEvents => ("too-many-events", S::PAYLOAD_TOO_LARGE, "Too many events"),
+            P::InvalidEvents => (
+                "invalid-events",
+                S::UNPROCESSABLE_ENTITY,
+                "Events do not match the source's schema",
+            ),
             P::RateLimited => ("rate-limited", S::TOO_MANY_REQUESTS, "Rate limit exceeded"),
         }
     }
@@ -199,6 +208,8 @@ pub struct Problem {
     pub detail: String,
     /// Seconds for `Retry-After` (429 and 503).
     pub retry_after_s: Option<u64>,
+    /// `invalid-events`: the events the schema refused (at most 100), as `errors`.
+    pub errors: Option<Vec<EventFailure>>,
 }
 
 #[derive(Serialize)]
@@ -208,6 +219,8 @@ struct Body<'a> {
     title: &'a str,
     status: u16,
     detail: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    errors: Option<&'a [EventFailure]>,
 }
 
 impl Problem {
@@ -216,7 +229,14 @@ impl Problem {
             kind,
             detail: detail.into(),
             retry_after_s: None,
+            errors: None,
         }
+    }
+
+    /// With the list of events a schema refused.
+    pub fn with_errors(mut self, errors: Vec<EventFailure>) -> Self {
+        self.errors = Some(errors);
+        self
     }
 
     pub fn retry_after(mut self, seconds: u64) -> Self {
@@ -231,6 +251,7 @@ impl Problem {
             title: self.kind.title(),
             status: status.as_u16(),
             detail: &self.detail,
+            errors: self.errors.as_deref(),
         };
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(json)));

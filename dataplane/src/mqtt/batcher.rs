@@ -8,13 +8,14 @@
 //! acknowledged. This takes the per-message cost out of the WAL writer and the shipper, which
 //! otherwise handle one tiny record per MQTT message.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
 use std::sync::Arc;
 
 use futures::channel::oneshot;
-use sluice_storage::event::Protocol;
+use sluice_storage::event::{Protocol, Shaping};
 use tokio::sync::OwnedSemaphorePermit;
 use tracing::warn;
 use uuid::Uuid;
@@ -34,7 +35,9 @@ pub struct Accepted<'a> {
     pub workspace_id: Uuid,
     pub source: &'a str,
     pub topic: &'a str,
-    pub device_id: &'a str,
+    pub device_id: Cow<'a, str>,
+    /// What the source's schema and tag rules made of its events.
+    pub shaping: Option<Box<Shaping>>,
     pub received_at_us: i64,
     pub payloads: Vec<u8>,
     pub ends: Vec<u32>,
@@ -50,6 +53,7 @@ struct Record {
     source: String,
     topic: String,
     device_id: String,
+    shaping: Option<Box<Shaping>>,
     received_at_us: i64,
     payloads: Vec<u8>,
     ends: Vec<u32>,
@@ -64,7 +68,8 @@ impl Record {
             workspace_id: first.workspace_id,
             source: first.source.to_owned(),
             topic: first.topic.to_owned(),
-            device_id: first.device_id.to_owned(),
+            device_id: first.device_id.into_owned(),
+            shaping: first.shaping,
             received_at_us: first.received_at_us,
             payloads: first.payloads,
             ends: first.ends,
@@ -78,15 +83,44 @@ impl Record {
             && self.source == next.source
             && self.topic == next.topic
             && self.device_id == next.device_id
+            && shaping_joins(self.shaping.as_deref(), next.shaping.as_deref())
             && self.payloads.len() + next.payloads.len() <= RECORD_BYTES_MAX
             && self.ends.len() + next.ends.len() <= RECORD_EVENTS_MAX
     }
 
     fn absorb(&mut self, next: Accepted<'_>) {
+        if let (Some(mine), Some(theirs)) = (self.shaping.as_deref_mut(), next.shaping) {
+            // Event indexes in the record continue from this one's.
+            let offset = self.ends.len() as u32;
+            mine.quarantined
+                .extend(theirs.quarantined.into_iter().map(|mut q| {
+                    q.index += offset;
+                    q
+                }));
+            if let (Some(events), Some(more)) = (&mut mine.events, theirs.events) {
+                events.extend(more);
+            }
+        }
         let base = self.payloads.len() as u32;
         self.payloads.extend_from_slice(&next.payloads);
         self.ends.extend(next.ends.iter().map(|end| base + end));
         self.permits.push(next.permit);
+    }
+}
+
+/// Whether events shaped as `next` may join a record shaped as `open`: one record has one
+/// schema version, payload setting and batch tags (the configuration may change between two
+/// publishes of a connection).
+fn shaping_joins(open: Option<&Shaping>, next: Option<&Shaping>) -> bool {
+    match (open, next) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            a.schema_version == b.schema_version
+                && a.keep_payload == b.keep_payload
+                && a.tags == b.tags
+                && a.events.is_some() == b.events.is_some()
+        }
+        _ => false,
     }
 }
 
@@ -186,6 +220,7 @@ async fn append(admission: &Admission, record: Record) -> Result<(), Refusal> {
         protocol: Protocol::Mqtt,
         topic: Some(record.topic.into()),
         received_at_us: record.received_at_us,
+        shaping: record.shaping,
     }
     .batch(record.payloads, record.ends);
     let encoded = batch.encode_compact();
@@ -208,7 +243,8 @@ mod tests {
             workspace_id: Uuid::nil(),
             source: "telemetry",
             topic,
-            device_id: "d",
+            device_id: "d".into(),
+            shaping: None,
             received_at_us: 1,
             payloads: payload.as_bytes().to_vec(),
             ends: vec![payload.len() as u32],

@@ -2,6 +2,7 @@
 //! of one PUBLISH through the [admission steps](crate::admit) into the connection's batcher.
 //! The version glue (`v3`, `v5`) only maps the outcomes to packets.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -18,6 +19,8 @@ use crate::admit::{self, Admission, Refusal, ROOM_POLL, ROOM_WAIT_MAX};
 use crate::config::MqttConfig;
 use crate::metrics::{NodeMetrics, PublishLabels};
 use crate::parse::{BodyFormat, Events};
+use crate::shape::Origin;
+use sluice_storage::event::Shaping;
 
 use super::batcher::{Accepted, Batcher, Durable};
 use super::throttle::ConnectFailures;
@@ -270,17 +273,33 @@ impl MqttIngest {
         if events.ends.is_empty() {
             return Ok(None);
         }
+        let origin = Origin {
+            topic: Some(topic),
+            ..Origin::default()
+        };
+        let shaped = admit::shape(&grant, &events, origin)?;
         // At the disk quota the batcher waits for room (MQTT's flow control); anything else
         // is refused now.
         match self.admission.check_room(events.payloads.len()) {
             Ok(()) | Err(Refusal::StorageFull) => {}
             Err(other) => return Err(other),
         }
+        let (shaping, device_id) = match shaped {
+            Some(shaped) => (
+                Some(shaped.shaping),
+                match shaped.device_id {
+                    Some(rule_device) => Cow::Owned(rule_device),
+                    None => Cow::Borrowed(device.device_id.as_str()),
+                },
+            ),
+            None => (None, Cow::Borrowed(device.device_id.as_str())),
+        };
         Ok(Some(Checked {
             workspace: grant.workspace,
             source,
             topic,
-            device_id: &device.device_id,
+            device_id,
+            shaping,
             received_at_us,
             // Node-wide memory bound: the payload's size is held until it is in the WAL.
             bytes: u32::try_from(events.payloads.len().max(1)).unwrap_or(u32::MAX),
@@ -333,7 +352,9 @@ struct Checked<'a> {
     workspace: Arc<WorkspaceView>,
     source: &'a str,
     topic: &'a str,
-    device_id: &'a str,
+    /// The client id, or a tag rule's device.
+    device_id: Cow<'a, str>,
+    shaping: Option<Box<Shaping>>,
     received_at_us: i64,
     bytes: u32,
     events: Events,
@@ -346,6 +367,7 @@ impl<'a> Checked<'a> {
             source: self.source,
             topic: self.topic,
             device_id: self.device_id,
+            shaping: self.shaping,
             received_at_us: self.received_at_us,
             payloads: self.events.payloads,
             ends: self.events.ends,

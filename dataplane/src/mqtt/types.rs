@@ -84,6 +84,7 @@ pub fn publish_outcome(refusal: &Refusal) -> &'static str {
         Refusal::Access(_) => "not-authorized",
         Refusal::PayloadTooLarge { .. } => "payload-too-large",
         Refusal::Parse(_) => "payload-invalid",
+        Refusal::InvalidEvents { .. } => "invalid-events",
         Refusal::RateLimited { .. } | Refusal::Overloaded | Refusal::StorageFull => {
             "quota-exceeded"
         }
@@ -105,6 +106,7 @@ pub fn describe(refusal: &Refusal) -> String {
             format!("payload of {bytes} bytes is over the limit")
         }
         Refusal::Parse(e) => e.to_string(),
+        Refusal::InvalidEvents { .. } => refusal.to_string(),
         Refusal::RateLimited { .. } | Refusal::Overloaded | Refusal::StorageFull => {
             "over the workspace's rate or the node's disk quota; retry later".into()
         }

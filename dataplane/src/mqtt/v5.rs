@@ -130,7 +130,7 @@ fn reason_code(refusal: &Refusal) -> PublishAckReason {
             PublishAckReason::TopicNameInvalid
         }
         Refusal::Access(_) => PublishAckReason::NotAuthorized,
-        Refusal::Parse(_) => PublishAckReason::PayloadFormatInvalid,
+        Refusal::Parse(_) | Refusal::InvalidEvents { .. } => PublishAckReason::PayloadFormatInvalid,
         Refusal::PayloadTooLarge { .. }
         | Refusal::RateLimited { .. }
         | Refusal::Overloaded

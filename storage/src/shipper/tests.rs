@@ -118,6 +118,7 @@ impl Rig {
                     },
                     payloads,
                     ends,
+                    shaping: None,
                 };
                 for i in 0..EVENTS_PER_RECORD {
                     ids.push(event_id(batch.envelope.first_event_id, i as u32).to_string());
