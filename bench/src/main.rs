@@ -25,6 +25,7 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod cluster;
 mod loadgen;
 mod mqtt;
 mod payload;
@@ -64,6 +65,9 @@ enum Command {
     /// Configuration push: revocation latency from the control-plane API to every node, and
     /// the cost of a large snapshot.
     Propagation(propagation::PropagationArgs),
+    /// A cluster behind HAProxy: HTTP throughput with 1, 2 and 3 nodes following one control
+    /// plane, the CPU of each part, and the idle configuration stream's cost.
+    Cluster(cluster::ClusterArgs),
 }
 
 #[derive(Args, Clone)]
@@ -151,6 +155,7 @@ fn main() -> Result<()> {
         Command::Http(args) => http(args),
         Command::Propagation(args) => propagation::run(args),
         Command::Mqtt(args) => mqtt::run(args),
+        Command::Cluster(args) => cluster::run(args),
     }
 }
 
