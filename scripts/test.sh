@@ -16,6 +16,8 @@
 #     .venv-deploy/ with deploy/requirements.txt (Checkov, kubernetes-validate,
 #     check-jsonschema, hadolint)
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
+#   - tests/oidc/node_modules: node-oidc-provider, a real OpenID provider for the sign-in tests
+#     (tests/sign_in.rs), with `npm ci` from the committed package-lock.json (needs Node.js)
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,6 +75,14 @@ if [ ! -x "$tools/bin/s3s-fs" ]; then
   cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools"
 fi
 export SLUICE_TEST_S3S_FS="$tools/bin/s3s-fs"
+
+echo "== oidc-provider (a real OpenID provider for tests/sign_in.rs)"
+# Installed again only when package-lock.json changed since the last install (a copy of it is
+# kept in node_modules as the stamp).
+if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.sluice-installed-lock.json; then
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.sluice-installed-lock.json)
+fi
 
 echo "== cargo fmt"
 cargo fmt --all -- --check

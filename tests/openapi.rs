@@ -51,8 +51,9 @@ enabled = false
 # other check still runs on them, negative data included.
 [[operations]]
 # A one-time code is right only if it was mailed (400 invalid-code); a new password must also
-# not be the e-mail address or one repeated character (400 weak-password).
-include-operation-id = ["verify_email", "verify_form", "reset_password"]
+# not be the e-mail address or one repeated character (400 weak-password). `/auth/verify`
+# needs a sign-in held in the browser (400 sign-in-state-invalid without one).
+include-operation-id = ["verify_email", "verify_form", "reset_password", "verify_identity"]
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]

@@ -11,6 +11,7 @@ use crate::mail::Mailer;
 use crate::problem::{ApiError, ApiResult};
 use crate::rate_limit::{RateLimit, SignInLimits};
 use crate::secrets::SecretBox;
+use crate::sign_in::SignIn;
 use crate::store::{Change, State, Store};
 use sluice_storage::shutdown::Shutdown;
 
@@ -56,6 +57,8 @@ pub struct App {
     pub mailer: Mailer,
     /// Seals and opens stored secrets (workspace SMTP passwords).
     pub secrets: Arc<SecretBox>,
+    /// Sign-in providers and the sign-ins in progress.
+    pub sign_in: Arc<SignIn>,
     pub config: Arc<ControlPlaneConfig>,
     pub limits: Arc<Limits>,
     /// The configuration version, published after every commit that moves it.
@@ -80,6 +83,7 @@ impl App {
         store: Arc<Store>,
         mailer: Mailer,
         secrets: Arc<SecretBox>,
+        sign_in: SignIn,
         config: ControlPlaneConfig,
         shutdown: Shutdown,
     ) -> Self {
@@ -90,6 +94,7 @@ impl App {
             store,
             mailer,
             secrets,
+            sign_in: Arc::new(sign_in),
             limits: Arc::new(Limits::new(&config)),
             config: Arc::new(config),
             config_version: watch::Sender::new(version),

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+pub use crate::sign_in::config::SignInConfig;
+
 /// Everything the control plane needs to start.
 #[derive(Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -104,6 +106,9 @@ pub struct ControlPlaneConfig {
     pub workspaces_per_user_max: usize,
     pub sources_per_workspace_max: usize,
     pub tokens_per_workspace_max: usize,
+    /// Sign-in with OpenID Connect and OAuth 2 providers: `[controlplane.sign_in]` and its
+    /// `[[controlplane.sign_in.providers]]`.
+    pub sign_in: SignInConfig,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -120,6 +125,7 @@ impl std::fmt::Debug for ControlPlaneConfig {
                 &self.cluster_secret.as_ref().map(|_| "<set>"),
             )
             .field("secret_key_file", &self.secret_key_file)
+            .field("sign_in", &self.sign_in)
             .finish_non_exhaustive()
     }
 }
@@ -170,6 +176,7 @@ impl Default for ControlPlaneConfig {
             workspaces_per_user_max: 100,
             sources_per_workspace_max: 1000,
             tokens_per_workspace_max: 10_000,
+            sign_in: SignInConfig::default(),
         }
     }
 }

@@ -42,6 +42,7 @@ pub(crate) mod schema;
 pub(crate) mod secrets;
 pub(crate) mod seed;
 pub(crate) mod shutdown;
+pub(crate) mod sign_in;
 pub mod snapshot;
 pub(crate) mod store;
 pub(crate) mod trial;
@@ -96,6 +97,10 @@ pub enum ControlPlaneError {
     Secret(#[from] SecretError),
     #[error("invalid control-plane setting: {0}")]
     Config(#[from] ConfigError),
+    #[error("invalid control-plane setting: {0}")]
+    SignIn(#[from] sign_in::config::SignInConfigError),
+    #[error("preparing the HTTP client for sign-in providers: {0}")]
+    SignInHttp(#[from] sign_in::http::ProviderHttpError),
     #[error("building the OpenAPI document: {0}")]
     OpenApi(#[from] serde_json::Error),
 }
@@ -188,6 +193,11 @@ impl ControlPlane {
             .enable_all()
             .build()
             .map_err(io("starting the control-plane runtime"))?;
+        let providers = config.sign_in.resolve(|name| std::env::var(name).ok())?;
+        for p in &providers {
+            tracing::info!(provider = %p.id, kind = ?p.kind, "sign-in provider configured");
+        }
+        let sign_in = sign_in::SignIn::new(&config.sign_in, providers)?;
         let secrets = Arc::new(open_secrets(&config)?);
         reseal(&store, &secrets)?;
         let app = {
@@ -205,7 +215,7 @@ impl ControlPlane {
                 store.clone(),
                 secrets.clone(),
             )?;
-            App::new(store, mailer, secrets, config, shutdown)
+            App::new(store, mailer, secrets, sign_in, config, shutdown)
         };
         let router = router(app.clone())?;
         let listener = {

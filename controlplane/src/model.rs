@@ -21,7 +21,8 @@ pub struct User {
     pub email: String,
     pub first_name: String,
     pub last_name: String,
-    /// argon2id PHC string.
+    /// argon2id PHC string; empty for a user who signed up through a provider and has set no
+    /// password (password sign-in then always fails, and a password reset sets one).
     pub password_hash: String,
     pub email_verified: bool,
     pub created_at: DateTime<Utc>,
@@ -34,6 +35,11 @@ pub struct User {
 }
 
 impl User {
+    /// Whether the user can sign in with a password.
+    pub fn has_password(&self) -> bool {
+        !self.password_hash.is_empty()
+    }
+
     /// Whether the workspaces this user created may be used at `now`.
     pub fn is_active(&self, now: DateTime<Utc>) -> bool {
         self.plan == Plan::Paid || self.operator || now < self.trial_ends_at
@@ -66,6 +72,22 @@ pub struct OneTimeCode {
     pub sha256: String,
     pub expires_at: DateTime<Utc>,
     pub attempts_left: u32,
+}
+
+/// An account at an OpenID Connect or OAuth 2 provider that signs a user in.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Identity {
+    pub id: Uuid,
+    pub user_id: Uuid,
+    /// The provider's `id` in `[[controlplane.sign_in.providers]]`.
+    pub provider: String,
+    /// The provider's stable id of the account (`sub`, or GitHub's and X's numeric user id);
+    /// unique per provider.
+    pub subject: String,
+    /// The address the provider gave when the identity was linked, if any.
+    pub email: Option<String>,
+    pub linked_at: DateTime<Utc>,
+    pub last_used_at: DateTime<Utc>,
 }
 
 /// What a credential is.

@@ -66,12 +66,21 @@ problem_types! {
     InvalidSmtpSettings => (BAD_REQUEST, "invalid-smtp-settings", "Invalid SMTP settings"),
     NotASession => (BAD_REQUEST, "not-a-session", "Not a session"),
     InvalidNode => (BAD_REQUEST, "invalid-node", "Invalid node id"),
+    /// A sign-in callback whose `state` is unknown, used, expired, for another provider or
+    /// from another browser.
+    SignInStateInvalid => (BAD_REQUEST, "sign-in-state-invalid", "Sign-in state invalid"),
+    /// The provider refused: an error at the callback, a used or wrong code.
+    SignInFailed => (BAD_REQUEST, "sign-in-failed", "Sign-in failed at the provider"),
+    /// The provider's ID token failed a check (signature, issuer, audience, expiry, nonce).
+    IdTokenInvalid => (BAD_REQUEST, "id-token-invalid", "ID token invalid"),
     Unauthenticated => (UNAUTHORIZED, "unauthenticated", "Not authenticated"),
     EmailNotVerified => (FORBIDDEN, "email-not-verified", "E-mail address not verified"),
     InsufficientRole => (FORBIDDEN, "insufficient-role", "Role does not allow this"),
     OperatorOnly => (FORBIDDEN, "operator-only", "Operators only"),
     WorkspaceDisabled => (FORBIDDEN, "workspace-disabled", "Workspace disabled"),
     InvitationEmailMismatch => (FORBIDDEN, "invitation-email-mismatch", "Invitation for another address"),
+    /// The provider does not assert the address is verified: a mailed code confirms it first.
+    IdentityUnverifiedEmail => (FORBIDDEN, "identity-unverified-email", "E-mail address not verified by the provider"),
     SmtpNotConfigured => (NOT_FOUND, "smtp-not-configured", "No workspace SMTP server"),
     UnknownWorkspace => (NOT_FOUND, "unknown-workspace", "Unknown workspace"),
     UnknownMember => (NOT_FOUND, "unknown-member", "Unknown member"),
@@ -81,6 +90,8 @@ problem_types! {
     UnknownSource => (NOT_FOUND, "unknown-source", "Unknown source"),
     UnknownTagRule => (NOT_FOUND, "unknown-tag-rule", "Unknown tag rule"),
     UnknownUser => (NOT_FOUND, "unknown-user", "Unknown user"),
+    UnknownProvider => (NOT_FOUND, "unknown-provider", "Unknown sign-in provider"),
+    UnknownIdentity => (NOT_FOUND, "unknown-identity", "Unknown identity"),
     NotFound => (NOT_FOUND, "not-found", "Not found"),
     NoRoute => (NOT_FOUND, "no-route", "No such endpoint"),
     ClusterDisabled => (NOT_FOUND, "cluster-disabled", "Configuration stream disabled"),
@@ -93,11 +104,15 @@ problem_types! {
     LastAdmin => (CONFLICT, "last-admin", "Last Admin"),
     LastWorkspace => (CONFLICT, "last-workspace", "Last workspace"),
     LimitReached => (CONFLICT, "limit-reached", "Limit reached"),
+    /// Unlinking the identity would leave the user no way to sign in.
+    LastSignInMethod => (CONFLICT, "last-sign-in-method", "Last way to sign in"),
     InvitationExpired => (GONE, "invitation-expired", "Invitation expired"),
     BodyTooLarge => (PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large"),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
     RateLimited => (TOO_MANY_REQUESTS, "rate-limited", "Rate limit exceeded"),
     Internal => (INTERNAL_SERVER_ERROR, "internal", "Internal error"),
+    /// A sign-in provider could not be reached or answered nonsense.
+    ProviderUnavailable => (BAD_GATEWAY, "provider-unavailable", "Sign-in provider unavailable"),
     StorageUnavailable => (SERVICE_UNAVAILABLE, "storage-unavailable", "Storage unavailable"),
     MailUnavailable => (SERVICE_UNAVAILABLE, "mail-unavailable", "Mail unavailable"),
     Overloaded => (SERVICE_UNAVAILABLE, "overloaded", "Control plane overloaded"),

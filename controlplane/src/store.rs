@@ -19,12 +19,14 @@ use uuid::Uuid;
 use sluice_config::shaping::TagRule;
 
 use crate::model::{
-    AccessToken, Credential, Delivery, Invitation, Member, Purge, Source, TagRules, User,
+    AccessToken, Credential, Delivery, Identity, Invitation, Member, Purge, Source, TagRules, User,
     Workspace, WorkspaceSmtp,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
 const CREDENTIALS: TableDefinition<&str, &[u8]> = TableDefinition::new("credentials");
+/// Identity id -> a provider account that signs a user in.
+const IDENTITIES: TableDefinition<&str, &[u8]> = TableDefinition::new("identities");
 const WORKSPACES: TableDefinition<&str, &[u8]> = TableDefinition::new("workspaces");
 const MEMBERS: TableDefinition<&str, &[u8]> = TableDefinition::new("members");
 const INVITATIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("invitations");
@@ -73,6 +75,10 @@ pub struct State {
     pub emails: HashMap<String, Uuid>,
     /// Secret hash -> session or personal access token.
     pub credentials: HashMap<String, Credential>,
+    /// Identity id -> provider account linked to a user.
+    pub identities: BTreeMap<Uuid, Identity>,
+    /// (provider, subject) -> identity id.
+    pub identity_keys: HashMap<(String, String), Uuid>,
     pub workspaces: BTreeMap<Uuid, Workspace>,
     pub slugs: HashMap<String, Uuid>,
     /// (workspace, user) -> membership.
@@ -98,6 +104,8 @@ pub enum Change {
     PutUser(User),
     PutCredential(Credential),
     DeleteCredential(String),
+    PutIdentity(Identity),
+    DeleteIdentity(Uuid),
     PutWorkspace(Workspace),
     DeleteWorkspace(Uuid),
     PutMember(Member),
@@ -151,6 +159,16 @@ impl State {
             }
             Change::DeleteCredential(hash) => {
                 self.credentials.remove(&hash);
+            }
+            Change::PutIdentity(i) => {
+                self.identity_keys
+                    .insert((i.provider.clone(), i.subject.clone()), i.id);
+                self.identities.insert(i.id, i);
+            }
+            Change::DeleteIdentity(id) => {
+                if let Some(i) = self.identities.remove(&id) {
+                    self.identity_keys.remove(&(i.provider, i.subject));
+                }
             }
             Change::PutWorkspace(ws) => {
                 self.slugs.insert(ws.slug.clone(), ws.id);
@@ -215,6 +233,18 @@ impl State {
         self.emails
             .get(&email.to_lowercase())
             .and_then(|id| self.users.get(id))
+    }
+
+    /// The identity of `provider`'s account `subject`, when linked.
+    pub fn identity(&self, provider: &str, subject: &str) -> Option<&Identity> {
+        self.identity_keys
+            .get(&(provider.to_owned(), subject.to_owned()))
+            .and_then(|id| self.identities.get(id))
+    }
+
+    /// A user's identities, oldest first.
+    pub fn identities_of(&self, user: Uuid) -> impl Iterator<Item = &Identity> {
+        self.identities.values().filter(move |i| i.user_id == user)
     }
 
     /// A workspace by id or by slug.
@@ -315,6 +345,9 @@ impl Store {
             for c in load_table::<Credential>(&txn, CREDENTIALS)? {
                 state.apply(Change::PutCredential(c));
             }
+            for i in load_table::<Identity>(&txn, IDENTITIES)? {
+                state.apply(Change::PutIdentity(i));
+            }
             for ws in load_table::<Workspace>(&txn, WORKSPACES)? {
                 state.apply(Change::PutWorkspace(ws));
             }
@@ -395,6 +428,7 @@ impl Store {
         {
             let mut users = txn.open_table(USERS)?;
             let mut credentials = txn.open_table(CREDENTIALS)?;
+            let mut identities = txn.open_table(IDENTITIES)?;
             let mut workspaces = txn.open_table(WORKSPACES)?;
             let mut members = txn.open_table(MEMBERS)?;
             let mut invitations = txn.open_table(INVITATIONS)?;
@@ -414,6 +448,12 @@ impl Store {
                     }
                     Change::DeleteCredential(hash) => {
                         credentials.remove(hash.as_str())?;
+                    }
+                    Change::PutIdentity(i) => {
+                        identities.insert(i.id.to_string().as_str(), encode(i)?.as_slice())?;
+                    }
+                    Change::DeleteIdentity(id) => {
+                        identities.remove(id.to_string().as_str())?;
                     }
                     Change::PutWorkspace(w) => {
                         workspaces.insert(w.id.to_string().as_str(), encode(w)?.as_slice())?;

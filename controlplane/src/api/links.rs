@@ -137,9 +137,28 @@ pub(super) fn with_next(path: &str, next: Option<&str>) -> String {
 }
 
 /// The sign-in form, with `refusal` above it and `email` filled in when it was sent before.
-fn login_form_page(next: Option<&str>, email: &str, refusal: Option<&ApiError>) -> Response {
+fn login_form_page(
+    app: &App,
+    next: Option<&str>,
+    email: &str,
+    refusal: Option<&ApiError>,
+) -> Response {
     let next = safe_next(next);
     let signup = html::escape(&with_next(SIGNUP_PATH, Some(next)));
+    // One button per configured provider; each starts `/auth/{id}/start` keeping `next`.
+    let providers: String = app
+        .sign_in
+        .providers()
+        .map(|p| {
+            format!(
+                "<form method=\"get\" action=\"/auth/{id}/start\">\
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><button>Sign in with {name}</button></form>",
+                id = html::escape(&p.id),
+                name = html::escape(&p.name),
+                next = html::escape(next),
+            )
+        })
+        .collect();
     html::form_page(
         "Sign in to Sluice",
         refusal,
@@ -148,7 +167,7 @@ fn login_form_page(next: Option<&str>, email: &str, refusal: Option<&ApiError>) 
 <p><label>E-mail <input name=\"email\" type=\"email\" value=\"{email}\" required></label></p>\
 <p><label>Password <input name=\"password\" type=\"password\" required></label></p>\
 <input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button>Sign in</button></p></form>\
-<p>New to Sluice? <a href=\"{signup}\">Create an account</a> with the address you were invited at.</p>",
+{providers}<p>New to Sluice? <a href=\"{signup}\">Create an account</a> with the address you were invited at.</p>",
             email = html::escape(email),
             next = html::escape(next),
         ),
@@ -158,8 +177,8 @@ fn login_form_page(next: Option<&str>, email: &str, refusal: Option<&ApiError>) 
 /// The sign-in form.
 #[utoipa::path(get, path = "/login", tag = "users", security(()), params(LoginQuery),
     responses((status = 200, description = "an HTML sign-in form with a link to sign up", content_type = "text/html")))]
-pub async fn login_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Response {
-    login_form_page(query.next.as_deref(), "", None)
+pub async fn login_page(State(app): State<App>, ApiQuery(query): ApiQuery<LoginQuery>) -> Response {
+    login_form_page(&app, query.next.as_deref(), "", None)
 }
 
 /// Submits the sign-in form: sets the session cookie and goes on to `next`. A refusal (wrong
@@ -176,7 +195,9 @@ pub async fn login_form(
 ) -> Response {
     let session = match open_session(&app, peer, &form.email, form.password).await {
         Ok(session) => session,
-        Err(refusal) => return login_form_page(form.next.as_deref(), &form.email, Some(&refusal)),
+        Err(refusal) => {
+            return login_form_page(&app, form.next.as_deref(), &form.email, Some(&refusal))
+        }
     };
     let next = safe_next(form.next.as_deref());
     let mut response = (

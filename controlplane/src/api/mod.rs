@@ -9,6 +9,7 @@ mod cluster;
 mod codes;
 mod cors;
 mod html;
+mod identities;
 mod invitations;
 mod links;
 mod members;
@@ -293,7 +294,7 @@ impl Modify for Security {
     security(("bearer" = []), ("cookie" = [])),
     components(schemas(crate::problem::ProblemBody)),
     tags(
-        (name = "users", description = "Sign-up, verification, sessions, password reset, personal tokens"),
+        (name = "users", description = "Sign-up, verification, sessions, sign-in with OpenID Connect and OAuth 2 providers and the identities it links, password reset, personal tokens"),
         (name = "workspaces", description = "Workspaces and their members"),
         (name = "invitations", description = "Inviting people into a workspace"),
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
@@ -318,6 +319,12 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(sessions::list_sessions))
         .routes(routes!(sessions::end_session))
         .routes(routes!(users::me))
+        .routes(routes!(identities::list_providers))
+        .routes(routes!(identities::list_identities))
+        .routes(routes!(identities::unlink_identity))
+        .routes(routes!(identities::start))
+        .routes(routes!(identities::callback))
+        .routes(routes!(identities::verify_identity))
         .routes(routes!(password_reset::request_password_reset))
         .routes(routes!(password_reset::reset_password))
         .routes(routes!(

@@ -16,7 +16,7 @@ use super::users::UserView;
 use super::{ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::{self, Caller};
-use crate::model::{Credential, CredentialKind};
+use crate::model::{Credential, CredentialKind, User};
 use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::rate_limit::{client_key, SignInRefused};
 use crate::store::Change;
@@ -77,6 +77,12 @@ pub async fn open_session(
         _ => return Err(ApiError::unauthenticated("wrong e-mail or password")),
     };
     app.limits.sign_in.succeeded(&account, &client);
+    start_session(app, &user).await
+}
+
+/// Opens a session for `user`, who has proven who they are (password, provider); past
+/// `sessions_per_user_max` the oldest sessions end.
+pub async fn start_session(app: &App, user: &User) -> ApiResult<SessionView> {
     let secret = auth::new_secret(auth::SESSION_PREFIX);
     let now = Utc::now();
     let expires_at = now + Duration::seconds(app.config.session_ttl_secs as i64);
@@ -111,7 +117,7 @@ pub async fn open_session(
     Ok(SessionView {
         token: secret,
         expires_at,
-        user: UserView::from(&user),
+        user: UserView::from(user),
     })
 }
 
