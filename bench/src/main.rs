@@ -143,6 +143,60 @@ enum Scenario {
     SluiceJson,
     /// Sluice with `--batch-events` NDJSON bodies.
     SluiceNdjson,
+    /// Sluice with single-event JSON bodies, against a source with a 10-property JSON Schema.
+    SluiceJsonSchema,
+    /// Sluice with NDJSON bodies, against a source with a 10-property JSON Schema.
+    SluiceNdjsonSchema,
+    /// Sluice with NDJSON bodies, against a source without a schema and 3 tag rules (a query
+    /// parameter and two payload pointers, one of them the device).
+    SluiceNdjsonRules,
+}
+
+/// The schema of the benchmark's events (`payload.rs`): 10 typed columns (`device_id` is a
+/// fixed column and stays in `payload`).
+fn bench_schema() -> serde_json::Value {
+    serde_json::json!({
+        "type": "object",
+        "properties": {
+            "ts": {"type": "string", "format": "date-time"},
+            "device_id": {"type": "string"},
+            "site": {"type": "string"},
+            "temp_c": {"type": "number"},
+            "humidity_pct": {"type": "number", "minimum": 0, "maximum": 100},
+            "pressure_hpa": {"type": "number"},
+            "battery_v": {"type": "number"},
+            "rssi_dbm": {"type": "integer"},
+            "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
+            "fw": {"type": "string"},
+            "seq": {"type": "integer", "minimum": 0}
+        },
+        "required": ["ts", "device_id", "temp_c", "seq"]
+    })
+}
+
+/// Three tag rules: the `line` query parameter, the site and the device from the payload.
+fn bench_rules() -> Vec<serde_json::Value> {
+    let rule = |n: u8, extract: serde_json::Value| {
+        serde_json::json!({
+            "id": format!("0190f3a0-0000-7000-8000-0000000003{n:02x}"),
+            "name": format!("rule {n}"),
+            "extract": extract,
+        })
+    };
+    vec![
+        rule(
+            1,
+            serde_json::json!({"from": "query", "name": "line", "tag": "line"}),
+        ),
+        rule(
+            2,
+            serde_json::json!({"from": "pointer", "pointer": "/site", "tag": "site"}),
+        ),
+        rule(
+            3,
+            serde_json::json!({"from": "pointer", "pointer": "/device_id", "tag": "device", "device_id": true}),
+        ),
+    ]
 }
 
 /// Distinct bodies pre-generated per scenario (sent round-robin).
@@ -171,7 +225,7 @@ fn http(args: HttpArgs) -> Result<()> {
     };
     let needs_sluice = scenarios
         .iter()
-        .any(|s| matches!(s, Scenario::SluiceJson | Scenario::SluiceNdjson));
+        .any(|s| !matches!(s, Scenario::Baseline | Scenario::BaselineUring));
     let bin = match &args.sluice_bin {
         Some(bin) => bin.clone(),
         None => sluice::default_binary()?,
@@ -226,7 +280,11 @@ fn http(args: HttpArgs) -> Result<()> {
                 continue;
             }
             // Batches reach the CPU's limit at any count; one count keeps the run short.
-            if scenario == Scenario::SluiceNdjson && count != first_count {
+            let batched = matches!(
+                scenario,
+                Scenario::SluiceNdjson | Scenario::SluiceNdjsonSchema | Scenario::SluiceNdjsonRules
+            );
+            if batched && count != first_count {
                 continue;
             }
             let result = match scenario {
@@ -253,6 +311,36 @@ fn http(args: HttpArgs) -> Result<()> {
                     "application/x-ndjson",
                     batch,
                     &ndjson,
+                )?,
+                Scenario::SluiceJsonSchema => run_sluice_shaped(
+                    &runtime,
+                    &bin,
+                    server_threads,
+                    plan,
+                    "sluice-json-schema-1".into(),
+                    "application/json",
+                    &single,
+                    (1, None),
+                )?,
+                Scenario::SluiceNdjsonSchema => run_sluice_shaped(
+                    &runtime,
+                    &bin,
+                    server_threads,
+                    plan,
+                    format!("sluice-ndjson-schema-{batch}"),
+                    "application/x-ndjson",
+                    &ndjson,
+                    (batch, None),
+                )?,
+                Scenario::SluiceNdjsonRules => run_sluice_shaped(
+                    &runtime,
+                    &bin,
+                    server_threads,
+                    plan,
+                    format!("sluice-ndjson-rules-{batch}"),
+                    "application/x-ndjson",
+                    &ndjson,
+                    (batch, Some(bench_rules())),
                 )?,
             };
             progress(&result.one_line());
@@ -485,6 +573,45 @@ fn run_sluice(
         plan.connections,
         events_per_body
     ));
+    let target = sluice_target(&node, content_type, events_per_body, bodies);
+    let outcome = runtime
+        .block_on(loadgen::run(
+            Arc::new(target),
+            plan,
+            ServerProcess::Child(node.pid()),
+        ))
+        .with_context(|| format!("{name} scenario"))?;
+    finish_sluice(node, &name, content_type, events_per_body, bodies, &outcome)
+}
+
+/// One scenario against a fresh node whose source has the benchmark schema (`rules` `None`)
+/// or no schema and `rules`.
+#[allow(clippy::too_many_arguments)]
+fn run_sluice_shaped(
+    runtime: &tokio::runtime::Runtime,
+    bin: &std::path::Path,
+    server_threads: usize,
+    plan: Plan,
+    name: String,
+    content_type: &'static str,
+    bodies: &Arc<Vec<bytes::Bytes>>,
+    (events_per_body, rules): (usize, Option<Vec<serde_json::Value>>),
+) -> Result<ScenarioResult> {
+    let shaping = match rules {
+        None => sluice::Shaping {
+            schema: Some(bench_schema()),
+            tag_rules: Vec::new(),
+        },
+        Some(rules) => sluice::Shaping {
+            schema: None,
+            tag_rules: rules,
+        },
+    };
+    progress(&format!(
+        "{name}: starting {} (--http-threads {server_threads})",
+        bin.display()
+    ));
+    let node = sluice::Node::start_shaped(bin, server_threads, &shaping, "?line=4")?;
     let target = sluice_target(&node, content_type, events_per_body, bodies);
     let outcome = runtime
         .block_on(loadgen::run(

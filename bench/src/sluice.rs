@@ -66,11 +66,35 @@ pub struct Stopped {
     pub problems: Vec<String>,
 }
 
+/// What shapes the benchmark source's events (issue 17): its JSON Schema and the workspace's
+/// tag rules, given to the node in a configuration snapshot file.
+pub struct Shaping {
+    pub schema: Option<serde_json::Value>,
+    pub tag_rules: Vec<serde_json::Value>,
+}
+
+/// The workspace, source and token of a node started with [`Shaping`].
+const SHAPED_PATH: &str = "/v1/ingest/bench/telemetry";
+const SHAPED_TOKEN: &str = "bench-shaping-token";
+
 impl Node {
     /// Starts `bin dataplane` with `http_threads` io_uring threads (MQTT off) and waits until
     /// it serves.
     pub fn start(bin: &Path, http_threads: usize) -> Result<Node> {
-        Self::start_with(bin, http_threads, None)
+        Self::start_with(bin, http_threads, None, None)
+    }
+
+    /// Like [`start`](Self::start), with a configuration snapshot whose one source has
+    /// `shaping`; requests go to `path_suffix` appended to the source's ingest path (a query).
+    pub fn start_shaped(
+        bin: &Path,
+        http_threads: usize,
+        shaping: &Shaping,
+        path_suffix: &str,
+    ) -> Result<Node> {
+        let mut node = Self::start_with(bin, http_threads, None, Some(shaping))?;
+        node.path.push_str(path_suffix);
+        Ok(node)
     }
 
     /// Like [`start`](Self::start), with MQTT on a free port served by `mqtt_workers` threads
@@ -81,10 +105,15 @@ impl Node {
         mqtt_workers: usize,
         io_driver: &str,
     ) -> Result<Node> {
-        Self::start_with(bin, http_threads, Some((mqtt_workers, io_driver)))
+        Self::start_with(bin, http_threads, Some((mqtt_workers, io_driver)), None)
     }
 
-    fn start_with(bin: &Path, http_threads: usize, mqtt: Option<(usize, &str)>) -> Result<Node> {
+    fn start_with(
+        bin: &Path,
+        http_threads: usize,
+        mqtt: Option<(usize, &str)>,
+        shaping: Option<&Shaping>,
+    ) -> Result<Node> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-bench-")
             .tempdir()
@@ -100,6 +129,34 @@ impl Node {
             None => None,
         };
         let (mqtt_workers, io_driver) = mqtt.unwrap_or((1, "epoll"));
+        let mut snapshot_args: Vec<std::ffi::OsString> = Vec::new();
+        if let Some(shaping) = shaping {
+            let snapshot = dir.path().join("snapshot.json");
+            let mut source = serde_json::json!({
+                "id": "0190f3a0-0000-7000-8000-0000000002b0",
+                "slug": "telemetry",
+            });
+            if let Some(schema) = &shaping.schema {
+                source["schema"] = schema.clone();
+            }
+            let config = serde_json::json!({
+                "version": 1,
+                "workspaces": [{
+                    "id": "0190f3a0-0000-7000-8000-0000000000b0",
+                    "slug": "bench",
+                    "sources": [source],
+                    "tokens": [{
+                        "id": "0190f3a0-0000-7000-8000-0000000001b0",
+                        "sha256": sluice_config::token::hash_hex(SHAPED_TOKEN),
+                        "scopes": ["ingest"],
+                    }],
+                    "tag_rules": shaping.tag_rules,
+                }]
+            });
+            std::fs::write(&snapshot, serde_json::to_vec(&config)?)
+                .with_context(|| format!("writing {}", snapshot.display()))?;
+            snapshot_args = vec!["--config-snapshot".into(), snapshot.into_os_string()];
+        }
         let child = Command::new(bin)
             .arg("dataplane")
             .arg("--data-dir")
@@ -118,6 +175,7 @@ impl Node {
             .arg(EVENTS_PER_SECOND.to_string())
             .arg("--shutdown-grace-ms")
             .arg(SHUTDOWN_GRACE.as_millis().to_string())
+            .args(&snapshot_args)
             .env("SLUICE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
@@ -133,6 +191,10 @@ impl Node {
             token: String::new(),
             mqtt_addr,
         };
+        if shaping.is_some() {
+            node.path = SHAPED_PATH.to_owned();
+            node.token = SHAPED_TOKEN.to_owned();
+        }
         node.wait_ready(&data_dir)
             .with_context(|| format!("Sluice did not start; its log:\n{}", node.log_tail()))?;
         Ok(node)
@@ -155,6 +217,10 @@ impl Node {
             // bootstrap.json gets its URL right after the HTTP listeners are up, so both
             // conditions are needed.
             let healthy = matches!(http_get(self.addr, "/healthz"), Ok((200, _)));
+            if healthy && !self.token.is_empty() {
+                // Configured from a snapshot: no bootstrap token to wait for.
+                return Ok(());
+            }
             if healthy {
                 if let Some((addr, path, token)) = read_bootstrap(data_dir)? {
                     if addr != self.addr {
