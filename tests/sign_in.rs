@@ -165,7 +165,14 @@ fn setup() -> Setup {
     let port = free_port();
     let redirect = format!("http://127.0.0.1:{port}/auth/test-idp/callback");
     let provider = start_provider(dir.path(), &redirect);
-    let cp = start_control_plane(dir.path(), port, &oidc_entry(&provider.base));
+    // A second provider that cannot be reached, for the refusal when discovery fails.
+    let down = "[[controlplane.sign_in.providers]]\nkind = \"oidc\"\nid = \"down\"\n\
+                issuer = \"http://127.0.0.1:1\"\nclient_id = \"c\"\n";
+    let cp = start_control_plane(
+        dir.path(),
+        port,
+        &format!("{}{down}", oidc_entry(&provider.base)),
+    );
     Setup {
         _dir: dir,
         provider,
@@ -418,7 +425,7 @@ fn a_new_user_signs_up_through_the_provider_and_returns_as_the_same_user() {
 }
 
 #[test]
-fn a_verified_address_links_to_the_password_user_who_may_then_unlink_it() {
+fn a_verified_address_links_to_the_password_user_and_takes_an_unverified_account_back() {
     let s = setup();
     let api = &s.cp.api;
     let bob = verified_user(api, &s.cp.outbox(), "bob@example.com");
@@ -436,6 +443,29 @@ fn a_verified_address_links_to_the_password_user_who_may_then_unlink_it() {
     assert_eq!(a.status, 204, "{}", a.body);
     assert!(identities(api, &bob.token).is_empty());
     api.sign_in("bob@example.com", &bob.password);
+
+    // Someone signed up with Hank's address and never entered the code; Hank signs in with
+    // the provider, which vouches for the address: the account is Hank's, the password set by
+    // whoever signed up no longer works, and their session has ended.
+    let squatter = api.post(
+        "/api/v1/users",
+        None,
+        json!({"email": "hank@example.com", "password": "squatters-password",
+               "first_name": "Not", "last_name": "Hank"}),
+    );
+    assert_eq!(squatter.status, 201, "{}", squatter.body);
+    let squatter_session = api.sign_in("hank@example.com", "squatters-password");
+    let (token, _) = Browser::new().sign_in(&start_url(&s.cp), "hank");
+    let hank = me(api, &token);
+    assert_eq!(hank["id"], squatter.json()["id"]);
+    assert_eq!(hank["email_verified"], true);
+    let a = api.post(
+        "/api/v1/sessions",
+        None,
+        json!({"email": "hank@example.com", "password": "squatters-password"}),
+    );
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(api.get("/api/v1/me", &squatter_session).status, 401);
 }
 
 #[test]
@@ -552,6 +582,34 @@ fn a_wrong_state_a_replayed_code_another_audience_and_an_expired_token_are_refus
     assert_eq!(
         (page.status, page.problem().as_str()),
         (400, "sign-in-failed"),
+        "{page:?}"
+    );
+
+    // The person declines at the provider; an unknown provider; one that cannot be reached.
+    let callback = browser.through_provider(&start_url(&s.cp), "dan");
+    let state = callback
+        .split(['?', '&'])
+        .find(|p| p.starts_with("state="))
+        .expect("state");
+    let page = browser.get(&format!(
+        "{}/auth/test-idp/callback?error=access_denied&{state}",
+        api.base
+    ));
+    assert_eq!(
+        (page.status, page.problem().as_str()),
+        (400, "sign-in-failed"),
+        "{page:?}"
+    );
+    let page = browser.get(&format!("{}/auth/nope/start", api.base));
+    assert_eq!(
+        (page.status, page.problem().as_str()),
+        (404, "unknown-provider"),
+        "{page:?}"
+    );
+    let page = browser.get(&format!("{}/auth/down/start", api.base));
+    assert_eq!(
+        (page.status, page.problem().as_str()),
+        (502, "provider-unavailable"),
         "{page:?}"
     );
 

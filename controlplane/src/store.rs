@@ -575,6 +575,39 @@ mod tests {
     }
 
     #[test]
+    fn identities_survive_reopen_found_by_provider_and_subject() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp.redb");
+        let now = chrono::Utc::now();
+        let identity = crate::model::Identity {
+            id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            provider: "google".into(),
+            subject: "1234".into(),
+            email: Some("ada@example.com".into()),
+            linked_at: now,
+            last_used_at: now,
+        };
+        {
+            let store = Store::open(&path).expect("open a store made before identities");
+            assert!(store.read(|s| s.identities.is_empty()));
+            store
+                .write(|_| Ok::<_, StoreError>((vec![Change::PutIdentity(identity.clone())], ())))
+                .expect("write");
+            assert_eq!(store.read(|s| s.config_version), 0, "nodes never see them");
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(
+            store.read(|s| s.identity("google", "1234").map(|i| i.user_id)),
+            Some(identity.user_id)
+        );
+        store
+            .write(|_| Ok::<_, StoreError>((vec![Change::DeleteIdentity(identity.id)], ())))
+            .expect("delete");
+        assert!(store.read(|s| s.identity("google", "1234").is_none()));
+    }
+
+    #[test]
     fn a_refused_change_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("cp.redb")).expect("open");

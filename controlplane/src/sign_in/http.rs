@@ -81,3 +81,73 @@ impl<'c> AsyncHttpClient<'c> for ProviderHttp {
         Box::pin(self.execute(request))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A server on loopback that answers every connection with `head` and then `body_bytes`
+    /// bytes, without a length when `head` gives none (the body ends when the connection does).
+    fn serve(head: &'static str, body_bytes: usize) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut request = [0u8; 4096];
+                let _ = stream.read(&mut request);
+                let _ = stream.write_all(head.as_bytes());
+                let _ = stream.write_all(&vec![b'x'; body_bytes]);
+            }
+        });
+        format!("http://{addr}/")
+    }
+
+    fn get(url: &str) -> HttpRequest {
+        openidconnect::http::Request::builder()
+            .uri(url)
+            .body(Vec::new())
+            .expect("request")
+    }
+
+    #[tokio::test]
+    async fn answers_over_the_bound_are_refused_with_or_without_a_length() {
+        let http = ProviderHttp::new(Duration::from_secs(5), 1024).expect("client");
+        let small = serve("HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 10);
+        assert_eq!(
+            http.execute(get(&small)).await.expect("read").body().len(),
+            10
+        );
+        let declared = serve("HTTP/1.1 200 OK\r\nContent-Length: 4096\r\n\r\n", 4096);
+        assert!(matches!(
+            http.execute(get(&declared)).await,
+            Err(ProviderHttpError::TooLarge(1024))
+        ));
+        let undeclared = serve("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n", 4096);
+        assert!(matches!(
+            http.execute(get(&undeclared)).await,
+            Err(ProviderHttpError::TooLarge(1024))
+        ));
+    }
+
+    #[tokio::test]
+    async fn a_silent_provider_times_out_and_redirects_are_not_followed() {
+        let http = ProviderHttp::new(Duration::from_millis(300), 1024).expect("client");
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let silent = format!("http://{}/", listener.local_addr().expect("addr"));
+        let started = std::time::Instant::now();
+        assert!(matches!(
+            http.execute(get(&silent)).await,
+            Err(ProviderHttpError::Request(_))
+        ));
+        assert!(started.elapsed() < Duration::from_secs(3));
+        drop(listener);
+        let redirect = serve(
+            "HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:1/\r\nContent-Length: 0\r\n\r\n",
+            0,
+        );
+        let answer = http.execute(get(&redirect)).await.expect("answer");
+        assert_eq!(answer.status(), 302, "handed back, not followed");
+    }
+}
