@@ -73,6 +73,19 @@ include-operation-id = ["create_token", "create_personal_token"]
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
+# A source's `schema` must itself be a JSON Schema the nodes can compile (400 invalid-schema),
+# and `keep_payload: false` needs a schema that gives typed columns (400 invalid-body).
+include-operation-id = ["create_source", "update_source"]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# A tag rule's `sources` must name sources the workspace has (400 unknown-source), a topic
+# pattern must capture a segment and its `device_id` name a capture, and an `id` in a list must
+# be one of the workspace's rules (400 invalid-tag-rule).
+include-operation-id = ["create_tag_rule", "replace_tag_rules", "update_tag_rule"]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
 # A password needs a username, and the stored password must be given again when the server
 # changes (400 invalid-smtp-settings).
 include-operation-id = ["put_smtp"]

@@ -42,8 +42,10 @@ pub struct TagRuleForm {
     /// Slugs of sources of the workspace the rule applies to; every source when empty or
     /// absent.
     #[serde(default)]
+    #[schema(schema_with = sources_schema)]
     pub sources: Vec<String>,
     /// Where the value comes from.
+    #[schema(schema_with = extract_schema)]
     pub extract: Extract,
     /// Where the rule goes in the list, counted from 0; past the end means last. When
     /// absent a new rule goes last and a changed one keeps its place.
@@ -61,7 +63,9 @@ pub struct ListedTagRule {
     #[schema(min_length = 1, max_length = 100)]
     pub name: String,
     #[serde(default)]
+    #[schema(schema_with = sources_schema)]
     pub sources: Vec<String>,
+    #[schema(schema_with = extract_schema)]
     pub extract: Extract,
 }
 
@@ -71,6 +75,133 @@ pub struct ListedTagRule {
 pub struct TagRuleListForm {
     /// Rules left out are deleted; at most 100.
     pub rules: Vec<ListedTagRule>,
+}
+
+/// `sources` of a rule in the OpenAPI document: source slugs.
+fn sources_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+    ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[a-z0-9][a-z0-9-]{0,62}$")),
+        )
+        .description(Some(
+            "Slugs of sources of the workspace the rule applies to; every source when empty",
+        ))
+        .build()
+}
+
+/// `extract` of a rule in the OpenAPI document, stated as the checks of
+/// `sluice_config::shaping` make it (unknown fields refused, tag names, header and parameter
+/// names and pointers by their patterns), which the derived schema of [`Extract`] cannot say.
+fn extract_schema() -> utoipa::openapi::schema::Schema {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, OneOfBuilder, Type};
+    let text = |pattern: Option<&str>, max: usize, description: &str| {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(max))
+            .pattern(pattern.map(str::to_owned))
+            .description(Some(description.to_owned()))
+    };
+    let tag = || {
+        text(
+            Some("^[a-z][a-z0-9_]{0,63}$"),
+            64,
+            "The tag the value goes into: a-z, 0-9 and _, starting with a letter",
+        )
+    };
+    let field = |what: &str| {
+        text(
+            Some("^[!-9;-~]{1,128}$"),
+            128,
+            &format!("The {what} name: visible ASCII, no colon"),
+        )
+    };
+    let device_flag = || {
+        ObjectBuilder::new()
+            .schema_type(Type::Boolean)
+            .description(Some("The value also becomes the event's `device_id`"))
+    };
+    let variant = |from: &str, description: &str, fields: Vec<(&str, ObjectBuilder, bool)>| {
+        let mut object = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(description.to_owned()))
+            .property(
+                "from",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some([from])),
+            )
+            .required("from")
+            .additional_properties(Some(AdditionalProperties::FreeForm(false)));
+        for (name, schema, required) in fields {
+            object = object.property(name, schema);
+            if required {
+                object = object.required(name);
+            }
+        }
+        object
+    };
+    OneOfBuilder::new()
+        .item(variant(
+            "topic",
+            "MQTT topic segments: `{name}` captures a segment as tag `name` (at least one), `+` \
+             matches any one, `#` (last) any rest, others must be equal; e.g. \
+             `ingest/{source}/{site}/{device}`",
+            vec![
+                ("pattern", text(None, 512, "The topic pattern"), true),
+                (
+                    "device_id",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .description(Some(
+                            "A capture whose value also becomes the event's `device_id`",
+                        )),
+                    false,
+                ),
+            ],
+        ))
+        .item(variant(
+            "header",
+            "An HTTP request header (case-insensitive)",
+            vec![
+                ("name", field("header"), true),
+                ("tag", tag(), true),
+                ("device_id", device_flag(), false),
+            ],
+        ))
+        .item(variant(
+            "query",
+            "A query parameter of the ingest URL",
+            vec![
+                ("name", field("query parameter"), true),
+                ("tag", tag(), true),
+                ("device_id", device_flag(), false),
+            ],
+        ))
+        .item(variant(
+            "pointer",
+            "A JSON pointer (RFC 6901) into the payload; strings as they are, numbers and \
+             booleans as their JSON text",
+            vec![
+                (
+                    "pointer",
+                    text(
+                        Some("^(/([^~]|~[01])*)+$"),
+                        512,
+                        "E.g. `/meta/site`; `~` only as `~0` or `~1`",
+                    ),
+                    true,
+                ),
+                ("tag", tag(), true),
+                ("device_id", device_flag(), false),
+            ],
+        ))
+        .description(Some("Where the value comes from; `from` says which kind"))
+        .build()
+        .into()
 }
 
 fn invalid(detail: impl Into<String>) -> ApiError {
