@@ -685,3 +685,61 @@ fn a_control_plane_refuses_to_start_with_a_short_cluster_secret() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A source schema the node cannot compile (the control plane refuses such schemas when they
+/// are saved; a scripted one sends them anyway) is NACKed with the reason, in a delta and in a
+/// snapshot alike, and the node keeps enforcing its last good schema.
+#[test]
+fn a_schema_that_does_not_compile_is_nacked_and_the_last_good_one_keeps_serving() {
+    let secret = format!("sluice_{}", "C".repeat(40));
+    let with_schema = |temp_type: &str| {
+        let mut ws = workspace("plant", &token::hash_hex(&secret));
+        ws["sources"][0]["schema"] = json!({
+            "type": "object",
+            "properties": {"t": {"type": temp_type}},
+            "required": ["t"]
+        });
+        ws
+    };
+    let broken = json!({"type": "delta", "delta": {
+        "from": 1, "to": 2, "remove": [], "hash": "0".repeat(64),
+        "upsert": [with_schema("nope")],
+    }});
+    let fake = FakeControlPlane::start(vec![vec![
+        snapshot_message(1, vec![with_schema("integer")]),
+        broken,
+        snapshot_message(3, vec![with_schema("nope")]),
+    ]]);
+    let (_dir, _node, port) = node_following(&fake);
+    let acks = || fake.acks.lock().expect("lock").clone();
+    assert!(
+        wait_for(Duration::from_secs(15), || acks().len() >= 3),
+        "acks: {:?}",
+        acks()
+    );
+    let seen = acks();
+    let outcome = |i: usize| (seen[i]["version"].as_u64(), seen[i]["ok"].as_bool());
+    assert_eq!(outcome(0), (Some(1), Some(true)));
+    assert_eq!(outcome(1), (Some(2), Some(false)));
+    assert_eq!(outcome(2), (Some(3), Some(false)));
+    for i in [1, 2] {
+        let reason = seen[i]["reason"].as_str().unwrap_or_default();
+        assert!(
+            reason.contains("does not compile") && reason.contains("telemetry"),
+            "{seen:?}"
+        );
+    }
+    // Version 1's schema still decides: {"t": 1} passes, {"t": "x"} is refused.
+    assert_eq!(plant_status(port, &secret), 202);
+    let refused = post(
+        &format!("http://127.0.0.1:{port}/v1/ingest/plant/telemetry"),
+        &[("authorization", &format!("Bearer {secret}"))],
+        br#"{"t": "x"}"#,
+    );
+    assert_eq!(
+        (refused.status, refused.problem().as_str()),
+        (422, "invalid-events"),
+        "{}",
+        refused.body
+    );
+}

@@ -370,33 +370,31 @@ async fn handle(local: &mut Local, line: &[u8]) -> Option<End> {
             }
             None
         }
-        StreamMessage::Delta { delta } if local.access.check(delta.upsert.iter()).is_err() => {
-            // A schema this node cannot compile: refused like an invalid delta, the node
-            // keeps its version (and the control plane, which checks schemas when they are
-            // saved, hears why).
-            let reason = match local.access.check(delta.upsert.iter()) {
-                Err(e) => e.to_string(),
-                Ok(()) => String::new(),
-            };
-            nack(local, delta.to, &reason).await;
-            None
+        StreamMessage::Delta { delta } => {
+            if let Err(e) = local.access.check(delta.upsert.iter()) {
+                // A schema this node cannot compile: refused like an invalid delta, the node
+                // keeps its version (and the control plane, which checks schemas when they
+                // are saved, hears why).
+                nack(local, delta.to, &e.to_string()).await;
+                return None;
+            }
+            match local.state.apply(&delta) {
+                Ok(change) => {
+                    install_change(local, change).await;
+                    None
+                }
+                Err(e @ (DeltaError::Gap { .. } | DeltaError::Drift { .. })) => {
+                    nack(local, delta.to, &e.to_string()).await;
+                    Some(End::Resync(StreamError::Delta(e)))
+                }
+                Err(e) => {
+                    // Refused; the node keeps its version, and a later delta from the refused
+                    // one will be a gap, which asks for a fresh snapshot.
+                    nack(local, delta.to, &e.to_string()).await;
+                    None
+                }
+            }
         }
-        StreamMessage::Delta { delta } => match local.state.apply(&delta) {
-            Ok(change) => {
-                install_change(local, change).await;
-                None
-            }
-            Err(e @ (DeltaError::Gap { .. } | DeltaError::Drift { .. })) => {
-                nack(local, delta.to, &e.to_string()).await;
-                Some(End::Resync(StreamError::Delta(e)))
-            }
-            Err(e) => {
-                // Refused; the node keeps its version, and a later delta from the refused one
-                // will be a gap, which asks for a fresh snapshot.
-                nack(local, delta.to, &e.to_string()).await;
-                None
-            }
-        },
         StreamMessage::Heartbeat { version, hash } => {
             if version == local.state.version() && hash != local.state.hash() {
                 return Some(End::Resync(StreamError::Drift { version }));
