@@ -686,6 +686,122 @@ fn a_control_plane_refuses_to_start_with_a_short_cluster_secret() {
     );
 }
 
+/// Waits until every node acknowledged the control plane's current version and none refused
+/// one; returns that version.
+fn acknowledged_everywhere(cluster: &Cluster, nodes: usize, what: &str) -> u64 {
+    let mut view = Value::Null;
+    let converged = wait_for(Duration::from_secs(10), || {
+        view = cluster
+            .api
+            .get("/api/v1/operator/nodes", &cluster.operator)
+            .json();
+        let version = view["version"].as_u64();
+        let all = view["nodes"].as_array().cloned().unwrap_or_default();
+        all.len() == nodes
+            && all
+                .iter()
+                .all(|n| n["acked_version"].as_u64() == version && n["last_nack"].is_null())
+    });
+    assert!(converged, "{what}: {view}");
+    view["version"].as_u64().expect("version")
+}
+
+/// The first line of the configuration stream to a new node (a full snapshot).
+fn first_stream_line(base: &str, node: &str) -> Value {
+    let mut resp = common::agent()
+        .get(format!("{base}/api/v1/cluster/config-stream?node={node}"))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .call()
+        .expect("config stream");
+    assert_eq!(resp.status(), 200);
+    let mut line = String::new();
+    BufReader::new(resp.body_mut().as_reader())
+        .read_line(&mut line)
+        .expect("a first line");
+    serde_json::from_str(&line).expect("a JSON line")
+}
+
+#[test]
+fn schema_and_tag_rule_changes_are_new_versions_every_node_acknowledges() {
+    let cluster = Cluster::start(2);
+    let outbox = cluster.dir.path().join("cp/outbox");
+    let ada = verified_user(&cluster.api, &outbox, "ada@example.com");
+    let a = cluster.api.post(
+        "/api/v1/workspaces",
+        Some(&ada.token),
+        json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = cluster.api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&ada.token),
+        json!({"slug": "telemetry"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let mut version = acknowledged_everywhere(&cluster, 2, "the source");
+
+    let schema = json!({"type": "object", "properties": {"temp_c": {"type": "number"}}});
+    let a = cluster.api.patch(
+        "/api/v1/workspaces/plant/sources/telemetry",
+        &ada.token,
+        json!({"schema": schema, "on_invalid": "quarantine"}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let next = acknowledged_everywhere(&cluster, 2, "the schema");
+    assert!(next > version, "a schema change is a new version");
+    version = next;
+
+    let rules = "/api/v1/workspaces/plant/tag-rules";
+    let mut ids = Vec::new();
+    for body in [
+        json!({"name": "site", "extract": {"from": "topic", "pattern": "ingest/{source}/{site}/#"}}),
+        json!({"name": "line", "sources": ["telemetry"],
+               "extract": {"from": "header", "name": "X-Line", "tag": "line", "device_id": true}}),
+    ] {
+        let a = cluster.api.post(rules, Some(&ada.token), body);
+        assert_eq!(a.status, 201, "{}", a.body);
+        ids.push(a.json()["id"].clone());
+        let next = acknowledged_everywhere(&cluster, 2, "a new rule");
+        assert!(next > version, "a new rule is a new version");
+        version = next;
+    }
+    let mut listed: Vec<Value> = cluster.api.get(rules, &ada.token).json()["rules"]
+        .as_array()
+        .cloned()
+        .expect("rules");
+    listed.reverse();
+    let a = cluster.api.put(rules, &ada.token, json!({"rules": listed}));
+    assert_eq!(a.status, 200, "{}", a.body);
+    let next = acknowledged_everywhere(&cluster, 2, "the reorder");
+    assert!(next > version, "a reorder is a new version");
+
+    // What the nodes acknowledged is what the stream carries: a node that connects now gets
+    // it whole, with the rules in their new order.
+    let first = first_stream_line(&cluster.api.base, "late-node");
+    assert_eq!(first["type"], "snapshot", "{first}");
+    let snapshot = first["snapshot"].clone();
+    let plant = snapshot["workspaces"]
+        .as_array()
+        .and_then(|all| all.iter().find(|w| w["slug"] == "plant"))
+        .cloned()
+        .unwrap_or_else(|| panic!("plant in {snapshot}"));
+    assert_eq!(plant["sources"][0]["schema"], schema);
+    assert_eq!(plant["sources"][0]["on_invalid"], "quarantine");
+    let pushed: Vec<Value> = plant["tag_rules"]
+        .as_array()
+        .map(|r| r.iter().map(|r| r["id"].clone()).collect())
+        .unwrap_or_default();
+    ids.reverse();
+    assert_eq!(pushed, ids);
+    for n in 0..2 {
+        assert_eq!(
+            cluster.readyz(n)["config_version"].as_u64(),
+            Some(next),
+            "node {n}"
+        );
+    }
+}
+
 /// A source schema the node cannot compile (the control plane refuses such schemas when they
 /// are saved; a scripted one sends them anyway) is NACKed with the reason, in a delta and in a
 /// snapshot alike, and the node keeps enforcing its last good schema.

@@ -290,6 +290,21 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             slug
         }
     };
+    let new_rule = {
+        let api = api.clone();
+        let token = admin.token.clone();
+        move || {
+            let a = api.post(
+                "/api/v1/workspaces/acme/tag-rules",
+                Some(&token),
+                json!({"name": "site", "extract": {"from": "header", "name": "X-Site", "tag": "site"}}),
+            );
+            assert_eq!(a.status, 201, "{}", a.body);
+            a.json()["id"].as_str().expect("id").to_owned()
+        }
+    };
+    let rule_body =
+        json!({"name": "line", "extract": {"from": "query", "name": "line", "tag": "line"}});
     let fixed_token = new_token();
     let fixed_source = new_source();
     let invitation = {
@@ -371,6 +386,44 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             allowed: EDITORS,
             prepare: Box::new(move || (format!("{ws}/sources/{}", new_source()), None)),
         },
+        fixed("GET", ALL, format!("{ws}/tag-rules"), None),
+        fixed(
+            "POST",
+            EDITORS,
+            format!("{ws}/tag-rules"),
+            Some(rule_body.clone()),
+        ),
+        Case {
+            method: "GET",
+            allowed: ALL,
+            prepare: Box::new({
+                let new_rule = new_rule.clone();
+                move || (format!("{ws}/tag-rules/{}", new_rule()), None)
+            }),
+        },
+        Case {
+            method: "PUT",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let new_rule = new_rule.clone();
+                let body = rule_body.clone();
+                move || (format!("{ws}/tag-rules/{}", new_rule()), Some(body.clone()))
+            }),
+        },
+        Case {
+            method: "DELETE",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let new_rule = new_rule.clone();
+                move || (format!("{ws}/tag-rules/{}", new_rule()), None)
+            }),
+        },
+        fixed(
+            "PUT",
+            EDITORS,
+            format!("{ws}/tag-rules"),
+            Some(json!({"rules": [rule_body]})),
+        ),
         fixed("GET", ALL, format!("{ws}/cors"), None),
         fixed(
             "PUT",
@@ -396,6 +449,7 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             "/invitations",
             "/tokens",
             "/sources",
+            "/tag-rules",
             "/cors",
         ]
         .iter()
