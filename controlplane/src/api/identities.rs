@@ -446,7 +446,7 @@ fn page_with_status(mut page: Response, status: StatusCode) -> Response {
     request_body(content = VerifyIdentityForm, content_type = "application/x-www-form-urlencoded"),
     responses((status = 200, description = "the page for the code just mailed", content_type = "text/html"),
         (status = 303, description = "confirmed and signed in: to `next`, with the session cookie"),
-        (status = 400, description = "the page again: `invalid-code`, `invalid-email`, or `sign-in-state-invalid` (nothing held in this browser: start again)", content_type = "text/html"),
+        (status = 400, description = "the page again: `invalid-code`, `invalid-email`, neither field given, or `sign-in-state-invalid` (nothing held in this browser: start again)", content_type = "text/html"),
         (status = 429, description = "the page again, saying when to retry", content_type = "text/html")))]
 pub async fn verify_identity(
     State(app): State<App>,
@@ -510,7 +510,8 @@ pub async fn verify_identity(
     let email = match form.email.as_deref().map(valid_email) {
         Some(Ok(email)) => email,
         Some(Err(e)) => return page_with_status(email_page(&provider, Some(&e)), e.status()),
-        None => return email_page(&provider, None),
+        // Neither field: the same page, as a refusal of the form.
+        None => return page_with_status(email_page(&provider, None), StatusCode::BAD_REQUEST),
     };
     match mail_code(&app, &browser, &email).await {
         Ok(()) => page_with_status(code_page(&provider, &email, None), StatusCode::OK),
