@@ -134,10 +134,16 @@ fn valid_protocols(protocols: Option<Vec<Protocol>>) -> ApiResult<Vec<Protocol>>
     Ok(unique)
 }
 
-/// Checks a schema as the nodes will apply it; the refusal lists each problem with its JSON
-/// pointer in `errors`, and names the first in `detail`.
-fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
-    crate::schema::check(schema).map_err(|errors| {
+/// Checks a schema as the nodes will apply it, and gives it back; the refusal lists each
+/// problem with its JSON pointer in `errors`, and names the first in `detail`.
+async fn valid_schema(schema: serde_json::Value) -> ApiResult<serde_json::Value> {
+    // Checking against the meta-schema and compiling (regular expressions included) take
+    // milliseconds of CPU for a large schema: off the async threads.
+    let (checked, schema) =
+        tokio::task::spawn_blocking(move || (crate::schema::check(&schema), schema))
+            .await
+            .map_err(|e| ApiError::internal(format!("checking the schema failed: {e}")))?;
+    checked.map_err(|errors| {
         let first = errors
             .first()
             .map(|e| {
@@ -158,7 +164,8 @@ fn valid_schema(schema: &serde_json::Value) -> ApiResult<()> {
             ),
         )
         .with_errors(errors)
-    })
+    })?;
+    Ok(schema)
 }
 
 /// Refuses dropping `payload` where nothing else would keep the events' content.
@@ -223,11 +230,12 @@ pub async fn create_source(
         None => slug.clone(),
     };
     let protocols = valid_protocols(form.protocols)?;
-    if let Some(schema) = &form.schema {
-        valid_schema(schema)?;
-    }
+    let schema = match form.schema {
+        Some(schema) => Some(valid_schema(schema).await?),
+        None => None,
+    };
     let keep_payload = form.keep_payload.unwrap_or(true);
-    valid_payload_choice(keep_payload, form.schema.as_ref())?;
+    valid_payload_choice(keep_payload, schema.as_ref())?;
     let on_invalid = form.on_invalid.unwrap_or_default();
     let max = app.config.sources_per_workspace_max;
     app.write(move |s| {
@@ -246,7 +254,7 @@ pub async fn create_source(
             slug,
             name,
             protocols,
-            schema: form.schema,
+            schema,
             on_invalid,
             keep_payload,
             created_at: Utc::now(),
@@ -294,9 +302,10 @@ pub async fn update_source(
         .protocols
         .map(|p| valid_protocols(Some(p)))
         .transpose()?;
-    if let Some(Some(schema)) = &form.schema {
-        valid_schema(schema)?;
-    }
+    let schema = match form.schema {
+        Some(Some(schema)) => Some(Some(valid_schema(schema).await?)),
+        other => other,
+    };
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
         require_enabled_in(s, ws)?;
@@ -307,7 +316,7 @@ pub async fn update_source(
         if let Some(protocols) = protocols {
             updated.protocols = protocols;
         }
-        if let Some(schema) = form.schema {
+        if let Some(schema) = schema {
             updated.schema = schema;
         }
         if let Some(on_invalid) = form.on_invalid {
