@@ -203,6 +203,8 @@ impl Page {
 struct Browser {
     agent: ureq::Agent,
     jars: HashMap<String, HashMap<String, String>>,
+    /// Send `Accept: text/html` (off: no Accept header, as a script).
+    accept_html: bool,
 }
 
 fn origin_of(url: &str) -> String {
@@ -220,6 +222,7 @@ impl Browser {
                 .build()
                 .into(),
             jars: HashMap::new(),
+            accept_html: false,
         }
     }
 
@@ -240,6 +243,9 @@ impl Browser {
         }
         if form.is_some() {
             request = request.header("content-type", "application/x-www-form-urlencoded");
+        }
+        if self.accept_html {
+            request = request.header("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
         }
         let request = request
             .body(form.unwrap_or_default().as_bytes().to_vec())
@@ -281,6 +287,14 @@ impl Browser {
 
     fn get(&mut self, url: &str) -> Page {
         self.send("GET", url, None)
+    }
+
+    /// A GET that asks for HTML, as a browser's navigation does.
+    fn get_html(&mut self, url: &str) -> Page {
+        self.accept_html = true;
+        let page = self.send("GET", url, None);
+        self.accept_html = false;
+        page
     }
 
     fn post(&mut self, url: &str, form: &str) -> Page {
@@ -555,6 +569,15 @@ fn a_wrong_state_a_replayed_code_another_audience_and_an_expired_token_are_refus
     );
     let page = Browser::new().get(&callback);
     assert_eq!(page.problem(), "sign-in-state-invalid", "{page:?}");
+    // A browser that asks for HTML gets a page with the reason and a way back.
+    let page = Browser::new().get_html(&callback);
+    assert_eq!(page.status, 400, "{page:?}");
+    assert!(page.content_type.starts_with("text/html"), "{page:?}");
+    assert!(
+        page.body.contains("start signing in again") && page.body.contains("href=\"/login\""),
+        "{}",
+        page.body
+    );
     // The other browser's attempt used the state up: the flow must start again.
     let page = browser.get(&callback);
     assert_eq!(page.problem(), "sign-in-state-invalid", "{page:?}");

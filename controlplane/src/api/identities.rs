@@ -189,6 +189,25 @@ fn refusal(e: SignInError) -> ApiError {
     }
 }
 
+/// A refusal of `/auth/{provider}/start` or `/callback` as the client asks for it: a page
+/// with the reason and a way back to `/login` for a browser (`Accept: text/html`),
+/// problem+json otherwise.
+fn refused(headers: &HeaderMap, e: ApiError) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|accept| accept.contains("text/html"));
+    if wants_html {
+        html::form_page(
+            "Signing in did not work",
+            Some(&e),
+            "<p><a href=\"/login\">Back to signing in</a></p>",
+        )
+    } else {
+        e.into_response()
+    }
+}
+
 /// A 303 to `to`, with cookies.
 fn see_other(to: &str, cookies: &[HeaderValue]) -> Response {
     let mut response = (
@@ -212,14 +231,26 @@ fn see_other(to: &str, cookies: &[HeaderValue]) -> Response {
 #[utoipa::path(get, path = "/auth/{provider}/start", tag = "users", security(()),
     params(("provider" = String, Path, description = "Provider id"), LoginQuery),
     responses((status = 303, description = "to the provider's authorization page, with the `sluice_sign_in` cookie"),
-        (status = 404, description = "`unknown-provider`", body = crate::problem::ProblemBody),
-        (status = 429, body = crate::problem::ProblemBody),
-        (status = 502, description = "`provider-unavailable`: discovery failed", body = crate::problem::ProblemBody)))]
+        (status = 404, description = "`unknown-provider` (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html"))),
+        (status = 429, description = "too many sign-ins from this address (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html"))),
+        (status = 502, description = "`provider-unavailable`: discovery failed (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html")))))]
 pub async fn start(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
     ApiPath(provider_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<LoginQuery>,
+) -> Response {
+    start_flow(app, peer, provider_id, query)
+        .await
+        .unwrap_or_else(|e| refused(&headers, e))
+}
+
+async fn start_flow(
+    app: App,
+    peer: SocketAddr,
+    provider_id: String,
+    query: LoginQuery,
 ) -> ApiResult<Response> {
     let entry = app
         .sign_in
@@ -261,17 +292,29 @@ pub async fn start(
 #[utoipa::path(get, path = "/auth/{provider}/callback", tag = "users", security(()),
     params(("provider" = String, Path, description = "Provider id"), CallbackQuery),
     responses((status = 303, description = "signed in: to `next`, with the session cookie"),
-        (status = 400, description = "`sign-in-state-invalid`, `sign-in-failed` or `id-token-invalid`", body = crate::problem::ProblemBody),
+        (status = 400, description = "`sign-in-state-invalid`, `sign-in-failed` or `id-token-invalid` (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html"))),
         (status = 403, description = "`identity-unverified-email`: a page that mails a code to the address and asks for it", content_type = "text/html"),
-        (status = 404, description = "`unknown-provider`", body = crate::problem::ProblemBody),
-        (status = 429, body = crate::problem::ProblemBody),
-        (status = 502, description = "`provider-unavailable`", body = crate::problem::ProblemBody)))]
+        (status = 404, description = "`unknown-provider` (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html"))),
+        (status = 429, description = "too many sign-ins or sign-ups from this address, or codes for the address (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html"))),
+        (status = 502, description = "`provider-unavailable` (a page for `Accept: text/html`)", content((crate::problem::ProblemBody = "application/problem+json"), (String = "text/html")))))]
 pub async fn callback(
     State(app): State<App>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     ApiPath(provider_id): ApiPath<String>,
     ApiQuery(query): ApiQuery<CallbackQuery>,
+) -> Response {
+    finish_flow(app, peer, &headers, provider_id, query)
+        .await
+        .unwrap_or_else(|e| refused(&headers, e))
+}
+
+async fn finish_flow(
+    app: App,
+    peer: SocketAddr,
+    headers: &HeaderMap,
+    provider_id: String,
+    query: CallbackQuery,
 ) -> ApiResult<Response> {
     let entry = app
         .sign_in
@@ -281,7 +324,7 @@ pub async fn callback(
         app.limits.sign_in_per_address.hit(&client_key(peer.ip())),
         "sign-in attempts from this address",
     )?;
-    let browser = browser_secret(&headers);
+    let browser = browser_secret(headers);
     let flow = app
         .sign_in
         .pending
