@@ -105,8 +105,10 @@ pub struct SourceUpdate {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<Object>)]
     pub schema: Option<Option<serde_json::Value>>,
+    /// What nodes do with events the schema refuses, from the next configuration version on.
     pub on_invalid: Option<OnInvalid>,
-    /// `false` needs a schema that gives typed columns.
+    /// Whether the `payload` column is written beside the typed columns; `false` needs a
+    /// schema that gives typed columns.
     pub keep_payload: Option<bool>,
 }
 
