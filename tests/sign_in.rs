@@ -105,7 +105,7 @@ fn start_standin(dir: &Path, github_email_verified: bool) -> Server {
 
 /// A control plane with `providers` (TOML) and no SMTP server: mail goes to the outbox.
 struct ControlPlane {
-    _proc: Proc,
+    proc: Proc,
     api: Api,
     data_dir: PathBuf,
 }
@@ -140,7 +140,7 @@ fn start_control_plane(dir: &Path, port: u16, providers: &str) -> ControlPlane {
         format!("http://127.0.0.1:{port}/healthz"),
     );
     ControlPlane {
-        _proc: proc,
+        proc,
         api: Api::new(format!("http://127.0.0.1:{port}")),
         data_dir,
     }
@@ -387,6 +387,13 @@ fn a_new_user_signs_up_through_the_provider_and_returns_as_the_same_user() {
         login.body
     );
 
+    let signup = Browser::new().get(&format!("{}/signup", api.base));
+    assert!(
+        signup.body.contains("Sign up with Test IdP"),
+        "{}",
+        signup.body
+    );
+
     let mut browser = Browser::new();
     let (token, next) = browser.sign_in(
         &format!("{}?next=/api/v1/workspaces", start_url(&s.cp)),
@@ -429,6 +436,11 @@ fn a_new_user_signs_up_through_the_provider_and_returns_as_the_same_user() {
         &token,
     );
     assert_eq!(a.problem(), "unknown-identity", "{}", a.body);
+    let log = s.cp.proc.log_text();
+    assert!(
+        !log.contains(CLIENT_SECRET) && !log.contains(&token),
+        "secrets and tokens stay out of the log: {log}"
+    );
     // And a password sign-in does not work for an account that never set one.
     let a = api.post(
         "/api/v1/sessions",
@@ -783,4 +795,33 @@ fn github_s_unverified_primary_address_asks_for_the_code() {
         &format!("code={code}"),
     );
     assert_eq!(page.status, 303, "{page:?}");
+}
+
+#[test]
+fn a_provider_whose_secret_variable_is_unset_stops_the_start_with_what_to_set() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[[controlplane.sign_in.providers]]\nkind = \"google\"\nclient_id = \"c\"\n\
+         client_secret_env = \"SLUICE_TEST_UNSET_SECRET\"\n",
+    )
+    .expect("config");
+    let out = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args(["controlplane", "--config"])
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(dir.path().join("cp"))
+        .args(["--api-addr", "127.0.0.1:0"])
+        .env_remove("SLUICE_TEST_UNSET_SECRET")
+        .output()
+        .expect("sluice runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"google\"")
+            && stderr.contains("SLUICE_TEST_UNSET_SECRET")
+            && stderr.contains("is not set"),
+        "{stderr}"
+    );
 }

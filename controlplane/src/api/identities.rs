@@ -131,6 +131,24 @@ pub async fn list_providers(State(app): State<App>) -> Json<ProviderList> {
     })
 }
 
+/// A button per configured provider, each a form that starts `/auth/{id}/start` keeping
+/// `next` (already safe); `verb` says what it does ("Sign in", "Sign up").
+pub(super) fn provider_buttons(app: &App, next: &str, verb: &str) -> String {
+    app.sign_in
+        .providers()
+        .map(|p| {
+            format!(
+                "<form method=\"get\" action=\"/auth/{id}/start\">\
+<input type=\"hidden\" name=\"next\" value=\"{next}\"><button>{verb} with {name}</button></form>",
+                id = html::escape(&p.id),
+                name = html::escape(&p.name),
+                next = html::escape(next),
+                verb = html::escape(verb),
+            )
+        })
+        .collect()
+}
+
 fn unknown_provider(id: &str) -> ApiError {
     ApiError::new(
         ProblemType::UnknownProvider,

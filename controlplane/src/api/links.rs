@@ -145,20 +145,7 @@ fn login_form_page(
 ) -> Response {
     let next = safe_next(next);
     let signup = html::escape(&with_next(SIGNUP_PATH, Some(next)));
-    // One button per configured provider; each starts `/auth/{id}/start` keeping `next`.
-    let providers: String = app
-        .sign_in
-        .providers()
-        .map(|p| {
-            format!(
-                "<form method=\"get\" action=\"/auth/{id}/start\">\
-<input type=\"hidden\" name=\"next\" value=\"{next}\"><button>Sign in with {name}</button></form>",
-                id = html::escape(&p.id),
-                name = html::escape(&p.name),
-                next = html::escape(next),
-            )
-        })
-        .collect();
+    let providers = super::identities::provider_buttons(app, next, "Sign in");
     html::form_page(
         "Sign in to Sluice",
         refusal,

@@ -13,6 +13,7 @@ use serde::Deserialize;
 use utoipa::ToSchema;
 
 use super::codes::CODE_TTL_MINUTES;
+use super::identities::provider_buttons;
 use super::links::{login_url, safe_next, LoginQuery};
 use super::users::{register, verify, EmailCode, SignUp};
 use super::{html, ApiForm, ApiQuery};
@@ -57,7 +58,13 @@ struct Typed<'a> {
     last_name: &'a str,
 }
 
-fn signup_form_page(next: Option<&str>, typed: Typed<'_>, refusal: Option<&ApiError>) -> Response {
+/// `providers`: the buttons to sign up with a provider instead (HTML, already escaped).
+fn signup_form_page(
+    next: Option<&str>,
+    typed: Typed<'_>,
+    refusal: Option<&ApiError>,
+    providers: &str,
+) -> Response {
     let next = safe_next(next);
     let login = html::escape(&login_url(Some(next)));
     html::form_page(
@@ -71,6 +78,7 @@ fn signup_form_page(next: Option<&str>, typed: Typed<'_>, refusal: Option<&ApiEr
 <p><label>Last name <input name=\"last_name\" value=\"{last}\" required></label></p>\
 <input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button>Create account</button></p></form>\
 <p>We mail a six-digit code to the address to confirm it. Invited? Use the address the invitation was sent to.</p>\
+{providers}\
 <p>Have an account? <a href=\"{login}\">Sign in</a>.</p>",
             email = html::escape(typed.email),
             first = html::escape(typed.first_name),
@@ -103,8 +111,12 @@ fn code_form_page(next: Option<&str>, email: &str, refusal: Option<&ApiError>) -
 /// The sign-up form.
 #[utoipa::path(get, path = "/signup", tag = "users", security(()), params(LoginQuery),
     responses((status = 200, description = "an HTML sign-up form", content_type = "text/html")))]
-pub async fn signup_page(ApiQuery(query): ApiQuery<LoginQuery>) -> Response {
-    signup_form_page(query.next.as_deref(), Typed::default(), None)
+pub async fn signup_page(
+    State(app): State<App>,
+    ApiQuery(query): ApiQuery<LoginQuery>,
+) -> Response {
+    let providers = provider_buttons(&app, safe_next(query.next.as_deref()), "Sign up");
+    signup_form_page(query.next.as_deref(), Typed::default(), None, &providers)
 }
 
 /// Submits the sign-up form: creates the account as `POST /api/v1/users` does and shows the
@@ -135,7 +147,8 @@ pub async fn signup_form(
                 first_name: &form.first_name,
                 last_name: &form.last_name,
             };
-            signup_form_page(next.as_deref(), typed, Some(&refusal))
+            let providers = provider_buttons(&app, safe_next(next.as_deref()), "Sign up");
+            signup_form_page(next.as_deref(), typed, Some(&refusal), &providers)
         }
     }
 }
@@ -193,7 +206,7 @@ mod tests {
             ..Typed::default()
         };
         let refusal = ApiError::new(ProblemType::WeakPassword, "<too short>");
-        let response = signup_form_page(Some(next), typed, Some(&refusal));
+        let response = signup_form_page(Some(next), typed, Some(&refusal), "");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
