@@ -448,6 +448,25 @@ fn a_new_user_signs_up_through_the_provider_and_returns_as_the_same_user() {
         json!({"email": "alice@example.com", "password": ""}),
     );
     assert_eq!(a.status, 401, "{}", a.body);
+
+    // Alice sets a password with the password reset; then the identity may go.
+    let a = api.post(
+        "/api/v1/password-reset/code",
+        None,
+        json!({"email": "alice@example.com"}),
+    );
+    assert_eq!(a.status, 202, "{}", a.body);
+    let code = wait_mail(&s.cp.outbox(), "alice@example.com", "reset code", 0).code();
+    let a = api.post(
+        "/api/v1/password-reset",
+        None,
+        json!({"email": "alice@example.com", "code": code, "password": "alices-new-password"}),
+    );
+    assert_eq!(a.status, 204, "{}", a.body);
+    let token = api.sign_in("alice@example.com", "alices-new-password");
+    let a = api.delete(&format!("/api/v1/me/identities/{id}"), &token);
+    assert_eq!(a.status, 204, "{}", a.body);
+    assert!(identities(api, &token).is_empty());
 }
 
 #[test]
