@@ -23,6 +23,7 @@ pub mod bootstrap;
 pub mod config;
 mod config_source;
 mod config_stream;
+mod flat_schema;
 mod http;
 mod metrics;
 mod mqtt;

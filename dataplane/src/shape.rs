@@ -18,12 +18,17 @@ use sluice_config::shaping::{self, Column, Extract, OnInvalid, TagRule, TopicPat
 use sluice_config::snapshot::{SourceConfig, WorkspaceConfig};
 use sluice_storage::event::{EventShaping, Quarantined, Shaping, QUARANTINE_ERROR_LEN_MAX};
 
+use crate::flat_schema::FlatSchema;
+
 /// Failures listed in a refusal at most: enough to fix a batch, bounded for the answer's size.
 pub const FAILURES_LISTED_MAX: usize = 100;
 
 /// A source's schema, compiled.
 pub struct CompiledSchema {
     validator: jsonschema::Validator,
+    /// The quick check, for schemas of the shape it handles: events it passes need no
+    /// `Value` (see [`crate::flat_schema`]).
+    flat: Option<FlatSchema>,
     /// `sluice_config::shaping::schema_version` of the schema.
     pub version: String,
     /// Its typed columns, shared by every batch's [`Shaping`].
@@ -70,6 +75,7 @@ impl SchemaCache {
             .map_err(|e| (e.schema_path().as_str().to_owned(), e.to_string()))?;
         let compiled = Arc::new(CompiledSchema {
             validator,
+            flat: FlatSchema::of(schema),
             columns: shaping::columns(schema).into(),
             version: version.clone(),
         });
@@ -286,6 +292,17 @@ impl SourceShape {
             for (index, &end) in ends.iter().enumerate() {
                 let payload = &payloads[start..end as usize];
                 start = end as usize;
+                // Most events of a flat schema pass the quick check and are never built into
+                // a `Value`; pointer rules need the `Value` anyway.
+                let quick = !self.has_pointer_rules
+                    && self
+                        .schema
+                        .as_ref()
+                        .and_then(|s| s.flat.as_ref())
+                        .is_some_and(|flat| flat.surely_valid(payload));
+                if quick {
+                    continue;
+                }
                 // Parse already checked it is a JSON object; a failure here would be a bug,
                 // and the event is then refused rather than let through unchecked.
                 let value: Value = serde_json::from_slice(payload).unwrap_or(Value::Null);
@@ -718,5 +735,69 @@ mod tests {
         let shape = SourceShape::of(&bad, &bad.sources[0], &cache).expect("shape");
         let (p, e) = events(&[r#"{"a":1}"#]);
         assert!(shape.apply(&p, &e, Origin::default(), false).is_err());
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    use super::*;
+    use serde_json::json;
+
+    /// What a schema costs per event, by part (`cargo test --release -p sluice-dataplane
+    /// shape::cost -- --ignored --nocapture`): the parse into a `Value`, the validation.
+    #[test]
+    #[ignore]
+    fn per_event_cost_of_a_schema() {
+        let schema = json!({
+            "type": "object",
+            "properties": {
+                "ts": {"type": "string", "format": "date-time"},
+                "device_id": {"type": "string"}, "site": {"type": "string"},
+                "temp_c": {"type": "number"}, "humidity_pct": {"type": "number", "minimum": 0, "maximum": 100},
+                "pressure_hpa": {"type": "number"}, "battery_v": {"type": "number"},
+                "rssi_dbm": {"type": "integer"}, "status": {"type": "string", "enum": ["ok", "degraded", "failed"]},
+                "fw": {"type": "string"}, "seq": {"type": "integer", "minimum": 0}
+            },
+            "required": ["ts", "device_id", "temp_c", "seq"]
+        });
+        let event = br#"{"ts":"2025-06-01T10:11:12.345Z","device_id":"probe-01234","site":"plant-north","temp_c":21.37,"humidity_pct":45.6,"pressure_hpa":1001.25,"battery_v":3.87,"rssi_dbm":-61,"status":"ok","fw":"2.4.1","seq":123456}"#;
+        let cache = SchemaCache::default();
+        let compiled = cache.get(&schema).expect("compiles");
+        let n = 200_000;
+        let started = std::time::Instant::now();
+        let mut values = Vec::with_capacity(16);
+        for _ in 0..n {
+            let v: Value = serde_json::from_slice(event).expect("json");
+            values.push(v);
+            values.clear();
+        }
+        let parse = started.elapsed() / n;
+        let v: Value = serde_json::from_slice(event).expect("json");
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(compiled.validator.is_valid(&v));
+        }
+        let validate = started.elapsed() / n;
+        let plain = jsonschema::options()
+            .with_draft(jsonschema::Draft::Draft202012)
+            .build(&schema)
+            .expect("compiles");
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(plain.is_valid(&v));
+        }
+        let without_formats = started.elapsed() / n;
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            let _ = serde_json::from_slice::<serde::de::IgnoredAny>(event);
+        }
+        let scan = started.elapsed() / n;
+        let flat = compiled.flat.as_ref().expect("a flat schema");
+        let started = std::time::Instant::now();
+        for _ in 0..n {
+            assert!(flat.surely_valid(event));
+        }
+        let quick = started.elapsed() / n;
+        println!("per event: parse to Value {parse:?}, validate {validate:?} (without formats {without_formats:?}), syntax scan only {scan:?}, quick check {quick:?}");
     }
 }
