@@ -18,6 +18,8 @@
 #   - s3s-fs, a real S3-compatible server, into ~/.cache/sluice/tools (the s3:// tests)
 #   - tests/oidc/node_modules: node-oidc-provider, a real OpenID provider for the sign-in tests
 #     (tests/sign_in.rs), with `npm ci` from the committed package-lock.json (needs Node.js)
+#   - tests/asyncapi/node_modules: @asyncapi/parser and @asyncapi/specs (with Ajv), which check
+#     the AsyncAPI documents of tests/asyncapi.rs, with `npm ci` the same way
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,6 +83,12 @@ echo "== oidc-provider (a real OpenID provider for tests/sign_in.rs)"
 # kept in node_modules as the stamp).
 if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.sluice-installed-lock.json; then
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.sluice-installed-lock.json)
+fi
+
+echo "== AsyncAPI parser and schemas (tests/asyncapi.rs)"
+if ! cmp -s tests/asyncapi/package-lock.json tests/asyncapi/node_modules/.sluice-installed-lock.json; then
+  (cd tests/asyncapi && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 

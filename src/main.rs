@@ -137,6 +137,14 @@ struct ApiArgs {
     /// [default: http://<api-addr>].
     #[arg(long, env = "SLUICE_PUBLIC_URL")]
     public_url: Option<String>,
+    /// Where devices reach HTTP ingest, as workspaces' AsyncAPI documents name it
+    /// [default: http://<http-addr>].
+    #[arg(long, env = "SLUICE_INGEST_PUBLIC_URL")]
+    ingest_public_url: Option<String>,
+    /// Where devices reach MQTT (mqtt:// or mqtts://), as workspaces' AsyncAPI documents name
+    /// it [default: mqtt://<mqtt-addr>].
+    #[arg(long, env = "SLUICE_MQTT_PUBLIC_URL")]
+    mqtt_public_url: Option<String>,
     /// Platform SMTP server, e.g. smtp://user:pass@host:587?tls=required; without it mail goes
     /// to <data-dir>/outbox and the log.
     #[arg(long, env = "SLUICE_SMTP_URL")]
@@ -202,6 +210,12 @@ impl ApiArgs {
         }
         if self.public_url.is_some() {
             config.public_url = self.public_url;
+        }
+        if self.ingest_public_url.is_some() {
+            config.ingest_public_url = self.ingest_public_url;
+        }
+        if self.mqtt_public_url.is_some() {
+            config.mqtt_public_url = self.mqtt_public_url;
         }
         if self.smtp_url.is_some() {
             config.smtp_url = self.smtp_url;
@@ -464,6 +478,17 @@ fn main() -> Result<()> {
             // after every change) unless it is given a snapshot file of its own. The first
             // start seeds the default workspace there, keeping the token of an earlier
             // data-plane-only bootstrap.json so that it goes on working.
+            // The AsyncAPI documents name this node's listeners unless told otherwise.
+            if controlplane.ingest_public_url.is_none() {
+                controlplane.ingest_public_url = Some(format!("http://{}", node.http.addr));
+            }
+            if controlplane.mqtt_public_url.is_none() {
+                controlplane.mqtt_public_url = match (node.mqtt.addr, node.mqtt.tls_addr) {
+                    (Some(addr), _) => Some(format!("mqtt://{addr}")),
+                    (None, Some(addr)) => Some(format!("mqtts://{addr}")),
+                    (None, None) => None,
+                };
+            }
             let first_start = match (&node.config_snapshot, &node.control_plane) {
                 (Some(_), _) | (_, Some(_)) => FirstStart::Bare,
                 (None, None) => {

@@ -20,6 +20,12 @@ pub struct ControlPlaneConfig {
     /// The address people reach the API at; used in links sent by e-mail. Derived from
     /// `api_addr` when unset.
     pub public_url: Option<String>,
+    /// Where devices reach HTTP ingest, as workspaces' AsyncAPI documents name it
+    /// (`servers.http`); `sluice up` derives it from the node's `http.addr` when unset.
+    pub ingest_public_url: Option<String>,
+    /// Where devices reach MQTT (`mqtt://` or `mqtts://`), as workspaces' AsyncAPI documents
+    /// name it (`servers.mqtt`); `sluice up` derives it from the node's `mqtt.addr` when unset.
+    pub mqtt_public_url: Option<String>,
     /// Platform SMTP server, e.g. `smtp://user:pass@mail.example.com:587?tls=required` or
     /// `smtps://...`; without it mail goes to `<data-dir>/outbox` and the log.
     pub smtp_url: Option<String>,
@@ -118,6 +124,8 @@ impl std::fmt::Debug for ControlPlaneConfig {
             .field("data_dir", &self.data_dir)
             .field("api_addr", &self.api_addr)
             .field("public_url", &self.public_url)
+            .field("ingest_public_url", &self.ingest_public_url)
+            .field("mqtt_public_url", &self.mqtt_public_url)
             .field("smtp_url", &self.smtp_url.as_ref().map(|_| "<set>"))
             .field("secret_key", &self.secret_key.as_ref().map(|_| "<set>"))
             .field(
@@ -136,6 +144,8 @@ impl Default for ControlPlaneConfig {
             data_dir: PathBuf::from("data"),
             api_addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             public_url: None,
+            ingest_public_url: None,
+            mqtt_public_url: None,
             smtp_url: None,
             mail_from: "Sluice <no-reply@sluice.localhost>".into(),
             smtp_ca_file: None,
@@ -181,6 +191,11 @@ impl Default for ControlPlaneConfig {
     }
 }
 
+/// Where devices reach HTTP ingest when nothing says: the data plane's default address.
+pub const INGEST_PUBLIC_URL_DEFAULT: &str = "http://127.0.0.1:8081";
+/// Where devices reach MQTT when nothing says: the data plane's default address.
+pub const MQTT_PUBLIC_URL_DEFAULT: &str = "mqtt://127.0.0.1:1883";
+
 /// Shortest cluster secret accepted: it guards every token hash.
 pub const CLUSTER_SECRET_CHARS_MIN: usize = 16;
 
@@ -214,6 +229,14 @@ pub enum ConfigError {
     SmtpTimeoutOutOfRange { ms: u64 },
     #[error("{name} must be above 0; leave it unset for the default")]
     Zero { name: &'static str },
+    #[error(
+        "{name} must be an absolute URL with a host and a scheme of {schemes} (it is {value:?})"
+    )]
+    BadPublicUrl {
+        name: &'static str,
+        schemes: &'static str,
+        value: String,
+    },
     #[error(
         "connections_max must be at most {CONNECTIONS_MAX_LIMIT} (it is {value}); set a lower one"
     )]
@@ -265,6 +288,29 @@ impl ControlPlaneConfig {
                 value: self.connections_max,
             });
         }
+        for (name, value, schemes) in [
+            (
+                "ingest_public_url",
+                &self.ingest_public_url,
+                ["http", "https"].as_slice(),
+            ),
+            ("mqtt_public_url", &self.mqtt_public_url, &["mqtt", "mqtts"]),
+        ] {
+            let Some(value) = value else { continue };
+            let fits = url::Url::parse(value)
+                .is_ok_and(|u| u.host_str().is_some() && schemes.contains(&u.scheme()));
+            if !fits {
+                return Err(ConfigError::BadPublicUrl {
+                    name,
+                    schemes: if name == "mqtt_public_url" {
+                        "mqtt or mqtts"
+                    } else {
+                        "http or https"
+                    },
+                    value: value.clone(),
+                });
+            }
+        }
         if self.idle_timeout_ms > DURATION_SECS_MAX * 1000 {
             return Err(ConfigError::DurationTooLong {
                 name: "idle_timeout_ms",
@@ -272,6 +318,22 @@ impl ControlPlaneConfig {
             });
         }
         Ok(())
+    }
+
+    /// Where devices reach HTTP ingest and MQTT, for AsyncAPI documents: the settings, else
+    /// the data plane's default addresses.
+    pub fn device_urls(&self) -> crate::asyncapi::PublicUrls {
+        let trim = |url: &str| url.trim_end_matches('/').to_owned();
+        crate::asyncapi::PublicUrls {
+            ingest: self
+                .ingest_public_url
+                .as_deref()
+                .map_or_else(|| INGEST_PUBLIC_URL_DEFAULT.to_owned(), trim),
+            mqtt: self
+                .mqtt_public_url
+                .as_deref()
+                .map_or_else(|| MQTT_PUBLIC_URL_DEFAULT.to_owned(), trim),
+        }
     }
 
     pub fn public_url(&self) -> String {

@@ -23,6 +23,7 @@
 
 pub(crate) mod api;
 pub(crate) mod app;
+pub(crate) mod asyncapi;
 pub(crate) mod auth;
 pub mod backup;
 pub(crate) mod cluster;

@@ -5,6 +5,7 @@
 //! Routes are registered through `utoipa_axum`, so the router and the OpenAPI document are
 //! built from the same list and cannot drift apart.
 
+mod asyncapi;
 mod cluster;
 mod codes;
 mod cors;
@@ -300,6 +301,7 @@ impl Modify for Security {
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
         (name = "sources", description = "Ingest points, their schemas, and CORS origins"),
         (name = "tag-rules", description = "A workspace's ordered rules that lift values from topics, headers, query parameters and payloads into tags"),
+        (name = "asyncapi", description = "The workspace as an AsyncAPI 3.0.0 document"),
         (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
         (name = "cluster", description = "The configuration stream to data-plane nodes (cluster secret)"),
@@ -364,6 +366,7 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             tag_rules::update_tag_rule,
             tag_rules::delete_tag_rule
         ))
+        .routes(routes!(asyncapi::export_asyncapi))
         .routes(routes!(cors::get_cors, cors::set_cors))
         .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))
         .routes(routes!(smtp::test_smtp))
