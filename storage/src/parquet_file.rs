@@ -39,7 +39,6 @@ use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
-use serde_json::Value;
 
 use crate::event::{event_id, Column, ColumnType, IngestBatch};
 
@@ -141,32 +140,40 @@ impl TypedBuilder {
         }
     }
 
-    /// Appends `value`, or null where it is absent or of another type: events the schema
-    /// accepted match it, and anything else (a record replayed under another schema) must not
-    /// stop the file.
-    fn append(&mut self, value: Option<&Value>) {
+    /// Appends the value whose JSON text is `raw`, or null where it is absent or of another
+    /// type: events the schema accepted match it, and anything else (a record replayed under
+    /// another schema) must not stop the file.
+    fn append(&mut self, raw: Option<&str>) {
         match self {
-            TypedBuilder::String(b) => b.append_option(value.and_then(Value::as_str)),
+            TypedBuilder::String(b) => b.append_option(raw.and_then(json_string).as_deref()),
             TypedBuilder::Timestamp(b) => b.append_option(
-                value
-                    .and_then(Value::as_str)
-                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+                raw.and_then(json_string)
+                    .and_then(|s| chrono::DateTime::parse_from_rfc3339(&s).ok())
                     .map(|t| t.timestamp_micros()),
             ),
-            TypedBuilder::Int64(b) => b.append_option(value.and_then(|v| {
-                v.as_i64().or_else(|| {
+            TypedBuilder::Int64(b) => b.append_option(raw.filter(|r| is_number(r)).and_then(|r| {
+                r.parse::<i64>().ok().or_else(|| {
                     // JSON Schema's integer takes 3.0 too.
-                    v.as_f64()
+                    r.parse::<f64>()
+                        .ok()
                         .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
                         .map(|f| f as i64)
                 })
             })),
-            TypedBuilder::Float64(b) => b.append_option(value.and_then(Value::as_f64)),
-            TypedBuilder::Boolean(b) => b.append_option(value.and_then(Value::as_bool)),
-            TypedBuilder::Json(b) => match value {
-                Some(v @ (Value::Object(_) | Value::Array(_))) => b.append_value(v.to_string()),
-                _ => b.append_null(),
-            },
+            TypedBuilder::Float64(b) => b.append_option(
+                raw.filter(|r| is_number(r))
+                    .and_then(|r| r.parse::<f64>().ok())
+                    .filter(|f| f.is_finite()),
+            ),
+            TypedBuilder::Boolean(b) => b.append_option(match raw {
+                Some("true") => Some(true),
+                Some("false") => Some(false),
+                _ => None,
+            }),
+            // The object or array as sent.
+            TypedBuilder::Json(b) => {
+                b.append_option(raw.filter(|r| r.starts_with('{') || r.starts_with('[')))
+            }
         }
     }
 
@@ -181,12 +188,82 @@ impl TypedBuilder {
     }
 }
 
+/// Whether `raw` is a JSON number's text.
+fn is_number(raw: &str) -> bool {
+    raw.starts_with(|c: char| c == '-' || c.is_ascii_digit())
+}
+
+/// The string a JSON string's text holds; `None` for any other value.
+fn json_string(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw).ok().map(Into::into)
+    } else {
+        Some(inner.into())
+    }
+}
+
+/// Finds the typed columns' values in an event's text without building it: for each column
+/// (by index in `names`, sorted), the byte range of its value's JSON text, the last one when
+/// a key repeats (as a parser building the object would keep).
+struct Lift<'a> {
+    names: &'a [(String, TypedBuilder)],
+    base: usize,
+    slots: &'a mut [Option<(usize, usize)>],
+}
+
+impl<'de> serde::de::Visitor<'de> for Lift<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        while let Some(key) = map.next_key::<Key<'de>>()? {
+            let raw: &serde_json::value::RawValue = map.next_value()?;
+            if let Ok(i) = self.names.binary_search_by(|(n, _)| n.as_str().cmp(&key.0)) {
+                let start = raw.get().as_ptr() as usize - self.base;
+                self.slots[i] = Some((start, start + raw.get().len()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An object key, borrowed from the text when it has no escapes.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> serde::de::Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_owned().into()))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
 /// The columns a shaped or quarantine file has beyond the eight.
 struct ShapedColumns {
     tags: MapBuilder<StringBuilder, StringBuilder>,
     schema_version: StringBuilder,
     /// `(name, builder)` of each typed column, in the schema's name order.
     typed: Vec<(String, TypedBuilder)>,
+    /// Where each typed column's value is in the event being added (reused across events).
+    slots: Vec<Option<(usize, usize)>>,
     /// Quarantine files only.
     quarantine_error: Option<StringBuilder>,
     keep_payload: bool,
@@ -278,10 +355,17 @@ impl RowsBuilder {
         rows.shaped = Some(ShapedColumns {
             tags: MapBuilder::new(None, StringBuilder::new(), StringBuilder::new()),
             schema_version: StringBuilder::new(),
-            typed: columns
-                .iter()
-                .map(|c| (c.name.clone(), TypedBuilder::new(c.column_type)))
-                .collect(),
+            typed: {
+                let mut typed: Vec<(String, TypedBuilder)> = columns
+                    .iter()
+                    .map(|c| (c.name.clone(), TypedBuilder::new(c.column_type)))
+                    .collect();
+                // Sorted for the lookup; the file's column order is this order too.
+                typed.sort_by(|a, b| a.0.cmp(&b.0));
+                typed.dedup_by(|a, b| a.0 == b.0);
+                typed
+            },
+            slots: vec![None; columns.len()],
             quarantine_error: quarantine.then(StringBuilder::new),
             keep_payload,
         });
@@ -378,11 +462,21 @@ impl RowsBuilder {
                         errors.append_option(error);
                     }
                     if !shaped.typed.is_empty() {
-                        // Off the request path: one parse per event here spares the hot
-                        // path from carrying typed values.
-                        let object = serde_json::from_str::<Value>(text).ok();
-                        for (name, column) in &mut shaped.typed {
-                            column.append(object.as_ref().and_then(|o| o.get(name.as_str())));
+                        let slots = &mut shaped.slots[..shaped.typed.len()];
+                        slots.fill(None);
+                        let mut de = serde_json::Deserializer::from_str(text);
+                        let lift = Lift {
+                            names: &shaped.typed,
+                            base: text.as_ptr() as usize,
+                            slots,
+                        };
+                        // An event that is not an object (impossible once admitted) gets
+                        // nulls.
+                        if serde::Deserializer::deserialize_map(&mut de, lift).is_err() {
+                            shaped.slots.fill(None);
+                        }
+                        for ((_, column), slot) in shaped.typed.iter_mut().zip(&shaped.slots) {
+                            column.append(slot.map(|(start, end)| &text[start..end]));
                         }
                     }
                 }
