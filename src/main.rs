@@ -280,9 +280,13 @@ struct NodeArgs {
     /// HTTP ingest address [default: 127.0.0.1:8081].
     #[arg(long, env = "SLUICE_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
-    /// io_uring HTTP threads; 0 = one per core [default: 0].
+    /// HTTP threads; 0 = one per core [default: 0].
     #[arg(long, env = "SLUICE_HTTP_THREADS")]
     http_threads: Option<usize>,
+    /// I/O driver of the HTTP threads: auto (io_uring, epoll where the kernel refuses
+    /// io_uring), io_uring or epoll [default: auto].
+    #[arg(long, env = "SLUICE_HTTP_IO_DRIVER")]
+    http_io_driver: Option<sluice_dataplane::HttpIoDriver>,
     /// MQTT (3.1.1 and 5) address, or `off` [default: 127.0.0.1:1883].
     #[arg(long, env = "SLUICE_MQTT_ADDR", value_parser = listen_addr)]
     mqtt_addr: Option<Listen>,
@@ -380,6 +384,7 @@ impl NodeArgs {
         set!(data_dir => data_dir);
         set!(http_addr => http.addr);
         set!(http_threads => http.threads);
+        set!(http_io_driver => http.io_driver);
         set!(batch_max_age_ms => batch.max_age_ms);
         set!(batch_max_rows => batch.max_rows);
         set!(batch_max_bytes => batch.max_bytes);

@@ -21,8 +21,21 @@ fn browser_available() -> bool {
 
 #[test]
 fn pages_on_allowed_origins_send_events_and_others_are_blocked() {
+    cors_answers("auto");
+}
+
+/// The same answers with HTTP on the epoll driver.
+#[test]
+fn pages_on_allowed_origins_send_events_and_others_are_blocked_on_epoll() {
+    cors_answers("epoll");
+}
+
+fn cors_answers(io_driver: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut sluice = Sluice::start(&dir.path().join("data"), &["--batch-max-age-ms", "300"]);
+    let mut sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--batch-max-age-ms", "300", "--http-io-driver", io_driver],
+    );
     let api = Api::new(sluice.api_url());
     let operator = api.operator_session(&sluice.data_dir);
     let token = sluice.bootstrap()["token"]

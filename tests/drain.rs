@@ -154,6 +154,17 @@ fn read_to_close(s: &mut TcpStream) -> String {
 
 #[test]
 fn sigterm_drains_readiness_first_then_connections_then_ships_what_was_acknowledged() {
+    sigterm_drains("auto");
+}
+
+/// The same drain with HTTP on the epoll driver: listeners closed, the keep-alive request in
+/// flight answered with `Connection: close`.
+#[test]
+fn sigterm_drains_readiness_first_then_connections_then_ships_what_was_acknowledged_on_epoll() {
+    sigterm_drains("epoll");
+}
+
+fn sigterm_drains(io_driver: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let data = dir.path().join("node");
     let (http, mqtt) = (free_port(), free_port());
@@ -169,6 +180,8 @@ fn sigterm_drains_readiness_first_then_connections_then_ships_what_was_acknowled
             &format!("127.0.0.1:{mqtt}"),
             "--http-threads",
             "1",
+            "--http-io-driver",
+            io_driver,
             "--shutdown-drain-ms",
             &drain.as_millis().to_string(),
             "--shutdown-grace-ms",

@@ -124,7 +124,17 @@ type RefusalCase<'a> = (&'a str, String, Headers<'a>, Vec<u8>, u16, &'a str);
 
 #[test]
 fn every_body_form_and_encoding_lands_in_parquet_intact() {
-    let mut f = start_with_snapshot(&[]);
+    body_forms_and_encodings_land_in_parquet(&[]);
+}
+
+/// The same requests on the epoll driver (`http.io_driver = "epoll"`).
+#[test]
+fn every_body_form_and_encoding_lands_in_parquet_intact_on_epoll() {
+    body_forms_and_encodings_land_in_parquet(&["--http-io-driver", "epoll"]);
+}
+
+fn body_forms_and_encodings_land_in_parquet(driver: &[&str]) {
+    let mut f = start_with_snapshot(driver);
     let url = f.sluice.ingest_url("alpha", "telemetry");
     let json_ct = ("content-type", "application/json");
     let nd_ct = ("content-type", "application/x-ndjson");
@@ -204,7 +214,19 @@ fn every_body_form_and_encoding_lands_in_parquet_intact() {
 
 #[test]
 fn refusals_are_problem_json_with_stable_types_and_write_nothing() {
-    let f = start_with_snapshot(&["--http-body-bytes-max", "262144"]);
+    refusals_are_problem_json(&[]);
+}
+
+/// The same refusals on the epoll driver.
+#[test]
+fn refusals_are_problem_json_with_stable_types_and_write_nothing_on_epoll() {
+    refusals_are_problem_json(&["--http-io-driver", "epoll"]);
+}
+
+fn refusals_are_problem_json(driver: &[&str]) {
+    let mut args = vec!["--http-body-bytes-max", "262144"];
+    args.extend_from_slice(driver);
+    let f = start_with_snapshot(&args);
     let s = &f.sluice;
     let tele = s.ingest_url("alpha", "telemetry");
     let ok_body: &[u8] = br#"{"x":1}"#;

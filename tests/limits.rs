@@ -30,11 +30,21 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 #[test]
 fn connection_limit_and_timeouts_shed_idle_slow_and_surplus_clients() {
+    shed_idle_slow_and_surplus_clients("auto");
+}
+
+/// The same limits on the epoll driver, which enforces the idle timeout in its own adapter.
+#[test]
+fn connection_limit_and_timeouts_shed_idle_slow_and_surplus_clients_on_epoll() {
+    shed_idle_slow_and_surplus_clients("epoll");
+}
+
+fn shed_idle_slow_and_surplus_clients(io_driver: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let config = dir.path().join("sluice.toml");
     std::fs::write(
         &config,
-        "[http]\nthreads = 1\nconnections_max = 4\nheader_read_timeout_ms = 500\nidle_timeout_ms = 1000\n",
+        format!("[http]\nthreads = 1\nio_driver = \"{io_driver}\"\nconnections_max = 4\nheader_read_timeout_ms = 500\nidle_timeout_ms = 1000\n"),
     )
     .expect("config");
     let sluice = Sluice::start(

@@ -40,8 +40,21 @@ fn start(dir: &std::path::Path, toml: &str) -> (Sluice, String) {
 /// others go through, and the trickling ones are cut off for their rate.
 #[test]
 fn slow_bodies_cannot_spend_the_budget_of_everyone_else() {
+    slow_bodies_are_cut_off_by_their_rate("auto");
+}
+
+/// The same minimum body rate on the epoll driver.
+#[test]
+fn slow_bodies_cannot_spend_the_budget_of_everyone_else_on_epoll() {
+    slow_bodies_are_cut_off_by_their_rate("epoll");
+}
+
+fn slow_bodies_are_cut_off_by_their_rate(io_driver: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (sluice, token) = start(dir.path(), "[http]\ninflight_bytes_max = 67108864\n");
+    let (sluice, token) = start(
+        dir.path(),
+        &format!("[http]\nio_driver = \"{io_driver}\"\ninflight_bytes_max = 67108864\n"),
+    );
     let addr = format!("127.0.0.1:{}", sluice.port);
     let mut slow: Vec<TcpStream> = (0..8)
         .map(|_| {

@@ -17,6 +17,10 @@
 //!    single-event JSON bodies, each answered 202 only once fsynced in the WAL;
 //! 3. `sluice-ndjson-N`: a fresh node with N-event NDJSON bodies (`--batch-events`).
 //!
+//! The Sluice scenarios run once per `--http-io-drivers` entry (io_uring by default; names on
+//! epoll end in `-epoll`), so that `--http-io-drivers io_uring,epoll` sets both drivers
+//! against the same baseline, alternating in the same rounds.
+//!
 //! and prints requests/s, events/s, latency percentiles, errors, the server's peak RSS and CPU
 //! use, Sluice's single-event requests/s against the baseline's at each count, and the ratio
 //! of Sluice's best count to the ceiling (the baseline's best count). docs/benchmarks.md
@@ -115,6 +119,11 @@ pub struct HttpArgs {
     /// Scenarios to run [default: all three].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
+    /// HTTP I/O drivers of the Sluice nodes (`sluice --http-io-driver`): each Sluice scenario
+    /// runs on each, and `io_uring,epoll` measures both against the same baseline in the same
+    /// alternating rounds. Scenario names on epoll end in `-epoll`, on auto in `-auto`.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "io_uring")]
+    http_io_drivers: Vec<HttpDriver>,
     /// Print the results as JSON instead of a table.
     #[arg(long)]
     json: bool,
@@ -150,6 +159,35 @@ enum Scenario {
     /// Sluice with NDJSON bodies, against a source without a schema and 3 tag rules (a query
     /// parameter and two payload pointers, one of them the device).
     SluiceNdjsonRules,
+}
+
+/// The HTTP I/O driver a Sluice node runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum HttpDriver {
+    #[value(name = "io_uring")]
+    IoUring,
+    Epoll,
+    Auto,
+}
+
+impl HttpDriver {
+    /// The value of `sluice --http-io-driver`.
+    fn flag(self) -> &'static str {
+        match self {
+            HttpDriver::IoUring => "io_uring",
+            HttpDriver::Epoll => "epoll",
+            HttpDriver::Auto => "auto",
+        }
+    }
+
+    /// A Sluice scenario's name on this driver: io_uring keeps the plain name that the
+    /// figures in docs/benchmarks.md have always had.
+    fn scenario(self, base: &str) -> String {
+        match self {
+            HttpDriver::IoUring => base.to_owned(),
+            other => format!("{base}-{}", other.flag()),
+        }
+    }
 }
 
 /// The schema of the benchmark's events (`payload.rs`): 10 typed columns (`device_id` is a
@@ -223,6 +261,12 @@ fn http(args: HttpArgs) -> Result<()> {
     } else {
         args.scenario.clone()
     };
+    let mut drivers: Vec<HttpDriver> = Vec::new();
+    for &driver in &args.http_io_drivers {
+        if !drivers.contains(&driver) {
+            drivers.push(driver);
+        }
+    }
     let needs_sluice = scenarios
         .iter()
         .any(|s| !matches!(s, Scenario::Baseline | Scenario::BaselineUring));
@@ -268,12 +312,15 @@ fn http(args: HttpArgs) -> Result<()> {
                 plan,
                 args.rounds as u32,
                 &single,
+                &drivers,
             )?;
             progress(&measured.baseline.one_line());
-            progress(&measured.single.one_line());
             results.push(measured.baseline);
-            results.push(measured.single);
-            rounds.insert(plan.connections, measured.rounds);
+            for (single, pairs) in measured.singles {
+                progress(&single.one_line());
+                rounds.insert((single.name.clone(), plan.connections), pairs);
+                results.push(single);
+            }
         }
         for &scenario in &scenarios {
             if interleave && matches!(scenario, Scenario::Baseline | Scenario::SluiceJson) {
@@ -287,64 +334,70 @@ fn http(args: HttpArgs) -> Result<()> {
             if batched && count != first_count {
                 continue;
             }
-            let result = match scenario {
-                Scenario::Baseline => run_baseline(&runtime, plan, server_threads, false, &single)?,
-                Scenario::BaselineUring => {
-                    run_baseline(&runtime, plan, server_threads, true, &single)?
-                }
-                Scenario::SluiceJson => run_sluice(
-                    &runtime,
-                    &bin,
-                    server_threads,
-                    plan,
-                    "sluice-json-1".into(),
-                    "application/json",
-                    1,
-                    &single,
-                )?,
-                Scenario::SluiceNdjson => run_sluice(
-                    &runtime,
-                    &bin,
-                    server_threads,
-                    plan,
-                    format!("sluice-ndjson-{batch}"),
-                    "application/x-ndjson",
-                    batch,
-                    &ndjson,
-                )?,
-                Scenario::SluiceJsonSchema => run_sluice_shaped(
-                    &runtime,
-                    &bin,
-                    server_threads,
-                    plan,
-                    "sluice-json-schema-1".into(),
-                    "application/json",
-                    &single,
-                    (1, None),
-                )?,
-                Scenario::SluiceNdjsonSchema => run_sluice_shaped(
-                    &runtime,
-                    &bin,
-                    server_threads,
-                    plan,
-                    format!("sluice-ndjson-schema-{batch}"),
-                    "application/x-ndjson",
-                    &ndjson,
-                    (batch, None),
-                )?,
-                Scenario::SluiceNdjsonRules => run_sluice_shaped(
-                    &runtime,
-                    &bin,
-                    server_threads,
-                    plan,
-                    format!("sluice-ndjson-rules-{batch}"),
-                    "application/x-ndjson",
-                    &ndjson,
-                    (batch, Some(bench_rules())),
-                )?,
+            let baseline = match scenario {
+                Scenario::Baseline => Some(false),
+                Scenario::BaselineUring => Some(true),
+                _ => None,
             };
-            progress(&result.one_line());
-            results.push(result);
+            if let Some(uring) = baseline {
+                let result = run_baseline(&runtime, plan, server_threads, uring, &single)?;
+                progress(&result.one_line());
+                results.push(result);
+                continue;
+            }
+            for &driver in &drivers {
+                let node = (bin.as_path(), server_threads, driver);
+                let result = match scenario {
+                    Scenario::Baseline | Scenario::BaselineUring => continue,
+                    Scenario::SluiceJson => run_sluice(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario("sluice-json-1"),
+                        "application/json",
+                        1,
+                        &single,
+                    )?,
+                    Scenario::SluiceNdjson => run_sluice(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario(&format!("sluice-ndjson-{batch}")),
+                        "application/x-ndjson",
+                        batch,
+                        &ndjson,
+                    )?,
+                    Scenario::SluiceJsonSchema => run_sluice_shaped(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario("sluice-json-schema-1"),
+                        "application/json",
+                        &single,
+                        (1, None),
+                    )?,
+                    Scenario::SluiceNdjsonSchema => run_sluice_shaped(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario(&format!("sluice-ndjson-schema-{batch}")),
+                        "application/x-ndjson",
+                        &ndjson,
+                        (batch, None),
+                    )?,
+                    Scenario::SluiceNdjsonRules => run_sluice_shaped(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario(&format!("sluice-ndjson-rules-{batch}")),
+                        "application/x-ndjson",
+                        &ndjson,
+                        (batch, Some(bench_rules())),
+                    )?,
+                };
+                progress(&result.one_line());
+                results.push(result);
+            }
         }
     }
 
@@ -415,13 +468,12 @@ fn baseline_target(addr: std::net::SocketAddr, single: &Arc<Vec<bytes::Bytes>>) 
 /// What [`run_interleaved`] measured.
 struct Interleaved {
     baseline: ScenarioResult,
-    single: ScenarioResult,
-    /// Each round's (baseline, Sluice) req/s.
-    rounds: Vec<(f64, f64)>,
+    /// Single-event Sluice on each driver, with each round's (baseline, Sluice) req/s.
+    singles: Vec<(ScenarioResult, Vec<(f64, f64)>)>,
 }
 
-/// The baseline and single-event Sluice, both running throughout, measured in `rounds`
-/// alternating windows.
+/// The baseline and single-event Sluice on each of `drivers`, all running throughout,
+/// measured in `rounds` alternating windows.
 fn run_interleaved(
     runtime: &tokio::runtime::Runtime,
     bin: &std::path::Path,
@@ -429,14 +481,20 @@ fn run_interleaved(
     plan: Plan,
     rounds: u32,
     single: &Arc<Vec<bytes::Bytes>>,
+    drivers: &[HttpDriver],
 ) -> Result<Interleaved> {
     let round_plan = Plan {
         duration: plan.duration / rounds,
         ..plan
     };
+    let names: Vec<String> = drivers
+        .iter()
+        .map(|d| d.scenario("sluice-json-1"))
+        .collect();
     progress(&format!(
-        "baseline-204 and sluice-json-1 in {rounds} alternating rounds of {:.1} s (each after \
-         {:.1} s of warm-up), {} connections",
+        "baseline-204 and {} in {rounds} alternating rounds of {:.1} s (each after {:.1} s of \
+         warm-up), {} connections",
+        names.join(", "),
         round_plan.duration.as_secs_f64(),
         round_plan.warmup.as_secs_f64(),
         plan.connections
@@ -444,12 +502,20 @@ fn run_interleaved(
     let hwm_before = sluice::vm_hwm_kib("/proc/self/status")?;
     let server = baseline::Baseline::start(server_threads)?;
     let base_target = Arc::new(baseline_target(server.addr(), single));
-    let node = sluice::Node::start(bin, server_threads)?;
-    let sluice_target = Arc::new(sluice_target(&node, "application/json", 1, single));
+    let mut nodes = Vec::new();
+    for &driver in drivers {
+        let node = sluice::Node::start(bin, server_threads, driver.flag())?;
+        let target = Arc::new(sluice_target(&node, "application/json", 1, single));
+        nodes.push((node, target));
+    }
     let rate = |o: &loadgen::Outcome| o.requests as f64 / o.window.as_secs_f64().max(1e-9);
+    let absorb = |total: &mut Option<loadgen::Outcome>, outcome: loadgen::Outcome| match total {
+        Some(total) => total.absorb(outcome),
+        None => *total = Some(outcome),
+    };
     let mut base_total: Option<loadgen::Outcome> = None;
-    let mut sluice_total: Option<loadgen::Outcome> = None;
-    let mut pairs = Vec::new();
+    let mut sluice_totals: Vec<Option<loadgen::Outcome>> = nodes.iter().map(|_| None).collect();
+    let mut pairs: Vec<Vec<(f64, f64)>> = nodes.iter().map(|_| Vec::new()).collect();
     for round in 1..=rounds {
         let base = runtime
             .block_on(loadgen::run(
@@ -458,47 +524,50 @@ fn run_interleaved(
                 ServerProcess::InProcess,
             ))
             .context("baseline round")?;
-        let one = runtime
-            .block_on(loadgen::run(
-                sluice_target.clone(),
-                round_plan,
-                ServerProcess::Child(node.pid()),
-            ))
-            .context("sluice-json round")?;
-        let pair = (rate(&base), rate(&one));
-        progress(&format!(
-            "round {round}: baseline {:.0} req/s, Sluice {:.0} req/s, ratio {:.2}",
-            pair.0,
-            pair.1,
-            pair.1 / pair.0.max(1e-9)
-        ));
-        pairs.push(pair);
-        for (total, outcome) in [(&mut base_total, base), (&mut sluice_total, one)] {
-            match total {
-                Some(total) => total.absorb(outcome),
-                None => *total = Some(outcome),
-            }
+        let base_rate = rate(&base);
+        absorb(&mut base_total, base);
+        for (i, (node, target)) in nodes.iter().enumerate() {
+            let one = runtime
+                .block_on(loadgen::run(
+                    target.clone(),
+                    round_plan,
+                    ServerProcess::Child(node.pid()),
+                ))
+                .with_context(|| format!("{} round", names[i]))?;
+            let pair = (base_rate, rate(&one));
+            progress(&format!(
+                "round {round}: baseline {:.0} req/s, {} {:.0} req/s, ratio {:.2}",
+                pair.0,
+                names[i],
+                pair.1,
+                pair.1 / pair.0.max(1e-9)
+            ));
+            pairs[i].push(pair);
+            absorb(&mut sluice_totals[i], one);
         }
     }
     server.stop();
     let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
-    let (Some(base_total), Some(sluice_total)) = (base_total, sluice_total) else {
+    let Some(base_total) = base_total else {
         anyhow::bail!("no rounds were run");
     };
     let mut base = ScenarioResult::new("baseline-204", "application/json", 1, single, &base_total);
     base.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
-    let one = finish_sluice(
-        node,
-        "sluice-json-1",
-        "application/json",
-        1,
-        single,
-        &sluice_total,
-    )?;
+    let mut singles = Vec::new();
+    for (((node, _), total), (name, pairs)) in nodes
+        .into_iter()
+        .zip(sluice_totals)
+        .zip(names.iter().zip(pairs))
+    {
+        let Some(total) = total else {
+            anyhow::bail!("no rounds were run");
+        };
+        let one = finish_sluice(node, name, "application/json", 1, single, &total)?;
+        singles.push((one, pairs));
+    }
     Ok(Interleaved {
         baseline: base,
-        single: one,
-        rounds: pairs,
+        singles,
     })
 }
 
@@ -549,12 +618,10 @@ fn finish_sluice(
     Ok(result)
 }
 
-/// One scenario against a fresh Sluice node.
-#[allow(clippy::too_many_arguments)]
+/// One scenario against a fresh Sluice node (`bin`, its HTTP threads and driver).
 fn run_sluice(
     runtime: &tokio::runtime::Runtime,
-    bin: &std::path::Path,
-    server_threads: usize,
+    (bin, server_threads, driver): (&std::path::Path, usize, HttpDriver),
     plan: Plan,
     name: String,
     content_type: &'static str,
@@ -562,10 +629,11 @@ fn run_sluice(
     bodies: &Arc<Vec<bytes::Bytes>>,
 ) -> Result<ScenarioResult> {
     progress(&format!(
-        "{name}: starting {} (--http-threads {server_threads})",
-        bin.display()
+        "{name}: starting {} (--http-threads {server_threads} --http-io-driver {})",
+        bin.display(),
+        driver.flag()
     ));
-    let node = sluice::Node::start(bin, server_threads)?;
+    let node = sluice::Node::start(bin, server_threads, driver.flag())?;
     progress(&format!(
         "{name}: node pid {} on {}; {} connections, {} event(s) per {content_type} request",
         node.pid(),
@@ -586,11 +654,9 @@ fn run_sluice(
 
 /// One scenario against a fresh node whose source has the benchmark schema (`rules` `None`)
 /// or no schema and `rules`.
-#[allow(clippy::too_many_arguments)]
 fn run_sluice_shaped(
     runtime: &tokio::runtime::Runtime,
-    bin: &std::path::Path,
-    server_threads: usize,
+    (bin, server_threads, driver): (&std::path::Path, usize, HttpDriver),
     plan: Plan,
     name: String,
     content_type: &'static str,
@@ -608,10 +674,12 @@ fn run_sluice_shaped(
         },
     };
     progress(&format!(
-        "{name}: starting {} (--http-threads {server_threads})",
-        bin.display()
+        "{name}: starting {} (--http-threads {server_threads} --http-io-driver {})",
+        bin.display(),
+        driver.flag()
     ));
-    let node = sluice::Node::start_shaped(bin, server_threads, &shaping, "?line=4")?;
+    let node =
+        sluice::Node::start_shaped(bin, (server_threads, driver.flag()), &shaping, "?line=4")?;
     let target = sluice_target(&node, content_type, events_per_body, bodies);
     let outcome = runtime
         .block_on(loadgen::run(

@@ -228,8 +228,8 @@ pub struct Report {
     kernel: String,
     results: Vec<ScenarioResult>,
     /// (baseline, Sluice single-event) req/s of each alternating round, when interleaved, by
-    /// connection count.
-    pub rounds: BTreeMap<usize, Vec<(f64, f64)>>,
+    /// Sluice scenario (one per HTTP I/O driver) and connection count.
+    pub rounds: BTreeMap<(String, usize), Vec<(f64, f64)>>,
 }
 
 /// The baseline and Sluice single-event at one connection count.
@@ -275,7 +275,31 @@ impl Report {
             .max_by(|a, b| a.requests_per_s.total_cmp(&b.requests_per_s))
     }
 
-    /// The baseline and Sluice single-event side by side, at each count both ran at.
+    /// The single-event Sluice scenarios: `sluice-json-1` (io_uring) and the same on other
+    /// HTTP I/O drivers (`sluice-json-1-epoll`, ...), in the order they ran.
+    fn singles(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = Vec::new();
+        for r in &self.results {
+            let single = r.name == SINGLE
+                || r.name
+                    .strip_prefix(SINGLE)
+                    .is_some_and(|rest| rest.starts_with('-'));
+            if single && !names.contains(&r.name.as_str()) {
+                names.push(&r.name);
+            }
+        }
+        names
+    }
+
+    /// The rounds of `pair`, when interleaved.
+    fn rounds_of(&self, pair: &Pair<'_>) -> &[(f64, f64)] {
+        self.rounds
+            .get(&(pair.single.name.clone(), pair.connections))
+            .map_or(&[][..], Vec::as_slice)
+    }
+
+    /// The baseline and each Sluice single-event scenario side by side, at each count both
+    /// ran at.
     fn pairs(&self) -> Vec<Pair<'_>> {
         let at = |name: &str, connections: usize| {
             self.results
@@ -285,13 +309,16 @@ impl Report {
         let mut counts: Vec<usize> = self.results.iter().map(|r| r.connections).collect();
         counts.sort_unstable();
         counts.dedup();
+        let singles = self.singles();
         counts
             .into_iter()
-            .filter_map(|connections| {
-                Some(Pair {
-                    connections,
-                    baseline: at(BASELINE, connections)?,
-                    single: at(SINGLE, connections)?,
+            .flat_map(|connections| {
+                singles.iter().filter_map(move |&single| {
+                    Some(Pair {
+                        connections,
+                        baseline: at(BASELINE, connections)?,
+                        single: at(single, connections)?,
+                    })
                 })
             })
             .collect()
@@ -300,8 +327,13 @@ impl Report {
     /// Sluice's best single-event requests/s ÷ the ceiling, the baseline's best: each server
     /// at the connection count that suits it.
     fn single_ratio(&self) -> Option<f64> {
+        self.ratio_of(SINGLE)
+    }
+
+    /// [`single_ratio`](Self::single_ratio) for the single-event scenario `name`.
+    fn ratio_of(&self, name: &str) -> Option<f64> {
         let base = self.best(BASELINE)?;
-        let single = self.best(SINGLE)?;
+        let single = self.best(name)?;
         (base.requests_per_s > 0.0).then(|| single.requests_per_s / base.requests_per_s)
     }
 
@@ -325,10 +357,14 @@ impl Report {
             },
             "scenarios": self.results.iter().map(ScenarioResult::to_json).collect::<Vec<_>>(),
             "sluice_single_best_vs_baseline_best_requests": ratio.map(|v| round(v, 3)),
+            "single_best_vs_baseline_best_by_scenario": self.singles().iter().map(|&name| {
+                (name.to_owned(), json!(self.ratio_of(name).map(|v| round(v, 3))))
+            }).collect::<serde_json::Map<_, _>>(),
             "by_connections": self.pairs().iter().map(|pair| {
-                let rounds = self.rounds.get(&pair.connections).map_or(&[][..], Vec::as_slice);
+                let rounds = self.rounds_of(pair);
                 json!({
                     "connections": pair.connections,
+                    "sluice_scenario": pair.single.name,
                     "baseline_requests_per_s": round(pair.baseline.requests_per_s, 1),
                     "sluice_single_requests_per_s": round(pair.single.requests_per_s, 1),
                     "ratio": round(pair.ratio(), 3),
@@ -369,8 +405,9 @@ impl Report {
         if let Some(rounds) = self.rounds.values().next() {
             let _ = writeln!(
                 out,
-                "baseline-204 and sluice-json-1 were measured in {} alternating rounds at each \
-                 connection count, each round after its own warm-up, the {} s split between them",
+                "baseline-204 and {} were measured in {} alternating rounds at each connection \
+                 count, each round after its own warm-up, the {} s split between them",
+                self.singles().join(", "),
                 rounds.len(),
                 self.duration_secs
             );
@@ -378,7 +415,7 @@ impl Report {
         let _ = writeln!(out);
         let _ = writeln!(
             out,
-            "{:<20} {:>5} {:>9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>8} {:>7} {:>17} {:>7} {:>7} {:>7}",
+            "{:<24} {:>5} {:>9} {:>10} {:>11} {:>8} {:>8} {:>9} {:>8} {:>7} {:>17} {:>7} {:>7} {:>7}",
             "scenario",
             "conns",
             "body",
@@ -397,7 +434,7 @@ impl Report {
         for r in &self.results {
             let _ = writeln!(
                 out,
-                "{:<20} {:>5} {:>9} {:>10} {:>11} {:>8.2} {:>8.2} {:>9.2} {:>8.1} {:>7} {:>17} {:>7} {:>7} {:>7}",
+                "{:<24} {:>5} {:>9} {:>10} {:>11} {:>8.2} {:>8.2} {:>9.2} {:>8.1} {:>7} {:>17} {:>7} {:>7} {:>7}",
                 r.name,
                 r.connections,
                 bytes_text(r.body_bytes_mean),
@@ -416,18 +453,16 @@ impl Report {
         }
         let _ = writeln!(out);
         for pair in self.pairs() {
-            let rounds = self
-                .rounds
-                .get(&pair.connections)
-                .map_or(&[][..], Vec::as_slice);
+            let rounds = self.rounds_of(&pair);
             let per_round: Vec<String> = rounds
                 .iter()
                 .map(|(base, single)| format!("{:.2}", single / base.max(f64::MIN_POSITIVE)))
                 .collect();
             let _ = write!(
                 out,
-                "{:>4} connections: Sluice single-event {} req/s / baseline 204 {} req/s = {:.2}",
+                "{:>4} connections: {} {} req/s / baseline 204 {} req/s = {:.2}",
                 pair.connections,
+                pair.single.name,
                 grouped(pair.single.requests_per_s),
                 grouped(pair.baseline.requests_per_s),
                 pair.ratio()
@@ -445,13 +480,21 @@ impl Report {
                 }
             }
         }
-        if let (Some(ratio), Some(base), Some(single)) =
-            (self.single_ratio(), self.best(BASELINE), self.best(SINGLE))
-        {
+        for name in self.singles() {
+            let (Some(ratio), Some(base), Some(single)) =
+                (self.ratio_of(name), self.best(BASELINE), self.best(name))
+            else {
+                continue;
+            };
+            let label = if name == SINGLE {
+                "Sluice single-event".to_owned()
+            } else {
+                format!("Sluice single-event ({name})")
+            };
             let _ = writeln!(
                 out,
-                "Sluice single-event best {} req/s ({} connections) / ceiling, baseline 204 best \
-                 {} req/s ({} connections) = {ratio:.2} (target >= {TARGET_SINGLE_RATIO:.2}: {})",
+                "{label} best {} req/s ({} connections) / ceiling, baseline 204 best {} req/s \
+                 ({} connections) = {ratio:.2} (target >= {TARGET_SINGLE_RATIO:.2}: {})",
                 grouped(single.requests_per_s),
                 single.connections,
                 grouped(base.requests_per_s),
@@ -574,11 +617,15 @@ mod tests {
             results: vec![
                 result(BASELINE, 64, 100_000),
                 result(SINGLE, 64, 50_000),
+                result("sluice-json-1-epoll", 64, 40_000),
                 result("sluice-ndjson-1000", 64, 1_000),
                 result(BASELINE, 256, 80_000),
                 result(SINGLE, 256, 70_000),
             ],
-            rounds: BTreeMap::from([(64, vec![(100_000.0, 40_000.0), (100_000.0, 60_000.0)])]),
+            rounds: BTreeMap::from([(
+                (SINGLE.to_owned(), 64),
+                vec![(100_000.0, 40_000.0), (100_000.0, 60_000.0)],
+            )]),
         };
         // Sluice's best (256) against the ceiling (the baseline at 64).
         assert_eq!(report.single_ratio(), Some(0.7));
@@ -587,9 +634,18 @@ mod tests {
             .iter()
             .map(|p| (p.connections, p.ratio()))
             .collect();
-        assert_eq!(pairs, vec![(64, 0.5), (256, 0.875)]);
+        assert_eq!(pairs, vec![(64, 0.5), (64, 0.4), (256, 0.875)]);
         let table = report.table();
         assert!(table.contains("= 0.70 (target >= 0.60: met)"), "{table}");
+        // Another HTTP I/O driver's single-event scenario is set against the same ceiling.
+        assert!(
+            table.contains("(sluice-json-1-epoll) best 40,000 req/s (64 connections)"),
+            "{table}"
+        );
+        assert!(
+            table.contains("= 0.40 (target >= 0.60: NOT met)"),
+            "{table}"
+        );
         assert!(table.contains("median 0.50"), "{table}");
     }
 

@@ -78,21 +78,21 @@ const SHAPED_PATH: &str = "/v1/ingest/bench/telemetry";
 const SHAPED_TOKEN: &str = "bench-shaping-token";
 
 impl Node {
-    /// Starts `bin dataplane` with `http_threads` io_uring threads (MQTT off) and waits until
-    /// it serves.
-    pub fn start(bin: &Path, http_threads: usize) -> Result<Node> {
-        Self::start_with(bin, http_threads, None, None)
+    /// Starts `bin dataplane` with `http_threads` HTTP threads on `http_io_driver`
+    /// (`io_uring`, `epoll` or `auto`; MQTT off) and waits until it serves.
+    pub fn start(bin: &Path, http_threads: usize, http_io_driver: &str) -> Result<Node> {
+        Self::start_with(bin, (http_threads, http_io_driver), None, None)
     }
 
     /// Like [`start`](Self::start), with a configuration snapshot whose one source has
     /// `shaping`; requests go to `path_suffix` appended to the source's ingest path (a query).
     pub fn start_shaped(
         bin: &Path,
-        http_threads: usize,
+        http: (usize, &str),
         shaping: &Shaping,
         path_suffix: &str,
     ) -> Result<Node> {
-        let mut node = Self::start_with(bin, http_threads, None, Some(shaping))?;
+        let mut node = Self::start_with(bin, http, None, Some(shaping))?;
         node.path.push_str(path_suffix);
         Ok(node)
     }
@@ -105,12 +105,17 @@ impl Node {
         mqtt_workers: usize,
         io_driver: &str,
     ) -> Result<Node> {
-        Self::start_with(bin, http_threads, Some((mqtt_workers, io_driver)), None)
+        Self::start_with(
+            bin,
+            (http_threads, "auto"),
+            Some((mqtt_workers, io_driver)),
+            None,
+        )
     }
 
     fn start_with(
         bin: &Path,
-        http_threads: usize,
+        (http_threads, http_io_driver): (usize, &str),
         mqtt: Option<(usize, &str)>,
         shaping: Option<&Shaping>,
     ) -> Result<Node> {
@@ -171,6 +176,8 @@ impl Node {
             .arg(io_driver)
             .arg("--http-threads")
             .arg(http_threads.to_string())
+            .arg("--http-io-driver")
+            .arg(http_io_driver)
             .arg("--workspace-events-per-second")
             .arg(EVENTS_PER_SECOND.to_string())
             .arg("--shutdown-grace-ms")

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
 
+use crate::http::io_driver::HttpIoDriver;
 use crate::mqtt::runtime::IoDriver;
 
 /// Everything a node needs to start.
@@ -47,8 +48,11 @@ pub struct NodeConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub addr: SocketAddr,
-    /// io_uring runtimes (threads); one per core when 0.
+    /// HTTP threads (one runtime each); one per core when 0.
     pub threads: usize,
+    /// The I/O driver of those threads: `auto` (io_uring, or epoll where the kernel refuses
+    /// io_uring), `io_uring` or `epoll`.
+    pub io_driver: HttpIoDriver,
     pub connections_max: usize,
     /// Largest request head (request line and headers).
     pub header_bytes_max: usize,
@@ -156,6 +160,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8081)),
             threads: 0,
+            io_driver: HttpIoDriver::Auto,
             connections_max: 10_000,
             header_bytes_max: 16 << 10,
             body_bytes_max: 8 << 20,

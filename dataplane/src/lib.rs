@@ -1,11 +1,13 @@
-//! Sluice's data plane: takes events over HTTP (hyper on tokio-uring) and MQTT (ntex-mqtt),
+//! Sluice's data plane: takes events over HTTP (hyper on io_uring, or epoll where io_uring
+//! is refused) and MQTT (ntex-mqtt),
 //! checks every request against the node's configuration snapshot, and hands accepted batches
 //! to the storage pipeline, answering only once they are durable.
 //!
 //! - [`node`]: assembles and runs a node.
 //! - `admit`: the one admission path both protocols take (access, parse, rate, envelope,
 //!   WAL).
-//! - `http`: the io_uring front end, the ingest API and its problem+json refusals.
+//! - `http`: the HTTP front end (io_uring or epoll), the ingest API and its problem+json
+//!   refusals.
 //! - `mqtt`: the MQTT 3.1.1 and 5 front end on ntex-mqtt.
 //! - `access`, `token_table` and `rate_limit`: token checks against the snapshot, the
 //!   copy-on-write token index, per-workspace rates.
@@ -35,6 +37,7 @@ mod token_table;
 
 pub use bootstrap::Bootstrap;
 pub use config::NodeConfig;
+pub use http::io_driver::HttpIoDriver;
 pub use mqtt::runtime::IoDriver;
 pub use node::{Node, NodeError};
 

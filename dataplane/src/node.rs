@@ -27,7 +27,7 @@ use crate::config::{ConfigError, NodeConfig};
 use crate::config_source::{self, SnapshotWatch, SourceError};
 use crate::config_stream::{ConfigStream, StreamSettings, StreamStatus};
 use crate::http::api::Api;
-use crate::http::server::HttpServer;
+use crate::http::server::{HttpServer, HttpStartError};
 use crate::metrics::NodeMetrics;
 use crate::mqtt::ingest::MqttIngest;
 use crate::mqtt::throttle::ConnectFailures;
@@ -56,6 +56,12 @@ pub enum NodeError {
     Source(#[from] SourceError),
     #[error("the node's configuration: {0}")]
     Config(#[from] ConfigError),
+    #[error("starting HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: HttpStartError,
+    },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> NodeError {
@@ -230,8 +236,10 @@ impl Node {
                 .clone()
                 .map(|url| (url, stream_status.clone())),
         ));
-        let http = HttpServer::start(api.clone(), shutdown)
-            .map_err(io(format!("starting HTTP on {}", config.http.addr)))?;
+        let http = HttpServer::start(api.clone(), shutdown).map_err(|source| NodeError::Http {
+            addr: config.http.addr,
+            source,
+        })?;
 
         if let Some(b) = bootstrap.as_mut() {
             let url = format!(

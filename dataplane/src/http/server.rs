@@ -1,16 +1,20 @@
-//! The HTTP front end: one tokio-uring runtime per thread, each with its own `SO_REUSEPORT`
-//! listener so the kernel spreads connections across cores, hyper serving every connection
-//! through [`UringIo`].
+//! The HTTP front end: one single-threaded runtime per thread, each with its own
+//! `SO_REUSEPORT` listener so the kernel spreads connections across cores, hyper serving every
+//! connection. The runtime is tokio-uring with [`UringIo`], or, where io_uring is refused or
+//! not wanted (`http.io_driver`, [`io_driver`](super::io_driver)), a current-thread tokio
+//! runtime (epoll) with [`EpollIo`]. Everything else, the accept loop, the limits and the
+//! shutdown, is the same code for both ([`Transport`]).
 //!
 //! Limits enforced here: the connection count (over it, new connections are closed at once),
-//! the request-head size and read timeout (hyper), and the idle timeout ([`UringIo`]).
+//! the request-head size and read timeout (hyper), and the idle timeout (the I/O adapters).
 
 use std::cell::Cell;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -21,7 +25,26 @@ use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
 
 use super::api::Api;
+use super::epoll_io::EpollIo;
+use super::io_driver::{self, Driver, IoUringUnavailable};
 use super::uring_io::UringIo;
+
+/// Why the front end did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpStartError {
+    #[error(transparent)]
+    IoUring(#[from] IoUringUnavailable),
+    #[error("{context}: {source}")]
+    Io {
+        context: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io(context: &'static str) -> impl FnOnce(std::io::Error) -> HttpStartError {
+    move |source| HttpStartError::Io { context, source }
+}
 
 /// The running front end.
 pub struct HttpServer {
@@ -30,37 +53,62 @@ pub struct HttpServer {
 }
 
 impl HttpServer {
-    /// Binds `api.limits.addr` and starts the runtimes. On `shutdown` they stop accepting, let
-    /// requests in flight finish until its deadline, then close the rest.
-    pub fn start(api: Arc<Api>, shutdown: Shutdown) -> std::io::Result<HttpServer> {
+    /// Resolves `api.limits.io_driver`, binds `api.limits.addr` and starts the runtimes. On
+    /// `shutdown` they stop accepting, let requests in flight finish until its deadline, then
+    /// close the rest.
+    pub fn start(api: Arc<Api>, shutdown: Shutdown) -> Result<HttpServer, HttpStartError> {
+        let driver = io_driver::resolve(api.limits.io_driver)?;
         let threads = match api.limits.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         };
-        let first = bind(api.limits.addr)?;
-        let addr = first.local_addr()?;
+        let first = bind(api.limits.addr).map_err(io("binding the listener"))?;
+        let addr = first
+            .local_addr()
+            .map_err(io("reading the listener's address"))?;
         let mut listeners = vec![first];
         for _ in 1..threads {
-            listeners.push(bind(addr)?);
+            listeners.push(bind(addr).map_err(io("binding the listener"))?);
         }
         let open = Arc::new(AtomicUsize::new(0));
+        // Each thread says whether its runtime started, so that a failure is the node's start
+        // error rather than a thread that quietly serves nothing.
+        let (started_tx, started_rx) = mpsc::channel();
         let mut handles = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let api = api.clone();
             let shutdown = shutdown.clone();
             let open = open.clone();
+            let started = started_tx.clone();
             handles.push(
                 std::thread::Builder::new()
                     .name(format!("sluice-http-{i}"))
-                    .spawn(move || {
-                        tokio_uring::builder()
-                            .entries(1024)
-                            .uring_builder(&ring_setup())
-                            .start(accept_loop(listener, api, shutdown, open));
-                    })?,
+                    .spawn(move || match driver {
+                        Driver::IoUring => run_uring(listener, api, shutdown, open, started),
+                        Driver::Epoll => run_epoll(listener, api, shutdown, open, started),
+                    })
+                    .map_err(io("spawning an HTTP thread"))?,
             );
         }
-        info!(%addr, threads, "HTTP ingest listening (io_uring)");
+        drop(started_tx);
+        for _ in 0..handles.len() {
+            match started_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(source)) => {
+                    return Err(HttpStartError::Io {
+                        context: "starting an HTTP runtime",
+                        source,
+                    })
+                }
+                Err(_) => {
+                    return Err(HttpStartError::Io {
+                        context: "starting an HTTP runtime",
+                        source: std::io::Error::other("an HTTP thread ended during start"),
+                    })
+                }
+            }
+        }
+        info!(%addr, threads, io_driver = driver.name(), "HTTP ingest listening");
         Ok(HttpServer {
             addr,
             threads: handles,
@@ -77,6 +125,58 @@ impl HttpServer {
             let _ = thread.join();
         }
     }
+}
+
+type Started = mpsc::Sender<std::io::Result<()>>;
+
+/// One io_uring thread: a tokio-uring runtime (itself a current-thread tokio runtime driven
+/// by the ring) serving `listener`.
+fn run_uring(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    shutdown: Shutdown,
+    open: Arc<AtomicUsize>,
+    started: Started,
+) {
+    let runtime = match tokio_uring::Runtime::new(
+        tokio_uring::builder()
+            .entries(1024)
+            .uring_builder(&ring_setup()),
+    ) {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = started.send(Err(err));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+    runtime.block_on(accept_loop::<Uring>(listener, api, shutdown, open));
+}
+
+/// One epoll thread: a current-thread tokio runtime, its tasks on a `LocalSet` as tokio-uring
+/// runs them, so that both drivers run the same (not `Send`) connection code.
+fn run_epoll(
+    listener: std::net::TcpListener,
+    api: Arc<Api>,
+    shutdown: Shutdown,
+    open: Arc<AtomicUsize>,
+    started: Started,
+) {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            let _ = started.send(Err(err));
+            return;
+        }
+    };
+    let _ = started.send(Ok(()));
+    tokio::task::LocalSet::new().block_on(
+        &runtime,
+        accept_loop::<Epoll>(listener, api, shutdown, open),
+    );
 }
 
 /// io_uring setup for the HTTP runtimes. By default the kernel interrupts the thread (through
@@ -112,16 +212,96 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
 /// request.
 const TIMER_FLOOR: Duration = Duration::from_millis(500);
 
-async fn accept_loop(
+/// What the two drivers do differently; the rest of a thread's work is [`accept_loop`] and
+/// [`serve`], the same for both.
+trait Transport: 'static {
+    type Listener;
+    /// A connection as hyper I/O, with the idle timeout.
+    type Io: hyper::rt::Read + hyper::rt::Write + Unpin + 'static;
+
+    /// The thread's listener on its runtime (called inside it).
+    fn listen(listener: std::net::TcpListener) -> std::io::Result<Self::Listener>;
+
+    /// The next connection, its Nagle delay off (answers are written whole).
+    fn accept(
+        listener: &Self::Listener,
+        idle_timeout: Duration,
+    ) -> impl Future<Output = std::io::Result<(Self::Io, SocketAddr)>>;
+
+    /// Runs `task` on this thread's runtime.
+    fn spawn(task: impl Future<Output = ()> + 'static);
+}
+
+/// tokio-uring: owned-buffer operations on the ring ([`UringIo`]).
+struct Uring;
+
+impl Transport for Uring {
+    type Listener = tokio_uring::net::TcpListener;
+    type Io = UringIo;
+
+    fn listen(listener: std::net::TcpListener) -> std::io::Result<Self::Listener> {
+        Ok(tokio_uring::net::TcpListener::from_std(listener))
+    }
+
+    async fn accept(
+        listener: &Self::Listener,
+        idle_timeout: Duration,
+    ) -> std::io::Result<(UringIo, SocketAddr)> {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((UringIo::new(stream, idle_timeout), peer))
+    }
+
+    fn spawn(task: impl Future<Output = ()> + 'static) {
+        tokio_uring::spawn(task);
+    }
+}
+
+/// tokio on epoll ([`EpollIo`]).
+struct Epoll;
+
+impl Transport for Epoll {
+    type Listener = tokio::net::TcpListener;
+    type Io = EpollIo;
+
+    fn listen(listener: std::net::TcpListener) -> std::io::Result<Self::Listener> {
+        listener.set_nonblocking(true)?;
+        tokio::net::TcpListener::from_std(listener)
+    }
+
+    async fn accept(
+        listener: &Self::Listener,
+        idle_timeout: Duration,
+    ) -> std::io::Result<(EpollIo, SocketAddr)> {
+        let (stream, peer) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        Ok((EpollIo::new(stream, idle_timeout), peer))
+    }
+
+    fn spawn(task: impl Future<Output = ()> + 'static) {
+        tokio::task::spawn_local(task);
+    }
+}
+
+async fn accept_loop<T: Transport>(
     listener: std::net::TcpListener,
     api: Arc<Api>,
     mut shutdown: Shutdown,
     open: Arc<AtomicUsize>,
 ) {
-    let listener = tokio_uring::net::TcpListener::from_std(listener);
+    let listener = match T::listen(listener) {
+        Ok(listener) => listener,
+        Err(err) => {
+            // Only `set_nonblocking` or the epoll registration can fail here, on a socket
+            // that was just bound: nothing this thread can serve without.
+            warn!(error = %err, "cannot register the HTTP listener; this thread serves nothing");
+            return;
+        }
+    };
+    let idle_timeout = Duration::from_millis(api.limits.idle_timeout_ms);
     let local = Rc::new(Cell::new(0usize));
     // Ends with the runtime, when this loop returns.
-    tokio_uring::spawn(async {
+    T::spawn(async {
         let mut floor = tokio::time::interval(TIMER_FLOOR);
         floor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -130,22 +310,21 @@ async fn accept_loop(
     });
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
+            accepted = T::accept(&listener, idle_timeout) => match accepted {
+                Ok((io, peer)) => {
                     if open.fetch_add(1, Ordering::AcqRel) >= api.limits.connections_max {
                         open.fetch_sub(1, Ordering::AcqRel);
                         api.metrics.connections_refused_total.inc();
                         debug!(%peer, "connection limit reached; closing new connection");
-                        drop(stream);
+                        drop(io);
                         continue;
                     }
-                    let _ = stream.set_nodelay(true);
                     api.metrics.connections.inc();
                     local.set(local.get() + 1);
                     let (api, shutdown, open, local) =
                         (api.clone(), shutdown.clone(), open.clone(), local.clone());
-                    tokio_uring::spawn(async move {
-                        serve(stream, api.clone(), shutdown).await;
+                    T::spawn(async move {
+                        serve(io, api.clone(), shutdown).await;
                         api.metrics.connections.dec();
                         open.fetch_sub(1, Ordering::AcqRel);
                         local.set(local.get() - 1);
@@ -169,9 +348,11 @@ async fn accept_loop(
     }
 }
 
-async fn serve(stream: tokio_uring::net::TcpStream, api: Arc<Api>, mut shutdown: Shutdown) {
+async fn serve<I>(io: I, api: Arc<Api>, mut shutdown: Shutdown)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + 'static,
+{
     let limits = &api.limits;
-    let io = UringIo::new(stream, Duration::from_millis(limits.idle_timeout_ms));
     let handler = api.clone();
     let service = hyper::service::service_fn(move |req| {
         let api = handler.clone();
