@@ -140,8 +140,8 @@ fn run_uring(
 ) {
     let runtime = match tokio_uring::Runtime::new(
         tokio_uring::builder()
-            .entries(1024)
-            .uring_builder(&ring_setup()),
+            .entries(io_driver::RING_ENTRIES)
+            .uring_builder(&io_driver::ring_setup()),
     ) {
         Ok(runtime) => runtime,
         Err(err) => {
@@ -177,21 +177,6 @@ fn run_epoll(
         &runtime,
         accept_loop::<Epoll>(listener, api, shutdown, open),
     );
-}
-
-/// io_uring setup for the HTTP runtimes. By default the kernel interrupts the thread (through
-/// the signal path) to run completion work as soon as a socket read finishes; with cooperative
-/// task running it runs that work at the thread's next ring entry instead, which a profile of
-/// single-event ingest showed to be a large share of the HTTP thread's kernel time. Kernels
-/// before 5.19 lack the flags; they get the default setup.
-fn ring_setup() -> io_uring::Builder {
-    let mut cooperative = tokio_uring::uring_builder();
-    cooperative.setup_coop_taskrun().setup_taskrun_flag();
-    if cooperative.build(8).is_ok() {
-        cooperative
-    } else {
-        tokio_uring::uring_builder()
-    }
 }
 
 /// A listener on `addr` with `SO_REUSEPORT`, so that each runtime can have its own on the same
