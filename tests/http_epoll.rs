@@ -1,8 +1,9 @@
 //! HTTP ingest without io_uring. Under a seccomp filter that refuses the io_uring system
 //! calls with EPERM, as Docker 25+ and containerd 2's default profiles do (installed without
 //! privileges by `tests/no_io_uring.py`, then exec'd), `http.io_driver = "auto"` starts on
-//! epoll with one warning and takes events into Parquet, while `io_uring` refuses to start
-//! and says what to do. On epoll, keep-alive connections serve request after request. (The
+//! epoll with one warning and takes events into Parquet (and so it does where the calls
+//! answer ENOSYS, as on a kernel without io_uring), while `io_uring` refuses to start and
+//! says what to do. On epoll, keep-alive connections serve request after request. (The
 //! limits, the drain, CORS, the body rate and every refusal run on both drivers in
 //! limits.rs, drain.rs, cors.rs, memory.rs and http_ingest.rs.)
 
@@ -17,12 +18,24 @@ use std::time::Duration;
 use common::{agent, duckdb, free_port, post, python, wait_for, Sluice};
 use serde_json::{json, Value};
 
+/// How the io_uring system calls are refused.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// EPERM, as Docker 25+ and containerd 2's default seccomp profiles answer.
+    Seccomp,
+    /// ENOSYS, as a kernel built without io_uring answers.
+    NoIoUring,
+}
+
 /// `sluice dataplane` in `dir` with the io_uring system calls refused; logs to `dir/node.log`.
-fn dataplane_without_io_uring(dir: &Path, http: u16, args: &[&str]) -> Child {
+fn dataplane_without_io_uring(dir: &Path, http: u16, refusal: Refusal, args: &[&str]) -> Child {
     let log = std::fs::File::create(dir.join("node.log")).expect("log file");
-    Command::new(python())
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_io_uring.py"))
-        .arg(env!("CARGO_BIN_EXE_sluice"))
+    let mut cmd = Command::new(python());
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/no_io_uring.py"));
+    if let Refusal::NoIoUring = refusal {
+        cmd.arg("--enosys");
+    }
+    cmd.arg(env!("CARGO_BIN_EXE_sluice"))
         .args(["dataplane", "--data-dir"])
         .arg(dir.join("data"))
         .args([
@@ -72,11 +85,21 @@ fn the_filter_really_refuses_io_uring() {
 
 #[test]
 fn auto_falls_back_to_epoll_with_one_warning_where_seccomp_refuses_io_uring_and_ingest_works() {
+    falls_back_to_epoll(Refusal::Seccomp, "Operation not permitted");
+}
+
+#[test]
+fn auto_falls_back_to_epoll_on_a_kernel_without_io_uring() {
+    falls_back_to_epoll(Refusal::NoIoUring, "Function not implemented");
+}
+
+fn falls_back_to_epoll(refusal: Refusal, error: &str) {
     let dir = tempfile::tempdir().expect("tempdir");
     let http = free_port();
     let mut node = Killed(dataplane_without_io_uring(
         dir.path(),
         http,
+        refusal,
         &["--http-threads", "2", "--batch-max-age-ms", "200"],
     ));
     let healthy = wait_for(Duration::from_secs(30), || {
@@ -125,7 +148,7 @@ fn auto_falls_back_to_epoll_with_one_warning_where_seccomp_refuses_io_uring_and_
     for says in [
         "io_uring is unavailable",
         "epoll",
-        "Operation not permitted",
+        error,
         "seccomp",
         "kernel.io_uring_disabled",
     ] {
@@ -151,6 +174,7 @@ fn io_uring_setting_refuses_to_start_where_seccomp_refuses_io_uring_and_says_wha
     let mut node = Killed(dataplane_without_io_uring(
         dir.path(),
         free_port(),
+        Refusal::Seccomp,
         &["--http-io-driver", "io_uring"],
     ));
     assert!(
