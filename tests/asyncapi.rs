@@ -289,3 +289,391 @@ fn every_member_may_export_and_nobody_else_learns_the_workspace_exists() {
     );
     assert_eq!(a.status, 401, "{}", a.body);
 }
+
+fn import(api: &Api, token: &str, query: &str, headers: &[(&str, &str)], body: &str) -> Answer {
+    let mut req = ureq::http::Request::builder()
+        .method("PUT")
+        .uri(format!(
+            "{}/api/v1/workspaces/plant/asyncapi{query}",
+            api.base
+        ))
+        .header("authorization", format!("Bearer {token}"));
+    if !headers.iter().any(|(k, _)| *k == "content-type") {
+        req = req.header("content-type", "application/json");
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Answer::of(
+        agent()
+            .run(req.body(body.as_bytes().to_vec()).expect("request"))
+            .expect("request sent"),
+    )
+}
+
+fn version(doc: &Value) -> u64 {
+    doc["info"]["x-sluice-configVersion"]
+        .as_u64()
+        .expect("x-sluice-configVersion")
+}
+
+#[test]
+fn importing_the_export_changes_nothing_and_exports_the_same_bytes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
+    populate(&api, &jo);
+    let before = export(&api, &jo.token, "plant", None);
+    for (content_type, body) in [
+        ("application/json", before.body.clone()),
+        (
+            "application/yaml",
+            export(&api, &jo.token, "plant", Some("application/yaml")).body,
+        ),
+    ] {
+        let a = import(
+            &api,
+            &jo.token,
+            "",
+            &[("content-type", content_type)],
+            &body,
+        );
+        assert_eq!(a.status, 200, "{content_type}: {}", a.body);
+        let plan = a.json();
+        assert_eq!(plan["created"], json!([]), "{plan}");
+        assert_eq!(plan["updated"], json!([]), "{plan}");
+        assert_eq!(plan["deleted"], json!([]), "{plan}");
+        assert_eq!(
+            plan["config_version"],
+            json!(version(&before.json())),
+            "no new version"
+        );
+        assert_eq!(
+            export(&api, &jo.token, "plant", None).body,
+            before.body,
+            "byte for byte"
+        );
+    }
+}
+
+#[test]
+fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_source_ingests() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
+    let (sources, rules) = populate(&api, &jo);
+    let a = api.post(
+        "/api/v1/workspaces/plant/tokens",
+        Some(&jo.token),
+        json!({"name": "device", "scopes": ["ingest"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let device_token = a.json()["secret"].as_str().expect("secret").to_owned();
+    let exported = export(&api, &jo.token, "plant", None).json();
+    let mut doc = exported.clone();
+
+    // Rename a channel key (advisory), change the source behind it, delete `alarms` by
+    // omission, add a source without an id, drop the second tag rule and add one.
+    let channels = doc["channels"].as_object_mut().expect("channels");
+    let mut readings = channels.remove("ingest_readings").expect("readings");
+    readings["x-sluice-onInvalid"] = json!("reject");
+    channels.insert("renamed-by-hand".into(), readings);
+    channels.remove("ingest_alarms");
+    channels.insert(
+        "ingest_pumps".into(),
+        json!({
+            "address": "ingest/pumps",
+            "title": "Pumps",
+            "messages": {"event": {"payload": {
+                "type": "object",
+                "properties": {"rpm": {"type": "integer"}},
+                "required": ["rpm"],
+            }}},
+        }),
+    );
+    let tag_rules = doc["x-sluice-tagRules"].as_array_mut().expect("rules");
+    tag_rules.truncate(1);
+    tag_rules.push(json!({"name": "pump line", "sources": ["pumps"],
+        "extract": {"from": "query", "name": "line", "tag": "line"}}));
+    let text = doc.to_string();
+
+    let dry = import(&api, &jo.token, "?dry_run=true", &[], &text);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let plan = dry.json();
+    assert_eq!(plan["dry_run"], true);
+    let names = |list: &Value| -> Vec<(String, String)> {
+        let mut all: Vec<(String, String)> = list
+            .as_array()
+            .expect("list")
+            .iter()
+            .map(|e| {
+                (
+                    e["kind"].as_str().unwrap_or_default().to_owned(),
+                    e["name"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    };
+    let pair = |k: &str, n: &str| (k.to_owned(), n.to_owned());
+    assert_eq!(
+        names(&plan["created"]),
+        vec![pair("source", "pumps"), pair("tag_rule", "pump line")]
+    );
+    assert_eq!(names(&plan["updated"]), vec![pair("source", "readings")]);
+    assert_eq!(
+        names(&plan["deleted"]),
+        vec![pair("source", "alarms"), pair("tag_rule", "firmware")]
+    );
+    let alarms_id = &sources
+        .iter()
+        .find(|(s, _)| s == "alarms")
+        .expect("alarms")
+        .1;
+    assert!(plan["deleted"]
+        .as_array()
+        .expect("deleted")
+        .iter()
+        .any(|e| e["id"] == json!(alarms_id)));
+    assert_eq!(
+        export(&api, &jo.token, "plant", None).json(),
+        exported,
+        "a dry run changes nothing"
+    );
+
+    // A stale If-Match is refused; the exported version applies.
+    let stale = import(&api, &jo.token, "", &[("if-match", "\"0\"")], &text);
+    assert_eq!(stale.status, 412, "{}", stale.body);
+    assert_eq!(stale.problem(), "config-changed");
+    let current = format!("\"{}\"", version(&exported));
+    let a = import(&api, &jo.token, "", &[("if-match", &current)], &text);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.json()["config_version"],
+        json!(version(&exported) + 1),
+        "one configuration version for the whole import"
+    );
+    let again = import(&api, &jo.token, "", &[("if-match", &current)], &text);
+    assert_eq!(again.status, 412, "the version moved: {}", again.body);
+
+    let listed = api
+        .get("/api/v1/workspaces/plant/sources", &jo.token)
+        .json();
+    let mut slugs: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|s| s["slug"].as_str())
+        .collect();
+    slugs.sort();
+    assert_eq!(slugs, vec!["pumps", "readings", "telemetry"]);
+    let readings = api
+        .get("/api/v1/workspaces/plant/sources/readings", &jo.token)
+        .json();
+    assert_eq!(readings["on_invalid"], "reject");
+    let readings_id = &sources
+        .iter()
+        .find(|(s, _)| s == "readings")
+        .expect("readings")
+        .1;
+    assert_eq!(&readings["id"], &json!(readings_id), "kept its id");
+    assert_eq!(
+        readings["schema"],
+        reading_schema(),
+        "its schema as it was saved"
+    );
+    let rules_now = api
+        .get("/api/v1/workspaces/plant/tag-rules", &jo.token)
+        .json();
+    assert_eq!(rules_now["rules"][0]["id"], json!(rules[0]));
+    assert_eq!(rules_now["rules"][1]["name"], "pump line");
+
+    // The new source takes events once the node has the new version.
+    let url = format!("{}?line=7", sluice.ingest_url("plant", "pumps"));
+    let auth = format!("Bearer {device_token}");
+    let accepted = common::wait_for(std::time::Duration::from_secs(10), || {
+        common::post(
+            &url,
+            &[
+                ("authorization", &auth),
+                ("content-type", "application/json"),
+            ],
+            br#"{"rpm": 1200}"#,
+        )
+        .status
+            == 202
+    });
+    assert!(accepted, "the imported source ingests");
+    let refused = common::post(
+        &url,
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        br#"{"rpm": "fast"}"#,
+    );
+    assert_eq!(refused.status, 422, "its schema applies: {}", refused.body);
+}
+
+#[test]
+fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    let (sources, _) = populate(&api, &jo);
+    let exported = export(&api, &jo.token, "plant", None);
+    let doc = exported.json();
+
+    // Roles: a Viewer exports but may not apply, not even a dry run; an Editor applies.
+    let vi = verified_user(&api, &outbox, "vi@example.com");
+    add_member(&api, &outbox, &jo, "plant", &vi, "viewer");
+    let ed = verified_user(&api, &outbox, "ed@example.com");
+    add_member(&api, &outbox, &jo, "plant", &ed, "editor");
+    for query in ["", "?dry_run=true"] {
+        let a = import(&api, &vi.token, query, &[], &exported.body);
+        assert_eq!(a.status, 403, "{}", a.body);
+        assert_eq!(a.problem(), "insufficient-role");
+    }
+    let a = import(&api, &ed.token, "", &[], &exported.body);
+    assert_eq!(a.status, 200, "an Editor applies: {}", a.body);
+
+    // Several problems at once, each with its pointer.
+    let mut bad = doc.clone();
+    bad["channels"]["ingest_readings"]["x-sluice-onInvalid"] = json!("drop");
+    bad["components"]["messages"]["source_alarms"]["payload"]["type"] = json!("no-such-type");
+    bad["x-sluice-tagRules"][0]["extract"]["pattern"] = json!("ingest/{a}/{a}");
+    let a = import(&api, &jo.token, "", &[], &bad.to_string());
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert_eq!(a.problem(), "invalid-asyncapi");
+    let pointers: Vec<String> = a.json()["errors"]
+        .as_array()
+        .expect("errors")
+        .iter()
+        .map(|e| e["pointer"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    for expected in [
+        "/channels/ingest_readings/x-sluice-onInvalid",
+        "/components/messages/source_alarms/payload/type",
+        "/x-sluice-tagRules/0",
+    ] {
+        assert!(
+            pointers.iter().any(|p| p == expected),
+            "{expected} in {pointers:?}"
+        );
+    }
+
+    // An id twice, and an id of another workspace.
+    let mut twice = doc.clone();
+    twice["channels"]["ingest_copy"] = doc["channels"]["ingest_readings"].clone();
+    twice["channels"]["ingest_copy"]["x-sluice-slug"] = json!("copy");
+    let a = import(&api, &jo.token, "", &[], &twice.to_string());
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(a.body.contains("appears twice"), "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "Other", "slug": "other"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/other/sources",
+        Some(&jo.token),
+        json!({"slug": "foreign"}),
+    );
+    let foreign_id = a.json()["id"].clone();
+    let mut foreign = doc.clone();
+    foreign["channels"]["ingest_telemetry"]["x-sluice-sourceId"] = foreign_id;
+    let a = import(&api, &jo.token, "", &[], &foreign.to_string());
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(a.body.contains("another workspace"), "{}", a.body);
+
+    // Hostile documents: too large, too deep, a $ref loop, an alias bomb, unknown extensions.
+    let huge = format!(
+        r#"{{"asyncapi": "3.0.0", "info": {{"title": "x", "version": "1"}}, "x-pad": "{}"}}"#,
+        "a".repeat(5 << 20)
+    );
+    // The server answers 413 as soon as the body passes the bound and closes: the client may
+    // see the answer, or a broken pipe while it is still sending.
+    let req = ureq::http::Request::builder()
+        .method("PUT")
+        .uri(format!("{}/api/v1/workspaces/plant/asyncapi", api.base))
+        .header("authorization", format!("Bearer {}", jo.token))
+        .header("content-type", "application/json")
+        .body(huge.into_bytes())
+        .expect("request");
+    match agent().run(req) {
+        Ok(resp) => assert_eq!(Answer::of(resp).status, 413),
+        Err(ureq::Error::Io(e)) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            ),
+            "{e}"
+        ),
+        Err(e) => panic!("{e}"),
+    }
+    let deep = format!("{}1{}", "[".repeat(100_000), "]".repeat(100_000));
+    let a = import(&api, &jo.token, "", &[], &deep);
+    assert_eq!(a.status, 422, "{}", a.body);
+    let a = import(
+        &api,
+        &jo.token,
+        "",
+        &[("content-type", "application/yaml")],
+        &deep,
+    );
+    assert_eq!(a.status, 422, "{}", a.body);
+    let mut bomb = String::from("a0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..30 {
+        bomb.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n",
+            p = i - 1
+        ));
+    }
+    let started = std::time::Instant::now();
+    let a = import(
+        &api,
+        &jo.token,
+        "",
+        &[("content-type", "application/yaml")],
+        &bomb,
+    );
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let mut looped = doc.clone();
+    looped["components"]["messages"]["source_alarms"]["payload"] = json!({
+        "$ref": "#/components/messages/source_alarms/payload/$defs/a",
+        "$defs": {"a": {"$ref": "#/components/messages/source_alarms/payload/$defs/b"},
+                  "b": {"$ref": "#/components/messages/source_alarms/payload/$defs/a"}},
+    });
+    let a = import(&api, &jo.token, "", &[], &looped.to_string());
+    assert!(
+        a.status == 200 || a.status == 422,
+        "a $ref loop is answered, not hung on: {}",
+        a.body
+    );
+    let mut unknown = doc.clone();
+    unknown["x-someone-else"] = json!({"anything": [1, 2, 3]});
+    unknown["channels"]["ingest_telemetry"]["x-sluice-future"] = json!(true);
+    let a = import(&api, &jo.token, "?dry_run=true", &[], &unknown.to_string());
+    assert_eq!(
+        a.status, 200,
+        "unknown extensions are left alone: {}",
+        a.body
+    );
+
+    // Nothing of the refused imports happened.
+    let listed = api
+        .get("/api/v1/workspaces/plant/sources", &jo.token)
+        .json();
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(sources.len()),
+        "{listed}"
+    );
+}

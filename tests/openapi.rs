@@ -86,6 +86,14 @@ include-operation-id = ["create_tag_rule", "replace_tag_rules", "update_tag_rule
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
+# The body must be a whole AsyncAPI 3.0.0 document whose sources, schemas, tag rules and ids
+# fit the workspace (422 invalid-asyncapi, every problem listed), and `If-Match` must name the
+# current configuration version (412 config-changed): the OpenAPI document can only say
+# "an object" for it, the AsyncAPI schema and the workspace's state being outside its reach.
+include-operation-id = ["import_asyncapi"]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
 # A password needs a username, and the stored password must be given again when the server
 # changes (400 invalid-smtp-settings).
 include-operation-id = ["put_smtp"]

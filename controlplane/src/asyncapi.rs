@@ -7,6 +7,10 @@
 //! order, so that the same workspace always exports the same bytes. It never holds a secret:
 //! no token, hash or password is part of a source or a tag rule.
 
+pub mod import;
+#[cfg(test)]
+mod roundtrip;
+
 use serde_json::{json, Map, Value};
 use url::Url;
 

@@ -107,8 +107,14 @@ problem_types! {
     /// Unlinking the identity would leave the user no way to sign in.
     LastSignInMethod => (CONFLICT, "last-sign-in-method", "Last way to sign in"),
     InvitationExpired => (GONE, "invitation-expired", "Invitation expired"),
+    /// An AsyncAPI import's `If-Match` names a configuration version that is no longer the
+    /// current one.
+    ConfigChanged => (PRECONDITION_FAILED, "config-changed", "Configuration changed"),
     BodyTooLarge => (PAYLOAD_TOO_LARGE, "body-too-large", "Request body too large"),
     UnsupportedMediaType => (UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "Unsupported media type"),
+    /// An AsyncAPI document that cannot be imported; `errors` lists every problem with its
+    /// JSON pointer into the document.
+    InvalidAsyncapi => (UNPROCESSABLE_ENTITY, "invalid-asyncapi", "Invalid AsyncAPI document"),
     RateLimited => (TOO_MANY_REQUESTS, "rate-limited", "Rate limit exceeded"),
     Internal => (INTERNAL_SERVER_ERROR, "internal", "Internal error"),
     /// A sign-in provider could not be reached or answered nonsense.

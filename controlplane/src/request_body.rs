@@ -29,8 +29,19 @@ pub async fn read_whole(State(app): State<App>, request: Request, next: Next) ->
         return next.run(request).await;
     }
     let (parts, body) = request.into_parts();
+    // An AsyncAPI document describes a whole workspace (up to 1,000 sources with their
+    // schemas): it may be larger than any other body, up to its own bound.
+    let asyncapi_import =
+        parts.method == axum::http::Method::PUT && parts.uri.path().ends_with("/asyncapi");
+    let bytes_max = if asyncapi_import {
+        app.config
+            .body_bytes_max
+            .max(crate::asyncapi::import::DOCUMENT_BYTES_MAX)
+    } else {
+        app.config.body_bytes_max
+    };
     let limits = BodyLimits {
-        bytes_max: app.config.body_bytes_max,
+        bytes_max,
         timeout: Duration::from_millis(app.config.body_read_timeout_ms),
         bytes_per_second_min: app.config.body_bytes_per_second_min.max(1),
         rate_grace: BODY_RATE_GRACE,

@@ -1,13 +1,18 @@
 //! The workspace's AsyncAPI document (`crate::asyncapi`), in JSON or YAML.
 
+use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
 
-use super::{authorize, ApiPath};
+use super::{authorize, require_enabled_in, ApiPath, ApiQuery};
 use crate::app::App;
+use crate::asyncapi::import::{self, Plan, DOCUMENT_BYTES_MAX};
 use crate::auth::Caller;
-use crate::problem::{ApiError, ApiResult};
+use crate::problem::{ApiError, ApiResult, FieldError, ProblemType};
 use crate::roles::Action;
 
 /// Media type of the YAML form.
@@ -63,6 +68,170 @@ pub async fn export_asyncapi(
         Ok::<_, ApiError>(crate::asyncapi::export(s, ws, &urls))
     })?;
     render(&document, wants_yaml(&headers))
+}
+
+/// Options of an import.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ImportQuery {
+    /// Only say what the import would do.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What an import did, or would do with `dry_run`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ImportAnswer {
+    pub dry_run: bool,
+    /// Sources and tag rules created (with their new ids), updated and deleted; entities the
+    /// document leaves as they are appear in none.
+    #[serde(flatten)]
+    pub plan: Plan,
+    /// The configuration version after the import (unchanged by a dry run, or by an import
+    /// that changes nothing).
+    pub config_version: u64,
+}
+
+fn refused(problems: Vec<FieldError>) -> ApiError {
+    let first = problems
+        .first()
+        .map(|e| format!("; at {:?}: {}", e.pointer, e.message))
+        .unwrap_or_default();
+    ApiError::new(
+        ProblemType::InvalidAsyncapi,
+        format!(
+            "the document cannot be imported ({} problem(s); `errors` lists them with JSON \
+             pointers into the document){first}",
+            problems.len()
+        ),
+    )
+    .with_errors(problems)
+}
+
+/// The configuration version `If-Match` names: `7`, `"7"` or `W/"7"`.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<u64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    let text = text.strip_prefix("W/").unwrap_or(text).trim_matches('"');
+    text.parse().map(Some).map_err(|_| {
+        ApiError::new(
+            ProblemType::InvalidBody,
+            "If-Match is the x-sluice-configVersion of the exported document, e.g. If-Match: \"42\"",
+        )
+    })
+}
+
+fn is_yaml(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|t| {
+            t.split(';')
+                .next()
+                .unwrap_or_default()
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|t| {
+            matches!(
+                t.as_str(),
+                "application/yaml" | "application/x-yaml" | "text/yaml"
+            )
+        })
+}
+
+/// Replace the workspace's sources and tag rules with an AsyncAPI document's, in one
+/// configuration version: entities with a known id are updated, entries without an id are
+/// created, entities absent from the document are deleted (docs/asyncapi.md). JSON, or YAML
+/// with `Content-Type: application/yaml`; at most 4 MiB. `If-Match` with the exported
+/// `x-sluice-configVersion` refuses the import if the configuration changed since. Admin or
+/// Editor.
+#[utoipa::path(put, path = "/api/v1/workspaces/{workspace}/asyncapi", tag = "asyncapi",
+    params(("workspace" = String, Path, description = "Workspace id or slug"), ImportQuery,
+        ("If-Match" = Option<String>, Header, description = "The exported x-sluice-configVersion")),
+    request_body(content((Object = "application/json"), (String = "application/yaml")),
+        description = "An AsyncAPI 3.0.0 document as the export gives it"),
+    responses((status = 200, body = ImportAnswer), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 412, body = crate::problem::ProblemBody), (status = 413, body = crate::problem::ProblemBody),
+        (status = 422, body = crate::problem::ProblemBody)))]
+pub async fn import_asyncapi(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ImportQuery>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Json<ImportAnswer>> {
+    // Who may import is known before the document is read: a Viewer's document is not parsed.
+    app.store.read(|s| {
+        authorize(s, &caller, &workspace, Action::ManageSources)?;
+        authorize(s, &caller, &workspace, Action::ManageTagRules).map(drop)
+    })?;
+    let expected = if_match(&headers)?;
+    let bytes = axum::body::to_bytes(body, DOCUMENT_BYTES_MAX + 1)
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ProblemType::BodyTooLarge,
+                format!("an AsyncAPI document is at most {DOCUMENT_BYTES_MAX} bytes"),
+            )
+        })?;
+    let yaml = is_yaml(&headers);
+    // Parsing and checking every schema take CPU in proportion to the document: off the
+    // async threads, and before the store's writer is taken.
+    let proposed = tokio::task::spawn_blocking(move || {
+        let document = import::parse(&bytes, yaml).map_err(|e| vec![FieldError::at("", e)])?;
+        import::read(&document)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("reading the document failed: {e}")))?
+    .map_err(refused)?;
+    let sources_max = app.config.sources_per_workspace_max;
+    let apply = move |s: &crate::store::State| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
+        if let Some(expected) = expected {
+            if expected != s.config_version {
+                return Err(ApiError::new(
+                    ProblemType::ConfigChanged,
+                    format!(
+                        "the configuration is at version {} since the export at {expected}: \
+                         export the document again and redo the edit",
+                        s.config_version
+                    ),
+                ));
+            }
+        }
+        let (plan, changes) = import::plan(s, ws, proposed, sources_max).map_err(refused)?;
+        Ok::<_, ApiError>((ws.clone(), plan, changes))
+    };
+    if query.dry_run {
+        let (plan, version) = app
+            .store
+            .read(|s| apply(s).map(|(_, plan, _)| (plan, s.config_version)))?;
+        return Ok(Json(ImportAnswer {
+            dry_run: true,
+            plan,
+            config_version: version,
+        }));
+    }
+    let plan = app
+        .write(move |s| {
+            let (ws, plan, changes) = apply(s)?;
+            if !changes.is_empty() {
+                require_enabled_in(s, &ws)?;
+            }
+            Ok((changes, plan))
+        })
+        .await?;
+    let config_version = app.store.read(|s| s.config_version);
+    Ok(Json(ImportAnswer {
+        dry_run: false,
+        plan,
+        config_version,
+    }))
 }
 
 #[cfg(test)]

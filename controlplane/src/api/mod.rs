@@ -45,6 +45,8 @@ use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::State;
 
+pub(crate) use validate::{valid_display_name, valid_slug};
+
 /// A JSON body; malformed or mistyped bodies are refused with problem+json.
 ///
 /// A number with a zero fraction (`2.0`) is the same JSON number as `2`, and JSON Schema calls
@@ -366,7 +368,10 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             tag_rules::update_tag_rule,
             tag_rules::delete_tag_rule
         ))
-        .routes(routes!(asyncapi::export_asyncapi))
+        .routes(routes!(
+            asyncapi::export_asyncapi,
+            asyncapi::import_asyncapi
+        ))
         .routes(routes!(cors::get_cors, cors::set_cors))
         .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))
         .routes(routes!(smtp::test_smtp))
