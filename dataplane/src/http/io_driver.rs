@@ -5,7 +5,9 @@
 //! with EPERM, `kernel.io_uring_disabled` turns it off (EPERM), and kernels built without it
 //! answer ENOSYS. So the node asks the kernel once, at start, before any thread is spawned:
 //! `auto` then falls back to epoll with one warning, and `io_uring` refuses to start with an
-//! error that says what to do. It must never decide per connection: a node runs one driver.
+//! error that says what to do. It never decides per connection: a node runs one driver (but
+//! for an `auto` thread whose own ring fails after the probe's succeeded, which serves on
+//! epoll with a warning of its own rather than keep the node from starting).
 
 use std::io;
 

@@ -26,7 +26,7 @@ use tracing::{debug, info, warn};
 
 use super::api::Api;
 use super::epoll_io::EpollIo;
-use super::io_driver::{self, Driver, IoUringUnavailable};
+use super::io_driver::{self, Driver, HttpIoDriver, IoUringUnavailable};
 use super::uring_io::UringIo;
 
 /// Why the front end did not start.
@@ -71,6 +71,7 @@ impl HttpServer {
             listeners.push(bind(addr).map_err(io("binding the listener"))?);
         }
         let open = Arc::new(AtomicUsize::new(0));
+        let fallback = api.limits.io_driver == HttpIoDriver::Auto;
         // Each thread says whether its runtime started, so that a failure is the node's start
         // error rather than a thread that quietly serves nothing.
         let (started_tx, started_rx) = mpsc::channel();
@@ -84,7 +85,9 @@ impl HttpServer {
                 std::thread::Builder::new()
                     .name(format!("sluice-http-{i}"))
                     .spawn(move || match driver {
-                        Driver::IoUring => run_uring(listener, api, shutdown, open, started),
+                        Driver::IoUring => {
+                            run_uring(listener, api, shutdown, open, started, fallback)
+                        }
                         Driver::Epoll => run_epoll(listener, api, shutdown, open, started),
                     })
                     .map_err(io("spawning an HTTP thread"))?,
@@ -130,13 +133,16 @@ impl HttpServer {
 type Started = mpsc::Sender<std::io::Result<()>>;
 
 /// One io_uring thread: a tokio-uring runtime (itself a current-thread tokio runtime driven
-/// by the ring) serving `listener`.
+/// by the ring) serving `listener`. With `fallback` (`auto`), a thread whose ring cannot be
+/// set up although the probe's could (rings charged to `RLIMIT_MEMLOCK` together, on kernels
+/// before 5.12) serves on epoll rather than keep the node from starting.
 fn run_uring(
     listener: std::net::TcpListener,
     api: Arc<Api>,
     shutdown: Shutdown,
     open: Arc<AtomicUsize>,
     started: Started,
+    fallback: bool,
 ) {
     let runtime = match tokio_uring::Runtime::new(
         tokio_uring::builder()
@@ -144,6 +150,10 @@ fn run_uring(
             .uring_builder(&io_driver::ring_setup()),
     ) {
         Ok(runtime) => runtime,
+        Err(err) if fallback => {
+            warn!(error = %err, "this HTTP thread cannot set up its io_uring ring; it runs on epoll");
+            return run_epoll(listener, api, shutdown, open, started);
+        }
         Err(err) => {
             let _ = started.send(Err(err));
             return;
