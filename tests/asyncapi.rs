@@ -677,3 +677,84 @@ fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
         "{listed}"
     );
 }
+
+#[test]
+fn an_admin_makes_the_document_public_and_private_again() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    populate(&api, &jo);
+    let ed = verified_user(&api, &outbox, "ed@example.com");
+    add_member(&api, &outbox, &jo, "plant", &ed, "editor");
+    let vi = verified_user(&api, &outbox, "vi@example.com");
+    add_member(&api, &outbox, &jo, "plant", &vi, "viewer");
+    let anonymous = |path: &str| {
+        Answer::of(
+            agent()
+                .get(format!("{}{path}", api.base))
+                .call()
+                .expect("request sent"),
+        )
+    };
+
+    for path in ["/public/plant/asyncapi.json", "/public/plant/asyncapi.yaml"] {
+        let a = anonymous(path);
+        assert_eq!(a.status, 404, "private: {}", a.body);
+        assert_eq!(a.problem(), "not-found");
+    }
+    let unknown = anonymous("/public/nothing-here/asyncapi.json");
+    assert_eq!(unknown.status, 404);
+    assert_eq!(
+        unknown.json()["title"],
+        anonymous("/public/plant/asyncapi.json").json()["title"],
+        "a private workspace answers as one that does not exist"
+    );
+
+    for user in [&ed, &vi] {
+        let a = api.put(
+            "/api/v1/workspaces/plant/asyncapi/public",
+            &user.token,
+            json!({"public": true}),
+        );
+        assert_eq!(a.status, 403, "Admin only: {}", a.body);
+        assert_eq!(a.problem(), "insufficient-role");
+    }
+    let exported = export(&api, &jo.token, "plant", None);
+    let a = api.put(
+        "/api/v1/workspaces/plant/asyncapi/public",
+        &jo.token,
+        json!({"public": true}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["public"], true);
+    assert_eq!(
+        a.json()["json_url"],
+        format!("{}/public/plant/asyncapi.json", api.base)
+    );
+
+    let public = anonymous("/public/plant/asyncapi.json");
+    assert_eq!(public.status, 200, "{}", public.body);
+    assert_eq!(public.content_type, "application/json");
+    assert_eq!(
+        public.body, exported.body,
+        "exactly the members' export; the toggle made no configuration version"
+    );
+    let yaml = anonymous("/public/plant/asyncapi.yaml");
+    assert_eq!(yaml.status, 200, "{}", yaml.body);
+    assert_eq!(yaml.content_type, "application/yaml");
+    let from_yaml: Value = serde_yaml_ng::from_str(&yaml.body).expect("the YAML reads");
+    assert_eq!(from_yaml, exported.json());
+    for member in ["jo@example.com", "ed@example.com", "vi@example.com"] {
+        assert!(!public.body.contains(member), "no member data");
+    }
+
+    let a = api.put(
+        "/api/v1/workspaces/plant/asyncapi/public",
+        &jo.token,
+        json!({"public": false}),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(anonymous("/public/plant/asyncapi.json").status, 404);
+}

@@ -208,6 +208,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             enabled: true,
             cors_allowed_origins: vec![],
+            asyncapi_public: false,
         };
         store
             .write(|_| Ok::<_, StoreError>((vec![Change::PutWorkspace(ws)], ())))

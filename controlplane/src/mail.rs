@@ -702,6 +702,7 @@ mod tests {
                 created_at: Utc::now(),
                 enabled: true,
                 cors_allowed_origins: vec![],
+                asyncapi_public: false,
             },
         );
         let delivery = |n: usize| Delivery {

@@ -127,6 +127,10 @@ pub struct Workspace {
     pub enabled: bool,
     /// Browser origins allowed to call the workspace's ingest endpoints.
     pub cors_allowed_origins: Vec<String>,
+    /// Whether its AsyncAPI document is served without authentication at
+    /// `/public/{slug}/asyncapi.json` and `.yaml`; false in records written before the toggle.
+    #[serde(default)]
+    pub asyncapi_public: bool,
 }
 
 /// A user's role in a workspace.

@@ -32,6 +32,8 @@ pub enum Action {
     ManageCors,
     /// Save, remove and test the workspace's SMTP settings.
     ManageSmtp,
+    /// Serve the workspace's AsyncAPI document without authentication, or stop.
+    PublishAsyncapi,
 }
 
 impl Action {
@@ -43,7 +45,8 @@ impl Action {
             Action::RenameWorkspace
             | Action::DeleteWorkspace
             | Action::ManageMembers
-            | Action::ManageCors => &[Admin],
+            | Action::ManageCors
+            | Action::PublishAsyncapi => &[Admin],
             Action::ManageSources
             | Action::ManageTagRules
             | Action::ManageTokens
@@ -71,6 +74,7 @@ mod tests {
             Action::ManageTagRules,
             Action::ManageTokens,
             Action::ManageCors,
+            Action::PublishAsyncapi,
         ] {
             assert!(!action.allows(Role::Viewer), "{action:?}");
             assert!(action.allows(Role::Admin), "{action:?}");
@@ -82,6 +86,7 @@ mod tests {
         assert!(!Action::ManageSmtp.allows(Role::Viewer));
         assert!(!Action::ManageMembers.allows(Role::Editor));
         assert!(!Action::ManageCors.allows(Role::Editor));
+        assert!(!Action::PublishAsyncapi.allows(Role::Editor));
         assert!(!Action::RenameWorkspace.allows(Role::Editor));
     }
 }

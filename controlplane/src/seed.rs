@@ -35,6 +35,7 @@ pub fn seed(store: &Store, owner: Uuid, token: Option<String>) -> Result<Seeded,
         created_at: now,
         enabled: true,
         cors_allowed_origins: Vec::new(),
+        asyncapi_public: false,
     };
     let changes = vec![
         Change::PutMember(Member {

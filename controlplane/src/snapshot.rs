@@ -157,6 +157,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             enabled: true,
             cors_allowed_origins: vec![],
+            asyncapi_public: false,
         };
         let mut source = Source {
             id: Uuid::now_v7(),

@@ -107,6 +107,9 @@ pub enum Change {
     PutIdentity(Identity),
     DeleteIdentity(Uuid),
     PutWorkspace(Workspace),
+    /// Stores a workspace whose change nodes do not see (the AsyncAPI public toggle), so that
+    /// it makes no new configuration version.
+    PutWorkspaceSettings(Workspace),
     DeleteWorkspace(Uuid),
     PutMember(Member),
     DeleteMember(Uuid, Uuid),
@@ -170,7 +173,7 @@ impl State {
                     self.identity_keys.remove(&(i.provider, i.subject));
                 }
             }
-            Change::PutWorkspace(ws) => {
+            Change::PutWorkspace(ws) | Change::PutWorkspaceSettings(ws) => {
                 self.slugs.insert(ws.slug.clone(), ws.id);
                 self.workspaces.insert(ws.id, ws);
             }
@@ -455,7 +458,7 @@ impl Store {
                     Change::DeleteIdentity(id) => {
                         identities.remove(id.to_string().as_str())?;
                     }
-                    Change::PutWorkspace(w) => {
+                    Change::PutWorkspace(w) | Change::PutWorkspaceSettings(w) => {
                         workspaces.insert(w.id.to_string().as_str(), encode(w)?.as_slice())?;
                     }
                     Change::DeleteWorkspace(id) => {
@@ -539,6 +542,7 @@ mod tests {
             created_at: chrono::Utc::now(),
             enabled: true,
             cors_allowed_origins: vec![],
+            asyncapi_public: false,
         }
     }
 

@@ -8,12 +8,13 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 
-use super::{authorize, require_enabled_in, ApiPath, ApiQuery};
+use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery};
 use crate::app::App;
 use crate::asyncapi::import::{self, Plan, DOCUMENT_BYTES_MAX};
 use crate::auth::Caller;
 use crate::problem::{ApiError, ApiResult, FieldError, ProblemType};
 use crate::roles::Action;
+use crate::store::Change;
 
 /// Media type of the YAML form.
 const YAML: &str = "application/yaml";
@@ -232,6 +233,99 @@ pub async fn import_asyncapi(
         plan,
         config_version,
     }))
+}
+
+/// Whether the document is public.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PublicForm {
+    pub public: bool,
+}
+
+/// Whether the document is public, and where.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PublicView {
+    pub public: bool,
+    /// Where anyone may fetch it as JSON while it is public.
+    pub json_url: String,
+    /// The same in YAML.
+    pub yaml_url: String,
+}
+
+/// Serve the workspace's AsyncAPI document without authentication at
+/// `/public/{workspace-slug}/asyncapi.json` and `.yaml` (the same document members export: no
+/// secrets, no member data), or stop. Admin.
+#[utoipa::path(put, path = "/api/v1/workspaces/{workspace}/asyncapi/public", tag = "asyncapi",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    request_body = PublicForm,
+    responses((status = 200, body = PublicView), (status = 400, body = crate::problem::ProblemBody),
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn set_asyncapi_public(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+    ApiJson(form): ApiJson<PublicForm>,
+) -> ApiResult<Json<PublicView>> {
+    let base = app.config.public_url();
+    app.write(move |s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::PublishAsyncapi)?;
+        let view = PublicView {
+            public: form.public,
+            json_url: format!("{base}/public/{}/asyncapi.json", ws.slug),
+            yaml_url: format!("{base}/public/{}/asyncapi.yaml", ws.slug),
+        };
+        if ws.asyncapi_public == form.public {
+            return Ok((vec![], Json(view)));
+        }
+        let mut ws = ws.clone();
+        ws.asyncapi_public = form.public;
+        Ok((vec![Change::PutWorkspaceSettings(ws)], Json(view)))
+    })
+    .await
+}
+
+/// The public document of a workspace, or the same 404 whether the workspace does not exist
+/// or is not public: a private workspace's slug is not revealed.
+fn public_document(app: &App, slug: &str, yaml: bool) -> ApiResult<Response> {
+    let urls = app.config.device_urls();
+    let document = app.store.read(|s| {
+        s.slugs
+            .get(slug)
+            .and_then(|id| s.workspaces.get(id))
+            .filter(|ws| ws.asyncapi_public)
+            .map(|ws| crate::asyncapi::export(s, ws, &urls))
+    });
+    match document {
+        Some(document) => render(&document, yaml),
+        None => Err(ApiError::new(
+            ProblemType::NotFound,
+            format!("no public AsyncAPI document for workspace {slug:?}"),
+        )),
+    }
+}
+
+/// A workspace's AsyncAPI document in JSON, when an Admin made it public; no authentication.
+#[utoipa::path(get, path = "/public/{workspace}/asyncapi.json", tag = "asyncapi", security(()),
+    params(("workspace" = String, Path, description = "Workspace slug")),
+    responses((status = 200, description = "The AsyncAPI 3.0.0 document", content((Object = "application/json"))),
+        (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn public_asyncapi_json(
+    State(app): State<App>,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<Response> {
+    public_document(&app, &workspace, false)
+}
+
+/// A workspace's AsyncAPI document in YAML, when an Admin made it public; no authentication.
+#[utoipa::path(get, path = "/public/{workspace}/asyncapi.yaml", tag = "asyncapi", security(()),
+    params(("workspace" = String, Path, description = "Workspace slug")),
+    responses((status = 200, description = "The AsyncAPI 3.0.0 document", content((String = "application/yaml"))),
+        (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn public_asyncapi_yaml(
+    State(app): State<App>,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<Response> {
+    public_document(&app, &workspace, true)
 }
 
 #[cfg(test)]

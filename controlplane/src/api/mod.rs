@@ -372,6 +372,9 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             asyncapi::export_asyncapi,
             asyncapi::import_asyncapi
         ))
+        .routes(routes!(asyncapi::set_asyncapi_public))
+        .routes(routes!(asyncapi::public_asyncapi_json))
+        .routes(routes!(asyncapi::public_asyncapi_yaml))
         .routes(routes!(cors::get_cors, cors::set_cors))
         .routes(routes!(smtp::get_smtp, smtp::put_smtp, smtp::delete_smtp))
         .routes(routes!(smtp::test_smtp))

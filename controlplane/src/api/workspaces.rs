@@ -148,6 +148,7 @@ pub async fn create_workspace(
             created_at: now,
             enabled: user.is_active(now),
             cors_allowed_origins: Vec::new(),
+            asyncapi_public: false,
         };
         let view = WorkspaceView::new(&ws, Role::Admin);
         let member = Member {
@@ -214,6 +215,7 @@ fn own_workspace(s: &Data, user: &User, taken: &mut HashSet<String>) -> Vec<Chan
         created_at: now,
         enabled: user.is_active(now),
         cors_allowed_origins: Vec::new(),
+        asyncapi_public: false,
     };
     let member = Member {
         workspace_id: ws.id,

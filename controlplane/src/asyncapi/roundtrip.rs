@@ -90,6 +90,7 @@ fn workspace(u: &mut Unstructured, store: &Store) -> Result<Workspace> {
         created_at: Utc::now(),
         enabled: true,
         cors_allowed_origins: vec![],
+        asyncapi_public: false,
     };
     let mut changes = vec![Change::PutWorkspace(ws.clone())];
     let mut slugs = Vec::new();
