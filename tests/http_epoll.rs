@@ -133,6 +133,18 @@ fn falls_back_to_epoll(refusal: Refusal, error: &str) {
     let a = post(url, &[("authorization", "Bearer wrong")], b"{}");
     assert_eq!(a.status, 401, "refusals as on io_uring: {}", a.body);
     assert_eq!(a.problem(), "invalid-token", "{}", a.body);
+    let metrics = agent()
+        .get(format!("http://127.0.0.1:{http}/metrics"))
+        .call()
+        .expect("metrics")
+        .body_mut()
+        .read_to_string()
+        .expect("body");
+    assert!(
+        metrics.contains(r#"sluice_http_threads{io_driver="epoll"} 2"#)
+            && !metrics.contains(r#"io_driver="io_uring""#),
+        "both threads counted on epoll: {metrics}"
+    );
 
     let _ = Command::new("kill")
         .args(["-TERM", &node.0.id().to_string()])
@@ -277,4 +289,8 @@ fn epoll_serves_request_after_request_on_one_keep_alive_connection() {
         .and_then(|v| v.trim().parse().ok())
         .expect("sluice_http_connections");
     assert!(open >= 2, "{metrics}");
+    assert!(
+        metrics.contains(r#"sluice_http_threads{io_driver="epoll"} 1"#),
+        "{metrics}"
+    );
 }

@@ -112,4 +112,14 @@ fn shed_idle_slow_and_surplus_clients(io_driver: &str) {
         metrics.contains("sluice_http_connections_refused_total 1"),
         "{metrics}"
     );
+    // The one thread, on the driver asked for (auto takes io_uring where the kernel allows it).
+    let on = match io_driver {
+        "epoll" => "epoll",
+        _ if metrics.contains(r#"io_driver="epoll""#) => "epoll",
+        _ => "io_uring",
+    };
+    assert!(
+        metrics.contains(&format!("sluice_http_threads{{io_driver=\"{on}\"}} 1")),
+        "{metrics}"
+    );
 }

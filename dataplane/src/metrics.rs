@@ -21,6 +21,12 @@ pub struct Reason {
     pub reason: &'static str,
 }
 
+/// `io_driver` (`io_uring` or `epoll`) of an HTTP thread.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IoDriverLabel {
+    pub io_driver: &'static str,
+}
+
 /// The `outcome` label of everything taken in.
 pub const ACCEPTED: &str = "accepted";
 
@@ -59,6 +65,9 @@ pub struct NodeMetrics {
     pub body_bytes_total: Counter,
     pub connections: Gauge,
     pub connections_refused_total: Counter,
+    /// HTTP threads serving, by I/O driver: where `auto` met a kernel or seccomp profile that
+    /// refuses io_uring, this is where an operator sees it besides the log.
+    pub http_threads: Family<IoDriverLabel, Gauge>,
     pub ack_seconds: Histogram,
     pub config_version: Gauge,
     /// 1 while the configuration stream from the control plane is connected.
@@ -92,6 +101,7 @@ impl NodeMetrics {
             body_bytes_total: Counter::default(),
             connections: Gauge::default(),
             connections_refused_total: Counter::default(),
+            http_threads: Family::default(),
             // 50 µs .. ~3 s
             ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
             config_version: Gauge::default(),
@@ -131,6 +141,11 @@ impl NodeMetrics {
             "http_connections_refused",
             "Connections closed at once because the connection limit was reached",
             metrics.connections_refused_total.clone(),
+        );
+        registry.register(
+            "http_threads",
+            "HTTP threads serving, by I/O driver",
+            metrics.http_threads.clone(),
         );
         registry.register(
             "ingest_ack_seconds",

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper_util::rt::TokioTimer;
+use prometheus_client::metrics::gauge::Gauge;
 use sluice_storage::shutdown::Shutdown;
 use socket2::{Domain, Socket, Type};
 use tracing::{debug, info, warn};
@@ -28,6 +29,7 @@ use super::api::Api;
 use super::epoll_io::EpollIo;
 use super::io_driver::{self, Driver, HttpIoDriver, IoUringUnavailable};
 use super::uring_io::UringIo;
+use crate::metrics::IoDriverLabel;
 
 /// Why the front end did not start.
 #[derive(Debug, thiserror::Error)]
@@ -159,8 +161,10 @@ fn run_uring(
             return;
         }
     };
+    let threads = count_thread(&api, Driver::IoUring);
     let _ = started.send(Ok(()));
-    runtime.block_on(accept_loop::<Uring>(listener, api, shutdown, open));
+    runtime.block_on(accept_loop::<Uring>(listener, api.clone(), shutdown, open));
+    threads.dec();
 }
 
 /// One epoll thread: a current-thread tokio runtime, its tasks on a `LocalSet` as tokio-uring
@@ -182,11 +186,28 @@ fn run_epoll(
             return;
         }
     };
+    let threads = count_thread(&api, Driver::Epoll);
     let _ = started.send(Ok(()));
     tokio::task::LocalSet::new().block_on(
         &runtime,
-        accept_loop::<Epoll>(listener, api, shutdown, open),
+        accept_loop::<Epoll>(listener, api.clone(), shutdown, open),
     );
+    threads.dec();
+}
+
+/// Counts this thread in `sluice_http_threads` for `driver`; the caller counts it out when it
+/// ends.
+fn count_thread(api: &Api, driver: Driver) -> Gauge {
+    // A clone, not the family's guard: that would hold its lock while the thread runs.
+    let threads = api
+        .metrics
+        .http_threads
+        .get_or_create(&IoDriverLabel {
+            io_driver: driver.name(),
+        })
+        .clone();
+    threads.inc();
+    threads
 }
 
 /// A listener on `addr` with `SO_REUSEPORT`, so that each runtime can have its own on the same
