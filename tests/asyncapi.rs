@@ -567,6 +567,26 @@ fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
         );
     }
 
+    // What the official AsyncAPI schema refuses: a misspelt channel field.
+    let mut misspelt = doc.clone();
+    misspelt["channels"]["ingest_telemetry"]["adress"] = json!("ingest/telemetry");
+    let a = import(&api, &jo.token, "", &[], &misspelt.to_string());
+    assert_eq!(a.status, 422, "{}", a.body);
+    assert!(
+        a.json()["errors"]
+            .as_array()
+            .expect("errors")
+            .iter()
+            .any(|e| e["pointer"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("/channels/ingest_telemetry"))
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("not AsyncAPI 3.0.0"))),
+        "{}",
+        a.body
+    );
+
     // An id twice, and an id of another workspace.
     let mut twice = doc.clone();
     twice["channels"]["ingest_copy"] = doc["channels"]["ingest_readings"].clone();

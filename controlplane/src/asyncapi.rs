@@ -10,6 +10,7 @@
 pub mod import;
 #[cfg(test)]
 mod roundtrip;
+mod spec;
 
 use serde_json::{json, Map, Value};
 use url::Url;

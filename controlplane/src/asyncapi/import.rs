@@ -397,6 +397,11 @@ fn collect_local_refs(schema: &Value, at: &str, out: &mut Vec<(String, String)>)
 /// Checks a document on its own: AsyncAPI 3.0.0, its channels as sources, its tag rules.
 pub fn read(document: &Value) -> Result<Proposed, Vec<FieldError>> {
     let mut p = Problems::default();
+    // The official schema first: it catches what a tool reading the document would refuse
+    // (a misspelt field, a wrong type anywhere), which the reading below never looks at.
+    for problem in super::spec::check(document, PROBLEMS_MAX) {
+        p.add(problem.pointer, problem.message);
+    }
     let Some(root) = document.as_object() else {
         p.add("", "an AsyncAPI document is an object");
         return p.into_result(Proposed {
