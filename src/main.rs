@@ -104,8 +104,9 @@ enum ControlPlaneAction {
 /// `sluice controlplane backup`.
 #[derive(Args)]
 struct BackupArgs {
-    /// The file to write (must not exist).
-    path: PathBuf,
+    /// The file, or the object (s3://bucket/key, gs://, az://, with the lake's AWS_*/GOOGLE_*/
+    /// AZURE_* environment), to write; it must not exist.
+    target: String,
     /// The control plane's API.
     #[arg(long, env = "SLUICE_API_URL", default_value = "http://127.0.0.1:8080")]
     api_url: String,
@@ -120,8 +121,8 @@ struct BackupArgs {
 /// `sluice controlplane restore`.
 #[derive(Args)]
 struct RestoreArgs {
-    /// The backup file.
-    path: PathBuf,
+    /// The backup: a file, or an object (s3://bucket/key, gs://, az://).
+    source: String,
     /// The stopped control plane's data directory.
     #[arg(long, env = "SLUICE_DATA_DIR", default_value = "data")]
     data_dir: PathBuf,
@@ -478,11 +479,6 @@ fn main() -> Result<()> {
                 controlplane.cluster_secret = node.cluster_secret.clone();
             }
             args.api.apply(&mut controlplane);
-            fit_connection_caps(Some(&mut node), Some(&mut controlplane))?;
-            // The node follows the control plane's configuration (the snapshot file it writes
-            // after every change) unless it is given a snapshot file of its own. The first
-            // start seeds the default workspace there, keeping the token of an earlier
-            // data-plane-only bootstrap.json so that it goes on working.
             // The AsyncAPI documents name this node's listeners unless told otherwise.
             if controlplane.ingest_public_url.is_none() {
                 controlplane.ingest_public_url = Some(format!("http://{}", node.http.addr));
@@ -494,6 +490,11 @@ fn main() -> Result<()> {
                     (None, None) => None,
                 };
             }
+            fit_connection_caps(Some(&mut node), Some(&mut controlplane))?;
+            // The node follows the control plane's configuration (the snapshot file it writes
+            // after every change) unless it is given a snapshot file of its own. The first
+            // start seeds the default workspace there, keeping the token of an earlier
+            // data-plane-only bootstrap.json so that it goes on working.
             let first_start = match (&node.config_snapshot, &node.control_plane) {
                 (Some(_), _) | (_, Some(_)) => FirstStart::Bare,
                 (None, None) => {
@@ -573,23 +574,32 @@ fn main() -> Result<()> {
 fn controlplane_action(action: ControlPlaneAction) -> Result<()> {
     match action {
         ControlPlaneAction::Backup(b) => {
+            let target = backup::Location::parse(&b.target)?;
             let (version, bytes) = backup::save(
                 &b.api_url,
                 &b.token,
-                &b.path,
+                &target,
                 Duration::from_millis(b.timeout_ms),
             )?;
             println!(
                 "saved {} ({bytes} bytes, configuration version {version})",
-                b.path.display()
+                b.target
             );
         }
         ControlPlaneAction::Restore(r) => {
-            let restored = sluice_controlplane::backup::restore(&r.path, &r.data_dir)
-                .with_context(|| format!("restoring {}", r.path.display()))?;
+            let source = backup::Location::parse(&r.source)?;
+            // An object is fetched first, into a scratch directory inside the data dir (private,
+            // like the data dir, and removed after): restore works on local files.
+            std::fs::create_dir_all(&r.data_dir)
+                .with_context(|| format!("creating {}", r.data_dir.display()))?;
+            let scratch = tempfile::tempdir_in(&r.data_dir)
+                .with_context(|| format!("a scratch directory in {}", r.data_dir.display()))?;
+            let path = backup::local_copy(&source, scratch.path())?;
+            let restored = sluice_controlplane::backup::restore(&path, &r.data_dir)
+                .with_context(|| format!("restoring {}", r.source))?;
             println!(
                 "restored {} into {} (configuration version {} in the backup, {} now){}",
-                r.path.display(),
+                r.source,
                 r.data_dir
                     .join(sluice_controlplane::backup::STORE_FILE_NAME)
                     .display(),

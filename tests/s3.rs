@@ -6,72 +6,12 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::mqtt::{event, paho};
+use common::s3::S3Server;
 use common::{duckdb, free_port, parquet_files, post, wait_for, Sluice};
 use serde_json::json;
-
-fn s3s_fs() -> PathBuf {
-    match std::env::var_os("SLUICE_TEST_S3S_FS") {
-        Some(p) => PathBuf::from(p),
-        None => {
-            let home = std::env::var_os("HOME").expect("HOME");
-            Path::new(&home).join(".cache/sluice/tools/bin/s3s-fs")
-        }
-    }
-}
-
-struct S3Server {
-    child: Child,
-    port: u16,
-    root: PathBuf,
-}
-
-impl S3Server {
-    fn start(root: &Path, port: u16) -> S3Server {
-        let child = Command::new(s3s_fs())
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args([
-                "--access-key",
-                "sluice-test",
-                "--secret-key",
-                "sluice-test-secret",
-            ])
-            .arg(root)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run {} ({e}); scripts/test.sh installs it",
-                    s3s_fs().display()
-                )
-            });
-        let up = wait_for(Duration::from_secs(10), || {
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        assert!(up, "s3s-fs did not start");
-        S3Server {
-            child,
-            port,
-            root: root.to_path_buf(),
-        }
-    }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 #[test]
 fn s3_lake_survives_an_outage_with_503_at_the_wal_quota() {

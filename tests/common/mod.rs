@@ -6,6 +6,7 @@
 
 pub mod controlplane;
 pub mod mqtt;
+pub mod s3;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
