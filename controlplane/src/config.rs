@@ -386,6 +386,21 @@ mod tests {
                 .starts_with("smtp_timeout_ms must be 1000 to 120000"),
             "{timeout}"
         );
+        let url = with(|c| c.mqtt_public_url = Some("http://mqtt.example.com".into()));
+        assert!(
+            url.to_string()
+                .starts_with("mqtt_public_url must be an absolute URL"),
+            "{url}"
+        );
+        let url = with(|c| c.ingest_public_url = Some("ingest.example.com".into()));
+        assert!(url.to_string().contains("http or https"), "{url}");
+        let fine = ControlPlaneConfig {
+            ingest_public_url: Some("https://ingest.example.com/base/".into()),
+            mqtt_public_url: Some("mqtts://mqtt.example.com:8883".into()),
+            ..ControlPlaneConfig::default()
+        };
+        assert_eq!(fine.validate(), Ok(()));
+        assert_eq!(fine.device_urls().ingest, "https://ingest.example.com/base");
         let connections = with(|c| c.connections_max = CONNECTIONS_MAX_LIMIT + 1);
         assert_eq!(
             connections,
