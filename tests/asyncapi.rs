@@ -741,6 +741,9 @@ fn an_admin_makes_the_document_public_and_private_again() {
         assert_eq!(a.status, 403, "Admin only: {}", a.body);
         assert_eq!(a.problem(), "insufficient-role");
     }
+    let state = api.get("/api/v1/workspaces/plant/asyncapi/public", &vi.token);
+    assert_eq!(state.status, 200, "any member reads it: {}", state.body);
+    assert_eq!(state.json()["public"], false);
     let exported = export(&api, &jo.token, "plant", None);
     let a = api.put(
         "/api/v1/workspaces/plant/asyncapi/public",
@@ -749,6 +752,11 @@ fn an_admin_makes_the_document_public_and_private_again() {
     );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["public"], true);
+    assert_eq!(
+        api.get("/api/v1/workspaces/plant/asyncapi/public", &vi.token)
+            .json()["public"],
+        true
+    );
     assert_eq!(
         a.json()["json_url"],
         format!("{}/public/plant/asyncapi.json", api.base)

@@ -252,6 +252,30 @@ pub struct PublicView {
     pub yaml_url: String,
 }
 
+fn public_view(base: &str, ws: &crate::model::Workspace, public: bool) -> PublicView {
+    PublicView {
+        public,
+        json_url: format!("{base}/public/{}/asyncapi.json", ws.slug),
+        yaml_url: format!("{base}/public/{}/asyncapi.yaml", ws.slug),
+    }
+}
+
+/// Whether the workspace's AsyncAPI document is public, and where. Any member.
+#[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/asyncapi/public", tag = "asyncapi",
+    params(("workspace" = String, Path, description = "Workspace id or slug")),
+    responses((status = 200, body = PublicView), (status = 404, body = crate::problem::ProblemBody)))]
+pub async fn get_asyncapi_public(
+    State(app): State<App>,
+    caller: Caller,
+    ApiPath(workspace): ApiPath<String>,
+) -> ApiResult<Json<PublicView>> {
+    let base = app.config.public_url();
+    app.store.read(|s| {
+        let (ws, _) = authorize(s, &caller, &workspace, Action::View)?;
+        Ok(Json(public_view(&base, ws, ws.asyncapi_public)))
+    })
+}
+
 /// Serve the workspace's AsyncAPI document without authentication at
 /// `/public/{workspace-slug}/asyncapi.json` and `.yaml` (the same document members export: no
 /// secrets, no member data), or stop. Admin.
@@ -269,11 +293,7 @@ pub async fn set_asyncapi_public(
     let base = app.config.public_url();
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::PublishAsyncapi)?;
-        let view = PublicView {
-            public: form.public,
-            json_url: format!("{base}/public/{}/asyncapi.json", ws.slug),
-            yaml_url: format!("{base}/public/{}/asyncapi.yaml", ws.slug),
-        };
+        let view = public_view(&base, ws, form.public);
         if ws.asyncapi_public == form.public {
             return Ok((vec![], Json(view)));
         }

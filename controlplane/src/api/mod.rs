@@ -372,7 +372,10 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             asyncapi::export_asyncapi,
             asyncapi::import_asyncapi
         ))
-        .routes(routes!(asyncapi::set_asyncapi_public))
+        .routes(routes!(
+            asyncapi::get_asyncapi_public,
+            asyncapi::set_asyncapi_public
+        ))
         .routes(routes!(asyncapi::public_asyncapi_json))
         .routes(routes!(asyncapi::public_asyncapi_yaml))
         .routes(routes!(cors::get_cors, cors::set_cors))
