@@ -636,7 +636,14 @@ fn a_corrupt_delta_is_refused_and_a_gap_forces_a_full_snapshot() {
         .collect();
     assert!(streams.len() >= 2, "{requests:?}");
     assert!(streams[1].contains("version=1&hash= "), "{requests:?}");
-    assert!(acks().iter().any(|a| a["version"] == 7 && a["ok"] == true));
+    // The ACK follows the install (it is sent after the node serves v7), so it is waited for.
+    assert!(
+        wait_for(Duration::from_secs(10), || acks()
+            .iter()
+            .any(|a| a["version"] == 7 && a["ok"] == true)),
+        "acks: {:?}",
+        acks()
+    );
 }
 
 #[test]
