@@ -9,8 +9,8 @@
 //! scales on machines of its own.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use serde_json::{json, Value};
 
 use crate::loadgen::{self, process_cpu_ticks, ticks_to_secs, Plan, ServerProcess, Target};
 use crate::payload;
+use crate::propagation::{agent, spawn, Process};
 use crate::sluice::{self, free_port};
 
 #[derive(Args, Clone)]
@@ -57,53 +58,6 @@ pub struct ClusterArgs {
 }
 
 const SECRET: &str = "bench-cluster-secret";
-
-/// A child process, killed when dropped.
-struct Process(Child);
-
-impl Process {
-    fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn agent() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(Duration::from_secs(10)))
-        .build()
-        .into()
-}
-
-fn spawn(bin: &Path, args: &[String], log: &Path, health: &str) -> Result<Process> {
-    let log_file = std::fs::File::create(log)?;
-    let child = Command::new(bin)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(log_file)
-        .spawn()
-        .with_context(|| format!("starting {}", bin.display()))?;
-    let process = Process(child);
-    let agent = agent();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if agent.get(health).call().is_ok_and(|r| r.status() == 200) {
-            return Ok(process);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    bail!(
-        "{health} did not answer 200 within 30 s; see {}",
-        log.display()
-    )
-}
 
 fn call(agent: &ureq::Agent, url: &str, token: &str, body: Value) -> Result<Value> {
     let mut response = agent

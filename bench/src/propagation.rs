@@ -70,7 +70,14 @@ pub struct PropagationArgs {
 
 const SECRET: &str = "bench-cluster-secret";
 
-struct Process(Child);
+/// A child process, killed when dropped (the cluster bench's too).
+pub(crate) struct Process(pub(crate) Child);
+
+impl Process {
+    pub(crate) fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
 
 impl Drop for Process {
     fn drop(&mut self) {
@@ -79,7 +86,7 @@ impl Drop for Process {
     }
 }
 
-fn agent() -> ureq::Agent {
+pub(crate) fn agent() -> ureq::Agent {
     ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -87,7 +94,8 @@ fn agent() -> ureq::Agent {
         .into()
 }
 
-fn spawn(bin: &Path, args: &[String], log: &Path, health: &str) -> Result<Process> {
+/// Starts `bin` with its stderr in `log` and waits until `health` answers 200.
+pub(crate) fn spawn(bin: &Path, args: &[String], log: &Path, health: &str) -> Result<Process> {
     let log_file = std::fs::File::create(log)?;
     let child = Command::new(bin)
         .args(args)
@@ -104,7 +112,10 @@ fn spawn(bin: &Path, args: &[String], log: &Path, health: &str) -> Result<Proces
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    bail!("{health} did not become healthy; see {}", log.display())
+    bail!(
+        "{health} did not answer 200 within 30 s; see {}",
+        log.display()
+    )
 }
 
 fn call(
