@@ -20,6 +20,8 @@
 #     (tests/sign_in.rs), with `npm ci` from the committed package-lock.json (needs Node.js)
 #   - tests/asyncapi/node_modules: @asyncapi/parser and @asyncapi/specs (with Ajv), which check
 #     the AsyncAPI documents of tests/asyncapi.rs, with `npm ci` the same way
+#   - tests/mcp/node_modules: @modelcontextprotocol/sdk, the official MCP TypeScript SDK, the
+#     client of tests/mcp.rs, with `npm ci` the same way
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -89,6 +91,12 @@ fi
 echo "== AsyncAPI parser and schemas (tests/asyncapi.rs)"
 if ! cmp -s tests/asyncapi/package-lock.json tests/asyncapi/node_modules/.sluice-installed-lock.json; then
   (cd tests/asyncapi && npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.sluice-installed-lock.json)
+fi
+
+echo "== MCP TypeScript SDK (tests/mcp.rs)"
+if ! cmp -s tests/mcp/package-lock.json tests/mcp/node_modules/.sluice-installed-lock.json; then
+  (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 

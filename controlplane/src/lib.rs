@@ -32,6 +32,7 @@ pub(crate) mod housekeeping;
 pub mod initial_operator;
 pub(crate) mod listener;
 pub(crate) mod mail;
+pub(crate) mod mcp;
 pub(crate) mod model;
 pub(crate) mod outbound;
 pub(crate) mod problem;
@@ -317,6 +318,7 @@ impl ControlPlane {
 pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
     let (api, document) = api::router_and_document();
     let _ = app.openapi.set(document.to_json()?);
+    let document = serde_json::to_value(&document)?;
     let api = api
         .layer(axum::middleware::from_fn(trace_request))
         .fallback(api::no_route)
@@ -329,8 +331,11 @@ pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
         .concurrency_limit(app.config.concurrent_requests_max.max(1))
         .timeout(Duration::from_millis(app.config.request_timeout_ms))
         .service(api);
-    Ok(Router::new()
-        .fallback_service(limited)
+    // The MCP tools call the API as the listener serves it, limits included; the MCP request
+    // itself holds no place among the requests in flight, so its calls cannot wait on it.
+    let api = Router::new().fallback_service(limited);
+    Ok(mcp::router(app.clone(), &document, api.clone())
+        .merge(api)
         .layer(axum::middleware::from_fn_with_state(
             app,
             request_body::read_whole,

@@ -1,0 +1,628 @@
+//! The Model Context Protocol endpoint of a workspace, `/mcp/{workspace}`: every operation of
+//! the workspace's API as a tool (generated from the OpenAPI document, so a new operation is a
+//! new tool without further work), served over Streamable HTTP by `rmcp`, stateless.
+//!
+//! A tool call is the API request itself, performed in-process on the API router with the
+//! caller's `Authorization` header, so authorization, validation and refusals are exactly the
+//! API's. Authentication here is a Bearer personal access token or session token; OAuth comes
+//! later.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Path, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, CallToolResult, ContentBlock, Implementation,
+    JsonObject, ListToolsResult, PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+    ToolAnnotations,
+};
+use rmcp::service::RequestContext;
+use rmcp::transport::streamable_http_server::session::local::LocalSessionManager;
+use rmcp::transport::streamable_http_server::{StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::{ErrorData as McpError, RoleServer, ServerHandler};
+use serde_json::{json, Map, Value};
+
+use crate::api::authorize;
+use crate::app::App;
+use crate::auth::{presented_secret_from_headers, Caller};
+use crate::problem::ApiError;
+use crate::roles::Action;
+
+/// Where the workspace operations live; the `{workspace}` parameter is filled from the MCP URL.
+const WORKSPACE_PREFIX: &str = "/api/v1/workspaces/{workspace}";
+
+/// The most text a tool result carries: a client's context is small, and an API answer (a
+/// whole AsyncAPI document, a long page) may not be.
+pub const RESULT_BYTES_MAX: usize = 256 * 1024;
+
+/// The most of an API answer read at all; past [`RESULT_BYTES_MAX`] only its size is told.
+const ANSWER_BYTES_MAX: usize = 64 * 1024 * 1024;
+
+/// One tool: an API operation and how to turn arguments into its request.
+#[derive(Debug, Clone)]
+struct Operation {
+    tool: Tool,
+    method: Method,
+    /// The path template, `{workspace}` included.
+    path: String,
+    path_params: Vec<String>,
+    query_params: Vec<String>,
+    /// The content type of the request body, when the operation takes one.
+    body_type: Option<String>,
+}
+
+impl Operation {
+    fn read_only(&self) -> bool {
+        self.method == Method::GET
+    }
+}
+
+/// The tools of every workspace, built once from the OpenAPI document.
+#[derive(Debug, Default)]
+pub struct Catalogue {
+    operations: Vec<Operation>,
+}
+
+impl Catalogue {
+    /// One tool per operation under `/api/v1/workspaces/{workspace}`, in document order.
+    pub fn from_document(document: &Value) -> Catalogue {
+        let components = document
+            .pointer("/components/schemas")
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default();
+        let mut operations = Vec::new();
+        let Some(paths) = document.get("paths").and_then(Value::as_object) else {
+            return Catalogue { operations };
+        };
+        for (path, item) in paths {
+            let in_workspace = path == WORKSPACE_PREFIX
+                || path
+                    .strip_prefix(WORKSPACE_PREFIX)
+                    .is_some_and(|rest| rest.starts_with('/'));
+            if !in_workspace {
+                continue;
+            }
+            for (name, method) in [
+                ("get", Method::GET),
+                ("put", Method::PUT),
+                ("post", Method::POST),
+                ("delete", Method::DELETE),
+                ("patch", Method::PATCH),
+            ] {
+                if let Some(operation) = item.get(name) {
+                    if let Some(op) = operation_tool(path, method, operation, &components) {
+                        operations.push(op);
+                    }
+                }
+            }
+        }
+        Catalogue { operations }
+    }
+
+    /// The operation ids, for tests that compare them with the OpenAPI document.
+    #[cfg(test)]
+    fn names(&self) -> Vec<String> {
+        self.operations
+            .iter()
+            .map(|o| o.tool.name.to_string())
+            .collect()
+    }
+
+    fn find(&self, name: &str) -> Option<&Operation> {
+        self.operations.iter().find(|o| o.tool.name == name)
+    }
+}
+
+fn operation_tool(
+    path: &str,
+    method: Method,
+    operation: &Value,
+    components: &Map<String, Value>,
+) -> Option<Operation> {
+    let id = operation.get("operationId")?.as_str()?.to_owned();
+    let summary = operation
+        .get("summary")
+        .or_else(|| operation.get("description"))
+        .and_then(Value::as_str)
+        .unwrap_or(&id)
+        .to_owned();
+    let mut properties = Map::new();
+    let mut required = Vec::new();
+    let mut path_params = Vec::new();
+    let mut query_params = Vec::new();
+    let mut refs = BTreeSet::new();
+    for param in operation
+        .get("parameters")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let (Some(name), Some(place)) = (
+            param.get("name").and_then(Value::as_str),
+            param.get("in").and_then(Value::as_str),
+        ) else {
+            continue;
+        };
+        match place {
+            "path" if name == "workspace" => continue,
+            "path" => path_params.push(name.to_owned()),
+            "query" => query_params.push(name.to_owned()),
+            _ => continue,
+        }
+        let mut schema = param
+            .get("schema")
+            .cloned()
+            .unwrap_or_else(|| json!({"type": "string"}));
+        if let (Some(object), Some(description)) = (
+            schema.as_object_mut(),
+            param.get("description").and_then(Value::as_str),
+        ) {
+            object.insert("description".into(), description.into());
+        }
+        collect_refs(&schema, &mut refs);
+        properties.insert(name.to_owned(), schema);
+        if place == "path" || param.get("required").and_then(Value::as_bool) == Some(true) {
+            required.push(Value::from(name));
+        }
+    }
+    let mut body_type = None;
+    if let Some(content) = operation
+        .pointer("/requestBody/content")
+        .and_then(Value::as_object)
+    {
+        let chosen = content
+            .get_key_value("application/json")
+            .or_else(|| content.iter().next());
+        if let Some((kind, media)) = chosen {
+            let schema = media.get("schema").cloned().unwrap_or_else(|| json!({}));
+            collect_refs(&schema, &mut refs);
+            properties.insert("body".into(), schema);
+            if operation
+                .pointer("/requestBody/required")
+                .and_then(Value::as_bool)
+                == Some(true)
+            {
+                required.push("body".into());
+            }
+            body_type = Some(kind.clone());
+        }
+    }
+    let mut schema = Map::new();
+    schema.insert("type".into(), "object".into());
+    schema.insert("properties".into(), Value::Object(properties));
+    if !required.is_empty() {
+        schema.insert("required".into(), Value::Array(required));
+    }
+    let defs = referenced_components(refs, components);
+    if !defs.is_empty() {
+        schema.insert("$defs".into(), Value::Object(defs));
+    }
+    // The components travel with the schema as `$defs`, so it stands alone.
+    let mut schema = Value::Object(schema);
+    rewrite_refs(&mut schema);
+    let Value::Object(schema) = schema else {
+        return None;
+    };
+    let read_only = method == Method::GET;
+    let tool = Tool::new(id, summary, Arc::new(schema)).with_annotations(
+        ToolAnnotations::new()
+            .read_only(read_only)
+            .destructive(method == Method::DELETE),
+    );
+    Some(Operation {
+        tool,
+        method,
+        path: path.to_owned(),
+        path_params,
+        query_params,
+        body_type,
+    })
+}
+
+const COMPONENT_REF: &str = "#/components/schemas/";
+
+fn collect_refs(value: &Value, refs: &mut BTreeSet<String>) {
+    match value {
+        Value::Object(object) => {
+            if let Some(name) = object
+                .get("$ref")
+                .and_then(Value::as_str)
+                .and_then(|r| r.strip_prefix(COMPONENT_REF))
+            {
+                refs.insert(name.to_owned());
+            }
+            object.values().for_each(|v| collect_refs(v, refs));
+        }
+        Value::Array(items) => items.iter().for_each(|v| collect_refs(v, refs)),
+        _ => {}
+    }
+}
+
+/// The components `refs` name and those they name in turn.
+fn referenced_components(
+    mut pending: BTreeSet<String>,
+    components: &Map<String, Value>,
+) -> Map<String, Value> {
+    let mut defs = Map::new();
+    while let Some(name) = pending.pop_first() {
+        if defs.contains_key(&name) {
+            continue;
+        }
+        let Some(schema) = components.get(&name) else {
+            continue;
+        };
+        let mut more = BTreeSet::new();
+        collect_refs(schema, &mut more);
+        pending.extend(more.into_iter().filter(|n| !defs.contains_key(n)));
+        defs.insert(name, schema.clone());
+    }
+    defs
+}
+
+fn rewrite_refs(value: &mut Value) {
+    match value {
+        Value::Object(object) => {
+            if let Some(Value::String(r)) = object.get_mut("$ref") {
+                if let Some(name) = r.strip_prefix(COMPONENT_REF) {
+                    *r = format!("#/$defs/{name}");
+                }
+            }
+            object.values_mut().for_each(rewrite_refs);
+        }
+        Value::Array(items) => items.iter_mut().for_each(rewrite_refs),
+        _ => {}
+    }
+}
+
+/// What the authentication layer found, for the tools: the workspace of the URL and whether
+/// the client asked for the read-only catalogue.
+#[derive(Debug, Clone)]
+struct Scope {
+    workspace: String,
+    lean: bool,
+}
+
+/// The MCP server of one request (stateless: one per request).
+#[derive(Clone)]
+struct Server {
+    catalogue: Arc<Catalogue>,
+    api: Router,
+}
+
+impl Server {
+    fn scope(
+        context: &RequestContext<RoleServer>,
+    ) -> Result<(Scope, axum::http::request::Parts), McpError> {
+        let parts = context
+            .extensions
+            .get::<axum::http::request::Parts>()
+            .cloned()
+            .ok_or_else(|| McpError::internal_error("no HTTP request behind this call", None))?;
+        let scope = parts
+            .extensions
+            .get::<Scope>()
+            .cloned()
+            .ok_or_else(|| McpError::internal_error("no workspace behind this call", None))?;
+        Ok((scope, parts))
+    }
+
+    async fn perform(
+        &self,
+        operation: &Operation,
+        scope: &Scope,
+        parts: &axum::http::request::Parts,
+        arguments: JsonObject,
+    ) -> Result<CallToolResult, McpError> {
+        let request = api_request(operation, scope, parts, &arguments)?;
+        let response = tower::ServiceExt::oneshot(self.api.clone(), request)
+            .await
+            .map_err(|e| McpError::internal_error(format!("the API call failed: {e}"), None))?;
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), ANSWER_BYTES_MAX)
+            .await
+            .map_err(|e| McpError::internal_error(format!("the API answer failed: {e}"), None))?;
+        Ok(tool_result(status, &bytes))
+    }
+}
+
+fn argument_text(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The API request of a tool call.
+fn api_request(
+    operation: &Operation,
+    scope: &Scope,
+    parts: &axum::http::request::Parts,
+    arguments: &JsonObject,
+) -> Result<Request, McpError> {
+    let segment = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let mut path = operation
+        .path
+        .replace("{workspace}", &segment(&scope.workspace));
+    for name in &operation.path_params {
+        let value = arguments.get(name).ok_or_else(|| {
+            McpError::invalid_params(format!("the argument {name:?} is required"), None)
+        })?;
+        path = path.replace(&format!("{{{name}}}"), &segment(&argument_text(value)));
+    }
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    let mut any = false;
+    for name in &operation.query_params {
+        if let Some(value) = arguments.get(name).filter(|v| !v.is_null()) {
+            query.append_pair(name, &argument_text(value));
+            any = true;
+        }
+    }
+    if any {
+        path = format!("{path}?{}", query.finish());
+    }
+    let mut builder = Request::builder()
+        .method(operation.method.clone())
+        .uri(path);
+    if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
+        builder = builder.header(header::AUTHORIZATION, authorization.clone());
+    }
+    let body = match (&operation.body_type, arguments.get("body")) {
+        (Some(kind), Some(Value::String(text))) if !kind.contains("json") => {
+            builder = builder.header(header::CONTENT_TYPE, kind.as_str());
+            Body::from(text.clone())
+        }
+        (Some(_), Some(value)) => {
+            builder = builder.header(header::CONTENT_TYPE, "application/json");
+            Body::from(value.to_string())
+        }
+        _ => Body::empty(),
+    };
+    let mut request = builder.body(body).map_err(|e| {
+        McpError::invalid_params(format!("the arguments make no request: {e}"), None)
+    })?;
+    // Handlers that bound requests per client see the MCP client's address.
+    if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
+        request.extensions_mut().insert(*peer);
+    }
+    Ok(request)
+}
+
+/// The API answer as a tool result: the JSON as `structuredContent` plus its text, bounded; a
+/// refusal (problem+json) as a tool error carrying its `type`, `status` and `detail`.
+fn tool_result(status: StatusCode, bytes: &[u8]) -> CallToolResult {
+    let value: Value = if bytes.is_empty() {
+        json!({"status": status.as_u16()})
+    } else {
+        serde_json::from_slice(bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+    };
+    if !status.is_success() {
+        let problem = json!({
+            "type": value.get("type").cloned().unwrap_or(Value::Null),
+            "status": status.as_u16(),
+            "title": value.get("title").cloned().unwrap_or(Value::Null),
+            "detail": value.get("detail").cloned().unwrap_or_else(|| value.clone()),
+        });
+        return CallToolResult::structured_error(problem);
+    }
+    let text = serde_json::to_string_pretty(&value).unwrap_or_default();
+    if text.len() > RESULT_BYTES_MAX {
+        let mut cut = RESULT_BYTES_MAX;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let note = format!(
+            "\n… truncated: the answer has {} bytes, {RESULT_BYTES_MAX} shown; ask for fewer \
+             items (the list operations take a limit and a cursor)",
+            text.len()
+        );
+        let mut result = CallToolResult::structured(json!({
+            "truncated": true,
+            "bytes": text.len(),
+        }));
+        result.content = vec![ContentBlock::text(format!("{}{note}", &text[..cut]))];
+        return result;
+    }
+    // structuredContent is an object in MCP; other answers are wrapped.
+    let structured = match value {
+        Value::Object(_) => value,
+        other => json!({ "value": other }),
+    };
+    let mut result = CallToolResult::structured(structured);
+    result.content = vec![ContentBlock::text(text)];
+    result
+}
+
+impl ServerHandler for Server {
+    fn get_info(&self) -> ServerConfig {
+        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
+            .with_server_info(Implementation::new("sluice", env!("CARGO_PKG_VERSION")))
+            .with_instructions(
+                "Sluice workspace management: every operation of the workspace's API as a tool.",
+            )
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, McpError> {
+        let (scope, _) = Self::scope(&context)?;
+        let tools = self
+            .catalogue
+            .operations
+            .iter()
+            .filter(|o| !scope.lean || o.read_only())
+            .map(|o| o.tool.clone())
+            .collect();
+        Ok(ListToolsResult::with_all_items(tools))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, McpError> {
+        let (scope, parts) = Self::scope(&context)?;
+        let name: &str = &request.name;
+        let operation = self.catalogue.find(name).ok_or_else(|| {
+            McpError::invalid_params(format!("no tool {name:?}; see tools/list"), None)
+        })?;
+        if scope.lean && !operation.read_only() {
+            return Ok(CallToolResult::structured_error(json!({
+                "type": "lean-mode",
+                "status": 403,
+                "title": "Read-only tools only",
+                "detail": format!("{name} changes the workspace; lean mode (?mode=lean) serves read-only tools only"),
+            }))
+            .into());
+        }
+        let arguments = request.arguments.unwrap_or_default();
+        Ok(self
+            .perform(operation, &scope, &parts, arguments)
+            .await?
+            .into())
+    }
+}
+
+/// The host names the endpoint answers to: the public URL's and loopback (rmcp refuses other
+/// `Host`s, against DNS rebinding).
+fn allowed_hosts(public_url: &str) -> Vec<String> {
+    let mut hosts: Vec<String> = ["localhost", "127.0.0.1", "::1", "[::1]"]
+        .into_iter()
+        .map(str::to_owned)
+        .collect();
+    if let Ok(url) = url::Url::parse(public_url) {
+        if let Some(host) = url.host_str() {
+            hosts.push(host.to_owned());
+            if let Some(port) = url.port() {
+                hosts.push(format!("{host}:{port}"));
+            }
+        }
+    }
+    hosts
+}
+
+/// `/mcp/{workspace}`: the MCP service behind its authentication. `api` is the API as the
+/// listener serves it (with its limits), for the tool calls.
+pub fn router(app: App, document: &Value, api: Router) -> Router {
+    let server = Server {
+        catalogue: Arc::new(Catalogue::from_document(document)),
+        api,
+    };
+    let config = StreamableHttpServerConfig::default()
+        .with_legacy_session_mode(false)
+        .with_json_response(true)
+        .with_allowed_hosts(allowed_hosts(&app.config.public_url()))
+        .with_max_request_body_bytes(app.config.body_bytes_max);
+    let service = StreamableHttpService::new(
+        move || Ok(server.clone()),
+        Arc::new(LocalSessionManager::default()),
+        config,
+    );
+    Router::new()
+        .route_service("/mcp/{workspace}", service)
+        .route_layer(axum::middleware::from_fn_with_state(app, authenticate))
+}
+
+/// A Bearer personal access token or session token of a member of the workspace of the URL.
+async fn authenticate(
+    State(app): State<App>,
+    Path(workspace): Path<String>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let caller = presented_secret_from_headers(request.headers())
+        .and_then(|secret| Caller::from_secret(&app, &secret));
+    let Some(caller) = caller else {
+        let mut response = ApiError::unauthenticated(
+            "send Authorization: Bearer <personal access token or session token>",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return response;
+    };
+    // Not a member: the same 404 as the API, which does not tell whether the workspace exists.
+    if let Err(refusal) = app
+        .store
+        .read(|s| authorize(s, &caller, &workspace, Action::View).map(|_| ()))
+    {
+        return refusal.into_response();
+    }
+    let lean = request
+        .uri()
+        .query()
+        .into_iter()
+        .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
+        .any(|(k, v)| k == "mode" && v == "lean");
+    request.extensions_mut().insert(Scope { workspace, lean });
+    next.run(request).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_workspace_operation_is_a_tool_with_a_standalone_schema() {
+        let (_, document) = crate::api::router_and_document();
+        let document = serde_json::to_value(&document).expect("the document is JSON");
+        let catalogue = Catalogue::from_document(&document);
+        let names = catalogue.names();
+        assert!(names.contains(&"list_sources".to_owned()), "{names:?}");
+        assert!(names.contains(&"create_source".to_owned()), "{names:?}");
+        assert!(!names.contains(&"sign_in".to_owned()), "{names:?}");
+        for operation in &catalogue.operations {
+            let schema = Value::Object((*operation.tool.input_schema).clone());
+            assert!(schema["properties"].get("workspace").is_none(), "{schema}");
+            let mut refs = Vec::new();
+            find_refs(&schema, &mut refs);
+            let defs = schema.get("$defs");
+            for r in refs {
+                let name = r
+                    .strip_prefix("#/$defs/")
+                    .unwrap_or_else(|| panic!("{r} left"));
+                assert!(defs.and_then(|d| d.get(name)).is_some(), "{name} missing");
+            }
+        }
+    }
+
+    fn find_refs(value: &Value, out: &mut Vec<String>) {
+        match value {
+            Value::Object(o) => {
+                if let Some(Value::String(r)) = o.get("$ref") {
+                    out.push(r.clone());
+                }
+                o.values().for_each(|v| find_refs(v, out));
+            }
+            Value::Array(a) => a.iter().for_each(|v| find_refs(v, out)),
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn large_answers_are_truncated_and_refusals_are_tool_errors() {
+        let big = json!({"items": vec!["x".repeat(1000); 400]}).to_string();
+        let result = tool_result(StatusCode::OK, big.as_bytes());
+        let text = result.content[0]
+            .as_text()
+            .map(|t| t.text.len())
+            .unwrap_or(0);
+        assert!(text < RESULT_BYTES_MAX + 512);
+        let refusal = json!({"type": "https://x/unknown-source", "title": "t", "status": 404, "detail": "no source"});
+        let result = tool_result(StatusCode::NOT_FOUND, refusal.to_string().as_bytes());
+        assert_eq!(result.is_error, Some(true));
+        let structured = result.structured_content.unwrap_or_default();
+        assert_eq!(structured["status"], 404);
+        assert_eq!(structured["detail"], "no source");
+    }
+}
