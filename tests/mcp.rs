@@ -2,7 +2,8 @@
 //! official MCP TypeScript SDK (`@modelcontextprotocol/sdk` from npm in `tests/mcp/`) as the
 //! client and a personal access token: every workspace operation of the served OpenAPI
 //! document is a tool, a read tool and a write tool do what the API does, lean mode serves and
-//! runs read-only tools only, another workspace is refused and no token is a 401.
+//! runs read-only tools only, another workspace is refused, no token is a 401 and a foreign
+//! `Host` a 403.
 
 mod common;
 
@@ -124,6 +125,7 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
         ]),
     );
     assert!(out["connectError"].is_null(), "{out}");
+    assert_eq!(out["protocolVersion"], "2025-11-25", "{out}");
     let steps = out["steps"].as_array().expect("steps");
     assert_eq!(tool_names(&steps[0]), operations);
     let create = steps[0]["tools"]
@@ -232,4 +234,22 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.headers.get("mcp-session-id").is_none());
     assert!(a.body.contains("list_sources"), "{}", a.body);
+
+    // No event stream to open (stateless), and a foreign Host is refused (DNS rebinding).
+    let get = agent()
+        .get(&url)
+        .header("accept", "text/event-stream")
+        .header("authorization", format!("Bearer {pat}"))
+        .call()
+        .expect("request sent");
+    assert_eq!(get.status().as_u16(), 405);
+    let foreign = agent()
+        .post(&url)
+        .header("host", "evil.example")
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {pat}"))
+        .send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
+        .expect("request sent");
+    assert_eq!(foreign.status().as_u16(), 403);
 }
