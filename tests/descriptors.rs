@@ -435,10 +435,7 @@ fn under_a_low_descriptor_limit_flooded_listeners_leave_ingest_and_uploads_worki
         log.contains("lowered controlplane.connections_max 2048 -> "),
         "the default caps do not fit 700 descriptors and are lowered, with a warning: {log}"
     );
-    let bootstrap: Value = serde_json::from_str(
-        &std::fs::read_to_string(sluice.data_dir.join("bootstrap.json")).expect("bootstrap"),
-    )
-    .expect("JSON");
+    let bootstrap: Value = common::read_bootstrap(&sluice.data_dir);
 
     // A client of each protocol connected before the floods.
     let mut http = TcpStream::connect(addr(sluice.http_port)).expect("HTTP connection");

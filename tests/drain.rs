@@ -193,10 +193,7 @@ fn sigterm_drains(io_driver: &str) {
         dir.path().join("node.log"),
         format!("http://127.0.0.1:{http}/healthz"),
     );
-    let boot: Value = serde_json::from_str(
-        &std::fs::read_to_string(data.join("bootstrap.json")).expect("bootstrap.json"),
-    )
-    .expect("json");
+    let boot: Value = common::read_bootstrap(&data);
     let (ws, token) = (
         boot["workspace"].as_str().expect("workspace").to_owned(),
         boot["token"].as_str().expect("token").to_owned(),

@@ -174,9 +174,7 @@ impl Sluice {
 
     /// `bootstrap.json` of the data dir.
     pub fn bootstrap(&self) -> Value {
-        let text =
-            std::fs::read_to_string(self.data_dir.join("bootstrap.json")).expect("bootstrap.json");
-        serde_json::from_str(&text).expect("bootstrap.json is JSON")
+        read_bootstrap(&self.data_dir)
     }
 
     pub fn readyz(&self) -> Value {
@@ -435,4 +433,18 @@ impl Drop for Proc {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `bootstrap.json` of `data_dir`, waited for: `sluice up` writes it just after its listeners
+/// answer `/healthz` (it names the bound HTTP address), so a test that saw `/healthz` can be a
+/// moment early.
+pub fn read_bootstrap(data_dir: &Path) -> Value {
+    let path = data_dir.join("bootstrap.json");
+    assert!(
+        wait_for(Duration::from_secs(10), || path.is_file()),
+        "no {} 10 s after the node answered /healthz",
+        path.display()
+    );
+    let text = std::fs::read_to_string(&path).expect("bootstrap.json");
+    serde_json::from_str(&text).expect("bootstrap.json is JSON")
 }
