@@ -695,7 +695,9 @@ fn a_control_plane_refuses_to_start_with_a_short_cluster_secret() {
 
 /// Waits until every node acknowledged the control plane's current version and none refused
 /// one; returns that version.
-fn acknowledged_everywhere(cluster: &Cluster, nodes: usize, what: &str) -> u64 {
+/// Waits until the control plane's version is above `above` (a change just made may reach
+/// the version a moment after its API answer) and every node acknowledged it; returns it.
+fn acknowledged_everywhere(cluster: &Cluster, nodes: usize, above: u64, what: &str) -> u64 {
     let mut view = Value::Null;
     let converged = wait_for(Duration::from_secs(10), || {
         view = cluster
@@ -704,7 +706,8 @@ fn acknowledged_everywhere(cluster: &Cluster, nodes: usize, what: &str) -> u64 {
             .json();
         let version = view["version"].as_u64();
         let all = view["nodes"].as_array().cloned().unwrap_or_default();
-        all.len() == nodes
+        version.is_some_and(|v| v > above)
+            && all.len() == nodes
             && all
                 .iter()
                 .all(|n| n["acked_version"].as_u64() == version && n["last_nack"].is_null())
@@ -745,7 +748,7 @@ fn schema_and_tag_rule_changes_are_new_versions_every_node_acknowledges() {
         json!({"slug": "telemetry"}),
     );
     assert_eq!(a.status, 201, "{}", a.body);
-    let mut version = acknowledged_everywhere(&cluster, 2, "the source");
+    let mut version = acknowledged_everywhere(&cluster, 2, 0, "the source");
 
     let schema = json!({"type": "object", "properties": {"temp_c": {"type": "number"}}});
     let a = cluster.api.patch(
@@ -754,7 +757,7 @@ fn schema_and_tag_rule_changes_are_new_versions_every_node_acknowledges() {
         json!({"schema": schema, "on_invalid": "quarantine"}),
     );
     assert_eq!(a.status, 200, "{}", a.body);
-    let next = acknowledged_everywhere(&cluster, 2, "the schema");
+    let next = acknowledged_everywhere(&cluster, 2, version, "the schema");
     assert!(next > version, "a schema change is a new version");
     version = next;
 
@@ -768,7 +771,7 @@ fn schema_and_tag_rule_changes_are_new_versions_every_node_acknowledges() {
         let a = cluster.api.post(rules, Some(&ada.token), body);
         assert_eq!(a.status, 201, "{}", a.body);
         ids.push(a.json()["id"].clone());
-        let next = acknowledged_everywhere(&cluster, 2, "a new rule");
+        let next = acknowledged_everywhere(&cluster, 2, version, "a new rule");
         assert!(next > version, "a new rule is a new version");
         version = next;
     }
@@ -779,7 +782,7 @@ fn schema_and_tag_rule_changes_are_new_versions_every_node_acknowledges() {
     listed.reverse();
     let a = cluster.api.put(rules, &ada.token, json!({"rules": listed}));
     assert_eq!(a.status, 200, "{}", a.body);
-    let next = acknowledged_everywhere(&cluster, 2, "the reorder");
+    let next = acknowledged_everywhere(&cluster, 2, version, "the reorder");
     assert!(next > version, "a reorder is a new version");
 
     // What the nodes acknowledged is what the stream carries: a node that connects now gets
