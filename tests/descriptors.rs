@@ -41,8 +41,10 @@ fn raise_own_descriptor_limit() {
 /// `count` connections to `addr` that send nothing; those that cannot connect within a second
 /// (a listener that stopped accepting, its backlog full) are left out.
 fn idle_connections(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    // 5 s: with the listen backlog full for a moment (the accept loop is answering refusals
+    // while other tests load the machine), a SYN is retransmitted after 1 s.
     (0..count)
-        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(1)).ok())
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(5)).ok())
         .collect()
 }
 
