@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 
 use crate::loadgen::{self, process_cpu_ticks, ticks_to_secs, Plan, ServerProcess, Target};
 use crate::payload;
-use crate::propagation::{agent, spawn, Process};
+use crate::propagation::{agent, spawn, start_nodes, Process, SECRET};
 use crate::sluice::{self, free_port};
 
 #[derive(Args, Clone)]
@@ -56,8 +56,6 @@ pub struct ClusterArgs {
     #[arg(long)]
     json: bool,
 }
-
-const SECRET: &str = "bench-cluster-secret";
 
 fn call(agent: &ureq::Agent, url: &str, token: &str, body: Value) -> Result<Value> {
     let mut response = agent
@@ -172,33 +170,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
 
     // The nodes: one HTTP thread each, MQTT off, their own data dir and local lake.
     let count = args.nodes as usize;
-    let mut nodes = Vec::new();
-    for n in 0..count {
-        let port = free_port()?;
-        let process = spawn(
-            &bin,
-            &[
-                "dataplane".into(),
-                "--data-dir".into(),
-                dir.path().join(format!("node{n}")).display().to_string(),
-                "--http-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--mqtt-addr".into(),
-                "off".into(),
-                "--http-threads".into(),
-                "1".into(),
-                "--control-plane".into(),
-                api.clone(),
-                "--cluster-secret".into(),
-                SECRET.into(),
-                "--node-id".into(),
-                format!("bench-{n}"),
-            ],
-            &dir.path().join(format!("node{n}.log")),
-            &format!("http://127.0.0.1:{port}/healthz"),
-        )?;
-        nodes.push((process, port));
-    }
+    let nodes = start_nodes(&bin, dir.path(), count, &api)?;
     let accepts = |port: u16| {
         agent
             .post(format!("http://127.0.0.1:{port}/v1/ingest/bench/telemetry"))

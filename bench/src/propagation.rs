@@ -68,7 +68,7 @@ pub struct PropagationArgs {
     sluice_bin: Option<PathBuf>,
 }
 
-const SECRET: &str = "bench-cluster-secret";
+pub(crate) const SECRET: &str = "bench-cluster-secret";
 
 /// A child process, killed when dropped (the cluster bench's too).
 pub(crate) struct Process(pub(crate) Child);
@@ -92,6 +92,45 @@ pub(crate) fn agent() -> ureq::Agent {
         .timeout_global(Some(Duration::from_secs(10)))
         .build()
         .into()
+}
+
+/// Starts `count` data-plane nodes following the control plane at `api` (one HTTP thread
+/// each, MQTT off, a data dir and log of their own under `dir`), each waited for; the cluster
+/// bench's nodes too.
+pub(crate) fn start_nodes(
+    bin: &Path,
+    dir: &Path,
+    count: usize,
+    api: &str,
+) -> Result<Vec<(Process, u16)>> {
+    let mut nodes = Vec::new();
+    for n in 0..count {
+        let port = free_port()?;
+        let process = spawn(
+            bin,
+            &[
+                "dataplane".into(),
+                "--data-dir".into(),
+                dir.join(format!("node{n}")).display().to_string(),
+                "--http-addr".into(),
+                format!("127.0.0.1:{port}"),
+                "--mqtt-addr".into(),
+                "off".into(),
+                "--http-threads".into(),
+                "1".into(),
+                "--control-plane".into(),
+                api.to_owned(),
+                "--cluster-secret".into(),
+                SECRET.into(),
+                "--node-id".into(),
+                format!("bench-{n}"),
+            ],
+            &dir.join(format!("node{n}.log")),
+            &format!("http://127.0.0.1:{port}/healthz"),
+        )?;
+        nodes.push((process, port));
+    }
+    Ok(nodes)
 }
 
 /// Starts `bin` with its stderr in `log` and waits until `health` answers 200.
@@ -183,33 +222,7 @@ fn revocations(bin: &Path, args: &PropagationArgs) -> Result<()> {
         &dir.path().join("cp.log"),
         &format!("{api}/healthz"),
     )?;
-    let mut nodes = Vec::new();
-    for n in 0..args.nodes {
-        let port = free_port()?;
-        let process = spawn(
-            bin,
-            &[
-                "dataplane".into(),
-                "--data-dir".into(),
-                dir.path().join(format!("node{n}")).display().to_string(),
-                "--http-addr".into(),
-                format!("127.0.0.1:{port}"),
-                "--mqtt-addr".into(),
-                "off".into(),
-                "--http-threads".into(),
-                "1".into(),
-                "--control-plane".into(),
-                api.clone(),
-                "--cluster-secret".into(),
-                SECRET.into(),
-                "--node-id".into(),
-                format!("bench-{n}"),
-            ],
-            &dir.path().join(format!("node{n}.log")),
-            &format!("http://127.0.0.1:{port}/healthz"),
-        )?;
-        nodes.push((process, port));
-    }
+    let nodes = start_nodes(bin, dir.path(), args.nodes as usize, &api)?;
     let agent = agent();
     let operator: Value = serde_json::from_str(&std::fs::read_to_string(
         cp_dir.join("initial-operator.json"),
