@@ -354,6 +354,8 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                 events_per_second_max: None,
                 cors_origins: Vec::new(),
                 tag_rules: Vec::new(),
+                outputs: Vec::new(),
+                export_endpoints: Vec::new(),
                 sources: vec![SourceConfig {
                     id: Uuid::now_v7(),
                     slug: "telemetry".into(),
@@ -374,6 +376,7 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                             sources: None,
                             device_id: None,
                             expires_at: None,
+                            endpoints: None,
                         }
                     })
                     .collect(),

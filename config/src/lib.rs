@@ -5,6 +5,7 @@
 //! - [`delta`] and [`state`]: the change between two versions, and the indexed copy a node
 //!   applies changes to.
 //! - [`shaping`]: sources' JSON Schemas, the typed columns they give, and tag rules.
+//! - [`data_out`]: outputs (filtered, projected views of a source) and export endpoints.
 //! - [`hash`]: the content hash that proves two copies equal.
 //! - [`token`]: generating access tokens and hashing them; no secret is ever stored.
 //! - [`stream`]: the configuration stream's wire types.
@@ -13,6 +14,7 @@
 //! neither.
 #![forbid(unsafe_code)]
 
+pub mod data_out;
 pub mod delta;
 pub mod hash;
 pub mod shaping;

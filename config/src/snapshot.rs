@@ -11,6 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
+use crate::data_out::{self, ExportEndpointConfig, OutputConfig};
 use crate::shaping::{self, OnInvalid, TagRule};
 
 /// One version of a node's configuration.
@@ -51,6 +52,12 @@ pub struct WorkspaceConfig {
     /// Tag rules, in the order they apply ([`crate::shaping`]).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tag_rules: Vec<TagRule>,
+    /// Outputs: filtered, projected views of a source's events ([`crate::data_out`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<OutputConfig>,
+    /// Export endpoints: outputs end-users read with `read` tokens.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub export_endpoints: Vec<ExportEndpointConfig>,
 }
 
 fn enabled_by_default() -> bool {
@@ -118,7 +125,7 @@ impl Protocol {
 pub enum Scope {
     /// Send events.
     Ingest,
-    /// Read data (not used by the data plane yet).
+    /// Read export endpoints (`/v1/stream/...`); never send events.
     Read,
 }
 
@@ -140,6 +147,10 @@ pub struct TokenConfig {
     pub device_id: Option<String>,
     #[serde(default)]
     pub expires_at: Option<DateTime<Utc>>,
+    /// Export endpoint slugs a `read` token may read; every endpoint of the workspace when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoints: Option<Vec<String>>,
 }
 
 /// Why a snapshot cannot be applied.
@@ -256,6 +267,9 @@ impl WorkspaceConfig {
         }
         shaping::check_rules(&self.tag_rules)
             .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
+        let slugs: Vec<&str> = self.sources.iter().map(|s| s.slug.as_str()).collect();
+        data_out::check_workspace(&slugs, &self.outputs, &self.export_endpoints)
+            .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
         let mut hashes = HashSet::new();
         let mut ids = HashSet::new();
         for token in &self.tokens {
@@ -325,6 +339,7 @@ mod tests {
             sources: None,
             device_id: None,
             expires_at: None,
+            endpoints: None,
         };
         let ws = |slug: &str| WorkspaceConfig {
             id: Uuid::now_v7(),
@@ -336,6 +351,8 @@ mod tests {
             sources: vec![],
             tokens: vec![token.clone()],
             tag_rules: Vec::new(),
+            outputs: Vec::new(),
+            export_endpoints: Vec::new(),
         };
         let snapshot = ConfigSnapshot {
             version: 1,
@@ -356,6 +373,7 @@ mod tests {
             sources: None,
             device_id: None,
             expires_at: None,
+            endpoints: None,
         };
         let mut ws = WorkspaceConfig {
             id: Uuid::now_v7(),
@@ -367,6 +385,8 @@ mod tests {
             sources: vec![],
             tokens: vec![token('a'), token('b')],
             tag_rules: Vec::new(),
+            outputs: Vec::new(),
+            export_endpoints: Vec::new(),
         };
         assert!(ws.validate().is_err(), "two tokens with one id");
         ws.tokens.pop();

@@ -15,6 +15,7 @@ pub fn token(hash: u64) -> TokenConfig {
         sources: None,
         device_id: None,
         expires_at: None,
+        endpoints: None,
     }
 }
 
@@ -38,6 +39,8 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
         }],
         tokens: tokens.iter().map(|h| token(*h)).collect(),
         tag_rules: Vec::new(),
+        outputs: Vec::new(),
+        export_endpoints: Vec::new(),
     }
 }
 

@@ -332,6 +332,8 @@ mod tests {
                     sources: vec![],
                     tokens: vec![],
                     tag_rules: Vec::new(),
+                    outputs: Vec::new(),
+                    export_endpoints: Vec::new(),
                 })
                 .collect(),
         }
@@ -386,6 +388,7 @@ mod tests {
                     sources: None,
                     device_id: None,
                     expires_at: None,
+                    endpoints: None,
                 })
                 .collect();
             s

@@ -52,9 +52,12 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         sources: t.sources.clone(),
                         device_id: t.device_id.clone(),
                         expires_at: t.expires_at,
+                        endpoints: None,
                     })
                     .collect(),
                 tag_rules: s.tag_rules_of(ws.id).to_vec(),
+                outputs: Vec::new(),
+                export_endpoints: Vec::new(),
             })
             .collect(),
     }

@@ -541,6 +541,8 @@ mod tests {
             events_per_second_max: None,
             cors_origins: Vec::new(),
             tag_rules: Vec::new(),
+            outputs: Vec::new(),
+            export_endpoints: Vec::new(),
             sources: vec![SourceConfig {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),
@@ -558,6 +560,7 @@ mod tests {
                 sources: None,
                 device_id: None,
                 expires_at: None,
+                endpoints: None,
             }],
         }
     }

@@ -59,8 +59,11 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
                 sources: None,
                 device_id: None,
                 expires_at: None,
+                endpoints: None,
             }],
             tag_rules: Vec::new(),
+            outputs: Vec::new(),
+            export_endpoints: Vec::new(),
         }],
     };
     let bootstrap = Bootstrap {

@@ -533,6 +533,8 @@ mod tests {
                     extract,
                 })
                 .collect(),
+            outputs: Vec::new(),
+            export_endpoints: Vec::new(),
         }
     }
 
