@@ -173,7 +173,9 @@ impl Envelope {
             Envelope::Tags => {
                 json!({"type": "object", "additionalProperties": {"type": "string"}})
             }
-            Envelope::Payload => payload.cloned().unwrap_or_else(|| json!({"type": "object"})),
+            Envelope::Payload => payload
+                .cloned()
+                .unwrap_or_else(|| json!({"type": "object"})),
         }
     }
 }
@@ -612,9 +614,14 @@ mod tests {
         let check = |v: Value| output(v).check_against_schema(&schema);
         assert!(check(json!({"fields": [{"from": "/temp"}]})).is_err());
         assert!(check(json!({"fields": [{"from": "/meta/sit"}]})).is_err());
-        assert!(check(json!({"filter": {"conditions": [{"pointer": "/ok", "op": "gt", "value": 1}]}})).is_err());
-        assert!(check(json!({"fields": [{"from": "/meta/site"}, {"from": "/free/any/thing"}],
-            "filter": {"conditions": [{"pointer": "/temp_c", "op": "gt", "value": 1}]}}))
+        assert!(check(
+            json!({"filter": {"conditions": [{"pointer": "/ok", "op": "gt", "value": 1}]}})
+        )
+        .is_err());
+        assert!(check(
+            json!({"fields": [{"from": "/meta/site"}, {"from": "/free/any/thing"}],
+            "filter": {"conditions": [{"pointer": "/temp_c", "op": "gt", "value": 1}]}})
+        )
         .is_ok());
         let produced =
             output(json!({"fields": [{"from": "/temp_c", "name": "t"}, {"from": "device_id"}]}))

@@ -7,6 +7,7 @@
 //! - [`shipper`]: tails the WAL, batches per (workspace, source), uploads Parquet, trims the WAL.
 //! - [`cache`]: the node's redb cache of the last-known-good configuration (the configuration
 //!   itself is `sluice-config`'s).
+//! - [`commits`]: per node, the ordered log of the files it uploaded, which export readers follow.
 //! - [`progress`]: the shipper's record of what each WAL range became.
 //! - [`shutdown`]: the one shutdown signal every thread and task of a process receives.
 //! - [`chaos`]: named crash points, compiled in only with the feature `chaos`.
@@ -20,6 +21,7 @@
 
 pub mod cache;
 pub mod chaos;
+pub mod commits;
 pub mod event;
 pub mod lake;
 pub mod layout;

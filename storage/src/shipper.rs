@@ -26,6 +26,7 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
+use crate::commits;
 use crate::event::IngestBatch;
 use crate::lake::{Lake, LakeError};
 use crate::layout;
@@ -139,6 +140,7 @@ pub fn start(
         held_bytes: 0,
         open_bytes: 0,
         trimmed_below: 0,
+        commit_seqs: HashMap::new(),
     };
     let thread = std::thread::Builder::new()
         .name("sluice-shipper".into())
@@ -168,6 +170,7 @@ struct OpenBatch {
     last_lsn: Lsn,
     first_event_id: Uuid,
     first_received_at_us: i64,
+    last_received_at_us: i64,
     hour: i64,
     opened: Instant,
 }
@@ -182,12 +185,24 @@ enum FileData {
 /// A cut batch on its way to the lake.
 struct CutFile {
     path: Path,
+    /// What its commit entry says; `None` for quarantine files, which export readers skip.
+    commit: Option<Committed>,
     first_lsn: Lsn,
     last_lsn: Lsn,
     rows: usize,
     /// Memory it holds, counted in `held_bytes`.
     held: usize,
     data: FileData,
+}
+
+/// What a file of accepted events puts in its node's commit log ([`crate::commits`]).
+#[derive(Clone)]
+struct Committed {
+    workspace_id: Uuid,
+    source: String,
+    first_event_id: Uuid,
+    min_received_at_us: i64,
+    max_received_at_us: i64,
 }
 
 #[derive(Default)]
@@ -223,6 +238,8 @@ enum UploadError {
     Store(#[source] LakeError),
     #[error("uploading: no answer from object storage within {0:?}")]
     TimedOut(Duration),
+    #[error("writing the commit log: {0}")]
+    Commit(#[source] commits::CommitError),
     #[error("recording the upload's progress: {0}")]
     Progress(#[source] ProgressError),
     #[error("the {0} task failed: {1}")]
@@ -248,6 +265,8 @@ struct Shipper {
     open_bytes: usize,
     /// Low-water mark at the last WAL trim.
     trimmed_below: Lsn,
+    /// Next commit-log number per [`commits::seq_key`], once reserved since start.
+    commit_seqs: HashMap<String, u64>,
 }
 
 impl Shipper {
@@ -445,6 +464,7 @@ impl Shipper {
             // The file's first event names it: the same after a replay from the WAL.
             first_event_id: crate::event::event_id(env.first_event_id, first_index),
             first_received_at_us: env.received_at_us,
+            last_received_at_us: env.received_at_us,
             hour,
             opened: Instant::now(),
         });
@@ -459,6 +479,7 @@ impl Shipper {
         // A key's records arrive in LSN order, after what is already in the lake.
         debug_assert!(lsn > state.flushed && lsn >= open.last_lsn);
         open.last_lsn = lsn;
+        open.last_received_at_us = open.last_received_at_us.max(env.received_at_us);
         let grown = open.rows.bytes() - before;
         self.held_bytes += grown;
         self.open_bytes += grown;
@@ -525,8 +546,16 @@ impl Shipper {
             open.quarantine,
         );
         debug!(%path, rows, first_lsn = open.first_lsn, last_lsn = open.last_lsn, "batch cut");
+        let commit = (!open.quarantine).then(|| Committed {
+            workspace_id: open.workspace_id,
+            source: open.source.clone(),
+            first_event_id: open.first_event_id,
+            min_received_at_us: open.first_received_at_us,
+            max_received_at_us: open.last_received_at_us,
+        });
         state.queue.push_back(CutFile {
             path,
+            commit,
             first_lsn: open.first_lsn,
             last_lsn: open.last_lsn,
             rows,
@@ -594,6 +623,13 @@ impl Shipper {
             file.data = FileData::Encoded(bytes);
         }
         let result = match result {
+            Ok(bytes) => match self.append_commit(&file).await {
+                Ok(()) => Ok(bytes),
+                Err(err) => Err(err),
+            },
+            Err(err) => Err(err),
+        };
+        let result = match result {
             Ok(bytes) => {
                 let progress = self.progress.clone();
                 let (k, lsn) = (key.clone(), file.last_lsn);
@@ -648,6 +684,45 @@ impl Shipper {
                 }
                 state.queue.push_front(file);
             }
+        }
+    }
+
+    /// Writes `file`'s entry into this node's commit log of its source, after reserving its
+    /// sequence number durably (see [`crate::commits`]): a number is never reused, even when
+    /// the process dies between the reservation and the entry. Called from the one loop that
+    /// finishes uploads, so a source's entries are written one at a time, in number order.
+    async fn append_commit(&mut self, file: &CutFile) -> Result<(), UploadError> {
+        let Some(commit) = &file.commit else {
+            return Ok(());
+        };
+        let key = commits::seq_key(commit.workspace_id, &commit.source);
+        let seq = match self.commit_seqs.get(&key) {
+            Some(next) => *next,
+            None => self.flushed_at_start.get(&key).copied().unwrap_or(0),
+        };
+        let progress = self.progress.clone();
+        let reserved = key.clone();
+        match tokio::task::spawn_blocking(move || progress.commit(&reserved, seq + 1)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => return Err(UploadError::Progress(err)),
+            Err(err) => return Err(UploadError::Task("commit number reservation", err)),
+        }
+        self.commit_seqs.insert(key, seq + 1);
+        let entry = commits::CommitEntry {
+            seq,
+            node: self.config.node_id.clone(),
+            path: file.path.to_string(),
+            rows: file.rows as u64,
+            first_event_id: commit.first_event_id,
+            min_received_at_us: commit.min_received_at_us,
+            max_received_at_us: commit.max_received_at_us,
+            committed_at_us: chrono::Utc::now().timestamp_micros(),
+        };
+        let append = commits::append(&self.lake, commit.workspace_id, &commit.source, &entry);
+        match tokio::time::timeout(self.config.upload_timeout, append).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(err)) => Err(UploadError::Commit(err)),
+            Err(_) => Err(UploadError::TimedOut(self.config.upload_timeout)),
         }
     }
 
