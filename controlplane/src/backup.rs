@@ -215,6 +215,45 @@ mod tests {
             .expect("write");
     }
 
+    /// An output on a source of workspace `slug`, and an endpoint serving it; returns the
+    /// output's id.
+    fn commit_output(store: &Store, slug: &str) -> uuid::Uuid {
+        let ws = store
+            .read(|s| s.workspace(slug).map(|w| w.id))
+            .expect("the workspace");
+        let output = crate::model::Output {
+            id: uuid::Uuid::now_v7(),
+            workspace_id: ws,
+            slug: "hot".into(),
+            name: "hot".into(),
+            source: "telemetry".into(),
+            filter: Default::default(),
+            fields: vec![],
+            created_at: chrono::Utc::now(),
+        };
+        let endpoint = crate::model::ExportEndpoint {
+            id: uuid::Uuid::now_v7(),
+            workspace_id: ws,
+            slug: "live".into(),
+            name: "live".into(),
+            output: "hot".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let id = output.id;
+        store
+            .write(|_| {
+                Ok::<_, StoreError>((
+                    vec![
+                        Change::PutOutput(output),
+                        Change::PutExportEndpoint(endpoint),
+                    ],
+                    (),
+                ))
+            })
+            .expect("write");
+        id
+    }
+
     #[test]
     fn a_backup_restores_every_record_with_a_version_past_both_stores() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -222,8 +261,9 @@ mod tests {
         std::fs::create_dir_all(&live).expect("dir");
         let store = Store::open(&live.join(STORE_FILE_NAME)).expect("open");
         commit_workspace(&store, "plant");
+        let output = commit_output(&store, "plant");
         let backup = dir.path().join("backup.redb");
-        assert_eq!(store.backup_to(&backup).expect("backup"), 1);
+        assert_eq!(store.backup_to(&backup).expect("backup"), 2);
         assert!(
             store.backup_to(&backup).is_err(),
             "never over an existing file"
@@ -236,12 +276,18 @@ mod tests {
         ));
         drop(store);
         let restored = restore(&backup, &live).expect("restore");
-        assert_eq!((restored.backup_version, restored.version), (1, 3));
+        assert_eq!((restored.backup_version, restored.version), (2, 4));
         assert!(restored.previous.is_some_and(|p| p.exists()));
         let store = Store::open(&live.join(STORE_FILE_NAME)).expect("reopen");
         let slugs: Vec<String> = store.read(|s| s.slugs.keys().cloned().collect());
         assert_eq!(slugs, vec!["plant".to_owned()]);
-        assert_eq!(store.read(|s| s.config_version), 3);
+        assert_eq!(store.read(|s| s.config_version), 4);
+        assert_eq!(
+            store.read(|s| s.outputs.get(&output).map(|o| o.slug.clone())),
+            Some("hot".to_owned()),
+            "outputs and export endpoints are in the backup"
+        );
+        assert_eq!(store.read(|s| s.export_endpoints.len()), 1);
         drop(store);
 
         std::fs::write(dir.path().join("junk"), b"not redb").expect("write");

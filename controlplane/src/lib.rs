@@ -3,6 +3,8 @@
 //!
 //! - `store`: every record in memory and in one redb file; changes commit before they show.
 //! - `model` and `roles`: the records and the one permission table.
+//! - `references`: what names what in a workspace (outputs their source, endpoints their
+//!   output, read tokens their endpoints), and the refusals that keep the names valid.
 //! - `auth`: passwords, sessions, personal tokens, one-time codes, the caller of a request.
 //! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
 //!   the one list of problem types they refuse with.
@@ -38,6 +40,7 @@ pub(crate) mod outbound;
 pub(crate) mod problem;
 pub(crate) mod purge;
 pub(crate) mod rate_limit;
+pub(crate) mod references;
 pub(crate) mod request_body;
 pub(crate) mod roles;
 pub(crate) mod schema;

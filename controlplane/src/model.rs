@@ -5,6 +5,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
+use sluice_config::data_out::{ExportEndpointConfig, Field, Filter, OutputConfig};
 use sluice_config::shaping::{OnInvalid, TagRule};
 use sluice_config::snapshot::Scope;
 use utoipa::ToSchema;
@@ -170,6 +171,10 @@ pub struct AccessToken {
     pub sources: Option<Vec<String>>,
     /// The only device id the token may send as.
     pub device_id: Option<String>,
+    /// Export endpoint slugs a `read` token may read; all when absent (and always absent in
+    /// records written before read tokens had it).
+    #[serde(default)]
+    pub endpoints: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -201,6 +206,61 @@ pub struct Source {
 
 fn keep_payload_by_default() -> bool {
     true
+}
+
+/// A filtered, projected view of one source's events (`sluice_config::data_out`), as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Output {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// Unique in the workspace; fixed once created (endpoints name it).
+    pub slug: String,
+    pub name: String,
+    /// The slug of the source it reads; that source cannot be deleted while this output
+    /// names it.
+    pub source: String,
+    pub filter: Filter,
+    pub fields: Vec<Field>,
+    pub created_at: DateTime<Utc>,
+}
+
+impl Output {
+    /// The output as nodes receive it.
+    pub fn config(&self) -> OutputConfig {
+        OutputConfig {
+            id: self.id,
+            slug: self.slug.clone(),
+            name: self.name.clone(),
+            source: self.source.clone(),
+            filter: self.filter.clone(),
+            fields: self.fields.clone(),
+        }
+    }
+}
+
+/// An output made readable by end-users with `read` tokens, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ExportEndpoint {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// Unique in the workspace; fixed once created (its URL and tokens name it).
+    pub slug: String,
+    pub name: String,
+    /// The slug of the output it serves.
+    pub output: String,
+    pub created_at: DateTime<Utc>,
+}
+
+impl ExportEndpoint {
+    /// The endpoint as nodes receive it.
+    pub fn config(&self) -> ExportEndpointConfig {
+        ExportEndpointConfig {
+            id: self.id,
+            slug: self.slug.clone(),
+            name: self.name.clone(),
+            output: self.output.clone(),
+        }
+    }
 }
 
 /// A workspace's tag rules, in the order they apply: one record per workspace, so that a

@@ -58,10 +58,20 @@ problem_types! {
     InvalidSchema => (BAD_REQUEST, "invalid-schema", "Invalid schema"),
     InvalidTagRule => (BAD_REQUEST, "invalid-tag-rule", "Invalid tag rule"),
     InvalidOrigin => (BAD_REQUEST, "invalid-origin", "Invalid CORS origin"),
+    /// An output the nodes could not evaluate, or whose pointers do not fit its source's
+    /// schema.
+    InvalidOutput => (BAD_REQUEST, "invalid-output", "Invalid output"),
+    InvalidExportEndpoint => (BAD_REQUEST, "invalid-export-endpoint", "Invalid export endpoint"),
     /// A new token's `sources` names a source the workspace does not have; the same slug as
     /// [`ProblemType::UnknownSource`], with 400 because the path itself is fine.
     /// Likewise a tag rule's `sources`.
     UnknownNamedSource => (BAD_REQUEST, "unknown-source", "Unknown source named in the body"),
+    /// An export endpoint's `output` names an output the workspace does not have; the same
+    /// slug as [`ProblemType::UnknownOutput`], with 400 because the path itself is fine.
+    UnknownNamedOutput => (BAD_REQUEST, "unknown-output", "Unknown output named in the body"),
+    /// A new token's `endpoints` names an export endpoint the workspace does not have; the
+    /// same slug as [`ProblemType::UnknownExportEndpoint`].
+    UnknownNamedEndpoint => (BAD_REQUEST, "unknown-export-endpoint", "Unknown export endpoint named in the body"),
     InvalidCode => (BAD_REQUEST, "invalid-code", "Invalid code"),
     InvalidSmtpSettings => (BAD_REQUEST, "invalid-smtp-settings", "Invalid SMTP settings"),
     NotASession => (BAD_REQUEST, "not-a-session", "Not a session"),
@@ -89,6 +99,8 @@ problem_types! {
     UnknownToken => (NOT_FOUND, "unknown-token", "Unknown access token"),
     UnknownSource => (NOT_FOUND, "unknown-source", "Unknown source"),
     UnknownTagRule => (NOT_FOUND, "unknown-tag-rule", "Unknown tag rule"),
+    UnknownOutput => (NOT_FOUND, "unknown-output", "Unknown output"),
+    UnknownExportEndpoint => (NOT_FOUND, "unknown-export-endpoint", "Unknown export endpoint"),
     UnknownUser => (NOT_FOUND, "unknown-user", "Unknown user"),
     UnknownProvider => (NOT_FOUND, "unknown-provider", "Unknown sign-in provider"),
     UnknownIdentity => (NOT_FOUND, "unknown-identity", "Unknown identity"),
@@ -100,6 +112,12 @@ problem_types! {
     EmailTaken => (CONFLICT, "email-taken", "E-mail address taken"),
     SlugTaken => (CONFLICT, "slug-taken", "Slug taken"),
     SourceExists => (CONFLICT, "source-exists", "Source exists"),
+    OutputExists => (CONFLICT, "output-exists", "Output exists"),
+    ExportEndpointExists => (CONFLICT, "export-endpoint-exists", "Export endpoint exists"),
+    /// The change would leave something pointing at nothing: a source read by an output, an
+    /// output served by an endpoint, an endpoint named by a token, or a source schema an
+    /// output no longer fits. `detail` names them.
+    InUse => (CONFLICT, "in-use", "In use"),
     AlreadyMember => (CONFLICT, "already-member", "Already a member"),
     LastAdmin => (CONFLICT, "last-admin", "Last Admin"),
     LastWorkspace => (CONFLICT, "last-workspace", "Last workspace"),
@@ -199,7 +217,8 @@ pub struct ProblemBody {
 
 /// `type` in the OpenAPI document: a string, one of the URIs of [`ProblemType::ALL`].
 fn problem_type_schema() -> utoipa::openapi::schema::Object {
-    // `unknown-source` is one type with two statuses: listed once.
+    // `unknown-source`, `unknown-output` and `unknown-export-endpoint` are each one type with
+    // two statuses: listed once.
     let mut uris: Vec<String> = Vec::with_capacity(ProblemType::ALL.len());
     for uri in ProblemType::ALL.iter().map(|k| k.uri()) {
         if !uris.contains(&uri) {

@@ -18,8 +18,8 @@ pub enum Role {
 /// Something a member may try to do in a workspace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
-    /// See the workspace, its members, pending invitations, sources, tokens (never secrets)
-    /// and settings.
+    /// See the workspace, its members, pending invitations, sources, outputs, export
+    /// endpoints, tokens (never secrets) and settings.
     View,
     RenameWorkspace,
     DeleteWorkspace,
@@ -28,6 +28,8 @@ pub enum Action {
     ManageSources,
     /// Create, change, reorder and delete the workspace's tag rules.
     ManageTagRules,
+    /// Create, change and delete the workspace's outputs and export endpoints.
+    ManageOutputs,
     ManageTokens,
     ManageCors,
     /// Save, remove and test the workspace's SMTP settings.
@@ -49,6 +51,7 @@ impl Action {
             | Action::PublishAsyncapi => &[Admin],
             Action::ManageSources
             | Action::ManageTagRules
+            | Action::ManageOutputs
             | Action::ManageTokens
             | Action::ManageSmtp => &[Admin, Editor],
         }
@@ -72,6 +75,7 @@ mod tests {
             Action::ManageMembers,
             Action::ManageSources,
             Action::ManageTagRules,
+            Action::ManageOutputs,
             Action::ManageTokens,
             Action::ManageCors,
             Action::PublishAsyncapi,
@@ -82,6 +86,7 @@ mod tests {
         assert!(Action::ManageSources.allows(Role::Editor));
         assert!(Action::ManageTokens.allows(Role::Editor));
         assert!(Action::ManageTagRules.allows(Role::Editor));
+        assert!(Action::ManageOutputs.allows(Role::Editor));
         assert!(Action::ManageSmtp.allows(Role::Editor));
         assert!(!Action::ManageSmtp.allows(Role::Viewer));
         assert!(!Action::ManageMembers.allows(Role::Editor));

@@ -1,6 +1,7 @@
 //! The data-plane configuration derived from the control plane's state, in the `storage/`
 //! snapshot format (token hashes only, never secrets), with each source's schema and shaping
-//! settings and each workspace's tag rules in order: the content hash covers them all.
+//! settings, each workspace's tag rules in order, its outputs and export endpoints, and each
+//! read token's endpoints: the content hash covers them all.
 //!
 //! Each version is also written to `<data-dir>/config-snapshot.json`, which a data-plane node
 //! can follow with `--config-snapshot` until the configuration stream exists.
@@ -11,6 +12,7 @@ use std::path::{Path, PathBuf};
 use sluice_config::snapshot::{ConfigSnapshot, SourceConfig, TokenConfig, WorkspaceConfig};
 
 use crate::app::App;
+use crate::model::{ExportEndpoint, Output};
 use crate::store::State;
 
 /// File name of the written snapshot under the data dir.
@@ -52,12 +54,15 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                         sources: t.sources.clone(),
                         device_id: t.device_id.clone(),
                         expires_at: t.expires_at,
-                        endpoints: None,
+                        endpoints: t.endpoints.clone(),
                     })
                     .collect(),
                 tag_rules: s.tag_rules_of(ws.id).to_vec(),
-                outputs: Vec::new(),
-                export_endpoints: Vec::new(),
+                outputs: s.outputs_of(ws.id).map(Output::config).collect(),
+                export_endpoints: s
+                    .export_endpoints_of(ws.id)
+                    .map(ExportEndpoint::config)
+                    .collect(),
             })
             .collect(),
     }
@@ -235,5 +240,104 @@ mod tests {
         drop(store);
         let store = Store::open(&dir.path().join("cp.redb")).expect("reopen");
         assert_eq!(store.read(build).workspaces[0].tag_rules, reordered);
+    }
+
+    #[test]
+    fn outputs_endpoints_and_read_tokens_reach_the_snapshot_and_it_validates() {
+        use crate::model::{AccessToken, ExportEndpoint, Output};
+        use sluice_config::data_out::{CompareOp, Condition, Field, Filter};
+        use sluice_config::snapshot::Scope;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("cp.redb")).expect("open");
+        let ws = Workspace {
+            id: Uuid::now_v7(),
+            slug: "plant".into(),
+            name: "Plant".into(),
+            created_by: Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+            enabled: true,
+            cors_allowed_origins: vec![],
+            asyncapi_public: false,
+        };
+        let source = Source {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "telemetry".into(),
+            name: "telemetry".into(),
+            protocols: vec![Protocol::Http],
+            schema: Some(json!({"properties": {"temp_c": {"type": "number"}}})),
+            on_invalid: OnInvalid::Reject,
+            keep_payload: true,
+            created_at: chrono::Utc::now(),
+        };
+        let output = Output {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "hot".into(),
+            name: "Hot".into(),
+            source: "telemetry".into(),
+            filter: Filter {
+                conditions: vec![Condition {
+                    pointer: "/temp_c".into(),
+                    op: CompareOp::Gt,
+                    value: Some(json!(30)),
+                }],
+                ..Filter::default()
+            },
+            fields: vec![Field {
+                from: "/temp_c".into(),
+                name: Some("t".into()),
+            }],
+            created_at: chrono::Utc::now(),
+        };
+        let endpoint = ExportEndpoint {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "live".into(),
+            name: "live".into(),
+            output: "hot".into(),
+            created_at: chrono::Utc::now(),
+        };
+        let reader = AccessToken {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            name: "dashboard".into(),
+            sha256: "ab".repeat(32),
+            hint: String::new(),
+            scopes: vec![Scope::Read],
+            sources: None,
+            device_id: None,
+            endpoints: Some(vec!["live".into()]),
+            expires_at: None,
+            created_by: Uuid::now_v7(),
+            created_at: chrono::Utc::now(),
+        };
+        write(
+            &store,
+            vec![
+                Change::PutWorkspace(ws.clone()),
+                Change::PutSource(source),
+                Change::PutOutput(output.clone()),
+                Change::PutExportEndpoint(endpoint.clone()),
+                Change::PutToken(reader),
+            ],
+        );
+        let before = store.read(|s| s.config_version);
+        let snapshot = store.read(build);
+        snapshot.validate().expect("a valid configuration");
+        let pushed = &snapshot.workspaces[0];
+        assert_eq!(pushed.outputs, vec![output.config()]);
+        assert_eq!(pushed.export_endpoints, vec![endpoint.config()]);
+        assert_eq!(pushed.tokens[0].endpoints, Some(vec!["live".to_owned()]));
+
+        // Deleting an endpoint is a new version without it; the store keeps it across restarts.
+        write(&store, vec![Change::DeleteExportEndpoint(endpoint.id)]);
+        assert_eq!(store.read(|s| s.config_version), before + 1);
+        drop(store);
+        let store = Store::open(&dir.path().join("cp.redb")).expect("reopen");
+        let snapshot = store.read(build);
+        assert_eq!(snapshot.workspaces[0].outputs, vec![output.config()]);
+        assert!(snapshot.workspaces[0].export_endpoints.is_empty());
     }
 }

@@ -4,8 +4,9 @@
 //! A change is computed from a consistent read of the state as a list of [`Change`]s, committed
 //! to redb in one transaction, and only then applied in memory. A refused request therefore
 //! changes nothing, anywhere. Writes are serialised; reads never wait for a commit's fsync.
-//! Every committed change that touches what data-plane nodes see (workspaces, sources, access
-//! tokens) raises the configuration version in the same transaction.
+//! Every committed change that touches what data-plane nodes see (workspaces, sources, tag
+//! rules, outputs, export endpoints, access tokens) raises the configuration version in the
+//! same transaction.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -19,8 +20,8 @@ use uuid::Uuid;
 use sluice_config::shaping::TagRule;
 
 use crate::model::{
-    AccessToken, Credential, Delivery, Identity, Invitation, Member, Purge, Source, TagRules, User,
-    Workspace, WorkspaceSmtp,
+    AccessToken, Credential, Delivery, ExportEndpoint, Identity, Invitation, Member, Output, Purge,
+    Source, TagRules, User, Workspace, WorkspaceSmtp,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -34,6 +35,10 @@ const TOKENS: TableDefinition<&str, &[u8]> = TableDefinition::new("access_tokens
 const SOURCES: TableDefinition<&str, &[u8]> = TableDefinition::new("sources");
 /// Workspace id -> its tag rules, in order.
 const TAG_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("tag_rules");
+/// Output id -> a filtered, projected view of a source's events.
+const OUTPUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("outputs");
+/// Export endpoint id -> an output readable with `read` tokens.
+const EXPORT_ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("export_endpoints");
 /// Workspaces deleted whose objects in the lake are still to be removed.
 const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
 const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp");
@@ -88,6 +93,10 @@ pub struct State {
     pub sources: BTreeMap<Uuid, Source>,
     /// Workspace id -> its tag rules, in the order they apply.
     pub tag_rules: HashMap<Uuid, Vec<TagRule>>,
+    /// Output id -> output; ids are UUIDv7, so in creation order.
+    pub outputs: BTreeMap<Uuid, Output>,
+    /// Export endpoint id -> endpoint; ids are UUIDv7, so in creation order.
+    pub export_endpoints: BTreeMap<Uuid, ExportEndpoint>,
     /// Deleted workspaces whose lake objects are still to be deleted.
     pub purges: Vec<Purge>,
     /// Workspace id -> its own SMTP server.
@@ -121,6 +130,10 @@ pub enum Change {
     DeleteSource(Uuid),
     /// Replaces a workspace's tag rules (an empty list removes the record).
     PutTagRules(TagRules),
+    PutOutput(Output),
+    DeleteOutput(Uuid),
+    PutExportEndpoint(ExportEndpoint),
+    DeleteExportEndpoint(Uuid),
     PutPurge(Purge),
     DeletePurge(Uuid),
     PutSmtp(WorkspaceSmtp),
@@ -141,6 +154,10 @@ impl Change {
                 | Change::PutSource(_)
                 | Change::DeleteSource(_)
                 | Change::PutTagRules(_)
+                | Change::PutOutput(_)
+                | Change::DeleteOutput(_)
+                | Change::PutExportEndpoint(_)
+                | Change::DeleteExportEndpoint(_)
         )
     }
 }
@@ -211,6 +228,18 @@ impl State {
             }
             Change::PutTagRules(r) => {
                 self.tag_rules.insert(r.workspace_id, r.rules);
+            }
+            Change::PutOutput(o) => {
+                self.outputs.insert(o.id, o);
+            }
+            Change::DeleteOutput(id) => {
+                self.outputs.remove(&id);
+            }
+            Change::PutExportEndpoint(e) => {
+                self.export_endpoints.insert(e.id, e);
+            }
+            Change::DeleteExportEndpoint(id) => {
+                self.export_endpoints.remove(&id);
             }
             Change::PutPurge(purge) => {
                 self.purges.retain(|p| p.workspace_id != purge.workspace_id);
@@ -284,6 +313,20 @@ impl State {
             .get(&workspace)
             .map(Vec::as_slice)
             .unwrap_or_default()
+    }
+
+    /// A workspace's outputs, oldest first.
+    pub fn outputs_of(&self, workspace: Uuid) -> impl Iterator<Item = &Output> {
+        self.outputs
+            .values()
+            .filter(move |o| o.workspace_id == workspace)
+    }
+
+    /// A workspace's export endpoints, oldest first.
+    pub fn export_endpoints_of(&self, workspace: Uuid) -> impl Iterator<Item = &ExportEndpoint> {
+        self.export_endpoints
+            .values()
+            .filter(move |e| e.workspace_id == workspace)
     }
 
     pub fn tokens_of(&self, workspace: Uuid) -> impl Iterator<Item = &AccessToken> {
@@ -369,6 +412,12 @@ impl Store {
             for rules in load_table::<TagRules>(&txn, TAG_RULES)? {
                 state.apply(Change::PutTagRules(rules));
             }
+            for o in load_table::<Output>(&txn, OUTPUTS)? {
+                state.apply(Change::PutOutput(o));
+            }
+            for e in load_table::<ExportEndpoint>(&txn, EXPORT_ENDPOINTS)? {
+                state.apply(Change::PutExportEndpoint(e));
+            }
             for purge in load_table::<Purge>(&txn, PURGES)? {
                 state.apply(Change::PutPurge(purge));
             }
@@ -438,6 +487,8 @@ impl Store {
             let mut tokens = txn.open_table(TOKENS)?;
             let mut sources = txn.open_table(SOURCES)?;
             let mut tag_rules = txn.open_table(TAG_RULES)?;
+            let mut outputs = txn.open_table(OUTPUTS)?;
+            let mut export_endpoints = txn.open_table(EXPORT_ENDPOINTS)?;
             let mut purges = txn.open_table(PURGES)?;
             let mut smtp = txn.open_table(SMTP)?;
             let mut deliveries = txn.open_table(DELIVERIES)?;
@@ -495,6 +546,19 @@ impl Store {
                     Change::PutTagRules(r) => {
                         let key = r.workspace_id.to_string();
                         tag_rules.insert(key.as_str(), encode(r)?.as_slice())?;
+                    }
+                    Change::PutOutput(o) => {
+                        outputs.insert(o.id.to_string().as_str(), encode(o)?.as_slice())?;
+                    }
+                    Change::DeleteOutput(id) => {
+                        outputs.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutExportEndpoint(e) => {
+                        let key = e.id.to_string();
+                        export_endpoints.insert(key.as_str(), encode(e)?.as_slice())?;
+                    }
+                    Change::DeleteExportEndpoint(id) => {
+                        export_endpoints.remove(id.to_string().as_str())?;
                     }
                     Change::PutPurge(p) => {
                         let key = p.workspace_id.to_string();

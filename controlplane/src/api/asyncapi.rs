@@ -147,7 +147,9 @@ fn is_yaml(headers: &HeaderMap) -> bool {
 /// configuration version: entities with a known id are updated, entries without an id are
 /// created, entities absent from the document are deleted (docs/asyncapi.md). JSON, or YAML
 /// with `Content-Type: application/yaml`; at most 4 MiB. `If-Match` with the exported
-/// `x-sluice-configVersion` refuses the import if the configuration changed since. Admin or
+/// `x-sluice-configVersion` refuses the import if the configuration changed since. Outputs are
+/// not in the document and stay: an import that would delete or rename a source an output
+/// reads, or give it a schema the output does not fit, is refused (`409 in-use`). Admin or
 /// Editor.
 #[utoipa::path(put, path = "/api/v1/workspaces/{workspace}/asyncapi", tag = "asyncapi",
     params(("workspace" = String, Path, description = "Workspace id or slug"), ImportQuery,
@@ -156,6 +158,7 @@ fn is_yaml(headers: &HeaderMap) -> bool {
         description = "An AsyncAPI 3.0.0 document as the export gives it"),
     responses((status = 200, body = ImportAnswer), (status = 400, body = crate::problem::ProblemBody),
         (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 409, body = crate::problem::ProblemBody),
         (status = 412, body = crate::problem::ProblemBody), (status = 413, body = crate::problem::ProblemBody),
         (status = 422, body = crate::problem::ProblemBody)))]
 pub async fn import_asyncapi(
@@ -206,6 +209,8 @@ pub async fn import_asyncapi(
             }
         }
         let (plan, changes) = import::plan(s, ws, proposed, sources_max).map_err(refused)?;
+        // The document does not carry outputs: they stay, so the sources they read must too.
+        crate::references::refuse_broken_outputs(s, ws, &changes)?;
         Ok::<_, ApiError>((ws.clone(), plan, changes))
     };
     if query.dry_run {

@@ -9,6 +9,7 @@ mod asyncapi;
 mod cluster;
 mod codes;
 mod cors;
+mod export_endpoints;
 mod html;
 mod identities;
 mod invitations;
@@ -16,6 +17,7 @@ mod links;
 mod members;
 mod meta;
 mod operator;
+mod outputs;
 mod password_reset;
 mod personal_tokens;
 mod refusals;
@@ -290,7 +292,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "Sluice control plane",
-        description = "Users, workspaces, members and roles, invitations, access tokens and sources. Errors are application/problem+json (RFC 9457) with a stable `type`.",
+        description = "Users, workspaces, members and roles, invitations, access tokens, sources, tag rules, outputs and export endpoints. Errors are application/problem+json (RFC 9457) with a stable `type`.",
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),
@@ -303,6 +305,8 @@ impl Modify for Security {
         (name = "tokens", description = "Workspace access tokens for devices and readers"),
         (name = "sources", description = "Ingest points, their schemas, and CORS origins"),
         (name = "tag-rules", description = "A workspace's ordered rules that lift values from topics, headers, query parameters and payloads into tags"),
+        (name = "outputs", description = "Filtered, projected views of a source's events"),
+        (name = "export-endpoints", description = "Where end-users read an output with a read token"),
         (name = "asyncapi", description = "The workspace as an AsyncAPI 3.0.0 document"),
         (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
@@ -367,6 +371,21 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             tag_rules::get_tag_rule,
             tag_rules::update_tag_rule,
             tag_rules::delete_tag_rule
+        ))
+        .routes(routes!(outputs::list_outputs, outputs::create_output))
+        .routes(routes!(
+            outputs::get_output,
+            outputs::update_output,
+            outputs::delete_output
+        ))
+        .routes(routes!(
+            export_endpoints::list_export_endpoints,
+            export_endpoints::create_export_endpoint
+        ))
+        .routes(routes!(
+            export_endpoints::get_export_endpoint,
+            export_endpoints::update_export_endpoint,
+            export_endpoints::delete_export_endpoint
         ))
         .routes(routes!(
             asyncapi::export_asyncapi,

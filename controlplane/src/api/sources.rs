@@ -15,6 +15,7 @@ use crate::app::App;
 use crate::auth::Caller;
 use crate::model::{Protocol, Source, Workspace};
 use crate::problem::{ApiError, ApiResult, ProblemType};
+use crate::references;
 use crate::roles::Action;
 use crate::store::{Change, State as Data};
 
@@ -286,13 +287,15 @@ pub async fn get_source(
     })
 }
 
-/// Change a source's name, protocols, schema, `on_invalid` or `keep_payload`. Admin or Editor.
+/// Change a source's name, protocols, schema, `on_invalid` or `keep_payload`. A schema that an
+/// output reading the source no longer fits is refused (`409 in-use`). Admin or Editor.
 #[utoipa::path(patch, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
     params(("workspace" = String, Path, description = "Workspace id or slug"),
         ("source" = String, Path, description = "Source slug")),
     request_body = SourceUpdate,
     responses((status = 200, body = SourceView), (status = 400, body = crate::problem::ProblemBody),
-        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+        (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 409, body = crate::problem::ProblemBody)))]
 pub async fn update_source(
     State(app): State<App>,
     caller: Caller,
@@ -329,17 +332,21 @@ pub async fn update_source(
         }
         valid_payload_choice(updated.keep_payload, updated.schema.as_ref())?;
         let view = SourceView::from(&updated);
-        Ok((vec![Change::PutSource(updated)], Json(view)))
+        let changes = vec![Change::PutSource(updated)];
+        references::refuse_broken_outputs(s, ws, &changes)?;
+        Ok((changes, Json(view)))
     })
     .await
 }
 
 /// Delete a source; nodes refuse events for it from the next configuration version on. Its
-/// data already in object storage stays. Admin or Editor.
+/// data already in object storage stays. Refused (`409 in-use`) while outputs read it. Admin
+/// or Editor.
 #[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}/sources/{source}", tag = "sources",
     params(("workspace" = String, Path, description = "Workspace id or slug"),
         ("source" = String, Path, description = "Source slug")),
-    responses((status = 204), (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody)))]
+    responses((status = 204), (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
+        (status = 409, body = crate::problem::ProblemBody)))]
 pub async fn delete_source(
     State(app): State<App>,
     caller: Caller,
@@ -348,8 +355,9 @@ pub async fn delete_source(
     app.write(move |s| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
         require_enabled_in(s, ws)?;
-        let id = find(s, ws, &source)?.id;
-        Ok((vec![Change::DeleteSource(id)], StatusCode::NO_CONTENT))
+        let changes = vec![Change::DeleteSource(find(s, ws, &source)?.id)];
+        references::refuse_broken_outputs(s, ws, &changes)?;
+        Ok((changes, StatusCode::NO_CONTENT))
     })
     .await
 }

@@ -1,5 +1,10 @@
 //! Workspace access tokens for devices and readers. The secret is shown once, at creation; the
 //! control plane keeps its SHA-256 only, and that hash is what data-plane nodes receive.
+//!
+//! A token is single-purpose: an `ingest` token sends events (optionally only to some sources,
+//! as one device), a `read` token reads export endpoints (optionally only some). A token that
+//! could do both would let a leaked dashboard credential write, or a device credential read
+//! the whole workspace's exports.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -20,13 +25,13 @@ use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::Action;
 use crate::store::Change;
 
-/// What a token may do.
+/// What a token may do; a token has one of them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenScope {
     /// Send events (HTTP and MQTT).
     Ingest,
-    /// Read data.
+    /// Read export endpoints (`/v1/stream/{workspace}/{endpoint}`).
     Read,
 }
 
@@ -60,6 +65,8 @@ pub struct AccessTokenView {
     pub sources: Option<Vec<String>>,
     /// The only device id it may send as.
     pub device_id: Option<String>,
+    /// Export endpoint slugs a `read` token may read; all of the workspace's when absent.
+    pub endpoints: Option<Vec<String>>,
     pub expires_at: Option<DateTime<Utc>>,
     pub created_by: Uuid,
     pub created_at: DateTime<Utc>,
@@ -77,6 +84,7 @@ impl From<&AccessToken> for AccessTokenView {
             scopes: t.scopes.iter().copied().map(TokenScope::from).collect(),
             sources: t.sources.clone(),
             device_id: t.device_id.clone(),
+            endpoints: t.endpoints.clone(),
             expires_at: t.expires_at,
             created_by: t.created_by,
             created_at: t.created_at,
@@ -91,16 +99,65 @@ impl From<&AccessToken> for AccessTokenView {
 pub struct NewAccessToken {
     #[schema(schema_with = super::validate::display_name_schema)]
     pub name: String,
-    /// At least one.
+    /// `["ingest"]` or `["read"]`: a token either sends events or reads export endpoints,
+    /// never both.
     #[schema(min_items = 1)]
     pub scopes: Vec<TokenScope>,
-    /// Limit it to these sources (slugs of existing sources); all when absent.
+    /// Ingest tokens only: limit it to these sources (slugs of existing sources); all when
+    /// absent.
     pub sources: Option<Vec<String>>,
-    /// Bind it to one device id: 1 to 128 visible ASCII characters.
+    /// Ingest tokens only: bind it to one device id: 1 to 128 visible ASCII characters.
     #[schema(min_length = 1, max_length = 128, pattern = r"^[!-~]{1,128}$")]
     pub device_id: Option<String>,
+    /// Read tokens only: limit it to these export endpoints (slugs of existing endpoints, at
+    /// least one); every endpoint of the workspace, present and future, when absent.
+    #[schema(schema_with = endpoints_schema)]
+    pub endpoints: Option<Vec<String>>,
     /// When it stops working; never when absent.
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// `endpoints` of a new token in the OpenAPI document: endpoint slugs, at least one.
+fn endpoints_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, SchemaType, Type};
+    let nullable_array: SchemaType = [Type::Array, Type::Null].into_iter().collect();
+    ArrayBuilder::new()
+        .schema_type(nullable_array)
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(r"^[a-z0-9][a-z0-9-]{0,62}$")),
+        )
+        .min_items(Some(1))
+        .description(Some(
+            "Read tokens only: limit it to these export endpoints (slugs of existing \
+             endpoints, at least one); every endpoint of the workspace when absent",
+        ))
+        .build()
+}
+
+/// What a token may do, from what the form asks: one scope, and only the limits of that scope.
+fn valid_purpose(form: &NewAccessToken) -> ApiResult<Scope> {
+    let refuse = |detail: &str| Err(ApiError::new(ProblemType::InvalidScopes, detail));
+    let ingest = form.scopes.contains(&TokenScope::Ingest);
+    let read = form.scopes.contains(&TokenScope::Read);
+    match (ingest, read) {
+        (false, false) => refuse("give the token one scope: ingest or read"),
+        (true, true) => refuse(
+            "a token is single-purpose: an ingest token cannot read, and a read token cannot \
+             ingest. Make one token of each",
+        ),
+        (true, false) if form.endpoints.is_some() => refuse(
+            "endpoints limit what a read token may read; an ingest token takes sources and \
+             device_id instead",
+        ),
+        (false, true) if form.sources.is_some() || form.device_id.is_some() => refuse(
+            "sources and device_id limit what an ingest token may send; a read token takes \
+             endpoints instead",
+        ),
+        (true, false) => Ok(Scope::Ingest),
+        (false, true) => Ok(Scope::Read),
+    }
 }
 
 /// Access tokens of a workspace (never their secrets). Any member.
@@ -137,10 +194,12 @@ pub async fn create_token(
     ApiJson(form): ApiJson<NewAccessToken>,
 ) -> ApiResult<(StatusCode, Json<AccessTokenView>)> {
     let name = valid_display_name(&form.name)?;
-    if form.scopes.is_empty() {
+    let scope = valid_purpose(&form)?;
+    if form.endpoints.as_ref().is_some_and(Vec::is_empty) {
         return Err(ApiError::new(
-            ProblemType::InvalidScopes,
-            "give the token at least one scope: ingest or read",
+            ProblemType::InvalidBody,
+            "endpoints lists at least one export endpoint; leave it out for every endpoint of \
+             the workspace",
         ));
     }
     if let Some(device) = &form.device_id {
@@ -158,12 +217,13 @@ pub async fn create_token(
         ));
     }
     let secret = token::generate();
-    let mut scopes: Vec<Scope> = Vec::new();
-    for scope in form.scopes.iter().copied().map(Scope::from) {
-        if !scopes.contains(&scope) {
-            scopes.push(scope);
-        }
-    }
+    let scopes = vec![scope];
+    let endpoints = form.endpoints.map(|list| {
+        let mut seen = std::collections::HashSet::new();
+        list.into_iter()
+            .filter(|slug| seen.insert(slug.clone()))
+            .collect::<Vec<_>>()
+    });
     let user = caller.user.id;
     let max = app.config.tokens_per_workspace_max;
     let created = app
@@ -185,6 +245,14 @@ pub async fn create_token(
                     }
                 }
             }
+            for slug in endpoints.iter().flatten() {
+                if !s.export_endpoints_of(ws.id).any(|e| &e.slug == slug) {
+                    return Err(ApiError::new(
+                        ProblemType::UnknownNamedEndpoint,
+                        format!("no export endpoint {slug:?} in workspace {:?}", ws.slug),
+                    ));
+                }
+            }
             let t = AccessToken {
                 id: Uuid::now_v7(),
                 workspace_id: ws.id,
@@ -194,6 +262,7 @@ pub async fn create_token(
                 scopes,
                 sources: form.sources,
                 device_id: form.device_id,
+                endpoints,
                 expires_at: form.expires_at,
                 created_by: user,
                 created_at: Utc::now(),

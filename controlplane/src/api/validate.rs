@@ -99,6 +99,11 @@ pub fn optional_display_name_schema() -> utoipa::openapi::schema::Object {
     text_schema(DISPLAY_NAME_CHARS_MAX, true)
 }
 
+/// Schema of an optional name checked by [`valid_text`] with `chars_max`.
+pub fn optional_text_schema(chars_max: usize) -> utoipa::openapi::schema::Object {
+    text_schema(chars_max, true)
+}
+
 /// Schema of an SMTP user name, which `smtp.rs` checks with [`valid_text`] and 254.
 pub fn smtp_username_schema() -> utoipa::openapi::schema::Object {
     text_schema(254, true)

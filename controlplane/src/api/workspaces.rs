@@ -282,7 +282,8 @@ pub async fn rename_workspace(
     .await
 }
 
-/// Delete a workspace with its members, invitations, tokens, sources and ingested data. Admin
+/// Delete a workspace with its members, invitations, tokens, sources, tag rules, outputs, export
+/// endpoints and ingested data. Admin
 /// only; refused for the caller's last workspace. Members it leaves without a workspace get a
 /// fresh one of their own.
 #[utoipa::path(delete, path = "/api/v1/workspaces/{workspace}", tag = "workspaces",
@@ -317,6 +318,11 @@ pub async fn delete_workspace(
         );
         changes.extend(s.tokens_of(ws.id).map(|t| Change::DeleteToken(t.id)));
         changes.extend(s.sources_of(ws.id).map(|x| Change::DeleteSource(x.id)));
+        changes.extend(s.outputs_of(ws.id).map(|o| Change::DeleteOutput(o.id)));
+        changes.extend(
+            s.export_endpoints_of(ws.id)
+                .map(|e| Change::DeleteExportEndpoint(e.id)),
+        );
         if !s.tag_rules_of(ws.id).is_empty() {
             changes.push(Change::PutTagRules(TagRules {
                 workspace_id: ws.id,
