@@ -17,6 +17,7 @@ use sluice_config::snapshot::{ConfigSnapshot, Protocol, Scope, TokenConfig, Work
 use sluice_config::state::{ConfigChange, ConfigState};
 use uuid::Uuid;
 
+use crate::export::output::CompiledOutput;
 use crate::rate_limit::{Bucket, RateLimits};
 use crate::shape::{SchemaCache, SchemaError, SourceShape};
 use crate::token_table::TokenTable;
@@ -31,6 +32,8 @@ pub struct WorkspaceView {
     pub cors_origins: Vec<String>,
     /// Each source: the protocols it takes and what shapes its events.
     pub sources: HashMap<String, SourceView>,
+    /// Export endpoints by slug, each with its output compiled.
+    pub endpoints: HashMap<String, Arc<CompiledOutput>>,
     pub bucket: Arc<Bucket>,
 }
 
@@ -70,6 +73,9 @@ impl Protocols {
 pub struct TokenView {
     pub workspace_id: Uuid,
     pub can_ingest: bool,
+    pub can_read: bool,
+    /// Export endpoints a read token may read; all of them when `None`.
+    pub endpoints: Option<HashSet<String>>,
     pub sources: Option<HashSet<String>>,
     pub device_id: Option<String>,
     pub expires_at_us: Option<i64>,
@@ -99,6 +105,8 @@ pub enum Refusal {
     DeviceNotAllowed {
         bound: String,
     },
+    UnknownEndpoint,
+    EndpointNotAllowed,
 }
 
 /// What an accepted token grants for this request.
@@ -244,6 +252,7 @@ impl ConfigView {
                         (s.slug.clone(), view)
                     })
                     .collect(),
+                endpoints: export_endpoints(ws),
                 bucket: limits.bucket(ws.id, rate, burst),
             }),
         );
@@ -258,6 +267,11 @@ impl ConfigView {
             TokenView {
                 workspace_id,
                 can_ingest: token.scopes.contains(&Scope::Ingest),
+                can_read: token.scopes.contains(&Scope::Read),
+                endpoints: token
+                    .endpoints
+                    .as_ref()
+                    .map(|e| e.iter().cloned().collect()),
                 sources: token.sources.as_ref().map(|s| s.iter().cloned().collect()),
                 device_id: token.device_id.clone(),
                 expires_at_us: token.expires_at.map(|t| t.timestamp_micros()),
@@ -285,7 +299,7 @@ impl ConfigView {
         protocol: Protocol,
         now_us: i64,
     ) -> Result<Grant<'a>, Refusal> {
-        let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
+        let (token, ws) = self.token_for(token_hash, workspace, Scope::Ingest, now_us)?;
         let source_view = ws.sources.get(source).ok_or(Refusal::UnknownSource)?;
         if token.sources.as_ref().is_some_and(|s| !s.contains(source)) {
             return Err(Refusal::SourceNotAllowed);
@@ -311,7 +325,7 @@ impl ConfigView {
         device: &str,
         now_us: i64,
     ) -> Result<SessionGrant, Refusal> {
-        let (token, ws) = self.token_for(token_hash, workspace, now_us)?;
+        let (token, ws) = self.token_for(token_hash, workspace, Scope::Ingest, now_us)?;
         bound_device(token, Some(device))?;
         Ok(SessionGrant {
             workspace_id: ws.id,
@@ -319,12 +333,37 @@ impl ConfigView {
         })
     }
 
+    /// Whether the token may read export endpoint `endpoint` of `workspace`; the endpoint's
+    /// output when it may. An ingest token may not (tokens are single-purpose).
+    pub fn check_read(
+        &self,
+        token_hash: &[u8; 32],
+        workspace: &str,
+        endpoint: &str,
+        now_us: i64,
+    ) -> Result<ExportGrant, Refusal> {
+        let (token, ws) = self.token_for(token_hash, workspace, Scope::Read, now_us)?;
+        let output = ws.endpoints.get(endpoint).ok_or(Refusal::UnknownEndpoint)?;
+        if token
+            .endpoints
+            .as_ref()
+            .is_some_and(|e| !e.contains(endpoint))
+        {
+            return Err(Refusal::EndpointNotAllowed);
+        }
+        Ok(ExportGrant {
+            workspace_id: ws.id,
+            output: output.clone(),
+        })
+    }
+
     /// The token and its workspace, checked against each other, the workspace's state and
-    /// the ingest scope.
+    /// `scope`.
     fn token_for(
         &self,
         token_hash: &[u8; 32],
         workspace: &str,
+        scope: Scope,
         now_us: i64,
     ) -> Result<(&TokenView, &Arc<WorkspaceView>), Refusal> {
         let token = self.tokens.get(token_hash).ok_or(Refusal::UnknownToken)?;
@@ -342,11 +381,36 @@ impl ConfigView {
             return Err(Refusal::WorkspaceDisabled);
         }
         // Scope before source: a token that may not ingest learns nothing about sources.
-        if !token.can_ingest {
+        let allowed = match scope {
+            Scope::Ingest => token.can_ingest,
+            Scope::Read => token.can_read,
+        };
+        if !allowed {
             return Err(Refusal::MissingScope);
         }
         Ok((token, ws))
     }
+}
+
+/// What a read token may read.
+#[derive(Debug, Clone)]
+pub struct ExportGrant {
+    pub workspace_id: Uuid,
+    pub output: Arc<CompiledOutput>,
+}
+
+/// A workspace's export endpoints with their outputs compiled; an endpoint whose output is
+/// missing (the configuration's checks forbid it) is left out.
+fn export_endpoints(ws: &WorkspaceConfig) -> HashMap<String, Arc<CompiledOutput>> {
+    let outputs: HashMap<&str, Arc<CompiledOutput>> = ws
+        .outputs
+        .iter()
+        .map(|o| (o.slug.as_str(), Arc::new(CompiledOutput::new(o))))
+        .collect();
+    ws.export_endpoints
+        .iter()
+        .filter_map(|e| Some((e.slug.clone(), outputs.get(e.output.as_str())?.clone())))
+        .collect()
 }
 
 /// The device the events are from: the one asked for, or the token's binding; a bound token

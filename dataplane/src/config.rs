@@ -33,6 +33,7 @@ pub struct NodeConfig {
     pub mqtt: MqttConfig,
     pub batch: BatchConfig,
     pub wal: WalSettings,
+    pub export: ExportConfig,
     /// Events per second one workspace may send to this node, unless its config says otherwise.
     pub workspace_events_per_second: u64,
     /// How long shutdown waits for requests in flight and the last uploads.
@@ -126,6 +127,38 @@ pub struct BatchConfig {
     pub upload_timeout_ms: u64,
 }
 
+/// Export endpoints (`/v1/stream/{workspace}/{endpoint}`), read from the lake.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ExportConfig {
+    /// Live (SSE) streams open at once on this node; past it, `503 overloaded`.
+    pub streams_max: usize,
+    /// How often a live stream that has caught up looks for newly committed files.
+    pub poll_ms: u64,
+    /// Events one NDJSON page holds at most (`limit` is capped to it).
+    pub page_events_max: usize,
+    /// Bytes one NDJSON page holds at most (a page ends after the event that passes it).
+    pub page_bytes_max: usize,
+    /// A live stream with nothing to send writes an SSE comment this often, so that proxies
+    /// and readers see it alive.
+    pub heartbeat_ms: u64,
+    /// Threads reading and decoding files for readers.
+    pub threads: usize,
+}
+
+impl Default for ExportConfig {
+    fn default() -> Self {
+        ExportConfig {
+            streams_max: 256,
+            poll_ms: 500,
+            page_events_max: 10_000,
+            page_bytes_max: 8 << 20,
+            heartbeat_ms: 15_000,
+            threads: 1,
+        }
+    }
+}
+
 /// Write-ahead log limits.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -148,6 +181,7 @@ impl Default for NodeConfig {
             mqtt: MqttConfig::default(),
             batch: BatchConfig::default(),
             wal: WalSettings::default(),
+            export: ExportConfig::default(),
             workspace_events_per_second: 1_000_000,
             shutdown_grace_ms: 10_000,
             shutdown_drain_ms: 2_000,

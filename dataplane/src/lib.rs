@@ -9,6 +9,7 @@
 //! - `http`: the HTTP front end (io_uring or epoll), the ingest API and its problem+json
 //!   refusals.
 //! - `mqtt`: the MQTT 3.1.1 and 5 front end on ntex-mqtt.
+//! - `export`: export endpoints, outputs read back from the lake for end-users.
 //! - `access`, `token_table` and `rate_limit`: token checks against the snapshot, the
 //!   copy-on-write token index, per-workspace rates.
 //! - [`config`], `config_source`, `config_stream`, `bootstrap`: settings, and where the
@@ -25,6 +26,7 @@ pub mod bootstrap;
 pub mod config;
 mod config_source;
 mod config_stream;
+mod export;
 mod flat_schema;
 mod http;
 mod metrics;

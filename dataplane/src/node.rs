@@ -13,6 +13,8 @@ use std::time::Duration;
 use sluice_config::snapshot::ConfigSnapshot;
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
+
+use crate::export::Exports;
 use sluice_storage::metrics::StorageMetrics;
 use sluice_storage::progress::{Progress, ProgressError};
 use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
@@ -77,6 +79,8 @@ pub struct Node {
     watch: Option<SnapshotWatch>,
     /// Follows the control plane, when configured.
     stream: Option<ConfigStream>,
+    /// Where export endpoints read the lake.
+    export_runtime: tokio::runtime::Runtime,
     bootstrap: Option<Bootstrap>,
     lake_url: String,
     lake_local: Option<PathBuf>,
@@ -137,6 +141,19 @@ impl Node {
             Duration::from_millis(config.batch.upload_timeout_ms.max(1000));
         let lake_url = lake.url().to_owned();
         let lake_local = lake.local_root().map(Path::to_path_buf);
+        let export_runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.export.threads.max(1))
+            .max_blocking_threads(config.export.threads.max(1) * 2)
+            .thread_name("sluice-export")
+            .enable_all()
+            .build()
+            .map_err(io("starting the export runtime"))?;
+        let exports = Arc::new(Exports::new(
+            lake.clone(),
+            export_runtime.handle().clone(),
+            config.export.clone(),
+            shutdown.clone(),
+        ));
         let shipper = shipper::start(
             shipper_config,
             &wal,
@@ -226,7 +243,7 @@ impl Node {
             shutdown.clone(),
         )
         .map_err(io("starting MQTT"))?;
-        let api = Arc::new(Api::new(
+        let mut api = Api::new(
             admission,
             metrics,
             shipper.status(),
@@ -235,7 +252,9 @@ impl Node {
                 .control_plane
                 .clone()
                 .map(|url| (url, stream_status.clone())),
-        ));
+        );
+        api.exports = Some(exports);
+        let api = Arc::new(api);
         let http = HttpServer::start(api.clone(), shutdown).map_err(|source| NodeError::Http {
             addr: config.http.addr,
             source,
@@ -260,6 +279,7 @@ impl Node {
             shipper,
             watch,
             stream,
+            export_runtime,
             bootstrap,
             lake_url,
             lake_local,
@@ -329,6 +349,8 @@ impl Node {
             mqtt.join();
         }
         self.http.join();
+        // Live streams end on the shutdown signal; pages in flight are given up.
+        self.export_runtime.shutdown_timeout(Duration::from_secs(1));
         if let Some(stream) = self.stream {
             stream.join();
         }

@@ -208,6 +208,11 @@ impl Lake {
         Ok(())
     }
 
+    /// Reads the whole object at `path`.
+    pub async fn get(&self, path: &Path) -> Result<Bytes, LakeError> {
+        Ok(self.store.get(path).await?.bytes().await?)
+    }
+
     /// Deletes every object under `prefix` (e.g. [`crate::layout::workspace_prefix`]) and
     /// returns how many there were. Idempotent: a second call after a partial failure finishes
     /// the job.

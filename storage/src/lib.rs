@@ -4,6 +4,7 @@
 //! - [`wal`]: the write-ahead log: framed, checksummed records in segment files, group commit.
 //! - [`layout`] and [`parquet_file`]: the Hive-style object layout and the Parquet schema.
 //! - [`lake`]: object storage (local directory, S3, GCS, Azure, memory) behind `object_store`.
+//! - [`stored`]: events read back from those files, for export endpoints.
 //! - [`shipper`]: tails the WAL, batches per (workspace, source), uploads Parquet, trims the WAL.
 //! - [`cache`]: the node's redb cache of the last-known-good configuration (the configuration
 //!   itself is `sluice-config`'s).
@@ -32,4 +33,6 @@ pub mod progress;
 #[cfg(feature = "parquet")]
 pub mod shipper;
 pub mod shutdown;
+#[cfg(feature = "parquet")]
+pub mod stored;
 pub mod wal;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::{BodyExt, Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 use sluice_config::snapshot::{is_valid_device_id, is_valid_slug, DEVICE_ID_LEN_MAX};
@@ -30,6 +30,7 @@ use crate::access;
 use crate::admit::{self, Admission, Refusal, Target};
 use crate::config::HttpConfig;
 use crate::config_stream::StreamStatus;
+use crate::export::{ApiBody, Exports};
 use crate::metrics::{NodeMetrics, Outcome};
 use crate::parse::{BodyFormat, ParseError};
 use crate::shape::Origin;
@@ -52,6 +53,8 @@ pub struct Api {
     /// Whether anyone (a load balancer, an orchestrator) has asked `/readyz` since start:
     /// the drain delay is worth waiting only if someone will see the node go unready.
     pub readiness_asked: AtomicBool,
+    /// Export endpoints (`/v1/stream/...`).
+    pub exports: Option<Arc<Exports>>,
 }
 
 type HttpResponse = Response<Full<Bytes>>;
@@ -76,11 +79,21 @@ impl Api {
             config_stream,
             draining: AtomicBool::new(false),
             readiness_asked: AtomicBool::new(false),
+            exports: None,
         }
     }
 
-    /// Routes one request.
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
+    /// Routes one request: export endpoints answer with a streamed body, the rest whole.
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>) -> Response<ApiBody> {
+        if req.uri().path().starts_with("/v1/stream/") {
+            if let Some(exports) = &self.exports {
+                return exports.serve(&self.admission.access, req).await;
+            }
+        }
+        self.handle_whole(req).await.map(Either::Left)
+    }
+
+    async fn handle_whole(self: Arc<Self>, req: Request<Incoming>) -> HttpResponse {
         let path = req.uri().path();
         match (req.method(), path) {
             (&Method::GET, "/healthz") => text(StatusCode::OK, "text/plain", "ok\n".into()),
@@ -368,7 +381,7 @@ fn ingest_target(path: &str) -> Result<(&str, &str), Problem> {
     }
 }
 
-fn bearer_token(headers: &HeaderMap) -> Result<&str, Problem> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<&str, Problem> {
     let missing = || {
         Problem::new(
             ProblemType::MissingToken,
@@ -669,7 +682,9 @@ fn refusal_problem(refusal: Refusal, workspace: &str, source: &str) -> Problem {
     }
 }
 
-fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Problem {
+/// The problem for an access refusal; `source` names the source (ingest) or the export
+/// endpoint (reads).
+pub(crate) fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Problem {
     use access::Refusal as R;
     use ProblemType as P;
     match refusal {
@@ -712,6 +727,14 @@ fn access_problem(refusal: access::Refusal, workspace: &str, source: &str) -> Pr
         R::DeviceNotAllowed { bound } => Problem::new(
             P::DeviceNotAllowed,
             format!("the access token is bound to device {bound:?}; X-Device-Id must match"),
+        ),
+        R::UnknownEndpoint => Problem::new(
+            P::UnknownEndpoint,
+            format!("workspace {workspace:?} has no export endpoint {source:?}"),
+        ),
+        R::EndpointNotAllowed => Problem::new(
+            P::EndpointNotAllowed,
+            format!("the access token may not read export endpoint {source:?}"),
         ),
     }
 }

@@ -1,6 +1,6 @@
 //! A tokio (epoll) TCP stream as hyper I/O, with the idle timeout [`UringIo`] enforces on the
 //! io_uring driver: a read that sees no bytes for `idle_timeout` fails with `TimedOut`, which
-//! closes half-open and silent connections.
+//! closes half-open and silent connections; writes count as activity too.
 //!
 //! Unlike io_uring, epoll lends hyper's own buffers to the kernel, so there is nothing to
 //! copy or keep alive here. The deadline moves with every read that returns, but the timer is
@@ -82,7 +82,13 @@ impl Write for EpollIo {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, data)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write(cx, data);
+        if written.is_ready() {
+            // A connection the node still writes to is not idle (see the module's note).
+            this.last_read = Instant::now();
+        }
+        written
     }
 
     fn poll_write_vectored(
@@ -90,7 +96,12 @@ impl Write for EpollIo {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        if written.is_ready() {
+            this.last_read = Instant::now();
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -2,7 +2,8 @@
 //!
 //! Every refusal has a stable `type` (`urn:sluice:problem:<slug>`) that clients can match on;
 //! `title` is the same for every instance of a type, `detail` says what was wrong with this
-//! request and what to do. The list of types is part of the API (docs/http-ingest.md).
+//! request and what to do. The list of types is part of the API (docs/http-ingest.md, and
+//! docs/data-out.md for export endpoints).
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
@@ -49,12 +50,16 @@ pub enum ProblemType {
     TooManyEvents,
     InvalidEvents,
     RateLimited,
+    UnknownEndpoint,
+    EndpointNotAllowed,
+    InvalidCursor,
+    InvalidParameter,
 }
 
 impl ProblemType {
     /// All of them, in the order of the documentation's table.
     #[cfg(test)]
-    pub const ALL: [ProblemType; 30] = [
+    pub const ALL: [ProblemType; 34] = [
         ProblemType::MethodNotAllowed,
         ProblemType::NotFound,
         ProblemType::NotConfigured,
@@ -85,6 +90,10 @@ impl ProblemType {
         ProblemType::TooManyEvents,
         ProblemType::InvalidEvents,
         ProblemType::RateLimited,
+        ProblemType::UnknownEndpoint,
+        ProblemType::EndpointNotAllowed,
+        ProblemType::InvalidCursor,
+        ProblemType::InvalidParameter,
     ];
 
     /// `(slug, status, title)`.
@@ -117,7 +126,7 @@ impl ProblemType {
             P::MissingScope => (
                 "missing-scope",
                 S::FORBIDDEN,
-                "Token lacks the ingest scope",
+                "Token lacks the scope this needs",
             ),
             P::UnknownSource => ("unknown-source", S::NOT_FOUND, "Unknown source"),
             P::SourceNotAllowed => (
@@ -182,6 +191,18 @@ impl ProblemType {
                 "Events do not match the source's schema",
             ),
             P::RateLimited => ("rate-limited", S::TOO_MANY_REQUESTS, "Rate limit exceeded"),
+            P::UnknownEndpoint => ("unknown-endpoint", S::NOT_FOUND, "Unknown export endpoint"),
+            P::EndpointNotAllowed => (
+                "endpoint-not-allowed",
+                S::FORBIDDEN,
+                "Export endpoint not allowed for this token",
+            ),
+            P::InvalidCursor => ("invalid-cursor", S::BAD_REQUEST, "Invalid cursor"),
+            P::InvalidParameter => (
+                "invalid-parameter",
+                S::BAD_REQUEST,
+                "Invalid query parameter",
+            ),
         }
     }
 
@@ -282,7 +303,11 @@ mod tests {
     /// type is documented with its status, and every documented type exists.
     #[test]
     fn the_documented_problem_types_are_the_ones_answered() {
-        let doc = include_str!("../../../docs/http-ingest.md");
+        // Ingest's table and the export endpoints' one.
+        let doc = concat!(
+            include_str!("../../../docs/http-ingest.md"),
+            include_str!("../../../docs/data-out.md")
+        );
         let rows: Vec<(u16, String)> = doc
             .lines()
             .filter_map(|line| {

@@ -11,7 +11,9 @@
 //! then does tokio-uring release the descriptor (see `Drop`).
 //!
 //! It also enforces the idle timeout: a read that sees no bytes for `idle_timeout` fails with
-//! `TimedOut`, which closes half-open and silent connections.
+//! `TimedOut`, which closes half-open and silent connections. A write moves the deadline too:
+//! a connection the node is still answering on (a long export stream, whose reader sends
+//! nothing after its request) is not idle.
 
 use std::future::Future;
 use std::io;
@@ -154,6 +156,7 @@ impl Write for UringIo {
         owned.extend_from_slice(data);
         let stream = this.stream.clone();
         this.write_op = Some(Box::pin(async move { stream.write_all(owned).await }));
+        this.idle.as_mut().reset(Instant::now() + this.idle_timeout);
         // Submit now; the bytes are ours, so the write counts as accepted either way.
         match this.poll_write_op(cx) {
             Poll::Ready(Err(err)) => Poll::Ready(Err(err)),

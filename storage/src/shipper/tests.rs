@@ -243,7 +243,10 @@ impl Rig {
             assert!(named.contains(file), "{file:?} is in no commit entry");
         }
         for file in &named {
-            assert!(file.exists(), "a commit entry names {file:?}, which is not there");
+            assert!(
+                file.exists(),
+                "a commit entry names {file:?}, which is not there"
+            );
         }
     }
 }

@@ -1,0 +1,268 @@
+//! Reading an output from the lake: the source's commit logs of every node, merged, each
+//! entry's file read back and put through the output.
+//!
+//! Entries are taken across nodes in the order of their files' earliest event, and each file's
+//! rows in the order they were written (a device's events on one node are in the order the node
+//! received them). A [`Cursor`] says where every node's log was left; it moves one row at a
+//! time, so a reader that resumes from any event's cursor reads on from the next one.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use sluice_storage::commits::{self, CommitEntry, CommitError};
+use sluice_storage::lake::Lake;
+use sluice_storage::stored::{self, StoredError, StoredRows};
+use uuid::Uuid;
+
+use super::cursor::{Cursor, Position};
+use super::output::CompiledOutput;
+
+/// Entries listed per node at once.
+const LIST_AHEAD: usize = 32;
+/// Entries read at once (small JSON objects).
+const ENTRY_READS: usize = 8;
+
+/// Why an output could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+    #[error("reading {path}: {source}")]
+    File {
+        path: String,
+        #[source]
+        source: StoredError,
+    },
+    #[error(transparent)]
+    Lake(#[from] sluice_storage::lake::LakeError),
+    #[error("the file reading task failed: {0}")]
+    Task(String),
+}
+
+/// What is read: one output of one workspace, from a point in time.
+pub struct ReadSpec {
+    pub workspace_id: Uuid,
+    pub output: Arc<CompiledOutput>,
+    /// Events received before this (µs since the epoch) are skipped.
+    pub since_us: Option<i64>,
+}
+
+/// One event as the output made it.
+pub struct Exported<'a> {
+    /// The object, as JSON text.
+    pub json: &'a [u8],
+    /// Where a reader resumes to read the events after this one.
+    pub cursor: &'a Cursor,
+}
+
+/// A file being read.
+struct Current {
+    node: String,
+    entry: CommitEntry,
+    batches: Vec<StoredRows>,
+}
+
+pub struct Reader {
+    lake: Lake,
+    spec: ReadSpec,
+    cursor: Cursor,
+    /// Listed, not yet read entries, per node.
+    pending: BTreeMap<String, VecDeque<CommitEntry>>,
+    current: Option<Current>,
+    line: Vec<u8>,
+}
+
+impl Reader {
+    pub fn new(lake: Lake, spec: ReadSpec, cursor: Cursor) -> Self {
+        Reader {
+            lake,
+            spec,
+            cursor,
+            pending: BTreeMap::new(),
+            current: None,
+            line: Vec::with_capacity(1024),
+        }
+    }
+
+    /// A cursor past every entry written so far: reading from it gives only files committed
+    /// from now on (live).
+    pub async fn end_cursor(
+        lake: &Lake,
+        workspace_id: Uuid,
+        source: &str,
+    ) -> Result<Cursor, ReadError> {
+        let mut cursor = Cursor::default();
+        for node in commits::nodes(lake, workspace_id, source).await? {
+            let seqs = commits::seqs_from(lake, workspace_id, source, &node, 0, usize::MAX).await?;
+            let next = seqs.last().map_or(0, |last| last + 1);
+            cursor.nodes.insert(node, Position { seq: next, row: 0 });
+        }
+        Ok(cursor)
+    }
+
+    pub fn cursor(&self) -> &Cursor {
+        &self.cursor
+    }
+
+    /// Lists and reads entries of every node whose queue is empty. Returns whether any entry
+    /// is waiting to be read.
+    async fn refill(&mut self) -> Result<bool, ReadError> {
+        let (ws, source) = (self.spec.workspace_id, self.spec.output.source.clone());
+        for node in commits::nodes(&self.lake, ws, &source).await? {
+            let queue = self.pending.entry(node.clone()).or_default();
+            if !queue.is_empty() {
+                continue;
+            }
+            let from = self.cursor.position(&node).seq;
+            let seqs = commits::seqs_from(&self.lake, ws, &source, &node, from, LIST_AHEAD).await?;
+            let lake = &self.lake;
+            let entries: Vec<CommitEntry> = futures::stream::iter(seqs)
+                .map(|seq| commits::read(lake, ws, &source, &node, seq))
+                .buffered(ENTRY_READS)
+                .try_collect()
+                .await?;
+            queue.extend(entries);
+        }
+        Ok(self.pending.values().any(|q| !q.is_empty()))
+    }
+
+    /// The next entry to read: of every node's first, the one whose file starts earliest.
+    fn take_next(&mut self) -> Option<(String, CommitEntry)> {
+        let node = self
+            .pending
+            .iter()
+            .filter_map(|(node, q)| q.front().map(|e| (e.min_received_at_us, node)))
+            .min()
+            .map(|(_, node)| node.clone())?;
+        let entry = self.pending.get_mut(&node)?.pop_front()?;
+        Some((node, entry))
+    }
+
+    /// Opens the next file to read, skipping those wholly before `since`. Returns false when
+    /// nothing is committed past the cursor yet.
+    async fn open_next(&mut self) -> Result<bool, ReadError> {
+        loop {
+            if self.pending.values().all(VecDeque::is_empty) && !self.refill().await? {
+                return Ok(false);
+            }
+            let Some((node, entry)) = self.take_next() else {
+                return Ok(false);
+            };
+            let position = self.cursor.position(&node);
+            let before_since = self
+                .spec
+                .since_us
+                .is_some_and(|since| entry.max_received_at_us < since);
+            if before_since || position.row >= entry.rows && position.seq == entry.seq {
+                self.finish_entry(&node, &entry);
+                continue;
+            }
+            let path = object_store::path::Path::from(entry.path.as_str());
+            let bytes = self.lake.get(&path).await?;
+            // Decoding takes milliseconds per file: off the runtime's workers.
+            let batches = tokio::task::spawn_blocking(move || stored::read_file(bytes))
+                .await
+                .map_err(|e| ReadError::Task(e.to_string()))?
+                .map_err(|source| ReadError::File {
+                    path: entry.path.clone(),
+                    source,
+                })?;
+            if position.seq != entry.seq {
+                // A new entry: its rows are read from the first.
+                self.cursor.nodes.insert(
+                    node.clone(),
+                    Position {
+                        seq: entry.seq,
+                        row: 0,
+                    },
+                );
+            }
+            self.current = Some(Current {
+                node,
+                entry,
+                batches,
+            });
+            return Ok(true);
+        }
+    }
+
+    fn finish_entry(&mut self, node: &str, entry: &CommitEntry) {
+        self.cursor.nodes.insert(
+            node.to_owned(),
+            Position {
+                seq: entry.seq + 1,
+                row: 0,
+            },
+        );
+    }
+
+    /// Reads up to `max_events` events that are committed past the cursor, handing each to
+    /// `emit`, and returns how many were emitted. Returns early (with fewer) when nothing more
+    /// is committed yet, or when `emit` returns false (the event is taken; stop after it).
+    pub async fn read(
+        &mut self,
+        max_events: usize,
+        mut emit: impl FnMut(Exported<'_>) -> bool,
+    ) -> Result<usize, ReadError> {
+        let mut emitted = 0;
+        while emitted < max_events {
+            if self.current.is_none() && !self.open_next().await? {
+                break;
+            }
+            let Some(current) = self.current.as_ref() else {
+                break;
+            };
+            let node = current.node.clone();
+            let (seq, total) = (current.entry.seq, current.entry.rows);
+            let mut row = self.cursor.position(&node).row;
+            let mut stop = false;
+            // Rows are numbered across the file's record batches.
+            let mut base = 0u64;
+            for batch in &current.batches {
+                let len = batch.len() as u64;
+                while row < base + len && emitted < max_events && !stop {
+                    let i = (row - base) as usize;
+                    row += 1;
+                    if self
+                        .spec
+                        .since_us
+                        .is_some_and(|since| batch.received_at_us(i) < since)
+                    {
+                        continue;
+                    }
+                    self.line.clear();
+                    if !self.spec.output.render(batch, i, &mut self.line) {
+                        continue;
+                    }
+                    self.cursor
+                        .nodes
+                        .insert(node.clone(), Position { seq, row });
+                    emitted += 1;
+                    stop = !emit(Exported {
+                        json: &self.line,
+                        cursor: &self.cursor,
+                    });
+                }
+                base += len;
+            }
+            self.cursor
+                .nodes
+                .insert(node.clone(), Position { seq, row });
+            if row >= total.min(base) {
+                self.current = None;
+                self.cursor.nodes.insert(
+                    node,
+                    Position {
+                        seq: seq + 1,
+                        row: 0,
+                    },
+                );
+            }
+            if stop {
+                break;
+            }
+        }
+        Ok(emitted)
+    }
+}
