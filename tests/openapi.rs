@@ -68,7 +68,9 @@ checks.positive_data_acceptance.enabled = false
 
 [[operations]]
 # `expires_at` must be in the future (400 invalid-expiry); a token's `sources` must name
-# sources the workspace has (400 unknown-source).
+# sources the workspace has (400 unknown-source) and its `endpoints` endpoints it has (400
+# unknown-export-endpoint); a token has one scope and only that scope's limits (400
+# invalid-scopes).
 include-operation-id = ["create_token", "create_personal_token"]
 checks.positive_data_acceptance.enabled = false
 
@@ -83,6 +85,15 @@ checks.positive_data_acceptance.enabled = false
 # pattern must capture a segment and its `device_id` name a capture, and an `id` in a list must
 # be one of the workspace's rules (400 invalid-tag-rule).
 include-operation-id = ["create_tag_rule", "replace_tag_rules", "update_tag_rule"]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+# An output's `source` must name a source the workspace has (400 unknown-source), a condition's
+# `value` must suit its `op`, field names must be unique, the whole output must fit 16 KiB and,
+# where the source has a schema, every pointer must name a property of it (400
+# invalid-output); an endpoint's `output` must name an output the workspace has (400
+# unknown-output).
+include-operation-id = ["create_output", "update_output", "create_export_endpoint", "update_export_endpoint"]
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
