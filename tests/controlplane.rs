@@ -307,6 +307,37 @@ fn every_workspace_endpoint_follows_the_roles_table() {
         json!({"name": "line", "extract": {"from": "query", "name": "line", "tag": "line"}});
     let fixed_token = new_token();
     let fixed_source = new_source();
+    // An output (on `fixed_source`) or an export endpoint (on `fixed_output`) made by the Admin.
+    let new_data_out = {
+        let api = api.clone();
+        let token = admin.token.clone();
+        let next = next.clone();
+        let source = fixed_source.clone();
+        move |kind: &str| {
+            let slug = format!("{kind}-{}", next());
+            let (path, body) = match kind {
+                "outputs" => ("outputs", json!({"slug": slug, "source": source})),
+                _ => (
+                    "export-endpoints",
+                    json!({"slug": slug, "output": "out-fixed"}),
+                ),
+            };
+            let a = api.post(
+                &format!("/api/v1/workspaces/acme/{path}"),
+                Some(&token),
+                body,
+            );
+            assert_eq!(a.status, 201, "{}", a.body);
+            slug
+        }
+    };
+    let a = api.post(
+        "/api/v1/workspaces/acme/outputs",
+        Some(&admin.token),
+        json!({"slug": "out-fixed", "source": fixed_source}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let fixed_endpoint = new_data_out("export-endpoints");
     let invitation = {
         let a = api.post(
             "/api/v1/workspaces/acme/invitations",
@@ -352,7 +383,7 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             "POST",
             EDITORS,
             format!("{ws}/tokens"),
-            Some(json!({"name": "t", "scopes": ["ingest", "read"]})),
+            Some(json!({"name": "t", "scopes": ["ingest"]})),
         ),
         fixed("GET", ALL, format!("{ws}/tokens/{fixed_token}"), None),
         Case {
@@ -424,6 +455,75 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             format!("{ws}/tag-rules"),
             Some(json!({"rules": [rule_body]})),
         ),
+        fixed("GET", ALL, format!("{ws}/outputs"), None),
+        fixed("GET", ALL, format!("{ws}/outputs/out-fixed"), None),
+        fixed(
+            "PATCH",
+            EDITORS,
+            format!("{ws}/outputs/out-fixed"),
+            Some(json!({"name": "Fixed"})),
+        ),
+        fixed("GET", ALL, format!("{ws}/export-endpoints"), None),
+        fixed(
+            "GET",
+            ALL,
+            format!("{ws}/export-endpoints/{fixed_endpoint}"),
+            None,
+        ),
+        fixed(
+            "PATCH",
+            EDITORS,
+            format!("{ws}/export-endpoints/{fixed_endpoint}"),
+            Some(json!({"name": "Fixed"})),
+        ),
+        Case {
+            method: "POST",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let next = next.clone();
+                let source = fixed_source.clone();
+                move || {
+                    (
+                        format!("{ws}/outputs"),
+                        Some(json!({"slug": format!("made-{}", next()), "source": source})),
+                    )
+                }
+            }),
+        },
+        Case {
+            method: "POST",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let next = next.clone();
+                move || {
+                    (
+                        format!("{ws}/export-endpoints"),
+                        Some(json!({"slug": format!("made-{}", next()), "output": "out-fixed"})),
+                    )
+                }
+            }),
+        },
+        Case {
+            method: "DELETE",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let new_data_out = new_data_out.clone();
+                move || (format!("{ws}/outputs/{}", new_data_out("outputs")), None)
+            }),
+        },
+        Case {
+            method: "DELETE",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let new_data_out = new_data_out.clone();
+                move || {
+                    (
+                        format!("{ws}/export-endpoints/{}", new_data_out("export-endpoints")),
+                        None,
+                    )
+                }
+            }),
+        },
         fixed("GET", ALL, format!("{ws}/cors"), None),
         fixed(
             "PUT",
@@ -450,6 +550,8 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             "/tokens",
             "/sources",
             "/tag-rules",
+            "/outputs",
+            "/export-endpoints",
             "/cors",
         ]
         .iter()
