@@ -64,7 +64,7 @@ problem_types! {
     InvalidExportEndpoint => (BAD_REQUEST, "invalid-export-endpoint", "Invalid export endpoint"),
     /// A new token's `sources` names a source the workspace does not have; the same slug as
     /// [`ProblemType::UnknownSource`], with 400 because the path itself is fine.
-    /// Likewise a tag rule's `sources`.
+    /// Likewise a tag rule's `sources` and an output's `source`.
     UnknownNamedSource => (BAD_REQUEST, "unknown-source", "Unknown source named in the body"),
     /// An export endpoint's `output` names an output the workspace does not have; the same
     /// slug as [`ProblemType::UnknownOutput`], with 400 because the path itself is fine.

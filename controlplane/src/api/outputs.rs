@@ -119,10 +119,10 @@ pub struct OutputUpdate {
     )]
     pub source: Option<String>,
     /// Replaces the whole filter; `{}` keeps every event.
-    #[schema(schema_with = filter_schema)]
+    #[schema(schema_with = optional_filter_schema)]
     pub filter: Option<Filter>,
     /// Replaces the whole projection; `[]` is the default projection.
-    #[schema(schema_with = fields_schema)]
+    #[schema(schema_with = optional_fields_schema)]
     pub fields: Option<Vec<Field>>,
 }
 
@@ -142,8 +142,32 @@ fn pointer_schema(description: &str) -> utoipa::openapi::schema::ObjectBuilder {
         .description(Some(description.to_owned()))
 }
 
-/// `filter` in the OpenAPI document, with the bounds `OutputConfig::check` enforces.
+/// `filter` in the OpenAPI document.
 fn filter_schema() -> utoipa::openapi::schema::Object {
+    filter_builder().build()
+}
+
+/// `filter` of a change, where `null` (as absent) keeps the filter.
+fn optional_filter_schema() -> utoipa::openapi::schema::Object {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let nullable: SchemaType = [Type::Object, Type::Null].into_iter().collect();
+    filter_builder().schema_type(nullable).build()
+}
+
+/// `fields` in the OpenAPI document.
+fn fields_schema() -> utoipa::openapi::schema::Array {
+    fields_builder().build()
+}
+
+/// `fields` of a change, where `null` (as absent) keeps the projection.
+fn optional_fields_schema() -> utoipa::openapi::schema::Array {
+    use utoipa::openapi::schema::{SchemaType, Type};
+    let nullable: SchemaType = [Type::Array, Type::Null].into_iter().collect();
+    fields_builder().schema_type(nullable).build()
+}
+
+/// `filter` with the bounds `OutputConfig::check` enforces.
+fn filter_builder() -> utoipa::openapi::schema::ObjectBuilder {
     use utoipa::openapi::schema::{
         AdditionalProperties, ArrayBuilder, ObjectBuilder, SchemaType, Type,
     };
@@ -230,11 +254,10 @@ fn filter_schema() -> utoipa::openapi::schema::Object {
                 .description(Some("Comparisons on payload fields")),
         )
         .additional_properties(Some(AdditionalProperties::FreeForm(false)))
-        .build()
 }
 
-/// `fields` in the OpenAPI document, with the bounds `OutputConfig::check` enforces.
-fn fields_schema() -> utoipa::openapi::schema::Array {
+/// `fields` with the bounds `OutputConfig::check` enforces.
+fn fields_builder() -> utoipa::openapi::schema::ArrayBuilder {
     use utoipa::openapi::schema::{
         AdditionalProperties, ArrayBuilder, ObjectBuilder, SchemaType, Type,
     };
@@ -277,7 +300,6 @@ fn fields_schema() -> utoipa::openapi::schema::Array {
             "What each event becomes, in order; the default projection (`event_id`, \
              `received_at`, `device_id`, `tags`, `payload`) when empty",
         ))
-        .build()
 }
 
 fn find<'s>(s: &'s Data, ws: &Workspace, slug: &str) -> ApiResult<&'s Output> {
