@@ -323,3 +323,50 @@ pub async fn revoke_token(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn form(scopes: &[TokenScope]) -> NewAccessToken {
+        NewAccessToken {
+            name: "t".into(),
+            scopes: scopes.to_vec(),
+            sources: None,
+            device_id: None,
+            endpoints: None,
+            expires_at: None,
+        }
+    }
+
+    #[test]
+    fn a_token_has_one_scope_and_only_that_scopes_limits() {
+        use TokenScope::{Ingest, Read};
+        let refused = |f: &NewAccessToken| {
+            valid_purpose(f).map_err(|e| e.kind).err() == Some(ProblemType::InvalidScopes)
+        };
+        assert!(refused(&form(&[])));
+        assert!(refused(&form(&[Ingest, Read])));
+        assert_eq!(
+            valid_purpose(&form(&[Ingest, Ingest])).ok(),
+            Some(Scope::Ingest)
+        );
+        assert_eq!(valid_purpose(&form(&[Read])).ok(), Some(Scope::Read));
+
+        let mut reader = form(&[Read]);
+        reader.endpoints = Some(vec!["live".into()]);
+        assert_eq!(valid_purpose(&reader).ok(), Some(Scope::Read));
+        reader.device_id = Some("d-1".into());
+        assert!(refused(&reader), "a device binding is an ingest limit");
+        let mut reader = form(&[Read]);
+        reader.sources = Some(vec!["telemetry".into()]);
+        assert!(refused(&reader), "sources are an ingest limit");
+
+        let mut device = form(&[Ingest]);
+        device.sources = Some(vec!["telemetry".into()]);
+        device.device_id = Some("d-1".into());
+        assert_eq!(valid_purpose(&device).ok(), Some(Scope::Ingest));
+        device.endpoints = Some(vec!["live".into()]);
+        assert!(refused(&device), "endpoints are a read limit");
+    }
+}
