@@ -642,8 +642,8 @@ mod tests {
             name: String::new(),
             output: output.into(),
         };
-        assert!(check_workspace(&["telemetry"], &[out.clone()], &[endpoint("hot")]).is_ok());
-        assert!(check_workspace(&["telemetry"], &[out.clone()], &[endpoint("cold")]).is_err());
+        assert!(check_workspace(&["telemetry"], std::slice::from_ref(&out), &[endpoint("hot")]).is_ok());
+        assert!(check_workspace(&["telemetry"], std::slice::from_ref(&out), &[endpoint("cold")]).is_err());
         assert!(check_workspace(&["other"], &[out], &[]).is_err());
     }
 }

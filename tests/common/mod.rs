@@ -354,15 +354,27 @@ pub struct Proc {
     pub log: PathBuf,
     /// `/healthz` to wait for after each start.
     pub health: String,
+    /// Environment added to each start.
+    pub envs: Vec<(String, String)>,
 }
 
 impl Proc {
     pub fn start(args: &[String], log: PathBuf, health: String) -> Proc {
+        Self::start_with_env(args, log, health, Vec::new())
+    }
+
+    pub fn start_with_env(
+        args: &[String],
+        log: PathBuf,
+        health: String,
+        envs: Vec<(String, String)>,
+    ) -> Proc {
         let mut proc = Proc {
             child: spawn_dummy(),
             args: args.to_vec(),
             log,
             health,
+            envs,
         };
         let _ = proc.child.kill();
         let _ = proc.child.wait();
@@ -384,6 +396,7 @@ impl Proc {
             .expect("log file");
         self.child = Command::new(env!("CARGO_BIN_EXE_sluice"))
             .args(&self.args)
+            .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .env("SLUICE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(log)

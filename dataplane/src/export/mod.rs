@@ -163,10 +163,17 @@ impl Exports {
         if wants_ndjson(req.headers()) {
             return self.page(grant, query, workspace, endpoint).await;
         }
-        let start = match req.headers().get("last-event-id") {
+        // An empty id is no id (EventSource sends none before its first event with one).
+        let last_event_id = req
+            .headers()
+            .get("last-event-id")
+            .filter(|id| !id.as_bytes().trim_ascii().is_empty());
+        let start = match last_event_id {
             Some(id) => {
                 let id = id.to_str().map_err(|_| bad_cursor())?;
-                Some(Start::After(Cursor::decode(id).map_err(|_| bad_cursor())?))
+                Some(Start::After(
+                    Cursor::decode(id.trim()).map_err(|_| bad_cursor())?,
+                ))
             }
             None => query.start,
         };
