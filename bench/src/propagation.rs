@@ -356,6 +356,7 @@ fn big_snapshot(args: &PropagationArgs) -> ConfigSnapshot {
                 tag_rules: Vec::new(),
                 outputs: Vec::new(),
                 export_endpoints: Vec::new(),
+                webhooks: Vec::new(),
                 sources: vec![SourceConfig {
                     id: Uuid::now_v7(),
                     slug: "telemetry".into(),

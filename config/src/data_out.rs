@@ -235,6 +235,121 @@ pub struct ExportEndpointConfig {
     pub output: String,
 }
 
+/// Webhook subscriptions one workspace may have.
+pub const WEBHOOKS_MAX: usize = 50;
+/// Longest webhook URL.
+pub const WEBHOOK_URL_LEN_MAX: usize = 2048;
+/// Bounds of a webhook's batches.
+pub const WEBHOOK_BATCH_EVENTS_MAX: usize = 10_000;
+pub const WEBHOOK_BATCH_BYTES_MAX: usize = 8 << 20;
+
+/// An output delivered to a URL, in signed batches (Standard Webhooks).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// UUIDv7; the `subscriptionId`.
+    pub id: Uuid,
+    pub slug: String,
+    #[serde(default)]
+    pub name: String,
+    /// The slug of the output it delivers.
+    pub output: String,
+    /// `https://...` (`http://` only where the operator allows private hosts).
+    pub url: String,
+    /// A disabled subscription delivers nothing; where it stopped is kept.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// A batch holds at most this many events ...
+    #[serde(default = "default_batch_events")]
+    pub batch_events_max: usize,
+    /// ... and at most this many bytes of JSON.
+    #[serde(default = "default_batch_bytes")]
+    pub batch_bytes_max: usize,
+    /// Events waiting are sent at least this often.
+    #[serde(default = "default_batch_interval")]
+    pub batch_interval_ms: u64,
+    /// The signing secret (`whsec_...`), sealed with the cluster secret
+    /// ([`crate::sealed`]).
+    pub secret_sealed: String,
+    /// Whether the receiver may be on a private address (the operator's
+    /// `smtp_allow_private_hosts`, which covers every outbound connection).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+pub fn default_batch_events() -> usize {
+    500
+}
+
+pub fn default_batch_bytes() -> usize {
+    1 << 20
+}
+
+pub fn default_batch_interval() -> u64 {
+    1000
+}
+
+impl WebhookConfig {
+    pub fn check(&self) -> Result<(), DataOutError> {
+        let invalid = |problem: String| DataOutError::Webhook {
+            webhook: self.slug.clone(),
+            problem,
+        };
+        if !is_valid_slug(&self.slug) {
+            return Err(invalid("the slug is 1 to 63 of a-z, 0-9 and -".into()));
+        }
+        check_name("webhook", &self.name).map_err(invalid)?;
+        if !is_valid_slug(&self.output) {
+            return Err(invalid(format!("{:?} is not an output slug", self.output)));
+        }
+        check_webhook_url(&self.url, self.allow_private).map_err(invalid)?;
+        if !(1..=WEBHOOK_BATCH_EVENTS_MAX).contains(&self.batch_events_max) {
+            return Err(invalid(format!(
+                "batch_events_max is 1 to {WEBHOOK_BATCH_EVENTS_MAX}"
+            )));
+        }
+        if !(1024..=WEBHOOK_BATCH_BYTES_MAX).contains(&self.batch_bytes_max) {
+            return Err(invalid(format!(
+                "batch_bytes_max is 1024 to {WEBHOOK_BATCH_BYTES_MAX}"
+            )));
+        }
+        if !(10..=3_600_000).contains(&self.batch_interval_ms) {
+            return Err(invalid("batch_interval_ms is 10 to 3600000".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Checks a webhook URL's form (not where it resolves): `https://host[:port]/path`, or
+/// `http://` when private hosts are allowed; no credentials, no fragment.
+pub fn check_webhook_url(url: &str, allow_private: bool) -> Result<(), String> {
+    if url.len() > WEBHOOK_URL_LEN_MAX {
+        return Err(format!(
+            "a webhook URL has at most {WEBHOOK_URL_LEN_MAX} characters"
+        ));
+    }
+    let rest = if let Some(rest) = url.strip_prefix("https://") {
+        rest
+    } else if let Some(rest) = url.strip_prefix("http://").filter(|_| allow_private) {
+        rest
+    } else {
+        return Err(
+            "a webhook URL starts with https:// (http:// only where the operator allows private hosts)"
+                .into(),
+        );
+    };
+    let authority = rest.split(['/', '?']).next().unwrap_or_default();
+    let visible = url.bytes().all(|b| b.is_ascii_graphic());
+    if authority.is_empty() || authority.contains('@') || url.contains('#') || !visible {
+        return Err("a webhook URL names a host, with no user:password@ and no #fragment".into());
+    }
+    Ok(())
+}
+
 /// Why an output or endpoint cannot be saved or applied.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DataOutError {
@@ -246,6 +361,10 @@ pub enum DataOutError {
     Output { output: String, problem: String },
     #[error("export endpoint {endpoint:?}: {problem}")]
     Endpoint { endpoint: String, problem: String },
+    #[error("a workspace has at most {WEBHOOKS_MAX} webhooks")]
+    TooManyWebhooks,
+    #[error("webhook {webhook:?}: {problem}")]
+    Webhook { webhook: String, problem: String },
 }
 
 fn check_name(kind: &str, name: &str) -> Result<(), String> {
@@ -505,6 +624,7 @@ pub fn check_workspace(
     sources: &[&str],
     outputs: &[OutputConfig],
     endpoints: &[ExportEndpointConfig],
+    webhooks: &[WebhookConfig],
 ) -> Result<(), DataOutError> {
     if outputs.len() > OUTPUTS_MAX {
         return Err(DataOutError::TooManyOutputs);
@@ -543,6 +663,26 @@ pub fn check_workspace(
         };
         return Err(DataOutError::Endpoint {
             endpoint: endpoint.slug.clone(),
+            problem: problem.into(),
+        });
+    }
+    if webhooks.len() > WEBHOOKS_MAX {
+        return Err(DataOutError::TooManyWebhooks);
+    }
+    let (mut ids, mut webhook_slugs) = (HashSet::new(), HashSet::new());
+    for webhook in webhooks {
+        webhook.check()?;
+        let problem = if !ids.insert(webhook.id) {
+            "its id appears twice"
+        } else if !webhook_slugs.insert(webhook.slug.as_str()) {
+            "its slug appears twice"
+        } else if !slugs.contains(webhook.output.as_str()) {
+            "its output does not exist"
+        } else {
+            continue;
+        };
+        return Err(DataOutError::Webhook {
+            webhook: webhook.slug.clone(),
             problem: problem.into(),
         });
     }
@@ -634,6 +774,22 @@ mod tests {
     }
 
     #[test]
+    fn webhook_urls_are_https_unless_private_hosts_are_allowed() {
+        assert!(check_webhook_url("https://hooks.example.com/in?x=1", false).is_ok());
+        assert!(check_webhook_url("http://127.0.0.1:9000/in", true).is_ok());
+        for bad in [
+            "http://hooks.example.com/in",
+            "ftp://x/",
+            "https://",
+            "https://user:pw@example.com/",
+            "https://example.com/#frag",
+            "https://exa mple.com/",
+        ] {
+            assert!(check_webhook_url(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn endpoints_need_an_output_and_outputs_a_source() {
         let out = output(json!({}));
         let endpoint = |output: &str| ExportEndpointConfig {
@@ -642,8 +798,20 @@ mod tests {
             name: String::new(),
             output: output.into(),
         };
-        assert!(check_workspace(&["telemetry"], std::slice::from_ref(&out), &[endpoint("hot")]).is_ok());
-        assert!(check_workspace(&["telemetry"], std::slice::from_ref(&out), &[endpoint("cold")]).is_err());
-        assert!(check_workspace(&["other"], &[out], &[]).is_err());
+        assert!(check_workspace(
+            &["telemetry"],
+            std::slice::from_ref(&out),
+            &[endpoint("hot")],
+            &[]
+        )
+        .is_ok());
+        assert!(check_workspace(
+            &["telemetry"],
+            std::slice::from_ref(&out),
+            &[endpoint("cold")],
+            &[]
+        )
+        .is_err());
+        assert!(check_workspace(&["other"], &[out], &[], &[]).is_err());
     }
 }

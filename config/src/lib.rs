@@ -5,7 +5,11 @@
 //! - [`delta`] and [`state`]: the change between two versions, and the indexed copy a node
 //!   applies changes to.
 //! - [`shaping`]: sources' JSON Schemas, the typed columns they give, and tag rules.
-//! - [`data_out`]: outputs (filtered, projected views of a source) and export endpoints.
+//! - [`data_out`]: outputs (filtered, projected views of a source), export endpoints and
+//!   webhook subscriptions.
+//! - [`outbound`]: which addresses Sluice may connect to on a workspace's behalf.
+//! - [`sealed`]: secrets sealed with the cluster secret for their trip in the configuration.
+//! - [`webhook_signature`]: Standard Webhooks signatures.
 //! - [`hash`]: the content hash that proves two copies equal.
 //! - [`token`]: generating access tokens and hashing them; no secret is ever stored.
 //! - [`stream`]: the configuration stream's wire types.
@@ -17,11 +21,14 @@
 pub mod data_out;
 pub mod delta;
 pub mod hash;
+pub mod outbound;
+pub mod sealed;
 pub mod shaping;
 pub mod snapshot;
 pub mod state;
 pub mod stream;
 pub mod token;
+pub mod webhook_signature;
 
 #[cfg(any(test, feature = "test-fixtures"))]
 pub mod test_fixtures;

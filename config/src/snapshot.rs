@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::data_out::{self, ExportEndpointConfig, OutputConfig};
+use crate::data_out::{self, ExportEndpointConfig, OutputConfig, WebhookConfig};
 use crate::shaping::{self, OnInvalid, TagRule};
 
 /// One version of a node's configuration.
@@ -58,6 +58,9 @@ pub struct WorkspaceConfig {
     /// Export endpoints: outputs end-users read with `read` tokens.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub export_endpoints: Vec<ExportEndpointConfig>,
+    /// Webhook subscriptions: outputs delivered to URLs by the nodes that accepted the events.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub webhooks: Vec<WebhookConfig>,
 }
 
 fn enabled_by_default() -> bool {
@@ -268,8 +271,13 @@ impl WorkspaceConfig {
         shaping::check_rules(&self.tag_rules)
             .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
         let slugs: Vec<&str> = self.sources.iter().map(|s| s.slug.as_str()).collect();
-        data_out::check_workspace(&slugs, &self.outputs, &self.export_endpoints)
-            .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
+        data_out::check_workspace(
+            &slugs,
+            &self.outputs,
+            &self.export_endpoints,
+            &self.webhooks,
+        )
+        .map_err(|e| SnapshotError::Invalid(format!("workspace {:?}: {e}", self.slug)))?;
         let mut hashes = HashSet::new();
         let mut ids = HashSet::new();
         for token in &self.tokens {
@@ -353,6 +361,7 @@ mod tests {
             tag_rules: Vec::new(),
             outputs: Vec::new(),
             export_endpoints: Vec::new(),
+            webhooks: Vec::new(),
         };
         let snapshot = ConfigSnapshot {
             version: 1,
@@ -387,6 +396,7 @@ mod tests {
             tag_rules: Vec::new(),
             outputs: Vec::new(),
             export_endpoints: Vec::new(),
+            webhooks: Vec::new(),
         };
         assert!(ws.validate().is_err(), "two tokens with one id");
         ws.tokens.pop();

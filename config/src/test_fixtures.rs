@@ -41,6 +41,7 @@ pub fn workspace(slug: &str, tokens: &[u64]) -> WorkspaceConfig {
         tag_rules: Vec::new(),
         outputs: Vec::new(),
         export_endpoints: Vec::new(),
+        webhooks: Vec::new(),
     }
 }
 

@@ -334,6 +334,7 @@ mod tests {
                     tag_rules: Vec::new(),
                     outputs: Vec::new(),
                     export_endpoints: Vec::new(),
+                    webhooks: Vec::new(),
                 })
                 .collect(),
         }

@@ -36,7 +36,7 @@ pub(crate) mod listener;
 pub(crate) mod mail;
 pub(crate) mod mcp;
 pub(crate) mod model;
-pub(crate) mod outbound;
+pub(crate) use sluice_config::outbound;
 pub(crate) mod problem;
 pub(crate) mod purge;
 pub(crate) mod rate_limit;

@@ -63,6 +63,7 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                     .export_endpoints_of(ws.id)
                     .map(ExportEndpoint::config)
                     .collect(),
+                webhooks: Vec::new(),
             })
             .collect(),
     }

@@ -607,6 +607,7 @@ mod tests {
             tag_rules: Vec::new(),
             outputs: Vec::new(),
             export_endpoints: Vec::new(),
+            webhooks: Vec::new(),
             sources: vec![SourceConfig {
                 id: Uuid::now_v7(),
                 slug: "telemetry".into(),

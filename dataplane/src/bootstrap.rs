@@ -64,6 +64,7 @@ pub fn create() -> (ConfigSnapshot, Bootstrap) {
             tag_rules: Vec::new(),
             outputs: Vec::new(),
             export_endpoints: Vec::new(),
+            webhooks: Vec::new(),
         }],
     };
     let bootstrap = Bootstrap {

@@ -535,6 +535,7 @@ mod tests {
                 .collect(),
             outputs: Vec::new(),
             export_endpoints: Vec::new(),
+            webhooks: Vec::new(),
         }
     }
 

@@ -129,7 +129,7 @@ fn valid_endpoint(s: &Data, ws: &Workspace, endpoint: &ExportEndpoint) -> ApiRes
         .map(ExportEndpoint::config)
         .collect();
     endpoints.push(config);
-    data_out::check_workspace(&sources, &outputs, &endpoints).map_err(invalid)
+    data_out::check_workspace(&sources, &outputs, &endpoints, &[]).map_err(invalid)
 }
 
 /// Export endpoints of a workspace. Any member.

@@ -348,7 +348,7 @@ fn valid_output(s: &Data, ws: &Workspace, output: &Output) -> ApiResult<()> {
         .collect();
     outputs.push(config);
     let endpoints: Vec<_> = s.export_endpoints_of(ws.id).map(|e| e.config()).collect();
-    data_out::check_workspace(&sources, &outputs, &endpoints).map_err(invalid)
+    data_out::check_workspace(&sources, &outputs, &endpoints, &[]).map_err(invalid)
 }
 
 /// Outputs of a workspace. Any member.

@@ -1,7 +1,7 @@
-//! The outbound address policy: which addresses the control plane may connect to on a
-//! workspace's behalf (workspace SMTP servers today, webhook receivers later). Only the public
-//! internet, so that a workspace cannot make Sluice reach the machines beside it; the operator
-//! may allow private hosts for a closed installation.
+//! The outbound address policy: which addresses Sluice may connect to on a workspace's behalf
+//! (its SMTP server from the control plane, its webhook receivers from the control plane and
+//! the data plane). Only the public internet, so that a workspace cannot make Sluice reach the
+//! machines beside it; the operator may allow private hosts for a closed installation.
 //!
 //! IPv6 forms that carry an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by that
 //! address, so that `::ffff:127.0.0.1`, `::127.0.0.1`, `64:ff9b::7f00:1` and `2002:7f00:1::`
