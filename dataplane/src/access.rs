@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
+use sluice_config::data_out::WebhookConfig;
 use sluice_config::snapshot::{ConfigSnapshot, Protocol, Scope, TokenConfig, WorkspaceConfig};
 use sluice_config::state::{ConfigChange, ConfigState};
 use uuid::Uuid;
@@ -34,6 +35,8 @@ pub struct WorkspaceView {
     pub sources: HashMap<String, SourceView>,
     /// Export endpoints by slug, each with its output compiled.
     pub endpoints: HashMap<String, Arc<CompiledOutput>>,
+    /// Webhook subscriptions, each with its output compiled.
+    pub webhooks: Vec<ActiveWebhook>,
     pub bucket: Arc<Bucket>,
 }
 
@@ -253,6 +256,7 @@ impl ConfigView {
                     })
                     .collect(),
                 endpoints: export_endpoints(ws),
+                webhooks: webhooks(ws),
                 bucket: limits.bucket(ws.id, rate, burst),
             }),
         );
@@ -277,6 +281,11 @@ impl ConfigView {
                 expires_at_us: token.expires_at.map(|t| t.timestamp_micros()),
             },
         );
+    }
+
+    /// Every webhook subscription of every workspace.
+    pub fn webhooks(&self) -> impl Iterator<Item = &ActiveWebhook> {
+        self.workspaces.values().flat_map(|ws| ws.webhooks.iter())
     }
 
     /// Whether pages on `origin` may send events to `workspace` (the token is checked apart).
@@ -397,6 +406,28 @@ impl ConfigView {
 pub struct ExportGrant {
     pub workspace_id: Uuid,
     pub output: Arc<CompiledOutput>,
+}
+
+/// A webhook subscription as its deliveries need it.
+#[derive(Debug, Clone)]
+pub struct ActiveWebhook {
+    pub workspace_id: Uuid,
+    pub config: Arc<WebhookConfig>,
+    pub output: Arc<CompiledOutput>,
+}
+
+fn webhooks(ws: &WorkspaceConfig) -> Vec<ActiveWebhook> {
+    ws.webhooks
+        .iter()
+        .filter_map(|w| {
+            let output = ws.outputs.iter().find(|o| o.slug == w.output)?;
+            Some(ActiveWebhook {
+                workspace_id: ws.id,
+                config: Arc::new(w.clone()),
+                output: Arc::new(CompiledOutput::new(output)),
+            })
+        })
+        .collect()
 }
 
 /// A workspace's export endpoints with their outputs compiled; an endpoint whose output is

@@ -10,6 +10,7 @@
 //!   refusals.
 //! - `mqtt`: the MQTT 3.1.1 and 5 front end on ntex-mqtt.
 //! - `export`: export endpoints, outputs read back from the lake for end-users.
+//! - `webhooks`: outputs delivered to subscribers' URLs, by the node that accepted the events.
 //! - `access`, `token_table` and `rate_limit`: token checks against the snapshot, the
 //!   copy-on-write token index, per-workspace rates.
 //! - [`config`], `config_source`, `config_stream`, `bootstrap`: settings, and where the
@@ -36,6 +37,7 @@ mod parse;
 mod rate_limit;
 mod shape;
 mod token_table;
+mod webhooks;
 
 pub use bootstrap::Bootstrap;
 pub use config::NodeConfig;

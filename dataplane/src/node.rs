@@ -15,6 +15,8 @@ use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
 
 use crate::export::Exports;
+use crate::webhooks::cursors::Cursors;
+use crate::webhooks::{ReportTo, Webhooks};
 use sluice_storage::metrics::StorageMetrics;
 use sluice_storage::progress::{Progress, ProgressError};
 use sluice_storage::shipper::{self, ShipperConfig, ShipperError, ShipperHandle};
@@ -148,6 +150,7 @@ impl Node {
             .enable_all()
             .build()
             .map_err(io("starting the export runtime"))?;
+        let export_lake = lake.clone();
         let exports = Arc::new(Exports::new(
             lake.clone(),
             export_runtime.handle().clone(),
@@ -218,6 +221,24 @@ impl Node {
             ),
             None => None,
         };
+
+        let cursors = Arc::new(
+            Cursors::open(&data_dir.join("webhooks.redb"))
+                .map_err(|e| io("opening webhooks.redb")(std::io::Error::other(e)))?,
+        );
+        let webhooks = Webhooks {
+            access: access.clone(),
+            lake: export_lake,
+            node: node_id.clone(),
+            cursors,
+            shipper: shipper.status(),
+            cluster_secret: config.cluster_secret.clone(),
+            report_to: config.control_plane.clone().map(|url| ReportTo {
+                control_plane: url,
+                secret: config.cluster_secret.clone().unwrap_or_default(),
+            }),
+        };
+        export_runtime.spawn(webhooks.run(shutdown.clone()));
 
         let admission = Arc::new(Admission {
             access,

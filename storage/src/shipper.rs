@@ -92,6 +92,9 @@ pub struct ShipperStatus {
     pub failing: AtomicBool,
     /// The newest upload error, for `/readyz` detail.
     pub last_error: Mutex<Option<String>>,
+    /// Woken after each commit-log entry this node writes: readers of the node's own log
+    /// (webhook deliveries, live streams) look at once instead of at their next poll.
+    pub committed: tokio::sync::Notify,
 }
 
 /// A running shipper. On the shutdown signal it cuts every open batch and uploads until the
@@ -720,7 +723,10 @@ impl Shipper {
         };
         let append = commits::append(&self.lake, commit.workspace_id, &commit.source, &entry);
         match tokio::time::timeout(self.config.upload_timeout, append).await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(())) => {
+                self.status.committed.notify_waiters();
+                Ok(())
+            }
             Ok(Err(err)) => Err(UploadError::Commit(err)),
             Err(_) => Err(UploadError::TimedOut(self.config.upload_timeout)),
         }

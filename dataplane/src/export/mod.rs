@@ -283,7 +283,8 @@ impl Exports {
             Start::Since(us) => (Cursor::default(), Some(us)),
             Start::Beginning => (Cursor::default(), None),
             Start::Now => (
-                Reader::end_cursor(&self.lake, grant.workspace_id, &grant.output.source).await?,
+                Reader::end_cursor(&self.lake, grant.workspace_id, &grant.output.source, None)
+                    .await?,
                 None,
             ),
         };
@@ -291,6 +292,7 @@ impl Exports {
             workspace_id: grant.workspace_id,
             output: grant.output,
             since_us,
+            only_node: None,
         };
         Ok(Reader::new(self.lake.clone(), spec, cursor))
     }

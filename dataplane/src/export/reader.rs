@@ -46,6 +46,8 @@ pub struct ReadSpec {
     pub output: Arc<CompiledOutput>,
     /// Events received before this (µs since the epoch) are skipped.
     pub since_us: Option<i64>,
+    /// Read only this node's log (a webhook delivers the events its node accepted).
+    pub only_node: Option<String>,
 }
 
 /// One event as the output made it.
@@ -91,9 +93,14 @@ impl Reader {
         lake: &Lake,
         workspace_id: Uuid,
         source: &str,
+        only_node: Option<&str>,
     ) -> Result<Cursor, ReadError> {
         let mut cursor = Cursor::default();
-        for node in commits::nodes(lake, workspace_id, source).await? {
+        let nodes = match only_node {
+            Some(node) => vec![node.to_owned()],
+            None => commits::nodes(lake, workspace_id, source).await?,
+        };
+        for node in nodes {
             let seqs = commits::seqs_from(lake, workspace_id, source, &node, 0, usize::MAX).await?;
             let next = seqs.last().map_or(0, |last| last + 1);
             cursor.nodes.insert(node, Position { seq: next, row: 0 });
@@ -109,7 +116,11 @@ impl Reader {
     /// is waiting to be read.
     async fn refill(&mut self) -> Result<bool, ReadError> {
         let (ws, source) = (self.spec.workspace_id, self.spec.output.source.clone());
-        for node in commits::nodes(&self.lake, ws, &source).await? {
+        let nodes = match &self.spec.only_node {
+            Some(node) => vec![node.clone()],
+            None => commits::nodes(&self.lake, ws, &source).await?,
+        };
+        for node in nodes {
             let queue = self.pending.entry(node.clone()).or_default();
             if !queue.is_empty() {
                 continue;
