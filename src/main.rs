@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 mod backup;
+mod cluster_secret;
 mod descriptors;
 mod health;
 
@@ -475,9 +476,14 @@ fn main() -> Result<()> {
             // One machine, one data dir and one lake for both planes.
             controlplane.data_dir = node.data_dir.clone();
             controlplane.object_store = node.object_store.clone();
-            if node.cluster_secret.is_some() {
-                controlplane.cluster_secret = node.cluster_secret.clone();
-            }
+            // Both planes hold one cluster secret: webhook secrets travel to the node sealed
+            // with it. Without one configured, the installation makes its own.
+            let secret = match (node.cluster_secret.take(), controlplane.cluster_secret.take()) {
+                (Some(secret), _) | (None, Some(secret)) => secret,
+                (None, None) => cluster_secret::read_or_create(&node.data_dir)?,
+            };
+            node.cluster_secret = Some(secret.clone());
+            controlplane.cluster_secret = Some(secret);
             args.api.apply(&mut controlplane);
             // The AsyncAPI documents name this node's listeners unless told otherwise.
             if controlplane.ingest_public_url.is_none() {

@@ -26,6 +26,8 @@ pub struct Limits {
     pub invitations_per_workspace: RateLimit,
     pub invitations_per_inviter: RateLimit,
     pub smtp_tests_per_workspace: RateLimit,
+    /// Test deliveries of a workspace's webhooks, as many per hour as SMTP tests.
+    pub webhook_tests_per_workspace: RateLimit,
 }
 
 impl Limits {
@@ -46,6 +48,7 @@ impl Limits {
             invitations_per_workspace: RateLimit::new(c.invitations_per_workspace_per_day, DAY),
             invitations_per_inviter: RateLimit::new(c.invitations_per_inviter_per_day, DAY),
             smtp_tests_per_workspace: RateLimit::new(c.smtp_tests_per_workspace_per_hour, HOUR),
+            webhook_tests_per_workspace: RateLimit::new(c.smtp_tests_per_workspace_per_hour, HOUR),
         }
     }
 }
@@ -88,7 +91,10 @@ impl App {
         shutdown: Shutdown,
     ) -> Self {
         let version = store.read(|s| s.config_version);
-        let history = Arc::new(ConfigHistory::new(store.read(crate::snapshot::build)));
+        let allow_private = config.smtp_allow_private_hosts;
+        let history = Arc::new(ConfigHistory::new(
+            store.read(|s| crate::snapshot::build(s, allow_private)),
+        ));
         let streams = Arc::new(Semaphore::new(config.config_streams_max.max(1)));
         App {
             store,

@@ -1,5 +1,6 @@
 //! Sluice's control plane: the axum API people use to manage users, workspaces, members and
-//! roles, invitations, access tokens and sources.
+//! roles, invitations, access tokens, sources and what reads them (outputs, export endpoints,
+//! webhooks).
 //!
 //! - `store`: every record in memory and in one redb file; changes commit before they show.
 //! - `model` and `roles`: the records and the one permission table.
@@ -13,6 +14,9 @@
 //!   against the in-flight limit of the whole API.
 //! - `mail`: platform mail through SMTP, or an outbox directory when none is configured.
 //! - `outbound`: which addresses the control plane may connect to for a workspace.
+//! - `webhook_client`: the control plane's own requests to webhook receivers (the address
+//!   check of a saved URL, the test delivery); `webhook_health`: the nodes' reports of their
+//!   deliveries, the delivery and failure logs, and the disabling of failing webhooks.
 //! - `trial`, `purge`, `housekeeping`, [`snapshot`]: background work (ended trials disable
 //!   workspaces, deleted workspaces' data leaves the lake, expired records go, the data-plane
 //!   configuration is written out), started and stopped through `shutdown`.
@@ -51,6 +55,8 @@ pub(crate) mod sign_in;
 pub mod snapshot;
 pub(crate) mod store;
 pub(crate) mod trial;
+pub(crate) mod webhook_client;
+pub(crate) mod webhook_health;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -100,6 +106,8 @@ pub enum ControlPlaneError {
     InitialOperator(#[from] InitialOperatorError),
     #[error(transparent)]
     Secret(#[from] SecretError),
+    #[error("sealing webhook secrets with the cluster secret: {0}")]
+    Seal(String),
     #[error("invalid control-plane setting: {0}")]
     Config(#[from] ConfigError),
     #[error("invalid control-plane setting: {0}")]
@@ -182,10 +190,17 @@ impl ControlPlane {
             }
             _ => None,
         };
+        let secrets = Arc::new(open_secrets(&config)?);
+        reseal(&store, &secrets, config.cluster_secret.as_deref())?;
         // Written before anything is served, so a node started next finds it.
         let snapshot_path = config.data_dir.join(snapshot::FILE_NAME);
         store
-            .read(|s| snapshot::write_file(&snapshot_path, &snapshot::build(s)))
+            .read(|s| {
+                snapshot::write_file(
+                    &snapshot_path,
+                    &snapshot::build(s, config.smtp_allow_private_hosts),
+                )
+            })
             .map_err(io(format!("writing {}", snapshot_path.display())))?;
         let lake_spec = config
             .object_store
@@ -203,8 +218,6 @@ impl ControlPlane {
             tracing::info!(provider = %p.id, kind = ?p.kind, "sign-in provider configured");
         }
         let sign_in = sign_in::SignIn::new(&config.sign_in, providers)?;
-        let secrets = Arc::new(open_secrets(&config)?);
-        reseal(&store, &secrets)?;
         let app = {
             let _guard = runtime.enter();
             let mailer = Mailer::start(
@@ -361,9 +374,45 @@ fn open_secrets(config: &ControlPlaneConfig) -> Result<SecretBox, ControlPlaneEr
 }
 
 /// Seals again, with the current key, every stored secret sealed with a previous one, so that
-/// previous keys can be dropped after one start.
-fn reseal(store: &Store, secrets: &SecretBox) -> Result<(), ControlPlaneError> {
+/// previous keys can be dropped after one start; and webhook secrets for nodes with the
+/// cluster secret of this start, when it is not the one they were sealed with.
+fn reseal(
+    store: &Store,
+    secrets: &SecretBox,
+    cluster_secret: Option<&str>,
+) -> Result<(), ControlPlaneError> {
     let mut changes = Vec::new();
+    for mut webhook in store.read(|s| s.webhooks.values().cloned().collect::<Vec<_>>()) {
+        let context = webhook.id.to_string();
+        let for_nodes_ok = match (cluster_secret, &webhook.secret_for_nodes) {
+            (None, _) => true,
+            (Some(cluster), Some(sealed)) => sluice_config::sealed::open(cluster, sealed).is_ok(),
+            (Some(_), None) => false,
+        };
+        if for_nodes_ok && !secrets.needs_resealing(&webhook.secret_sealed) {
+            continue;
+        }
+        match secrets.open(&webhook.secret_sealed, &context) {
+            Ok(secret) => {
+                webhook.secret_sealed = secrets.seal(&secret, &context)?;
+                if let (false, Some(cluster)) = (for_nodes_ok, cluster_secret) {
+                    webhook.secret_for_nodes = Some(
+                        sluice_config::sealed::seal(cluster, &secret)
+                            .map_err(|e| ControlPlaneError::Seal(e.to_string()))?,
+                    );
+                }
+                changes.push(store::Change::PutWebhook(webhook));
+            }
+            // Nodes cannot sign for it (they log why) until the key is configured or the
+            // secret rotated (`POST …/rotate-secret`).
+            Err(e) => tracing::error!(
+                workspace = %webhook.workspace_id,
+                webhook = %webhook.slug,
+                error = %e,
+                "a stored webhook secret cannot be opened with the configured keys"
+            ),
+        }
+    }
     for mut smtp in store.read(|s| s.smtp.values().cloned().collect::<Vec<_>>()) {
         let Some(sealed) = smtp.password_sealed.as_deref() else {
             continue;

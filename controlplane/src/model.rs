@@ -5,9 +5,10 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_config::data_out::{ExportEndpointConfig, Field, Filter, OutputConfig};
+use sluice_config::data_out::{ExportEndpointConfig, Field, Filter, OutputConfig, WebhookConfig};
 use sluice_config::shaping::{OnInvalid, TagRule};
 use sluice_config::snapshot::Scope;
+use sluice_config::stream::WebhookOutcome;
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -263,6 +264,123 @@ impl ExportEndpoint {
     }
 }
 
+/// An output delivered to a URL in signed batches by every data-plane node, as stored.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: Uuid,
+    pub workspace_id: Uuid,
+    /// Unique in the workspace; fixed once created.
+    pub slug: String,
+    pub name: String,
+    /// The slug of the output it delivers; that output cannot be deleted while this names it.
+    pub output: String,
+    pub url: String,
+    /// False when a member or the automatic disabling (`disabled`) turned it off.
+    pub enabled: bool,
+    pub batch_events_max: usize,
+    pub batch_bytes_max: usize,
+    pub batch_interval_ms: u64,
+    /// Failing without a delivery for this long disables it (control plane only).
+    pub disable_after_s: u64,
+    /// The signing secret (`whsec_...`), sealed with the control plane's secret key (see
+    /// `secrets`, context: the webhook's id); never returned by the API after creation.
+    pub secret_sealed: String,
+    /// The same secret sealed with the cluster secret (`sluice_config::sealed`), as nodes get
+    /// it; kept so that every snapshot carries the same bytes (a fresh seal would change the
+    /// content hash at every version). Sealed again at start when the cluster secret changed;
+    /// absent while the control plane has no cluster secret.
+    #[serde(default)]
+    pub secret_for_nodes: Option<String>,
+    /// Why and when it was turned off; absent while enabled.
+    #[serde(default)]
+    pub disabled: Option<WebhookDisabled>,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Why a webhook is disabled.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookDisabled {
+    pub at: DateTime<Utc>,
+    pub reason: String,
+}
+
+impl Webhook {
+    /// The subscription as nodes receive it; `allow_private` is the operator's
+    /// `smtp_allow_private_hosts`.
+    pub fn config(&self, allow_private: bool) -> WebhookConfig {
+        WebhookConfig {
+            id: self.id,
+            slug: self.slug.clone(),
+            name: self.name.clone(),
+            output: self.output.clone(),
+            url: self.url.clone(),
+            enabled: self.enabled,
+            batch_events_max: self.batch_events_max,
+            batch_bytes_max: self.batch_bytes_max,
+            batch_interval_ms: self.batch_interval_ms,
+            secret_sealed: self.secret_for_nodes.clone().unwrap_or_default(),
+            allow_private,
+        }
+    }
+}
+
+/// What the control plane judges a webhook's health by, from the nodes' reports: kept apart
+/// from [`Webhook`] because it changes with every report and nodes never see it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookHealth {
+    pub webhook_id: Uuid,
+    pub workspace_id: Uuid,
+    /// The first attempt that did not deliver after the last one that did; absent while
+    /// healthy.
+    pub failing_since: Option<DateTime<Utc>>,
+    pub last_delivered_at: Option<DateTime<Utc>>,
+    /// The latest attempt that did not deliver, and its error.
+    pub last_failure_at: Option<DateTime<Utc>>,
+    pub last_error: Option<String>,
+    /// Attempts before this (the creation, or the last re-enabling) do not count: reports
+    /// still on their way must not disable it again at once.
+    pub counted_from: DateTime<Utc>,
+}
+
+impl WebhookHealth {
+    pub fn new(webhook: &Webhook, now: DateTime<Utc>) -> Self {
+        WebhookHealth {
+            webhook_id: webhook.id,
+            workspace_id: webhook.workspace_id,
+            failing_since: None,
+            last_delivered_at: None,
+            last_failure_at: None,
+            last_error: None,
+            counted_from: now,
+        }
+    }
+}
+
+/// One attempt to deliver a batch to a webhook, in its delivery log (and, when `failed`, its
+/// failure log).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WebhookAttemptRecord {
+    /// UUIDv7 made from `at`, so that the logs sort by the attempts' times.
+    pub id: Uuid,
+    pub webhook_id: Uuid,
+    pub workspace_id: Uuid,
+    /// The node that made it; `control-plane` for a test delivery.
+    pub node: String,
+    pub at: DateTime<Utc>,
+    pub outcome: WebhookOutcome,
+    pub status: Option<u16>,
+    pub events: u64,
+    pub first_event_id: Option<Uuid>,
+    pub last_event_id: Option<Uuid>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub webhook_message_id: String,
+    /// A test delivery the control plane made (`POST .../test`); tests do not count for the
+    /// webhook's health.
+    #[serde(default)]
+    pub test: bool,
+}
+
 /// A workspace's tag rules, in the order they apply: one record per workspace, so that a
 /// reorder is one write and the order cannot be half-changed.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -307,6 +425,8 @@ pub enum MailPurpose {
     Invitation,
     /// A test of the workspace SMTP settings.
     SmtpTest,
+    /// A webhook was disabled after failing too long; sent to the workspace's Admins.
+    WebhookDisabled,
 }
 
 /// Which server a mail went through.

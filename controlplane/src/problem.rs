@@ -62,6 +62,12 @@ problem_types! {
     /// schema.
     InvalidOutput => (BAD_REQUEST, "invalid-output", "Invalid output"),
     InvalidExportEndpoint => (BAD_REQUEST, "invalid-export-endpoint", "Invalid export endpoint"),
+    /// A webhook field nodes would refuse, or a URL that is not `https://` or whose host does
+    /// not resolve.
+    InvalidWebhook => (BAD_REQUEST, "invalid-webhook", "Invalid webhook"),
+    /// A webhook URL whose host resolves to a loopback, private, link-local or otherwise
+    /// non-public address, while the operator allows none (`smtp_allow_private_hosts`).
+    AddressNotAllowed => (BAD_REQUEST, "address-not-allowed", "Address not allowed"),
     /// A new token's `sources` names a source the workspace does not have; the same slug as
     /// [`ProblemType::UnknownSource`], with 400 because the path itself is fine.
     /// Likewise a tag rule's `sources` and an output's `source`.
@@ -101,6 +107,7 @@ problem_types! {
     UnknownTagRule => (NOT_FOUND, "unknown-tag-rule", "Unknown tag rule"),
     UnknownOutput => (NOT_FOUND, "unknown-output", "Unknown output"),
     UnknownExportEndpoint => (NOT_FOUND, "unknown-export-endpoint", "Unknown export endpoint"),
+    UnknownWebhook => (NOT_FOUND, "unknown-webhook", "Unknown webhook"),
     UnknownUser => (NOT_FOUND, "unknown-user", "Unknown user"),
     UnknownProvider => (NOT_FOUND, "unknown-provider", "Unknown sign-in provider"),
     UnknownIdentity => (NOT_FOUND, "unknown-identity", "Unknown identity"),
@@ -114,9 +121,10 @@ problem_types! {
     SourceExists => (CONFLICT, "source-exists", "Source exists"),
     OutputExists => (CONFLICT, "output-exists", "Output exists"),
     ExportEndpointExists => (CONFLICT, "export-endpoint-exists", "Export endpoint exists"),
+    WebhookExists => (CONFLICT, "webhook-exists", "Webhook exists"),
     /// The change would leave something pointing at nothing: a source read by an output, an
-    /// output served by an endpoint, an endpoint named by a token, or a source schema an
-    /// output no longer fits. `detail` names them.
+    /// output served by an endpoint or delivered by a webhook, an endpoint named by a token,
+    /// or a source schema an output no longer fits. `detail` names them.
     InUse => (CONFLICT, "in-use", "In use"),
     AlreadyMember => (CONFLICT, "already-member", "Already a member"),
     LastAdmin => (CONFLICT, "last-admin", "Last Admin"),

@@ -1,6 +1,6 @@
 //! What names what inside a workspace, and the refusals that keep those names pointing at
-//! something: an output names its source (and must fit its schema), an export endpoint names
-//! its output, a `read` token may name endpoints.
+//! something: an output names its source (and must fit its schema), an export endpoint and a
+//! webhook name their output, a `read` token may name endpoints.
 //!
 //! Nodes refuse a whole configuration in which an output's source or an endpoint's output is
 //! missing (`sluice_config::data_out::check_workspace`), so a change that would break a name
@@ -84,22 +84,36 @@ pub fn refuse_broken_outputs(s: &State, ws: &Workspace, changes: &[Change]) -> A
     ))
 }
 
-/// Refuses deleting output `slug` while export endpoints serve it.
+/// Refuses deleting output `slug` while export endpoints serve it or webhooks deliver it.
 pub fn refuse_output_in_use(s: &State, ws: &Workspace, slug: &str) -> ApiResult<()> {
-    let users: Vec<&str> = s
+    let endpoints: Vec<&str> = s
         .export_endpoints_of(ws.id)
         .filter(|e| e.output == slug)
         .map(|e| e.slug.as_str())
         .collect();
+    let webhooks: Vec<&str> = s
+        .webhooks_of(ws.id)
+        .filter(|w| w.output == slug)
+        .map(|w| w.slug.as_str())
+        .collect();
+    let mut users = Vec::new();
+    if !endpoints.is_empty() {
+        users.push(format!(
+            "served by export endpoint(s) {}",
+            quoted(endpoints)
+        ));
+    }
+    if !webhooks.is_empty() {
+        users.push(format!("delivered by webhook(s) {}", quoted(webhooks)));
+    }
     if users.is_empty() {
         return Ok(());
     }
     Err(ApiError::new(
         ProblemType::InUse,
         format!(
-            "output {slug:?} is served by export endpoint(s) {}: delete them or point them at \
-             another output first",
-            quoted(users)
+            "output {slug:?} is {}: delete them or point them at another output first",
+            users.join(" and ")
         ),
     ))
 }

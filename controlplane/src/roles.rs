@@ -19,7 +19,7 @@ pub enum Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// See the workspace, its members, pending invitations, sources, outputs, export
-    /// endpoints, tokens (never secrets) and settings.
+    /// endpoints, webhooks and their logs, tokens (never secrets) and settings.
     View,
     RenameWorkspace,
     DeleteWorkspace,
@@ -28,7 +28,8 @@ pub enum Action {
     ManageSources,
     /// Create, change, reorder and delete the workspace's tag rules.
     ManageTagRules,
-    /// Create, change and delete the workspace's outputs and export endpoints.
+    /// Create, change and delete the workspace's outputs, export endpoints and webhooks (and
+    /// test webhooks and rotate their secrets).
     ManageOutputs,
     ManageTokens,
     ManageCors,

@@ -1,7 +1,8 @@
 //! The data-plane configuration derived from the control plane's state, in the `storage/`
 //! snapshot format (token hashes only, never secrets), with each source's schema and shaping
-//! settings, each workspace's tag rules in order, its outputs and export endpoints, and each
-//! read token's endpoints: the content hash covers them all.
+//! settings, each workspace's tag rules in order, its outputs, export endpoints and webhooks
+//! (their signing secrets sealed with the cluster secret), and each read token's endpoints:
+//! the content hash covers them all.
 //!
 //! Each version is also written to `<data-dir>/config-snapshot.json`, which a data-plane node
 //! can follow with `--config-snapshot` until the configuration stream exists.
@@ -12,14 +13,15 @@ use std::path::{Path, PathBuf};
 use sluice_config::snapshot::{ConfigSnapshot, SourceConfig, TokenConfig, WorkspaceConfig};
 
 use crate::app::App;
-use crate::model::{ExportEndpoint, Output};
+use crate::model::{ExportEndpoint, Output, Webhook};
 use crate::store::State;
 
 /// File name of the written snapshot under the data dir.
 pub const FILE_NAME: &str = "config-snapshot.json";
 
-/// The configuration data-plane nodes need, at the state's version.
-pub(crate) fn build(s: &State) -> ConfigSnapshot {
+/// The configuration data-plane nodes need, at the state's version. `allow_private` is the
+/// operator's `smtp_allow_private_hosts`, which every webhook carries.
+pub(crate) fn build(s: &State, allow_private: bool) -> ConfigSnapshot {
     ConfigSnapshot {
         version: s.config_version,
         workspaces: s
@@ -63,9 +65,29 @@ pub(crate) fn build(s: &State) -> ConfigSnapshot {
                     .export_endpoints_of(ws.id)
                     .map(ExportEndpoint::config)
                     .collect(),
-                webhooks: Vec::new(),
+                webhooks: s
+                    .webhooks_of(ws.id)
+                    .filter_map(|w| node_webhook(w, allow_private))
+                    .collect(),
             })
             .collect(),
+    }
+}
+
+/// A webhook as nodes get it, unless nodes would refuse it: one saved with an `http://` URL
+/// while the operator allowed private hosts stays out of the configuration once they are no
+/// longer allowed, rather than making every node refuse the whole configuration.
+fn node_webhook(
+    w: &Webhook,
+    allow_private: bool,
+) -> Option<sluice_config::data_out::WebhookConfig> {
+    let config = w.config(allow_private);
+    match config.check() {
+        Ok(()) => Some(config),
+        Err(e) => {
+            tracing::warn!(webhook = %w.slug, workspace = %w.workspace_id, error = %e, "webhook left out of the nodes' configuration");
+            None
+        }
     }
 }
 
@@ -92,7 +114,8 @@ pub(crate) async fn keep_file_current(app: App, path: PathBuf) {
         // Building, diffing and hashing a large configuration takes tens of milliseconds of
         // CPU: off the async threads, like the file write.
         let written = tokio::task::spawn_blocking(move || {
-            let snapshot = worker.store.read(build);
+            let allow_private = worker.config.smtp_allow_private_hosts;
+            let snapshot = worker.store.read(|s| build(s, allow_private));
             let version = snapshot.version;
             worker.history.advance(snapshot.clone());
             write_file(&target, &snapshot).map(|()| version)
@@ -186,14 +209,14 @@ mod tests {
                 Change::PutSource(source.clone()),
             ],
         );
-        let first = store.read(build);
+        let first = store.read(|s| build(s, false));
         let history = ConfigHistory::new(first.clone());
 
         source.schema = Some(json!({"properties": {"temp_c": {"type": "number"}}}));
         source.on_invalid = OnInvalid::Quarantine;
         source.keep_payload = false;
         write(&store, vec![Change::PutSource(source.clone())]);
-        let second = store.read(build);
+        let second = store.read(|s| build(s, false));
         assert_eq!(second.version, first.version + 1);
         assert_ne!(second.content_hash(), first.content_hash());
         history.advance(second.clone());
@@ -211,7 +234,7 @@ mod tests {
                 rules: rules.clone(),
             })],
         );
-        let third = store.read(build);
+        let third = store.read(|s| build(s, false));
         assert_eq!(third.version, second.version + 1);
         history.advance(third.clone());
         assert_eq!(node_copy(&history, &second).workspaces[0].tag_rules, rules);
@@ -224,7 +247,7 @@ mod tests {
                 rules: reordered.clone(),
             })],
         );
-        let fourth = store.read(build);
+        let fourth = store.read(|s| build(s, false));
         assert_eq!(fourth.version, third.version + 1);
         assert_ne!(
             fourth.content_hash(),
@@ -240,7 +263,10 @@ mod tests {
         // Persisted: a restarted control plane builds the same configuration.
         drop(store);
         let store = Store::open(&dir.path().join("cp.redb")).expect("reopen");
-        assert_eq!(store.read(build).workspaces[0].tag_rules, reordered);
+        assert_eq!(
+            store.read(|s| build(s, false)).workspaces[0].tag_rules,
+            reordered
+        );
     }
 
     #[test]
@@ -325,7 +351,7 @@ mod tests {
             ],
         );
         let before = store.read(|s| s.config_version);
-        let snapshot = store.read(build);
+        let snapshot = store.read(|s| build(s, false));
         snapshot.validate().expect("a valid configuration");
         let pushed = &snapshot.workspaces[0];
         assert_eq!(pushed.outputs, vec![output.config()]);
@@ -337,8 +363,47 @@ mod tests {
         assert_eq!(store.read(|s| s.config_version), before + 1);
         drop(store);
         let store = Store::open(&dir.path().join("cp.redb")).expect("reopen");
-        let snapshot = store.read(build);
+        let snapshot = store.read(|s| build(s, false));
         assert_eq!(snapshot.workspaces[0].outputs, vec![output.config()]);
         assert!(snapshot.workspaces[0].export_endpoints.is_empty());
+
+        // A webhook reaches nodes with its secret sealed for them, the same bytes at every
+        // build (the content hash must not move without a change); an `http://` one only
+        // while the operator allows private hosts.
+        let secret = sluice_config::webhook_signature::generate_secret();
+        let cluster = "a cluster secret of the test";
+        let webhook = crate::model::Webhook {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "alerts".into(),
+            name: "alerts".into(),
+            output: "hot".into(),
+            url: "http://10.0.0.5:8080/in".into(),
+            enabled: true,
+            batch_events_max: 500,
+            batch_bytes_max: 1 << 20,
+            batch_interval_ms: 1000,
+            disable_after_s: 86_400,
+            secret_sealed: String::new(),
+            secret_for_nodes: Some(sluice_config::sealed::seal(cluster, &secret).expect("seal")),
+            disabled: None,
+            created_at: chrono::Utc::now(),
+        };
+        write(&store, vec![Change::PutWebhook(webhook.clone())]);
+        let first = store.read(|s| build(s, true));
+        first.validate().expect("a valid configuration");
+        assert_eq!(
+            first.content_hash(),
+            store.read(|s| build(s, true)).content_hash()
+        );
+        let pushed = &first.workspaces[0].webhooks;
+        assert_eq!(pushed, &vec![webhook.config(true)]);
+        assert_eq!(
+            sluice_config::sealed::open(cluster, &pushed[0].secret_sealed).expect("opens"),
+            secret
+        );
+        assert!(store.read(|s| build(s, false)).workspaces[0]
+            .webhooks
+            .is_empty());
     }
 }

@@ -5,7 +5,7 @@
 //! to redb in one transaction, and only then applied in memory. A refused request therefore
 //! changes nothing, anywhere. Writes are serialised; reads never wait for a commit's fsync.
 //! Every committed change that touches what data-plane nodes see (workspaces, sources, tag
-//! rules, outputs, export endpoints, access tokens) raises the configuration version in the
+//! rules, outputs, export endpoints, webhooks, access tokens) raises the configuration version in the
 //! same transaction.
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,7 +21,7 @@ use sluice_config::shaping::TagRule;
 
 use crate::model::{
     AccessToken, Credential, Delivery, ExportEndpoint, Identity, Invitation, Member, Output, Purge,
-    Source, TagRules, User, Workspace, WorkspaceSmtp,
+    Source, TagRules, User, Webhook, WebhookAttemptRecord, WebhookHealth, Workspace, WorkspaceSmtp,
 };
 
 const USERS: TableDefinition<&str, &[u8]> = TableDefinition::new("users");
@@ -39,6 +39,14 @@ const TAG_RULES: TableDefinition<&str, &[u8]> = TableDefinition::new("tag_rules"
 const OUTPUTS: TableDefinition<&str, &[u8]> = TableDefinition::new("outputs");
 /// Export endpoint id -> an output readable with `read` tokens.
 const EXPORT_ENDPOINTS: TableDefinition<&str, &[u8]> = TableDefinition::new("export_endpoints");
+/// Webhook id -> an output delivered to a URL.
+const WEBHOOKS: TableDefinition<&str, &[u8]> = TableDefinition::new("webhooks");
+/// Webhook id -> what its health is judged by (nodes never see it).
+const WEBHOOK_HEALTH: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_health");
+/// `<webhook id>/<attempt id>` -> one of its most recent delivery attempts.
+const WEBHOOK_DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_deliveries");
+/// `<webhook id>/<attempt id>` -> one of its most recent batches given up (`failed`).
+const WEBHOOK_FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("webhook_failures");
 /// Workspaces deleted whose objects in the lake are still to be removed.
 const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
 const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp");
@@ -97,6 +105,14 @@ pub struct State {
     pub outputs: BTreeMap<Uuid, Output>,
     /// Export endpoint id -> endpoint; ids are UUIDv7, so in creation order.
     pub export_endpoints: BTreeMap<Uuid, ExportEndpoint>,
+    /// Webhook id -> webhook; ids are UUIDv7, so in creation order.
+    pub webhooks: BTreeMap<Uuid, Webhook>,
+    /// Webhook id -> its health.
+    pub webhook_health: HashMap<Uuid, WebhookHealth>,
+    /// (webhook, attempt id) -> attempt; attempt ids are UUIDv7 of the attempt's time.
+    pub webhook_deliveries: BTreeMap<(Uuid, Uuid), WebhookAttemptRecord>,
+    /// (webhook, attempt id) -> a `failed` attempt (a batch given up).
+    pub webhook_failures: BTreeMap<(Uuid, Uuid), WebhookAttemptRecord>,
     /// Deleted workspaces whose lake objects are still to be deleted.
     pub purges: Vec<Purge>,
     /// Workspace id -> its own SMTP server.
@@ -134,6 +150,14 @@ pub enum Change {
     DeleteOutput(Uuid),
     PutExportEndpoint(ExportEndpoint),
     DeleteExportEndpoint(Uuid),
+    PutWebhook(Webhook),
+    DeleteWebhook(Uuid),
+    PutWebhookHealth(WebhookHealth),
+    DeleteWebhookHealth(Uuid),
+    PutWebhookDelivery(WebhookAttemptRecord),
+    DeleteWebhookDelivery(Uuid, Uuid),
+    PutWebhookFailure(WebhookAttemptRecord),
+    DeleteWebhookFailure(Uuid, Uuid),
     PutPurge(Purge),
     DeletePurge(Uuid),
     PutSmtp(WorkspaceSmtp),
@@ -158,11 +182,14 @@ impl Change {
                 | Change::DeleteOutput(_)
                 | Change::PutExportEndpoint(_)
                 | Change::DeleteExportEndpoint(_)
+                | Change::PutWebhook(_)
+                | Change::DeleteWebhook(_)
         )
     }
 }
 
-/// Key of a record that belongs to a workspace (a member, a delivery).
+/// Key of a record that belongs to another (a workspace's member or mail delivery, a webhook's
+/// attempt).
 fn member_key(workspace: Uuid, item: Uuid) -> String {
     format!("{workspace}/{item}")
 }
@@ -240,6 +267,30 @@ impl State {
             }
             Change::DeleteExportEndpoint(id) => {
                 self.export_endpoints.remove(&id);
+            }
+            Change::PutWebhook(w) => {
+                self.webhooks.insert(w.id, w);
+            }
+            Change::DeleteWebhook(id) => {
+                self.webhooks.remove(&id);
+            }
+            Change::PutWebhookHealth(h) => {
+                self.webhook_health.insert(h.webhook_id, h);
+            }
+            Change::DeleteWebhookHealth(id) => {
+                self.webhook_health.remove(&id);
+            }
+            Change::PutWebhookDelivery(a) => {
+                self.webhook_deliveries.insert((a.webhook_id, a.id), a);
+            }
+            Change::DeleteWebhookDelivery(webhook, id) => {
+                self.webhook_deliveries.remove(&(webhook, id));
+            }
+            Change::PutWebhookFailure(a) => {
+                self.webhook_failures.insert((a.webhook_id, a.id), a);
+            }
+            Change::DeleteWebhookFailure(webhook, id) => {
+                self.webhook_failures.remove(&(webhook, id));
             }
             Change::PutPurge(purge) => {
                 self.purges.retain(|p| p.workspace_id != purge.workspace_id);
@@ -327,6 +378,50 @@ impl State {
         self.export_endpoints
             .values()
             .filter(move |e| e.workspace_id == workspace)
+    }
+
+    /// A workspace's webhooks, oldest first.
+    pub fn webhooks_of(&self, workspace: Uuid) -> impl Iterator<Item = &Webhook> {
+        self.webhooks
+            .values()
+            .filter(move |w| w.workspace_id == workspace)
+    }
+
+    /// A webhook's delivery log, oldest first.
+    pub fn webhook_deliveries_of(
+        &self,
+        webhook: Uuid,
+    ) -> impl DoubleEndedIterator<Item = &WebhookAttemptRecord> {
+        self.webhook_deliveries
+            .range((webhook, Uuid::nil())..=(webhook, Uuid::max()))
+            .map(|(_, a)| a)
+    }
+
+    /// A webhook's failure log, oldest first.
+    pub fn webhook_failures_of(
+        &self,
+        webhook: Uuid,
+    ) -> impl DoubleEndedIterator<Item = &WebhookAttemptRecord> {
+        self.webhook_failures
+            .range((webhook, Uuid::nil())..=(webhook, Uuid::max()))
+            .map(|(_, a)| a)
+    }
+
+    /// The changes that delete `webhook` with its health and logs.
+    pub fn webhook_deletion(&self, webhook: Uuid) -> Vec<Change> {
+        let mut changes = vec![Change::DeleteWebhook(webhook)];
+        if self.webhook_health.contains_key(&webhook) {
+            changes.push(Change::DeleteWebhookHealth(webhook));
+        }
+        changes.extend(
+            self.webhook_deliveries_of(webhook)
+                .map(|a| Change::DeleteWebhookDelivery(webhook, a.id)),
+        );
+        changes.extend(
+            self.webhook_failures_of(webhook)
+                .map(|a| Change::DeleteWebhookFailure(webhook, a.id)),
+        );
+        changes
     }
 
     pub fn tokens_of(&self, workspace: Uuid) -> impl Iterator<Item = &AccessToken> {
@@ -418,6 +513,18 @@ impl Store {
             for e in load_table::<ExportEndpoint>(&txn, EXPORT_ENDPOINTS)? {
                 state.apply(Change::PutExportEndpoint(e));
             }
+            for w in load_table::<Webhook>(&txn, WEBHOOKS)? {
+                state.apply(Change::PutWebhook(w));
+            }
+            for h in load_table::<WebhookHealth>(&txn, WEBHOOK_HEALTH)? {
+                state.apply(Change::PutWebhookHealth(h));
+            }
+            for a in load_table::<WebhookAttemptRecord>(&txn, WEBHOOK_DELIVERIES)? {
+                state.apply(Change::PutWebhookDelivery(a));
+            }
+            for a in load_table::<WebhookAttemptRecord>(&txn, WEBHOOK_FAILURES)? {
+                state.apply(Change::PutWebhookFailure(a));
+            }
             for purge in load_table::<Purge>(&txn, PURGES)? {
                 state.apply(Change::PutPurge(purge));
             }
@@ -489,6 +596,10 @@ impl Store {
             let mut tag_rules = txn.open_table(TAG_RULES)?;
             let mut outputs = txn.open_table(OUTPUTS)?;
             let mut export_endpoints = txn.open_table(EXPORT_ENDPOINTS)?;
+            let mut webhooks = txn.open_table(WEBHOOKS)?;
+            let mut webhook_health = txn.open_table(WEBHOOK_HEALTH)?;
+            let mut webhook_deliveries = txn.open_table(WEBHOOK_DELIVERIES)?;
+            let mut webhook_failures = txn.open_table(WEBHOOK_FAILURES)?;
             let mut purges = txn.open_table(PURGES)?;
             let mut smtp = txn.open_table(SMTP)?;
             let mut deliveries = txn.open_table(DELIVERIES)?;
@@ -559,6 +670,33 @@ impl Store {
                     }
                     Change::DeleteExportEndpoint(id) => {
                         export_endpoints.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutWebhook(w) => {
+                        webhooks.insert(w.id.to_string().as_str(), encode(w)?.as_slice())?;
+                    }
+                    Change::DeleteWebhook(id) => {
+                        webhooks.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutWebhookHealth(h) => {
+                        let key = h.webhook_id.to_string();
+                        webhook_health.insert(key.as_str(), encode(h)?.as_slice())?;
+                    }
+                    Change::DeleteWebhookHealth(id) => {
+                        webhook_health.remove(id.to_string().as_str())?;
+                    }
+                    Change::PutWebhookDelivery(a) => {
+                        let key = member_key(a.webhook_id, a.id);
+                        webhook_deliveries.insert(key.as_str(), encode(a)?.as_slice())?;
+                    }
+                    Change::DeleteWebhookDelivery(webhook, id) => {
+                        webhook_deliveries.remove(member_key(*webhook, *id).as_str())?;
+                    }
+                    Change::PutWebhookFailure(a) => {
+                        let key = member_key(a.webhook_id, a.id);
+                        webhook_failures.insert(key.as_str(), encode(a)?.as_slice())?;
+                    }
+                    Change::DeleteWebhookFailure(webhook, id) => {
+                        webhook_failures.remove(member_key(*webhook, *id).as_str())?;
                     }
                     Change::PutPurge(p) => {
                         let key = p.workspace_id.to_string();

@@ -7,7 +7,8 @@
 //! every new delta as it happens, and a heartbeat with the current version and hash every
 //! [`HEARTBEAT`] so that the node notices a silent drift or a dead connection. The node
 //! acknowledges (or refuses, with a reason) each version it applies with
-//! `POST /api/v1/cluster/acks`.
+//! `POST /api/v1/cluster/acks`, and reports how its webhook deliveries went with
+//! `POST /api/v1/cluster/webhook-attempts` (kept and judged by `webhook_health`).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -19,7 +20,9 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sluice_config::stream::{Ack, StreamMessage, StreamQuery};
+use sluice_config::stream::{
+    Ack, StreamMessage, StreamQuery, WebhookAttempts, WEBHOOK_ATTEMPTS_PER_REPORT_MAX,
+};
 use tokio::sync::mpsc;
 use utoipa::ToSchema;
 
@@ -195,6 +198,77 @@ pub async fn ack(
     } else {
         let reason: String = ack.reason.unwrap_or_default().chars().take(1024).collect();
         app.nodes.nacked(&ack.node, ack.version, reason);
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A node reports how its webhook delivery attempts ended: kept in each webhook's delivery
+/// and failure logs, and the health they show may disable a webhook (a new configuration
+/// version) and mail the workspace's Admins.
+#[utoipa::path(post, path = "/api/v1/cluster/webhook-attempts", tag = "cluster", security(()),
+    request_body = WebhookAttempts,
+    responses((status = 204),
+        (status = 400, description = "`invalid-node`: the node id is not 1 to 128 visible ASCII characters; `invalid-body`: more than 1000 attempts", body = crate::problem::ProblemBody),
+        (status = 401, body = crate::problem::ProblemBody),
+        (status = 404, description = "`cluster-disabled`: the control plane has no cluster secret", body = crate::problem::ProblemBody)))]
+pub async fn webhook_attempts(
+    State(app): State<App>,
+    headers: HeaderMap,
+    ApiJson(report): ApiJson<WebhookAttempts>,
+) -> ApiResult<StatusCode> {
+    authorize_node(&app, &headers)?;
+    valid_node_id(&report.node)?;
+    if report.attempts.len() > WEBHOOK_ATTEMPTS_PER_REPORT_MAX {
+        return Err(ApiError::new(
+            ProblemType::InvalidBody,
+            format!(
+                "a report holds at most {WEBHOOK_ATTEMPTS_PER_REPORT_MAX} attempts (this one {}): \
+                 report more often",
+                report.attempts.len()
+            ),
+        ));
+    }
+    if report.attempts.is_empty() {
+        return Ok(StatusCode::NO_CONTENT);
+    }
+    // Mail is reserved before the change, as everywhere: a full queue refuses the report
+    // whole (the node sends it again) instead of disabling a webhook without telling anyone.
+    let mailer = app.mailer.clone();
+    let disabled = app
+        .write(move |s| {
+            let (changes, disabled) = crate::webhook_health::report_changes(
+                s,
+                &report.node,
+                &report.attempts,
+                chrono::Utc::now(),
+            );
+            let mut mails = Vec::new();
+            for d in disabled {
+                let slots = d
+                    .admins
+                    .iter()
+                    .map(|admin| Ok((mailer.reserve()?, admin.clone())))
+                    .collect::<ApiResult<Vec<_>>>()?;
+                mails.push((d, slots));
+            }
+            Ok((changes, mails))
+        })
+        .await?;
+    let public_url = app.config.public_url();
+    for (d, slots) in disabled {
+        tracing::warn!(
+            workspace = %d.workspace.slug,
+            webhook = %d.webhook.slug,
+            reason = d.webhook.disabled.as_ref().map(|x| x.reason.as_str()).unwrap_or_default(),
+            "webhook disabled after failing; mailing the workspace's Admins"
+        );
+        for (slot, admin) in slots {
+            slot.send(crate::webhook_health::disabled_mail(
+                &d,
+                &admin,
+                &public_url,
+            ));
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

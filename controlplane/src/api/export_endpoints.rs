@@ -129,7 +129,8 @@ fn valid_endpoint(s: &Data, ws: &Workspace, endpoint: &ExportEndpoint) -> ApiRes
         .map(ExportEndpoint::config)
         .collect();
     endpoints.push(config);
-    data_out::check_workspace(&sources, &outputs, &endpoints, &[]).map_err(invalid)
+    let webhooks = super::webhooks::configs_for_check(s, ws.id);
+    data_out::check_workspace(&sources, &outputs, &endpoints, &webhooks).map_err(invalid)
 }
 
 /// Export endpoints of a workspace. Any member.

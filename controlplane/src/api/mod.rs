@@ -29,6 +29,7 @@ mod tag_rules;
 mod tokens;
 mod users;
 mod validate;
+mod webhooks;
 mod workspaces;
 
 use axum::extract::{FromRequest, FromRequestParts};
@@ -292,7 +293,7 @@ impl Modify for Security {
 #[openapi(
     info(
         title = "Sluice control plane",
-        description = "Users, workspaces, members and roles, invitations, access tokens, sources, tag rules, outputs and export endpoints. Errors are application/problem+json (RFC 9457) with a stable `type`.",
+        description = "Users, workspaces, members and roles, invitations, access tokens, sources, tag rules, outputs, export endpoints and webhooks. Errors are application/problem+json (RFC 9457) with a stable `type`.",
         license(name = "Apache-2.0")
     ),
     modifiers(&Security),
@@ -307,6 +308,7 @@ impl Modify for Security {
         (name = "tag-rules", description = "A workspace's ordered rules that lift values from topics, headers, query parameters and payloads into tags"),
         (name = "outputs", description = "Filtered, projected views of a source's events"),
         (name = "export-endpoints", description = "Where end-users read an output with a read token"),
+        (name = "webhooks", description = "Outputs delivered to a URL in signed batches (Standard Webhooks), their delivery and failure logs"),
         (name = "asyncapi", description = "The workspace as an AsyncAPI 3.0.0 document"),
         (name = "smtp", description = "A workspace's own SMTP server and its delivery log"),
         (name = "operator", description = "Plans and trials, for operators"),
@@ -387,6 +389,16 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
             export_endpoints::update_export_endpoint,
             export_endpoints::delete_export_endpoint
         ))
+        .routes(routes!(webhooks::list_webhooks, webhooks::create_webhook))
+        .routes(routes!(
+            webhooks::get_webhook,
+            webhooks::update_webhook,
+            webhooks::delete_webhook
+        ))
+        .routes(routes!(webhooks::rotate_webhook_secret))
+        .routes(routes!(webhooks::test_webhook))
+        .routes(routes!(webhooks::list_webhook_deliveries))
+        .routes(routes!(webhooks::list_webhook_failures))
         .routes(routes!(
             asyncapi::export_asyncapi,
             asyncapi::import_asyncapi
@@ -403,6 +415,7 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         .routes(routes!(smtp::list_deliveries))
         .routes(routes!(cluster::config_stream))
         .routes(routes!(cluster::ack))
+        .routes(routes!(cluster::webhook_attempts))
         .routes(routes!(cluster::list_nodes))
         .routes(routes!(cluster::metrics))
         .routes(routes!(operator::list_users))

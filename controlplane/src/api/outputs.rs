@@ -348,7 +348,8 @@ fn valid_output(s: &Data, ws: &Workspace, output: &Output) -> ApiResult<()> {
         .collect();
     outputs.push(config);
     let endpoints: Vec<_> = s.export_endpoints_of(ws.id).map(|e| e.config()).collect();
-    data_out::check_workspace(&sources, &outputs, &endpoints, &[]).map_err(invalid)
+    let webhooks = super::webhooks::configs_for_check(s, ws.id);
+    data_out::check_workspace(&sources, &outputs, &endpoints, &webhooks).map_err(invalid)
 }
 
 /// Outputs of a workspace. Any member.

@@ -323,6 +323,9 @@ pub async fn delete_workspace(
             s.export_endpoints_of(ws.id)
                 .map(|e| Change::DeleteExportEndpoint(e.id)),
         );
+        for webhook in s.webhooks_of(ws.id) {
+            changes.extend(s.webhook_deletion(webhook.id));
+        }
         if !s.tag_rules_of(ws.id).is_empty() {
             changes.push(Change::PutTagRules(TagRules {
                 workspace_id: ws.id,
