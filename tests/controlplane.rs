@@ -338,6 +338,24 @@ fn every_workspace_endpoint_follows_the_roles_table() {
     );
     assert_eq!(a.status, 201, "{}", a.body);
     let fixed_endpoint = new_data_out("export-endpoints");
+    // A webhook of `out-fixed` made by the Admin (to a public address literal, not resolved;
+    // nothing is sent to it).
+    let new_webhook = {
+        let api = api.clone();
+        let token = admin.token.clone();
+        let next = next.clone();
+        move || {
+            let slug = format!("hook-{}", next());
+            let a = api.post(
+                "/api/v1/workspaces/acme/webhooks",
+                Some(&token),
+                json!({"slug": slug, "output": "out-fixed", "url": "https://93.184.216.34/in"}),
+            );
+            assert_eq!(a.status, 201, "{}", a.body);
+            slug
+        }
+    };
+    let fixed_webhook = new_webhook();
     let invitation = {
         let a = api.post(
             "/api/v1/workspaces/acme/invitations",
@@ -524,6 +542,54 @@ fn every_workspace_endpoint_follows_the_roles_table() {
                 }
             }),
         },
+        fixed("GET", ALL, format!("{ws}/webhooks"), None),
+        fixed("GET", ALL, format!("{ws}/webhooks/{fixed_webhook}"), None),
+        fixed(
+            "GET",
+            ALL,
+            format!("{ws}/webhooks/{fixed_webhook}/deliveries"),
+            None,
+        ),
+        fixed(
+            "GET",
+            ALL,
+            format!("{ws}/webhooks/{fixed_webhook}/failures"),
+            None,
+        ),
+        fixed(
+            "PATCH",
+            EDITORS,
+            format!("{ws}/webhooks/{fixed_webhook}"),
+            Some(json!({"name": "Fixed", "batch_events_max": 50})),
+        ),
+        fixed(
+            "POST",
+            EDITORS,
+            format!("{ws}/webhooks/{fixed_webhook}/rotate-secret"),
+            None,
+        ),
+        Case {
+            method: "POST",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let next = next.clone();
+                move || {
+                    (
+                        format!("{ws}/webhooks"),
+                        Some(json!({"slug": format!("made-{}", next()), "output": "out-fixed",
+                            "url": "https://93.184.216.34/in"})),
+                    )
+                }
+            }),
+        },
+        Case {
+            method: "DELETE",
+            allowed: EDITORS,
+            prepare: Box::new({
+                let new_webhook = new_webhook.clone();
+                move || (format!("{ws}/webhooks/{}", new_webhook()), None)
+            }),
+        },
         fixed("GET", ALL, format!("{ws}/cors"), None),
         fixed(
             "PUT",
@@ -552,6 +618,7 @@ fn every_workspace_endpoint_follows_the_roles_table() {
             "/tag-rules",
             "/outputs",
             "/export-endpoints",
+            "/webhooks",
             "/cors",
         ]
         .iter()

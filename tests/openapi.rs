@@ -105,6 +105,14 @@ include-operation-id = ["import_asyncapi"]
 checks.positive_data_acceptance.enabled = false
 
 [[operations]]
+# A webhook's `output` must name an output the workspace has (400 unknown-output) and its URL's
+# host must resolve, to public addresses unless the operator allows private ones (400
+# invalid-webhook, address-not-allowed): the workspace's state and DNS are outside the
+# document's reach.
+include-operation-id = ["create_webhook", "update_webhook"]
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
 # A password needs a username, and the stored password must be given again when the server
 # changes (400 invalid-smtp-settings).
 include-operation-id = ["put_smtp"]

@@ -337,13 +337,14 @@ pub struct WebhookHealth {
     /// The latest attempt that did not deliver, and its error.
     pub last_failure_at: Option<DateTime<Utc>>,
     pub last_error: Option<String>,
-    /// Attempts before this (the creation, or the last re-enabling) do not count: reports
-    /// still on their way must not disable it again at once.
-    pub counted_from: DateTime<Utc>,
+    /// Attempts before this (the last re-enabling; the beginning of time for a new webhook)
+    /// do not count: reports still on their way must not disable it again at once.
+    #[serde(default)]
+    pub counted_from: Option<DateTime<Utc>>,
 }
 
 impl WebhookHealth {
-    pub fn new(webhook: &Webhook, now: DateTime<Utc>) -> Self {
+    pub fn new(webhook: &Webhook, counted_from: Option<DateTime<Utc>>) -> Self {
         WebhookHealth {
             webhook_id: webhook.id,
             workspace_id: webhook.workspace_id,
@@ -351,7 +352,7 @@ impl WebhookHealth {
             last_delivered_at: None,
             last_failure_at: None,
             last_error: None,
-            counted_from: now,
+            counted_from,
         }
     }
 }

@@ -9,8 +9,8 @@
 //! one that did, on any node. Reports arrive out of order: a delivery reported late that is
 //! newer than `failing_since` clears it, and when failures newer than that delivery are known,
 //! `failing_since` restarts at the latest of them (later than exact, so never disabling early).
-//! Attempts before `counted_from` (the creation or the last re-enabling) do not count, so that
-//! reports still on their way do not disable a subscription again right after it is enabled.
+//! Attempts before `counted_from` (the last re-enabling) do not count, so that reports still on
+//! their way do not disable a subscription again right after it is enabled.
 
 use chrono::{DateTime, Utc};
 use sluice_config::stream::{
@@ -73,7 +73,7 @@ pub fn record(
 }
 
 /// The changes that add `new` attempts (of any webhooks) to the delivery logs and, the
-/// `failed` ones, to the failure logs, dropping what falls out of each window. Attempts of
+/// `failed` ones of nodes (batches given up; not tests), to the failure logs, dropping what falls out of each window. Attempts of
 /// webhooks that no longer exist are dropped.
 pub fn log_changes(s: &State, new: &[WebhookAttemptRecord]) -> Vec<Change> {
     let mut changes = Vec::new();
@@ -93,7 +93,7 @@ pub fn log_changes(s: &State, new: &[WebhookAttemptRecord]) -> Vec<Change> {
         let kept: Vec<Uuid> = s.webhook_failures_of(webhook).map(|a| a.id).collect();
         window(
             kept,
-            mine.filter(|a| a.outcome == WebhookOutcome::Failed)
+            mine.filter(|a| a.outcome == WebhookOutcome::Failed && !a.test)
                 .cloned()
                 .collect(),
             |a| Change::PutWebhookFailure(a),
@@ -132,7 +132,7 @@ fn window(
 
 /// Updates `health` with one attempt (any order).
 pub fn judge(health: &mut WebhookHealth, attempt: &WebhookAttemptRecord) {
-    if attempt.test || attempt.at < health.counted_from {
+    if attempt.test || health.counted_from.is_some_and(|from| attempt.at < from) {
         return;
     }
     let at = attempt.at;
@@ -223,7 +223,7 @@ pub fn report_changes(
             .webhook_health
             .get(&id)
             .cloned()
-            .unwrap_or_else(|| WebhookHealth::new(webhook, webhook.created_at));
+            .unwrap_or_else(|| WebhookHealth::new(webhook, None));
         for attempt in records.iter().filter(|a| a.webhook_id == id) {
             judge(&mut health, attempt);
         }
@@ -338,7 +338,7 @@ mod tests {
     fn failing_since_is_the_first_failure_after_the_last_delivery_in_any_order() {
         let t0 = Utc::now() - Duration::hours(1);
         let w = webhook(t0);
-        let mut health = WebhookHealth::new(&w, t0);
+        let mut health = WebhookHealth::new(&w, Some(t0));
         let at = |s: i64| t0 + Duration::seconds(s);
         judge(&mut health, &attempt(&w, at(10), WebhookOutcome::Retrying));
         judge(&mut health, &attempt(&w, at(5), WebhookOutcome::Retrying));
@@ -355,7 +355,7 @@ mod tests {
         judge(&mut health, &attempt(&w, at(30), WebhookOutcome::Failed));
         assert_eq!(health.failing_since, Some(at(30)));
         // Before it was (re-)enabled: not counted.
-        let mut fresh = WebhookHealth::new(&w, at(100));
+        let mut fresh = WebhookHealth::new(&w, Some(at(100)));
         judge(&mut fresh, &attempt(&w, at(50), WebhookOutcome::Retrying));
         assert_eq!(fresh.failing_since, None);
     }
@@ -364,7 +364,7 @@ mod tests {
     fn a_webhook_failing_past_disable_after_s_is_disabled_with_the_last_error() {
         let now = Utc::now();
         let w = webhook(now - Duration::hours(2));
-        let mut health = WebhookHealth::new(&w, w.created_at);
+        let mut health = WebhookHealth::new(&w, None);
         judge(
             &mut health,
             &attempt(&w, now - Duration::seconds(599), WebhookOutcome::Retrying),

@@ -427,7 +427,9 @@ pub async fn create_webhook(
         view.secret = Some(secret);
         Ok((
             vec![
-                Change::PutWebhookHealth(WebhookHealth::new(&webhook, now)),
+                // Every attempt counts: none can be older than the webhook but for a node's
+                // clock.
+                Change::PutWebhookHealth(WebhookHealth::new(&webhook, None)),
                 Change::PutWebhook(webhook),
             ],
             (StatusCode::CREATED, Json(view)),
@@ -511,7 +513,10 @@ pub async fn update_webhook(
                 updated.disabled = None;
                 // Failures so far are forgiven, and reports of attempts made before now (still
                 // on their way) do not count.
-                changes.push(Change::PutWebhookHealth(WebhookHealth::new(&updated, now)));
+                changes.push(Change::PutWebhookHealth(WebhookHealth::new(
+                    &updated,
+                    Some(now),
+                )));
             }
             Some(false) if stored.enabled => {
                 updated.enabled = false;
