@@ -478,7 +478,10 @@ fn main() -> Result<()> {
             controlplane.object_store = node.object_store.clone();
             // Both planes hold one cluster secret: webhook secrets travel to the node sealed
             // with it. Without one configured, the installation makes its own.
-            let secret = match (node.cluster_secret.take(), controlplane.cluster_secret.take()) {
+            let secret = match (
+                node.cluster_secret.take(),
+                controlplane.cluster_secret.take(),
+            ) {
                 (Some(secret), _) | (None, Some(secret)) => secret,
                 (None, None) => cluster_secret::read_or_create(&node.data_dir)?,
             };

@@ -576,8 +576,10 @@ fn every_workspace_endpoint_follows_the_roles_table() {
                 move || {
                     (
                         format!("{ws}/webhooks"),
-                        Some(json!({"slug": format!("made-{}", next()), "output": "out-fixed",
-                            "url": "https://93.184.216.34/in"})),
+                        Some(
+                            json!({"slug": format!("made-{}", next()), "output": "out-fixed",
+                            "url": "https://93.184.216.34/in"}),
+                        ),
                     )
                 }
             }),

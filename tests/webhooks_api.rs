@@ -84,7 +84,10 @@ fn in_snapshot(sluice: &Sluice, slug: &str, check: impl Fn(&Value) -> bool) -> V
                 .as_u64()
                 .is_some_and(|v| v >= version)
     });
-    assert!(found, "webhook {slug} did not reach the node as expected: {seen}");
+    assert!(
+        found,
+        "webhook {slug} did not reach the node as expected: {seen}"
+    );
     seen
 }
 
@@ -143,7 +146,10 @@ fn webhooks_keep_their_secret_shown_once_reach_the_node_sealed_and_refuse_privat
     );
     assert_eq!(created.status, 201, "{}", created.body);
     let view = created.json();
-    let secret = view["secret"].as_str().expect("the secret, once").to_owned();
+    let secret = view["secret"]
+        .as_str()
+        .expect("the secret, once")
+        .to_owned();
     assert!(secret.starts_with("whsec_"), "{secret}");
     assert_eq!(view["status"], "active");
     assert_eq!(view["enabled"], true);
@@ -175,7 +181,10 @@ fn webhooks_keep_their_secret_shown_once_reach_the_node_sealed_and_refuse_privat
     );
     assert_eq!(changed.status, 200, "{}", changed.body);
     for body in [&list.body, &one.body, &changed.body] {
-        assert!(!body.contains("whsec_") && !body.contains("\"secret\""), "{body}");
+        assert!(
+            !body.contains("whsec_") && !body.contains("\"secret\""),
+            "{body}"
+        );
     }
     assert_problem(
         &api.patch(
@@ -243,8 +252,16 @@ fn webhooks_keep_their_secret_shown_once_reach_the_node_sealed_and_refuse_privat
             Some(&vi.token),
             json!({"slug": "viewer-made", "output": "hot", "url": PUBLIC_URL}),
         ),
-        api.patch(&format!("{WEBHOOKS}/alerts"), &vi.token, json!({"name": "x"})),
-        api.post(&format!("{WEBHOOKS}/alerts/test"), Some(&vi.token), json!({})),
+        api.patch(
+            &format!("{WEBHOOKS}/alerts"),
+            &vi.token,
+            json!({"name": "x"}),
+        ),
+        api.post(
+            &format!("{WEBHOOKS}/alerts/test"),
+            Some(&vi.token),
+            json!({}),
+        ),
         api.post(
             &format!("{WEBHOOKS}/alerts/rotate-secret"),
             Some(&vi.token),
@@ -265,7 +282,11 @@ fn webhooks_keep_their_secret_shown_once_reach_the_node_sealed_and_refuse_privat
     // The output stays while webhooks deliver it.
     let a = api.delete("/api/v1/workspaces/plant/outputs/hot", &jo.token);
     assert_problem(&a, 409, "in-use");
-    assert!(a.body.contains("alerts") && a.body.contains("audit"), "{}", a.body);
+    assert!(
+        a.body.contains("alerts") && a.body.contains("audit"),
+        "{}",
+        a.body
+    );
     for slug in ["alerts", "audit"] {
         let a = api.delete(&format!("{WEBHOOKS}/{slug}"), &ed.token);
         assert_eq!(a.status, 204, "{}", a.body);
@@ -427,14 +448,21 @@ fn a_signed_test_delivery_reports_and_a_webhook_failing_too_long_disabled_with_m
         json!({"slug": "alerts", "output": "hot", "url": url, "disable_after_s": 60}),
     );
     assert_eq!(created.status, 201, "{}", created.body);
-    let secret = created.json()["secret"].as_str().expect("secret").to_owned();
+    let secret = created.json()["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
     let id = created.json()["id"].as_str().expect("id").to_owned();
     let pushed = in_snapshot(&sluice, "alerts", |w| !w.is_null());
     assert_eq!(pushed["allow_private"], true);
     assert_eq!(opened(SECRET, &pushed), secret);
 
     // A test delivery, signed as Standard Webhooks says, checked with the creation's secret.
-    let test = api.post(&format!("{WEBHOOKS}/alerts/test"), Some(&ed.token), json!({}));
+    let test = api.post(
+        &format!("{WEBHOOKS}/alerts/test"),
+        Some(&ed.token),
+        json!({}),
+    );
     assert_eq!(test.status, 200, "{}", test.body);
     let outcome = test.json();
     assert_eq!(outcome["ok"], true, "{outcome}");
@@ -450,7 +478,10 @@ fn a_signed_test_delivery_reports_and_a_webhook_failing_too_long_disabled_with_m
     assert_eq!(got.header("content-type"), "application/json");
     let message_id = got.header("webhook-id");
     assert_eq!(message_id, outcome["webhook_message_id"]);
-    let timestamp: i64 = got.header("webhook-timestamp").parse().expect("unix seconds");
+    let timestamp: i64 = got
+        .header("webhook-timestamp")
+        .parse()
+        .expect("unix seconds");
     let expected = Signer::new(&secret)
         .expect("the creation's secret")
         .sign(message_id, timestamp, &got.body);
@@ -462,18 +493,27 @@ fn a_signed_test_delivery_reports_and_a_webhook_failing_too_long_disabled_with_m
         got.header("webhook-signature")
     );
     // A 4xx: not delivered, and nodes would give the batch up.
-    let test = api.post(&format!("{WEBHOOKS}/alerts/test"), Some(&jo.token), json!({}));
+    let test = api.post(
+        &format!("{WEBHOOKS}/alerts/test"),
+        Some(&jo.token),
+        json!({}),
+    );
     assert_eq!(test.json()["ok"], false, "{}", test.body);
     assert_eq!(test.json()["status"], 410);
     assert_eq!(test.json()["outcome"], "failed");
     assert!(
-        test.json()["error"].as_str().unwrap_or_default().contains("410"),
+        test.json()["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("410"),
         "{}",
         test.body
     );
     let log = items(&api, &jo, &format!("{WEBHOOKS}/alerts/deliveries"));
     assert_eq!(log.len(), 2, "{log:?}");
-    assert!(log.iter().all(|a| a["test"] == true && a["node"] == "control-plane"));
+    assert!(log
+        .iter()
+        .all(|a| a["test"] == true && a["node"] == "control-plane"));
     assert_eq!(log[0]["status"], 410, "newest first");
 
     // Reports need the cluster secret.
@@ -485,7 +525,11 @@ fn a_signed_test_delivery_reports_and_a_webhook_failing_too_long_disabled_with_m
         .map(|_| attempt(&id, 1, "delivered", Some(200)))
         .collect();
     assert_problem(
-        &report(&api, SECRET, &json!({"node": "node-a", "attempts": too_many})),
+        &report(
+            &api,
+            SECRET,
+            &json!({"node": "node-a", "attempts": too_many}),
+        ),
         400,
         "invalid-body",
     );
@@ -548,7 +592,11 @@ fn a_signed_test_delivery_reports_and_a_webhook_failing_too_long_disabled_with_m
     );
 
     // Enabled again: healthy until new failures, which older reports are not.
-    let a = api.patch(&format!("{WEBHOOKS}/alerts"), &ed.token, json!({"enabled": true}));
+    let a = api.patch(
+        &format!("{WEBHOOKS}/alerts"),
+        &ed.token,
+        json!({"enabled": true}),
+    );
     assert_eq!(a.status, 200, "{}", a.body);
     assert_eq!(a.json()["status"], "active");
     assert_eq!(a.json()["failing_since"], Value::Null);
