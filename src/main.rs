@@ -157,7 +157,8 @@ struct ApiArgs {
     /// Extra CA certificate (PEM) trusted for SMTP over TLS (platform and workspace servers).
     #[arg(long, env = "SLUICE_SMTP_CA_FILE")]
     smtp_ca_file: Option<PathBuf>,
-    /// Let workspace SMTP servers be on loopback, private or link-local addresses.
+    /// Let workspace SMTP servers and webhook receivers be on loopback, private or link-local
+    /// addresses (and webhook URLs be http://).
     #[arg(long, env = "SLUICE_SMTP_ALLOW_PRIVATE_HOSTS")]
     smtp_allow_private_hosts: bool,
     /// Key (64 hex digits) encrypting stored secrets such as workspace SMTP passwords
@@ -321,7 +322,8 @@ struct NodeArgs {
     #[arg(long, env = "SLUICE_CONTROL_PLANE")]
     control_plane: Option<String>,
     /// Secret shared between the control plane and its data-plane nodes for the
-    /// configuration stream (in `sluice up`, also the control plane's).
+    /// configuration stream; it also opens webhook secrets (in `sluice up`, also the control
+    /// plane's, made once in <data-dir>/cluster-secret when not given).
     #[arg(long, env = "SLUICE_CLUSTER_SECRET", hide_env_values = true)]
     cluster_secret: Option<String>,
     /// Longest time an event waits in memory before its batch is written [default: 60000].

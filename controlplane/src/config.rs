@@ -43,10 +43,12 @@ pub struct ControlPlaneConfig {
     /// Earlier keys, to open secrets sealed before a rotation; they are sealed again with the
     /// current key at start.
     pub previous_secret_keys: Vec<String>,
-    /// Let workspace SMTP servers be on loopback, private or link-local addresses (off: a
-    /// workspace Admin could otherwise reach hosts on the operator's network).
+    /// Let workspace SMTP servers and webhook receivers be on loopback, private or link-local
+    /// addresses, and webhook URLs be `http://` (off: a workspace Admin or Editor could
+    /// otherwise reach hosts on the operator's network). Nodes get it with each webhook.
     pub smtp_allow_private_hosts: bool,
-    /// Shared secret data-plane nodes present to receive the configuration stream; the stream
+    /// Shared secret data-plane nodes present to receive the configuration stream and report
+    /// webhook deliveries; webhook signing secrets travel to nodes sealed with it. The stream
     /// is off without it.
     pub cluster_secret: Option<String>,
     /// Streams of configuration to nodes at once at most.
