@@ -144,11 +144,12 @@ pub struct WebhookAttempt {
 pub enum WebhookOutcome {
     /// A 2xx answer: the batch is delivered; the subscription is healthy again.
     Delivered,
-    /// No answer, a 3xx (redirects are not followed), 408, 429 or 5xx: the node sends the same
-    /// batch again later.
+    /// No answer, 408, 429 or 5xx: the node sends the same batch again later.
     Retrying,
-    /// Any other 4xx: the receiver refuses this batch and would refuse it again. The node
-    /// gives it up (the control plane's failure log keeps it) and goes on with the next one.
+    /// Any other status: another 4xx (the receiver refuses this batch and would refuse it
+    /// again) or a redirect (never followed: its target was not checked against the outbound
+    /// address policy). The node gives the batch up (the control plane's failure log keeps
+    /// it) and goes on with the next one.
     Failed,
 }
 
@@ -157,9 +158,8 @@ impl WebhookOutcome {
     pub fn of_status(status: u16) -> WebhookOutcome {
         match status {
             200..=299 => WebhookOutcome::Delivered,
-            408 | 429 => WebhookOutcome::Retrying,
-            400..=499 => WebhookOutcome::Failed,
-            _ => WebhookOutcome::Retrying,
+            408 | 429 | 500..=599 => WebhookOutcome::Retrying,
+            _ => WebhookOutcome::Failed,
         }
     }
 }
@@ -202,7 +202,7 @@ mod tests {
         for (status, outcome) in [
             (200, WebhookOutcome::Delivered),
             (204, WebhookOutcome::Delivered),
-            (301, WebhookOutcome::Retrying),
+            (301, WebhookOutcome::Failed),
             (400, WebhookOutcome::Failed),
             (410, WebhookOutcome::Failed),
             (408, WebhookOutcome::Retrying),

@@ -189,8 +189,8 @@ pub struct WebhookTestView {
     pub status: Option<u16>,
     /// True for a 2xx answer.
     pub ok: bool,
-    /// `delivered`, `retrying` (no answer, 3xx, 408, 429, 5xx) or `failed` (another 4xx), as
-    /// nodes would take it.
+    /// `delivered`, `retrying` (no answer, 408, 429, 5xx) or `failed` (another 4xx, a
+    /// redirect), as nodes would take it.
     pub outcome: WebhookOutcome,
     pub duration_ms: u64,
     /// What went wrong: the connection error, or the status and the start of the answer.
@@ -681,7 +681,7 @@ pub async fn list_webhook_deliveries(
 }
 
 /// The most recent batches nodes gave up for a webhook (`failed`: the receiver answered a 4xx
-/// other than 408 and 429; the newest 50 are kept), newest first, a page at a time. Any member.
+/// other than 408 and 429, or a redirect; the newest 50 are kept), newest first, a page at a time. Any member.
 #[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/webhooks/{webhook}/failures", tag = "webhooks",
     params(("workspace" = String, Path, description = "Workspace id or slug"),
         ("webhook" = String, Path, description = "Webhook slug"), PageQuery),
