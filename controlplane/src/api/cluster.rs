@@ -208,15 +208,24 @@ pub async fn ack(
 #[utoipa::path(post, path = "/api/v1/cluster/webhook-attempts", tag = "cluster", security(()),
     request_body = WebhookAttempts,
     responses((status = 204),
-        (status = 400, description = "`invalid-node`: the node id is not 1 to 128 visible ASCII characters; `invalid-body`: more than 1000 attempts", body = crate::problem::ProblemBody),
+        (status = 400, description = "`invalid-node`: the node id is not 1 to 128 visible ASCII characters; `invalid-body`, `malformed-json`: not a report of at most 1000 attempts", body = crate::problem::ProblemBody),
         (status = 401, body = crate::problem::ProblemBody),
         (status = 404, description = "`cluster-disabled`: the control plane has no cluster secret", body = crate::problem::ProblemBody)))]
 pub async fn webhook_attempts(
     State(app): State<App>,
     headers: HeaderMap,
-    ApiJson(report): ApiJson<WebhookAttempts>,
+    body: Bytes,
 ) -> ApiResult<StatusCode> {
+    // The secret first: a body from anyone else is not even parsed.
     authorize_node(&app, &headers)?;
+    let report: WebhookAttempts = serde_json::from_slice(&body).map_err(|e| {
+        let kind = if e.is_syntax() || e.is_eof() {
+            ProblemType::MalformedJson
+        } else {
+            ProblemType::InvalidBody
+        };
+        ApiError::new(kind, format!("the body is not a report of attempts: {e}"))
+    })?;
     valid_node_id(&report.node)?;
     if report.attempts.len() > WEBHOOK_ATTEMPTS_PER_REPORT_MAX {
         return Err(ApiError::new(
