@@ -86,7 +86,7 @@ pub fn log_changes(s: &State, new: &[WebhookAttemptRecord]) -> Vec<Change> {
         window(
             kept,
             mine.clone().cloned().collect(),
-            |a| Change::PutWebhookDelivery(a),
+            Change::PutWebhookDelivery,
             |id| Change::DeleteWebhookDelivery(webhook, id),
             &mut changes,
         );
@@ -96,7 +96,7 @@ pub fn log_changes(s: &State, new: &[WebhookAttemptRecord]) -> Vec<Change> {
             mine.filter(|a| a.outcome == WebhookOutcome::Failed && !a.test)
                 .cloned()
                 .collect(),
-            |a| Change::PutWebhookFailure(a),
+            Change::PutWebhookFailure,
             |id| Change::DeleteWebhookFailure(webhook, id),
             &mut changes,
         );
