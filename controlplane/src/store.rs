@@ -814,6 +814,94 @@ mod tests {
     }
 
     #[test]
+    fn a_webhook_its_health_and_logs_survive_reopen_and_go_together() {
+        use crate::model::{Webhook, WebhookAttemptRecord, WebhookHealth};
+        use sluice_config::stream::WebhookOutcome;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp.redb");
+        let ws = workspace("plant");
+        let now = chrono::Utc::now();
+        let webhook = Webhook {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "alerts".into(),
+            name: "alerts".into(),
+            output: "hot".into(),
+            url: "https://hooks.example.com/in".into(),
+            enabled: true,
+            batch_events_max: 500,
+            batch_bytes_max: 1 << 20,
+            batch_interval_ms: 1000,
+            disable_after_s: 86_400,
+            secret_sealed: "v1.sealed".into(),
+            secret_for_nodes: None,
+            disabled: None,
+            created_at: now,
+        };
+        let attempt = WebhookAttemptRecord {
+            id: Uuid::now_v7(),
+            webhook_id: webhook.id,
+            workspace_id: ws.id,
+            node: "n1".into(),
+            at: now,
+            outcome: WebhookOutcome::Failed,
+            status: Some(400),
+            events: 3,
+            first_event_id: None,
+            last_event_id: None,
+            duration_ms: 9,
+            error: Some("400".into()),
+            webhook_message_id: "msg".into(),
+            test: false,
+        };
+        {
+            let store = Store::open(&path).expect("open");
+            let changes = vec![
+                Change::PutWorkspace(ws.clone()),
+                Change::PutWebhook(webhook.clone()),
+                Change::PutWebhookHealth(WebhookHealth::new(&webhook, None)),
+                Change::PutWebhookDelivery(attempt.clone()),
+                Change::PutWebhookFailure(attempt.clone()),
+            ];
+            store
+                .write(|_| Ok::<_, StoreError>((changes, ())))
+                .expect("write");
+            let version = store.read(|s| s.config_version);
+            // Logs and health are the control plane's: nodes get no new version for them.
+            let log_only = vec![Change::PutWebhookDelivery(WebhookAttemptRecord {
+                id: Uuid::now_v7(),
+                ..attempt.clone()
+            })];
+            store
+                .write(|_| Ok::<_, StoreError>((log_only, ())))
+                .expect("write");
+            assert_eq!(store.read(|s| s.config_version), version);
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(
+            store.read(|s| (
+                s.webhooks_of(ws.id).count(),
+                s.webhook_health.len(),
+                s.webhook_deliveries_of(webhook.id).count(),
+                s.webhook_failures_of(webhook.id).count()
+            )),
+            (1, 1, 2, 1)
+        );
+        store
+            .write(|s| Ok::<_, StoreError>((s.webhook_deletion(webhook.id), ())))
+            .expect("delete");
+        let store = {
+            drop(store);
+            Store::open(&path).expect("reopen")
+        };
+        assert!(store.read(|s| s.webhooks.is_empty()
+            && s.webhook_health.is_empty()
+            && s.webhook_deliveries.is_empty()
+            && s.webhook_failures.is_empty()));
+    }
+
+    #[test]
     fn a_refused_change_leaves_nothing_behind() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = Store::open(&dir.path().join("cp.redb")).expect("open");
