@@ -30,6 +30,7 @@
 
 mod baseline;
 mod cluster;
+mod data_out;
 mod loadgen;
 mod mqtt;
 mod payload;
@@ -72,6 +73,9 @@ enum Command {
     /// A cluster behind HAProxy: HTTP throughput with 1, 2 and 3 nodes following one control
     /// plane, the CPU of each part, and the idle configuration stream's cost.
     Cluster(cluster::ClusterArgs),
+    /// Data out: webhook delivery and export-stream latency from the ingest acknowledgement,
+    /// at each batch age, and replay throughput against decoding the files alone.
+    DataOut(data_out::DataOutArgs),
 }
 
 #[derive(Args, Clone)]
@@ -248,6 +252,7 @@ fn main() -> Result<()> {
         Command::Propagation(args) => propagation::run(args),
         Command::Mqtt(args) => mqtt::run(args),
         Command::Cluster(args) => cluster::run(args),
+        Command::DataOut(args) => data_out::run(args),
     }
 }
 

@@ -14,6 +14,7 @@ use sluice_config::snapshot::ConfigSnapshot;
 use sluice_storage::cache::{CacheError, ConfigCache};
 use sluice_storage::lake::{Lake, LakeError};
 
+use crate::export::reader::FileCache;
 use crate::export::Exports;
 use crate::webhooks::cursors::Cursors;
 use crate::webhooks::{ReportTo, Webhooks};
@@ -151,12 +152,6 @@ impl Node {
             .build()
             .map_err(io("starting the export runtime"))?;
         let export_lake = lake.clone();
-        let exports = Arc::new(Exports::new(
-            lake.clone(),
-            export_runtime.handle().clone(),
-            config.export.clone(),
-            shutdown.clone(),
-        ));
         let shipper = shipper::start(
             shipper_config,
             &wal,
@@ -165,6 +160,15 @@ impl Node {
             storage_metrics.clone(),
             shutdown.clone(),
         )?;
+        let file_cache = Arc::new(FileCache::new(config.export.cache_bytes_max));
+        let exports = Arc::new(Exports::new(
+            export_lake.clone(),
+            file_cache.clone(),
+            shipper.status(),
+            export_runtime.handle().clone(),
+            config.export.clone(),
+            shutdown.clone(),
+        ));
 
         let cache = Arc::new(ConfigCache::open(&data_dir.join("cache.redb"))?);
         let cached = cache.load()?;
@@ -232,6 +236,7 @@ impl Node {
             node: node_id.clone(),
             cursors,
             shipper: shipper.status(),
+            cache: file_cache,
             cluster_secret: config.cluster_secret.clone(),
             report_to: config.control_plane.clone().map(|url| ReportTo {
                 control_plane: url,

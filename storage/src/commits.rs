@@ -1,8 +1,12 @@
 //! The commit log: for each (workspace, source, node), the files that node uploaded, in order.
 //!
 //! ```text
-//! <prefix>/workspace=<workspace-id>/_commits/source=<slug>/node=<node>/<seq, 20 digits>.json
+//! <prefix>/workspace=<workspace-id>/_commits/source=<slug>/node=<node>/<seq / 10000, 10 digits>/<seq, 20 digits>.json
 //! ```
+//!
+//! Entries go into directories of [`CHUNK_ENTRIES`], so that finding the newest, or the next
+//! few after a position, lists one directory of a bounded size however long the log grows
+//! (a local directory cannot be listed from an offset without reading it whole).
 //!
 //! After a file of accepted events is in the lake, and before its watermark is committed, the
 //! shipper writes one small JSON entry ([`CommitEntry`]) naming it. Readers of export
@@ -59,9 +63,18 @@ pub fn node_prefix(prefix: &Path, workspace_id: Uuid, source: &str, node: &str) 
     source_prefix(prefix, workspace_id, source).join(format!("node={node}"))
 }
 
+/// Entries per directory of a node's log.
+pub const CHUNK_ENTRIES: u64 = 10_000;
+
+/// The directory of entry `seq`'s chunk.
+fn chunk_prefix(prefix: &Path, workspace_id: Uuid, source: &str, node: &str, chunk: u64) -> Path {
+    node_prefix(prefix, workspace_id, source, node).join(format!("{chunk:010}"))
+}
+
 /// Where entry `seq` of `node` goes. Zero-padded, so that names sort as numbers do.
 pub fn entry_path(prefix: &Path, workspace_id: Uuid, source: &str, node: &str, seq: u64) -> Path {
-    node_prefix(prefix, workspace_id, source, node).join(format!("{seq:020}.json"))
+    chunk_prefix(prefix, workspace_id, source, node, seq / CHUNK_ENTRIES)
+        .join(format!("{seq:020}.json"))
 }
 
 /// The progress-store key that holds the next sequence number of a node's log of one source.
@@ -118,6 +131,55 @@ pub async fn nodes(
     Ok(nodes)
 }
 
+/// The chunks of `node`'s log, in order.
+async fn chunks(
+    lake: &Lake,
+    workspace_id: Uuid,
+    source: &str,
+    node: &str,
+) -> Result<Vec<u64>, CommitError> {
+    let prefix = node_prefix(lake.prefix(), workspace_id, source, node);
+    let listing = lake.store().list_with_delimiter(Some(&prefix)).await?;
+    let mut chunks: Vec<u64> = listing
+        .common_prefixes
+        .iter()
+        .filter_map(|p| p.filename()?.parse().ok())
+        .collect();
+    chunks.sort_unstable();
+    Ok(chunks)
+}
+
+/// The sequence numbers in one chunk of `node`'s log from `from` on, in order.
+async fn seqs_in_chunk(
+    lake: &Lake,
+    workspace_id: Uuid,
+    source: &str,
+    node: &str,
+    chunk: u64,
+    from: u64,
+) -> Result<Vec<u64>, CommitError> {
+    let prefix = chunk_prefix(lake.prefix(), workspace_id, source, node, chunk);
+    let listed: Vec<_> = if from == 0 || from <= chunk * CHUNK_ENTRIES {
+        lake.store().list(Some(&prefix)).try_collect().await?
+    } else {
+        // Everything after the entry before `from`, by name: a store that can skips the rest.
+        let offset = entry_path(lake.prefix(), workspace_id, source, node, from - 1);
+        lake.store()
+            .list_with_offset(Some(&prefix), &offset)
+            .try_collect()
+            .await?
+    };
+    let mut seqs: Vec<u64> = listed
+        .iter()
+        .filter_map(|meta| meta.location.filename())
+        .filter_map(|name| name.strip_suffix(".json"))
+        .filter_map(|seq| seq.parse::<u64>().ok())
+        .filter(|seq| *seq >= from)
+        .collect();
+    seqs.sort_unstable();
+    Ok(seqs)
+}
+
 /// Up to `limit` sequence numbers of `node`'s log from `from` on (inclusive), in order.
 pub async fn seqs_from(
     lake: &Lake,
@@ -127,29 +189,38 @@ pub async fn seqs_from(
     from: u64,
     limit: usize,
 ) -> Result<Vec<u64>, CommitError> {
-    let prefix = node_prefix(lake.prefix(), workspace_id, source, node);
-    let mut seqs: Vec<u64> = if from == 0 {
-        lake.store()
-            .list(Some(&prefix))
-            .try_collect::<Vec<_>>()
-            .await?
-    } else {
-        // Everything after the entry before `from`, by name: the store skips the rest.
-        let offset = entry_path(lake.prefix(), workspace_id, source, node, from - 1);
-        lake.store()
-            .list_with_offset(Some(&prefix), &offset)
-            .try_collect::<Vec<_>>()
-            .await?
+    let mut seqs = Vec::new();
+    for chunk in chunks(lake, workspace_id, source, node).await? {
+        if chunk < from / CHUNK_ENTRIES {
+            continue;
+        }
+        seqs.extend(seqs_in_chunk(lake, workspace_id, source, node, chunk, from).await?);
+        if seqs.len() >= limit {
+            break;
+        }
     }
-    .iter()
-    .filter_map(|meta| meta.location.filename())
-    .filter_map(|name| name.strip_suffix(".json"))
-    .filter_map(|seq| seq.parse::<u64>().ok())
-    .filter(|seq| *seq >= from)
-    .collect();
-    seqs.sort_unstable();
     seqs.truncate(limit);
     Ok(seqs)
+}
+
+/// The number after the newest entry of `node`'s log (0 for an empty log).
+pub async fn next_seq(
+    lake: &Lake,
+    workspace_id: Uuid,
+    source: &str,
+    node: &str,
+) -> Result<u64, CommitError> {
+    for chunk in chunks(lake, workspace_id, source, node)
+        .await?
+        .into_iter()
+        .rev()
+    {
+        let seqs = seqs_in_chunk(lake, workspace_id, source, node, chunk, 0).await?;
+        if let Some(last) = seqs.last() {
+            return Ok(last + 1);
+        }
+    }
+    Ok(0)
 }
 
 /// Reads entry `seq` of `node`'s log.
@@ -190,7 +261,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let lake = Lake::open(&dir.path().display().to_string()).expect("lake");
         let ws = Uuid::now_v7();
-        for seq in [0, 1, 2, 9, 10, 11, 100] {
+        for seq in [0, 1, 2, 9, 10, 11, 100, 9_999, 10_000, 25_001] {
             append(&lake, ws, "telemetry", &entry("node-a", seq))
                 .await
                 .expect("append");
@@ -206,11 +277,36 @@ mod tests {
             ["node-a", "node-b"]
         );
         let all = seqs_from(&lake, ws, "telemetry", "node-a", 0, 100).await;
-        assert_eq!(all.expect("list"), [0, 1, 2, 9, 10, 11, 100]);
+        assert_eq!(
+            all.expect("list"),
+            [0, 1, 2, 9, 10, 11, 100, 9_999, 10_000, 25_001]
+        );
+        let across = seqs_from(&lake, ws, "telemetry", "node-a", 101, 2).await;
+        assert_eq!(across.expect("list"), [9_999, 10_000], "across chunks");
+        let next = seqs_from(&lake, ws, "telemetry", "node-a", 10_001, 5).await;
+        assert_eq!(next.expect("list"), [25_001]);
+        assert_eq!(
+            next_seq(&lake, ws, "telemetry", "node-a")
+                .await
+                .expect("next"),
+            25_002
+        );
+        assert_eq!(
+            next_seq(&lake, ws, "telemetry", "node-b")
+                .await
+                .expect("next"),
+            6
+        );
+        assert_eq!(
+            next_seq(&lake, ws, "telemetry", "node-z")
+                .await
+                .expect("next"),
+            0
+        );
         let later = seqs_from(&lake, ws, "telemetry", "node-a", 3, 2).await;
         assert_eq!(later.expect("list"), [9, 10]);
         let exact = seqs_from(&lake, ws, "telemetry", "node-a", 11, 100).await;
-        assert_eq!(exact.expect("list"), [11, 100]);
+        assert_eq!(exact.expect("list"), [11, 100, 9_999, 10_000, 25_001]);
         let read_back = read(&lake, ws, "telemetry", "node-a", 9)
             .await
             .expect("read");

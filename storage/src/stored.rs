@@ -28,6 +28,8 @@ pub enum StoredError {
 /// The rows of one record batch of an events file.
 pub struct StoredRows {
     rows: usize,
+    /// Memory the arrays take.
+    bytes: usize,
     event_id: StringArray,
     received_at: arrow_array::PrimitiveArray<TimestampMicrosecondType>,
     source: StringArray,
@@ -77,6 +79,7 @@ impl StoredRows {
             .collect();
         Ok(StoredRows {
             rows: batch.num_rows(),
+            bytes: batch.get_array_memory_size(),
             event_id: text(batch, "event_id")?,
             received_at,
             source: text(batch, "source")?,
@@ -98,6 +101,11 @@ impl StoredRows {
 
     pub fn is_empty(&self) -> bool {
         self.rows == 0
+    }
+
+    /// Memory the rows take.
+    pub fn bytes(&self) -> usize {
+        self.bytes
     }
 
     pub fn event_id(&self, row: usize) -> &str {

@@ -31,6 +31,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use sluice_config::snapshot::is_valid_slug;
 use sluice_config::token;
 use sluice_storage::lake::Lake;
+use sluice_storage::shipper::ShipperStatus;
 use sluice_storage::shutdown::Shutdown;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tracing::{debug, warn};
@@ -41,11 +42,15 @@ use crate::config::ExportConfig;
 use crate::http::api::{access_problem, bearer_token};
 use crate::http::problem::{Problem, ProblemType};
 use cursor::Cursor;
-use reader::{ReadSpec, Reader};
+use reader::{FileCache, ReadSpec, Reader};
 
 /// What the export endpoints share on a node.
 pub struct Exports {
     lake: Lake,
+    /// Decoded files, shared with the node's webhook deliveries.
+    cache: Arc<FileCache>,
+    /// Wakes live streams when this node commits a file (others' files need a poll).
+    shipper: Arc<ShipperStatus>,
     runtime: tokio::runtime::Handle,
     streams: Arc<Semaphore>,
     settings: ExportConfig,
@@ -103,12 +108,16 @@ const SSE_EVENTS_PER_STEP: usize = 4096;
 impl Exports {
     pub fn new(
         lake: Lake,
+        cache: Arc<FileCache>,
+        shipper: Arc<ShipperStatus>,
         runtime: tokio::runtime::Handle,
         settings: ExportConfig,
         shutdown: Shutdown,
     ) -> Self {
         Exports {
             lake,
+            cache,
+            shipper,
             runtime,
             streams: Arc::new(Semaphore::new(settings.streams_max)),
             settings,
@@ -294,7 +303,12 @@ impl Exports {
             since_us,
             only_node: None,
         };
-        Ok(Reader::new(self.lake.clone(), spec, cursor))
+        Ok(Reader::new(
+            self.lake.clone(),
+            self.cache.clone(),
+            spec,
+            cursor,
+        ))
     }
 
     /// A live stream: reads, sends, and when caught up looks again every `poll_ms`, until
@@ -375,8 +389,13 @@ impl Exports {
                     return;
                 }
             }
-            if tx.is_closed() || wait(&mut shutdown, poll).await {
+            if tx.is_closed() {
                 return;
+            }
+            tokio::select! {
+                _ = self.shipper.committed.notified() => {}
+                _ = tokio::time::sleep(poll) => {}
+                _ = shutdown.requested() => return,
             }
             quiet += poll;
         }

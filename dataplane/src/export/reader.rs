@@ -7,7 +7,7 @@
 //! time, so a reader that resumes from any event's cursor reads on from the next one.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use futures::{StreamExt, TryStreamExt};
 use sluice_storage::commits::{self, CommitEntry, CommitError};
@@ -62,11 +62,61 @@ pub struct Exported<'a> {
 struct Current {
     node: String,
     entry: CommitEntry,
-    batches: Vec<StoredRows>,
+    batches: Arc<Vec<StoredRows>>,
+}
+
+/// A decoded file: its path, its rows and their bytes.
+type Cached = (String, Arc<Vec<StoredRows>>, usize);
+
+/// Files decoded recently, shared by a node's readers: a reader paging through a file a page
+/// at a time, or several readers of one source, would otherwise decode it again and again.
+/// Bounded by bytes; the oldest file goes first.
+pub struct FileCache {
+    files: Mutex<VecDeque<Cached>>,
+    bytes_max: usize,
+}
+
+impl FileCache {
+    pub fn new(bytes_max: usize) -> FileCache {
+        FileCache {
+            files: Mutex::new(VecDeque::new()),
+            bytes_max,
+        }
+    }
+
+    fn get(&self, path: &str) -> Option<Arc<Vec<StoredRows>>> {
+        let files = self.files.lock().ok()?;
+        files
+            .iter()
+            .find(|(p, _, _)| p == path)
+            .map(|(_, rows, _)| rows.clone())
+    }
+
+    fn put(&self, path: &str, rows: Arc<Vec<StoredRows>>) {
+        let bytes: usize = rows.iter().map(StoredRows::bytes).sum();
+        if bytes > self.bytes_max / 2 {
+            return;
+        }
+        let Ok(mut files) = self.files.lock() else {
+            return;
+        };
+        if files.iter().any(|(p, _, _)| p == path) {
+            return;
+        }
+        let mut held: usize = files.iter().map(|(_, _, b)| b).sum();
+        while held + bytes > self.bytes_max {
+            match files.pop_front() {
+                Some((_, _, b)) => held -= b,
+                None => break,
+            }
+        }
+        files.push_back((path.to_owned(), rows, bytes));
+    }
 }
 
 pub struct Reader {
     lake: Lake,
+    cache: Arc<FileCache>,
     spec: ReadSpec,
     cursor: Cursor,
     /// Listed, not yet read entries, per node.
@@ -76,9 +126,10 @@ pub struct Reader {
 }
 
 impl Reader {
-    pub fn new(lake: Lake, spec: ReadSpec, cursor: Cursor) -> Self {
+    pub fn new(lake: Lake, cache: Arc<FileCache>, spec: ReadSpec, cursor: Cursor) -> Self {
         Reader {
             lake,
+            cache,
             spec,
             cursor,
             pending: BTreeMap::new(),
@@ -101,8 +152,7 @@ impl Reader {
             None => commits::nodes(lake, workspace_id, source).await?,
         };
         for node in nodes {
-            let seqs = commits::seqs_from(lake, workspace_id, source, &node, 0, usize::MAX).await?;
-            let next = seqs.last().map_or(0, |last| last + 1);
+            let next = commits::next_seq(lake, workspace_id, source, &node).await?;
             cursor.nodes.insert(node, Position { seq: next, row: 0 });
         }
         Ok(cursor)
@@ -169,16 +219,24 @@ impl Reader {
                 self.finish_entry(&node, &entry);
                 continue;
             }
-            let path = object_store::path::Path::from(entry.path.as_str());
-            let bytes = self.lake.get(&path).await?;
-            // Decoding takes milliseconds per file: off the runtime's workers.
-            let batches = tokio::task::spawn_blocking(move || stored::read_file(bytes))
-                .await
-                .map_err(|e| ReadError::Task(e.to_string()))?
-                .map_err(|source| ReadError::File {
-                    path: entry.path.clone(),
-                    source,
-                })?;
+            let batches = match self.cache.get(&entry.path) {
+                Some(batches) => batches,
+                None => {
+                    let path = object_store::path::Path::from(entry.path.as_str());
+                    let bytes = self.lake.get(&path).await?;
+                    // Decoding takes milliseconds per file: off the runtime's workers.
+                    let batches = tokio::task::spawn_blocking(move || stored::read_file(bytes))
+                        .await
+                        .map_err(|e| ReadError::Task(e.to_string()))?
+                        .map_err(|source| ReadError::File {
+                            path: entry.path.clone(),
+                            source,
+                        })?;
+                    let batches = Arc::new(batches);
+                    self.cache.put(&entry.path, batches.clone());
+                    batches
+                }
+            };
             if position.seq != entry.seq {
                 // A new entry: its rows are read from the first.
                 self.cursor.nodes.insert(
@@ -230,7 +288,7 @@ impl Reader {
             let mut stop = false;
             // Rows are numbered across the file's record batches.
             let mut base = 0u64;
-            for batch in &current.batches {
+            for batch in current.batches.iter() {
                 let len = batch.len() as u64;
                 while row < base + len && emitted < max_events && !stop {
                     let i = (row - base) as usize;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sha2::{Digest, Sha256};
+use sluice_config::stream::{WebhookAttempt, WebhookOutcome};
 use sluice_config::webhook_signature::Signer;
 use sluice_storage::lake::Lake;
 use sluice_storage::shipper::ShipperStatus;
@@ -14,11 +15,10 @@ use sluice_storage::shutdown::Shutdown;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use super::client::{SendError, WebhookClient};
+use super::client::WebhookClient;
 use super::cursors::Cursors;
-use super::{Attempt, Outcome};
 use crate::access::ActiveWebhook;
-use crate::export::reader::{ReadSpec, Reader};
+use crate::export::reader::{FileCache, ReadSpec, Reader};
 
 /// First retry delay; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -35,14 +35,15 @@ pub struct Delivery {
     pub cursors: Arc<Cursors>,
     pub client: WebhookClient,
     pub signer: Signer,
-    pub reports: mpsc::Sender<Attempt>,
+    pub reports: mpsc::Sender<WebhookAttempt>,
     pub shipper: Arc<ShipperStatus>,
+    pub cache: Arc<FileCache>,
 }
 
 /// How one attempt ended.
 enum Sent {
     Delivered,
-    /// The receiver refused the batch for good (a 4xx other than 408 and 429, or a redirect).
+    /// The receiver refused the batch for good (a 4xx other than 408 and 429).
     Refused,
     /// Try again after this long.
     Retry(Duration),
@@ -155,7 +156,12 @@ impl Delivery {
                 return None;
             }
         };
-        Some(Reader::new(self.lake.clone(), spec, cursor))
+        Some(Reader::new(
+            self.lake.clone(),
+            self.cache.clone(),
+            spec,
+            cursor,
+        ))
     }
 
     async fn attempt(&self, message_id: &str, body: &Bytes, events: usize) -> Sent {
@@ -174,35 +180,39 @@ impl Delivery {
             .client
             .post(&config.url, config.allow_private, &headers, body.clone())
             .await;
-        let (sent, status, error) = match answer {
-            Ok(answer) if (200..300).contains(&answer.status) => {
-                (Sent::Delivered, Some(answer.status), None)
+        // The rule both planes follow (`WebhookOutcome::of_status`); no answer is retried.
+        let (outcome, sent, status, error) = match answer {
+            Ok(answer) => {
+                let outcome = WebhookOutcome::of_status(answer.status);
+                let sent = match outcome {
+                    WebhookOutcome::Delivered => Sent::Delivered,
+                    WebhookOutcome::Failed => Sent::Refused,
+                    WebhookOutcome::Retrying => {
+                        Sent::Retry(answer.retry_after.unwrap_or_default().min(RETRY_AFTER_MAX))
+                    }
+                };
+                let error = (outcome != WebhookOutcome::Delivered)
+                    .then(|| format!("{} {}", answer.status, answer.body));
+                (outcome, sent, Some(answer.status), error)
             }
-            Ok(answer) if matches!(answer.status, 408 | 429) || answer.status >= 500 => (
-                Sent::Retry(answer.retry_after.unwrap_or_default().min(RETRY_AFTER_MAX)),
-                Some(answer.status),
-                Some(answer.body),
+            Err(err) => (
+                WebhookOutcome::Retrying,
+                Sent::Retry(Duration::ZERO),
+                None,
+                Some(err.to_string()),
             ),
-            Ok(answer) => (Sent::Refused, Some(answer.status), Some(answer.body)),
-            Err(err @ SendError::NotPublic(_)) => {
-                (Sent::Retry(Duration::ZERO), None, Some(err.to_string()))
-            }
-            Err(err) => (Sent::Retry(Duration::ZERO), None, Some(err.to_string())),
         };
-        let outcome = match sent {
-            Sent::Delivered => Outcome::Delivered,
-            Sent::Refused => Outcome::Failed,
-            Sent::Retry(_) => Outcome::Retrying,
-        };
-        let attempt = Attempt {
+        let attempt = WebhookAttempt {
             webhook_id: config.id,
             at: chrono::Utc::now(),
             outcome,
             status,
-            events,
+            events: events as u64,
+            first_event_id: None,
+            last_event_id: None,
             duration_ms: started.elapsed().as_millis() as u64,
             error,
-            message_id: message_id.to_owned(),
+            webhook_message_id: message_id.to_owned(),
         };
         if self.reports.try_send(attempt).is_err() {
             debug!("webhook attempt reports are backed up; one dropped");

@@ -19,8 +19,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
 use sluice_config::sealed;
+use sluice_config::stream::{
+    WebhookAttempt, WebhookAttempts, WebhookOutcome, WEBHOOK_ATTEMPTS_PATH,
+    WEBHOOK_ATTEMPTS_PER_REPORT_MAX,
+};
 use sluice_config::webhook_signature::Signer;
 use sluice_storage::lake::Lake;
 use sluice_storage::shipper::ShipperStatus;
@@ -31,6 +34,7 @@ use tracing::{info, warn};
 use uuid::Uuid;
 
 use crate::access::{Access, ActiveWebhook};
+use crate::export::reader::FileCache;
 use client::WebhookClient;
 use cursors::Cursors;
 use deliver::Delivery;
@@ -39,31 +43,7 @@ use deliver::Delivery;
 /// log is a window of recent attempts, not a ledger).
 const REPORTS_QUEUED_MAX: usize = 10_000;
 /// Attempts per report request.
-const REPORT_ATTEMPTS_MAX: usize = 1000;
-
-/// How an attempt ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Outcome {
-    Delivered,
-    Retrying,
-    /// Refused for good: the batch went to the failure log and was skipped.
-    Failed,
-}
-
-/// One attempt at one batch.
-#[derive(Debug, Clone, Serialize)]
-pub struct Attempt {
-    pub webhook_id: Uuid,
-    pub at: chrono::DateTime<chrono::Utc>,
-    pub outcome: Outcome,
-    pub status: Option<u16>,
-    pub events: usize,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-    #[serde(rename = "webhook_message_id")]
-    pub message_id: String,
-}
+const REPORT_ATTEMPTS_MAX: usize = WEBHOOK_ATTEMPTS_PER_REPORT_MAX;
 
 /// Where attempt reports go: the control plane followed, with the cluster secret.
 #[derive(Clone)]
@@ -79,6 +59,7 @@ pub struct Webhooks {
     pub node: String,
     pub cursors: Arc<Cursors>,
     pub shipper: Arc<ShipperStatus>,
+    pub cache: Arc<FileCache>,
     /// Opens the subscriptions' sealed secrets; without it nothing can be signed.
     pub cluster_secret: Option<String>,
     pub report_to: Option<ReportTo>,
@@ -142,6 +123,7 @@ impl Webhooks {
                     signer,
                     reports: reports.clone(),
                     shipper: self.shipper.clone(),
+                    cache: self.cache.clone(),
                 };
                 let task = tokio::spawn(delivery.run(shutdown.clone()));
                 info!(webhook = %id, url = %webhook.config.url, "webhook deliveries started");
@@ -170,34 +152,32 @@ impl Webhooks {
     }
 }
 
-#[derive(Serialize)]
-struct Report<'a> {
-    node: &'a str,
-    attempts: &'a [Attempt],
-}
-
 /// Sends attempt reports to the control plane about once a second, in order; drops them when
 /// there is no control plane (a node on a snapshot file) after logging failures.
-async fn report(mut attempts: mpsc::Receiver<Attempt>, to: Option<ReportTo>, node: String) {
+async fn report(mut attempts: mpsc::Receiver<WebhookAttempt>, to: Option<ReportTo>, node: String) {
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()
         .ok();
     let mut batch = Vec::new();
     while attempts.recv_many(&mut batch, REPORT_ATTEMPTS_MAX).await > 0 {
-        for attempt in batch.iter().filter(|a| a.outcome != Outcome::Delivered) {
+        for attempt in batch
+            .iter()
+            .filter(|a| a.outcome != WebhookOutcome::Delivered)
+        {
             warn!(webhook = %attempt.webhook_id, outcome = ?attempt.outcome, status = ?attempt.status, error = ?attempt.error, "webhook batch not delivered");
         }
         if let (Some(to), Some(client)) = (&to, &client) {
             let url = format!(
-                "{}/api/v1/cluster/webhook-attempts",
+                "{}{WEBHOOK_ATTEMPTS_PATH}",
                 to.control_plane.trim_end_matches('/')
             );
-            let body = serde_json::to_vec(&Report {
-                node: &node,
-                attempts: &batch,
-            })
-            .unwrap_or_default();
+            let report = WebhookAttempts {
+                node: node.clone(),
+                attempts: std::mem::take(&mut batch),
+            };
+            // Serialising plain data cannot fail.
+            let body = serde_json::to_vec(&report).unwrap_or_default();
             let sent = client
                 .post(&url)
                 .bearer_auth(&to.secret)
