@@ -484,11 +484,14 @@ fn main() -> Result<()> {
                 node.cluster_secret.take(),
                 controlplane.cluster_secret.take(),
             ) {
-                (Some(secret), _) | (None, Some(secret)) => secret,
-                (None, None) => cluster_secret::read_or_create(&node.data_dir)?,
+                (Some(secret), _) | (None, Some(secret)) => Some(secret),
+                // A node told to follow another control plane must be given that one's
+                // secret: its settings check says so, rather than a made one meeting 401s.
+                (None, None) if node.control_plane.is_some() => None,
+                (None, None) => Some(cluster_secret::read_or_create(&node.data_dir)?),
             };
-            node.cluster_secret = Some(secret.clone());
-            controlplane.cluster_secret = Some(secret);
+            node.cluster_secret.clone_from(&secret);
+            controlplane.cluster_secret = secret;
             args.api.apply(&mut controlplane);
             // The AsyncAPI documents name this node's listeners unless told otherwise.
             if controlplane.ingest_public_url.is_none() {
