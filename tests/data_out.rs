@@ -108,8 +108,21 @@ fn start_node(
     lake: &str,
     env: Vec<(String, String)>,
 ) -> Node {
+    let config = ["--config-snapshot".to_owned(), snapshot.display().to_string()];
+    start_node_with(dir, name, &config, lake, env)
+}
+
+/// A node of the test's cluster, configured by `config` (a snapshot file, or a control
+/// plane to follow).
+fn start_node_with(
+    dir: &Path,
+    name: &str,
+    config: &[String],
+    lake: &str,
+    env: Vec<(String, String)>,
+) -> Node {
     let (http, mqtt) = (free_port(), free_port());
-    let args: Vec<String> = [
+    let mut args: Vec<String> = [
         "dataplane",
         "--data-dir",
         &dir.join(name).display().to_string(),
@@ -121,14 +134,13 @@ fn start_node(
         &format!("127.0.0.1:{http}"),
         "--mqtt-addr",
         &format!("127.0.0.1:{mqtt}"),
-        "--config-snapshot",
-        &snapshot.display().to_string(),
         "--batch-max-age-ms",
         "200",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    args.extend(config.iter().cloned());
     let proc = Proc::start_with_env(
         &args,
         dir.join(format!("{name}.log")),
@@ -140,8 +152,12 @@ fn start_node(
 
 /// Sends `ns` over HTTP to `node`, one request each (device `dev-h`).
 fn send_http(node: &Node, ns: impl Iterator<Item = String>) -> Vec<String> {
+    send_http_as(node, INGEST, ns)
+}
+
+fn send_http_as(node: &Node, token: &str, ns: impl Iterator<Item = String>) -> Vec<String> {
     let url = node.url("/v1/ingest/fleet/telemetry");
-    let auth = format!("Bearer {INGEST}");
+    let auth = format!("Bearer {token}");
     let mut sent = Vec::new();
     for n in ns {
         let body = json!({"n": n, "temp_c": 20}).to_string();
@@ -162,6 +178,10 @@ fn send_http(node: &Node, ns: impl Iterator<Item = String>) -> Vec<String> {
 
 /// Publishes `count` events over MQTT 5 QoS 1 to `node`; returns the acknowledged ones.
 fn send_mqtt(node: &Node, prefix: &str, count: usize) -> Vec<String> {
+    send_mqtt_as(node, INGEST, prefix, count)
+}
+
+fn send_mqtt_as(node: &Node, token: &str, prefix: &str, count: usize) -> Vec<String> {
     let payload = format!("{{\"n\": \"{prefix}-{{i}}\", \"temp_c\": 20}}");
     let lines = paho(
         node.mqtt,
@@ -182,7 +202,7 @@ fn send_mqtt(node: &Node, prefix: &str, count: usize) -> Vec<String> {
             "--username",
             "fleet",
             "--password",
-            INGEST,
+            token,
         ],
     );
     let acked = lines
@@ -223,9 +243,13 @@ struct Consumer {
 
 impl Consumer {
     fn start(script: &Path, url: &str, state: &Path) -> Consumer {
+        Self::start_with(script, url, READ_ALL, state)
+    }
+
+    fn start_with(script: &Path, url: &str, token: &str, state: &Path) -> Consumer {
         let mut child = Command::new(common::python())
             .arg(script)
-            .args([url, READ_ALL, &state.display().to_string()])
+            .args([url, token, &state.display().to_string()])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -606,10 +630,14 @@ struct Receiver {
 
 impl Receiver {
     fn start(secret: &str, healthy: bool) -> Receiver {
+        Self::start_on(0, secret, healthy)
+    }
+
+    fn start_on(port: u16, secret: &str, healthy: bool) -> Receiver {
         use std::io::{Read, Write};
         use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
         use std::sync::{Arc, Mutex};
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind receiver");
+        let listener = std::net::TcpListener::bind(("127.0.0.1", port)).expect("bind receiver");
         let port = listener.local_addr().expect("addr").port();
         let signer = sluice_config::webhook_signature::Signer::new(secret).expect("secret");
         let receiver = Receiver {
@@ -782,4 +810,141 @@ fn webhooks_deliver_every_event_of_both_nodes_signed_through_an_outage_and_a_kil
         "{} events accepted, {total} delivered (at least once each)",
         want.len()
     );
+}
+
+/// The whole of it through the control plane: outputs, an export endpoint, tokens and two
+/// webhooks made with its API; two nodes following it on an S3-compatible lake; events over
+/// HTTP and MQTT to both, all read from one node's endpoint and all delivered, signed, to a
+/// working receiver; and a receiver that never answers 2xx ends with its subscription
+/// disabled and the workspace's Admin mailed (aiosmtpd).
+#[test]
+fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_receiver_is_disabled(
+) {
+    use common::controlplane::{verified_user, wait_mail, Api, SmtpServer};
+    let dir = tempfile::tempdir().expect("tempdir");
+    let s3 = S3Server::start(&dir.path().join("s3"), free_port());
+    std::fs::create_dir_all(s3.root.join("lake")).expect("bucket");
+    let mail = SmtpServer::start(&dir.path().join("mail"));
+    let api_port = free_port();
+    let _control = Proc::start(
+        &[
+            "controlplane",
+            "--data-dir",
+            &dir.path().join("cp").display().to_string(),
+            "--api-addr",
+            &format!("127.0.0.1:{api_port}"),
+            "--cluster-secret",
+            CLUSTER_SECRET,
+            "--smtp-url",
+            &mail.url(),
+            "--smtp-allow-private-hosts",
+        ]
+        .map(String::from),
+        dir.path().join("cp.log"),
+        format!("http://127.0.0.1:{api_port}/healthz"),
+    );
+    let api = Api::new(format!("http://127.0.0.1:{api_port}"));
+    let ada = verified_user(&api, &mail.maildir, "ada@example.com");
+    let create = |path: &str, body: Value| -> Value {
+        let a = api.post(path, Some(&ada.token), body);
+        assert_eq!(a.status, 201, "{path}: {}", a.body);
+        a.json()
+    };
+    create("/api/v1/workspaces", json!({"name": "Fleet", "slug": "fleet"}));
+    let ws = "/api/v1/workspaces/fleet";
+    create(&format!("{ws}/sources"), json!({"slug": "telemetry"}));
+    create(
+        &format!("{ws}/outputs"),
+        json!({"slug": "all", "source": "telemetry", "fields": [{"from": "/n"}]}),
+    );
+    create(&format!("{ws}/export-endpoints"), json!({"slug": "everything", "output": "all"}));
+    let ingest = create(&format!("{ws}/tokens"), json!({"name": "fleet", "scopes": ["ingest"]}))
+        ["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    let read = create(
+        &format!("{ws}/tokens"),
+        json!({"name": "reader", "scopes": ["read"], "endpoints": ["everything"]}),
+    )["secret"]
+        .as_str()
+        .expect("secret")
+        .to_owned();
+    // Two receivers: one that works, one that answers 503 forever.
+    let webhook = |slug: &str, port: u16, extra: Value| -> String {
+        let mut body = json!({"slug": slug, "output": "all",
+            "url": format!("http://127.0.0.1:{port}/hook"), "batch_interval_ms": 100});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        create(&format!("{ws}/webhooks"), body)["secret"]
+            .as_str()
+            .expect("the secret, shown once")
+            .to_owned()
+    };
+    // The receiver must know the secret, which the creation makes: bind first, start after.
+    let good_port = free_port();
+    let dead_port = free_port();
+    let good = {
+        let secret = webhook("good", good_port, json!({}));
+        Receiver::start_on(good_port, &secret, true)
+    };
+    let dead = {
+        let secret = webhook("dead", dead_port, json!({"disable_after_s": 60}));
+        Receiver::start_on(dead_port, &secret, false)
+    };
+
+    let lake = "s3://lake/sluice";
+    let follow = [
+        "--control-plane".to_owned(),
+        format!("http://127.0.0.1:{api_port}"),
+        "--cluster-secret".to_owned(),
+        CLUSTER_SECRET.to_owned(),
+    ];
+    let a = start_node_with(dir.path(), "node-a", &follow, lake, s3.env());
+    let b = start_node_with(dir.path(), "node-b", &follow, lake, s3.env());
+    // Both nodes have the configuration (and so the webhooks) once they take the token.
+    for node in [&a, &b] {
+        let url = node.url("/v1/ingest/fleet/telemetry");
+        assert!(wait_for(Duration::from_secs(20), || {
+            post(&url, &[("authorization", &format!("Bearer {ingest}"))], b"").status != 503
+        }));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let mut sent = send_http_as(&a, &ingest, (0..30).map(|i| format!("ca-{i}")));
+    sent.extend(send_mqtt_as(&b, &ingest, "cb", 30));
+    sent.extend(send_http_as(&b, &ingest, (0..30).map(|i| format!("cc-{i}"))));
+    let want: HashSet<String> = sent.iter().cloned().collect();
+
+    let script = consumer_script(dir.path());
+    let url = a.url("/v1/stream/fleet/everything?from=beginning");
+    let consumer = Consumer::start_with(&script, &url, &read, &dir.path().join("state"));
+    let mut seen = Vec::new();
+    consumer.collect_until(&mut seen, &sent);
+    assert!(
+        wait_for(Duration::from_secs(30), || good.received() == want),
+        "the good receiver got {} of {}",
+        good.received().len(),
+        want.len()
+    );
+    assert_eq!(good.bad_signatures.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(dead.requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "the dead receiver was tried");
+
+    // The deliveries the nodes reported are in the control plane's log.
+    let log = api.get(&format!("{ws}/webhooks/good/deliveries"), &ada.token);
+    assert_eq!(log.status, 200, "{}", log.body);
+    assert!(log.body.contains("delivered"), "{}", log.body);
+
+    // 60 s of nothing but 503: disabled, and the Admin is told.
+    let disabled = wait_for(Duration::from_secs(120), || {
+        api.get(&format!("{ws}/webhooks/dead"), &ada.token).json()["status"] == "disabled"
+    });
+    assert!(disabled, "{}", api.get(&format!("{ws}/webhooks/dead"), &ada.token).body);
+    let told = wait_mail(&mail.maildir, "ada@example.com", "Webhook dead of Fleet disabled", 0);
+    assert!(told.body.contains("\"enabled\": true"), "{}", told.body);
+    // Once the nodes have the new version, the dead receiver hears nothing more.
+    std::thread::sleep(Duration::from_secs(3));
+    let tried = dead.requests.load(std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(dead.requests.load(std::sync::atomic::Ordering::SeqCst), tried);
 }

@@ -145,7 +145,7 @@ pub struct ExportConfig {
     /// Threads reading and decoding files for readers.
     pub threads: usize,
     /// Memory for files decoded recently, shared by the node's readers and webhook
-    /// deliveries (a file larger than half of it is not kept).
+    /// deliveries (a file larger than all of it is not kept).
     pub cache_bytes_max: usize,
 }
 
@@ -158,7 +158,7 @@ impl Default for ExportConfig {
             page_bytes_max: 8 << 20,
             heartbeat_ms: 15_000,
             threads: 1,
-            cache_bytes_max: 256 << 20,
+            cache_bytes_max: 512 << 20,
         }
     }
 }

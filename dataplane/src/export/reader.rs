@@ -94,7 +94,7 @@ impl FileCache {
 
     fn put(&self, path: &str, rows: Arc<Vec<StoredRows>>) {
         let bytes: usize = rows.iter().map(StoredRows::bytes).sum();
-        if bytes > self.bytes_max / 2 {
+        if bytes > self.bytes_max {
             return;
         }
         let Ok(mut files) = self.files.lock() else {
