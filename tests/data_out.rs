@@ -108,7 +108,10 @@ fn start_node(
     lake: &str,
     env: Vec<(String, String)>,
 ) -> Node {
-    let config = ["--config-snapshot".to_owned(), snapshot.display().to_string()];
+    let config = [
+        "--config-snapshot".to_owned(),
+        snapshot.display().to_string(),
+    ];
     start_node_with(dir, name, &config, lake, env)
 }
 
@@ -805,6 +808,34 @@ fn webhooks_deliver_every_event_of_both_nodes_signed_through_an_outage_and_a_kil
         0,
         "every request signed with the subscription's secret"
     );
+    // The node counts its attempts: refused ones first, then delivered ones.
+    let metrics = agent()
+        .get(a.url("/metrics"))
+        .call()
+        .expect("metrics")
+        .into_body()
+        .read_to_string()
+        .expect("text");
+    let count = |line_start: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(line_start))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    assert!(
+        count("sluice_webhook_attempts_total{outcome=\"retrying\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        count("sluice_webhook_attempts_total{outcome=\"delivered\"}") > 0,
+        "{metrics}"
+    );
+    assert!(
+        count("sluice_webhook_events_delivered_total") >= 30,
+        "{metrics}"
+    );
     let total = receiver.events.lock().expect("events").len();
     eprintln!(
         "{} events accepted, {total} delivered (at least once each)",
@@ -818,8 +849,8 @@ fn webhooks_deliver_every_event_of_both_nodes_signed_through_an_outage_and_a_kil
 /// working receiver; and a receiver that never answers 2xx ends with its subscription
 /// disabled and the workspace's Admin mailed (aiosmtpd).
 #[test]
-fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_receiver_is_disabled(
-) {
+fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_receiver_is_disabled()
+{
     use common::controlplane::{verified_user, wait_mail, Api, SmtpServer};
     let dir = tempfile::tempdir().expect("tempdir");
     let s3 = S3Server::start(&dir.path().join("s3"), free_port());
@@ -850,16 +881,24 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
         assert_eq!(a.status, 201, "{path}: {}", a.body);
         a.json()
     };
-    create("/api/v1/workspaces", json!({"name": "Fleet", "slug": "fleet"}));
+    create(
+        "/api/v1/workspaces",
+        json!({"name": "Fleet", "slug": "fleet"}),
+    );
     let ws = "/api/v1/workspaces/fleet";
     create(&format!("{ws}/sources"), json!({"slug": "telemetry"}));
     create(
         &format!("{ws}/outputs"),
         json!({"slug": "all", "source": "telemetry", "fields": [{"from": "/n"}]}),
     );
-    create(&format!("{ws}/export-endpoints"), json!({"slug": "everything", "output": "all"}));
-    let ingest = create(&format!("{ws}/tokens"), json!({"name": "fleet", "scopes": ["ingest"]}))
-        ["secret"]
+    create(
+        &format!("{ws}/export-endpoints"),
+        json!({"slug": "everything", "output": "all"}),
+    );
+    let ingest = create(
+        &format!("{ws}/tokens"),
+        json!({"name": "fleet", "scopes": ["ingest"]}),
+    )["secret"]
         .as_str()
         .expect("secret")
         .to_owned();
@@ -913,7 +952,11 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
     std::thread::sleep(Duration::from_millis(500));
     let mut sent = send_http_as(&a, &ingest, (0..30).map(|i| format!("ca-{i}")));
     sent.extend(send_mqtt_as(&b, &ingest, "cb", 30));
-    sent.extend(send_http_as(&b, &ingest, (0..30).map(|i| format!("cc-{i}"))));
+    sent.extend(send_http_as(
+        &b,
+        &ingest,
+        (0..30).map(|i| format!("cc-{i}")),
+    ));
     let want: HashSet<String> = sent.iter().cloned().collect();
 
     let script = consumer_script(dir.path());
@@ -927,8 +970,15 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
         good.received().len(),
         want.len()
     );
-    assert_eq!(good.bad_signatures.load(std::sync::atomic::Ordering::SeqCst), 0);
-    assert!(dead.requests.load(std::sync::atomic::Ordering::SeqCst) > 0, "the dead receiver was tried");
+    assert_eq!(
+        good.bad_signatures
+            .load(std::sync::atomic::Ordering::SeqCst),
+        0
+    );
+    assert!(
+        dead.requests.load(std::sync::atomic::Ordering::SeqCst) > 0,
+        "the dead receiver was tried"
+    );
 
     // The deliveries the nodes reported are in the control plane's log.
     let log = api.get(&format!("{ws}/webhooks/good/deliveries"), &ada.token);
@@ -939,12 +989,24 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
     let disabled = wait_for(Duration::from_secs(120), || {
         api.get(&format!("{ws}/webhooks/dead"), &ada.token).json()["status"] == "disabled"
     });
-    assert!(disabled, "{}", api.get(&format!("{ws}/webhooks/dead"), &ada.token).body);
-    let told = wait_mail(&mail.maildir, "ada@example.com", "Webhook dead of Fleet disabled", 0);
+    assert!(
+        disabled,
+        "{}",
+        api.get(&format!("{ws}/webhooks/dead"), &ada.token).body
+    );
+    let told = wait_mail(
+        &mail.maildir,
+        "ada@example.com",
+        "Webhook dead of Fleet disabled",
+        0,
+    );
     assert!(told.body.contains("\"enabled\": true"), "{}", told.body);
     // Once the nodes have the new version, the dead receiver hears nothing more.
     std::thread::sleep(Duration::from_secs(3));
     let tried = dead.requests.load(std::sync::atomic::Ordering::SeqCst);
     std::thread::sleep(Duration::from_secs(3));
-    assert_eq!(dead.requests.load(std::sync::atomic::Ordering::SeqCst), tried);
+    assert_eq!(
+        dead.requests.load(std::sync::atomic::Ordering::SeqCst),
+        tried
+    );
 }

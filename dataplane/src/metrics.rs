@@ -54,6 +54,18 @@ pub struct MqttMetrics {
     pub ack_seconds: Histogram,
 }
 
+/// Metrics of export endpoints and webhook deliveries.
+pub struct DataOutMetrics {
+    /// Live (SSE) streams open.
+    pub export_streams: Gauge,
+    /// Events sent to readers of export endpoints (live and pages).
+    pub export_events_total: Counter,
+    /// Webhook attempts by outcome (`delivered`, `retrying`, `failed`).
+    pub webhook_attempts_total: Family<Outcome, Counter>,
+    /// Events in batches receivers took.
+    pub webhook_events_delivered_total: Counter,
+}
+
 /// Metrics of the HTTP front end.
 pub struct NodeMetrics {
     pub requests_total: Family<Outcome, Counter>,
@@ -73,6 +85,7 @@ pub struct NodeMetrics {
     /// 1 while the configuration stream from the control plane is connected.
     pub config_stream_connected: Gauge,
     pub mqtt: MqttMetrics,
+    pub data_out: DataOutMetrics,
     registry: Registry,
 }
 
@@ -114,6 +127,12 @@ impl NodeMetrics {
                 qos0_lane_total: Counter::default(),
                 sessions_closed_total: Family::default(),
                 ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+            },
+            data_out: DataOutMetrics {
+                export_streams: Gauge::default(),
+                export_events_total: Counter::default(),
+                webhook_attempts_total: Family::default(),
+                webhook_events_delivered_total: Counter::default(),
             },
             registry: Registry::default(),
         };
@@ -188,6 +207,27 @@ impl NodeMetrics {
             "mqtt_ack_seconds",
             "Time from a QoS 1 or 2 PUBLISH to its durable PUBACK or PUBREC",
             mqtt.ack_seconds.clone(),
+        );
+        let out = &metrics.data_out;
+        registry.register(
+            "export_streams",
+            "Live (SSE) export streams open",
+            out.export_streams.clone(),
+        );
+        registry.register(
+            "export_events",
+            "Events sent to readers of export endpoints (live streams and pages)",
+            out.export_events_total.clone(),
+        );
+        registry.register(
+            "webhook_attempts",
+            "Webhook delivery attempts from this node by outcome (delivered, retrying, failed)",
+            out.webhook_attempts_total.clone(),
+        );
+        registry.register(
+            "webhook_events_delivered",
+            "Events in webhook batches receivers took",
+            out.webhook_events_delivered_total.clone(),
         );
         storage.register(&mut registry);
         NodeMetrics {

@@ -165,6 +165,7 @@ impl Node {
             export_lake.clone(),
             file_cache.clone(),
             shipper.status(),
+            metrics.clone(),
             export_runtime.handle().clone(),
             config.export.clone(),
             shutdown.clone(),
@@ -237,6 +238,7 @@ impl Node {
             cursors,
             shipper: shipper.status(),
             cache: file_cache,
+            metrics: metrics.clone(),
             cluster_secret: config.cluster_secret.clone(),
             report_to: config.control_plane.clone().map(|url| ReportTo {
                 control_plane: url,

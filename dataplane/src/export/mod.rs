@@ -41,6 +41,7 @@ use crate::admit::now_us;
 use crate::config::ExportConfig;
 use crate::http::api::{access_problem, bearer_token};
 use crate::http::problem::{Problem, ProblemType};
+use crate::metrics::NodeMetrics;
 use cursor::Cursor;
 use reader::{FileCache, ReadSpec, Reader};
 
@@ -51,6 +52,7 @@ pub struct Exports {
     cache: Arc<FileCache>,
     /// Wakes live streams when this node commits a file (others' files need a poll).
     shipper: Arc<ShipperStatus>,
+    metrics: Arc<NodeMetrics>,
     runtime: tokio::runtime::Handle,
     streams: Arc<Semaphore>,
     settings: ExportConfig,
@@ -110,6 +112,7 @@ impl Exports {
         lake: Lake,
         cache: Arc<FileCache>,
         shipper: Arc<ShipperStatus>,
+        metrics: Arc<NodeMetrics>,
         runtime: tokio::runtime::Handle,
         settings: ExportConfig,
         shutdown: Shutdown,
@@ -118,6 +121,7 @@ impl Exports {
             lake,
             cache,
             shipper,
+            metrics,
             runtime,
             streams: Arc::new(Semaphore::new(settings.streams_max)),
             settings,
@@ -249,13 +253,18 @@ impl Exports {
         let read = self.runtime.spawn(async move {
             let mut reader = exports.reader(grant, start).await?;
             let mut body = Vec::new();
-            reader
+            let events = reader
                 .read(limit, |event| {
                     body.extend_from_slice(event.json);
                     body.push(b'\n');
                     body.len() < bytes_max
                 })
                 .await?;
+            exports
+                .metrics
+                .data_out
+                .export_events_total
+                .inc_by(events as u64);
             Ok::<_, reader::ReadError>((body, reader.cursor().encode()))
         });
         let (body, cursor) = match read.await {
@@ -321,6 +330,12 @@ impl Exports {
         still_allowed: impl Fn() -> bool,
         _permit: OwnedSemaphorePermit,
     ) {
+        let streams = &self.metrics.data_out.export_streams;
+        streams.inc();
+        // Counted down however the stream ends.
+        let _open = scopeguard(|| {
+            streams.dec();
+        });
         let mut shutdown = self.shutdown.clone();
         let poll = Duration::from_millis(self.settings.poll_ms.max(10));
         let heartbeat = Duration::from_millis(self.settings.heartbeat_ms.max(100));
@@ -361,7 +376,10 @@ impl Exports {
                 })
                 .await;
             let emitted = match read {
-                Ok(n) => n,
+                Ok(n) => {
+                    self.metrics.data_out.export_events_total.inc_by(n as u64);
+                    n
+                }
                 Err(err) => {
                     warn!(error = %err, "export stream read failed; retrying");
                     0
@@ -400,6 +418,19 @@ impl Exports {
             quiet += poll;
         }
     }
+}
+
+/// Runs `f` when dropped.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
 }
 
 /// Sleeps `duration`; true if the node is stopping.

@@ -19,6 +19,7 @@ use super::client::WebhookClient;
 use super::cursors::Cursors;
 use crate::access::ActiveWebhook;
 use crate::export::reader::{FileCache, ReadSpec, Reader};
+use crate::metrics::{NodeMetrics, Outcome};
 
 /// First retry delay; doubles up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(1);
@@ -38,6 +39,7 @@ pub struct Delivery {
     pub reports: mpsc::Sender<WebhookAttempt>,
     pub shipper: Arc<ShipperStatus>,
     pub cache: Arc<FileCache>,
+    pub metrics: Arc<NodeMetrics>,
 }
 
 /// How one attempt ended.
@@ -214,6 +216,19 @@ impl Delivery {
             error,
             webhook_message_id: message_id.to_owned(),
         };
+        let metrics = &self.metrics.data_out;
+        let label = match outcome {
+            WebhookOutcome::Delivered => "delivered",
+            WebhookOutcome::Retrying => "retrying",
+            WebhookOutcome::Failed => "failed",
+        };
+        metrics
+            .webhook_attempts_total
+            .get_or_create(&Outcome { outcome: label })
+            .inc();
+        if outcome == WebhookOutcome::Delivered {
+            metrics.webhook_events_delivered_total.inc_by(events as u64);
+        }
         if self.reports.try_send(attempt).is_err() {
             debug!("webhook attempt reports are backed up; one dropped");
         }

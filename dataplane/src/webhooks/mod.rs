@@ -35,6 +35,7 @@ use uuid::Uuid;
 
 use crate::access::{Access, ActiveWebhook};
 use crate::export::reader::FileCache;
+use crate::metrics::NodeMetrics;
 use client::WebhookClient;
 use cursors::Cursors;
 use deliver::Delivery;
@@ -60,6 +61,7 @@ pub struct Webhooks {
     pub cursors: Arc<Cursors>,
     pub shipper: Arc<ShipperStatus>,
     pub cache: Arc<FileCache>,
+    pub metrics: Arc<NodeMetrics>,
     /// Opens the subscriptions' sealed secrets; without it nothing can be signed.
     pub cluster_secret: Option<String>,
     pub report_to: Option<ReportTo>,
@@ -124,6 +126,7 @@ impl Webhooks {
                     reports: reports.clone(),
                     shipper: self.shipper.clone(),
                     cache: self.cache.clone(),
+                    metrics: self.metrics.clone(),
                 };
                 let task = tokio::spawn(delivery.run(shutdown.clone()));
                 info!(webhook = %id, url = %webhook.config.url, "webhook deliveries started");
