@@ -1,12 +1,15 @@
 //! The workspace as an AsyncAPI 3.0.0 document: its sources as `ingest_<slug>` channels with
-//! the source's JSON Schema as message payload, and its tag rules, all with the ids that
-//! identify them on import (docs/asyncapi.md).
+//! the source's JSON Schema as message payload, its tag rules, and its outputs, export
+//! endpoints and webhooks (`data_out`), all with the ids that identify them on import
+//! (docs/asyncapi.md).
 //!
-//! The document is built from one consistent read of the state and is a pure function of it
-//! (and of the public URLs): maps are ordered by key, sources by slug, tag rules in their
-//! order, so that the same workspace always exports the same bytes. It never holds a secret:
-//! no token, hash or password is part of a source or a tag rule.
+//! The document is built from one consistent read of the state and is a pure function of the
+//! workspace (and of the public URLs): maps are ordered by key, entities by slug, tag rules in
+//! their order, and its version is the workspace's own (`State::workspace_version`), so that
+//! the same workspace always exports the same bytes, whatever other workspaces do. It never
+//! holds a secret: no token, hash, password or webhook secret is written.
 
+pub mod data_out;
 pub mod import;
 #[cfg(test)]
 mod roundtrip;
@@ -136,9 +139,13 @@ pub fn export(state: &State, ws: &Workspace, urls: &PublicUrls) -> Value {
         json!([{"$ref": "#/components/securitySchemes/mqttToken"}]),
     );
 
-    let mut channels = Map::new();
-    let mut operations = Map::new();
-    let mut messages = Map::new();
+    let mut parts = data_out::Parts::default();
+    let data_out::Parts {
+        channels,
+        operations,
+        messages,
+        ..
+    } = &mut parts;
     for source in &sources {
         let channel_key = format!("{INGEST_CHANNEL_PREFIX}{}", source.slug);
         let message_key = format!("{SOURCE_MESSAGE_PREFIX}{}", source.slug);
@@ -213,27 +220,34 @@ pub fn export(state: &State, ws: &Workspace, urls: &PublicUrls) -> Value {
         messages.insert(message_key, message);
     }
 
+    data_out::export(state, ws, &mut parts);
+    let mut servers = parts.servers;
+    servers.insert("http".into(), Value::Object(http));
+    servers.insert("mqtt".into(), Value::Object(mqtt));
+    let version = state.workspace_version(ws.id);
     json!({
         "asyncapi": ASYNCAPI_VERSION,
         "info": {
             "title": ws.name,
-            "version": state.config_version.to_string(),
+            "version": version.to_string(),
             "description": format!(
                 "Workspace {:?} of Sluice: its ingest channels, the schemas that check their \
-                 events and the tag rules that shape them. Entities are identified by the ids \
-                 in the x-sluice-* extensions; channel and message keys are advisory.",
+                 events and the tag rules that shape them; its export endpoints (stream \
+                 channels) and webhooks, and the outputs they carry. Entities are identified \
+                 by the ids in the x-sluice-* extensions; channel and message keys are \
+                 advisory.",
                 ws.slug
             ),
             "x-sluice-workspaceId": ws.id,
             "x-sluice-workspaceSlug": ws.slug,
-            "x-sluice-configVersion": state.config_version,
+            "x-sluice-configVersion": version,
         },
         "defaultContentType": "application/json",
-        "servers": {"http": http, "mqtt": mqtt},
-        "channels": channels,
-        "operations": operations,
+        "servers": servers,
+        "channels": parts.channels,
+        "operations": parts.operations,
         "components": {
-            "messages": messages,
+            "messages": parts.messages,
             "securitySchemes": {
                 "ingestToken": {
                     "type": "http",
@@ -243,6 +257,11 @@ pub fn export(state: &State, ws: &Workspace, urls: &PublicUrls) -> Value {
                 "mqttToken": {
                     "type": "userPassword",
                     "description": "User name: the workspace slug; password: a workspace access token with the ingest scope",
+                },
+                "readToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A workspace access token with the read scope (and, when it names endpoints, this one), as `Authorization: Bearer <token>`",
                 },
             },
         },

@@ -53,6 +53,9 @@ const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp"
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("email_deliveries");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFIG_VERSION: &str = "config_version";
+/// Prefix of the `meta` keys `workspace_version/<workspace id>`: the configuration version of
+/// the workspace's last change that its AsyncAPI document shows.
+const WORKSPACE_VERSION_PREFIX: &str = "workspace_version/";
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +124,11 @@ pub struct State {
     pub deliveries: BTreeMap<(Uuid, Uuid), Delivery>,
     /// Version of the data-plane configuration derived from this state.
     pub config_version: u64,
+    /// Workspace id -> the configuration version of its last change that its AsyncAPI document
+    /// shows (the workspace, its sources, tag rules, outputs, export endpoints and webhooks):
+    /// the document's `x-sluice-configVersion`, which `If-Match` compares, so that changes in
+    /// other workspaces do not make an import fail.
+    pub workspace_versions: HashMap<Uuid, u64>,
 }
 
 /// One edit of the state.
@@ -225,6 +233,7 @@ impl State {
                 if let Some(ws) = self.workspaces.remove(&id) {
                     self.slugs.remove(&ws.slug);
                 }
+                self.workspace_versions.remove(&id);
             }
             Change::PutMember(m) => {
                 self.members.insert((m.workspace_id, m.user_id), m);
@@ -309,6 +318,36 @@ impl State {
             Change::DeleteDelivery(ws, id) => {
                 self.deliveries.remove(&(ws, id));
             }
+        }
+    }
+
+    /// The configuration version of `workspace`'s last change its AsyncAPI document shows; 0
+    /// for a workspace not changed since the control plane began keeping it.
+    pub fn workspace_version(&self, workspace: Uuid) -> u64 {
+        self.workspace_versions
+            .get(&workspace)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The workspace whose AsyncAPI document `change` changes, if any (read before the change
+    /// is applied, so that a deletion still finds what it deletes). Tokens are not in the
+    /// document, so a new token does not make an import of an earlier export fail.
+    fn document_workspace(&self, change: &Change) -> Option<Uuid> {
+        match change {
+            Change::PutWorkspace(ws) => Some(ws.id),
+            Change::PutSource(x) => Some(x.workspace_id),
+            Change::DeleteSource(id) => self.sources.get(id).map(|x| x.workspace_id),
+            Change::PutTagRules(r) => Some(r.workspace_id),
+            Change::PutOutput(o) => Some(o.workspace_id),
+            Change::DeleteOutput(id) => self.outputs.get(id).map(|o| o.workspace_id),
+            Change::PutExportEndpoint(e) => Some(e.workspace_id),
+            Change::DeleteExportEndpoint(id) => {
+                self.export_endpoints.get(id).map(|e| e.workspace_id)
+            }
+            Change::PutWebhook(w) => Some(w.workspace_id),
+            Change::DeleteWebhook(id) => self.webhooks.get(id).map(|w| w.workspace_id),
+            _ => None,
         }
     }
 
@@ -534,11 +573,24 @@ impl Store {
             for d in load_table::<Delivery>(&txn, DELIVERIES)? {
                 state.apply(Change::PutDelivery(d));
             }
-            state.config_version = match txn.open_table(META) {
-                Ok(meta) => meta.get(CONFIG_VERSION)?.map(|v| v.value()).unwrap_or(0),
-                Err(redb::TableError::TableDoesNotExist(_)) => 0,
+            match txn.open_table(META) {
+                Ok(meta) => {
+                    state.config_version =
+                        meta.get(CONFIG_VERSION)?.map(|v| v.value()).unwrap_or(0);
+                    for row in meta.iter()? {
+                        let (key, value) = row?;
+                        let id = key
+                            .value()
+                            .strip_prefix(WORKSPACE_VERSION_PREFIX)
+                            .and_then(|id| Uuid::parse_str(id).ok());
+                        if let Some(id) = id {
+                            state.workspace_versions.insert(id, value.value());
+                        }
+                    }
+                }
+                Err(redb::TableError::TableDoesNotExist(_)) => {}
                 Err(e) => return Err(e.into()),
-            };
+            }
         }
         Ok(Store {
             db,
@@ -572,17 +624,37 @@ impl Store {
             return Ok(value);
         }
         let bump = changes.iter().any(Change::affects_config);
-        let version = self.read(|s| s.config_version) + u64::from(bump);
-        self.commit(&changes, bump.then_some(version))?;
+        let (version, workspaces) = self.read(|s| {
+            let mut workspaces: Vec<Uuid> = changes
+                .iter()
+                .filter_map(|c| s.document_workspace(c))
+                .collect();
+            workspaces.sort();
+            workspaces.dedup();
+            (s.config_version + u64::from(bump), workspaces)
+        });
+        // Every change a document shows affects the configuration, so it has a new version.
+        let workspaces = if bump { workspaces } else { Vec::new() };
+        self.commit(&changes, bump.then_some(version), &workspaces)?;
         let mut state = self.state.write().unwrap_or_else(|e| e.into_inner());
         for change in changes {
             state.apply(change);
         }
         state.config_version = version;
+        for id in workspaces {
+            if state.workspaces.contains_key(&id) {
+                state.workspace_versions.insert(id, version);
+            }
+        }
         Ok(value)
     }
 
-    fn commit(&self, changes: &[Change], version: Option<u64>) -> Result<(), StoreError> {
+    fn commit(
+        &self,
+        changes: &[Change],
+        version: Option<u64>,
+        touched: &[Uuid],
+    ) -> Result<(), StoreError> {
         let txn = self.db.begin_write()?;
         {
             let mut users = txn.open_table(USERS)?;
@@ -721,8 +793,23 @@ impl Store {
                     }
                 }
             }
+            let mut meta = txn.open_table(META)?;
             if let Some(version) = version {
-                txn.open_table(META)?.insert(CONFIG_VERSION, version)?;
+                meta.insert(CONFIG_VERSION, version)?;
+                for id in touched {
+                    let deleted = changes
+                        .iter()
+                        .any(|c| matches!(c, Change::DeleteWorkspace(w) if w == id));
+                    if !deleted {
+                        let key = format!("{WORKSPACE_VERSION_PREFIX}{id}");
+                        meta.insert(key.as_str(), version)?;
+                    }
+                }
+            }
+            for change in changes {
+                if let Change::DeleteWorkspace(id) = change {
+                    meta.remove(format!("{WORKSPACE_VERSION_PREFIX}{id}").as_str())?;
+                }
             }
         }
         txn.commit()?;

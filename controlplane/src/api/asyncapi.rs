@@ -10,11 +10,15 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery};
 use crate::app::App;
+use std::collections::HashMap;
+
+use crate::asyncapi::data_out;
 use crate::asyncapi::import::{self, Plan, DOCUMENT_BYTES_MAX};
 use crate::auth::Caller;
 use crate::problem::{ApiError, ApiResult, FieldError, ProblemType};
 use crate::roles::Action;
 use crate::store::Change;
+use crate::webhook_client::{self, AddressError};
 
 /// Media type of the YAML form.
 const YAML: &str = "application/yaml";
@@ -84,12 +88,14 @@ pub struct ImportQuery {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct ImportAnswer {
     pub dry_run: bool,
-    /// Sources and tag rules created (with their new ids), updated and deleted; entities the
-    /// document leaves as they are appear in none.
+    /// Sources, tag rules, outputs, export endpoints and webhooks created (with their new ids;
+    /// a created webhook with its secret, once), updated and deleted; entities the document
+    /// leaves as they are appear in none.
     #[serde(flatten)]
     pub plan: Plan,
-    /// The configuration version after the import (unchanged by a dry run, or by an import
-    /// that changes nothing).
+    /// The workspace's version after the import, as the next export's
+    /// `x-sluice-configVersion` (unchanged by a dry run, or by an import that changes
+    /// nothing); nodes at this configuration version or later have the workspace as imported.
     pub config_version: u64,
 }
 
@@ -143,14 +149,13 @@ fn is_yaml(headers: &HeaderMap) -> bool {
         })
 }
 
-/// Replace the workspace's sources and tag rules with an AsyncAPI document's, in one
-/// configuration version: entities with a known id are updated, entries without an id are
-/// created, entities absent from the document are deleted (docs/asyncapi.md). JSON, or YAML
-/// with `Content-Type: application/yaml`; at most 4 MiB. `If-Match` with the exported
-/// `x-sluice-configVersion` refuses the import if the configuration changed since. Outputs are
-/// not in the document and stay: an import that would delete or rename a source an output
-/// reads, or give it a schema the output does not fit, is refused (`409 in-use`). Admin or
-/// Editor.
+/// Replace the workspace's sources, tag rules, outputs, export endpoints and webhooks with an
+/// AsyncAPI document's, in one configuration version: entities with a known id are updated,
+/// entries without an id are created, entities absent from the document are deleted
+/// (docs/asyncapi.md). JSON, or YAML with `Content-Type: application/yaml`; at most 4 MiB.
+/// Every problem is listed in one `422 invalid-asyncapi`. `If-Match` with the exported
+/// `x-sluice-configVersion` refuses the import if the workspace changed since. The answer
+/// holds the signing secret of each webhook the import created, this once. Admin or Editor.
 #[utoipa::path(put, path = "/api/v1/workspaces/{workspace}/asyncapi", tag = "asyncapi",
     params(("workspace" = String, Path, description = "Workspace id or slug"), ImportQuery,
         ("If-Match" = Option<String>, Header, description = "The exported x-sluice-configVersion")),
@@ -158,7 +163,6 @@ fn is_yaml(headers: &HeaderMap) -> bool {
         description = "An AsyncAPI 3.0.0 document as the export gives it"),
     responses((status = 200, body = ImportAnswer), (status = 400, body = crate::problem::ProblemBody),
         (status = 403, body = crate::problem::ProblemBody), (status = 404, body = crate::problem::ProblemBody),
-        (status = 409, body = crate::problem::ProblemBody),
         (status = 412, body = crate::problem::ProblemBody), (status = 413, body = crate::problem::ProblemBody),
         (status = 422, body = crate::problem::ProblemBody)))]
 pub async fn import_asyncapi(
@@ -171,8 +175,14 @@ pub async fn import_asyncapi(
 ) -> ApiResult<Json<ImportAnswer>> {
     // Who may import is known before the document is read: a Viewer's document is not parsed.
     app.store.read(|s| {
-        authorize(s, &caller, &workspace, Action::ManageSources)?;
-        authorize(s, &caller, &workspace, Action::ManageTagRules).map(drop)
+        for action in [
+            Action::ManageSources,
+            Action::ManageTagRules,
+            Action::ManageOutputs,
+        ] {
+            authorize(s, &caller, &workspace, action)?;
+        }
+        Ok::<_, ApiError>(())
     })?;
     let expected = if_match(&headers)?;
     let bytes = axum::body::to_bytes(body, DOCUMENT_BYTES_MAX + 1)
@@ -193,51 +203,118 @@ pub async fn import_asyncapi(
     .await
     .map_err(|e| ApiError::internal(format!("reading the document failed: {e}")))?
     .map_err(refused)?;
+    let allow_private = app.config.smtp_allow_private_hosts;
+    let url_checks = check_webhook_urls(&app, &caller, &workspace, &proposed).await?;
     let sources_max = app.config.sources_per_workspace_max;
+    let actor = caller.user.email.clone();
     let apply = move |s: &crate::store::State| {
         let (ws, _) = authorize(s, &caller, &workspace, Action::ManageSources)?;
+        let version = s.workspace_version(ws.id);
         if let Some(expected) = expected {
-            if expected != s.config_version {
+            if expected != version {
                 return Err(ApiError::new(
                     ProblemType::ConfigChanged,
                     format!(
-                        "the configuration is at version {} since the export at {expected}: \
-                         export the document again and redo the edit",
-                        s.config_version
+                        "workspace {:?} changed at configuration version {version}, after the \
+                         export at {expected}: export the document again and redo the edit",
+                        ws.slug
                     ),
                 ));
             }
         }
-        let (plan, changes) = import::plan(s, ws, proposed, sources_max).map_err(refused)?;
-        // The document does not carry outputs: they stay, so the sources they read must too.
-        crate::references::refuse_broken_outputs(s, ws, &changes)?;
+        let cx = data_out::Context {
+            allow_private,
+            actor: &actor,
+            url_checks: &url_checks,
+        };
+        let (plan, changes) = import::plan(s, ws, proposed, sources_max, &cx).map_err(refused)?;
         Ok::<_, ApiError>((ws.clone(), plan, changes))
     };
     if query.dry_run {
-        let (plan, version) = app
+        let plan = app
             .store
-            .read(|s| apply(s).map(|(_, plan, _)| (plan, s.config_version)))?;
+            .read(|s| apply(s).map(|(ws, plan, _)| (plan, ws)))?;
+        let (plan, ws) = plan;
+        let version = app.store.read(|s| s.workspace_version(ws.id));
         return Ok(Json(ImportAnswer {
             dry_run: true,
             plan,
             config_version: version,
         }));
     }
-    let plan = app
+    let worker = app.clone();
+    let (plan, ws) = app
         .write(move |s| {
-            let (ws, plan, changes) = apply(s)?;
+            let (ws, mut plan, mut changes) = apply(s)?;
             if !changes.is_empty() {
                 require_enabled_in(s, &ws)?;
             }
-            Ok((changes, plan))
+            // Webhooks the import creates get a secret, as those the API creates; it is in
+            // this answer only.
+            for change in &mut changes {
+                let Change::PutWebhook(webhook) = change else {
+                    continue;
+                };
+                let Some(entry) = plan
+                    .created
+                    .iter_mut()
+                    .find(|e| e.kind == "webhook" && e.id == webhook.id)
+                else {
+                    continue;
+                };
+                entry.secret = Some(super::webhooks::new_secret(&worker, webhook)?);
+            }
+            Ok((changes, (plan, ws)))
         })
         .await?;
-    let config_version = app.store.read(|s| s.config_version);
+    let config_version = app.store.read(|s| s.workspace_version(ws.id));
     Ok(Json(ImportAnswer {
         dry_run: false,
         plan,
         config_version,
     }))
+}
+
+/// Resolves the host of every webhook URL of the document that is new or changed, as the
+/// webhooks API does when a URL is saved (at most 50, at once, each within the client's 5 s):
+/// URL -> why it is refused. Unchanged URLs are not resolved again, so that importing an
+/// export does not depend on DNS (nodes check every connection anyway).
+async fn check_webhook_urls(
+    app: &App,
+    caller: &Caller,
+    workspace: &str,
+    proposed: &import::Proposed,
+) -> ApiResult<HashMap<String, Result<(), String>>> {
+    let allow_private = app.config.smtp_allow_private_hosts;
+    let urls: Vec<String> = app.store.read(|s| {
+        let (ws, _) = authorize(s, caller, workspace, Action::ManageOutputs)?;
+        let mut urls: Vec<String> = proposed
+            .webhooks
+            .iter()
+            .filter(|w| {
+                let stored = w.id.and_then(|id| s.webhooks.get(&id));
+                !stored.is_some_and(|old| old.workspace_id == ws.id && old.url == w.url)
+            })
+            // A URL of the wrong form is refused by the plan without resolving it.
+            .filter(|w| sluice_config::data_out::check_webhook_url(&w.url, allow_private).is_ok())
+            .map(|w| w.url.clone())
+            .collect();
+        urls.sort();
+        urls.dedup();
+        Ok::<_, ApiError>(urls)
+    })?;
+    let checks = urls.into_iter().map(|url| async move {
+        let verdict = match webhook_client::checked_addresses(&url, allow_private).await {
+            Ok(_) => Ok(()),
+            Err(e @ AddressError::NotAllowed { .. }) => Err(format!("address-not-allowed: {e}")),
+            Err(e) => Err(format!("invalid-webhook: {e}")),
+        };
+        (url, verdict)
+    });
+    Ok(futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .collect())
 }
 
 /// Whether the document is public.

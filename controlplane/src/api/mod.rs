@@ -48,7 +48,8 @@ use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::roles::{Action, Role};
 use crate::store::State;
 
-pub(crate) use validate::{valid_display_name, valid_slug};
+pub(crate) use validate::{valid_display_name, valid_slug, valid_text};
+pub(crate) use webhooks::{DISABLE_AFTER_S_DEFAULT, DISABLE_AFTER_S_MAX, DISABLE_AFTER_S_MIN};
 
 /// A JSON body; malformed or mistyped bodies are refused with problem+json.
 ///

@@ -313,7 +313,7 @@ pub(super) fn configs_for_check(s: &Data, workspace: Uuid) -> Vec<WebhookConfig>
 }
 
 /// A new secret, sealed for the store and for nodes.
-fn new_secret(app: &App, webhook: &mut Webhook) -> ApiResult<String> {
+pub(super) fn new_secret(app: &App, webhook: &mut Webhook) -> ApiResult<String> {
     let secret = generate_secret();
     webhook.secret_sealed = app
         .secrets

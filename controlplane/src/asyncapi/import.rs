@@ -1,5 +1,7 @@
-//! Reading an AsyncAPI document back into a workspace's sources and tag rules: the document
-//! replaces them (known ids updated, entries without an id created, absent ones deleted).
+//! Reading an AsyncAPI document back into a workspace's sources, tag rules, outputs, export
+//! endpoints and webhooks: the document replaces them (known ids updated, entries without an
+//! id created, absent ones deleted). The data-out entities are `data_out`'s; this module reads
+//! the document around them and the sources and tag rules.
 //!
 //! Two steps, so that the expensive one never holds the store's writer: [`read`] checks the
 //! document on its own (its structure, every source's JSON Schema, every tag rule) and
@@ -17,6 +19,7 @@ use sluice_config::shaping::{self, Extract, OnInvalid, TagRule, TAG_RULES_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use super::data_out::{self, ChannelKind, ProposedEndpoint, ProposedOutput, ProposedWebhook};
 use super::{pointer_token, rewrite_refs, ASYNCAPI_VERSION};
 use crate::model::{Protocol, Source, TagRules, Workspace};
 use crate::problem::FieldError;
@@ -58,20 +61,27 @@ pub struct ProposedRule {
 }
 
 /// What a document asks for, checked on its own.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Proposed {
     pub sources: Vec<ProposedSource>,
     pub rules: Vec<ProposedRule>,
+    pub outputs: Vec<ProposedOutput>,
+    pub endpoints: Vec<ProposedEndpoint>,
+    pub webhooks: Vec<ProposedWebhook>,
 }
 
 /// One entity the import creates, updates or deletes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, ToSchema)]
 pub struct PlannedEntity {
-    /// `source` or `tag_rule`.
+    /// `source`, `tag_rule`, `output`, `export_endpoint` or `webhook`.
     pub kind: &'static str,
     pub id: Uuid,
-    /// The source's slug, or the tag rule's name.
+    /// The entity's slug, or a tag rule's name.
     pub name: String,
+    /// Only for a webhook an applied import created: its signing secret (`whsec_...`), in
+    /// this answer only. The document never holds secrets, so this is the one time it shows.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret: Option<String>,
 }
 
 /// What an import does.
@@ -84,13 +94,22 @@ pub struct Plan {
 
 /// Collects problems up to [`PROBLEMS_MAX`].
 #[derive(Default)]
-struct Problems(Vec<FieldError>);
+pub struct Problems(Vec<FieldError>);
 
 impl Problems {
-    fn add(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
+    pub fn add(&mut self, pointer: impl Into<String>, message: impl Into<String>) {
         if self.0.len() < PROBLEMS_MAX {
             self.0.push(FieldError::at(pointer, message));
         }
+    }
+
+    /// How many were found (to tell whether an entity added any).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
     }
 
     fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
@@ -404,10 +423,7 @@ pub fn read(document: &Value) -> Result<Proposed, Vec<FieldError>> {
     }
     let Some(root) = document.as_object() else {
         p.add("", "an AsyncAPI document is an object");
-        return p.into_result(Proposed {
-            sources: vec![],
-            rules: vec![],
-        });
+        return p.into_result(Proposed::default());
     };
     if root.get("asyncapi").and_then(Value::as_str) != Some(ASYNCAPI_VERSION) {
         p.add(
@@ -436,7 +452,7 @@ pub fn read(document: &Value) -> Result<Proposed, Vec<FieldError>> {
             p.add(format!("/{field}"), format!("{field} is an object"));
         }
     }
-    let mut sources = Vec::new();
+    let mut proposed = Proposed::default();
     match root.get("channels") {
         None => {}
         Some(Value::Object(channels)) if channels.len() > CHANNELS_MAX => p.add(
@@ -448,14 +464,34 @@ pub fn read(document: &Value) -> Result<Proposed, Vec<FieldError>> {
         ),
         Some(Value::Object(channels)) => {
             for (key, channel) in channels {
-                if let Some(source) = read_source(&mut p, document, key, channel) {
-                    sources.push(source);
+                let at = format!("/channels/{}", pointer_token(key));
+                let Some(fields) = channel.as_object() else {
+                    p.add(at, "a channel is an object");
+                    continue;
+                };
+                match data_out::channel_kind(&mut p, &at, key, fields) {
+                    ChannelKind::Source => {
+                        if let Some(source) = read_source(&mut p, document, key, channel) {
+                            proposed.sources.push(source);
+                        }
+                    }
+                    ChannelKind::Stream => {
+                        if let Some(e) = data_out::read_endpoint(&mut p, &at, key, fields) {
+                            proposed.endpoints.push(e);
+                        }
+                    }
+                    ChannelKind::Webhook => {
+                        if let Some(w) = data_out::read_webhook(&mut p, &at, key, fields) {
+                            proposed.webhooks.push(w);
+                        }
+                    }
                 }
             }
         }
         Some(_) => p.add("/channels", "channels is an object"),
     }
-    let mut rules = Vec::new();
+    proposed.outputs = data_out::read_outputs(&mut p, document);
+    let rules = &mut proposed.rules;
     match root.get("x-sluice-tagRules") {
         None => {}
         Some(Value::Array(list)) if list.len() > TAG_RULES_MAX => p.add(
@@ -490,7 +526,7 @@ pub fn read(document: &Value) -> Result<Proposed, Vec<FieldError>> {
             "x-sluice-tagRules is a list of tag rules",
         ),
     }
-    p.into_result(Proposed { sources, rules })
+    p.into_result(proposed)
 }
 
 /// Matches `proposed` against `ws` in `state`: the changes that make the workspace the
@@ -500,6 +536,7 @@ pub fn plan(
     ws: &Workspace,
     proposed: Proposed,
     sources_max: usize,
+    cx: &data_out::Context,
 ) -> Result<(Plan, Vec<Change>), Vec<FieldError>> {
     let mut p = Problems::default();
     let mut out = Plan::default();
@@ -517,6 +554,8 @@ pub fn plan(
     let mut ids = HashSet::new();
     let mut slugs = HashSet::new();
     let mut kept = HashSet::new();
+    // The workspace's sources as the import leaves them: slug -> schema.
+    let mut after: HashMap<String, Option<Value>> = HashMap::new();
     let now = Utc::now();
     for source in &proposed.sources {
         let at_id = format!("{}/x-sluice-sourceId", source.at);
@@ -565,6 +604,7 @@ pub fn plan(
             kind: "source",
             id: new.id,
             name: new.slug.clone(),
+            secret: None,
         };
         match old {
             None => out.created.push(entity),
@@ -572,6 +612,7 @@ pub fn plan(
             Some(_) => out.updated.push(entity),
         }
         kept.insert(new.id);
+        after.insert(new.slug.clone(), new.schema.clone());
         if old.is_none_or(|o| !same_source(o, &new)) {
             changes.push(Change::PutSource(new));
         }
@@ -587,6 +628,7 @@ pub fn plan(
             kind: "source",
             id: s.id,
             name: s.slug.clone(),
+            secret: None,
         });
         // Deletions first: a slug may move from a deleted source to a new one.
         changes.insert(0, Change::DeleteSource(s.id));
@@ -649,6 +691,7 @@ pub fn plan(
             kind: "tag_rule",
             id: new.id,
             name: new.name.clone(),
+            secret: None,
         };
         match old {
             None => out.created.push(entity),
@@ -662,6 +705,7 @@ pub fn plan(
             kind: "tag_rule",
             id: old.id,
             name: old.name.clone(),
+            secret: None,
         });
     }
     if let Err(e) = shaping::check_rules(&rules) {
@@ -673,6 +717,18 @@ pub fn plan(
             rules,
         }));
     }
+    data_out::plan(
+        &mut p,
+        state,
+        ws,
+        &after,
+        proposed.outputs,
+        proposed.endpoints,
+        proposed.webhooks,
+        cx,
+        &mut out,
+        &mut changes,
+    );
     p.into_result((out, changes))
 }
 
