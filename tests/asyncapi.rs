@@ -1,8 +1,9 @@
 //! The workspace as an AsyncAPI 3.0.0 document, against a real `sluice up`: the export in JSON
 //! and YAML passes the official AsyncAPI tooling (`@asyncapi/parser` 3 with no errors, and the
 //! 3.0.0 JSON Schema of `@asyncapi/specs` checked with Ajv, both from npm in
-//! `tests/asyncapi/`), carries every source and tag rule with its id, names this node's
-//! listeners, holds no secret, and is readable by every member and nobody else.
+//! `tests/asyncapi/`), carries every source, tag rule, output, export endpoint and webhook with
+//! its id, names this node's listeners, holds no secret, and is readable by every member and
+//! nobody else; an import replaces all of them, or refuses with every problem.
 
 mod common;
 
@@ -135,6 +136,49 @@ fn populate(api: &Api, jo: &User) -> (Vec<(String, String)>, Vec<String>) {
     (sources, rules)
 }
 
+/// A public receiver's URL that needs no DNS (the control plane checks where a host resolves).
+const RECEIVER: &str = "https://93.184.216.34/hooks/sluice?team={ops}";
+
+/// Outputs, an export endpoint and webhooks of `plant` (after `populate`): `hot` (readings,
+/// filtered and projected, one field a `$ref` of the source's schema) served by `live` and
+/// delivered by `crm`; `all` (telemetry) delivered by `audit`, disabled. Returns the webhooks'
+/// secrets.
+fn populate_data_out(api: &Api, jo: &User) -> Vec<String> {
+    for (path, body) in [
+        (
+            "outputs",
+            json!({"slug": "hot", "name": "Hot readings", "source": "readings",
+                   "filter": {"device_ids": ["dev-1"],
+                              "conditions": [{"pointer": "/temperature", "op": "gt", "value": 30}]},
+                   "fields": [{"from": "event_id"}, {"from": "device_id", "name": "device"},
+                              {"from": "/temperature", "name": "temp"}, {"from": "/reading"}]}),
+        ),
+        ("outputs", json!({"slug": "all", "source": "telemetry"})),
+        (
+            "export-endpoints",
+            json!({"slug": "live", "name": "Live board", "output": "hot"}),
+        ),
+    ] {
+        let a = api.post(
+            &format!("/api/v1/workspaces/plant/{path}"),
+            Some(&jo.token),
+            body,
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let mut secrets = Vec::new();
+    for body in [
+        json!({"slug": "crm", "output": "hot", "url": RECEIVER, "batch_events_max": 100}),
+        json!({"slug": "audit", "output": "all", "url": "https://93.184.216.34/audit",
+               "enabled": false, "disable_after_s": 600}),
+    ] {
+        let a = api.post("/api/v1/workspaces/plant/webhooks", Some(&jo.token), body);
+        assert_eq!(a.status, 201, "{}", a.body);
+        secrets.push(a.json()["secret"].as_str().expect("secret").to_owned());
+    }
+    secrets
+}
+
 #[test]
 fn the_export_passes_the_asyncapi_parser_and_the_official_schema_in_json_and_yaml() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -142,6 +186,7 @@ fn the_export_passes_the_asyncapi_parser_and_the_official_schema_in_json_and_yam
     let api = Api::new(sluice.api_url());
     let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
     let (sources, rules) = populate(&api, &jo);
+    let webhook_secrets = populate_data_out(&api, &jo);
     let a = api.post(
         "/api/v1/workspaces/plant/tokens",
         Some(&jo.token),
@@ -232,7 +277,97 @@ fn the_export_passes_the_asyncapi_parser_and_the_official_schema_in_json_and_yam
         "the rules as the tag-rules API shows them"
     );
 
-    // No secret: not the token, nor its hash or hint.
+    // Outputs, export endpoints and webhooks, each with its id.
+    let outputs = api
+        .get("/api/v1/workspaces/plant/outputs", &jo.token)
+        .json();
+    for output in outputs["items"].as_array().expect("outputs") {
+        let slug = output["slug"].as_str().expect("slug");
+        let message = &doc["components"]["messages"][format!("output_{slug}")];
+        assert_eq!(message["x-sluice-outputId"], output["id"], "{message}");
+        assert_eq!(message["x-sluice-source"], output["source"]);
+        assert_eq!(message["x-sluice-filter"], output["filter"]);
+        assert_eq!(message["x-sluice-fields"], output["fields"]);
+        assert_eq!(message["title"], output["name"]);
+    }
+    let hot = &doc["components"]["messages"]["output_hot"]["payload"];
+    assert_eq!(
+        hot["properties"]["reading"]["$ref"],
+        "#/components/messages/source_readings/payload/$defs/reading",
+        "a field of the source's schema refers into the source's payload"
+    );
+    assert_eq!(hot["properties"]["temp"]["type"], "number");
+    let endpoint = api
+        .get("/api/v1/workspaces/plant/export-endpoints/live", &jo.token)
+        .json();
+    let live = &doc["channels"]["stream_live"];
+    assert_eq!(live["x-sluice-endpointId"], endpoint["id"], "{live}");
+    assert_eq!(live["x-sluice-output"], "hot");
+    assert_eq!(live["address"], "/v1/stream/plant/live");
+    assert_eq!(live["title"], "Live board");
+    let read = &doc["operations"]["receive_stream_live"];
+    assert_eq!(read["action"], "receive");
+    assert_eq!(read["bindings"]["http"]["method"], "GET");
+    assert_eq!(
+        read["security"],
+        json!([{"$ref": "#/components/securitySchemes/readToken"}])
+    );
+    assert_eq!(
+        doc["components"]["messages"]["export_live"]["payload"]["$ref"],
+        "#/components/messages/output_hot/payload"
+    );
+    let webhooks = api
+        .get("/api/v1/workspaces/plant/webhooks", &jo.token)
+        .json();
+    for webhook in webhooks["items"].as_array().expect("webhooks") {
+        let slug = webhook["slug"].as_str().expect("slug");
+        let channel = &doc["channels"][format!("webhook_{slug}")];
+        assert_eq!(
+            channel["x-sluice-subscriptionId"], webhook["id"],
+            "{channel}"
+        );
+        assert_eq!(channel["x-sluice-url"], webhook["url"]);
+        assert_eq!(channel["x-sluice-output"], webhook["output"]);
+        assert_eq!(channel["x-sluice-enabled"], webhook["enabled"]);
+        assert_eq!(
+            channel["x-sluice-batchEventsMax"],
+            webhook["batch_events_max"]
+        );
+        assert_eq!(
+            channel["x-sluice-batchBytesMax"],
+            webhook["batch_bytes_max"]
+        );
+        assert_eq!(
+            channel["x-sluice-batchIntervalMs"],
+            webhook["batch_interval_ms"]
+        );
+        assert_eq!(
+            channel["x-sluice-disableAfterS"],
+            webhook["disable_after_s"]
+        );
+        assert_eq!(
+            doc["operations"][format!("receive_webhook_{slug}")]["action"],
+            "receive"
+        );
+        assert_eq!(
+            doc["servers"][format!("webhook_{slug}")]["host"],
+            "93.184.216.34"
+        );
+    }
+    assert_eq!(
+        doc["channels"]["webhook_crm"]["address"], "/hooks/sluice?team=%7Bops%7D",
+        "braces would be AsyncAPI parameters"
+    );
+    assert_eq!(
+        doc["components"]["messages"]["webhook_crm"]["payload"]["items"]["$ref"],
+        "#/components/messages/output_hot/payload"
+    );
+
+    // No secret: not the token, nor its hash or hint, nor a webhook's secret.
+    for webhook_secret in &webhook_secrets {
+        assert!(!a.body.contains(webhook_secret), "a webhook secret leaked");
+    }
+    assert!(!a.body.contains("whsec_") && !a.body.contains("sealed"));
     assert!(!a.body.contains(&secret), "the token leaked");
     assert!(!a.body.contains(&hint), "the token's hint leaked");
     for word in ["sha256", "\"hint\"", "\"secret\""] {
@@ -324,6 +459,7 @@ fn importing_the_export_changes_nothing_and_exports_the_same_bytes() {
     let api = Api::new(sluice.api_url());
     let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
     populate(&api, &jo);
+    populate_data_out(&api, &jo);
     let before = export(&api, &jo.token, "plant", None);
     for (content_type, body) in [
         ("application/json", before.body.clone()),
@@ -364,6 +500,7 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
     let api = Api::new(sluice.api_url());
     let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
     let (sources, rules) = populate(&api, &jo);
+    populate_data_out(&api, &jo);
     let a = api.post(
         "/api/v1/workspaces/plant/tokens",
         Some(&jo.token),
@@ -393,6 +530,22 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
             }}},
         }),
     );
+    // Delete the webhook `audit` by omission; add an output of the new source, an endpoint
+    // that serves it and a webhook that delivers it, all without ids.
+    channels.remove("webhook_audit");
+    channels.insert(
+        "stream_pumps".into(),
+        json!({"title": "Pumps live", "x-sluice-output": "pumps-all"}),
+    );
+    channels.insert(
+        "webhook_pump-hook".into(),
+        json!({"x-sluice-output": "pumps-all", "x-sluice-url": "https://93.184.216.34/pumps",
+               "x-sluice-batchEventsMax": 50}),
+    );
+    doc["components"]["messages"]["output_pumps-all"] = json!({
+        "x-sluice-source": "pumps",
+        "x-sluice-fields": [{"from": "event_id"}, {"from": "/rpm"}],
+    });
     let tag_rules = doc["x-sluice-tagRules"].as_array_mut().expect("rules");
     tag_rules.truncate(1);
     tag_rules.push(json!({"name": "pump line", "sources": ["pumps"],
@@ -421,13 +574,24 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
     let pair = |k: &str, n: &str| (k.to_owned(), n.to_owned());
     assert_eq!(
         names(&plan["created"]),
-        vec![pair("source", "pumps"), pair("tag_rule", "pump line")]
+        vec![
+            pair("export_endpoint", "pumps"),
+            pair("output", "pumps-all"),
+            pair("source", "pumps"),
+            pair("tag_rule", "pump line"),
+            pair("webhook", "pump-hook"),
+        ]
     );
     assert_eq!(names(&plan["updated"]), vec![pair("source", "readings")]);
     assert_eq!(
         names(&plan["deleted"]),
-        vec![pair("source", "alarms"), pair("tag_rule", "firmware")]
+        vec![
+            pair("source", "alarms"),
+            pair("tag_rule", "firmware"),
+            pair("webhook", "audit"),
+        ]
     );
+    assert!(!dry.body.contains("whsec_"), "a dry run makes no secret");
     let alarms_id = &sources
         .iter()
         .find(|(s, _)| s == "alarms")
@@ -444,20 +608,82 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
         "a dry run changes nothing"
     );
 
+    // Another workspace changes: the version of this one does not move, so If-Match holds.
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "Other", "slug": "other"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/other/sources",
+        Some(&jo.token),
+        json!({"slug": "elsewhere"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    assert_eq!(
+        version(&export(&api, &jo.token, "plant", None).json()),
+        version(&exported)
+    );
+
     // A stale If-Match is refused; the exported version applies.
-    let stale = import(&api, &jo.token, "", &[("if-match", "\"0\"")], &text);
+    let stale = import(&api, &jo.token, "", &[("if-match", "\"1\"")], &text);
     assert_eq!(stale.status, 412, "{}", stale.body);
     assert_eq!(stale.problem(), "config-changed");
     let current = format!("\"{}\"", version(&exported));
     let a = import(&api, &jo.token, "", &[("if-match", &current)], &text);
     assert_eq!(a.status, 200, "{}", a.body);
+    let applied = a.json();
+    let after = export(&api, &jo.token, "plant", None).json();
+    assert!(version(&after) > version(&exported));
     assert_eq!(
-        a.json()["config_version"],
-        json!(version(&exported) + 1),
-        "one configuration version for the whole import"
+        applied["config_version"],
+        json!(version(&after)),
+        "one configuration version for the whole import, the next export's"
     );
+    // The created webhook's secret, in this answer only; no other entry has one.
+    for entry in applied["created"].as_array().expect("created") {
+        let secret = entry["secret"].as_str();
+        if entry["kind"] == "webhook" {
+            assert!(secret.is_some_and(|s| s.starts_with("whsec_")), "{entry}");
+        } else {
+            assert!(secret.is_none(), "{entry}");
+        }
+    }
     let again = import(&api, &jo.token, "", &[("if-match", &current)], &text);
     assert_eq!(again.status, 412, "the version moved: {}", again.body);
+    // The document exported now imports as it is.
+    let a = import(&api, &jo.token, "", &[], &after.to_string());
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["updated"], json!([]), "{}", a.body);
+
+    // Outputs, endpoints and webhooks through the API.
+    let slugs_of = |path: &str| -> Vec<String> {
+        let mut all: Vec<String> = api
+            .get(&format!("/api/v1/workspaces/plant/{path}"), &jo.token)
+            .json()["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|x| x["slug"].as_str().map(str::to_owned))
+            .collect();
+        all.sort();
+        all
+    };
+    assert_eq!(slugs_of("outputs"), vec!["all", "hot", "pumps-all"]);
+    assert_eq!(slugs_of("export-endpoints"), vec!["live", "pumps"]);
+    assert_eq!(slugs_of("webhooks"), vec!["crm", "pump-hook"]);
+    let hook = api
+        .get("/api/v1/workspaces/plant/webhooks/pump-hook", &jo.token)
+        .json();
+    assert_eq!(hook["batch_events_max"], 50);
+    assert_eq!(hook["output"], "pumps-all");
+    assert_eq!(hook["enabled"], true);
+    let pumps = api
+        .get("/api/v1/workspaces/plant/export-endpoints/pumps", &jo.token)
+        .json();
+    assert_eq!(pumps["name"], "Pumps live");
+    assert_eq!(pumps["url"], "/v1/stream/plant/pumps");
 
     let listed = api
         .get("/api/v1/workspaces/plant/sources", &jo.token)
@@ -516,6 +742,26 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
         br#"{"rpm": "fast"}"#,
     );
     assert_eq!(refused.status, 422, "its schema applies: {}", refused.body);
+
+    // The node serves the new export endpoint to a read token.
+    let a = api.post(
+        "/api/v1/workspaces/plant/tokens",
+        Some(&jo.token),
+        json!({"name": "reader", "scopes": ["read"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let reader = format!("Bearer {}", a.json()["secret"].as_str().expect("secret"));
+    let page = format!("{}/v1/stream/plant/pumps?from=beginning", sluice.base_url());
+    let served = common::wait_for(std::time::Duration::from_secs(10), || {
+        let resp = agent()
+            .get(&page)
+            .header("authorization", &reader)
+            .header("accept", "application/x-ndjson")
+            .call()
+            .expect("request sent");
+        Answer::of(resp).status == 200
+    });
+    assert!(served, "the imported endpoint is served");
 }
 
 #[test]
@@ -526,6 +772,13 @@ fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
     let outbox = sluice.data_dir.join("outbox");
     let jo = verified_user(&api, &outbox, "jo@example.com");
     let (sources, _) = populate(&api, &jo);
+    populate_data_out(&api, &jo);
+    let a = api.post(
+        "/api/v1/workspaces/plant/tokens",
+        Some(&jo.token),
+        json!({"name": "board", "scopes": ["read"], "endpoints": ["live"]}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
     let exported = export(&api, &jo.token, "plant", None);
     let doc = exported.json();
 
@@ -612,6 +865,52 @@ fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
     assert_eq!(a.status, 422, "{}", a.body);
     assert!(a.body.contains("another workspace"), "{}", a.body);
 
+    // Data out, all in one answer: an endpoint a read token names deleted by omission, a
+    // webhook to a private address, an output whose pointer misses its source's schema, and
+    // one that reads a source the document does not have.
+    let mut broken = doc.clone();
+    broken["channels"]
+        .as_object_mut()
+        .expect("channels")
+        .remove("stream_live");
+    broken["channels"]["webhook_crm"]["x-sluice-url"] = json!("https://10.1.2.3/in");
+    broken["components"]["messages"]["output_hot"]["x-sluice-filter"]["conditions"][0]["pointer"] =
+        json!("/temprature");
+    broken["components"]["messages"]["output_ghost"] = json!({"x-sluice-source": "nowhere"});
+    for query in ["", "?dry_run=true"] {
+        let a = import(&api, &jo.token, query, &[], &broken.to_string());
+        assert_eq!(a.status, 422, "{}", a.body);
+        assert_eq!(a.problem(), "invalid-asyncapi");
+        let errors = a.json()["errors"].clone();
+        let found = |pointer: &str, words: &[&str]| {
+            errors.as_array().expect("errors").iter().any(|e| {
+                e["pointer"] == pointer
+                    && words
+                        .iter()
+                        .all(|w| e["message"].as_str().is_some_and(|m| m.contains(w)))
+            })
+        };
+        assert!(found("/channels", &["\"live\"", "\"board\""]), "{errors}");
+        assert!(
+            found(
+                "/channels/webhook_crm/x-sluice-url",
+                &["address-not-allowed"]
+            ),
+            "{errors}"
+        );
+        assert!(
+            found("/components/messages/output_hot", &["/temprature"]),
+            "{errors}"
+        );
+        assert!(
+            found(
+                "/components/messages/output_ghost/x-sluice-source",
+                &["nowhere"]
+            ),
+            "{errors}"
+        );
+    }
+
     // Hostile documents: too large, too deep, a $ref loop, an alias bomb, unknown extensions.
     let huge = format!(
         r#"{{"asyncapi": "3.0.0", "info": {{"title": "x", "version": "1"}}, "x-pad": "{}"}}"#,
@@ -696,6 +995,14 @@ fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
         Some(sources.len()),
         "{listed}"
     );
+    let endpoints = api
+        .get("/api/v1/workspaces/plant/export-endpoints", &jo.token)
+        .json();
+    assert_eq!(endpoints["items"].as_array().map(Vec::len), Some(1));
+    let crm = api
+        .get("/api/v1/workspaces/plant/webhooks/crm", &jo.token)
+        .json();
+    assert_eq!(crm["url"], RECEIVER);
 }
 
 #[test]
