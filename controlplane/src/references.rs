@@ -6,7 +6,9 @@
 //! missing (`sluice_config::data_out::check_workspace`), so a change that would break a name
 //! is refused here, with `409 in-use` naming what still uses it, rather than published. Slugs
 //! of sources (outside an AsyncAPI import), outputs and endpoints never change, so a rename
-//! is only ever a deletion plus a creation, and refused the same way.
+//! is only ever a deletion plus a creation, and refused the same way. An AsyncAPI import
+//! carries all of these entities and checks the same names over the state it makes, listing
+//! each broken one in its `422` (`asyncapi::data_out::plan`).
 
 use std::collections::HashMap;
 
@@ -28,8 +30,8 @@ fn quoted<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
 
 /// Refuses `changes` (about to be committed for workspace `ws`) when they would leave one of
 /// the workspace's outputs reading a source that no longer exists, or that no longer fits the
-/// source's schema. Covers deleting, renaming (an AsyncAPI import) and re-schematising
-/// sources; changes to the outputs themselves are checked where they are made.
+/// source's schema. Covers deleting and re-schematising sources; changes to the outputs
+/// themselves are checked where they are made.
 pub fn refuse_broken_outputs(s: &State, ws: &Workspace, changes: &[Change]) -> ApiResult<()> {
     let touches_sources = changes
         .iter()

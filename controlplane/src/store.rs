@@ -836,6 +836,53 @@ mod tests {
     }
 
     #[test]
+    fn a_workspace_version_moves_with_its_own_changes_only_and_survives_reopen() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp.redb");
+        let (plant, other) = (workspace("plant"), workspace("other"));
+        let source = |ws: &Workspace| Source {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "telemetry".into(),
+            name: "telemetry".into(),
+            protocols: vec![sluice_config::snapshot::Protocol::Http],
+            schema: None,
+            on_invalid: sluice_config::shaping::OnInvalid::Reject,
+            keep_payload: true,
+            created_at: chrono::Utc::now(),
+        };
+        let put = |store: &Store, changes: Vec<Change>| {
+            store
+                .write(|_| Ok::<_, StoreError>((changes, ())))
+                .expect("write");
+        };
+        let mine = source(&plant);
+        {
+            let store = Store::open(&path).expect("open");
+            put(&store, vec![Change::PutWorkspace(plant.clone())]);
+            put(&store, vec![Change::PutSource(mine.clone())]);
+            assert_eq!(store.read(|s| s.workspace_version(plant.id)), 2);
+            put(&store, vec![Change::PutWorkspace(other.clone())]);
+            put(&store, vec![Change::PutSource(source(&other))]);
+            // Neither another workspace nor a setting nodes never see moves it.
+            put(&store, vec![Change::PutWorkspaceSettings(plant.clone())]);
+            assert_eq!(store.read(|s| s.config_version), 4);
+            assert_eq!(store.read(|s| s.workspace_version(plant.id)), 2);
+            assert_eq!(store.read(|s| s.workspace_version(other.id)), 4);
+            // A deletion counts for the workspace of what it deletes.
+            put(&store, vec![Change::DeleteSource(mine.id)]);
+            assert_eq!(store.read(|s| s.workspace_version(plant.id)), 5);
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.read(|s| s.workspace_version(plant.id)), 5);
+        assert_eq!(store.read(|s| s.workspace_version(other.id)), 4);
+        put(&store, vec![Change::DeleteWorkspace(other.id)]);
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        assert!(store.read(|s| !s.workspace_versions.contains_key(&other.id)));
+    }
+
+    #[test]
     fn committed_changes_survive_reopen_and_raise_the_config_version() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("cp.redb");
