@@ -79,6 +79,9 @@ pub struct App {
     pub openapi: Arc<std::sync::OnceLock<String>>,
     /// Password hashes computed at once at most (two per core).
     password_slots: Arc<Semaphore>,
+    /// The OAuth authorization server's memory: consent pages open, client metadata
+    /// documents, the registration limit.
+    pub oauth: Arc<crate::oauth::OAuth>,
 }
 
 impl App {
@@ -102,6 +105,7 @@ impl App {
             secrets,
             sign_in: Arc::new(sign_in),
             limits: Arc::new(Limits::new(&config)),
+            oauth: Arc::new(crate::oauth::OAuth::new(&config)),
             config: Arc::new(config),
             config_version: watch::Sender::new(version),
             history,

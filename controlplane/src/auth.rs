@@ -105,7 +105,16 @@ pub fn code_hash(user: Uuid, code: &str) -> String {
 pub struct Caller {
     pub user: User,
     pub credential: Credential,
+    /// What an OAuth access token limits the caller to (one workspace, its grant's scopes);
+    /// `None` for sessions and personal tokens, which carry the whole role.
+    pub delegation: Option<crate::oauth::Delegation>,
 }
+
+/// A caller the MCP endpoint has resolved already (from an OAuth access token), handed to the
+/// API it calls in-process. Extensions are set by the server only: no request from outside
+/// carries one.
+#[derive(Debug, Clone)]
+pub struct ResolvedCaller(pub Caller);
 
 /// The secret presented by a request: a bearer token, else the session cookie.
 pub fn presented_secret(parts: &Parts) -> Option<String> {
@@ -144,6 +153,7 @@ impl Caller {
             Some(Caller {
                 user: user.clone(),
                 credential: credential.clone(),
+                delegation: None,
             })
         })
     }
@@ -153,6 +163,28 @@ impl FromRequestParts<App> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App) -> Result<Self, Self::Rejection> {
+        if let Some(ResolvedCaller(caller)) = parts.extensions.get::<ResolvedCaller>() {
+            if let Some(delegation) = &caller.delegation {
+                // A grant is for one workspace's operations, and a read-only grant changes
+                // nothing, whichever action the handler checks.
+                if !parts.uri.path().starts_with("/api/v1/workspaces/") {
+                    return Err(ApiError::new(
+                        ProblemType::InsufficientScope,
+                        "an OAuth access token reaches its workspace's operations only",
+                    ));
+                }
+                if !delegation.scopes.allow_method(&parts.method) {
+                    return Err(ApiError::new(
+                        ProblemType::InsufficientScope,
+                        format!(
+                            "the OAuth grant's scopes are {:?}; this needs workspace:write",
+                            delegation.scopes.to_string()
+                        ),
+                    ));
+                }
+            }
+            return Ok(caller.clone());
+        }
         let secret = presented_secret(parts).ok_or_else(|| {
             ApiError::unauthenticated(
                 "sign in first: send Authorization: Bearer <session or personal token>",

@@ -114,6 +114,15 @@ pub struct ControlPlaneConfig {
     pub workspaces_per_user_max: usize,
     pub sources_per_workspace_max: usize,
     pub tokens_per_workspace_max: usize,
+    /// Lifetime of an OAuth access token of the MCP endpoints (refresh tokens give new ones).
+    pub oauth_access_token_ttl_secs: u64,
+    /// A dynamically registered OAuth client not used for this many days is forgotten.
+    pub oauth_client_unused_days: u64,
+    /// Dynamic OAuth client registrations per client address per hour.
+    pub oauth_registrations_per_address_per_hour: u32,
+    /// MCP requests handled at once (each may run a tool's API call); more get a `503`
+    /// JSON-RPC error.
+    pub mcp_requests_max: usize,
     /// Sign-in with OpenID Connect and OAuth 2 providers: `[controlplane.sign_in]` and its
     /// `[[controlplane.sign_in.providers]]`.
     pub sign_in: SignInConfig,
@@ -188,6 +197,10 @@ impl Default for ControlPlaneConfig {
             workspaces_per_user_max: 100,
             sources_per_workspace_max: 1000,
             tokens_per_workspace_max: 10_000,
+            oauth_access_token_ttl_secs: 3600,
+            oauth_client_unused_days: 30,
+            oauth_registrations_per_address_per_hour: 20,
+            mcp_requests_max: 64,
             sign_in: SignInConfig::default(),
         }
     }
@@ -253,6 +266,10 @@ impl ControlPlaneConfig {
             ("trial_duration_secs", self.trial_duration_secs),
             ("session_ttl_secs", self.session_ttl_secs),
             ("invitation_ttl_secs", self.invitation_ttl_secs),
+            (
+                "oauth_access_token_ttl_secs",
+                self.oauth_access_token_ttl_secs,
+            ),
         ] {
             if secs > DURATION_SECS_MAX {
                 return Err(ConfigError::DurationTooLong { name, secs });
@@ -280,6 +297,11 @@ impl ControlPlaneConfig {
             ("body_read_timeout_ms", self.body_read_timeout_ms as usize),
             ("connections_max", self.connections_max),
             ("idle_timeout_ms", self.idle_timeout_ms as usize),
+            (
+                "oauth_access_token_ttl_secs",
+                self.oauth_access_token_ttl_secs as usize,
+            ),
+            ("mcp_requests_max", self.mcp_requests_max),
         ] {
             if value == 0 {
                 return Err(ConfigError::Zero { name });

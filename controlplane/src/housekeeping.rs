@@ -1,5 +1,7 @@
 //! Forgetting what has expired: sessions and personal tokens past their expiry, invitations
-//! past theirs. Expired records are already refused when used; this keeps them from piling up.
+//! past theirs, OAuth codes and tokens past theirs, OAuth clients unused too long and grants
+//! whose workspace or member is gone. Expired records are already refused when used; this
+//! keeps them from piling up.
 
 use std::time::Duration;
 
@@ -21,8 +23,9 @@ pub async fn sweep(app: App, interval: Duration) {
             _ = ticker.tick() => {}
             _ = stopping.requested() => return,
         }
+        let unused_days = app.config.oauth_client_unused_days as i64;
         let result = app
-            .write(|s| {
+            .write(move |s| {
                 let now = Utc::now();
                 let mut changes: Vec<Change> = s
                     .credentials
@@ -35,6 +38,12 @@ pub async fn sweep(app: App, interval: Duration) {
                         .values()
                         .filter(|i| i.expires_at <= now)
                         .map(|i| Change::DeleteInvitation(i.id)),
+                );
+                let unused_before = now - chrono::Duration::days(unused_days);
+                changes.extend(
+                    crate::oauth::expired(s, now, unused_before)
+                        .into_iter()
+                        .map(Change::OAuth),
                 );
                 Ok((changes, ()))
             })

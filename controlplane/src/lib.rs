@@ -40,6 +40,7 @@ pub(crate) mod listener;
 pub(crate) mod mail;
 pub(crate) mod mcp;
 pub(crate) mod model;
+pub(crate) mod oauth;
 pub(crate) use sluice_config::outbound;
 pub(crate) mod problem;
 pub(crate) mod purge;
@@ -336,6 +337,7 @@ pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
     let _ = app.openapi.set(document.to_json()?);
     let document = serde_json::to_value(&document)?;
     let api = api
+        .merge(oauth::routes())
         .layer(axum::middleware::from_fn(trace_request))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)

@@ -3,9 +3,16 @@
 //! new tool without further work), served over Streamable HTTP by `rmcp`, stateless.
 //!
 //! A tool call is the API request itself, performed in-process on the API router with the
-//! caller's `Authorization` header, so authorization, validation and refusals are exactly the
-//! API's. Authentication here is a Bearer personal access token or session token; OAuth comes
-//! later.
+//! caller's `Authorization` header (or, for an OAuth access token, the caller it stands for,
+//! limited to its grant's workspace and scopes), so authorization, validation and refusals are
+//! exactly the API's. Three tools stand beside the generated ones: `workspace_spec_get` and
+//! `workspace_spec_import` (the workspace as an AsyncAPI document) and `sluice_call` (any API
+//! path of the workspace).
+//!
+//! Authentication is a Bearer OAuth access token for this MCP URL (`oauth/`), personal access
+//! token or session token; a `401` points to the protected-resource metadata. A browser
+//! `Origin` other than the control plane's own is refused, and at most `mcp_requests_max`
+//! requests run at once.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -30,7 +37,7 @@ use serde_json::{json, Map, Value};
 
 use crate::api::authorize;
 use crate::app::App;
-use crate::auth::{presented_secret_from_headers, Caller};
+use crate::auth::{presented_secret_from_headers, Caller, ResolvedCaller};
 use crate::problem::ApiError;
 use crate::roles::Action;
 
@@ -55,12 +62,101 @@ struct Operation {
     query_params: Vec<String>,
     /// The content type of the request body, when the operation takes one.
     body_type: Option<String>,
+    /// A tool that is not one API operation, with its own way to make the request.
+    extra: Option<Extra>,
+}
+
+/// The tools besides the generated ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    /// `workspace_spec_get`: the AsyncAPI export.
+    SpecGet,
+    /// `workspace_spec_import`: the AsyncAPI import, with `dry_run`.
+    SpecImport,
+    /// `sluice_call`: any method and path of the workspace's API.
+    Call,
 }
 
 impl Operation {
     fn read_only(&self) -> bool {
         self.method == Method::GET
     }
+}
+
+/// The extra tools, after the generated ones.
+fn extra_tools() -> Vec<Operation> {
+    let tool =
+        |name: &str, description: &str, schema: Value, read_only: bool, destructive: bool| {
+            let Value::Object(schema) = schema else {
+                unreachable!("tool schemas are objects")
+            };
+            Tool::new(name.to_owned(), description.to_owned(), Arc::new(schema)).with_annotations(
+                ToolAnnotations::new()
+                    .read_only(read_only)
+                    .destructive(destructive),
+            )
+        };
+    let operation = |tool: Tool, method: Method, extra: Extra| Operation {
+        tool,
+        method,
+        path: format!("{WORKSPACE_PREFIX}/asyncapi"),
+        path_params: Vec::new(),
+        query_params: Vec::new(),
+        body_type: None,
+        extra: Some(extra),
+    };
+    vec![
+        operation(
+            tool(
+                "workspace_spec_get",
+                "The whole workspace (sources and their schemas, tag rules, outputs, export endpoints, webhooks) as one AsyncAPI 3.0.0 document; its x-sluice-configVersion is the if_match of workspace_spec_import.",
+                json!({"type": "object", "properties": {
+                    "format": {"type": "string", "enum": ["json", "yaml"], "default": "json",
+                        "description": "json (structured) or yaml (text)"}
+                }}),
+                true,
+                false,
+            ),
+            Method::GET,
+            Extra::SpecGet,
+        ),
+        operation(
+            tool(
+                "workspace_spec_import",
+                "Apply an AsyncAPI 3.0.0 document (as workspace_spec_get gives it, edited) to the workspace in one configuration version: entities matched by id are updated, new ones created, missing ones deleted. Use dry_run first to see what it would do.",
+                json!({"type": "object", "properties": {
+                    "document": {"type": ["object", "string"],
+                        "description": "The document: a JSON object, or YAML text"},
+                    "dry_run": {"type": "boolean", "default": false,
+                        "description": "Only say what the import would do"},
+                    "if_match": {"type": "integer", "minimum": 0,
+                        "description": "The exported x-sluice-configVersion: refused if the workspace changed since"}
+                }, "required": ["document"]}),
+                false,
+                true,
+            ),
+            Method::PUT,
+            Extra::SpecImport,
+        ),
+        operation(
+            tool(
+                "sluice_call",
+                "Call any operation of this workspace's API (see /api/v1/openapi.json) with your own authorization: method, a path relative to /api/v1/workspaces/{workspace} (\"\" or \"/sources/boilers\"), query parameters and a JSON body. Ingest is not reachable here: it is on the data plane's address.",
+                json!({"type": "object", "properties": {
+                    "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
+                    "path": {"type": "string", "maxLength": 1024,
+                        "description": "Relative to the workspace, starting with / (or empty for the workspace itself)"},
+                    "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
+                    "body": {"description": "The JSON body, or text with content_type"},
+                    "content_type": {"type": "string", "description": "For a text body, e.g. application/yaml"}
+                }, "required": ["method", "path"]}),
+                false,
+                true,
+            ),
+            Method::POST,
+            Extra::Call,
+        ),
+    ]
 }
 
 /// The tools of every workspace, built once from the OpenAPI document.
@@ -79,6 +175,7 @@ impl Catalogue {
             .unwrap_or_default();
         let mut operations = Vec::new();
         let Some(paths) = document.get("paths").and_then(Value::as_object) else {
+            operations.extend(extra_tools());
             return Catalogue { operations };
         };
         for (path, item) in paths {
@@ -103,6 +200,7 @@ impl Catalogue {
                 }
             }
         }
+        operations.extend(extra_tools());
         Catalogue { operations }
     }
 
@@ -223,6 +321,7 @@ fn operation_tool(
         path_params,
         query_params,
         body_type,
+        extra: None,
     })
 }
 
@@ -287,6 +386,9 @@ fn rewrite_refs(value: &mut Value) {
 struct Scope {
     workspace: String,
     lean: bool,
+    /// The caller of an OAuth access token, handed to the API as is (the token itself means
+    /// nothing to the API); `None` for personal and session tokens, forwarded as sent.
+    delegated: Option<Caller>,
 }
 
 /// The MCP server of one request (stateless: one per request).
@@ -320,7 +422,10 @@ impl Server {
         parts: &axum::http::request::Parts,
         arguments: JsonObject,
     ) -> Result<CallToolResult, McpError> {
-        let request = api_request(operation, scope, parts, &arguments)?;
+        let request = match operation.extra {
+            None => api_request(operation, scope, parts, &arguments)?,
+            Some(extra) => extra_request(extra, scope, parts, &arguments)?,
+        };
         let response = tower::ServiceExt::oneshot(self.api.clone(), request)
             .await
             .map_err(|e| McpError::internal_error(format!("the API call failed: {e}"), None))?;
@@ -370,9 +475,6 @@ fn api_request(
     let mut builder = Request::builder()
         .method(operation.method.clone())
         .uri(path);
-    if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
-        builder = builder.header(header::AUTHORIZATION, authorization.clone());
-    }
     let body = match (&operation.body_type, arguments.get("body")) {
         (Some(kind), Some(Value::String(text))) if !kind.contains("json") => {
             builder = builder.header(header::CONTENT_TYPE, kind.as_str());
@@ -384,14 +486,159 @@ fn api_request(
         }
         _ => Body::empty(),
     };
-    let mut request = builder.body(body).map_err(|e| {
+    let request = builder.body(body).map_err(|e| {
         McpError::invalid_params(format!("the arguments make no request: {e}"), None)
     })?;
-    // Handlers that bound requests per client see the MCP client's address.
+    Ok(as_caller(request, scope, parts))
+}
+
+/// The request made on behalf of the MCP caller: with its `Authorization` header, or (OAuth)
+/// the caller its token stands for; and with its address, for the handlers that bound
+/// requests per client.
+fn as_caller(mut request: Request, scope: &Scope, parts: &axum::http::request::Parts) -> Request {
+    match &scope.delegated {
+        Some(caller) => {
+            request
+                .extensions_mut()
+                .insert(ResolvedCaller(caller.clone()));
+        }
+        None => {
+            if let Some(authorization) = parts.headers.get(header::AUTHORIZATION) {
+                request
+                    .headers_mut()
+                    .insert(header::AUTHORIZATION, authorization.clone());
+            }
+        }
+    }
     if let Some(peer) = parts.extensions.get::<ConnectInfo<SocketAddr>>() {
         request.extensions_mut().insert(*peer);
     }
-    Ok(request)
+    request
+}
+
+/// The API request of an extra tool.
+fn extra_request(
+    extra: Extra,
+    scope: &Scope,
+    parts: &axum::http::request::Parts,
+    arguments: &JsonObject,
+) -> Result<Request, McpError> {
+    let invalid = |detail: String| McpError::invalid_params(detail, None);
+    let segment = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let workspace = format!("/api/v1/workspaces/{}", segment(&scope.workspace));
+    let builder = Request::builder();
+    let request = match extra {
+        Extra::SpecGet => {
+            let yaml = arguments.get("format").and_then(Value::as_str) == Some("yaml");
+            builder
+                .method(Method::GET)
+                .uri(format!("{workspace}/asyncapi"))
+                .header(
+                    header::ACCEPT,
+                    if yaml {
+                        "application/yaml"
+                    } else {
+                        "application/json"
+                    },
+                )
+                .body(Body::empty())
+        }
+        Extra::SpecImport => {
+            let dry_run = arguments
+                .get("dry_run")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            let mut builder = builder
+                .method(Method::PUT)
+                .uri(format!("{workspace}/asyncapi?dry_run={dry_run}"));
+            if let Some(version) = arguments.get("if_match").filter(|v| !v.is_null()) {
+                let version = version.as_u64().ok_or_else(|| {
+                    invalid(
+                        "if_match is the exported x-sluice-configVersion, a whole number".into(),
+                    )
+                })?;
+                builder = builder.header(header::IF_MATCH, format!("\"{version}\""));
+            }
+            match arguments.get("document") {
+                Some(Value::String(yaml)) => builder
+                    .header(header::CONTENT_TYPE, "application/yaml")
+                    .body(Body::from(yaml.clone())),
+                Some(document @ Value::Object(_)) => builder
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(document.to_string())),
+                _ => {
+                    return Err(invalid(
+                        "document is required: the AsyncAPI document as an object or YAML text"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        Extra::Call => {
+            let method = arguments
+                .get("method")
+                .and_then(Value::as_str)
+                .and_then(|m| match m.to_ascii_uppercase().as_str() {
+                    "GET" => Some(Method::GET),
+                    "POST" => Some(Method::POST),
+                    "PUT" => Some(Method::PUT),
+                    "PATCH" => Some(Method::PATCH),
+                    "DELETE" => Some(Method::DELETE),
+                    _ => None,
+                })
+                .ok_or_else(|| invalid("method is GET, POST, PUT, PATCH or DELETE".into()))?;
+            let path = arguments
+                .get("path")
+                .and_then(Value::as_str)
+                .ok_or_else(|| {
+                    invalid("path is required, relative to the workspace (\"/sources\")".into())
+                })?;
+            let path = workspace_relative(path).map_err(invalid)?;
+            let mut uri = format!("{workspace}{path}");
+            if let Some(query) = arguments.get("query").and_then(Value::as_object) {
+                let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+                for (name, value) in query {
+                    serializer.append_pair(name, &argument_text(value));
+                }
+                let query = serializer.finish();
+                if !query.is_empty() {
+                    uri = format!("{uri}?{query}");
+                }
+            }
+            let builder = builder.method(method).uri(uri);
+            match (
+                arguments.get("body"),
+                arguments.get("content_type").and_then(Value::as_str),
+            ) {
+                (None | Some(Value::Null), _) => builder.body(Body::empty()),
+                (Some(Value::String(text)), Some(kind)) => builder
+                    .header(header::CONTENT_TYPE, kind)
+                    .body(Body::from(text.clone())),
+                (Some(value), _) => builder
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(Body::from(value.to_string())),
+            }
+        }
+    }
+    .map_err(|e| invalid(format!("the arguments make no request: {e}")))?;
+    Ok(as_caller(request, scope, parts))
+}
+
+/// A `sluice_call` path checked to stay inside the workspace: empty or starting with `/`,
+/// without dot segments, empty segments, a query or a fragment (those go in `query`).
+fn workspace_relative(path: &str) -> Result<&str, String> {
+    let path = path.trim_end_matches('/');
+    let bad = !(path.is_empty() || path.starts_with('/'))
+        || path.contains("//")
+        || path.contains(['?', '#', '\\', '%'])
+        || path.split('/').any(|s| s == "." || s == "..")
+        || !path.bytes().all(|b| b.is_ascii_graphic());
+    if bad {
+        return Err(format!(
+            "path {path:?} must be relative to the workspace, like \"/sources\" or \"/sources/boilers\", without dot segments, percent-escapes, a query or a fragment (put query parameters in query)"
+        ));
+    }
+    Ok(path)
 }
 
 /// The API answer as a tool result: the JSON as `structuredContent` plus its text, bounded; a
@@ -510,6 +757,16 @@ fn allowed_hosts(public_url: &str) -> Vec<String> {
     hosts
 }
 
+/// What the layer in front of the MCP service needs: the app, the origin browsers may call
+/// from, and the bound on requests at once.
+#[derive(Clone)]
+struct Gate {
+    app: App,
+    /// The public URL's origin (`scheme://host[:port]`), the one browser `Origin` allowed.
+    origin: String,
+    requests: Arc<tokio::sync::Semaphore>,
+}
+
 /// `/mcp/{workspace}`: the MCP service behind its authentication. `api` is the API as the
 /// listener serves it (with its limits), for the tool calls.
 pub fn router(app: App, document: &Value, api: Router) -> Router {
@@ -517,39 +774,124 @@ pub fn router(app: App, document: &Value, api: Router) -> Router {
         catalogue: Arc::new(Catalogue::from_document(document)),
         api,
     };
+    let public_url = app.config.public_url();
+    let origin = url::Url::parse(&public_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or(public_url.clone());
     let config = StreamableHttpServerConfig::default()
         .with_legacy_session_mode(false)
         .with_json_response(true)
-        .with_allowed_hosts(allowed_hosts(&app.config.public_url()))
+        .with_allowed_hosts(allowed_hosts(&public_url))
         .with_max_request_body_bytes(app.config.body_bytes_max);
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
         config,
     );
+    let gate = Gate {
+        requests: Arc::new(tokio::sync::Semaphore::new(
+            app.config.mcp_requests_max.max(1),
+        )),
+        app,
+        origin,
+    };
     Router::new()
         .route_service("/mcp/{workspace}", service)
-        .route_layer(axum::middleware::from_fn_with_state(app, authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(gate, authenticate))
 }
 
-/// A Bearer personal access token or session token of a member of the workspace of the URL.
+/// A JSON-RPC error answer outside any request id (the transport refused the request).
+fn json_rpc_error(status: StatusCode, code: i64, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({
+            "jsonrpc": "2.0",
+            "id": null,
+            "error": {"code": code, "message": message},
+        })),
+    )
+        .into_response()
+}
+
+/// A `401` with the Bearer challenge that sends OAuth clients to the protected-resource
+/// metadata (RFC 9728 §5.1), and `error="invalid_token"` when a token was sent.
+fn unauthorized(app: &App, workspace: &str, refused: Option<&str>) -> Response {
+    let detail = refused.unwrap_or(
+        "send Authorization: Bearer <OAuth access token for this MCP URL, personal access token or session token>",
+    );
+    let mut response = ApiError::unauthenticated(detail.to_owned()).into_response();
+    let metadata = crate::oauth::resource_metadata_url(app, workspace);
+    let challenge = match refused {
+        Some(reason) => format!(
+            "Bearer error=\"invalid_token\", error_description=\"{}\", resource_metadata=\"{metadata}\"",
+            reason.replace('"', "'")
+        ),
+        None => format!(
+            "Bearer resource_metadata=\"{metadata}\", scope=\"workspace:read workspace:write\""
+        ),
+    };
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response
+            .headers_mut()
+            .insert(header::WWW_AUTHENTICATE, value);
+    }
+    response
+}
+
+/// In front of the MCP service: the `Origin` check, the bound on requests at once, and the
+/// caller, who must be a member of the workspace of the URL.
 async fn authenticate(
-    State(app): State<App>,
+    State(gate): State<Gate>,
     Path(workspace): Path<String>,
     mut request: Request,
     next: Next,
 ) -> Response {
-    let caller = presented_secret_from_headers(request.headers())
-        .and_then(|secret| Caller::from_secret(&app, &secret));
-    let Some(caller) = caller else {
-        let mut response = ApiError::unauthenticated(
-            "send Authorization: Bearer <personal access token or session token>",
-        )
-        .into_response();
+    let app = &gate.app;
+    // Browsers send Origin; a page elsewhere must not drive a member's MCP session (the
+    // cookie would otherwise authenticate it). Clients outside browsers send none.
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
+        if origin.to_str().ok() != Some(gate.origin.as_str()) {
+            return json_rpc_error(
+                StatusCode::FORBIDDEN,
+                -32600,
+                &format!(
+                    "Origin {:?} is not allowed: the MCP endpoint takes browser requests from {} only",
+                    String::from_utf8_lossy(origin.as_bytes()),
+                    gate.origin
+                ),
+            );
+        }
+    }
+    let Ok(_permit) = gate.requests.clone().try_acquire_owned() else {
+        let mut response = json_rpc_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            -32000,
+            "the MCP endpoint is handling too many requests; retry shortly",
+        );
         response
             .headers_mut()
-            .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         return response;
+    };
+    let Some(secret) = presented_secret_from_headers(request.headers()) else {
+        return unauthorized(app, &workspace, None);
+    };
+    let (caller, delegated) = if crate::oauth::bearer::is_access_token(&secret) {
+        match crate::oauth::bearer::resolve(app, &secret, &workspace) {
+            Ok(caller) => (caller.clone(), Some(caller)),
+            Err(refused) => return unauthorized(app, &workspace, Some(&refused.to_string())),
+        }
+    } else {
+        match Caller::from_secret(app, &secret) {
+            Some(caller) => (caller, None),
+            None => {
+                return unauthorized(
+                    app,
+                    &workspace,
+                    Some("the token is unknown, revoked or expired"),
+                );
+            }
+        }
     };
     // Not a member: the same 404 as the API, which does not tell whether the workspace exists.
     if let Err(refusal) = app
@@ -564,7 +906,11 @@ async fn authenticate(
         .into_iter()
         .flat_map(|q| url::form_urlencoded::parse(q.as_bytes()))
         .any(|(k, v)| k == "mode" && v == "lean");
-    request.extensions_mut().insert(Scope { workspace, lean });
+    request.extensions_mut().insert(Scope {
+        workspace,
+        lean,
+        delegated,
+    });
     next.run(request).await
 }
 

@@ -92,6 +92,8 @@ problem_types! {
     Unauthenticated => (UNAUTHORIZED, "unauthenticated", "Not authenticated"),
     EmailNotVerified => (FORBIDDEN, "email-not-verified", "E-mail address not verified"),
     InsufficientRole => (FORBIDDEN, "insufficient-role", "Role does not allow this"),
+    /// An OAuth access token whose grant's scopes do not cover the operation (the role may).
+    InsufficientScope => (FORBIDDEN, "insufficient-scope", "Scope does not allow this"),
     OperatorOnly => (FORBIDDEN, "operator-only", "Operators only"),
     WorkspaceDisabled => (FORBIDDEN, "workspace-disabled", "Workspace disabled"),
     InvitationEmailMismatch => (FORBIDDEN, "invitation-email-mismatch", "Invitation for another address"),
@@ -111,6 +113,7 @@ problem_types! {
     UnknownUser => (NOT_FOUND, "unknown-user", "Unknown user"),
     UnknownProvider => (NOT_FOUND, "unknown-provider", "Unknown sign-in provider"),
     UnknownIdentity => (NOT_FOUND, "unknown-identity", "Unknown identity"),
+    UnknownGrant => (NOT_FOUND, "unknown-grant", "Unknown OAuth grant"),
     NotFound => (NOT_FOUND, "not-found", "Not found"),
     NoRoute => (NOT_FOUND, "no-route", "No such endpoint"),
     ClusterDisabled => (NOT_FOUND, "cluster-disabled", "Configuration stream disabled"),

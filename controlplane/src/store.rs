@@ -129,6 +129,8 @@ pub struct State {
     /// the document's `x-sluice-configVersion`, which `If-Match` compares, so that changes in
     /// other workspaces do not make an import fail.
     pub workspace_versions: HashMap<Uuid, u64>,
+    /// OAuth clients, grants, codes and tokens (`oauth/records.rs`).
+    pub oauth: crate::oauth::records::OAuthState,
 }
 
 /// One edit of the state.
@@ -172,6 +174,8 @@ pub enum Change {
     DeleteSmtp(Uuid),
     PutDelivery(Delivery),
     DeleteDelivery(Uuid, Uuid),
+    /// An edit of the OAuth records (`oauth/records.rs`).
+    OAuth(crate::oauth::records::OAuthChange),
 }
 
 impl Change {
@@ -318,6 +322,7 @@ impl State {
             Change::DeleteDelivery(ws, id) => {
                 self.deliveries.remove(&(ws, id));
             }
+            Change::OAuth(change) => self.oauth.apply(change),
         }
     }
 
@@ -573,6 +578,7 @@ impl Store {
             for d in load_table::<Delivery>(&txn, DELIVERIES)? {
                 state.apply(Change::PutDelivery(d));
             }
+            crate::oauth::records::load_all(&txn, &mut state.oauth)?;
             match txn.open_table(META) {
                 Ok(meta) => {
                     state.config_version =
@@ -791,6 +797,7 @@ impl Store {
                     Change::DeleteDelivery(ws, id) => {
                         deliveries.remove(member_key(*ws, *id).as_str())?;
                     }
+                    Change::OAuth(_) => {}
                 }
             }
             let mut meta = txn.open_table(META)?;
@@ -812,6 +819,11 @@ impl Store {
                 }
             }
         }
+        let oauth = changes.iter().filter_map(|c| match c {
+            Change::OAuth(change) => Some(change),
+            _ => None,
+        });
+        crate::oauth::records::commit(&txn, oauth)?;
         txn.commit()?;
         Ok(())
     }

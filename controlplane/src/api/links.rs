@@ -64,7 +64,9 @@ impl FromRequestParts<App> for MaybeCaller {
 /// would turn `/\t/evil.example` into `//evil.example`). Anything else goes to `/api/v1/me`.
 pub(super) fn safe_next(next: Option<&str>) -> &str {
     let allowed = |n: &str| {
-        (n.starts_with("/invitations/accept?") || n.starts_with("/api/v1/"))
+        (n.starts_with("/invitations/accept?")
+            || n.starts_with("/api/v1/")
+            || n.starts_with(crate::oauth::authorize::AUTHORIZE_PATH_QUERY))
             && n.bytes().all(|b| b.is_ascii_graphic())
             && !n.contains("//")
             && !n.contains('\\')
@@ -83,6 +85,8 @@ mod tests {
     fn sign_in_only_returns_to_this_servers_invitation_link_or_api() {
         let token = "/invitations/accept?token=0190f3a0-0000-7000-8000-000000000001";
         assert_eq!(safe_next(Some(token)), token);
+        let authorize = "/oauth/authorize?client_id=x&resource=http%3A%2F%2Fh%2Fmcp%2Fw";
+        assert_eq!(safe_next(Some(authorize)), authorize);
         assert_eq!(safe_next(Some("/api/v1/workspaces")), "/api/v1/workspaces");
         for evil in [
             "//evil.example",

@@ -10,12 +10,13 @@ mod cluster;
 mod codes;
 mod cors;
 mod export_endpoints;
-mod html;
+pub(crate) mod html;
 mod identities;
 mod invitations;
 mod links;
 mod members;
 mod meta;
+mod oauth_grants;
 mod operator;
 mod outputs;
 mod password_reset;
@@ -212,6 +213,13 @@ pub fn authorize<'s>(
         .members
         .get(&(ws.id, caller.user.id))
         .ok_or_else(unknown)?;
+    if caller
+        .delegation
+        .as_ref()
+        .is_some_and(|d| d.workspace_id != ws.id)
+    {
+        return Err(unknown());
+    }
     if !action.allows(member.role) {
         let roles: Vec<String> = action
             .allowed_roles()
@@ -225,6 +233,24 @@ pub fn authorize<'s>(
                 ws.slug,
                 member.role,
                 roles.join(" or ")
+            ),
+        ));
+    }
+    if let Some(delegation) = caller
+        .delegation
+        .as_ref()
+        .filter(|d| !d.scopes.allow(action))
+    {
+        return Err(ApiError::new(
+            ProblemType::InsufficientScope,
+            format!(
+                "the OAuth grant's scopes are {:?}; this needs {}",
+                delegation.scopes.to_string(),
+                if action == Action::View {
+                    "workspace:read"
+                } else {
+                    "workspace:write"
+                }
             ),
         ));
     }
@@ -354,6 +380,8 @@ pub fn router_and_document() -> (Router<App>, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(members::list_members))
         .routes(routes!(members::change_role, members::remove_member))
+        .routes(routes!(oauth_grants::list_oauth_grants))
+        .routes(routes!(oauth_grants::revoke_oauth_grant))
         .routes(routes!(invitations::list_invitations, invitations::invite))
         .routes(routes!(invitations::cancel_invitation))
         .routes(routes!(invitations::accept_invitation))
