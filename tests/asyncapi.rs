@@ -764,6 +764,91 @@ fn a_hand_edited_document_adds_renames_and_deletes_in_one_version_and_the_new_so
     assert!(served, "the imported endpoint is served");
 }
 
+/// The YAML block of docs/asyncapi.md's worked example, as written there.
+fn worked_example() -> String {
+    let docs =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/asyncapi.md"))
+            .expect("docs/asyncapi.md");
+    let (_, rest) = docs
+        .split_once("<!-- worked-example:")
+        .expect("the worked example's marker");
+    let (_, rest) = rest.split_once("```yaml\n").expect("its YAML block");
+    let (block, _) = rest.split_once("```").expect("the block's end");
+    block.to_owned()
+}
+
+#[test]
+fn the_worked_example_of_the_docs_imports_as_written() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let jo = verified_user(&api, &sluice.data_dir.join("outbox"), "jo@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let yaml = [("content-type", "application/yaml")];
+    let text = worked_example();
+    let dry = import(&api, &jo.token, "?dry_run=true", &yaml, &text);
+    assert_eq!(dry.status, 200, "{}", dry.body);
+    let a = import(&api, &jo.token, "", &yaml, &text);
+    assert_eq!(a.status, 200, "{}", a.body);
+    let applied = a.json();
+    let kinds: Vec<(String, String)> = applied["created"]
+        .as_array()
+        .expect("created")
+        .iter()
+        .map(|e| (e["kind"].to_string(), e["name"].to_string()))
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("source", "pumps"),
+        ("tag_rule", "pump line"),
+        ("output", "fast-pumps"),
+        ("export_endpoint", "fast-pumps"),
+        ("webhook", "pump-alerts"),
+    ]
+    .iter()
+    .map(|(k, n)| (json!(k).to_string(), json!(n).to_string()))
+    .collect();
+    assert_eq!(kinds, expected, "in the order the docs show");
+    assert!(applied["created"][4]["secret"]
+        .as_str()
+        .is_some_and(|s| s.starts_with("whsec_")));
+    let output = api
+        .get("/api/v1/workspaces/plant/outputs/fast-pumps", &jo.token)
+        .json();
+    assert_eq!(output["filter"]["conditions"][0]["value"], 3000);
+    assert_eq!(output["fields"][1]["name"], "device");
+
+    // The second step: export, delete the webhook by omission, import against the version.
+    let exported = export(&api, &jo.token, "plant", None).json();
+    let found = check_with_asyncapi_tools(dir.path(), "plant.json", &exported.to_string());
+    assert!(found.errors().is_empty(), "errors: {:?}", found.errors());
+    assert_eq!(found.warnings(), Vec::<String>::new(), "{:?}", found.parser);
+    let mut doc = exported.clone();
+    doc["channels"]
+        .as_object_mut()
+        .expect("channels")
+        .remove("webhook_pump-alerts");
+    let current = format!("\"{}\"", version(&exported));
+    let a = import(
+        &api,
+        &jo.token,
+        "",
+        &[("if-match", &current)],
+        &doc.to_string(),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(a.json()["deleted"][0]["name"], "pump-alerts", "{}", a.body);
+    assert_eq!(a.json()["created"], json!([]));
+    let webhooks = api
+        .get("/api/v1/workspaces/plant/webhooks", &jo.token)
+        .json();
+    assert_eq!(webhooks["items"], json!([]));
+}
+
 #[test]
 fn imports_are_refused_with_every_problem_and_only_admins_and_editors_apply() {
     let dir = tempfile::tempdir().expect("tempdir");
