@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
-use sluice_config::data_out::WebhookConfig;
+use sluice_config::data_out::{OutputConfig, WebhookConfig};
 use sluice_config::snapshot::{ConfigSnapshot, Protocol, Scope, TokenConfig, WorkspaceConfig};
 use sluice_config::state::{ConfigChange, ConfigState};
 use uuid::Uuid;
@@ -413,6 +413,8 @@ pub struct ExportGrant {
 pub struct ActiveWebhook {
     pub workspace_id: Uuid,
     pub config: Arc<WebhookConfig>,
+    /// The output as configured (a delivery restarts when it changes) and compiled.
+    pub output_config: Arc<OutputConfig>,
     pub output: Arc<CompiledOutput>,
 }
 
@@ -424,6 +426,7 @@ fn webhooks(ws: &WorkspaceConfig) -> Vec<ActiveWebhook> {
             Some(ActiveWebhook {
                 workspace_id: ws.id,
                 config: Arc::new(w.clone()),
+                output_config: Arc::new(output.clone()),
                 output: Arc::new(CompiledOutput::new(output)),
             })
         })

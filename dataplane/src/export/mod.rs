@@ -43,6 +43,7 @@ use crate::http::api::{access_problem, bearer_token};
 use crate::http::problem::{Problem, ProblemType};
 use crate::metrics::NodeMetrics;
 use cursor::Cursor;
+use output::CompiledOutput;
 use reader::{FileCache, ReadSpec, Reader};
 
 /// What the export endpoints share on a node.
@@ -200,6 +201,7 @@ impl Exports {
             )
             .retry_after(5)
         })?;
+        // Asked again before each read: the token may be revoked, the output changed.
         let still_allowed = {
             let (access, workspace, endpoint) =
                 (access.clone(), workspace.to_owned(), endpoint.to_owned());
@@ -207,7 +209,8 @@ impl Exports {
                 access
                     .current()
                     .check_read(&hash, &workspace, &endpoint, now_us())
-                    .is_ok()
+                    .ok()
+                    .map(|grant| grant.output)
             }
         };
         let (tx, rx) = mpsc::channel(4);
@@ -327,7 +330,7 @@ impl Exports {
         grant: ExportGrant,
         start: Start,
         tx: mpsc::Sender<Bytes>,
-        still_allowed: impl Fn() -> bool,
+        still_allowed: impl Fn() -> Option<Arc<CompiledOutput>>,
         _permit: OwnedSemaphorePermit,
     ) {
         let streams = &self.metrics.data_out.export_streams;
@@ -361,8 +364,14 @@ impl Exports {
         let mut quiet = Duration::ZERO;
         let mut chunk = Vec::with_capacity(SSE_CHUNK_BYTES * 2);
         loop {
-            if !still_allowed() {
+            // A changed output applies from the next event on; one moved to another source
+            // ends the stream (its positions mean nothing there).
+            let Some(output) = still_allowed() else {
                 debug!("export stream's token no longer grants it; closing");
+                return;
+            };
+            if !reader.set_output(output) {
+                debug!("export stream's output reads another source now; closing");
                 return;
             }
             let read = reader

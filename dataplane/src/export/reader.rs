@@ -162,6 +162,17 @@ impl Reader {
         &self.cursor
     }
 
+    /// Reads on with `output`, changed since the reader started, from the next event. False
+    /// (and nothing changed) when the output now reads another source: the cursor's
+    /// positions mean nothing there.
+    pub fn set_output(&mut self, output: Arc<CompiledOutput>) -> bool {
+        if output.source != self.spec.output.source {
+            return false;
+        }
+        self.spec.output = output;
+        true
+    }
+
     /// Lists and reads entries of every node whose queue is empty. Returns whether any entry
     /// is waiting to be read.
     async fn refill(&mut self) -> Result<bool, ReadError> {

@@ -1,6 +1,8 @@
 //! Where each webhook subscription's deliveries from this node stand: one cursor per
 //! subscription in `<data-dir>/webhooks.redb`, written after each batch the receiver took (or
-//! that went to the failure log), so that a restart sends on from the next batch.
+//! that went to the failure log), so that a restart sends on from the next batch. Stored with
+//! the source it is a position in: a subscription whose output moved to another source starts
+//! that source from now.
 
 use std::path::Path;
 
@@ -41,9 +43,10 @@ impl Cursors {
         }
     }
 
-    /// The subscription's cursor; `None` before its first delivery from this node (or when
-    /// the stored one no longer decodes, which starts it over from now).
-    pub fn load(&self, subscription: Uuid) -> Result<Option<Cursor>, CursorError> {
+    /// The subscription's cursor in `source`; `None` before its first delivery from this node,
+    /// when the stored one is of another source, or when it no longer decodes (each of which
+    /// starts it over from now).
+    pub fn load(&self, subscription: Uuid, source: &str) -> Result<Option<Cursor>, CursorError> {
         let txn = self.db.begin_read().map_err(self.err())?;
         let table = match txn.open_table(CURSORS) {
             Ok(table) => table,
@@ -51,16 +54,29 @@ impl Cursors {
             Err(e) => return Err(self.err()(e)),
         };
         let value = table.get(subscription.as_u128()).map_err(self.err())?;
-        Ok(value.and_then(|v| Cursor::decode(v.value()).ok()))
+        Ok(value.and_then(|v| {
+            let (stored_source, cursor) = v.value().split_once(' ')?;
+            (stored_source == source)
+                .then(|| Cursor::decode(cursor).ok())
+                .flatten()
+        }))
     }
 
-    /// Stores the subscription's cursor durably.
-    pub fn save(&self, subscription: Uuid, cursor: &Cursor) -> Result<(), CursorError> {
+    /// Stores the subscription's cursor in `source` durably.
+    pub fn save(
+        &self,
+        subscription: Uuid,
+        source: &str,
+        cursor: &Cursor,
+    ) -> Result<(), CursorError> {
         let txn = self.db.begin_write().map_err(self.err())?;
         {
             let mut table = txn.open_table(CURSORS).map_err(self.err())?;
             table
-                .insert(subscription.as_u128(), cursor.encode().as_str())
+                .insert(
+                    subscription.as_u128(),
+                    format!("{source} {}", cursor.encode()).as_str(),
+                )
                 .map_err(self.err())?;
         }
         txn.commit().map_err(self.err())
@@ -83,10 +99,15 @@ mod tests {
             .insert("n1".into(), Position { seq: 4, row: 7 });
         {
             let cursors = Cursors::open(&path).expect("open");
-            assert_eq!(cursors.load(id).expect("load"), None);
-            cursors.save(id, &cursor).expect("save");
+            assert_eq!(cursors.load(id, "telemetry").expect("load"), None);
+            cursors.save(id, "telemetry", &cursor).expect("save");
         }
         let cursors = Cursors::open(&path).expect("reopen");
-        assert_eq!(cursors.load(id).expect("load"), Some(cursor));
+        assert_eq!(cursors.load(id, "telemetry").expect("load"), Some(cursor));
+        assert_eq!(
+            cursors.load(id, "other").expect("load"),
+            None,
+            "another source's"
+        );
     }
 }

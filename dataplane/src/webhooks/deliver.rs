@@ -114,7 +114,10 @@ impl Delivery {
             }
             // Taken (or given up for good): the next batch starts after it, also after a
             // restart.
-            if let Err(err) = self.cursors.save(id, reader.cursor()) {
+            if let Err(err) = self
+                .cursors
+                .save(id, &self.webhook.output.source, reader.cursor())
+            {
                 warn!(webhook = %id, error = %err, "cannot record the webhook's progress; its last batch may be sent again after a restart");
             }
         }
@@ -130,7 +133,8 @@ impl Delivery {
             since_us: None,
             only_node: Some(self.node.clone()),
         };
-        let cursor = match self.cursors.load(id) {
+        let source = &self.webhook.output.source;
+        let cursor = match self.cursors.load(id, source) {
             Ok(Some(cursor)) => cursor,
             Ok(None) => loop {
                 let end = Reader::end_cursor(
@@ -142,7 +146,7 @@ impl Delivery {
                 .await;
                 match end {
                     Ok(cursor) => {
-                        if let Err(err) = self.cursors.save(id, &cursor) {
+                        if let Err(err) = self.cursors.save(id, source, &cursor) {
                             warn!(webhook = %id, error = %err, "cannot record where the webhook starts");
                         }
                         break cursor;

@@ -92,9 +92,9 @@ impl Webhooks {
                 .map(|w| (w.config.id, w))
                 .collect();
             running.retain(|id, (active, handle)| {
-                let keep = desired
-                    .get(id)
-                    .is_some_and(|w| w.config == active.config && w.output.source == active.output.source);
+                let keep = desired.get(id).is_some_and(|w| {
+                    w.config == active.config && w.output_config == active.output_config
+                });
                 if !keep {
                     handle.abort();
                     info!(webhook = %id, "webhook deliveries stopped (disabled, changed or removed)");
