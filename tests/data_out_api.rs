@@ -562,7 +562,8 @@ fn what_is_in_use_is_not_deleted_and_schemas_and_imports_must_keep_outputs_valid
         "a schema the output still fits"
     );
 
-    // An AsyncAPI import carries no outputs: it may not take their source away.
+    // An AsyncAPI import carries the outputs too: one that takes their source away, and
+    // leaves them, is refused with the output named in its list of problems.
     let asyncapi = "/api/v1/workspaces/plant/asyncapi";
     let exported = api.get(asyncapi, &jo.token);
     assert_eq!(exported.status, 200, "{}", exported.body);
@@ -576,8 +577,16 @@ fn what_is_in_use_is_not_deleted_and_schemas_and_imports_must_keep_outputs_valid
     for doc in [without, moved] {
         for query in ["?dry_run=true", ""] {
             let a = api.put(&format!("{asyncapi}{query}"), &jo.token, doc.clone());
-            assert_problem(&a, 409, "in-use");
-            assert!(a.body.contains("hot"), "{}", a.body);
+            assert_problem(&a, 422, "invalid-asyncapi");
+            assert!(
+                a.json()["errors"]
+                    .as_array()
+                    .is_some_and(|errors| errors.iter().any(|e| {
+                        e["pointer"] == "/components/messages/output_hot/x-sluice-source"
+                    })),
+                "{}",
+                a.body
+            );
         }
     }
     let a = api.put(asyncapi, &jo.token, exported.json());
