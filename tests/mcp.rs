@@ -40,6 +40,10 @@ fn mcp_client(url: &str, token: &str, steps: Value) -> Value {
     serde_json::from_slice(&out.stdout).expect("client.mjs prints JSON")
 }
 
+/// The tools beside the generated ones: the AsyncAPI export and import, and the generic call
+/// (`workspace_spec_get` only reads, so lean mode serves it).
+const EXTRA_TOOLS: [&str; 3] = ["workspace_spec_get", "workspace_spec_import", "sluice_call"];
+
 fn tool_names(listed: &Value) -> BTreeSet<String> {
     listed["tools"]
         .as_array()
@@ -127,7 +131,9 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
     assert!(out["connectError"].is_null(), "{out}");
     assert_eq!(out["protocolVersion"], "2025-11-25", "{out}");
     let steps = out["steps"].as_array().expect("steps");
-    assert_eq!(tool_names(&steps[0]), operations);
+    let mut expected = operations.clone();
+    expected.extend(EXTRA_TOOLS.map(str::to_owned));
+    assert_eq!(tool_names(&steps[0]), expected);
     let create = steps[0]["tools"]
         .as_array()
         .expect("tools")
@@ -193,7 +199,9 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
         ]),
     );
     let steps = out["steps"].as_array().expect("steps");
-    assert_eq!(tool_names(&steps[0]), reads);
+    let mut expected = reads.clone();
+    expected.insert("workspace_spec_get".to_owned());
+    assert_eq!(tool_names(&steps[0]), expected);
     assert!(!reads.contains("create_source"));
     assert_eq!(steps[1]["isError"], true, "{}", steps[1]);
     let listed = api
@@ -215,7 +223,8 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
     );
     assert!(out["connectError"].is_object(), "{out}");
 
-    // No token, or an unknown one: 401 with a Bearer challenge.
+    // No token, or an unknown one: 401 with a Bearer challenge that points to the
+    // protected-resource metadata.
     for token in [None, Some("sluice_pat_unknown")] {
         let a = post_mcp(&url, token);
         assert_eq!(a.status, 401, "{}", a.body);
@@ -225,6 +234,13 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
             .and_then(|v| v.to_str().ok())
             .unwrap_or_default();
         assert!(challenge.starts_with("Bearer"), "{challenge:?}");
+        assert!(
+            challenge.contains(&format!(
+                "resource_metadata=\"{}/.well-known/oauth-protected-resource/mcp/plant\"",
+                sluice.api_url()
+            )),
+            "{challenge:?}"
+        );
     }
     let out = mcp_client(&url, "", json!([{"op": "list"}]));
     assert!(out["connectError"].is_object(), "{out}");

@@ -350,21 +350,18 @@ pub async fn consent_form(
     let Ok(Form(form)) = form else {
         return error_page(StatusCode::BAD_REQUEST, "the consent form is malformed");
     };
-    let Some(consent) = app.oauth.take_consent(&form.consent) else {
-        return error_page(
-            StatusCode::BAD_REQUEST,
-            "this consent page expired or was answered already; start again from your MCP client",
-        );
-    };
-    let secret = presented_secret_from_headers(&headers);
-    let same_session = secret
-        .as_deref()
-        .is_some_and(|s| sha256_hex(s) == consent.session_sha256);
-    let caller = secret.and_then(|s| Caller::from_secret(&app, &s));
-    let Some(caller) = caller.filter(|c| same_session && c.user.id == consent.user_id) else {
+    let secret = presented_secret_from_headers(&headers).unwrap_or_default();
+    let Some(consent) = app.oauth.take_consent(&form.consent, &sha256_hex(&secret)) else {
         return error_page(
             StatusCode::FORBIDDEN,
-            "this form was not shown to your session; start again from your MCP client",
+            "this consent page expired, was answered already or was shown to another session; start again from your MCP client",
+        );
+    };
+    let caller = Caller::from_secret(&app, &secret);
+    let Some(caller) = caller.filter(|c| c.user.id == consent.user_id) else {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "your session ended; sign in and start again from your MCP client",
         );
     };
     let state = consent.state.as_deref();

@@ -122,9 +122,13 @@ impl OAuth {
         Some(id)
     }
 
-    /// Takes the consent `id` (once), if it is still open.
-    pub fn take_consent(&self, id: &str) -> Option<Consent> {
+    /// Takes the consent `id` (once), if it is still open and was shown to the session whose
+    /// hash is `session_sha256`; a form from any other session leaves it open.
+    pub fn take_consent(&self, id: &str, session_sha256: &str) -> Option<Consent> {
         let mut consents = self.consents.lock().unwrap_or_else(|e| e.into_inner());
+        if consents.get(id)?.session_sha256 != session_sha256 {
+            return None;
+        }
         consents
             .remove(id)
             .filter(|c| c.shown_at.elapsed() < CONSENT_TTL)
