@@ -29,7 +29,7 @@ cd "$(dirname "$0")/.."
 tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}"
 mkdir -p "$tools"
 
-echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator, paho-mqtt"
+echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator, paho-mqtt, mcp"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

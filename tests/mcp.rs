@@ -1,9 +1,11 @@
 //! The MCP endpoint of a workspace, `/mcp/{workspace}`, against a real `sluice up`, with the
-//! official MCP TypeScript SDK (`@modelcontextprotocol/sdk` from npm in `tests/mcp/`) as the
-//! client and a personal access token: every workspace operation of the served OpenAPI
-//! document is a tool, a read tool and a write tool do what the API does, lean mode serves and
-//! runs read-only tools only, another workspace is refused, no token is a 401 and a foreign
-//! `Host` a 403.
+//! official MCP TypeScript SDK (`@modelcontextprotocol/sdk` from npm in `tests/mcp/`) and the
+//! official Python SDK (`mcp` from PyPI, `tests/mcp_client.py`) as clients and a personal
+//! access token: every workspace operation of the served OpenAPI document is a tool (with the
+//! spec tools and `sluice_call` beside them), a read tool and a write tool do what the API does,
+//! lean mode serves and runs read-only tools only, another workspace is refused, no token is a
+//! 401 pointing to the protected-resource metadata and a foreign `Host` a 403. OAuth is in
+//! tests/mcp_oauth.rs.
 
 mod common;
 
@@ -43,6 +45,26 @@ fn mcp_client(url: &str, token: &str, steps: Value) -> Value {
 /// The tools beside the generated ones: the AsyncAPI export and import, and the generic call
 /// (`workspace_spec_get` only reads, so lean mode serves it).
 const EXTRA_TOOLS: [&str; 3] = ["workspace_spec_get", "workspace_spec_import", "sluice_call"];
+
+/// Runs `tests/mcp_client.py` (the official Python `mcp` SDK, from tests/requirements.txt):
+/// lists the tools at `url` with `token` and calls `tool`.
+fn python_client(url: &str, token: &str, tool: &str, arguments: Value) -> Value {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    let out = Command::new(common::python())
+        .arg(script)
+        .arg(url)
+        .arg(token)
+        .arg(tool)
+        .arg(arguments.to_string())
+        .output()
+        .expect("python runs (scripts/test.sh makes .venv)");
+    assert!(
+        out.status.success(),
+        "mcp_client.py failed (pip install -r tests/requirements.txt?): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("mcp_client.py prints JSON")
+}
 
 fn tool_names(listed: &Value) -> BTreeSet<String> {
     listed["tools"]
@@ -188,6 +210,22 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
         steps[4]
     );
     assert!(steps[4]["structuredContent"]["detail"].is_string());
+
+    // The Python SDK lists the same tools and calls one with the same token.
+    let python = python_client(&url, &pat, "get_source", json!({"source": "boilers"}));
+    let listed: BTreeSet<String> = python["tools"]
+        .as_array()
+        .expect("tools")
+        .iter()
+        .filter_map(|t| t.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(listed, expected, "{python}");
+    assert_eq!(
+        python["call"]["structuredContent"]["slug"], "boilers",
+        "{python}"
+    );
+    assert_ne!(python["call"]["isError"], true, "{python}");
+    assert!(python["protocolVersion"].is_string(), "{python}");
 
     // Lean mode: the read-only tools only, and a write tool is refused.
     let out = mcp_client(
