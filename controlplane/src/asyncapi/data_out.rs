@@ -1072,3 +1072,228 @@ fn same_webhook(a: &Webhook, b: &Webhook) -> bool {
         && a.batch_interval_ms == b.batch_interval_ms
         && a.disable_after_s == b.disable_after_s
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::asyncapi::import::Plan;
+    use crate::model::Source;
+    use sluice_config::shaping::OnInvalid;
+    use sluice_config::snapshot::{Protocol, Scope};
+
+    fn state() -> (State, Workspace) {
+        let ws = Workspace {
+            id: Uuid::now_v7(),
+            slug: "plant".into(),
+            name: "Plant".into(),
+            created_by: Uuid::now_v7(),
+            created_at: Utc::now(),
+            enabled: true,
+            cors_allowed_origins: vec![],
+            asyncapi_public: false,
+        };
+        let mut s = State::default();
+        s.apply(Change::PutWorkspace(ws.clone()));
+        s.apply(Change::PutSource(Source {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "telemetry".into(),
+            name: "telemetry".into(),
+            protocols: vec![Protocol::Http],
+            schema: None,
+            on_invalid: OnInvalid::Reject,
+            keep_payload: true,
+            created_at: Utc::now(),
+        }));
+        s.apply(Change::PutOutput(Output {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "hot".into(),
+            name: "hot".into(),
+            source: "telemetry".into(),
+            filter: Filter::default(),
+            fields: vec![],
+            created_at: Utc::now(),
+        }));
+        s.apply(Change::PutExportEndpoint(ExportEndpoint {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "live".into(),
+            name: "live".into(),
+            output: "hot".into(),
+            created_at: Utc::now(),
+        }));
+        s.apply(Change::PutWebhook(Webhook {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            slug: "crm".into(),
+            name: "crm".into(),
+            output: "hot".into(),
+            url: "https://93.184.216.34/in".into(),
+            enabled: false,
+            batch_events_max: 500,
+            batch_bytes_max: 1 << 20,
+            batch_interval_ms: 1000,
+            disable_after_s: 86400,
+            secret_sealed: "sealed".into(),
+            secret_for_nodes: None,
+            disabled: Some(WebhookDisabled {
+                at: Utc::now(),
+                reason: "failing".into(),
+            }),
+            created_at: Utc::now(),
+        }));
+        (s, ws)
+    }
+
+    /// The document's data out as the export gives it, read back.
+    fn proposed(
+        s: &State,
+        ws: &Workspace,
+    ) -> (
+        Vec<ProposedOutput>,
+        Vec<ProposedEndpoint>,
+        Vec<ProposedWebhook>,
+    ) {
+        let mut parts = Parts::default();
+        export(s, ws, &mut parts);
+        let document = json!({"components": {"messages": parts.messages}});
+        let mut p = Problems::default();
+        let outputs = read_outputs(&mut p, &document);
+        let mut endpoints = Vec::new();
+        let mut webhooks = Vec::new();
+        for (key, channel) in &parts.channels {
+            let at = format!("/channels/{key}");
+            let channel = channel.as_object().expect("a channel");
+            match channel_kind(&mut p, &at, key, channel) {
+                ChannelKind::Stream => endpoints.extend(read_endpoint(&mut p, &at, key, channel)),
+                ChannelKind::Webhook => webhooks.extend(read_webhook(&mut p, &at, key, channel)),
+                ChannelKind::Source => panic!("no source channels here"),
+            }
+        }
+        assert!(p.is_empty());
+        (outputs, endpoints, webhooks)
+    }
+
+    fn run(
+        s: &State,
+        ws: &Workspace,
+        (outputs, endpoints, webhooks): (
+            Vec<ProposedOutput>,
+            Vec<ProposedEndpoint>,
+            Vec<ProposedWebhook>,
+        ),
+    ) -> (Vec<String>, Plan, Vec<Change>) {
+        let sources = HashMap::from([("telemetry".to_owned(), None)]);
+        let checks = HashMap::new();
+        let cx = Context {
+            allow_private: false,
+            actor: "ada@example.com",
+            url_checks: &checks,
+        };
+        let mut p = Problems::default();
+        let mut out = Plan::default();
+        let mut changes = Vec::new();
+        plan(
+            &mut p,
+            s,
+            ws,
+            &sources,
+            outputs,
+            endpoints,
+            webhooks,
+            &cx,
+            &mut out,
+            &mut changes,
+        );
+        let messages = p
+            .into_result(())
+            .err()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| format!("{} {}", e.pointer, e.message))
+            .collect();
+        (messages, out, changes)
+    }
+
+    #[test]
+    fn the_export_reads_back_as_no_change() {
+        let (s, ws) = state();
+        let (problems, out, changes) = run(&s, &ws, proposed(&s, &ws));
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(out, Plan::default());
+        assert!(changes.is_empty(), "{changes:?}");
+    }
+
+    #[test]
+    fn slugs_stay_and_an_endpoint_a_token_names_stays() {
+        let (mut s, ws) = state();
+        s.apply(Change::PutToken(AccessToken {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            name: "board".into(),
+            sha256: "0".repeat(64),
+            hint: String::new(),
+            scopes: vec![Scope::Read],
+            sources: None,
+            device_id: None,
+            endpoints: Some(vec!["live".into()]),
+            expires_at: None,
+            created_by: Uuid::now_v7(),
+            created_at: Utc::now(),
+        }));
+        let (mut outputs, mut endpoints, webhooks) = proposed(&s, &ws);
+        outputs[0].slug = "warm".into();
+        // Deleted, and made again under its slug: the token must not read a new endpoint.
+        endpoints[0].id = None;
+        let (problems, _, _) = run(&s, &ws, (outputs, endpoints, webhooks));
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("x-sluice-slug") && p.contains("fixed")),
+            "{problems:?}"
+        );
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("/channels ") && p.contains("\"board\"")),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn enabling_forgives_failures_and_a_new_webhook_waits_for_its_secret() {
+        let (s, ws) = state();
+        let (outputs, endpoints, mut webhooks) = proposed(&s, &ws);
+        webhooks[0].enabled = true;
+        let mut new = webhooks[0].clone();
+        new.id = None;
+        new.slug = "audit".into();
+        new.enabled = false;
+        webhooks.push(new);
+        let (problems, out, changes) = run(&s, &ws, (outputs, endpoints, webhooks));
+        assert_eq!(problems, Vec::<String>::new());
+        assert_eq!(out.updated.len(), 1);
+        assert_eq!(out.created.len(), 1);
+        let put: Vec<&Webhook> = changes
+            .iter()
+            .filter_map(|c| match c {
+                Change::PutWebhook(w) => Some(w),
+                _ => None,
+            })
+            .collect();
+        let crm = put.iter().find(|w| w.slug == "crm").expect("crm");
+        assert!(crm.enabled && crm.disabled.is_none());
+        assert_eq!(crm.secret_sealed, "sealed", "kept");
+        let audit = put.iter().find(|w| w.slug == "audit").expect("audit");
+        assert!(!audit.enabled && audit.disabled.is_some());
+        assert!(
+            audit.secret_sealed.is_empty(),
+            "sealed by the caller, who holds the keys"
+        );
+        let forgiven = changes.iter().any(|c| {
+            matches!(c, Change::PutWebhookHealth(h) if h.webhook_id == crm.id && h.counted_from.is_some())
+        });
+        assert!(forgiven, "{changes:?}");
+    }
+}

@@ -112,7 +112,7 @@ impl Problems {
         self.0.is_empty()
     }
 
-    fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
+    pub fn into_result<T>(self, value: T) -> Result<T, Vec<FieldError>> {
         if self.0.is_empty() {
             Ok(value)
         } else {
