@@ -53,8 +53,9 @@ pub fn render(document: &serde_json::Value, yaml: bool) -> ApiResult<Response> {
 }
 
 /// The workspace as an AsyncAPI 3.0.0 document: its sources as channels, their schemas as
-/// message payloads, its tag rules, with the ids that identify them (docs/asyncapi.md). JSON,
-/// or YAML with `Accept: application/yaml`. Any member.
+/// message payloads, its tag rules, its export endpoints and webhooks as channels and its
+/// outputs as messages, with the ids that identify them and never a secret
+/// (docs/asyncapi.md). JSON, or YAML with `Accept: application/yaml`. Any member.
 #[utoipa::path(get, path = "/api/v1/workspaces/{workspace}/asyncapi", tag = "asyncapi",
     params(("workspace" = String, Path, description = "Workspace id or slug")),
     responses(
