@@ -524,21 +524,27 @@ fn main() -> Result<()> {
             let grace = Duration::from_millis(node.shutdown_grace_ms);
             let controlplane = start_controlplane(controlplane, first_start, shutdown.signal())?;
             let data_dir = node.data_dir.clone();
-            let node = start_node(node, shutdown.signal())?;
             let seeded = controlplane.seeded().map(|s| Bootstrap {
                 workspace: s.workspace.clone(),
                 source: s.source.clone(),
                 token: s.token.clone(),
                 http_url: String::new(),
             });
-            if let Some(mut b) = seeded.or_else(|| bootstrap::read(&data_dir)) {
-                let url = format!(
-                    "http://{}/v1/ingest/{}/{}",
-                    node.http_addr(),
-                    b.workspace,
-                    b.source
-                );
-                if b.http_url != url || controlplane.seeded().is_some() {
+            let mut bootstrap = seeded.or_else(|| bootstrap::read(&data_dir));
+            let ingest_url = |addr: std::net::SocketAddr, b: &Bootstrap| {
+                format!("http://{addr}/v1/ingest/{}/{}", b.workspace, b.source)
+            };
+            // Written before the listeners open when their address is known, so that whoever
+            // sees `/healthz` answer finds the file complete.
+            if let Some(b) = bootstrap.as_mut().filter(|_| node.http.addr.port() != 0) {
+                b.http_url = ingest_url(node.http.addr, b);
+                bootstrap::write(&data_dir, b).context("writing bootstrap.json")?;
+            }
+            let node = start_node(node, shutdown.signal())?;
+            if let Some(mut b) = bootstrap {
+                // Port 0: the address is known only now.
+                let url = ingest_url(node.http_addr(), &b);
+                if b.http_url != url {
                     b.http_url = url;
                     bootstrap::write(&data_dir, &b).context("writing bootstrap.json")?;
                 }

@@ -283,6 +283,18 @@ impl Node {
         );
         api.exports = Some(exports);
         let api = Arc::new(api);
+        // Written before the listeners open when their address is known, so that whoever sees
+        // `/healthz` answer finds the file complete (port 0: after, below).
+        if let Some(b) = bootstrap.as_mut().filter(|_| config.http.addr.port() != 0) {
+            let url = format!(
+                "http://{}/v1/ingest/{}/{}",
+                config.http.addr, b.workspace, b.source
+            );
+            if b.http_url != url {
+                b.http_url = url;
+                bootstrap::write(&data_dir, b).map_err(io("writing bootstrap.json"))?;
+            }
+        }
         let http = HttpServer::start(api.clone(), shutdown).map_err(|source| NodeError::Http {
             addr: config.http.addr,
             source,
