@@ -9,6 +9,8 @@
 //! - `auth`: passwords, sessions, personal tokens, one-time codes, the caller of a request.
 //! - `api` and `problem`: the HTTP endpoints, the OpenAPI document generated from them, and
 //!   the one list of problem types they refuse with.
+//! - `mcp` and `oauth`: the MCP endpoint of each workspace (the API's operations as tools) and
+//!   the OAuth 2.1 authorization server its clients get their tokens from.
 //! - `listener`: the API's connections, at most `connections_max` open, closed when idle.
 //! - `request_body`: every request body read whole, in time, before the request counts
 //!   against the in-flight limit of the whole API.

@@ -71,7 +71,7 @@ pub fn resolve(app: &App, secret: &str, slug: &str) -> Result<Caller, BearerErro
         let stale = grant
             .last_used_at
             .is_none_or(|at| now - at > LAST_USED_RESOLUTION);
-        Ok((caller, stale.then(|| grant.id)))
+        Ok((caller, stale.then_some(grant.id)))
     })?;
     if let Some(grant) = touch {
         // The grant list shows when a client last came; a write per call would be an fsync

@@ -227,20 +227,6 @@ pub fn routes() -> Router<App> {
         .route("/oauth/revoke", post(token::revoke))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pkce_s256_matches_the_rfc_7636_example_and_refuses_bad_verifiers() {
-        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
-        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
-        assert!(pkce_s256_matches(verifier, challenge));
-        assert!(!pkce_s256_matches(challenge, challenge));
-        assert!(!pkce_s256_matches("short", challenge));
-    }
-}
-
 /// The OAuth records to forget at `now`: codes and tokens past their expiry, registered
 /// clients last used before `unused_before`, and grants whose workspace or membership is gone
 /// (with their tokens).
@@ -277,4 +263,18 @@ pub fn expired(
         }
     }
     changes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pkce_s256_matches_the_rfc_7636_example_and_refuses_bad_verifiers() {
+        let verifier = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+        let challenge = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+        assert!(pkce_s256_matches(verifier, challenge));
+        assert!(!pkce_s256_matches(challenge, challenge));
+        assert!(!pkce_s256_matches("short", challenge));
+    }
 }

@@ -111,8 +111,10 @@ pub fn clean_name(name: &str) -> String {
 }
 
 /// Checks a registration request; the client to keep, or the `invalid_*` error.
-fn checked(request: RegistrationRequest) -> Result<(Vec<String>, String, Scopes), Response> {
-    let invalid = |error: &str, detail: String| oauth_error(StatusCode::BAD_REQUEST, error, detail);
+fn checked(
+    request: RegistrationRequest,
+) -> Result<(Vec<String>, String, Scopes), (&'static str, String)> {
+    let invalid = |error: &'static str, detail: String| (error, detail);
     if request.redirect_uris.is_empty() || request.redirect_uris.len() > REDIRECT_URIS_MAX {
         return Err(invalid(
             "invalid_redirect_uri",
@@ -175,7 +177,7 @@ pub async fn register(
     };
     let (redirect_uris, client_name, scopes) = match checked(request) {
         Ok(client) => client,
-        Err(refusal) => return refusal,
+        Err((error, detail)) => return oauth_error(StatusCode::BAD_REQUEST, error, detail),
     };
     if let Err(retry_after) = app
         .oauth
