@@ -246,3 +246,74 @@ pub fn commit<'a>(
 fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>, StoreError> {
     Ok(serde_json::to_vec(value)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Change, Store};
+
+    fn grant() -> Grant {
+        Grant {
+            id: Uuid::now_v7(),
+            workspace_id: Uuid::now_v7(),
+            user_id: Uuid::now_v7(),
+            client_id: "sluice_ocl_x".into(),
+            client_name: "Agent".into(),
+            scopes: Scopes::default_grant(),
+            resource: "http://127.0.0.1/mcp/plant".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+        }
+    }
+
+    fn token(grant: Uuid, hash: &str, kind: TokenKind) -> OAuthToken {
+        OAuthToken {
+            sha256: hash.into(),
+            kind,
+            grant_id: grant,
+            expires_at: Utc::now(),
+            spent: false,
+        }
+    }
+
+    /// Grants and their tokens survive a restart, make no configuration version (nodes never
+    /// see them), and a revocation takes the grant with every token of it, and nothing else.
+    #[test]
+    fn grants_and_tokens_survive_reopen_and_a_revocation_takes_all_tokens_of_its_grant() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cp.redb");
+        let (kept, revoked) = (grant(), grant());
+        {
+            let store = Store::open(&path).expect("open");
+            let changes = vec![
+                OAuthChange::PutGrant(kept.clone()),
+                OAuthChange::PutGrant(revoked.clone()),
+                OAuthChange::PutToken(token(kept.id, "a1", TokenKind::Access)),
+                OAuthChange::PutToken(token(revoked.id, "a2", TokenKind::Access)),
+                OAuthChange::PutToken(token(revoked.id, "r2", TokenKind::Refresh)),
+            ];
+            store
+                .write(|_| {
+                    Ok::<_, StoreError>((changes.into_iter().map(Change::OAuth).collect(), ()))
+                })
+                .expect("write");
+            assert_eq!(store.read(|s| s.config_version), 0);
+        }
+        let store = Store::open(&path).expect("reopen");
+        assert_eq!(store.read(|s| s.oauth.tokens.len()), 3);
+        store
+            .write(|s| {
+                let changes = s.oauth.grant_revocation(revoked.id);
+                Ok::<_, StoreError>((changes.into_iter().map(Change::OAuth).collect(), ()))
+            })
+            .expect("revoke");
+        drop(store);
+        let store = Store::open(&path).expect("reopen");
+        store.read(|s| {
+            assert!(s.oauth.grants.contains_key(&kept.id));
+            assert!(!s.oauth.grants.contains_key(&revoked.id));
+            let left: Vec<&str> = s.oauth.tokens.keys().map(String::as_str).collect();
+            assert_eq!(left, ["a1"]);
+        });
+    }
+}
