@@ -43,10 +43,9 @@ pub struct TokenRequest {
 type Refusal = (&'static str, String);
 
 /// New access and refresh tokens of `grant`, their records and the answer.
-fn issue(app: &App, grant: &Grant, now: DateTime<Utc>) -> (Vec<Change>, serde_json::Value) {
+fn issue(ttl_s: u64, grant: &Grant, now: DateTime<Utc>) -> (Vec<Change>, serde_json::Value) {
     let access = new_secret(ACCESS_TOKEN_PREFIX);
     let refresh = new_secret(REFRESH_TOKEN_PREFIX);
-    let ttl_s = app.config.oauth_access_token_ttl_secs;
     let changes = vec![
         Change::OAuth(OAuthChange::PutToken(OAuthToken {
             sha256: sha256_hex(&access),
@@ -74,7 +73,7 @@ fn issue(app: &App, grant: &Grant, now: DateTime<Utc>) -> (Vec<Change>, serde_js
 }
 
 fn exchange_code(
-    app: &App,
+    ttl_s: u64,
     s: &StoreState,
     request: &TokenRequest,
 ) -> (Vec<Change>, Result<serde_json::Value, Refusal>) {
@@ -164,7 +163,7 @@ fn exchange_code(
         created_at: now,
         last_used_at: Some(now),
     };
-    let (mut changes, answer) = issue(app, &grant, now);
+    let (mut changes, answer) = issue(ttl_s, &grant, now);
     let mut redeemed = record.clone();
     redeemed.redeemed = Some(grant.id);
     changes.push(Change::OAuth(OAuthChange::PutCode(redeemed)));
@@ -173,7 +172,7 @@ fn exchange_code(
 }
 
 fn refresh(
-    app: &App,
+    ttl_s: u64,
     s: &StoreState,
     request: &TokenRequest,
 ) -> (Vec<Change>, Result<serde_json::Value, Refusal>) {
@@ -263,7 +262,7 @@ fn refresh(
     }
     let mut grant = grant.clone();
     grant.last_used_at = Some(now);
-    let (mut changes, answer) = issue(app, &grant, now);
+    let (mut changes, answer) = issue(ttl_s, &grant, now);
     let mut spent = record.clone();
     spent.spent = true;
     changes.push(Change::OAuth(OAuthChange::PutToken(spent)));
@@ -291,13 +290,13 @@ pub async fn token(
             "grant_type is authorization_code or refresh_token",
         );
     }
-    let worker = app.clone();
+    let ttl_s = app.config.oauth_access_token_ttl_secs;
     let outcome = app
         .write(move |s| {
             let (changes, answer) = if grant_type == "authorization_code" {
-                exchange_code(&worker, s, &request)
+                exchange_code(ttl_s, s, &request)
             } else {
-                refresh(&worker, s, &request)
+                refresh(ttl_s, s, &request)
             };
             Ok((changes, answer))
         })
@@ -380,5 +379,90 @@ pub async fn revoke(
             "temporarily_unavailable",
             e.detail,
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Member;
+    use crate::roles::Role;
+
+    fn request(pairs: &[(&str, &str)]) -> TokenRequest {
+        let pairs: serde_json::Map<String, serde_json::Value> = pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).into()))
+            .collect();
+        serde_json::from_value(pairs.into()).expect("a token request")
+    }
+
+    /// A state with one member's grant and a refresh token `r` of it expiring at `expires_at`.
+    fn state_with_refresh(expires_at: DateTime<Utc>) -> (StoreState, Grant) {
+        let mut s = StoreState::default();
+        let (workspace, user) = (Uuid::now_v7(), Uuid::now_v7());
+        s.apply(Change::PutMember(Member {
+            workspace_id: workspace,
+            user_id: user,
+            role: Role::Admin,
+            joined_at: Utc::now(),
+        }));
+        let grant = Grant {
+            id: Uuid::now_v7(),
+            workspace_id: workspace,
+            user_id: user,
+            client_id: "sluice_ocl_x".into(),
+            client_name: "Agent".into(),
+            scopes: Scopes::default_grant(),
+            resource: "http://127.0.0.1/mcp/plant".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+        };
+        s.apply(Change::OAuth(OAuthChange::PutGrant(grant.clone())));
+        s.apply(Change::OAuth(OAuthChange::PutToken(OAuthToken {
+            sha256: sha256_hex("r"),
+            kind: TokenKind::Refresh,
+            grant_id: grant.id,
+            expires_at,
+            spent: false,
+        })));
+        (s, grant)
+    }
+
+    fn apply(s: &mut StoreState, changes: Vec<Change>) {
+        for change in changes {
+            s.apply(change);
+        }
+    }
+
+    #[test]
+    fn an_expired_refresh_token_is_refused_and_forgotten() {
+        let (mut s, grant) = state_with_refresh(Utc::now() - chrono::Duration::seconds(1));
+        let (changes, answer) = refresh(60, &s, &request(&[("refresh_token", "r")]));
+        assert_eq!(answer.map_err(|e| e.0), Err("invalid_grant"));
+        apply(&mut s, changes);
+        assert!(s.oauth.tokens.is_empty());
+        assert!(s.oauth.grants.contains_key(&grant.id), "the grant stays");
+    }
+
+    #[test]
+    fn a_refresh_rotates_and_a_spent_refresh_token_revokes_the_grant() {
+        let (mut s, grant) = state_with_refresh(Utc::now() + chrono::Duration::days(1));
+        let (changes, answer) = refresh(60, &s, &request(&[("refresh_token", "r")]));
+        let answer = answer.expect("refreshed");
+        assert_eq!(answer["expires_in"], 60);
+        apply(&mut s, changes);
+        assert_eq!(
+            s.oauth.tokens.len(),
+            3,
+            "the spent one, a new access and refresh token"
+        );
+        let (changes, answer) = refresh(60, &s, &request(&[("refresh_token", "r")]));
+        assert_eq!(answer.map_err(|e| e.0), Err("invalid_grant"));
+        apply(&mut s, changes);
+        assert!(!s.oauth.grants.contains_key(&grant.id));
+        assert!(
+            s.oauth.tokens.is_empty(),
+            "every token of the grant is gone"
+        );
     }
 }
