@@ -544,8 +544,8 @@ fn filters_and_projections_give_exactly_the_documented_fields_and_tokens_read_wh
 }
 
 /// A live stream stays open across quiet spells longer than the HTTP idle timeout (the node
-/// writes keep-alives; a connection it writes to is not idle) and ends when the token is
-/// revoked.
+/// writes keep-alives; a connection it writes to is not idle), streams and pages stop at their
+/// limits, and the stream ends when the token is revoked.
 #[test]
 fn a_live_stream_outlives_the_idle_timeout_and_ends_when_its_token_goes() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -554,7 +554,7 @@ fn a_live_stream_outlives_the_idle_timeout_and_ends_when_its_token_goes() {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        "[http]\nidle_timeout_ms = 1000\n[export]\nheartbeat_ms = 300\npoll_ms = 100\n",
+        "[http]\nidle_timeout_ms = 1000\n[export]\nheartbeat_ms = 300\npoll_ms = 100\nstreams_max = 1\npages_max = 0\n",
     )
     .expect("config");
     let lake = dir.path().join("lake").display().to_string();
@@ -601,6 +601,22 @@ fn a_live_stream_outlives_the_idle_timeout_and_ends_when_its_token_goes() {
         None,
         "still reading"
     );
+
+    // Past the limits: a second live stream and any page are refused, with Retry-After.
+    let second = agent()
+        .get(&url)
+        .header("authorization", &format!("Bearer {READ_ALL}"))
+        .call()
+        .expect("GET");
+    let second = Answer::of(second);
+    assert_eq!(
+        (second.status, second.problem()),
+        (503, "overloaded".into())
+    );
+    assert_eq!(second.header("retry-after").as_deref(), Some("5"));
+    let paged = page(&node, "everything", READ_ALL, "");
+    assert_eq!((paged.status, paged.problem()), (503, "overloaded".into()));
+    assert_eq!(paged.header("retry-after").as_deref(), Some("1"));
 
     // Revoke the read token (a new configuration version without it): the stream ends.
     let mut revoked = snapshot();

@@ -135,6 +135,8 @@ pub struct ExportConfig {
     pub streams_max: usize,
     /// How often a live stream that has caught up looks for newly committed files.
     pub poll_ms: u64,
+    /// NDJSON pages read at once on this node; past it, `503 overloaded`.
+    pub pages_max: usize,
     /// Events one NDJSON page holds at most (`limit` is capped to it).
     pub page_events_max: usize,
     /// Bytes one NDJSON page holds at most (a page ends after the event that passes it).
@@ -154,6 +156,7 @@ impl Default for ExportConfig {
         ExportConfig {
             streams_max: 256,
             poll_ms: 500,
+            pages_max: 16,
             page_events_max: 10_000,
             page_bytes_max: 8 << 20,
             heartbeat_ms: 15_000,

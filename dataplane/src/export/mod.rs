@@ -56,6 +56,8 @@ pub struct Exports {
     metrics: Arc<NodeMetrics>,
     runtime: tokio::runtime::Handle,
     streams: Arc<Semaphore>,
+    /// NDJSON pages being read at once: each may decode a file.
+    pages: Arc<Semaphore>,
     settings: ExportConfig,
     shutdown: Shutdown,
 }
@@ -125,6 +127,7 @@ impl Exports {
             metrics,
             runtime,
             streams: Arc::new(Semaphore::new(settings.streams_max)),
+            pages: Arc::new(Semaphore::new(settings.pages_max)),
             settings,
             shutdown,
         }
@@ -251,9 +254,20 @@ impl Exports {
             .unwrap_or(1000)
             .clamp(1, self.settings.page_events_max);
         let bytes_max = self.settings.page_bytes_max;
+        let permit = self.pages.clone().try_acquire_owned().map_err(|_| {
+            Problem::new(
+                ProblemType::Overloaded,
+                format!(
+                    "this node reads {} pages at once already; try again or another node",
+                    self.settings.pages_max
+                ),
+            )
+            .retry_after(1)
+        })?;
         let exports = self.clone();
         let start = query.start.unwrap_or(Start::Beginning);
         let read = self.runtime.spawn(async move {
+            let _permit = permit;
             let mut reader = exports.reader(grant, start).await?;
             let mut body = Vec::new();
             let events = reader
