@@ -1,7 +1,8 @@
-//! Chaos rounds in the suite: five kills of a node under HTTP and MQTT QoS 1 load with the
+//! Chaos rounds in the suite: six kills of a node under HTTP and MQTT QoS 1 load with the
 //! configuration changing, one by the clock and one at each crash point (Parquet encoding,
-//! between an upload and its watermark, WAL rotation, configuration swap), then every
-//! acknowledged event in the lake exactly once. The same code is `sluice-loadtest chaos`, whose
+//! between an upload and its commit-log entry, between that entry and the watermark, WAL
+//! rotation, configuration swap), then every acknowledged event in the lake exactly once and
+//! every file named by the commit log export endpoints and webhooks read. The same code is `sluice-loadtest chaos`, whose
 //! long run (100 rounds) is in loadtest/README.md.
 
 use std::time::Duration;
@@ -9,7 +10,7 @@ use std::time::Duration;
 use sluice_loadtest::chaos::{self, Plan};
 
 #[test]
-fn five_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
+fn six_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
     let dir = tempfile::tempdir().expect("tempdir");
     // A new seed each run, so the suite keeps exploring; a failure names it, and
     // SLUICE_CHAOS_SEED=<seed> replays it.
@@ -20,7 +21,7 @@ fn five_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
     let mut plan = Plan::new(
         env!("CARGO_BIN_EXE_sluice").into(),
         dir.path().join("run"),
-        5,
+        6,
         seed,
     );
     plan.kill_after_ms = (300, 1200);
@@ -47,6 +48,7 @@ fn five_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
         "timer",
         "parquet-encode",
         "upload",
+        "commit-entry",
         "wal-rotate",
         "config-swap",
     ] {

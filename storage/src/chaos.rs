@@ -16,7 +16,13 @@
 //!   (`sluice-dataplane`'s `config_source` and `config_stream`).
 
 /// The points a chaos run may name, in the order above.
-pub const POINTS: [&str; 4] = ["parquet-encode", "upload", "wal-rotate", "config-swap"];
+pub const POINTS: [&str; 5] = [
+    "parquet-encode",
+    "upload",
+    "commit-entry",
+    "wal-rotate",
+    "config-swap",
+];
 
 /// The line written to stderr just before the kill, followed by ` <point> (hit <n>)`; the chaos
 /// driver finds it in the node's log to tell which point fired.

@@ -724,6 +724,9 @@ impl Shipper {
         let append = commits::append(&self.lake, commit.workspace_id, &commit.source, &entry);
         match tokio::time::timeout(self.config.upload_timeout, append).await {
             Ok(Ok(())) => {
+                // The entry exists and the file's watermark is not committed: a restart
+                // uploads the file again and writes a second entry for it.
+                crate::chaos::point("commit-entry");
                 self.status.committed.notify_waiters();
                 Ok(())
             }

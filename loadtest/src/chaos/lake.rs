@@ -1,6 +1,7 @@
 //! Reading back what the node stored: every Parquet file under the lake directory, read with
 //! the `parquet` crate (an independent reader of the files, not Sluice's writer), each event's
-//! key counted.
+//! key counted; and the commit log export endpoints and webhooks read the lake through, which
+//! must name every file (a file it misses is lost to them) and only files that exist.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -20,6 +21,15 @@ pub struct Stored {
     /// Events whose payload carries no key of ours.
     pub foreign: u64,
     pub files: u64,
+    /// Parquet files no commit-log entry names.
+    pub uncommitted_files: u64,
+    /// Commit-log entries naming a file that is not there.
+    pub dangling_entries: u64,
+}
+
+#[derive(Deserialize)]
+struct Entry {
+    path: String,
 }
 
 #[derive(Deserialize)]
@@ -31,7 +41,21 @@ struct Keyed {
 pub fn read(lake: &Path) -> Result<Stored> {
     let mut files = Vec::new();
     walk(lake, &mut files)?;
+    let mut entries = Vec::new();
+    walk_ext(lake, "json", &mut entries)?;
+    let mut named = std::collections::HashSet::new();
     let mut stored = Stored::default();
+    for entry in entries {
+        let text = std::fs::read(&entry).with_context(|| format!("reading {}", entry.display()))?;
+        let entry: Entry = serde_json::from_slice(&text)
+            .with_context(|| format!("{} is not a commit entry", entry.display()))?;
+        let file = lake.join(&entry.path);
+        if !file.is_file() {
+            stored.dangling_entries += 1;
+        }
+        named.insert(file);
+    }
+    stored.uncommitted_files = files.iter().filter(|f| !named.contains(*f)).count() as u64;
     for path in files {
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
@@ -65,6 +89,10 @@ pub fn read(lake: &Path) -> Result<Stored> {
 }
 
 fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
+    walk_ext(dir, "parquet", files)
+}
+
+fn walk_ext(dir: &Path, extension: &str, files: &mut Vec<PathBuf>) -> Result<()> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         // No lake yet: nothing was ever uploaded.
@@ -76,8 +104,8 @@ fn walk(dir: &Path, files: &mut Vec<PathBuf>) -> Result<()> {
             .with_context(|| format!("listing {}", dir.display()))?
             .path();
         if path.is_dir() {
-            walk(&path, files)?;
-        } else if path.extension().is_some_and(|e| e == "parquet") {
+            walk_ext(&path, extension, files)?;
+        } else if path.extension().is_some_and(|e| e == extension) {
             files.push(path);
         }
     }

@@ -38,9 +38,10 @@ use node::{End, Node, Ports};
 /// the last life's WAL and sometimes well into new load, small enough that the point fires
 /// within a second or two (with the default node flags a file is cut every 150 ms per key and a
 /// segment fills in tens of ms; the churn changes the configuration about every 200 ms).
-pub const POINTS: [(&str, u64); 4] = [
+pub const POINTS: [(&str, u64); 5] = [
     ("parquet-encode", 8),
     ("upload", 8),
+    ("commit-entry", 8),
     ("wal-rotate", 20),
     ("config-swap", 4),
 ];
@@ -134,8 +135,8 @@ impl std::fmt::Display for Mode {
     }
 }
 
-/// The rounds a seed gives: modes dealt from a deck of the five, shuffled anew every five
-/// rounds.
+/// The rounds a seed gives: modes dealt from a deck of the six (the timer and each crash
+/// point), shuffled anew every six rounds.
 pub fn schedule(seed: u64, rounds: u32, kill_after_ms: (u64, u64)) -> Vec<Mode> {
     let mut rng = SplitMix::new(seed);
     let mut modes = Vec::with_capacity(rounds as usize);
@@ -207,6 +208,10 @@ pub struct Report {
     /// Rows without a key of this run (must be 0).
     pub foreign: u64,
     pub parquet_files: u64,
+    /// Parquet files no commit-log entry names (export endpoints and webhooks would miss
+    /// them; must be 0), and entries naming no file (must be 0).
+    pub uncommitted_files: u64,
+    pub dangling_entries: u64,
     /// Configuration versions the churn made.
     pub config_changes: u64,
     /// WAL segments left after the final clean stop (the active one at most).
@@ -221,7 +226,11 @@ pub struct Report {
 impl Report {
     /// Nothing acknowledged lost, nothing duplicated, nothing unexplained in the lake.
     pub fn passed(&self) -> bool {
-        self.lost == 0 && self.duplicated == 0 && self.foreign == 0
+        self.lost == 0
+            && self.duplicated == 0
+            && self.foreign == 0
+            && self.uncommitted_files == 0
+            && self.dangling_entries == 0
     }
 
     /// Crash points armed in some round that never fired in any: a `sluice` built without
@@ -246,7 +255,8 @@ impl Report {
         let fired: Vec<String> = self.fired.iter().map(|(k, n)| format!("{k} {n}")).collect();
         format!(
             "chaos: {} rounds, seed {}: acknowledged {} (HTTP {}, MQTT {}), stored {}, lost {}, duplicated {}; \
-             stored unacknowledged {}, foreign {}; {} Parquet files, {} config changes, {} WAL segments left; \
+             stored unacknowledged {}, foreign {}; {} Parquet files ({} named by no commit entry, {} entries naming no file), \
+             {} config changes, {} WAL segments left; \
              kills: {}{}; {:.1} s{}",
             self.rounds.len(),
             self.seed,
@@ -259,6 +269,8 @@ impl Report {
             self.stored_unacknowledged,
             self.foreign,
             self.parquet_files,
+            self.uncommitted_files,
+            self.dangling_entries,
             self.config_changes,
             self.wal_segments_left,
             fired.join(", "),
@@ -571,6 +583,8 @@ pub fn run(plan: &Plan) -> Result<Report> {
         stored_unacknowledged,
         foreign: stored.foreign,
         parquet_files: stored.files,
+        uncommitted_files: stored.uncommitted_files,
+        dangling_entries: stored.dangling_entries,
         config_changes: load.config_changes.load(Ordering::Relaxed),
         wal_segments_left: wal_segments(&node.data_dir().join("wal")),
         elapsed_secs: started.elapsed().as_secs_f64(),
