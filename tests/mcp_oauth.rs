@@ -3,7 +3,8 @@
 //! The official MCP TypeScript SDK (`tests/mcp/oauth_client.mjs`) completes the whole flow
 //! headlessly: discovery from the 401, dynamic registration, PKCE authorization with the
 //! signed-in session and the consent form, the token exchange, tools, a refresh when its access
-//! token expires, and losing access when an Admin revokes the grant. The refusals are driven
+//! token expires, and losing access when an Admin revokes the grant; and again identified by a
+//! client metadata document (served over HTTPS by a test CA) instead of registering. The refusals are driven
 //! over plain HTTP: PKCE plain, a redirect URI not registered, another workspace's resource, a
 //! read-only grant or a Viewer calling a write tool, an expired access token, a reused code or
 //! refresh token, a foreign `Origin`.
@@ -752,4 +753,146 @@ fn oauth_refuses_plain_pkce_foreign_redirects_other_resources_reused_tokens_and_
         grants["items"].as_array().map_or(0, Vec::len) >= 3,
         "{grants}"
     );
+}
+
+/// A static HTTPS server on 127.0.0.1 (Python, with the test CA's certificate) serving `root`.
+struct StaticHttps {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl StaticHttps {
+    fn start(root: &Path, cert: &Path) -> StaticHttps {
+        let port = common::free_port();
+        let script = r#"
+import functools, http.server, ssl, sys
+root, cert, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=root)
+server = http.server.ThreadingHTTPServer(("127.0.0.1", port), handler)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(cert)
+server.socket = context.wrap_socket(server.socket, server_side=True)
+server.serve_forever()
+"#;
+        let child = Command::new(common::python())
+            .arg("-c")
+            .arg(script)
+            .arg(root)
+            .arg(cert)
+            .arg(port.to_string())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python runs");
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return StaticHttps { child, port };
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("the HTTPS server did not start");
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for StaticHttps {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn a_client_identified_by_its_metadata_document_url_authorizes_without_registering() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    common::controlplane::make_certs(dir.path());
+    let www = dir.path().join("www");
+    std::fs::create_dir_all(&www).expect("www");
+    let server = StaticHttps::start(&www, &dir.path().join("server.pem"));
+    let document_url = server.url("/client.json");
+    let redirect = "http://127.0.0.1:7777/callback";
+    std::fs::write(
+        www.join("client.json"),
+        json!({"client_id": document_url, "client_name": "Document Agent",
+            "redirect_uris": [redirect], "token_endpoint_auth_method": "none",
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"]})
+        .to_string(),
+    )
+    .expect("document");
+    std::fs::write(
+        www.join("impostor.json"),
+        json!({"client_id": "https://elsewhere.example/client.json", "redirect_uris": [redirect]})
+            .to_string(),
+    )
+    .expect("document");
+    // The document is on loopback: the operator's override of the outbound address policy
+    // allows it, and the control plane trusts the test CA (rustls-native-certs reads
+    // SSL_CERT_FILE).
+    let ca = dir.path().join("ca.pem");
+    let sluice = Sluice::start_with_env(
+        &dir.path().join("data"),
+        &["--smtp-allow-private-hosts"],
+        &[("SSL_CERT_FILE", ca.to_str().expect("path"))],
+    );
+    let base = sluice.api_url();
+    let api = Api::new(base.clone());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let url = format!("{base}/mcp/plant");
+
+    let out = sdk_client(
+        &url,
+        json!({
+            "state": dir.path().join("sdk-state.json"), "cookie": cookie(&jo), "consent": true,
+            "clientMetadataUrl": document_url,
+            "steps": [{"op": "call", "name": "list_sources", "arguments": {}}]
+        }),
+    );
+    assert!(out["connectError"].is_null(), "{out}");
+    assert_eq!(out["client"]["client_id"], document_url.as_str(), "{out}");
+    let first = out["authorizations"][0]["url"].as_str().expect("url");
+    assert_eq!(
+        query_param(first, "client_id").as_deref(),
+        Some(document_url.as_str())
+    );
+    assert_eq!(out["steps"][0]["isError"], false, "{out}");
+    let grants = api
+        .get("/api/v1/workspaces/plant/oauth-grants", &jo.token)
+        .json();
+    assert_eq!(
+        grants["items"][0]["client_id"],
+        document_url.as_str(),
+        "{grants}"
+    );
+    assert_eq!(
+        grants["items"][0]["client_name"], "Document Agent",
+        "{grants}"
+    );
+
+    // A document that names another client id is refused, on a page (no redirect).
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", &server.url("/impostor.json")),
+            ("redirect_uri", redirect),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+            ("resource", &url),
+        ])
+        .finish();
+    let a = get(
+        &format!("{base}/oauth/authorize?{query}"),
+        Some(&cookie(&jo)),
+    );
+    assert_eq!(a.status, 400, "{}", a.body);
+    assert!(a.body.contains("client_id"), "{}", a.body);
+    assert!(a.header("location").is_none());
 }

@@ -5,7 +5,8 @@
 // State (client information, tokens, verifier) persists in a JSON file between runs, exactly as
 // the SDK gives it (it stamps an `issuer` and drops data whose issuer does not match).
 //   node oauth_client.mjs <mcp url> '<config json>'
-// config: {state: <file>, cookie: "sluice_session=...", consent: true|false, steps: [...]}
+// config: {state: <file>, cookie: "sluice_session=...", consent: true|false, steps: [...],
+//          clientMetadataUrl: <https URL of a client metadata document, instead of registering>}
 // steps: {op:"list"} {op:"call",name,arguments} {op:"sleep",ms} {op:"tokens"}
 import { readFileSync, writeFileSync, existsSync } from "node:fs";
 import { Client } from "@modelcontextprotocol/sdk/client/index.js";
@@ -23,6 +24,7 @@ const persist = () => writeFileSync(config.state, JSON.stringify(saved));
 
 const provider = {
   get redirectUrl() { return redirectUrl; },
+  clientMetadataUrl: config.clientMetadataUrl,
   get clientMetadata() {
     return {
       client_name: "Sluice test agent",
