@@ -36,6 +36,7 @@ pub(crate) mod auth;
 pub mod backup;
 pub(crate) mod cluster;
 pub(crate) mod config;
+pub(crate) mod console;
 pub(crate) mod housekeeping;
 pub mod initial_operator;
 pub(crate) mod listener;
@@ -340,6 +341,8 @@ pub(crate) fn router(app: App) -> Result<Router, ControlPlaneError> {
     let document = serde_json::to_value(&document)?;
     let api = api
         .merge(oauth::routes())
+        .merge(console::routes())
+        .layer(axum::middleware::from_fn(console::headers::secure_html))
         .layer(axum::middleware::from_fn(trace_request))
         .fallback(api::no_route)
         .method_not_allowed_fallback(api::wrong_method)

@@ -59,12 +59,14 @@ impl FromRequestParts<App> for MaybeCaller {
     }
 }
 
-/// Where the form may send people afterwards: the invitation link or an API path of this
-/// server, written in plain visible ASCII (browsers drop tabs and newlines from URLs, which
+/// Where the form may send people afterwards: the invitation link, a console page or an API
+/// path of this server, written in plain visible ASCII (browsers drop tabs and newlines from URLs, which
 /// would turn `/\t/evil.example` into `//evil.example`). Anything else goes to `/api/v1/me`.
 pub(super) fn safe_next(next: Option<&str>) -> &str {
     let allowed = |n: &str| {
         (n.starts_with("/invitations/accept?")
+            || n == crate::console::APP_PATH
+            || n.starts_with(crate::console::APP_PATH_SLASH)
             || n.starts_with("/api/v1/")
             || n.starts_with(crate::oauth::authorize::AUTHORIZE_PATH_QUERY))
             && n.bytes().all(|b| b.is_ascii_graphic())
@@ -88,6 +90,11 @@ mod tests {
         let authorize = "/oauth/authorize?client_id=x&resource=http%3A%2F%2Fh%2Fmcp%2Fw";
         assert_eq!(safe_next(Some(authorize)), authorize);
         assert_eq!(safe_next(Some("/api/v1/workspaces")), "/api/v1/workspaces");
+        assert_eq!(safe_next(Some("/app")), "/app");
+        assert_eq!(
+            safe_next(Some("/app/w/fleet/access")),
+            "/app/w/fleet/access"
+        );
         for evil in [
             "//evil.example",
             "/\t/evil.example",
@@ -96,6 +103,8 @@ mod tests {
             "/\\evil.example",
             "/login",
             "/api/v1//evil.example",
+            "/app//evil.example",
+            "/apps",
         ] {
             assert_eq!(safe_next(Some(evil)), "/api/v1/me", "{evil:?}");
         }
@@ -113,9 +122,19 @@ mod tests {
 pub async fn accept_link(
     State(app): State<App>,
     MaybeCaller(caller): MaybeCaller,
+    headers: axum::http::HeaderMap,
     ApiQuery(query): ApiQuery<LinkQuery>,
 ) -> ApiResult<Response> {
+    // A browser lands in the console's workspace; any other client gets the JSON.
+    let browser = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
     match caller {
+        Some(caller) if browser => Ok(match accept(&app, caller, &query.token).await {
+            Ok(joined) => Redirect::to(&crate::console::joined_url(&joined.slug)).into_response(),
+            Err(refusal) => html::form_page("The invitation was not accepted", Some(&refusal), ""),
+        }),
         Some(caller) => Ok(Json(accept(&app, caller, &query.token).await?).into_response()),
         None => {
             let back = format!("/invitations/accept?token={}", query.token);
@@ -128,7 +147,7 @@ pub async fn accept_link(
 }
 
 /// `/login?next=…` for `next` (made safe).
-pub(super) fn login_url(next: Option<&str>) -> String {
+pub(crate) fn login_url(next: Option<&str>) -> String {
     with_next(LOGIN_PATH, next)
 }
 

@@ -1,0 +1,303 @@
+//! The Access tab: sources (where devices send) and access tokens (who may send or read). A
+//! new token's secret is on the answer page once, with a copy button, and never in a URL.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use uuid::Uuid;
+
+use super::csrf::{hidden_field, CheckedForm, NoFields};
+use super::frame::{self, Notice, Tab};
+use super::visitor::Visitor;
+use super::workspace_url;
+use super::workspaces::{all, load};
+use crate::api::html::escape;
+use crate::api::sources::{self, NewSource};
+use crate::api::tokens::{self, NewAccessToken, TokenScope};
+use crate::api::{ApiJson, ApiPath};
+use crate::app::App;
+use crate::roles::Action;
+
+/// The Access tab.
+pub async fn page(
+    State(app): State<App>,
+    visitor: Visitor,
+    Path(key): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    render(
+        &app,
+        &visitor,
+        &key,
+        Notice::from_query(query.as_deref()),
+        None,
+    )
+    .await
+}
+
+/// A token just made: its name and its secret, shown this once.
+struct NewSecret {
+    name: String,
+    secret: String,
+}
+
+async fn render(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+    notice: Option<Notice>,
+    new_secret: Option<NewSecret>,
+) -> Response {
+    let ws = match load(app, visitor, key).await {
+        Ok(ws) => ws,
+        Err(page) => return page,
+    };
+    let base = escape(&workspace_url(&ws.slug));
+    let csrf = hidden_field(&visitor.csrf);
+    let caller = || visitor.caller.clone();
+    let path = || ApiPath(ws.slug.clone());
+    let mut main = String::new();
+
+    if let Some(new) = new_secret {
+        main.push_str(&format!(
+            "<section aria-labelledby=\"secret-title\"><h2 id=\"secret-title\">Token {name} is made</h2>\
+<p>Copy its secret now: it is shown this once and never again.</p>\
+<p class=\"secret\"><code id=\"new-token-secret\">{secret}</code>\
+<button type=\"button\" data-copy=\"new-token-secret\">Copy</button></p></section>",
+            name = escape(&new.name),
+            secret = escape(&new.secret),
+        ));
+    }
+
+    // Sources.
+    let sources = sources::list_sources(State(app.clone()), caller(), path(), all(app))
+        .await
+        .map(|Json(p)| p.items)
+        .unwrap_or_default();
+    let mut rows = String::new();
+    for s in &sources {
+        let protocols: Vec<String> = s
+            .protocols
+            .iter()
+            .map(|p| format!("{p:?}").to_uppercase())
+            .collect();
+        rows.push_str(&format!(
+            "<tr><td><code>{slug}</code></td><td>{name}</td><td>{protocols}</td><td>{schema}</td></tr>",
+            slug = escape(&s.slug),
+            name = escape(&s.name),
+            protocols = protocols.join(", "),
+            schema = if s.schema.is_some() { "yes" } else { "none" },
+        ));
+    }
+    let table = if sources.is_empty() {
+        "<p class=\"muted\">No sources yet.</p>".to_owned()
+    } else {
+        format!(
+            "<table><thead><tr><th scope=\"col\">Slug</th><th scope=\"col\">Name</th>\
+<th scope=\"col\">Protocols</th><th scope=\"col\">Schema</th></tr></thead><tbody>{rows}</tbody></table>"
+        )
+    };
+    let form = if Action::ManageSources.allows(ws.role) {
+        format!(
+            "<h3>New source</h3><form method=\"post\" action=\"{base}/sources\">{csrf}\
+<label>Slug <input name=\"slug\" required pattern=\"[a-z0-9][a-z0-9\\-]{{0,62}}\"></label>\
+<label>Name (optional) <input name=\"name\" maxlength=\"100\"></label>\
+<button>Create source</button></form>\
+<p class=\"muted\">It takes HTTP and MQTT and any JSON object; schemas and tag rules are set \
+through the API for now.</p>"
+        )
+    } else {
+        String::new()
+    };
+    main.push_str(&format!(
+        "<section aria-labelledby=\"sources\"><h2 id=\"sources\">Sources</h2>{table}{form}</section>"
+    ));
+
+    // Access tokens.
+    let tokens = tokens::list_tokens(State(app.clone()), caller(), path(), all(app))
+        .await
+        .map(|Json(p)| p.items)
+        .unwrap_or_default();
+    let manage = Action::ManageTokens.allows(ws.role);
+    let mut rows = String::new();
+    for t in &tokens {
+        let name = escape(&t.name);
+        let scopes: Vec<&str> = t
+            .scopes
+            .iter()
+            .map(|s| match s {
+                TokenScope::Ingest => "ingest",
+                TokenScope::Read => "read",
+            })
+            .collect();
+        let limits = match (&t.sources, &t.endpoints) {
+            (Some(sources), _) => format!("sources {}", escape(&sources.join(", "))),
+            (None, Some(endpoints)) => format!("endpoints {}", escape(&endpoints.join(", "))),
+            (None, None) => "all".to_owned(),
+        };
+        let revoke = if manage {
+            format!(
+                "<td><form class=\"inline\" method=\"post\" action=\"{base}/tokens/{id}/revoke\">{csrf}\
+<button class=\"danger\" aria-label=\"Revoke {name}\">Revoke</button></form></td>",
+                id = t.id,
+            )
+        } else {
+            String::new()
+        };
+        rows.push_str(&format!(
+            "<tr><td>{name}</td><td><code>{hint}</code></td><td>{scopes}</td><td>{limits}</td><td>{created}</td>{revoke}</tr>",
+            hint = escape(&t.hint),
+            scopes = scopes.join(", "),
+            created = t.created_at.format("%Y-%m-%d %H:%M UTC"),
+        ));
+    }
+    let revoke_head = if manage {
+        "<th scope=\"col\">Revoke</th>"
+    } else {
+        ""
+    };
+    let table = if tokens.is_empty() {
+        "<p class=\"muted\">No access tokens yet.</p>".to_owned()
+    } else {
+        format!(
+            "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Secret</th>\
+<th scope=\"col\">Scope</th><th scope=\"col\">Limited to</th><th scope=\"col\">Created</th>{revoke_head}</tr></thead>\
+<tbody>{rows}</tbody></table>"
+        )
+    };
+    let form = if manage {
+        let options: String = sources
+            .iter()
+            .map(|s| {
+                format!(
+                    "<option value=\"{slug}\">{slug}</option>",
+                    slug = escape(&s.slug)
+                )
+            })
+            .collect();
+        format!(
+            "<h3>New access token</h3><form method=\"post\" action=\"{base}/tokens\">{csrf}\
+<label>Name <input name=\"name\" required maxlength=\"100\"></label>\
+<label>Scope <select name=\"scope\"><option value=\"ingest\">ingest (send events)</option>\
+<option value=\"read\">read (export endpoints)</option></select></label>\
+<label>Source (ingest) <select name=\"source\"><option value=\"\">all sources</option>{options}</select></label>\
+<button>Create token</button></form>"
+        )
+    } else {
+        String::new()
+    };
+    main.push_str(&format!(
+        "<section aria-labelledby=\"tokens\"><h2 id=\"tokens\">Access tokens</h2>{table}{form}</section>"
+    ));
+    let title = format!("{} · Access", ws.name);
+    frame::page(
+        app,
+        visitor,
+        Some((&ws, Tab::Access)),
+        &title,
+        notice,
+        &main,
+    )
+    .await
+}
+
+/// The new-source form.
+#[derive(Debug, Deserialize)]
+pub struct SourceForm {
+    slug: String,
+    #[serde(default)]
+    name: String,
+}
+
+/// Creates a source as `POST /api/v1/workspaces/{workspace}/sources` does.
+pub async fn create_source(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    posted: CheckedForm<SourceForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let new = NewSource {
+        slug: form.slug.trim().to_owned(),
+        name: Some(form.name.trim().to_owned()).filter(|n| !n.is_empty()),
+        protocols: None,
+        schema: None,
+        on_invalid: None,
+        keep_payload: None,
+    };
+    match sources::create_source(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.clone()),
+        ApiJson(new),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!("{}/access?done=source", workspace_url(&key))),
+        Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
+    }
+}
+
+/// The new-token form.
+#[derive(Debug, Deserialize)]
+pub struct TokenForm {
+    name: String,
+    scope: TokenScope,
+    #[serde(default)]
+    source: String,
+}
+
+/// Creates a token as `POST /api/v1/workspaces/{workspace}/tokens` does and shows its secret
+/// on this answer only (no redirect: the secret must not travel in a URL).
+pub async fn create_token(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    posted: CheckedForm<TokenForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let source = Some(form.source.trim().to_owned()).filter(|s| !s.is_empty());
+    let new = NewAccessToken {
+        name: form.name,
+        scopes: vec![form.scope],
+        sources: source.map(|s| vec![s]),
+        device_id: None,
+        endpoints: None,
+        expires_at: None,
+    };
+    match tokens::create_token(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.clone()),
+        ApiJson(new),
+    )
+    .await
+    {
+        Ok((_, Json(made))) => {
+            let new_secret = made.secret.map(|secret| NewSecret {
+                name: made.name,
+                secret,
+            });
+            render(&app, &visitor, &key, None, new_secret).await
+        }
+        Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
+    }
+}
+
+/// Revokes as `DELETE /api/v1/workspaces/{workspace}/tokens/{id}` does.
+pub async fn revoke_token(
+    State(app): State<App>,
+    Path((key, token)): Path<(String, Uuid)>,
+    posted: CheckedForm<NoFields>,
+) -> Response {
+    let visitor = posted.visitor;
+    match tokens::revoke_token(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((key.clone(), token)),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!("{}/access?done=revoked", workspace_url(&key))),
+        Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
+    }
+}

@@ -1,0 +1,180 @@
+//! The frame around every console page: the header with the workspace switcher, the
+//! workspace's tabs and sign-out, the notice of what was just done or refused, and the
+//! stand-alone page for a refusal that has no page of its own.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::Json;
+
+use super::assets::{CSS_PATH, JS_PATH};
+use super::csrf::hidden_field;
+use super::visitor::Visitor;
+use super::{workspace_url, APP_PATH};
+use crate::api::html::escape;
+use crate::api::workspaces::{list_workspaces, WorkspaceView};
+use crate::api::{ApiQuery, PageQuery};
+use crate::app::App;
+use crate::problem::ApiError;
+
+/// What the page says above its content.
+pub enum Notice {
+    /// A change went through.
+    Done(&'static str),
+    /// The API refused a change: its `detail`, with its status for the page.
+    Refused(ApiError),
+}
+
+impl Notice {
+    /// The notice named by `?done=` after a redirect; unknown names show nothing.
+    pub fn from_query(query: Option<&str>) -> Option<Notice> {
+        let done = url::form_urlencoded::parse(query.unwrap_or_default().as_bytes())
+            .find(|(name, _)| name == "done")?
+            .1;
+        let text = match done.as_ref() {
+            "created" => "The workspace is created.",
+            "joined" => "You joined the workspace.",
+            "renamed" => "The workspace is renamed.",
+            "deleted" => "The workspace is deleted.",
+            "invited" => "The invitation is sent.",
+            "cancelled" => "The invitation is cancelled.",
+            "role" => "The role is changed.",
+            "removed" => "The member is removed.",
+            "source" => "The source is created.",
+            "revoked" => "The token is revoked.",
+            _ => return None,
+        };
+        Some(Notice::Done(text))
+    }
+
+    fn status(&self) -> StatusCode {
+        match self {
+            Notice::Done(_) => StatusCode::OK,
+            Notice::Refused(e) => e.status(),
+        }
+    }
+
+    fn html(&self) -> String {
+        match self {
+            Notice::Done(text) => format!("<p class=\"notice\" role=\"status\">{text}</p>"),
+            Notice::Refused(e) => format!(
+                "<p class=\"notice refused\" role=\"alert\"><strong>Not done:</strong> {}</p>",
+                escape(&e.detail)
+            ),
+        }
+    }
+}
+
+/// The workspace tabs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Tab {
+    Overview,
+    Access,
+    Settings,
+}
+
+/// The caller's workspaces, as `GET /api/v1/workspaces` lists them (empty if it refuses).
+pub async fn workspaces_of(app: &App, visitor: &Visitor) -> Vec<WorkspaceView> {
+    let page = PageQuery {
+        limit: Some(app.config.page_size_max),
+        cursor: None,
+    };
+    match list_workspaces(State(app.clone()), visitor.caller.clone(), ApiQuery(page)).await {
+        Ok(Json(page)) => page.items,
+        Err(_) => Vec::new(),
+    }
+}
+
+/// A whole console page: `main` (HTML, already escaped) under the header, titled `title`.
+/// `current` is the workspace shown and its tab, if any.
+pub async fn page(
+    app: &App,
+    visitor: &Visitor,
+    current: Option<(&WorkspaceView, Tab)>,
+    title: &str,
+    notice: Option<Notice>,
+    main: &str,
+) -> Response {
+    let workspaces = workspaces_of(app, visitor).await;
+    let mut switcher = String::new();
+    for ws in &workspaces {
+        let is_current = current.is_some_and(|(c, _)| c.id == ws.id);
+        switcher.push_str(&format!(
+            "<li><a href=\"{}\"{}>{}</a></li>",
+            escape(&workspace_url(&ws.slug)),
+            if is_current {
+                " aria-current=\"true\""
+            } else {
+                ""
+            },
+            escape(&ws.name)
+        ));
+    }
+    let summary = current.map_or("Workspaces".to_owned(), |(ws, _)| escape(&ws.name));
+    let tabs = match current {
+        Some((ws, tab)) => {
+            let base = escape(&workspace_url(&ws.slug));
+            let link = |t: Tab, path: &str, label: &str| {
+                let here = if t == tab {
+                    " aria-current=\"page\""
+                } else {
+                    ""
+                };
+                format!("<li><a href=\"{base}{path}\"{here}>{label}</a></li>")
+            };
+            format!(
+                "<nav aria-label=\"Workspace\"><ul>{}{}{}</ul></nav>",
+                link(Tab::Overview, "", "Overview"),
+                link(Tab::Access, "/access", "Access"),
+                link(Tab::Settings, "/settings", "⚙ Settings"),
+            )
+        }
+        None => String::new(),
+    };
+    let status = notice.as_ref().map_or(StatusCode::OK, Notice::status);
+    let notice = notice.as_ref().map(Notice::html).unwrap_or_default();
+    let body = format!(
+        "<header><a class=\"brand\" href=\"{APP_PATH}\">Sluice</a>\
+<nav aria-label=\"Workspaces\"><details class=\"switcher\"><summary>{summary}</summary>\
+<ul>{switcher}<li><a href=\"{APP_PATH}#new-workspace\">+ New workspace</a></li></ul></details></nav>\
+{tabs}\
+<form class=\"sign-out\" method=\"post\" action=\"/app/sign-out\">{csrf}\
+<span class=\"muted\">{email}</span><button class=\"secondary\">Sign out</button></form></header>\
+<main><h1>{title}</h1>{notice}{main}</main>",
+        csrf = hidden_field(&visitor.csrf),
+        email = escape(&visitor.caller.user.email),
+        title = escape(title),
+    );
+    document(status, title, &body)
+}
+
+/// A page of its own for a refusal outside any workspace page (a refused form, a workspace
+/// that is not the caller's).
+pub fn message_page(status: StatusCode, title: &str, detail: &str) -> Response {
+    let body = format!(
+        "<main><h1>{title}</h1><p class=\"notice refused\" role=\"alert\">{detail}</p>\
+<p><a href=\"{APP_PATH}\">Back to your workspaces</a></p></main>",
+        title = escape(title),
+        detail = escape(detail),
+    );
+    document(status, title, &body)
+}
+
+fn document(status: StatusCode, title: &str, body: &str) -> Response {
+    (
+        status,
+        Html(format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+<title>{title} · Sluice</title><link rel=\"stylesheet\" href=\"{CSS_PATH}\">\
+<script src=\"{JS_PATH}\" defer></script></head><body>{body}</body></html>",
+            title = escape(title),
+        )),
+    )
+        .into_response()
+}
+
+/// A `303 See Other` to `path` (after a form: the page is loaded again with GET).
+pub fn see_other(path: &str) -> Response {
+    axum::response::Redirect::to(path).into_response()
+}

@@ -1,0 +1,81 @@
+//! The web console: server-rendered pages at `/` and `/app/...` for people in a browser.
+//!
+//! Every page reads, and every form writes, by calling the API handler of the same operation
+//! (`api::workspaces::rename_workspace`, `api::tokens::create_token`, …) with the signed-in
+//! caller. Permissions, validation and limits are therefore the API's own: the console keeps
+//! no permission table and asks `roles::Action::allows` only to decide which controls to offer.
+//! A refusal is shown as the problem's `detail`.
+//!
+//! No script runs inline and nothing loads from elsewhere (`headers.rs`); the one small script
+//! and the style sheet are compiled into the binary (`assets.rs`). Every form that changes
+//! something carries the session's CSRF token and is refused from another origin (`csrf.rs`).
+
+mod access;
+mod assets;
+mod csrf;
+mod frame;
+pub(crate) mod headers;
+mod settings;
+mod visitor;
+mod workspaces;
+
+use axum::response::Redirect;
+use axum::routing::{get, post};
+use axum::Router;
+
+use crate::app::App;
+
+/// The console's home: the signed-in user's workspaces.
+pub const APP_PATH: &str = "/app";
+/// Prefix of every other console page.
+pub const APP_PATH_SLASH: &str = "/app/";
+
+/// The console page of workspace `slug`.
+pub fn workspace_url(slug: &str) -> String {
+    format!("{APP_PATH}/w/{}", url_segment(slug))
+}
+
+/// Where a browser lands after accepting an invitation into workspace `slug`.
+pub fn joined_url(slug: &str) -> String {
+    format!("{}?done=joined", workspace_url(slug))
+}
+
+/// `text` as one URL path segment (slugs are `a-z0-9-` already; this keeps anything else out).
+fn url_segment(text: &str) -> String {
+    url::form_urlencoded::byte_serialize(text.as_bytes()).collect()
+}
+
+/// The console's routes, merged into the control plane's router.
+pub fn routes() -> Router<App> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to(APP_PATH) }))
+        .route(APP_PATH, get(workspaces::index))
+        .route("/app/workspaces", post(workspaces::create))
+        .route("/app/sign-out", post(visitor::sign_out))
+        .route("/app/w/{workspace}", get(workspaces::overview))
+        .route("/app/w/{workspace}/settings", get(settings::page))
+        .route("/app/w/{workspace}/rename", post(settings::rename))
+        .route("/app/w/{workspace}/delete", post(settings::delete))
+        .route(
+            "/app/w/{workspace}/members/{user}/role",
+            post(settings::change_role),
+        )
+        .route(
+            "/app/w/{workspace}/members/{user}/remove",
+            post(settings::remove_member),
+        )
+        .route("/app/w/{workspace}/invitations", post(settings::invite))
+        .route(
+            "/app/w/{workspace}/invitations/{invitation}/cancel",
+            post(settings::cancel_invitation),
+        )
+        .route("/app/w/{workspace}/access", get(access::page))
+        .route("/app/w/{workspace}/sources", post(access::create_source))
+        .route("/app/w/{workspace}/tokens", post(access::create_token))
+        .route(
+            "/app/w/{workspace}/tokens/{token}/revoke",
+            post(access::revoke_token),
+        )
+        .route(assets::CSS_PATH, get(assets::css))
+        .route(assets::JS_PATH, get(assets::js))
+}

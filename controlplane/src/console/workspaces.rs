@@ -1,0 +1,168 @@
+//! The workspace pages: the list with "+ New workspace" (the console's home) and a workspace's
+//! overview.
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+
+use super::csrf::{hidden_field, CheckedForm};
+use super::frame::{self, Notice, Tab};
+use super::visitor::Visitor;
+use super::workspace_url;
+use crate::api::html::escape;
+use crate::api::workspaces::{create_workspace, get_workspace, NewWorkspace, WorkspaceView};
+use crate::api::{members, sources, tokens, ApiJson, ApiPath, ApiQuery, PageQuery};
+use crate::app::App;
+use crate::roles::Role;
+
+/// The workspace `key` names, as `GET /api/v1/workspaces/{workspace}` shows it to the visitor,
+/// or a page saying it is not theirs.
+pub(super) async fn load(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+) -> Result<WorkspaceView, Response> {
+    get_workspace(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.to_owned()),
+    )
+    .await
+    .map(|Json(ws)| ws)
+    .map_err(|e| frame::message_page(e.status(), "No such workspace", &e.detail))
+}
+
+/// A page of every item of a list operation, for counts and tables.
+pub(super) fn all(app: &App) -> ApiQuery<PageQuery> {
+    ApiQuery(PageQuery {
+        limit: Some(app.config.page_size_max),
+        cursor: None,
+    })
+}
+
+pub(super) fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Admin => "Admin",
+        Role::Editor => "Editor",
+        Role::Viewer => "Viewer",
+    }
+}
+
+/// The console's home: the visitor's workspaces and the form for a new one.
+pub async fn index(
+    State(app): State<App>,
+    visitor: Visitor,
+    RawQuery(query): RawQuery,
+) -> Response {
+    list_page(&app, &visitor, Notice::from_query(query.as_deref()), "").await
+}
+
+async fn list_page(app: &App, visitor: &Visitor, notice: Option<Notice>, typed: &str) -> Response {
+    let mut rows = String::new();
+    for ws in frame::workspaces_of(app, visitor).await {
+        rows.push_str(&format!(
+            "<tr><td><a href=\"{}\">{}</a></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
+            escape(&workspace_url(&ws.slug)),
+            escape(&ws.name),
+            escape(&ws.slug),
+            role_name(ws.role),
+            if ws.enabled { "enabled" } else { "disabled" },
+        ));
+    }
+    let main = format!(
+        "<section aria-labelledby=\"yours\"><h2 id=\"yours\">Your workspaces</h2>\
+<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Slug</th><th scope=\"col\">Your role</th>\
+<th scope=\"col\">State</th></tr></thead><tbody>{rows}</tbody></table></section>\
+<section aria-labelledby=\"new-workspace\"><h2 id=\"new-workspace\">+ New workspace</h2>\
+<form method=\"post\" action=\"/app/workspaces\">{csrf}\
+<label>Name <input name=\"name\" value=\"{typed}\" required maxlength=\"100\"></label>\
+<label>Slug (optional) <input name=\"slug\" pattern=\"[a-z0-9][a-z0-9\\-]{{0,62}}\" placeholder=\"from the name\"></label>\
+<button>Create workspace</button></form>\
+<p class=\"muted\">You become its Admin. The slug names it in ingest URLs and cannot change.</p></section>",
+        csrf = hidden_field(&visitor.csrf),
+        typed = escape(typed),
+    );
+    frame::page(app, visitor, None, "Workspaces", notice, &main).await
+}
+
+/// The new-workspace form.
+#[derive(Debug, Deserialize)]
+pub struct NewWorkspaceForm {
+    name: String,
+    #[serde(default)]
+    slug: String,
+}
+
+/// Creates a workspace as `POST /api/v1/workspaces` does and opens it.
+pub async fn create(State(app): State<App>, posted: CheckedForm<NewWorkspaceForm>) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let slug = Some(form.slug.trim().to_owned()).filter(|s| !s.is_empty());
+    let new = NewWorkspace {
+        name: form.name.clone(),
+        slug,
+    };
+    match create_workspace(State(app.clone()), visitor.caller.clone(), ApiJson(new)).await {
+        Ok((_, Json(ws))) => frame::see_other(&format!("{}?done=created", workspace_url(&ws.slug))),
+        Err(refusal) => list_page(&app, &visitor, Some(Notice::Refused(refusal)), &form.name).await,
+    }
+}
+
+/// A workspace's overview: what it is, the visitor's role, and how much it holds.
+pub async fn overview(
+    State(app): State<App>,
+    visitor: Visitor,
+    Path(key): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    let ws = match load(&app, &visitor, &key).await {
+        Ok(ws) => ws,
+        Err(page) => return page,
+    };
+    let count = |n: Result<usize, _>| n.map_or("–".to_owned(), |n: usize| n.to_string());
+    let caller = || visitor.caller.clone();
+    let path = || ApiPath(ws.slug.clone());
+    let sources = sources::list_sources(State(app.clone()), caller(), path(), all(&app))
+        .await
+        .map(|Json(p)| p.items.len());
+    let tokens = tokens::list_tokens(State(app.clone()), caller(), path(), all(&app))
+        .await
+        .map(|Json(p)| p.items.len());
+    let members = members::list_members(State(app.clone()), caller(), path(), all(&app))
+        .await
+        .map(|Json(p)| p.items.len());
+    let banner = if ws.enabled {
+        String::new()
+    } else {
+        "<p class=\"notice refused\" role=\"status\">This workspace is disabled: its creator's \
+trial ended. It can be read, its tokens revoked and its members changed; an operator enables \
+it again.</p>"
+            .to_owned()
+    };
+    let slug = escape(&ws.slug);
+    let main = format!(
+        "{banner}<section aria-labelledby=\"about\"><h2 id=\"about\">About</h2><dl>\
+<dt>Slug</dt><dd><code>{slug}</code></dd>\
+<dt>Your role</dt><dd>{role}</dd>\
+<dt>Created</dt><dd>{created}</dd>\
+<dt>Sources</dt><dd>{sources}</dd><dt>Access tokens</dt><dd>{tokens}</dd><dt>Members</dt><dd>{members}</dd>\
+</dl><p>Devices send events to <code>POST /v1/ingest/{slug}/&lt;source&gt;</code> on a node, \
+with an ingest token from <a href=\"{access}\">Access</a>.</p></section>",
+        role = role_name(ws.role),
+        created = ws.created_at.format("%Y-%m-%d %H:%M UTC"),
+        sources = count(sources),
+        tokens = count(tokens),
+        members = count(members),
+        access = escape(&format!("{}/access", workspace_url(&ws.slug))),
+    );
+    let title = ws.name.clone();
+    frame::page(
+        &app,
+        &visitor,
+        Some((&ws, Tab::Overview)),
+        &title,
+        Notice::from_query(query.as_deref()),
+        &main,
+    )
+    .await
+}

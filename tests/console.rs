@@ -1,0 +1,244 @@
+//! The web console in a real browser (Debian's Chromium driven by Playwright,
+//! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and
+//! the switcher, rename, an invitation accepted after the sign-in redirect, a Viewer without
+//! write controls, a token whose secret is shown once and ingests, forged forms refused, the
+//! security headers, deleting by typing the name, and sign-out. Screenshots of the main pages
+//! are saved in the test's temporary directory (kept when `SLUICE_TEST_SCREENSHOTS` names a
+//! directory to copy them to).
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::controlplane::{verified_user, Api};
+use common::{python, Sluice};
+use serde_json::Value;
+
+fn browser_available() -> bool {
+    Path::new("/usr/bin/chromium").exists()
+        && Command::new(python())
+            .args(["-c", "import playwright"])
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// axe-core's script, when `npm ci` in tests/console/ installed it (scripts/test.sh does).
+fn axe_js() -> Option<PathBuf> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/console/node_modules/axe-core/axe.min.js");
+    path.exists().then_some(path)
+}
+
+/// The headers every HTML page carries.
+fn assert_security_headers(headers: &HashMap<String, String>, page: &str) {
+    let csp = headers
+        .get("content-security-policy")
+        .unwrap_or_else(|| panic!("{page}: no CSP in {headers:?}"));
+    assert!(
+        csp.contains("default-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{page}: {csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{page}: {csp}");
+    assert_eq!(
+        headers.get("x-frame-options").map(String::as_str),
+        Some("DENY"),
+        "{page}"
+    );
+    assert_eq!(
+        headers.get("x-content-type-options").map(String::as_str),
+        Some("nosniff"),
+        "{page}"
+    );
+    assert!(
+        headers.contains_key("referrer-policy"),
+        "{page}: {headers:?}"
+    );
+}
+
+#[test]
+fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
+    if std::env::var_os("SLUICE_TEST_SKIP_BROWSER").is_some() {
+        return;
+    }
+    assert!(
+        browser_available(),
+        "/usr/bin/chromium or playwright is missing: run ./scripts/test.sh, or set SLUICE_TEST_SKIP_BROWSER=1"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let bob = verified_user(&api, &outbox, "bob@example.com");
+    let shots = dir.path().join("screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+
+    // The pages themselves, without a browser: HTML with the security headers, and the home
+    // page to sign in first.
+    let home = api.get("/app", &bob.token);
+    assert_eq!(home.status, 200, "{}", home.body);
+    assert!(
+        home.content_type.starts_with("text/html"),
+        "{}",
+        home.content_type
+    );
+    let headers: HashMap<String, String> = home
+        .headers
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or_default().to_owned()))
+        .collect();
+    assert_security_headers(&headers, "/app");
+    assert_eq!(
+        headers.get("cache-control").map(String::as_str),
+        Some("no-store")
+    );
+    let css = api.get("/app/static/console.css", &bob.token);
+    assert!(
+        css.content_type.starts_with("text/css"),
+        "{}",
+        css.content_type
+    );
+
+    let mut script = Command::new(python());
+    script
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/console_browser.py"
+        ))
+        .arg(sluice.api_url())
+        .arg(sluice.base_url())
+        .arg(&outbox)
+        .arg(&shots)
+        .arg(&bob.email)
+        .arg(&bob.password);
+    let axe = axe_js();
+    if let Some(axe) = &axe {
+        script.arg(axe);
+    }
+    let out = script.output().expect("console_browser.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sluice.log()
+    );
+    let steps: HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .map(|v| (v["step"].as_str().unwrap_or_default().to_owned(), v))
+        .collect();
+    let step = |name: &str| {
+        steps
+            .get(name)
+            .unwrap_or_else(|| panic!("no step {name}: {stdout}"))
+            .clone()
+    };
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+
+    let redirect = step("redirect");
+    assert!(
+        text(&redirect, "url").ends_with("/login?next=%2Fapp"),
+        "{redirect}"
+    );
+    let headers: HashMap<String, String> =
+        serde_json::from_value(redirect["headers"].clone()).expect("headers");
+    assert_security_headers(&headers, "/login");
+
+    let signed_up = step("signed_up");
+    assert!(text(&signed_up, "url").ends_with("/app"), "{signed_up}");
+    assert_eq!(
+        signed_up["workspaces"], 1,
+        "the first workspace is made: {signed_up}"
+    );
+
+    let created = step("created");
+    assert!(text(&created, "notice").contains("created"), "{created}");
+    let switched = step("switched");
+    assert_eq!(switched["heading"], switched["other"], "{switched}");
+    assert_eq!(switched["back"], "Fleet North", "{switched}");
+
+    let renamed = step("renamed");
+    assert_eq!(renamed["heading"], "Fleet North EU · Settings", "{renamed}");
+    assert_eq!(renamed["after_escape"], "Fleet North EU", "{renamed}");
+
+    let invited = step("invited");
+    assert!(text(&invited, "pending").contains(&bob.email), "{invited}");
+    let accepted = step("accepted");
+    assert!(
+        text(&accepted, "login_url").contains("/login?next=%2Finvitations%2Faccept"),
+        "{accepted}"
+    );
+    assert!(
+        text(&accepted, "url").ends_with("/app/w/fleet-north?done=joined"),
+        "{accepted}"
+    );
+    assert!(text(&accepted, "notice").contains("joined"), "{accepted}");
+
+    let viewer = step("viewer");
+    assert!(viewer["editor_access"].as_u64() > Some(0), "{viewer}");
+    assert_eq!(viewer["access"], 0, "{viewer}");
+    assert_eq!(viewer["settings"], 0, "{viewer}");
+
+    let token = step("token");
+    let secret = text(&token, "secret");
+    assert!(secret.starts_with("sluice_"), "{token}");
+    assert_eq!(token["copied"], token["secret"], "{token}");
+    assert_eq!(token["shown_again"], false, "{token}");
+    assert_eq!(token["in_url"], false, "{token}");
+    assert_eq!(token["ingest_status"], 202, "{token}");
+
+    let csrf = step("csrf");
+    assert_eq!(csrf["no_token_status"], 403, "{csrf}");
+    assert!(
+        text(&csrf, "no_token_body").contains("security token"),
+        "{csrf}"
+    );
+    assert!(text(&csrf, "cross_site").contains("another site"), "{csrf}");
+    assert_eq!(csrf["name_after"], "Fleet North EU", "{csrf}");
+
+    if axe.is_some() {
+        let axe = step("axe");
+        assert_eq!(axe["settings"], Value::Array(vec![]), "{axe}");
+        assert_eq!(axe["access"], Value::Array(vec![]), "{axe}");
+    }
+
+    let deleted = step("deleted");
+    assert!(
+        text(&deleted, "wrong").contains("does not match"),
+        "{deleted}"
+    );
+    assert!(text(&deleted, "notice").contains("deleted"), "{deleted}");
+    assert!(
+        !text(&deleted, "listed").contains("Fleet North"),
+        "{deleted}"
+    );
+    let gone = api.get("/api/v1/workspaces/fleet-north", &bob.token);
+    assert_eq!(gone.status, 404, "{}", gone.body);
+
+    let signed_out = step("signed_out");
+    assert!(
+        text(&signed_out, "url").contains("/login?next=%2Fapp"),
+        "{signed_out}"
+    );
+
+    for shot in [
+        "sign-in.png",
+        "workspace-switcher.png",
+        "settings.png",
+        "access-viewer.png",
+        "access-new-token.png",
+        "workspaces.png",
+    ] {
+        let path = shots.join(shot);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{path:?}"
+        );
+        if let Some(keep) = std::env::var_os("SLUICE_TEST_SCREENSHOTS") {
+            std::fs::create_dir_all(&keep).expect("screenshots dir");
+            std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
+        }
+    }
+}

@@ -1,0 +1,289 @@
+"""Walks through the web console in headless Chromium as two people would, and prints one JSON
+line per step for tests/console.rs to check.
+
+Usage: console_browser.py API_URL NODE_URL OUTBOX SHOTS_DIR USER2_EMAIL USER2_PASSWORD [AXE_JS]
+
+The first person signs up in the browser (the code read from the outbox), creates a workspace,
+switches, renames (Enter, then Escape), invites the second person (an account made beforehand),
+who accepts through the mailed link after the sign-in redirect. The first person makes them a
+Viewer, whose pages then offer no write controls; creates a source and an ingest token, whose
+secret is shown once and sends an event to the node; tries forged forms; deletes the
+workspace by typing its name; signs out. Screenshots go to SHOTS_DIR. With AXE_JS (axe-core's
+axe.min.js) it checks two pages for accessibility.
+
+Chromium is Debian's (/usr/bin/chromium), driven by Playwright; nothing is downloaded.
+"""
+
+import email
+import email.policy
+import glob
+import http.server
+import json
+import os
+import re
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from playwright.sync_api import sync_playwright
+
+
+def say(step, **facts):
+    print(json.dumps({"step": step, **facts}), flush=True)
+
+
+def mails(outbox, to, subject):
+    """Plain-text bodies of the mails to `to` whose subject contains `subject`, oldest first."""
+    found = []
+    paths = [p for d in (outbox, f"{outbox}/new", f"{outbox}/cur") for p in glob.glob(f"{d}/*")]
+    paths = [p for p in paths if os.path.isfile(p) and not p.endswith(".json")]
+    for path in sorted(paths, key=lambda p: (os.path.getmtime(p), p)):
+        with open(path, "rb") as f:
+            message = email.message_from_binary_file(f, policy=email.policy.default)
+        if to.lower() in str(message["To"]).lower() and subject in str(message["Subject"]):
+            found.append(message.get_body(preferencelist=("plain",)).get_content())
+    return found
+
+
+def wait_mail(outbox, to, subject, skip=0):
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        found = mails(outbox, to, subject)
+        if len(found) > skip:
+            return found[skip]
+        time.sleep(0.1)
+    raise RuntimeError(f"no mail to {to} about {subject!r}")
+
+
+def ingest(url, token):
+    """POSTs one event; retries while the node has not yet taken the new token."""
+    deadline = time.time() + 15
+    while True:
+        request = urllib.request.Request(
+            url,
+            data=b'{"temperature": 21.5}',
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status, r.read().decode()
+        except urllib.error.HTTPError as e:
+            if e.code != 401 or time.time() > deadline:
+                return e.code, e.read().decode()
+        time.sleep(0.2)
+
+
+class EvilPage(http.server.BaseHTTPRequestHandler):
+    """Another site (another port of 127.0.0.1) with a form aimed at the console."""
+
+    target = ""
+    token = ""
+
+    def do_GET(self):
+        page = (
+            "<!doctype html><title>evil</title>"
+            f'<form method="post" action="{self.target}">'
+            '<input name="name" value="pwned">'
+            f'<input name="csrf" value="{self.token}"><button id="go">go</button></form>'
+        ).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html")
+        self.send_header("Content-Length", str(len(page)))
+        self.end_headers()
+        self.wfile.write(page)
+
+    def log_message(self, *args):
+        pass
+
+
+def write_controls(page):
+    """How many controls that change something the page offers (sign-out aside)."""
+    return page.locator(
+        "main form button, main details summary, main input:not([type=hidden])"
+    ).count()
+
+
+def axe(page, axe_js):
+    page.add_script_tag(path=axe_js)
+    result = page.evaluate(
+        "async () => await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})"
+    )
+    return [
+        {"id": v["id"], "impact": v["impact"], "help": v["help"]}
+        for v in result["violations"]
+        if v["impact"] in ("serious", "critical")
+    ]
+
+
+def main():
+    api, node, outbox, shots, user2, password2 = sys.argv[1:7]
+    axe_js = sys.argv[7] if len(sys.argv) > 7 else None
+    user1, password1 = "ada@example.com", "correct horse battery"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path="/usr/bin/chromium",
+            args=["--no-sandbox", "--disable-dev-shm-usage"],
+        )
+        try:
+            run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js)
+        finally:
+            browser.close()
+
+
+def run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js):
+    viewport = {"width": 1100, "height": 760}
+    ada = browser.new_context(viewport=viewport)
+    ada.grant_permissions(["clipboard-read", "clipboard-write"], origin=api)
+    page = ada.new_page()
+    page.set_default_timeout(10_000)
+
+    # 1. Not signed in: the console sends to the sign-in form, which links to sign-up.
+    response = page.goto(f"{api}/app")
+    say("redirect", url=page.url, headers=dict(response.headers))
+    page.screenshot(path=f"{shots}/sign-in.png")
+    page.click("text=Create an account")
+    page.fill("input[name=email]", user1)
+    page.fill("input[name=password]", password1)
+    page.fill("input[name=first_name]", "Ada")
+    page.fill("input[name=last_name]", "Lovelace")
+    page.click("button:has-text('Create account')")
+    code = re.search(r"\b(\d{6})\b", wait_mail(outbox, user1, "verification code")).group(1)
+    page.fill("input[name=code]", code)
+    page.click("button:has-text('Confirm')")
+    page.fill("input[name=email]", user1)
+    page.fill("input[name=password]", password1)
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(f"{api}/app")
+    first = page.locator("main table tbody tr").count()
+    say("signed_up", url=page.url, workspaces=first)
+
+    # 2. A new workspace, then switching with the dropdown.
+    page.fill("input[name=name]", "Fleet North")
+    page.click("button:has-text('Create workspace')")
+    page.wait_for_url(re.compile(r"/app/w/fleet-north"))
+    say("created", url=page.url, notice=page.locator(".notice").inner_text())
+    page.click("summary:has-text('Fleet North')")
+    page.screenshot(path=f"{shots}/workspace-switcher.png")
+    others = page.locator(".switcher a:not([aria-current]):not([href*='#'])")
+    other_name = others.first.inner_text()
+    others.first.click()
+    page.wait_for_load_state()
+    switched_to = page.locator("h1").inner_text()
+    page.click("summary")
+    page.click(".switcher a:has-text('Fleet North')")
+    page.wait_for_url(re.compile(r"/app/w/fleet-north$"))
+    say("switched", other=other_name, heading=switched_to, back=page.locator("h1").inner_text())
+    slug_url = page.url
+
+    # 3. Rename: Enter saves; Escape puts the saved name back.
+    page.click("a:has-text('Settings')")
+    page.fill("input[name=name]", "Fleet North EU")
+    page.press("input[name=name]", "Enter")
+    page.wait_for_url(re.compile(r"settings\?done=renamed"))
+    renamed = page.locator("h1").inner_text()
+    page.fill("input[name=name]", "Something else")
+    page.press("input[name=name]", "Escape")
+    say("renamed", heading=renamed, after_escape=page.input_value("input[name=name]"))
+
+    # 4. Invite the second person, who accepts through the link after signing in.
+    page.fill("form[action$='/invitations'] input[name=email]", user2)
+    page.select_option("form[action$='/invitations'] select[name=role]", "editor")
+    page.click("button:has-text('Invite member')")
+    page.wait_for_url(re.compile(r"done=invited"))
+    pending = page.locator("section:has(h2:has-text('Invitations')) tbody tr").inner_text()
+    page.screenshot(path=f"{shots}/settings.png", full_page=True)
+    say("invited", pending=pending)
+    link = re.search(r"http://\S+", wait_mail(outbox, user2, "invited")).group(0)
+    bob = browser.new_context(viewport=viewport)
+    other = bob.new_page()
+    other.set_default_timeout(10_000)
+    other.goto(link)
+    login_url = other.url
+    other.fill("input[name=email]", user2)
+    other.fill("input[name=password]", password2)
+    other.click("button:has-text('Sign in')")
+    other.wait_for_url(re.compile(r"/app/w/"))
+    say("accepted", login_url=login_url, url=other.url, notice=other.locator(".notice").inner_text())
+    other.goto(slug_url + "/access")
+    editor_controls = write_controls(other)
+
+    # 5. Made a Viewer, they are offered no write controls.
+    page.reload()
+    page.select_option(f"select[aria-label='Role of {user2}']", "viewer")
+    page.click(f"form:has(select[aria-label='Role of {user2}']) button")
+    page.wait_for_url(re.compile(r"done=role"))
+    other.goto(slug_url + "/access")
+    viewer_access = write_controls(other)
+    other.screenshot(path=f"{shots}/access-viewer.png", full_page=True)
+    other.goto(slug_url + "/settings")
+    viewer_settings = write_controls(other)
+    say("viewer", editor_access=editor_controls, access=viewer_access, settings=viewer_settings)
+
+    # 6. A source and an ingest token; the secret is shown once, copied, and ingests.
+    page.goto(slug_url + "/access")
+    page.fill("form[action$='/sources'] input[name=slug]", "sensors")
+    page.click("button:has-text('Create source')")
+    page.wait_for_url(re.compile(r"done=source"))
+    page.fill("form[action$='/tokens'] input[name=name]", "device-1")
+    page.select_option("form[action$='/tokens'] select[name=source]", "sensors")
+    page.click("button:has-text('Create token')")
+    secret = page.locator("#new-token-secret").inner_text()
+    page.click("button:has-text('Copy')")
+    page.wait_for_selector("button:has-text('Copied')")
+    copied = page.evaluate("navigator.clipboard.readText()")
+    page.screenshot(path=f"{shots}/access-new-token.png", full_page=True)
+    shown_again = secret in page.goto(slug_url + "/access").text()
+    slug = slug_url.rstrip("/").split("/")[-1]
+    status, body = ingest(f"{node}/v1/ingest/{slug}/sensors", secret)
+    say("token", secret=secret, copied=copied, shown_again=shown_again,
+        in_url=secret in page.url, ingest_status=status, ingest_body=body)
+
+    # 7. Forged forms: without the token, and from another site with it.
+    forged = ada.request.post(slug_url + "/rename", form={"name": "pwned"}, max_redirects=0)
+    token = page.locator("input[name=csrf]").first.get_attribute("value")
+    EvilPage.target = slug_url + "/rename"
+    EvilPage.token = token
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), EvilPage)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    evil = ada.new_page()
+    evil.goto(f"http://127.0.0.1:{server.server_address[1]}/")
+    with evil.expect_navigation():
+        evil.click("#go")
+    cross_site = evil.locator("main").inner_text()
+    server.shutdown()
+    say("csrf", no_token_status=forged.status, no_token_body=forged.text(),
+        cross_site=cross_site, name_after=page.goto(slug_url).ok and page.locator("h1").inner_text())
+
+    if axe_js:
+        page.goto(slug_url + "/settings")
+        settings_violations = axe(page, axe_js)
+        page.goto(slug_url + "/access")
+        access_violations = axe(page, axe_js)
+        say("axe", settings=settings_violations, access=access_violations)
+
+    # 8. Delete: a wrong name is refused; the right one deletes.
+    page.goto(slug_url + "/settings")
+    page.click("summary:has-text('Delete workspace')")
+    page.fill("input[name=confirm]", "Fleet North")
+    page.click("button:has-text('Delete workspace')")
+    wrong = page.locator(".notice").inner_text()
+    page.click("summary:has-text('Delete workspace')")
+    page.fill("input[name=confirm]", "Fleet North EU")
+    page.click("button:has-text('Delete workspace')")
+    page.wait_for_url(re.compile(r"/app\?done=deleted"))
+    listed = page.locator("main table").inner_text()
+    page.screenshot(path=f"{shots}/workspaces.png", full_page=True)
+    say("deleted", wrong=wrong, notice=page.locator(".notice").inner_text(), listed=listed)
+
+    # 9. Sign out: the console asks to sign in again.
+    page.click("button:has-text('Sign out')")
+    page.wait_for_url(re.compile(r"/login"))
+    page.goto(f"{api}/app")
+    say("signed_out", url=page.url)
+
+
+if __name__ == "__main__":
+    main()
