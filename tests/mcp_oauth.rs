@@ -753,6 +753,23 @@ fn oauth_refuses_plain_pkce_foreign_redirects_other_resources_reused_tokens_and_
         grants["items"].as_array().map_or(0, Vec::len) >= 3,
         "{grants}"
     );
+    // Registrations are bounded per client address: 20 an hour (one made above).
+    let register = || {
+        common::post(
+            &format!("{base}/oauth/register"),
+            &[("content-type", "application/json")],
+            json!({"client_name": "again", "redirect_uris": [REDIRECT]})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    for _ in 0..19 {
+        assert_eq!(register().status, 201);
+    }
+    let a = register();
+    assert_eq!(a.status, 429, "{}", a.body);
+    assert_eq!(a.json()["error"], "too_many_requests", "{}", a.body);
+    assert!(a.retry_after.is_some(), "{:?}", a.headers);
 }
 
 /// A static HTTPS server on 127.0.0.1 (Python, with the test CA's certificate) serving `root`.
