@@ -22,6 +22,8 @@
 #     the AsyncAPI documents of tests/asyncapi.rs, with `npm ci` the same way
 #   - tests/mcp/node_modules: @modelcontextprotocol/sdk, the official MCP TypeScript SDK, the
 #     client of tests/mcp.rs, with `npm ci` the same way
+#   - tests/console/node_modules: axe-core, the accessibility check of the console pages in
+#     tests/console.rs, with `npm ci` the same way
 #   - cargo-nextest when missing (falls back to cargo test if it cannot be installed)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -46,7 +48,7 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2
     echo "mosquitto could not be installed; the tests that use mosquitto_pub skip that part"
 fi
 
-echo "== Chromium (the CORS test posts from pages in a real browser, driven by Playwright)"
+echo "== Chromium (the CORS and console tests drive a real browser with Playwright)"
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
@@ -97,6 +99,12 @@ fi
 echo "== MCP TypeScript SDK (tests/mcp.rs)"
 if ! cmp -s tests/mcp/package-lock.json tests/mcp/node_modules/.sluice-installed-lock.json; then
   (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error &&
+    cp package-lock.json node_modules/.sluice-installed-lock.json)
+fi
+
+echo "== axe-core (tests/console.rs checks console pages for accessibility)"
+if ! cmp -s tests/console/package-lock.json tests/console/node_modules/.sluice-installed-lock.json; then
+  (cd tests/console && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 

@@ -107,15 +107,17 @@ def write_controls(page):
 
 
 def axe(page, axe_js):
+    """The serious and critical WCAG 2 A/AA violations axe-core finds, and how many rules pass."""
     page.add_script_tag(path=axe_js)
     result = page.evaluate(
         "async () => await axe.run(document, {runOnly: ['wcag2a', 'wcag2aa']})"
     )
-    return [
+    serious = [
         {"id": v["id"], "impact": v["impact"], "help": v["help"]}
         for v in result["violations"]
         if v["impact"] in ("serious", "critical")
     ]
+    return {"serious": serious, "rules_passed": len(result["passes"])}
 
 
 def main():
@@ -258,10 +260,15 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
         cross_site=cross_site, name_after=page.goto(slug_url).ok and page.locator("h1").inner_text())
 
     if axe_js:
-        page.goto(slug_url + "/settings")
-        settings_violations = axe(page, axe_js)
-        page.goto(slug_url + "/access")
-        access_violations = axe(page, axe_js)
+        # The pages' CSP refuses the injected checker, as it should: a context of the same
+        # session that lets the checker in.
+        checker = browser.new_context(bypass_csp=True, storage_state=ada.storage_state())
+        audited = checker.new_page()
+        audited.goto(slug_url + "/settings")
+        settings_violations = axe(audited, axe_js)
+        audited.goto(slug_url + "/access")
+        access_violations = axe(audited, axe_js)
+        checker.close()
         say("axe", settings=settings_violations, access=access_violations)
 
     # 8. Delete: a wrong name is refused; the right one deletes.
