@@ -1,7 +1,8 @@
 //! The web console in a real browser (Debian's Chromium driven by Playwright,
 //! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and
 //! the switcher, rename, an invitation accepted after the sign-in redirect, a Viewer without
-//! write controls, a token whose secret is shown once and ingests, forged forms refused, the
+//! write controls, a token whose secret is shown once and ingests, the workspace's SMTP server
+//! saved and tested against a real SMTP server, forged forms refused, the
 //! security headers, axe-core's accessibility check, deleting by typing the name, and sign-out.
 //! Screenshots of the main pages are saved in the test's temporary directory (kept when
 //! `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
@@ -12,7 +13,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use common::controlplane::{verified_user, Api};
+use common::controlplane::{mails_to, verified_user, Api, SmtpServer};
 use common::{python, Sluice};
 use serde_json::Value;
 
@@ -71,7 +72,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         "/usr/bin/chromium or playwright is missing: run ./scripts/test.sh, or set SLUICE_TEST_SKIP_BROWSER=1"
     );
     let dir = tempfile::tempdir().expect("tempdir");
-    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    // The workspace's SMTP server listens on loopback, which workspace SMTP refuses unless
+    // allowed.
+    let sluice = Sluice::start(&dir.path().join("data"), &["--smtp-allow-private-hosts"]);
+    let smtp = SmtpServer::start(&dir.path().join("smtp"));
     let api = Api::new(sluice.api_url());
     let outbox = sluice.data_dir.join("outbox");
     let bob = verified_user(&api, &outbox, "bob@example.com");
@@ -116,7 +120,7 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         .arg(&shots)
         .arg(&bob.email)
         .arg(&bob.password);
-    script.arg(axe_js());
+    script.arg(axe_js()).arg(smtp.port.to_string());
     let out = script.output().expect("console_browser.py runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -190,6 +194,29 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(token["in_url"], false, "{token}");
     assert_eq!(token["ingest_status"], 202, "{token}");
 
+    let mail = step("smtp");
+    assert!(text(&mail, "saved").contains("saved"), "{mail}");
+    assert!(text(&mail, "test").contains("was sent"), "{mail}");
+    let delivery = text(&mail, "delivery");
+    assert!(
+        delivery.contains("ada@example.com")
+            && delivery.contains("smtp_test")
+            && delivery.contains("workspace_smtp")
+            && delivery.contains("sent"),
+        "{mail}"
+    );
+    assert_eq!(mail["viewer_controls"], 0, "{mail}");
+    assert_eq!(mail["viewer_sees_settings"], true, "{mail}");
+    assert!(
+        text(&mail, "removed").contains("goes through the platform"),
+        "{mail}"
+    );
+    assert_eq!(
+        mails_to(&smtp.maildir, "ada@example.com", "SMTP test").len(),
+        1,
+        "the test reached the workspace's server"
+    );
+
     let csrf = step("csrf");
     assert_eq!(csrf["no_token_status"], 403, "{csrf}");
     assert!(
@@ -200,7 +227,7 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(csrf["name_after"], "Fleet North EU", "{csrf}");
 
     let axe = step("axe");
-    for page in ["settings", "access"] {
+    for page in ["settings", "access", "mail"] {
         assert_eq!(axe[page]["serious"], Value::Array(vec![]), "{axe}");
         assert!(axe[page]["rules_passed"].as_u64() > Some(5), "{axe}");
     }
@@ -230,6 +257,7 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         "settings.png",
         "access-viewer.png",
         "access-new-token.png",
+        "mail.png",
         "workspaces.png",
     ] {
         let path = shots.join(shot);

@@ -1,15 +1,16 @@
 """Walks through the web console in headless Chromium as two people would, and prints one JSON
 line per step for tests/console.rs to check.
 
-Usage: console_browser.py API_URL NODE_URL OUTBOX SHOTS_DIR USER2_EMAIL USER2_PASSWORD [AXE_JS]
+Usage: console_browser.py API_URL NODE_URL OUTBOX SHOTS_DIR USER2_EMAIL USER2_PASSWORD AXE_JS SMTP_PORT
 
 The first person signs up in the browser (the code read from the outbox), creates a workspace,
 switches, renames (Enter, then Escape), invites the second person (an account made beforehand),
 who accepts through the mailed link after the sign-in redirect. The first person makes them a
 Viewer, whose pages then offer no write controls; creates a source and an ingest token, whose
-secret is shown once and sends an event to the node; tries forged forms; deletes the
-workspace by typing its name; signs out. Screenshots go to SHOTS_DIR. With AXE_JS (axe-core's
-axe.min.js) it checks two pages for accessibility.
+secret is shown once and sends an event to the node; saves the workspace's SMTP server (an
+SMTP server on SMTP_PORT of 127.0.0.1), sends a test and sees the delivery, removes it; tries
+forged forms; deletes the workspace by typing its name; signs out. Screenshots go to SHOTS_DIR.
+AXE_JS (axe-core's axe.min.js) checks three pages for accessibility.
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright; nothing is downloaded.
 """
@@ -121,8 +122,7 @@ def axe(page, axe_js):
 
 
 def main():
-    api, node, outbox, shots, user2, password2 = sys.argv[1:7]
-    axe_js = sys.argv[7] if len(sys.argv) > 7 else None
+    api, node, outbox, shots, user2, password2, axe_js, smtp_port = sys.argv[1:9]
     user1, password1 = "ada@example.com", "correct horse battery"
     with sync_playwright() as p:
         browser = p.chromium.launch(
@@ -130,12 +130,12 @@ def main():
             args=["--no-sandbox", "--disable-dev-shm-usage"],
         )
         try:
-            run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js)
+            run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js, smtp_port)
         finally:
             browser.close()
 
 
-def run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js):
+def run(browser, api, node, outbox, shots, user1, password1, user2, password2, axe_js, smtp_port):
     viewport = {"width": 1100, "height": 760}
     ada = browser.new_context(viewport=viewport)
     ada.grant_permissions(["clipboard-read", "clipboard-write"], origin=api)
@@ -243,7 +243,31 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     say("token", secret=secret, copied=copied, shown_again=shown_again,
         in_url=secret in page.url, ingest_status=status, ingest_body=body)
 
-    # 7. Forged forms: without the token, and from another site with it.
+    # 7. The workspace's own SMTP server: Save, Send test, the delivery row, then Remove.
+    page.goto(slug_url + "/mail")
+    page.fill("input[name=host]", "127.0.0.1")
+    page.fill("input[name=port]", smtp_port)
+    page.select_option("select[name=security]", "none")
+    page.fill("input[name=from_address]", "fleet@example.com")
+    page.fill("input[name=from_name]", "Fleet North")
+    page.click("button:has-text('Save')")
+    page.wait_for_url(re.compile(r"done=smtp-saved"))
+    saved = page.locator(".notice").inner_text()
+    page.click("button:has-text('Send test')")
+    test_notice = page.locator(".notice").inner_text()
+    page.click("a:has-text('Refresh')")
+    delivery = page.locator("section:has(h2:has-text('Email deliveries')) tbody tr").first.inner_text()
+    page.screenshot(path=f"{shots}/mail.png", full_page=True)
+    other.goto(slug_url + "/mail")
+    viewer_mail = write_controls(other)
+    viewer_host = "127.0.0.1" in other.locator("main").inner_text()
+    page.click("button:has-text('Remove')")
+    page.wait_for_url(re.compile(r"done=smtp-removed"))
+    removed = page.locator("main").inner_text()
+    say("smtp", saved=saved, test=test_notice, delivery=delivery, viewer_controls=viewer_mail,
+        viewer_sees_settings=viewer_host, removed=removed)
+
+    # 8. Forged forms: without the token, and from another site with it.
     forged = ada.request.post(slug_url + "/rename", form={"name": "pwned"}, max_redirects=0)
     token = page.locator("input[name=csrf]").first.get_attribute("value")
     EvilPage.target = slug_url + "/rename"
@@ -259,19 +283,20 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     say("csrf", no_token_status=forged.status, no_token_body=forged.text(),
         cross_site=cross_site, name_after=page.goto(slug_url).ok and page.locator("h1").inner_text())
 
-    if axe_js:
-        # The pages' CSP refuses the injected checker, as it should: a context of the same
-        # session that lets the checker in.
-        checker = browser.new_context(bypass_csp=True, storage_state=ada.storage_state())
-        audited = checker.new_page()
-        audited.goto(slug_url + "/settings")
-        settings_violations = axe(audited, axe_js)
-        audited.goto(slug_url + "/access")
-        access_violations = axe(audited, axe_js)
-        checker.close()
-        say("axe", settings=settings_violations, access=access_violations)
+    # Accessibility. The pages' CSP refuses the injected checker, as it should: a context of
+    # the same session that lets the checker in.
+    checker = browser.new_context(bypass_csp=True, storage_state=ada.storage_state())
+    audited = checker.new_page()
+    audited.goto(slug_url + "/settings")
+    settings_violations = axe(audited, axe_js)
+    audited.goto(slug_url + "/access")
+    access_violations = axe(audited, axe_js)
+    audited.goto(slug_url + "/mail")
+    mail_violations = axe(audited, axe_js)
+    checker.close()
+    say("axe", settings=settings_violations, access=access_violations, mail=mail_violations)
 
-    # 8. Delete: a wrong name is refused; the right one deletes.
+    # 9. Delete: a wrong name is refused; the right one deletes.
     page.goto(slug_url + "/settings")
     page.click("summary:has-text('Delete workspace')")
     page.fill("input[name=confirm]", "Fleet North")
@@ -285,7 +310,7 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.screenshot(path=f"{shots}/workspaces.png", full_page=True)
     say("deleted", wrong=wrong, notice=page.locator(".notice").inner_text(), listed=listed)
 
-    # 9. Sign out: the console asks to sign in again.
+    # 10. Sign out: the console asks to sign in again.
     page.click("button:has-text('Sign out')")
     page.wait_for_url(re.compile(r"/login"))
     page.goto(f"{api}/app")

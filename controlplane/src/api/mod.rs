@@ -24,7 +24,7 @@ mod personal_tokens;
 mod refusals;
 pub(crate) mod sessions;
 mod signup;
-mod smtp;
+pub(crate) mod smtp;
 pub(crate) mod sources;
 mod tag_rules;
 pub(crate) mod tokens;

@@ -21,6 +21,10 @@ use crate::problem::ApiError;
 pub enum Notice {
     /// A change went through.
     Done(&'static str),
+    /// What an action did, in words made for this answer (a test mail sent).
+    Text(String),
+    /// An action ran and failed (a test mail the server refused); the page itself is `200`.
+    Failed(String),
     /// The API refused a change: its `detail`, with its status for the page.
     Refused(ApiError),
 }
@@ -42,6 +46,8 @@ impl Notice {
             "removed" => "The member is removed.",
             "source" => "The source is created.",
             "revoked" => "The token is revoked.",
+            "smtp-saved" => "The SMTP settings are saved.",
+            "smtp-removed" => "The SMTP settings are removed: mail goes through the platform.",
             _ => return None,
         };
         Some(Notice::Done(text))
@@ -49,7 +55,7 @@ impl Notice {
 
     fn status(&self) -> StatusCode {
         match self {
-            Notice::Done(_) => StatusCode::OK,
+            Notice::Done(_) | Notice::Text(_) | Notice::Failed(_) => StatusCode::OK,
             Notice::Refused(e) => e.status(),
         }
     }
@@ -57,6 +63,13 @@ impl Notice {
     fn html(&self) -> String {
         match self {
             Notice::Done(text) => format!("<p class=\"notice\" role=\"status\">{text}</p>"),
+            Notice::Text(text) => {
+                format!("<p class=\"notice\" role=\"status\">{}</p>", escape(text))
+            }
+            Notice::Failed(text) => format!(
+                "<p class=\"notice refused\" role=\"alert\"><strong>Failed:</strong> {}</p>",
+                escape(text)
+            ),
             Notice::Refused(e) => format!(
                 "<p class=\"notice refused\" role=\"alert\"><strong>Not done:</strong> {}</p>",
                 escape(&e.detail)
@@ -70,6 +83,7 @@ impl Notice {
 pub enum Tab {
     Overview,
     Access,
+    Mail,
     Settings,
 }
 
@@ -123,9 +137,10 @@ pub async fn page(
                 format!("<li><a href=\"{base}{path}\"{here}>{label}</a></li>")
             };
             format!(
-                "<nav aria-label=\"Workspace\"><ul>{}{}{}</ul></nav>",
+                "<nav aria-label=\"Workspace\"><ul>{}{}{}{}</ul></nav>",
                 link(Tab::Overview, "", "Overview"),
                 link(Tab::Access, "/access", "Access"),
+                link(Tab::Mail, "/mail", "Mail"),
                 link(Tab::Settings, "/settings", "⚙ Settings"),
             )
         }

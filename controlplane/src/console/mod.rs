@@ -16,6 +16,7 @@ mod csrf;
 mod frame;
 pub(crate) mod headers;
 mod settings;
+mod smtp;
 mod visitor;
 mod workspaces;
 
@@ -76,6 +77,10 @@ pub fn routes() -> Router<App> {
             "/app/w/{workspace}/tokens/{token}/revoke",
             post(access::revoke_token),
         )
+        .route("/app/w/{workspace}/mail", get(smtp::page))
+        .route("/app/w/{workspace}/mail/smtp", post(smtp::save))
+        .route("/app/w/{workspace}/mail/smtp/test", post(smtp::test))
+        .route("/app/w/{workspace}/mail/smtp/remove", post(smtp::remove))
         .route(assets::CSS_PATH, get(assets::css))
         .route(assets::JS_PATH, get(assets::js))
 }
