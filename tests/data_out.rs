@@ -1026,3 +1026,65 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
         tried
     );
 }
+
+/// The first ```sh block after `heading` in `doc`.
+fn sh_block(doc: &str, heading: &str) -> String {
+    doc.split(heading)
+        .nth(1)
+        .and_then(|s| s.split("```sh").nth(1))
+        .and_then(|s| s.split("```").next())
+        .unwrap_or_else(|| panic!("no sh block after {heading:?}"))
+        .to_owned()
+}
+
+/// docs/data-out.md's quick start, run as written after the control plane's, against
+/// `sluice up`: the page it reads holds the event it sent, with the output's three fields.
+#[test]
+fn the_documented_quick_start_reads_back_the_event_it_sent() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = common::Sluice::start(&dir.path().join("data"), &["--batch-max-age-ms", "1000"]);
+    let control = sh_block(
+        include_str!("../docs/control-plane.md"),
+        "## Quick start (with `sluice up`)",
+    );
+    let data_out = sh_block(include_str!("../docs/data-out.md"), "## Quick start");
+    // The live stream at the end runs until stopped.
+    let data_out = data_out
+        .split("# The same, live")
+        .next()
+        .expect("the block");
+    let script = format!("set -e\n{control}\n{data_out}")
+        .replace("http://127.0.0.1:8080", &sluice.api_url())
+        .replace("http://127.0.0.1:8081", &sluice.base_url())
+        .replace(
+            "data/outbox",
+            &sluice.data_dir.join("outbox").display().to_string(),
+        );
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&script)
+        .output()
+        .expect("bash");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // curl's answers run together on one line; the page is the last of them.
+    let page: Value = serde_json::Deserializer::from_str(&stdout)
+        .into_iter::<Value>()
+        .filter_map(Result::ok)
+        .filter(|v| v.get("psi").is_some())
+        .last()
+        .unwrap_or_else(|| panic!("no event read back: {stdout}"));
+    let keys: HashSet<&str> = page
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, HashSet::from(["event_id", "device_id", "psi"]));
+    assert_eq!(page["device_id"], "press-1");
+    assert_eq!(page["psi"], 101.3);
+}
