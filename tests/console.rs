@@ -1,11 +1,11 @@
 //! The web console in a real browser (Debian's Chromium driven by Playwright,
 //! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and
-//! the switcher, rename, an invitation accepted after the sign-in redirect, a Viewer without
-//! write controls, a token whose secret is shown once and ingests, the workspace's SMTP server
-//! saved and tested against a real SMTP server, forged forms refused, the
-//! security headers, axe-core's accessibility check, deleting by typing the name, and sign-out.
-//! Screenshots of the main pages are saved in the test's temporary directory (kept when
-//! `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
+//! the switcher, rename, CORS origins, the MCP URL, an invitation accepted after the sign-in
+//! redirect, a Viewer without write controls, a token whose secret is shown once and ingests,
+//! the workspace's SMTP server saved and tested against a real SMTP server, forged forms
+//! refused, the security headers, axe-core's accessibility check, deleting by typing the name,
+//! and sign-out. Screenshots of the main pages are saved in the test's temporary directory
+//! (kept when `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
 
 mod common;
 
@@ -167,6 +167,16 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     let renamed = step("renamed");
     assert_eq!(renamed["heading"], "Fleet North EU · Settings", "{renamed}");
     assert_eq!(renamed["after_escape"], "Fleet North EU", "{renamed}");
+
+    let cors = step("cors");
+    assert!(text(&cors, "refused").contains("not an origin"), "{cors}");
+    assert_eq!(cors["saved"], "https://app.example.com", "{cors}");
+    let mcp = step("mcp");
+    assert_eq!(
+        text(&mcp, "url"),
+        format!("{}/mcp/fleet-north", sluice.api_url()),
+        "{mcp}"
+    );
 
     let invited = step("invited");
     assert!(text(&invited, "pending").contains(&bob.email), "{invited}");

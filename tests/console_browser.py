@@ -103,7 +103,7 @@ class EvilPage(http.server.BaseHTTPRequestHandler):
 def write_controls(page):
     """How many controls that change something the page offers (sign-out aside)."""
     return page.locator(
-        "main form button, main details summary, main input:not([type=hidden])"
+        "main form button, main details summary, main input:not([type=hidden]), main textarea"
     ).count()
 
 
@@ -189,6 +189,20 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.fill("input[name=name]", "Something else")
     page.press("input[name=name]", "Escape")
     say("renamed", heading=renamed, after_escape=page.input_value("input[name=name]"))
+
+    # CORS origins: a wrong one is refused with the API's detail; a right one is saved.
+    page.fill("textarea[name=origins]", "https://app.example.com\nnot an origin")
+    page.click("button:has-text('Save origins')")
+    cors_refused = page.locator(".notice").inner_text()
+    page.fill("textarea[name=origins]", "https://app.example.com")
+    page.click("button:has-text('Save origins')")
+    page.wait_for_url(re.compile(r"done=cors"))
+    say("cors", refused=cors_refused, saved=page.input_value("textarea[name=origins]"))
+
+    # The MCP URL, with a copy button, on the overview.
+    page.click("a:has-text('Overview')")
+    say("mcp", url=page.locator("#mcp-url").inner_text())
+    page.click("a:has-text('Settings')")
 
     # 4. Invite the second person, who accepts through the link after signing in.
     page.fill("form[action$='/invitations'] input[name=email]", user2)

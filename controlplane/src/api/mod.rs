@@ -8,7 +8,7 @@
 mod asyncapi;
 mod cluster;
 mod codes;
-mod cors;
+pub(crate) mod cors;
 mod export_endpoints;
 pub(crate) mod html;
 mod identities;

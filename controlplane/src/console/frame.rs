@@ -46,6 +46,7 @@ impl Notice {
             "removed" => "The member is removed.",
             "source" => "The source is created.",
             "revoked" => "The token is revoked.",
+            "cors" => "The CORS origins are saved.",
             "smtp-saved" => "The SMTP settings are saved.",
             "smtp-removed" => "The SMTP settings are removed: mail goes through the platform.",
             _ => return None,

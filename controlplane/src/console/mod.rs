@@ -65,6 +65,7 @@ pub fn routes() -> Router<App> {
             "/app/w/{workspace}/members/{user}/remove",
             post(settings::remove_member),
         )
+        .route("/app/w/{workspace}/cors", post(settings::set_cors))
         .route("/app/w/{workspace}/invitations", post(settings::invite))
         .route(
             "/app/w/{workspace}/invitations/{invitation}/cancel",

@@ -12,6 +12,7 @@ use super::frame::{self, Notice, Tab};
 use super::visitor::Visitor;
 use super::workspaces::{all, load, role_name};
 use super::{workspace_url, APP_PATH};
+use crate::api::cors::{self, Cors};
 use crate::api::html::escape;
 use crate::api::invitations::{self, NewInvitation};
 use crate::api::members::{self, RoleChange};
@@ -175,6 +176,30 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     };
     main.push_str(&format!(
         "<section aria-labelledby=\"invitations\"><h2 id=\"invitations\">Invitations</h2>{invite}{table}</section>"
+    ));
+
+    // CORS: the browser origins allowed to call the workspace's ingest endpoints.
+    let origins = cors::get_cors(State(app.clone()), caller(), path())
+        .await
+        .map(|Json(c)| c.allowed_origins)
+        .unwrap_or_default();
+    let listed = escape(&origins.join("\n"));
+    let cors = if may(Action::ManageCors) {
+        format!(
+            "<form method=\"post\" action=\"{base}/cors\">{csrf}\
+<p><label for=\"origins\">Allowed origins, one per line (like <code>https://app.example.com</code>)</label></p>\
+<p><textarea id=\"origins\" name=\"origins\" rows=\"4\" cols=\"50\">{listed}</textarea></p>\
+<p><button>Save origins</button></p></form>"
+        )
+    } else if origins.is_empty() {
+        "<p class=\"muted\">None: only servers and devices call the ingest endpoints.</p>"
+            .to_owned()
+    } else {
+        format!("<pre>{listed}</pre>")
+    };
+    main.push_str(&format!(
+        "<section aria-labelledby=\"cors\"><h2 id=\"cors\">CORS origins</h2>\
+<p class=\"muted\">Web pages on these origins may send events from a browser.</p>{cors}</section>"
     ));
 
     if may(Action::DeleteWorkspace) {
@@ -360,4 +385,35 @@ pub async fn cancel_invitation(
     )
     .await;
     after(&app, &visitor, &key, result, "cancelled").await
+}
+
+/// The CORS form: origins, one per line.
+#[derive(Debug, Deserialize)]
+pub struct CorsForm {
+    #[serde(default)]
+    origins: String,
+}
+
+/// Replaces the origins as `PUT /api/v1/workspaces/{workspace}/cors` does.
+pub async fn set_cors(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    posted: CheckedForm<CorsForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let allowed_origins = form
+        .origins
+        .lines()
+        .map(str::trim)
+        .filter(|o| !o.is_empty())
+        .map(str::to_owned)
+        .collect();
+    let result = cors::set_cors(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.clone()),
+        ApiJson(Cors { allowed_origins }),
+    )
+    .await;
+    after(&app, &visitor, &key, result, "cors").await
 }

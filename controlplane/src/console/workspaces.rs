@@ -147,13 +147,19 @@ it again.</p>"
 <dt>Created</dt><dd>{created}</dd>\
 <dt>Sources</dt><dd>{sources}</dd><dt>Access tokens</dt><dd>{tokens}</dd><dt>Members</dt><dd>{members}</dd>\
 </dl><p>Devices send events to <code>POST /v1/ingest/{slug}/&lt;source&gt;</code> on a node, \
-with an ingest token from <a href=\"{access}\">Access</a>.</p></section>",
+with an ingest token from <a href=\"{access}\">Access</a>.</p></section>\
+<section aria-labelledby=\"mcp\"><h2 id=\"mcp\">MCP</h2>\
+<p>AI assistants reach this workspace's API as tools at its MCP URL; the client signs in with \
+OAuth (or a personal access token) and gets your role at most.</p>\
+<p class=\"secret\"><code id=\"mcp-url\">{mcp}</code>\
+<button type=\"button\" data-copy=\"mcp-url\">Copy</button></p></section>",
         role = role_name(ws.role),
         created = ws.created_at.format("%Y-%m-%d %H:%M UTC"),
         sources = count(sources),
         tokens = count(tokens),
         members = count(members),
         access = escape(&format!("{}/access", workspace_url(&ws.slug))),
+        mcp = escape(&format!("{}/mcp/{}", app.config.public_url(), ws.slug)),
     );
     let title = ws.name.clone();
     frame::page(
