@@ -4,8 +4,8 @@
 //! redirect, a Viewer without write controls, a token whose secret is shown once and ingests,
 //! the workspace's SMTP server saved and tested against a real SMTP server, forged forms
 //! refused, the security headers, axe-core's accessibility check, deleting by typing the name,
-//! and sign-out. Screenshots of the main pages are saved in the test's temporary directory
-//! (kept when `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
+//! sign-out, and a password reset. Screenshots of the main pages are saved in the test's
+//! temporary directory (kept when `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
 
 mod common;
 
@@ -260,6 +260,9 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         text(&signed_out, "url").contains("/login?next=%2Fapp"),
         "{signed_out}"
     );
+
+    let reset = step("password_reset");
+    assert!(text(&reset, "url").ends_with("/app"), "{reset}");
 
     for shot in [
         "sign-in.png",

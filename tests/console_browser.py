@@ -9,8 +9,9 @@ who accepts through the mailed link after the sign-in redirect. The first person
 Viewer, whose pages then offer no write controls; creates a source and an ingest token, whose
 secret is shown once and sends an event to the node; saves the workspace's SMTP server (an
 SMTP server on SMTP_PORT of 127.0.0.1), sends a test and sees the delivery, removes it; tries
-forged forms; deletes the workspace by typing its name; signs out. Screenshots go to SHOTS_DIR.
-AXE_JS (axe-core's axe.min.js) checks three pages for accessibility.
+forged forms; deletes the workspace by typing its name; signs out; resets the password.
+Screenshots go to SHOTS_DIR. AXE_JS (axe-core's axe.min.js) checks three pages for
+accessibility.
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright; nothing is downloaded.
 """
@@ -329,6 +330,21 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.wait_for_url(re.compile(r"/login"))
     page.goto(f"{api}/app")
     say("signed_out", url=page.url)
+
+    # 11. Password reset from the sign-in form, then signing in with the new password.
+    page.click("text=Forgot your password?")
+    page.fill("input[name=email]", user1)
+    page.click("button:has-text('Send a code')")
+    code = re.search(r"\b(\d{6})\b", wait_mail(outbox, user1, "password reset code")).group(1)
+    page.fill("input[name=code]", code)
+    page.fill("input[name=password]", "a brand new passphrase")
+    page.click("button:has-text('Set the password')")
+    page.wait_for_url(re.compile(r"/login\?next=%2Fapp"))
+    page.fill("input[name=email]", user1)
+    page.fill("input[name=password]", "a brand new passphrase")
+    page.click("button:has-text('Sign in')")
+    page.wait_for_url(f"{api}/app")
+    say("password_reset", url=page.url)
 
 
 if __name__ == "__main__":

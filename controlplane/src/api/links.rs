@@ -62,7 +62,7 @@ impl FromRequestParts<App> for MaybeCaller {
 /// Where the form may send people afterwards: the invitation link, a console page or an API
 /// path of this server, written in plain visible ASCII (browsers drop tabs and newlines from URLs, which
 /// would turn `/\t/evil.example` into `//evil.example`). Anything else goes to `/api/v1/me`.
-pub(super) fn safe_next(next: Option<&str>) -> &str {
+pub(crate) fn safe_next(next: Option<&str>) -> &str {
     let allowed = |n: &str| {
         (n.starts_with("/invitations/accept?")
             || n == crate::console::APP_PATH
@@ -168,6 +168,7 @@ fn login_form_page(
 ) -> Response {
     let next = safe_next(next);
     let signup = html::escape(&with_next(SIGNUP_PATH, Some(next)));
+    let reset = html::escape(&with_next(crate::console::PASSWORD_RESET_PATH, Some(next)));
     let providers = super::identities::provider_buttons(app, next, "Sign in");
     html::form_page(
         "Sign in to Sluice",
@@ -177,6 +178,7 @@ fn login_form_page(
 <p><label>E-mail <input name=\"email\" type=\"email\" value=\"{email}\" required></label></p>\
 <p><label>Password <input name=\"password\" type=\"password\" required></label></p>\
 <input type=\"hidden\" name=\"next\" value=\"{next}\"><p><button>Sign in</button></p></form>\
+<p><a href=\"{reset}\">Forgot your password?</a></p>\
 {providers}<p>New to Sluice? <a href=\"{signup}\">Create an account</a> with the address you were invited at.</p>",
             email = html::escape(email),
             next = html::escape(next),

@@ -7,7 +7,7 @@
 
 mod asyncapi;
 mod cluster;
-mod codes;
+pub(crate) mod codes;
 pub(crate) mod cors;
 mod export_endpoints;
 pub(crate) mod html;
@@ -19,7 +19,7 @@ mod meta;
 mod oauth_grants;
 mod operator;
 mod outputs;
-mod password_reset;
+pub(crate) mod password_reset;
 mod personal_tokens;
 mod refusals;
 pub(crate) mod sessions;

@@ -78,7 +78,7 @@ impl<T: DeserializeOwned + Send> FromRequest<App> for CheckedForm<T> {
 /// Refuses a request a browser says comes from another site: `Sec-Fetch-Site` other than
 /// `same-origin` or `none`, or an `Origin` that is not this server's (`Host`). Clients that
 /// send neither (not browsers) still need the token.
-fn same_site(headers: &HeaderMap) -> Result<(), &'static str> {
+pub(super) fn same_site(headers: &HeaderMap) -> Result<(), &'static str> {
     let text = |name| headers.get(name).and_then(|v| v.to_str().ok());
     if let Some(site) = text(header::HeaderName::from_static("sec-fetch-site")) {
         if site != "same-origin" && site != "none" {

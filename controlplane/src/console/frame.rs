@@ -176,6 +176,20 @@ pub fn message_page(status: StatusCode, title: &str, detail: &str) -> Response {
     document(status, title, &body)
 }
 
+/// A page for someone not signed in (password reset): `main` under the title, with `refusal`
+/// above it and its status.
+pub fn public_page(title: &str, refusal: Option<&ApiError>, main: &str) -> Response {
+    let (status, alert) = match refusal {
+        Some(e) => (e.status(), Notice::Refused(e.clone()).html()),
+        None => (StatusCode::OK, String::new()),
+    };
+    let body = format!(
+        "<main><h1>{title}</h1>{alert}{main}<p><a href=\"/login\">Back to sign-in</a></p></main>",
+        title = escape(title),
+    );
+    document(status, title, &body)
+}
+
 fn document(status: StatusCode, title: &str, body: &str) -> Response {
     (
         status,

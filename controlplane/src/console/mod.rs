@@ -15,6 +15,7 @@ mod assets;
 mod csrf;
 mod frame;
 pub(crate) mod headers;
+mod password_reset;
 mod settings;
 mod smtp;
 mod visitor;
@@ -30,6 +31,7 @@ use crate::app::App;
 pub const APP_PATH: &str = "/app";
 /// Prefix of every other console page.
 pub const APP_PATH_SLASH: &str = "/app/";
+pub use password_reset::PASSWORD_RESET_PATH;
 
 /// The console page of workspace `slug`.
 pub fn workspace_url(slug: &str) -> String {
@@ -50,6 +52,11 @@ fn url_segment(text: &str) -> String {
 pub fn routes() -> Router<App> {
     Router::new()
         .route("/", get(|| async { Redirect::to(APP_PATH) }))
+        .route(
+            password_reset::PASSWORD_RESET_PATH,
+            get(password_reset::page).post(password_reset::send_code),
+        )
+        .route("/password-reset/confirm", post(password_reset::confirm))
         .route(APP_PATH, get(workspaces::index))
         .route("/app/workspaces", post(workspaces::create))
         .route("/app/sign-out", post(visitor::sign_out))
