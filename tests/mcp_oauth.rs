@@ -572,7 +572,7 @@ fn oauth_refuses_plain_pkce_foreign_redirects_other_resources_reused_tokens_and_
         ("redirect_uri", "http://127.0.0.1:9/other".to_owned()),
         ("client_id", "sluice_ocl_someone_else".to_owned()),
     ] {
-        let mut pairs = vec![
+        let mut pairs = [
             ("grant_type", "authorization_code".to_owned()),
             ("code", code.clone()),
             ("client_id", client.client_id.clone()),
@@ -800,9 +800,11 @@ server.serve_forever()
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("python runs");
+        // Owned from here: dropped (killed and waited for) on every path, the panic included.
+        let server = StaticHttps { child, port };
         for _ in 0..100 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return StaticHttps { child, port };
+                return server;
             }
             std::thread::sleep(Duration::from_millis(50));
         }
