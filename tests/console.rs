@@ -1,11 +1,12 @@
 //! The web console in a real browser (Debian's Chromium driven by Playwright,
-//! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and
-//! the switcher, rename, CORS origins, the MCP URL, an invitation accepted after the sign-in
-//! redirect, a Viewer without write controls, a token whose secret is shown once and ingests,
-//! the workspace's SMTP server saved and tested against a real SMTP server, forged forms
-//! refused, the security headers, axe-core's accessibility check, deleting by typing the name,
-//! sign-out, and a password reset. Screenshots of the main pages are saved in the test's
-//! temporary directory (kept when `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
+//! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and the
+//! switcher, rename, CORS origins, the MCP URL, the AsyncAPI export and Public toggle, an
+//! invitation accepted after the sign-in redirect, a Viewer without write controls, a token whose
+//! secret is shown once and ingests, the workspace's SMTP server saved and tested against a real
+//! SMTP server, forged forms refused, the security headers, axe-core's accessibility check,
+//! deleting by typing the name, sign-out, and a password reset. Screenshots of the main pages are
+//! saved in the test's temporary directory (kept when `SLUICE_TEST_SCREENSHOTS` names a directory
+//! to copy them to).
 
 mod common;
 
@@ -177,6 +178,17 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         format!("{}/mcp/fleet-north", sluice.api_url()),
         "{mcp}"
     );
+
+    let asyncapi = step("asyncapi");
+    assert_eq!(asyncapi["export_status"], 200, "{asyncapi}");
+    assert_eq!(asyncapi["version"], "3.0.0", "{asyncapi}");
+    assert_eq!(
+        text(&asyncapi, "public_url"),
+        format!("{}/public/fleet-north/asyncapi.json", sluice.api_url()),
+        "{asyncapi}"
+    );
+    assert_eq!(asyncapi["published"], 200, "{asyncapi}");
+    assert_eq!(asyncapi["after_stop"], 404, "{asyncapi}");
 
     let invited = step("invited");
     assert!(text(&invited, "pending").contains(&bob.email), "{invited}");

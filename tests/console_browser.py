@@ -78,6 +78,15 @@ def ingest(url, token):
         time.sleep(0.2)
 
 
+def fetch_status(url):
+    """The status of a GET without credentials."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        return e.code
+
+
 class EvilPage(http.server.BaseHTTPRequestHandler):
     """Another site (another port of 127.0.0.1) with a form aimed at the console."""
 
@@ -203,6 +212,17 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     # The MCP URL, with a copy button, on the overview.
     page.click("a:has-text('Overview')")
     say("mcp", url=page.locator("#mcp-url").inner_text())
+
+    # AsyncAPI: the export downloads with the session; the toggle publishes it and stops.
+    export = page.request.get(api + page.get_attribute("a:has-text('Download (JSON)')", "href"))
+    page.click("button:has-text('Make public')")
+    page.wait_for_url(re.compile(r"done=asyncapi"))
+    public_url = page.locator("a[href$='/asyncapi.json']").get_attribute("href")
+    published = fetch_status(public_url)
+    page.click("button:has-text('Stop publishing')")
+    page.wait_for_url(re.compile(r"done=asyncapi"))
+    say("asyncapi", export_status=export.status, version=export.json().get("asyncapi"),
+        public_url=public_url, published=published, after_stop=fetch_status(public_url))
     page.click("a:has-text('Settings')")
 
     # 4. Invite the second person, who accepts through the link after signing in.

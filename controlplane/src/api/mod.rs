@@ -5,7 +5,7 @@
 //! Routes are registered through `utoipa_axum`, so the router and the OpenAPI document are
 //! built from the same list and cannot drift apart.
 
-mod asyncapi;
+pub(crate) mod asyncapi;
 mod cluster;
 pub(crate) mod codes;
 pub(crate) mod cors;

@@ -47,6 +47,7 @@ impl Notice {
             "source" => "The source is created.",
             "revoked" => "The token is revoked.",
             "cors" => "The CORS origins are saved.",
+            "asyncapi" => "Publishing of the AsyncAPI document is changed.",
             "smtp-saved" => "The SMTP settings are saved.",
             "smtp-removed" => "The SMTP settings are removed: mail goes through the platform.",
             _ => return None,

@@ -61,6 +61,10 @@ pub fn routes() -> Router<App> {
         .route("/app/workspaces", post(workspaces::create))
         .route("/app/sign-out", post(visitor::sign_out))
         .route("/app/w/{workspace}", get(workspaces::overview))
+        .route(
+            "/app/w/{workspace}/asyncapi-public",
+            post(workspaces::set_asyncapi_public),
+        )
         .route("/app/w/{workspace}/settings", get(settings::page))
         .route("/app/w/{workspace}/rename", post(settings::rename))
         .route("/app/w/{workspace}/delete", post(settings::delete))

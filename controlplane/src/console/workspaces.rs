@@ -10,11 +10,12 @@ use super::csrf::{hidden_field, CheckedForm};
 use super::frame::{self, Notice, Tab};
 use super::visitor::Visitor;
 use super::workspace_url;
+use crate::api::asyncapi::{self, PublicForm};
 use crate::api::html::escape;
 use crate::api::workspaces::{create_workspace, get_workspace, NewWorkspace, WorkspaceView};
 use crate::api::{members, sources, tokens, ApiJson, ApiPath, ApiQuery, PageQuery};
 use crate::app::App;
-use crate::roles::Role;
+use crate::roles::{Action, Role};
 
 /// The workspace `key` names, as `GET /api/v1/workspaces/{workspace}` shows it to the visitor,
 /// or a page saying it is not theirs.
@@ -152,7 +153,10 @@ with an ingest token from <a href=\"{access}\">Access</a>.</p></section>\
 <p>AI assistants reach this workspace's API as tools at its MCP URL; the client signs in with \
 OAuth (or a personal access token) and gets your role at most.</p>\
 <p class=\"secret\"><code id=\"mcp-url\">{mcp}</code>\
-<button type=\"button\" data-copy=\"mcp-url\">Copy</button></p></section>",
+<button type=\"button\" data-copy=\"mcp-url\">Copy</button></p></section>\
+<section aria-labelledby=\"asyncapi\"><h2 id=\"asyncapi\">AsyncAPI</h2>\
+<p>The workspace as an AsyncAPI 3.0 document (sources, outputs, export endpoints, webhooks): \
+<a href=\"{export}\" download=\"{slug}-asyncapi.json\">Download (JSON)</a>.</p>{public}</section>",
         role = role_name(ws.role),
         created = ws.created_at.format("%Y-%m-%d %H:%M UTC"),
         sources = count(sources),
@@ -160,6 +164,8 @@ OAuth (or a personal access token) and gets your role at most.</p>\
         members = count(members),
         access = escape(&format!("{}/access", workspace_url(&ws.slug))),
         mcp = escape(&format!("{}/mcp/{}", app.config.public_url(), ws.slug)),
+        export = escape(&format!("/api/v1/workspaces/{}/asyncapi", ws.slug)),
+        public = asyncapi_public(&app, &visitor, &ws).await,
     );
     let title = ws.name.clone();
     frame::page(
@@ -171,4 +177,69 @@ OAuth (or a personal access token) and gets your role at most.</p>\
         &main,
     )
     .await
+}
+
+/// Whether the AsyncAPI document is public, where, and (for Admins) the toggle.
+async fn asyncapi_public(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> String {
+    let Ok(Json(public)) = asyncapi::get_asyncapi_public(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(ws.slug.clone()),
+    )
+    .await
+    else {
+        return String::new();
+    };
+    let state = if public.public {
+        format!(
+            "<p>Public: anyone may read it at <a href=\"{json}\">{json}</a> and \
+<a href=\"{yaml}\">{yaml}</a>.</p>",
+            json = escape(&public.json_url),
+            yaml = escape(&public.yaml_url),
+        )
+    } else {
+        "<p>Not public: members export it with their sign-in.</p>".to_owned()
+    };
+    if !Action::PublishAsyncapi.allows(ws.role) {
+        return state;
+    }
+    let (value, label) = if public.public {
+        ("false", "Stop publishing")
+    } else {
+        ("true", "Make public")
+    };
+    format!(
+        "{state}<form method=\"post\" action=\"{base}/asyncapi-public\">{csrf}\
+<input type=\"hidden\" name=\"public\" value=\"{value}\"><button class=\"secondary\">{label}</button></form>",
+        base = escape(&workspace_url(&ws.slug)),
+        csrf = hidden_field(&visitor.csrf),
+    )
+}
+
+/// The Public toggle.
+#[derive(Debug, Deserialize)]
+pub struct PublicToggle {
+    public: bool,
+}
+
+/// Publishes the AsyncAPI document, or stops, as `PUT …/asyncapi/public` does.
+pub async fn set_asyncapi_public(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    posted: CheckedForm<PublicToggle>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    match asyncapi::set_asyncapi_public(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.clone()),
+        ApiJson(PublicForm {
+            public: form.public,
+        }),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!("{}?done=asyncapi", workspace_url(&key))),
+        Err(refusal) => frame::message_page(refusal.status(), "Not changed", &refusal.detail),
+    }
 }
