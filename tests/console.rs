@@ -13,9 +13,10 @@ mod common;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::Duration;
 
 use common::controlplane::{mails_to, verified_user, Api, SmtpServer};
-use common::{python, Sluice};
+use common::{post, python, wait_for, Sluice};
 use serde_json::Value;
 
 fn browser_available() -> bool {
@@ -179,6 +180,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         "{mcp}"
     );
 
+    assert!(
+        text(&mcp, "banner").contains("trial of this workspace's creator, ada@example.com"),
+        "{mcp}"
+    );
     let asyncapi = step("asyncapi");
     assert_eq!(asyncapi["export_status"], 200, "{asyncapi}");
     assert_eq!(asyncapi["version"], "3.0.0", "{asyncapi}");
@@ -295,4 +300,70 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
             std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
         }
     }
+}
+
+/// A workspace page says when its creator's trial ends; once it has ended, the page says the
+/// workspace is disabled and who can enable it, and a change is refused with the API's detail
+/// on a page (no browser needed: the pages are plain HTML).
+#[test]
+fn a_trial_banner_then_a_disabled_workspace_whose_changes_are_refused_on_the_page() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &[
+            "--trial-duration-secs",
+            "8",
+            "--trial-check-interval-ms",
+            "200",
+        ],
+    );
+    let api = Api::new(sluice.api_url());
+    let hank = verified_user(&api, &sluice.data_dir.join("outbox"), "hank@example.com");
+    let slug = api.get("/api/v1/workspaces", &hank.token).json()["items"][0]["slug"]
+        .as_str()
+        .expect("the first workspace")
+        .to_owned();
+    let settings = format!("/app/w/{slug}/settings");
+    let page = api.get(&settings, &hank.token);
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.body.contains("Trial: the free trial") && page.body.contains("hank@example.com"),
+        "{}",
+        page.body
+    );
+
+    let disabled = wait_for(Duration::from_secs(20), || {
+        api.get(&settings, &hank.token)
+            .body
+            .contains("This workspace is disabled")
+    });
+    assert!(disabled, "the banner says the workspace is disabled");
+    let page = api.get(&settings, &hank.token);
+    let csrf = page
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form token on the page")
+        .to_owned();
+    let refused = post(
+        &format!("{}/app/w/{slug}/rename", sluice.api_url()),
+        &[
+            ("authorization", &format!("Bearer {}", hank.token)),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}&name=Renamed").as_bytes(),
+    );
+    assert_eq!(refused.status, 403, "{}", refused.body);
+    assert!(
+        refused.content_type.starts_with("text/html"),
+        "{}",
+        refused.content_type
+    );
+    assert!(
+        refused.body.contains("role=\"alert\"")
+            && refused.body.contains("is disabled because the trial"),
+        "the API's detail, readable: {}",
+        refused.body
+    );
 }

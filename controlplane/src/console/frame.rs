@@ -15,6 +15,7 @@ use crate::api::html::escape;
 use crate::api::workspaces::{list_workspaces, WorkspaceView};
 use crate::api::{ApiQuery, PageQuery};
 use crate::app::App;
+use crate::model::Plan;
 use crate::problem::ApiError;
 
 /// What the page says above its content.
@@ -148,6 +149,7 @@ pub async fn page(
         }
         None => String::new(),
     };
+    let banner = current.map(|(ws, _)| banner(app, ws)).unwrap_or_default();
     let status = notice.as_ref().map_or(StatusCode::OK, Notice::status);
     let notice = notice.as_ref().map(Notice::html).unwrap_or_default();
     let body = format!(
@@ -157,12 +159,45 @@ pub async fn page(
 {tabs}\
 <form class=\"sign-out\" method=\"post\" action=\"/app/sign-out\">{csrf}\
 <span class=\"muted\">{email}</span><button class=\"secondary\">Sign out</button></form></header>\
-<main><h1>{title}</h1>{notice}{main}</main>",
+<main><h1>{title}</h1>{banner}{notice}{main}</main>",
         csrf = hidden_field(&visitor.csrf),
         email = escape(&visitor.caller.user.email),
         title = escape(title),
     );
     document(status, title, &body)
+}
+
+/// The banner of a workspace that is disabled, or whose creator's trial is running (when it
+/// ends, the workspace is disabled): what happens and who can change it.
+fn banner(app: &App, ws: &WorkspaceView) -> String {
+    let creator = app.store.read(|s| {
+        s.users
+            .get(&ws.created_by)
+            .map(|u| (u.email.clone(), u.plan, u.operator, u.trial_ends_at))
+    });
+    let Some((email, plan, operator, ends_at)) = creator else {
+        return String::new();
+    };
+    let ends = ends_at.format("%Y-%m-%d %H:%M UTC");
+    if !ws.enabled {
+        return format!(
+            "<p class=\"banner disabled\" role=\"status\">This workspace is disabled: the \
+trial of its creator, {email}, ended on {ends}. It can be read, its tokens revoked, its members \
+changed and it can be deleted; it is enabled again when an operator prolongs that trial or \
+gives {email} a paid plan.</p>",
+            email = escape(&email),
+        );
+    }
+    if plan == Plan::Trial && !operator {
+        let days = (ends_at - chrono::Utc::now()).num_days().max(0);
+        return format!(
+            "<p class=\"banner\" role=\"status\">Trial: the free trial of this workspace's \
+creator, {email}, ends on {ends} (in {days} days). The workspace is disabled then, until an \
+operator prolongs the trial or gives a paid plan.</p>",
+            email = escape(&email),
+        );
+    }
+    String::new()
 }
 
 /// A page of its own for a refusal outside any workspace page (a refused form, a workspace

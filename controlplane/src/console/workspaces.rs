@@ -132,17 +132,9 @@ pub async fn overview(
     let members = members::list_members(State(app.clone()), caller(), path(), all(&app))
         .await
         .map(|Json(p)| p.items.len());
-    let banner = if ws.enabled {
-        String::new()
-    } else {
-        "<p class=\"notice refused\" role=\"status\">This workspace is disabled: its creator's \
-trial ended. It can be read, its tokens revoked and its members changed; an operator enables \
-it again.</p>"
-            .to_owned()
-    };
     let slug = escape(&ws.slug);
     let main = format!(
-        "{banner}<section aria-labelledby=\"about\"><h2 id=\"about\">About</h2><dl>\
+        "<section aria-labelledby=\"about\"><h2 id=\"about\">About</h2><dl>\
 <dt>Slug</dt><dd><code>{slug}</code></dd>\
 <dt>Your role</dt><dd>{role}</dd>\
 <dt>Created</dt><dd>{created}</dd>\
