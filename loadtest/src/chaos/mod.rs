@@ -2,10 +2,11 @@
 //! SIGKILL once per round and started again, then a count of what was acknowledged against
 //! what the lake holds. Nothing acknowledged may be lost and nothing may be stored twice.
 //!
-//! Each round kills the node one way, dealt from a shuffled deck of five so that every five
+//! Each round kills the node one way, dealt from a shuffled deck of six so that every six
 //! rounds use each once: at a random moment (the driver's own `kill -9`), or at one of the
 //! node's named crash points (`sluice_storage::chaos`: during Parquet encoding, between an
-//! upload and its watermark, during WAL rotation, during a configuration swap), armed with
+//! upload and its commit-log entry, between that entry and its watermark, during WAL
+//! rotation, during a configuration swap), armed with
 //! `SLUICE_CHAOS=<point>:<n>` so that the node kills itself on the point's `n`th hit. Random
 //! kills find what nobody thought of; crash points make sure the narrow windows are hit every
 //! run. Meanwhile the control plane mints and revokes tokens so that the node swaps its
@@ -654,14 +655,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_five_rounds_use_each_kill_mode_once() {
-        let modes = schedule(42, 10, (200, 1500));
-        for five in modes.chunks(5) {
-            let mut kinds: Vec<&str> = five.iter().map(Mode::kind).collect();
+    fn every_six_rounds_use_each_kill_mode_once() {
+        let modes = schedule(42, 12, (200, 1500));
+        for six in modes.chunks(6) {
+            let mut kinds: Vec<&str> = six.iter().map(Mode::kind).collect();
             kinds.sort_unstable();
             assert_eq!(
                 kinds,
                 [
+                    "commit-entry",
                     "config-swap",
                     "parquet-encode",
                     "timer",
