@@ -1,12 +1,12 @@
 //! The web console in a real browser (Debian's Chromium driven by Playwright,
 //! tests/console_browser.py) against `sluice up`: sign-up with the mailed code, workspaces and the
-//! switcher, rename, CORS origins, the MCP URL, the AsyncAPI export and Public toggle, an
-//! invitation accepted after the sign-in redirect, a Viewer without write controls, a token whose
-//! secret is shown once and ingests, the workspace's SMTP server saved and tested against a real
-//! SMTP server, forged forms refused, the security headers, axe-core's accessibility check,
-//! deleting by typing the name, sign-out, and a password reset. Screenshots of the main pages are
-//! saved in the test's temporary directory (kept when `SLUICE_TEST_SCREENSHOTS` names a directory
-//! to copy them to).
+//! switcher, rename, CORS origins, the MCP URL, the AsyncAPI export and Public toggle, a personal
+//! token on the account page, an invitation accepted after the sign-in redirect, a Viewer without
+//! write controls, a token whose secret is shown once and ingests, the workspace's SMTP server
+//! saved and tested against a real SMTP server, forged forms refused, the security headers,
+//! axe-core's accessibility check, deleting by typing the name, sign-out, and a password reset.
+//! Screenshots of the main pages are saved in the test's temporary directory (kept when
+//! `SLUICE_TEST_SCREENSHOTS` names a directory to copy them to).
 
 mod common;
 
@@ -195,6 +195,11 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(asyncapi["published"], 200, "{asyncapi}");
     assert_eq!(asyncapi["after_stop"], 404, "{asyncapi}");
 
+    let account = step("account");
+    assert_eq!(account["me"], 200, "{account}");
+    assert_eq!(account["after_revoke"], 401, "{account}");
+    assert_eq!(account["this_browser"], true, "{account}");
+
     let invited = step("invited");
     assert!(text(&invited, "pending").contains(&bob.email), "{invited}");
     let accepted = step("accepted");
@@ -254,7 +259,7 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(csrf["name_after"], "Fleet North EU", "{csrf}");
 
     let axe = step("axe");
-    for page in ["settings", "access", "mail"] {
+    for page in ["settings", "access", "mail", "account"] {
         assert_eq!(axe[page]["serious"], Value::Array(vec![]), "{axe}");
         assert!(axe[page]["rules_passed"].as_u64() > Some(5), "{axe}");
     }

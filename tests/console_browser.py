@@ -10,7 +10,7 @@ Viewer, whose pages then offer no write controls; creates a source and an ingest
 secret is shown once and sends an event to the node; saves the workspace's SMTP server (an
 SMTP server on SMTP_PORT of 127.0.0.1), sends a test and sees the delivery, removes it; tries
 forged forms; deletes the workspace by typing its name; signs out; resets the password.
-Screenshots go to SHOTS_DIR. AXE_JS (axe-core's axe.min.js) checks three pages for
+Screenshots go to SHOTS_DIR. AXE_JS (axe-core's axe.min.js) checks four pages for
 accessibility.
 
 Chromium is Debian's (/usr/bin/chromium), driven by Playwright; nothing is downloaded.
@@ -78,10 +78,11 @@ def ingest(url, token):
         time.sleep(0.2)
 
 
-def fetch_status(url):
-    """The status of a GET without credentials."""
+def fetch_status(url, token=None):
+    """The status of a GET, without credentials or with `token` as bearer."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=5) as r:
             return r.status
     except urllib.error.HTTPError as e:
         return e.code
@@ -223,6 +224,19 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.wait_for_url(re.compile(r"done=asyncapi"))
     say("asyncapi", export_status=export.status, version=export.json().get("asyncapi"),
         public_url=public_url, published=published, after_stop=fetch_status(public_url))
+
+    # The account page: a personal token, shown once, works on the API until revoked.
+    page.click(f"header a:has-text('{user1}')")
+    page.fill("form[action$='/account/tokens'] input[name=name]", "mcp-client")
+    page.click("button:has-text('Create personal token')")
+    pat = page.locator("#new-token-secret").inner_text()
+    with_pat = fetch_status(f"{api}/api/v1/me", pat)
+    page.click("button[aria-label='Revoke mcp-client']")
+    page.wait_for_url(re.compile(r"done=revoked"))
+    sessions = page.locator("section:has(h2:has-text('Sessions')) tbody").inner_text()
+    say("account", me=with_pat, after_revoke=fetch_status(f"{api}/api/v1/me", pat),
+        this_browser="this browser" in sessions)
+    page.goto(slug_url + "/settings")
     page.click("a:has-text('Settings')")
 
     # 4. Invite the second person, who accepts through the link after signing in.
@@ -328,8 +342,11 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     access_violations = axe(audited, axe_js)
     audited.goto(slug_url + "/mail")
     mail_violations = axe(audited, axe_js)
+    audited.goto(f"{api}/app/account")
+    account_violations = axe(audited, axe_js)
     checker.close()
-    say("axe", settings=settings_violations, access=access_violations, mail=mail_violations)
+    say("axe", settings=settings_violations, access=access_violations, mail=mail_violations,
+        account=account_violations)
 
     # 9. Delete: a wrong name is refused; the right one deletes.
     page.goto(slug_url + "/settings")

@@ -20,7 +20,7 @@ mod oauth_grants;
 mod operator;
 mod outputs;
 pub(crate) mod password_reset;
-mod personal_tokens;
+pub(crate) mod personal_tokens;
 mod refusals;
 pub(crate) mod sessions;
 mod signup;

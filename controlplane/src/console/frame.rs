@@ -10,7 +10,7 @@ use axum::Json;
 use super::assets::{CSS_PATH, JS_PATH};
 use super::csrf::hidden_field;
 use super::visitor::Visitor;
-use super::{workspace_url, APP_PATH};
+use super::{workspace_url, ACCOUNT_PATH, APP_PATH};
 use crate::api::html::escape;
 use crate::api::workspaces::{list_workspaces, WorkspaceView};
 use crate::api::{ApiQuery, PageQuery};
@@ -48,6 +48,7 @@ impl Notice {
             "source" => "The source is created.",
             "revoked" => "The token is revoked.",
             "cors" => "The CORS origins are saved.",
+            "session-ended" => "The session is ended.",
             "asyncapi" => "Publishing of the AsyncAPI document is changed.",
             "smtp-saved" => "The SMTP settings are saved.",
             "smtp-removed" => "The SMTP settings are removed: mail goes through the platform.",
@@ -158,7 +159,7 @@ pub async fn page(
 <ul>{switcher}<li><a href=\"{APP_PATH}#new-workspace\">+ New workspace</a></li></ul></details></nav>\
 {tabs}\
 <form class=\"sign-out\" method=\"post\" action=\"/app/sign-out\">{csrf}\
-<span class=\"muted\">{email}</span><button class=\"secondary\">Sign out</button></form></header>\
+<a href=\"{ACCOUNT_PATH}\">{email}</a><button class=\"secondary\">Sign out</button></form></header>\
 <main><h1>{title}</h1>{banner}{notice}{main}</main>",
         csrf = hidden_field(&visitor.csrf),
         email = escape(&visitor.caller.user.email),

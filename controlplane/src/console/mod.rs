@@ -11,6 +11,7 @@
 //! something carries the session's CSRF token and is refused from another origin (`csrf.rs`).
 
 mod access;
+mod account;
 mod assets;
 mod csrf;
 mod frame;
@@ -32,6 +33,8 @@ pub const APP_PATH: &str = "/app";
 /// Prefix of every other console page.
 pub const APP_PATH_SLASH: &str = "/app/";
 pub use password_reset::PASSWORD_RESET_PATH;
+/// The visitor's account: sessions and personal access tokens.
+pub const ACCOUNT_PATH: &str = "/app/account";
 
 /// The console page of workspace `slug`.
 pub fn workspace_url(slug: &str) -> String {
@@ -60,6 +63,16 @@ pub fn routes() -> Router<App> {
         .route(APP_PATH, get(workspaces::index))
         .route("/app/workspaces", post(workspaces::create))
         .route("/app/sign-out", post(visitor::sign_out))
+        .route(ACCOUNT_PATH, get(account::page))
+        .route("/app/account/tokens", post(account::create_token))
+        .route(
+            "/app/account/tokens/{token}/revoke",
+            post(account::revoke_token),
+        )
+        .route(
+            "/app/account/sessions/{session}/end",
+            post(account::end_session),
+        )
         .route("/app/w/{workspace}", get(workspaces::overview))
         .route(
             "/app/w/{workspace}/asyncapi-public",
