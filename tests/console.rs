@@ -372,3 +372,50 @@ fn a_trial_banner_then_a_disabled_workspace_whose_changes_are_refused_on_the_pag
         refused.body
     );
 }
+
+/// What people type (a workspace's name, a source's) is shown as text on every page, never as
+/// markup; a page asked for by someone not signed in leads to the sign-in form and back.
+#[test]
+fn names_show_as_text_and_strangers_are_sent_to_sign_in() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let mel = verified_user(&api, &sluice.data_dir.join("outbox"), "mel@example.com");
+    let name = r#"<img src=x onerror="alert(1)"> & "Co""#;
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&mel.token),
+        serde_json::json!({"name": name, "slug": "markup"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let escaped = "&lt;img src=x onerror=&quot;alert(1)&quot;&gt; &amp; &quot;Co&quot;";
+    for path in [
+        "/app",
+        "/app/w/markup",
+        "/app/w/markup/settings",
+        "/app/w/markup/access",
+    ] {
+        let page = api.get(path, &mel.token);
+        assert_eq!(page.status, 200, "{path}: {}", page.body);
+        assert!(page.body.contains(escaped), "{path}: {}", page.body);
+        assert!(!page.body.contains("<img"), "{path}: {}", page.body);
+    }
+    // Not signed in: to the sign-in form, which returns here afterwards.
+    let stranger = common::agent()
+        .get(&format!("{}/app/w/markup/access", sluice.api_url()))
+        .config()
+        .max_redirects(0)
+        .build()
+        .call()
+        .expect("answer");
+    assert_eq!(stranger.status().as_u16(), 303);
+    assert_eq!(
+        stranger.headers()["location"],
+        "/login?next=%2Fapp%2Fw%2Fmarkup%2Faccess"
+    );
+    // Another user's workspace is not there for them, as in the API.
+    let other = verified_user(&api, &sluice.data_dir.join("outbox"), "zed@example.com");
+    let page = api.get("/app/w/markup/settings", &other.token);
+    assert_eq!(page.status, 404, "{}", page.body);
+    assert!(page.body.contains("no workspace"), "{}", page.body);
+}
