@@ -225,6 +225,11 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(token["shown_again"], false, "{token}");
     assert_eq!(token["in_url"], false, "{token}");
     assert_eq!(token["ingest_status"], 202, "{token}");
+    let sources_left = text(&token, "sources_left");
+    assert!(
+        sources_left.contains("sensors") && !sources_left.contains("spare"),
+        "{token}"
+    );
 
     let mail = step("smtp");
     assert!(text(&mail, "saved").contains("saved"), "{mail}");
@@ -248,6 +253,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         1,
         "the test reached the workspace's server"
     );
+
+    let left = step("left");
+    assert!(!text(&left, "listed").contains("Fleet North"), "{left}");
+    assert_eq!(left["status"], 404, "{left}");
 
     let csrf = step("csrf");
     assert_eq!(csrf["no_token_status"], 403, "{csrf}");

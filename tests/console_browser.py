@@ -112,9 +112,10 @@ class EvilPage(http.server.BaseHTTPRequestHandler):
 
 
 def write_controls(page):
-    """How many controls that change something the page offers (sign-out aside)."""
+    """How many controls that change the workspace the page offers (sign-out and leaving aside)."""
     return page.locator(
-        "main form button, main details summary, main input:not([type=hidden]), main textarea"
+        "main form:not(.leave) button, main details summary, main input:not([type=hidden]),"
+        " main textarea"
     ).count()
 
 
@@ -287,9 +288,14 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     copied = page.evaluate("navigator.clipboard.readText()")
     page.screenshot(path=f"{shots}/access-new-token.png", full_page=True)
     shown_again = secret in page.goto(slug_url + "/access").text()
+    page.fill("form[action$='/sources'] input[name=slug]", "spare")
+    page.click("button:has-text('Create source')")
+    page.click("button[aria-label='Delete the source spare']")
+    page.wait_for_url(re.compile(r"done=source-deleted"))
+    sources_left = page.locator("section:has(h2:has-text('Sources')) tbody").inner_text()
     slug = slug_url.rstrip("/").split("/")[-1]
     status, body = ingest(f"{node}/v1/ingest/{slug}/sensors", secret)
-    say("token", secret=secret, copied=copied, shown_again=shown_again,
+    say("token", secret=secret, copied=copied, shown_again=shown_again, sources_left=sources_left,
         in_url=secret in page.url, ingest_status=status, ingest_body=body)
 
     # 7. The workspace's own SMTP server: Save, Send test, the delivery row, then Remove.
@@ -315,6 +321,13 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     removed = page.locator("main").inner_text()
     say("smtp", saved=saved, test=test_notice, delivery=delivery, viewer_controls=viewer_mail,
         viewer_sees_settings=viewer_host, removed=removed)
+
+    # The Viewer leaves: the workspace is no longer theirs.
+    other.goto(slug_url + "/settings")
+    other.click("button:has-text('Leave workspace')")
+    other.wait_for_url(f"{api}/app")
+    say("left", listed=other.locator("main table").inner_text(),
+        status=other.goto(slug_url).status)
 
     # 8. Forged forms: without the token, and from another site with it.
     forged = ada.request.post(slug_url + "/rename", form={"name": "pwned"}, max_redirects=0)

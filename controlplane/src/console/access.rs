@@ -75,6 +75,7 @@ async fn render(
         .await
         .map(|Json(p)| p.items)
         .unwrap_or_default();
+    let manage_sources = Action::ManageSources.allows(ws.role);
     let mut rows = String::new();
     for s in &sources {
         let protocols: Vec<String> = s
@@ -82,9 +83,17 @@ async fn render(
             .iter()
             .map(|p| format!("{p:?}").to_uppercase())
             .collect();
+        let slug = escape(&s.slug);
+        let delete = if manage_sources {
+            format!(
+                "<td><form class=\"inline\" method=\"post\" action=\"{base}/sources/{slug}/delete\">{csrf}\
+<button class=\"danger\" aria-label=\"Delete the source {slug}\">Delete</button></form></td>"
+            )
+        } else {
+            String::new()
+        };
         rows.push_str(&format!(
-            "<tr><td><code>{slug}</code></td><td>{name}</td><td>{protocols}</td><td>{schema}</td></tr>",
-            slug = escape(&s.slug),
+            "<tr><td><code>{slug}</code></td><td>{name}</td><td>{protocols}</td><td>{schema}</td>{delete}</tr>",
             name = escape(&s.name),
             protocols = protocols.join(", "),
             schema = if s.schema.is_some() { "yes" } else { "none" },
@@ -95,10 +104,15 @@ async fn render(
     } else {
         format!(
             "<table><thead><tr><th scope=\"col\">Slug</th><th scope=\"col\">Name</th>\
-<th scope=\"col\">Protocols</th><th scope=\"col\">Schema</th></tr></thead><tbody>{rows}</tbody></table>"
+<th scope=\"col\">Protocols</th><th scope=\"col\">Schema</th>{delete_head}</tr></thead><tbody>{rows}</tbody></table>",
+            delete_head = if manage_sources {
+                "<th scope=\"col\">Delete</th>"
+            } else {
+                ""
+            },
         )
     };
-    let form = if Action::ManageSources.allows(ws.role) {
+    let form = if manage_sources {
         format!(
             "<h3>New source</h3><form method=\"post\" action=\"{base}/sources\">{csrf}\
 <label>Slug <input name=\"slug\" required pattern=\"[a-z0-9][a-z0-9\\-]{{0,62}}\"></label>\
@@ -298,6 +312,29 @@ pub async fn revoke_token(
     .await
     {
         Ok(_) => frame::see_other(&format!("{}/access?done=revoked", workspace_url(&key))),
+        Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
+    }
+}
+
+/// Deletes a source as `DELETE /api/v1/workspaces/{workspace}/sources/{source}` does (refused
+/// while an output reads it).
+pub async fn delete_source(
+    State(app): State<App>,
+    Path((key, source)): Path<(String, String)>,
+    posted: CheckedForm<NoFields>,
+) -> Response {
+    let visitor = posted.visitor;
+    match sources::delete_source(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((key.clone(), source)),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!(
+            "{}/access?done=source-deleted",
+            workspace_url(&key)
+        )),
         Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
     }
 }

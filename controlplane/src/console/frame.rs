@@ -46,6 +46,7 @@ impl Notice {
             "role" => "The role is changed.",
             "removed" => "The member is removed.",
             "source" => "The source is created.",
+            "source-deleted" => "The source is deleted.",
             "revoked" => "The token is revoked.",
             "cors" => "The CORS origins are saved.",
             "session-ended" => "The session is ended.",

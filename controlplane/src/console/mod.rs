@@ -97,6 +97,10 @@ pub fn routes() -> Router<App> {
         )
         .route("/app/w/{workspace}/access", get(access::page))
         .route("/app/w/{workspace}/sources", post(access::create_source))
+        .route(
+            "/app/w/{workspace}/sources/{source}/delete",
+            post(access::delete_source),
+        )
         .route("/app/w/{workspace}/tokens", post(access::create_token))
         .route(
             "/app/w/{workspace}/tokens/{token}/revoke",

@@ -125,8 +125,16 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     main.push_str(&format!(
         "<section aria-labelledby=\"members\"><h2 id=\"members\">Members</h2><table>\
 <thead><tr><th scope=\"col\">E-mail</th><th scope=\"col\">Name</th><th scope=\"col\">Role</th>{actions_head}</tr></thead>\
-<tbody>{rows}</tbody></table></section>"
+<tbody>{rows}</tbody></table>"
     ));
+
+    // Anyone may leave (the API refuses the last Admin).
+    main.push_str(&format!(
+        "<form class=\"leave\" method=\"post\" action=\"{base}/members/{me}/remove\">{csrf}\
+<button class=\"secondary\">Leave workspace</button></form>",
+        me = visitor.caller.user.id,
+    ));
+    main.push_str("</section>");
 
     // Invitations: the form, then the pending ones with × to cancel.
     let pending = invitations::list_invitations(State(app.clone()), caller(), path(), all(app))
