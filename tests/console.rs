@@ -181,6 +181,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     );
 
     assert!(
+        text(&mcp, "section").contains("No MCP client has been allowed in yet"),
+        "{mcp}"
+    );
+    assert!(
         text(&mcp, "banner").contains("trial of this workspace's creator, ada@example.com"),
         "{mcp}"
     );
@@ -427,4 +431,165 @@ fn names_show_as_text_and_strangers_are_sent_to_sign_in() {
     let page = api.get("/app/w/markup/settings", &other.token);
     assert_eq!(page.status, 404, "{}", page.body);
     assert!(page.body.contains("no workspace"), "{}", page.body);
+}
+
+/// An Admin's overview lists the MCP clients members allowed in (OAuth grants) and revokes
+/// one; the client's access token stops working.
+#[test]
+fn an_admin_sees_the_mcp_clients_members_allowed_and_revokes_one() {
+    // RFC 7636's example pair.
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
+    const REDIRECT: &str = "http://127.0.0.1:9/cb";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let base = sluice.api_url();
+    let api = Api::new(base.clone());
+    let ann = verified_user(&api, &sluice.data_dir.join("outbox"), "ann@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&ann.token),
+        serde_json::json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let no_redirects = || {
+        ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .max_redirects(0)
+            .build()
+            .new_agent()
+    };
+    let cookie = format!("sluice_session={}", ann.token);
+    let form = |path: &str, pairs: &[(&str, &str)]| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish();
+        common::Answer::of(
+            no_redirects()
+                .post(&format!("{base}{path}"))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("cookie", &cookie)
+                .send(body)
+                .expect("answer"),
+        )
+    };
+
+    // A client registers, Ann allows it on the consent page, it takes its tokens.
+    let registered = post(
+        &format!("{base}/oauth/register"),
+        &[("content-type", "application/json")],
+        serde_json::json!({"client_name": "Raw test client", "redirect_uris": [REDIRECT],
+            "token_endpoint_auth_method": "none"})
+        .to_string()
+        .as_bytes(),
+    );
+    assert_eq!(registered.status, 201, "{}", registered.body);
+    let client_id = registered.json()["client_id"]
+        .as_str()
+        .expect("client_id")
+        .to_owned();
+    let query = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([
+            ("response_type", "code"),
+            ("client_id", client_id.as_str()),
+            ("redirect_uri", REDIRECT),
+            ("code_challenge", CHALLENGE),
+            ("code_challenge_method", "S256"),
+            ("resource", &format!("{base}/mcp/plant")),
+            ("state", "xyz"),
+        ])
+        .finish();
+    let consent_page = common::Answer::of(
+        no_redirects()
+            .get(&format!("{base}/oauth/authorize?{query}"))
+            .header("cookie", &cookie)
+            .call()
+            .expect("answer"),
+    );
+    assert_eq!(consent_page.status, 200, "{}", consent_page.body);
+    let field = |html: &str, name: &str| {
+        html.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} in {html}"))
+            .to_owned()
+    };
+    let consent = field(&consent_page.body, "consent");
+    let allowed = form(
+        "/oauth/authorize",
+        &[("consent", &consent), ("decision", "allow")],
+    );
+    assert_eq!(allowed.status, 303, "{}", allowed.body);
+    let location = allowed.header("location").expect("location");
+    let code = url::Url::parse(&location)
+        .expect("redirect URL")
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .expect("code");
+    let tokens = form(
+        "/oauth/token",
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("client_id", &client_id),
+            ("redirect_uri", REDIRECT),
+            ("code_verifier", VERIFIER),
+        ],
+    );
+    assert_eq!(tokens.status, 200, "{}", tokens.body);
+
+    let access_token = tokens.json()["access_token"]
+        .as_str()
+        .expect("access token")
+        .to_owned();
+    let mcp_status = || {
+        post(
+            &format!("{base}/mcp/plant"),
+            &[
+                ("authorization", &format!("Bearer {access_token}")),
+                ("content-type", "application/json"),
+                ("accept", "application/json, text/event-stream"),
+            ],
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#,
+        )
+        .status
+    };
+    assert_eq!(mcp_status(), 200, "the client's token works");
+
+    // The overview lists it; Revoke ends it.
+    let page = api.get("/app/w/plant", &ann.token);
+    assert!(
+        page.body.contains("Raw test client") && page.body.contains("workspace:"),
+        "{}",
+        page.body
+    );
+    let action = page
+        .body
+        .split("action=\"")
+        .map(|rest| rest.split('"').next().unwrap_or_default())
+        .find(|action| action.contains("/oauth-grants/"))
+        .expect("a Revoke form")
+        .to_owned();
+    let revoked = common::Answer::of(
+        no_redirects()
+            .post(&format!("{base}{action}"))
+            .header("authorization", &format!("Bearer {}", ann.token))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .send(format!("csrf={}", field(&page.body, "csrf")))
+            .expect("answer"),
+    );
+    assert_eq!(revoked.status, 303, "{}", revoked.body);
+    let page = api.get("/app/w/plant?done=grant-revoked", &ann.token);
+    assert!(
+        page.body.contains("access is revoked")
+            && page.body.contains("No MCP client has been allowed in yet"),
+        "{}",
+        page.body
+    );
+    assert_eq!(
+        mcp_status(),
+        401,
+        "the revoked grant's token no longer works"
+    );
 }

@@ -213,7 +213,8 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
 
     # The MCP URL, with a copy button, on the overview.
     page.click("a:has-text('Overview')")
-    say("mcp", url=page.locator("#mcp-url").inner_text(), banner=page.locator(".banner").inner_text())
+    say("mcp", url=page.locator("#mcp-url").inner_text(), banner=page.locator(".banner").inner_text(),
+        section=page.locator("section:has(h2:has-text('MCP'))").inner_text())
 
     # AsyncAPI: the export downloads with the session; the toggle publishes it and stops.
     export = page.request.get(api + page.get_attribute("a:has-text('Download (JSON)')", "href"))

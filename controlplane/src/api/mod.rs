@@ -16,7 +16,7 @@ pub(crate) mod invitations;
 pub(crate) mod links;
 pub(crate) mod members;
 mod meta;
-mod oauth_grants;
+pub(crate) mod oauth_grants;
 mod operator;
 mod outputs;
 pub(crate) mod password_reset;

@@ -78,6 +78,10 @@ pub fn routes() -> Router<App> {
             "/app/w/{workspace}/asyncapi-public",
             post(workspaces::set_asyncapi_public),
         )
+        .route(
+            "/app/w/{workspace}/oauth-grants/{grant}/revoke",
+            post(workspaces::revoke_oauth_grant),
+        )
         .route("/app/w/{workspace}/settings", get(settings::page))
         .route("/app/w/{workspace}/rename", post(settings::rename))
         .route("/app/w/{workspace}/delete", post(settings::delete))

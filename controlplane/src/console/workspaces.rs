@@ -6,14 +6,14 @@ use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
-use super::csrf::{hidden_field, CheckedForm};
+use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
 use super::visitor::Visitor;
 use super::workspace_url;
 use crate::api::asyncapi::{self, PublicForm};
 use crate::api::html::escape;
 use crate::api::workspaces::{create_workspace, get_workspace, NewWorkspace, WorkspaceView};
-use crate::api::{members, sources, tokens, ApiJson, ApiPath, ApiQuery, PageQuery};
+use crate::api::{members, oauth_grants, sources, tokens, ApiJson, ApiPath, ApiQuery, PageQuery};
 use crate::app::App;
 use crate::roles::{Action, Role};
 
@@ -145,7 +145,7 @@ with an ingest token from <a href=\"{access}\">Access</a>.</p></section>\
 <p>AI assistants reach this workspace's API as tools at its MCP URL; the client signs in with \
 OAuth (or a personal access token) and gets your role at most.</p>\
 <p class=\"secret\"><code id=\"mcp-url\">{mcp}</code>\
-<button type=\"button\" data-copy=\"mcp-url\">Copy</button></p></section>\
+<button type=\"button\" data-copy=\"mcp-url\">Copy</button></p>{grants}</section>\
 <section aria-labelledby=\"asyncapi\"><h2 id=\"asyncapi\">AsyncAPI</h2>\
 <p>The workspace as an AsyncAPI 3.0 document (sources, outputs, export endpoints, webhooks): \
 <a href=\"{export}\" download=\"{slug}-asyncapi.json\">Download (JSON)</a>.</p>{public}</section>",
@@ -158,6 +158,7 @@ OAuth (or a personal access token) and gets your role at most.</p>\
         mcp = escape(&format!("{}/mcp/{}", app.config.public_url(), ws.slug)),
         export = escape(&format!("/api/v1/workspaces/{}/asyncapi", ws.slug)),
         public = asyncapi_public(&app, &visitor, &ws).await,
+        grants = oauth_grants(&app, &visitor, &ws).await,
     );
     let title = ws.name.clone();
     frame::page(
@@ -233,5 +234,78 @@ pub async fn set_asyncapi_public(
     {
         Ok(_) => frame::see_other(&format!("{}?done=asyncapi", workspace_url(&key))),
         Err(refusal) => frame::message_page(refusal.status(), "Not changed", &refusal.detail),
+    }
+}
+
+/// For Admins: the MCP clients members allowed into the workspace (OAuth grants), with Revoke.
+async fn oauth_grants(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> String {
+    if !Action::ManageMembers.allows(ws.role) {
+        return String::new();
+    }
+    let grants = match oauth_grants::list_oauth_grants(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(ws.slug.clone()),
+        all(app),
+    )
+    .await
+    {
+        Ok(Json(page)) => page.items,
+        Err(_) => return String::new(),
+    };
+    if grants.is_empty() {
+        return "<p class=\"muted\">No MCP client has been allowed in yet.</p>".to_owned();
+    }
+    let base = escape(&workspace_url(&ws.slug));
+    let csrf = hidden_field(&visitor.csrf);
+    let mut rows = String::new();
+    for g in &grants {
+        let client = escape(&g.client_name);
+        let scopes: Vec<String> = g
+            .scopes
+            .iter()
+            .map(|s| {
+                serde_json::to_value(s)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .unwrap_or_default()
+            })
+            .collect();
+        rows.push_str(&format!(
+            "<tr><td>{client}</td><td>{email}</td><td>{scopes}</td><td>{created}</td><td>{used}</td>\
+<td><form class=\"inline\" method=\"post\" action=\"{base}/oauth-grants/{id}/revoke\">{csrf}\
+<button class=\"danger\" aria-label=\"Revoke {client} for {email}\">Revoke</button></form></td></tr>",
+            email = escape(&g.user_email),
+            scopes = escape(&scopes.join(" ")),
+            created = g.created_at.format("%Y-%m-%d %H:%M UTC"),
+            used = g
+                .last_used_at
+                .map_or("never".to_owned(), |t| t.format("%Y-%m-%d %H:%M UTC").to_string()),
+            id = g.id,
+        ));
+    }
+    format!(
+        "<h3>MCP clients with access</h3><table><thead><tr><th scope=\"col\">Client</th>\
+<th scope=\"col\">For</th><th scope=\"col\">Scopes</th><th scope=\"col\">Allowed</th>\
+<th scope=\"col\">Last used</th><th scope=\"col\">Revoke</th></tr></thead><tbody>{rows}</tbody></table>"
+    )
+}
+
+/// Revokes a grant as `DELETE /api/v1/workspaces/{workspace}/oauth-grants/{id}` does.
+pub async fn revoke_oauth_grant(
+    State(app): State<App>,
+    Path((key, grant)): Path<(String, uuid::Uuid)>,
+    posted: CheckedForm<NoFields>,
+) -> Response {
+    let visitor = posted.visitor;
+    match oauth_grants::revoke_oauth_grant(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((key.clone(), grant)),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!("{}?done=grant-revoked", workspace_url(&key))),
+        Err(refusal) => frame::message_page(refusal.status(), "Not revoked", &refusal.detail),
     }
 }
