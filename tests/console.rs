@@ -229,6 +229,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(token["shown_again"], false, "{token}");
     assert_eq!(token["in_url"], false, "{token}");
     assert_eq!(token["ingest_status"], 202, "{token}");
+    assert!(
+        text(&token, "bound").contains("device press-7; until 2100-01-01 00:00 UTC"),
+        "{token}"
+    );
     let sources_left = text(&token, "sources_left");
     assert!(
         sources_left.contains("sensors") && !sources_left.contains("spare"),

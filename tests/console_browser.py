@@ -289,6 +289,12 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     copied = page.evaluate("navigator.clipboard.readText()")
     page.screenshot(path=f"{shots}/access-new-token.png", full_page=True)
     shown_again = secret in page.goto(slug_url + "/access").text()
+    page.fill("form[action$='/tokens'] input[name=name]", "press-7")
+    page.fill("form[action$='/tokens'] input[name=device_id]", "press-7")
+    page.fill("form[action$='/tokens'] input[name=expires_on]", "2099-12-31")
+    page.click("button:has-text('Create token')")
+    bound = page.locator("section:has(h2:has-text('Access tokens')) tr:has-text('press-7')").inner_text()
+    page.goto(slug_url + "/access")
     page.fill("form[action$='/sources'] input[name=slug]", "spare")
     page.click("button:has-text('Create source')")
     page.click("button[aria-label='Delete the source spare']")
@@ -297,6 +303,7 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     slug = slug_url.rstrip("/").split("/")[-1]
     status, body = ingest(f"{node}/v1/ingest/{slug}/sensors", secret)
     say("token", secret=secret, copied=copied, shown_again=shown_again, sources_left=sources_left,
+        bound=bound,
         in_url=secret in page.url, ingest_status=status, ingest_body=body)
 
     # 7. The workspace's own SMTP server: Save, Send test, the delivery row, then Remove.

@@ -17,6 +17,7 @@ use crate::api::sources::{self, NewSource};
 use crate::api::tokens::{self, NewAccessToken, TokenScope};
 use crate::api::{ApiJson, ApiPath};
 use crate::app::App;
+use crate::problem::{ApiError, ProblemType};
 use crate::roles::Action;
 
 /// The Access tab.
@@ -145,11 +146,17 @@ through the API for now.</p>"
                 TokenScope::Read => "read",
             })
             .collect();
-        let limits = match (&t.sources, &t.endpoints) {
+        let mut limits = match (&t.sources, &t.endpoints) {
             (Some(sources), _) => format!("sources {}", escape(&sources.join(", "))),
             (None, Some(endpoints)) => format!("endpoints {}", escape(&endpoints.join(", "))),
             (None, None) => "all".to_owned(),
         };
+        if let Some(device) = &t.device_id {
+            limits.push_str(&format!("; device {}", escape(device)));
+        }
+        if let Some(at) = t.expires_at {
+            limits.push_str(&format!("; until {}", at.format("%Y-%m-%d %H:%M UTC")));
+        }
         let revoke = if manage {
             format!(
                 "<td><form class=\"inline\" method=\"post\" action=\"{base}/tokens/{id}/revoke\">{csrf}\
@@ -196,6 +203,8 @@ through the API for now.</p>"
 <label>Scope <select name=\"scope\"><option value=\"ingest\">ingest (send events)</option>\
 <option value=\"read\">read (export endpoints)</option></select></label>\
 <label>Source (ingest) <select name=\"source\"><option value=\"\">all sources</option>{options}</select></label>\
+<label>Device id (ingest, optional) <input name=\"device_id\" maxlength=\"128\" pattern=\"[!-~]{{1,128}}\"></label>\
+<label>Expires on (optional) <input name=\"expires_on\" type=\"date\"></label>\
 <button>Create token</button></form>"
         )
     } else {
@@ -259,6 +268,29 @@ pub struct TokenForm {
     scope: TokenScope,
     #[serde(default)]
     source: String,
+    /// Binds an ingest token to one device id.
+    #[serde(default)]
+    device_id: String,
+    /// `YYYY-MM-DD`: the token works until the end of that day (UTC).
+    #[serde(default)]
+    expires_on: String,
+}
+
+/// The end (UTC) of the day `date` (`YYYY-MM-DD`), when the token stops working.
+fn end_of_day(date: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+    if date.trim().is_empty() {
+        return Ok(None);
+    }
+    let day = chrono::NaiveDate::parse_from_str(date.trim(), "%Y-%m-%d").map_err(|_| {
+        ApiError::new(
+            ProblemType::InvalidBody,
+            format!("{date:?} is not a date like 2027-01-31"),
+        )
+    })?;
+    Ok(day
+        .succ_opt()
+        .and_then(|next| next.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc()))
 }
 
 /// Creates a token as `POST /api/v1/workspaces/{workspace}/tokens` does and shows its secret
@@ -269,14 +301,20 @@ pub async fn create_token(
     posted: CheckedForm<TokenForm>,
 ) -> Response {
     let CheckedForm { visitor, form } = posted;
-    let source = Some(form.source.trim().to_owned()).filter(|s| !s.is_empty());
+    let optional = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let expires_at = match end_of_day(&form.expires_on) {
+        Ok(at) => at,
+        Err(refusal) => {
+            return render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await
+        }
+    };
     let new = NewAccessToken {
         name: form.name,
         scopes: vec![form.scope],
-        sources: source.map(|s| vec![s]),
-        device_id: None,
+        sources: optional(&form.source).map(|s| vec![s]),
+        device_id: optional(&form.device_id),
         endpoints: None,
-        expires_at: None,
+        expires_at,
     };
     match tokens::create_token(
         State(app.clone()),
@@ -336,5 +374,18 @@ pub async fn delete_source(
             workspace_url(&key)
         )),
         Err(refusal) => render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_of_day;
+
+    #[test]
+    fn a_token_expiring_on_a_day_works_until_that_day_ends() {
+        let at = end_of_day("2027-01-31").expect("a date").expect("a time");
+        assert_eq!(at.to_rfc3339(), "2027-02-01T00:00:00+00:00");
+        assert_eq!(end_of_day(" ").expect("empty"), None);
+        assert!(end_of_day("31/01/2027").is_err());
     }
 }
