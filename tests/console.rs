@@ -266,6 +266,25 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert!(!text(&left, "listed").contains("Fleet North"), "{left}");
     assert_eq!(left["status"], 404, "{left}");
 
+    let import = step("import");
+    assert!(
+        text(&import, "refused").contains("cannot be imported"),
+        "{import}"
+    );
+    let preview = text(&import, "preview");
+    assert!(
+        preview.contains("Preview")
+            && preview.contains("Deleted")
+            && preview.contains("source spare2"),
+        "{import}"
+    );
+    assert!(text(&import, "imported").contains("Imported"), "{import}");
+    let sources = text(&import, "sources");
+    assert!(
+        sources.contains("sensors") && !sources.contains("spare2"),
+        "{import}"
+    );
+
     let csrf = step("csrf");
     assert_eq!(csrf["no_token_status"], 403, "{csrf}");
     assert!(

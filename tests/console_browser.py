@@ -300,6 +300,24 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.click("button[aria-label='Delete the source spare']")
     page.wait_for_url(re.compile(r"done=source-deleted"))
     sources_left = page.locator("section:has(h2:has-text('Sources')) tbody").inner_text()
+
+    # AsyncAPI import: a document from before a source was made deletes it, after a preview.
+    before = page.request.get(f"{api}/api/v1/workspaces/{slug_url.split('/')[-1]}/asyncapi").text()
+    page.fill("form[action$='/sources'] input[name=slug]", "spare2")
+    page.click("button:has-text('Create source')")
+    page.wait_for_url(re.compile(r"done=source"))
+    page.goto(slug_url + "/asyncapi")
+    page.fill("textarea[name=document]", '{"asyncapi": "2.6.0"}')
+    page.click("button:has-text('Preview')")
+    import_refused = page.locator(".notice").inner_text()
+    page.fill("textarea[name=document]", before)
+    page.click("button:has-text('Preview')")
+    preview = page.locator("#plan").locator("xpath=..").inner_text()
+    page.click("button:has-text('Import')")
+    imported = page.locator("#plan").locator("xpath=..").inner_text()
+    page.goto(slug_url + "/access")
+    after_import = page.locator("section:has(h2:has-text('Sources')) tbody").inner_text()
+    say("import", refused=import_refused, preview=preview, imported=imported, sources=after_import)
     slug = slug_url.rstrip("/").split("/")[-1]
     status, body = ingest(f"{node}/v1/ingest/{slug}/sensors", secret)
     say("token", secret=secret, copied=copied, shown_again=shown_again, sources_left=sources_left,

@@ -13,6 +13,7 @@
 mod access;
 mod account;
 mod assets;
+mod asyncapi;
 mod csrf;
 mod frame;
 pub(crate) mod headers;
@@ -81,6 +82,10 @@ pub fn routes() -> Router<App> {
         .route(
             "/app/w/{workspace}/oauth-grants/{grant}/revoke",
             post(workspaces::revoke_oauth_grant),
+        )
+        .route(
+            "/app/w/{workspace}/asyncapi",
+            get(asyncapi::page).post(asyncapi::import),
         )
         .route("/app/w/{workspace}/settings", get(settings::page))
         .route("/app/w/{workspace}/rename", post(settings::rename))

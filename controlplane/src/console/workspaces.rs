@@ -148,7 +148,8 @@ OAuth (or a personal access token) and gets your role at most.</p>\
 <button type=\"button\" data-copy=\"mcp-url\">Copy</button></p>{grants}</section>\
 <section aria-labelledby=\"asyncapi\"><h2 id=\"asyncapi\">AsyncAPI</h2>\
 <p>The workspace as an AsyncAPI 3.0 document (sources, outputs, export endpoints, webhooks): \
-<a href=\"{export}\" download=\"{slug}-asyncapi.json\">Download (JSON)</a>.</p>{public}</section>",
+<a href=\"{export}\" download=\"{slug}-asyncapi.json\">Download (JSON)</a>; \
+<a href=\"{import}\">Import a document…</a></p>{public}</section>",
         role = role_name(ws.role),
         created = ws.created_at.format("%Y-%m-%d %H:%M UTC"),
         sources = count(sources),
@@ -157,6 +158,7 @@ OAuth (or a personal access token) and gets your role at most.</p>\
         access = escape(&format!("{}/access", workspace_url(&ws.slug))),
         mcp = escape(&format!("{}/mcp/{}", app.config.public_url(), ws.slug)),
         export = escape(&format!("/api/v1/workspaces/{}/asyncapi", ws.slug)),
+        import = escape(&format!("{}/asyncapi", workspace_url(&ws.slug))),
         public = asyncapi_public(&app, &visitor, &ws).await,
         grants = oauth_grants(&app, &visitor, &ws).await,
     );
