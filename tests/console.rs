@@ -285,6 +285,11 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
         "{import}"
     );
 
+    let source = step("source");
+    assert!(text(&source, "columns").contains("temperature"), "{source}");
+    assert!(text(&source, "refused").contains("Not done"), "{source}");
+    assert_eq!(source["kept"], r#"{"type": 12}"#, "{source}");
+
     let csrf = step("csrf");
     assert_eq!(csrf["no_token_status"], 403, "{csrf}");
     assert!(

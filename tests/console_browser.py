@@ -318,6 +318,18 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.goto(slug_url + "/access")
     after_import = page.locator("section:has(h2:has-text('Sources')) tbody").inner_text()
     say("import", refused=import_refused, preview=preview, imported=imported, sources=after_import)
+
+    # A source's page: a schema gives a typed column; a broken schema is refused with the detail.
+    page.click("a:has(code:text-is('sensors'))")
+    page.fill("textarea[name=schema]",
+              '{"type": "object", "properties": {"temperature": {"type": "number"}}}')
+    page.click("button:has-text('Save source')")
+    page.wait_for_url(re.compile(r"done=source-saved"))
+    columns = page.locator("section:has(h2:has-text('What it takes'))").inner_text()
+    page.fill("textarea[name=schema]", '{"type": 12}')
+    page.click("button:has-text('Save source')")
+    say("source", columns=columns, refused=page.locator(".notice").inner_text(),
+        kept=page.input_value("textarea[name=schema]"))
     slug = slug_url.rstrip("/").split("/")[-1]
     status, body = ingest(f"{node}/v1/ingest/{slug}/sensors", secret)
     say("token", secret=secret, copied=copied, shown_again=shown_again, sources_left=sources_left,

@@ -94,7 +94,7 @@ async fn render(
             String::new()
         };
         rows.push_str(&format!(
-            "<tr><td><code>{slug}</code></td><td>{name}</td><td>{protocols}</td><td>{schema}</td>{delete}</tr>",
+            "<tr><td><a href=\"{base}/sources/{slug}\"><code>{slug}</code></a></td><td>{name}</td><td>{protocols}</td><td>{schema}</td>{delete}</tr>",
             name = escape(&s.name),
             protocols = protocols.join(", "),
             schema = if s.schema.is_some() { "yes" } else { "none" },

@@ -47,6 +47,7 @@ impl Notice {
             "removed" => "The member is removed.",
             "source" => "The source is created.",
             "source-deleted" => "The source is deleted.",
+            "source-saved" => "The source is saved; nodes take it with the next configuration.",
             "revoked" => "The token is revoked.",
             "cors" => "The CORS origins are saved.",
             "session-ended" => "The session is ended.",

@@ -20,6 +20,7 @@ pub(crate) mod headers;
 mod password_reset;
 mod settings;
 mod smtp;
+mod source;
 mod visitor;
 mod workspaces;
 
@@ -106,6 +107,10 @@ pub fn routes() -> Router<App> {
         )
         .route("/app/w/{workspace}/access", get(access::page))
         .route("/app/w/{workspace}/sources", post(access::create_source))
+        .route(
+            "/app/w/{workspace}/sources/{source}",
+            get(source::page).post(source::save),
+        )
         .route(
             "/app/w/{workspace}/sources/{source}/delete",
             post(access::delete_source),
