@@ -996,10 +996,18 @@ fn through_the_control_plane_every_event_is_streamed_and_delivered_and_a_dead_re
         "the dead receiver was tried"
     );
 
-    // The deliveries the nodes reported are in the control plane's log.
-    let log = api.get(&format!("{ws}/webhooks/good/deliveries"), &ada.token);
-    assert_eq!(log.status, 200, "{}", log.body);
-    assert!(log.body.contains("delivered"), "{}", log.body);
+    // The deliveries the nodes reported (about a second after them) are in the control
+    // plane's log.
+    let reported = wait_for(Duration::from_secs(15), || {
+        let log = api.get(&format!("{ws}/webhooks/good/deliveries"), &ada.token);
+        log.status == 200 && log.body.contains("delivered")
+    });
+    assert!(
+        reported,
+        "{}",
+        api.get(&format!("{ws}/webhooks/good/deliveries"), &ada.token)
+            .body
+    );
 
     // 60 s of nothing but 503: disabled, and the Admin is told.
     let disabled = wait_for(Duration::from_secs(120), || {
