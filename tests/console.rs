@@ -203,6 +203,10 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert_eq!(account["me"], 200, "{account}");
     assert_eq!(account["after_revoke"], 401, "{account}");
     assert_eq!(account["this_browser"], true, "{account}");
+    assert!(
+        text(&account, "providers").contains("None linked"),
+        "{account}"
+    );
 
     let invited = step("invited");
     assert!(text(&invited, "pending").contains(&bob.email), "{invited}");

@@ -236,8 +236,9 @@ def run(browser, api, node, outbox, shots, user1, password1, user2, password2, a
     page.click("button[aria-label='Revoke mcp-client']")
     page.wait_for_url(re.compile(r"done=revoked"))
     sessions = page.locator("section:has(h2:has-text('Sessions')) tbody").inner_text()
+    providers = page.locator("section:has(h2:has-text('Sign-in providers'))").inner_text()
     say("account", me=with_pat, after_revoke=fetch_status(f"{api}/api/v1/me", pat),
-        this_browser="this browser" in sessions)
+        this_browser="this browser" in sessions, providers=providers)
     page.goto(slug_url + "/settings")
     page.click("a:has-text('Settings')")
 

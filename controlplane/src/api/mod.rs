@@ -11,7 +11,7 @@ pub(crate) mod codes;
 pub(crate) mod cors;
 mod export_endpoints;
 pub(crate) mod html;
-mod identities;
+pub(crate) mod identities;
 pub(crate) mod invitations;
 pub(crate) mod links;
 pub(crate) mod members;

@@ -1,5 +1,6 @@
-//! The account page: the visitor's sessions (end one left open elsewhere) and personal access
-//! tokens (for scripts and MCP clients: created with the secret shown once, revoked).
+//! The account page: the visitor's sessions (end one left open elsewhere), personal access
+//! tokens (for scripts and MCP clients: created with the secret shown once, revoked) and the
+//! sign-in providers linked to the account (unlinked).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
@@ -13,6 +14,7 @@ use super::visitor::Visitor;
 use super::workspaces::all;
 use super::ACCOUNT_PATH;
 use crate::api::html::escape;
+use crate::api::identities;
 use crate::api::personal_tokens::{self, NewPersonalToken};
 use crate::api::sessions;
 use crate::api::{ApiJson, ApiPath};
@@ -121,6 +123,36 @@ async fn render(
 {table}<form method=\"post\" action=\"{ACCOUNT_PATH}/tokens\">{csrf}\
 <label>Name <input name=\"name\" required maxlength=\"100\"></label><button>Create personal token</button></form></section>"
     ));
+    let identities = identities::list_identities(State(app.clone()), caller(), all(app))
+        .await
+        .map(|Json(p)| p.items)
+        .unwrap_or_default();
+    let mut rows = String::new();
+    for i in &identities {
+        let provider = escape(&i.provider);
+        rows.push_str(&format!(
+            "<tr><td>{provider}</td><td>{email}</td><td>{linked}</td><td>{used}</td>\
+<td><form class=\"inline\" method=\"post\" action=\"{ACCOUNT_PATH}/identities/{id}/unlink\">{csrf}\
+<button class=\"secondary\" aria-label=\"Unlink {provider}\">Unlink</button></form></td></tr>",
+            email = escape(i.email.as_deref().unwrap_or("")),
+            linked = i.linked_at.format("%Y-%m-%d %H:%M UTC"),
+            used = i.last_used_at.format("%Y-%m-%d %H:%M UTC"),
+            id = i.id,
+        ));
+    }
+    let table = if identities.is_empty() {
+        "<p class=\"muted\">None linked: signing in with a provider's button links it.</p>"
+            .to_owned()
+    } else {
+        format!(
+            "<table><thead><tr><th scope=\"col\">Provider</th><th scope=\"col\">Its address</th>\
+<th scope=\"col\">Linked</th><th scope=\"col\">Last used</th><th scope=\"col\">Unlink</th></tr></thead>\
+<tbody>{rows}</tbody></table>"
+        )
+    };
+    main.push_str(&format!(
+        "<section aria-labelledby=\"identities\"><h2 id=\"identities\">Sign-in providers</h2>{table}</section>"
+    ));
     frame::page(app, visitor, None, "Account", notice, &main).await
 }
 
@@ -170,6 +202,23 @@ pub async fn revoke_token(
     )
     .await;
     after(&app, &visitor, result.map(|_| ()), "revoked").await
+}
+
+/// Unlinks a provider account as `DELETE /api/v1/me/identities/{id}` does (never the last way
+/// to sign in).
+pub async fn unlink_identity(
+    State(app): State<App>,
+    Path(identity): Path<Uuid>,
+    posted: CheckedForm<NoFields>,
+) -> Response {
+    let visitor = posted.visitor;
+    let result = identities::unlink_identity(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(identity),
+    )
+    .await;
+    after(&app, &visitor, result.map(|_| ()), "unlinked").await
 }
 
 /// Ends a session as `DELETE /api/v1/me/sessions/{id}` does.

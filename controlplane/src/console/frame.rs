@@ -51,6 +51,7 @@ impl Notice {
             "revoked" => "The token is revoked.",
             "cors" => "The CORS origins are saved.",
             "session-ended" => "The session is ended.",
+            "unlinked" => "The provider account is unlinked.",
             "grant-revoked" => "The MCP client's access is revoked.",
             "asyncapi" => "Publishing of the AsyncAPI document is changed.",
             "smtp-saved" => "The SMTP settings are saved.",

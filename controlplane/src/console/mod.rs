@@ -72,6 +72,10 @@ pub fn routes() -> Router<App> {
             post(account::revoke_token),
         )
         .route(
+            "/app/account/identities/{identity}/unlink",
+            post(account::unlink_identity),
+        )
+        .route(
             "/app/account/sessions/{session}/end",
             post(account::end_session),
         )
