@@ -92,13 +92,15 @@ fn error_page(status: StatusCode, detail: &str) -> Response {
     response
 }
 
-/// Pages of this flow are never framed (clickjacking) nor cached.
+/// Pages of this flow are never framed (clickjacking) nor cached. No `form-action`: browsers
+/// apply it to the redirect that follows the consent form too, which goes to the client's
+/// registered `redirect_uri` (checked here), and Chromium would block it.
 fn guard_page(response: &mut Response) {
     let headers = response.headers_mut();
     headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static("default-src 'none'; form-action 'self'; frame-ancestors 'none'"),
+        HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
 }
