@@ -13,11 +13,46 @@
 use std::collections::HashMap;
 
 use serde_json::Value;
+use sluice_config::data_out::{
+    self, DataOutError, ExportEndpointConfig, OutputConfig, WebhookConfig,
+};
 use uuid::Uuid;
 
 use crate::model::Workspace;
 use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::store::{Change, State};
+
+/// A workspace's sources, outputs, export endpoints and webhooks as nodes will check them
+/// (`sluice_config::data_out::check_workspace`): what the API checks a changed entity in, after
+/// putting it in place of its stored copy.
+pub struct DataOut {
+    pub sources: Vec<String>,
+    pub outputs: Vec<OutputConfig>,
+    pub endpoints: Vec<ExportEndpointConfig>,
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+impl DataOut {
+    pub fn of(s: &State, workspace: Uuid) -> DataOut {
+        DataOut {
+            sources: s.sources_of(workspace).map(|x| x.slug.clone()).collect(),
+            outputs: s.outputs_of(workspace).map(|o| o.config()).collect(),
+            endpoints: s
+                .export_endpoints_of(workspace)
+                .map(|e| e.config())
+                .collect(),
+            // Whether a URL may be `http://` is the webhook's own check (and the snapshot's),
+            // so it does not hold up changes to outputs and endpoints.
+            webhooks: s.webhooks_of(workspace).map(|w| w.config(true)).collect(),
+        }
+    }
+
+    /// The whole workspace as nodes will check it: a last guard, cheap at these sizes.
+    pub fn check(&self) -> Result<(), DataOutError> {
+        let sources: Vec<&str> = self.sources.iter().map(String::as_str).collect();
+        data_out::check_workspace(&sources, &self.outputs, &self.endpoints, &self.webhooks)
+    }
+}
 
 /// Lists names for a refusal: `"a", "b"`.
 fn quoted<'a>(names: impl IntoIterator<Item = &'a str>) -> String {

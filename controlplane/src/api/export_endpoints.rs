@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sluice_config::data_out::{self, ExportEndpointConfig, ENDPOINTS_MAX};
+use sluice_config::data_out::{self, ENDPOINTS_MAX};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
@@ -18,7 +18,7 @@ use super::validate::valid_slug;
 use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::model::{ExportEndpoint, Output, Workspace};
+use crate::model::{ExportEndpoint, Workspace};
 use crate::problem::{ApiError, ApiResult, ProblemType};
 use crate::references;
 use crate::roles::Action;
@@ -120,17 +120,10 @@ fn valid_endpoint(s: &Data, ws: &Workspace, endpoint: &ExportEndpoint) -> ApiRes
             ),
         ));
     }
-    // The whole workspace as nodes will check it: a last guard, cheap at these sizes.
-    let sources: Vec<&str> = s.sources_of(ws.id).map(|x| x.slug.as_str()).collect();
-    let outputs: Vec<_> = s.outputs_of(ws.id).map(Output::config).collect();
-    let mut endpoints: Vec<ExportEndpointConfig> = s
-        .export_endpoints_of(ws.id)
-        .filter(|e| e.id != endpoint.id)
-        .map(ExportEndpoint::config)
-        .collect();
-    endpoints.push(config);
-    let webhooks = super::webhooks::configs_for_check(s, ws.id);
-    data_out::check_workspace(&sources, &outputs, &endpoints, &webhooks).map_err(invalid)
+    let mut all = references::DataOut::of(s, ws.id);
+    all.endpoints.retain(|e| e.id != endpoint.id);
+    all.endpoints.push(config);
+    all.check().map_err(invalid)
 }
 
 /// Export endpoints of a workspace. Any member.

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sluice_config::data_out::{
-    self, Field, Filter, OutputConfig, CONDITIONS_MAX, FIELDS_MAX, FILTER_DEVICES_MAX,
-    FILTER_TAGS_MAX, NAME_LEN_MAX, OUTPUTS_MAX,
+    self, Field, Filter, CONDITIONS_MAX, FIELDS_MAX, FILTER_DEVICES_MAX, FILTER_TAGS_MAX,
+    NAME_LEN_MAX, OUTPUTS_MAX,
 };
 use sluice_config::shaping::{PATH_LEN_MAX, TAG_NAME_LEN_MAX, TAG_VALUE_LEN_MAX};
 use sluice_config::snapshot::DEVICE_ID_LEN_MAX;
@@ -339,17 +339,10 @@ fn valid_output(s: &Data, ws: &Workspace, output: &Output) -> ApiResult<()> {
     if let Some(schema) = &source.schema {
         config.check_against_schema(schema).map_err(invalid)?;
     }
-    // The whole workspace as nodes will check it: a last guard, cheap at these sizes.
-    let sources: Vec<&str> = s.sources_of(ws.id).map(|x| x.slug.as_str()).collect();
-    let mut outputs: Vec<OutputConfig> = s
-        .outputs_of(ws.id)
-        .filter(|o| o.id != output.id)
-        .map(Output::config)
-        .collect();
-    outputs.push(config);
-    let endpoints: Vec<_> = s.export_endpoints_of(ws.id).map(|e| e.config()).collect();
-    let webhooks = super::webhooks::configs_for_check(s, ws.id);
-    data_out::check_workspace(&sources, &outputs, &endpoints, &webhooks).map_err(invalid)
+    let mut all = references::DataOut::of(s, ws.id);
+    all.outputs.retain(|o| o.id != output.id);
+    all.outputs.push(config);
+    all.check().map_err(invalid)
 }
 
 /// Outputs of a workspace. Any member.

@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sluice_config::data_out::{
     self, check_webhook_url, default_batch_bytes, default_batch_events, default_batch_interval,
-    WebhookConfig, WEBHOOKS_MAX,
+    WEBHOOKS_MAX,
 };
 use sluice_config::stream::WebhookOutcome;
 use sluice_config::webhook_signature::{generate_secret, Signer};
@@ -26,11 +26,9 @@ use super::validate::valid_slug;
 use super::{authorize, require_enabled_in, ApiJson, ApiPath, ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::auth::Caller;
-use crate::model::{
-    ExportEndpoint, Output, Webhook, WebhookAttemptRecord, WebhookDisabled, WebhookHealth,
-    Workspace,
-};
+use crate::model::{Webhook, WebhookAttemptRecord, WebhookDisabled, WebhookHealth, Workspace};
 use crate::problem::{ApiError, ApiResult, ProblemType};
+use crate::references;
 use crate::roles::Action;
 use crate::store::{Change, State as Data};
 use crate::webhook_client::{self, AddressError};
@@ -292,24 +290,10 @@ fn valid_webhook(app: &App, s: &Data, ws: &Workspace, webhook: &Webhook) -> ApiR
             ),
         ));
     }
-    // The whole workspace as nodes will check it: a last guard, cheap at these sizes.
-    let sources: Vec<&str> = s.sources_of(ws.id).map(|x| x.slug.as_str()).collect();
-    let outputs: Vec<_> = s.outputs_of(ws.id).map(Output::config).collect();
-    let endpoints: Vec<_> = s
-        .export_endpoints_of(ws.id)
-        .map(ExportEndpoint::config)
-        .collect();
-    let mut webhooks: Vec<WebhookConfig> = configs_for_check(s, ws.id);
-    webhooks.retain(|w| w.id != webhook.id);
-    webhooks.push(config);
-    data_out::check_workspace(&sources, &outputs, &endpoints, &webhooks).map_err(to_invalid)
-}
-
-/// The workspace's webhooks for `check_workspace` when something else changes: whether a URL
-/// may be `http://` is the webhook's own check (and the snapshot's), so it does not hold up
-/// changes to outputs and endpoints.
-pub(super) fn configs_for_check(s: &Data, workspace: Uuid) -> Vec<WebhookConfig> {
-    s.webhooks_of(workspace).map(|w| w.config(true)).collect()
+    let mut all = references::DataOut::of(s, ws.id);
+    all.webhooks.retain(|w| w.id != webhook.id);
+    all.webhooks.push(config);
+    all.check().map_err(to_invalid)
 }
 
 /// A new secret, sealed for the store and for nodes.
