@@ -18,6 +18,7 @@ use tracing::{debug, warn};
 use super::client::WebhookClient;
 use super::cursors::Cursors;
 use crate::access::ActiveWebhook;
+use crate::export::cursor::Cursor;
 use crate::export::reader::{FileCache, ReadSpec, Reader};
 use crate::metrics::{NodeMetrics, Outcome};
 
@@ -114,10 +115,7 @@ impl Delivery {
             }
             // Taken (or given up for good): the next batch starts after it, also after a
             // restart.
-            if let Err(err) = self
-                .cursors
-                .save(id, &self.webhook.output.source, reader.cursor())
-            {
+            if let Err(err) = self.save_cursor(reader.cursor().clone()).await {
                 warn!(webhook = %id, error = %err, "cannot record the webhook's progress; its last batch may be sent again after a restart");
             }
         }
@@ -146,7 +144,7 @@ impl Delivery {
                 .await;
                 match end {
                     Ok(cursor) => {
-                        if let Err(err) = self.cursors.save(id, source, &cursor) {
+                        if let Err(err) = self.save_cursor(cursor.clone()).await {
                             warn!(webhook = %id, error = %err, "cannot record where the webhook starts");
                         }
                         break cursor;
@@ -168,6 +166,17 @@ impl Delivery {
             spec,
             cursor,
         ))
+    }
+
+    /// Stores where the subscription stands, off the runtime's workers: a redb commit syncs
+    /// the disk, which would stall every reader sharing the export runtime.
+    async fn save_cursor(&self, cursor: Cursor) -> Result<(), String> {
+        let (cursors, id) = (self.cursors.clone(), self.webhook.config.id);
+        let source = self.webhook.output.source.clone();
+        tokio::task::spawn_blocking(move || cursors.save(id, &source, &cursor))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
     }
 
     async fn attempt(&self, message_id: &str, body: &Bytes, events: usize) -> Sent {
