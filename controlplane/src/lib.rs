@@ -42,6 +42,7 @@ pub mod initial_operator;
 pub(crate) mod listener;
 pub(crate) mod mail;
 pub(crate) mod mcp;
+pub(crate) mod mcp_ingest;
 pub(crate) mod model;
 pub(crate) mod oauth;
 pub(crate) use sluice_config::outbound;

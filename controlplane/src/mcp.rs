@@ -7,7 +7,8 @@
 //! limited to its grant's workspace and scopes), so authorization, validation and refusals are
 //! exactly the API's. Three tools stand beside the generated ones: `workspace_spec_get` and
 //! `workspace_spec_import` (the workspace as an AsyncAPI document) and `sluice_call` (any API
-//! path of the workspace).
+//! path of the workspace, and two paths outside it: ingest, forwarded to the data plane by
+//! `mcp_ingest.rs`, and token introspection, `oauth/introspect.rs`).
 //!
 //! Authentication is a Bearer OAuth access token for this MCP URL (`oauth/`), personal access
 //! token or session token; a `401` points to the protected-resource metadata. A browser
@@ -141,14 +142,16 @@ fn extra_tools() -> Vec<Operation> {
         operation(
             tool(
                 "sluice_call",
-                "Call any operation of this workspace's API (see /api/v1/openapi.json) with your own authorization: method, a path relative to /api/v1/workspaces/{workspace} (\"\" or \"/sources/boilers\"), query parameters and a JSON body. Ingest is not reachable here: it is on the data plane's address.",
+                "Call any operation of this workspace's API (see /api/v1/openapi.json) with your own authorization: method, a path relative to /api/v1/workspaces/{workspace} (\"\" or \"/sources/boilers\"), query parameters and a JSON body. Two paths are not the workspace API's: POST /v1/ingest/{workspace}/{source} sends events (a JSON object or array as body, or NDJSON text with content_type application/x-ndjson; device_id optional; needs the ingest scope) to the data plane, answered with the count accepted once they are durable; POST /oauth/introspect with body {\"token\": ...} introspects an OAuth token of this workspace (RFC 7662).",
                 json!({"type": "object", "properties": {
                     "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE"]},
                     "path": {"type": "string", "maxLength": 1024,
-                        "description": "Relative to the workspace, starting with / (or empty for the workspace itself)"},
+                        "description": "Relative to the workspace, starting with / (or empty for the workspace itself); or /v1/ingest/{workspace}/{source}; or /oauth/introspect"},
                     "query": {"type": "object", "additionalProperties": {"type": ["string", "number", "boolean"]}},
                     "body": {"description": "The JSON body, or text with content_type"},
-                    "content_type": {"type": "string", "description": "For a text body, e.g. application/yaml"}
+                    "content_type": {"type": "string", "description": "For a text body, e.g. application/yaml or application/x-ndjson"},
+                    "device_id": {"type": "string", "maxLength": 128,
+                        "description": "Ingest only: the device the events come from (X-Device-Id)"}
                 }, "required": ["method", "path"]}),
                 false,
                 true,
@@ -389,6 +392,9 @@ struct Scope {
     /// The caller of an OAuth access token, handed to the API as is (the token itself means
     /// nothing to the API); `None` for personal and session tokens, forwarded as sent.
     delegated: Option<Caller>,
+    /// Whom the request stands for (with the OAuth grant's limits, if any), for the calls
+    /// that do not go through the API: ingest and introspection.
+    caller: Caller,
 }
 
 /// The MCP server of one request (stateless: one per request).
@@ -396,6 +402,7 @@ struct Scope {
 struct Server {
     catalogue: Arc<Catalogue>,
     api: Router,
+    app: App,
 }
 
 impl Server {
@@ -422,6 +429,15 @@ impl Server {
         parts: &axum::http::request::Parts,
         arguments: JsonObject,
     ) -> Result<CallToolResult, McpError> {
+        if operation.extra == Some(Extra::Call) {
+            match arguments.get("path").and_then(Value::as_str) {
+                Some(path) if path.starts_with(INGEST_PREFIX) => {
+                    return self.ingest(scope, path, &arguments).await;
+                }
+                Some(INTROSPECT_PATH) => return self.introspect(scope, &arguments).await,
+                _ => {}
+            }
+        }
         let request = match operation.extra {
             None => api_request(operation, scope, parts, &arguments)?,
             Some(extra) => extra_request(extra, scope, parts, &arguments)?,
@@ -434,6 +450,138 @@ impl Server {
             .await
             .map_err(|e| McpError::internal_error(format!("the API answer failed: {e}"), None))?;
         Ok(tool_result(status, &bytes))
+    }
+}
+
+/// `sluice_call`'s path for ingest, as on the data plane: `/v1/ingest/{workspace}/{source}`.
+const INGEST_PREFIX: &str = "/v1/ingest/";
+/// `sluice_call`'s path for token introspection, as on the control plane.
+const INTROSPECT_PATH: &str = "/oauth/introspect";
+
+/// A refusal made here rather than by the API, as the same tool error.
+async fn problem_result(error: ApiError) -> CallToolResult {
+    let response = error.into_response();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), ANSWER_BYTES_MAX)
+        .await
+        .unwrap_or_default();
+    tool_result(status, &bytes)
+}
+
+/// `sluice_call` arguments that must say POST (ingest and introspection take nothing else).
+fn require_post(arguments: &JsonObject, what: &str) -> Result<(), McpError> {
+    let method = arguments
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if method.eq_ignore_ascii_case("POST") {
+        Ok(())
+    } else {
+        Err(McpError::invalid_params(
+            format!("{what} takes method POST"),
+            None,
+        ))
+    }
+}
+
+impl Server {
+    /// `sluice_call` with `POST /v1/ingest/{workspace}/{source}`: the caller's role and scopes
+    /// must allow ingest in this workspace; the events go to the data plane with the
+    /// workspace's own credential (`mcp_ingest.rs`), and its answer is the result.
+    async fn ingest(
+        &self,
+        scope: &Scope,
+        path: &str,
+        arguments: &JsonObject,
+    ) -> Result<CallToolResult, McpError> {
+        require_post(arguments, "ingest")?;
+        let invalid = |detail: String| McpError::invalid_params(detail, None);
+        let target = path
+            .strip_prefix(INGEST_PREFIX)
+            .and_then(|rest| rest.split_once('/'))
+            .filter(|(w, s)| {
+                sluice_config::snapshot::is_valid_slug(w)
+                    && sluice_config::snapshot::is_valid_slug(s)
+            });
+        let Some((workspace, source)) = target else {
+            return Err(invalid(format!(
+                "path {path:?}: ingest is /v1/ingest/{{workspace}}/{{source}} with lowercase slugs (a-z, 0-9, -)"
+            )));
+        };
+        let authorized = self.app.store.read(|s| {
+            authorize(s, &scope.caller, &scope.workspace, Action::Ingest)
+                .map(|(ws, _)| (ws.id, ws.slug.clone()))
+        });
+        let (workspace_id, slug) = match authorized {
+            Ok(found) => found,
+            Err(refusal) => return Ok(problem_result(refusal).await),
+        };
+        if workspace != slug {
+            return Err(invalid(format!(
+                "this MCP endpoint serves workspace {slug:?} only; send its events to /v1/ingest/{slug}/{{source}} (use the MCP URL of {workspace:?} for that workspace)"
+            )));
+        }
+        let (content_type, body) = match (
+            arguments.get("body"),
+            arguments.get("content_type").and_then(Value::as_str),
+        ) {
+            (None | Some(Value::Null), _) => ("application/json".to_owned(), Vec::new()),
+            (Some(Value::String(text)), Some(kind)) => (kind.to_owned(), text.clone().into_bytes()),
+            (Some(value), kind) => (
+                kind.unwrap_or("application/json").to_owned(),
+                value.to_string().into_bytes(),
+            ),
+        };
+        let query = arguments.get("query").and_then(Value::as_object).map(|q| {
+            let mut serializer = url::form_urlencoded::Serializer::new(String::new());
+            for (name, value) in q {
+                serializer.append_pair(name, &argument_text(value));
+            }
+            serializer.finish()
+        });
+        let device_id = match arguments.get("device_id") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(device)) => Some(device.clone()),
+            Some(_) => return Err(invalid("device_id is a string".into())),
+        };
+        let forward = crate::mcp_ingest::Forward {
+            workspace_id,
+            workspace_slug: slug,
+            source: source.to_owned(),
+            query,
+            content_type,
+            device_id,
+            body: body.into(),
+        };
+        Ok(match crate::mcp_ingest::send(&self.app, forward).await {
+            Ok((status, answer)) => tool_result(status, &answer),
+            Err(refusal) => problem_result(refusal).await,
+        })
+    }
+
+    /// `sluice_call` with `POST /oauth/introspect`: RFC 7662's answer about `body.token`, as
+    /// the endpoint gives it to this caller.
+    async fn introspect(
+        &self,
+        scope: &Scope,
+        arguments: &JsonObject,
+    ) -> Result<CallToolResult, McpError> {
+        require_post(arguments, "introspection")?;
+        let token = arguments
+            .get("body")
+            .and_then(|b| b.get("token"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                McpError::invalid_params(
+                    "introspection takes body {\"token\": \"sluice_oat_…\" or \"sluice_ort_…\"}",
+                    None,
+                )
+            })?;
+        let issuer = crate::oauth::issuer(&self.app);
+        let answer = self.app.store.read(|s| {
+            crate::oauth::introspect::answer(s, &issuer, &scope.caller, token, chrono::Utc::now())
+        });
+        Ok(tool_result(StatusCode::OK, answer.to_string().as_bytes()))
     }
 }
 
@@ -773,6 +921,7 @@ pub fn router(app: App, document: &Value, api: Router) -> Router {
     let server = Server {
         catalogue: Arc::new(Catalogue::from_document(document)),
         api,
+        app: app.clone(),
     };
     let public_url = app.config.public_url();
     let origin = url::Url::parse(&public_url)
@@ -910,6 +1059,7 @@ async fn authenticate(
         workspace,
         lean,
         delegated,
+        caller,
     });
     next.run(request).await
 }

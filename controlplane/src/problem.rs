@@ -148,6 +148,9 @@ problem_types! {
     Internal => (INTERNAL_SERVER_ERROR, "internal", "Internal error"),
     /// A sign-in provider could not be reached or answered nonsense.
     ProviderUnavailable => (BAD_GATEWAY, "provider-unavailable", "Sign-in provider unavailable"),
+    /// `sluice_call` could not forward events to the data plane's ingest URL (no connection,
+    /// no answer in time).
+    IngestUnavailable => (BAD_GATEWAY, "ingest-unavailable", "Ingest unavailable"),
     StorageUnavailable => (SERVICE_UNAVAILABLE, "storage-unavailable", "Storage unavailable"),
     MailUnavailable => (SERVICE_UNAVAILABLE, "mail-unavailable", "Mail unavailable"),
     Overloaded => (SERVICE_UNAVAILABLE, "overloaded", "Control plane overloaded"),

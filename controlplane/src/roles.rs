@@ -37,6 +37,9 @@ pub enum Action {
     ManageSmtp,
     /// Serve the workspace's AsyncAPI document without authentication, or stop.
     PublishAsyncapi,
+    /// Send events to the workspace's sources through the MCP endpoint (`sluice_call`), which
+    /// forwards them to the data plane. Those who may mint ingest tokens may send events.
+    Ingest,
 }
 
 impl Action {
@@ -54,7 +57,8 @@ impl Action {
             | Action::ManageTagRules
             | Action::ManageOutputs
             | Action::ManageTokens
-            | Action::ManageSmtp => &[Admin, Editor],
+            | Action::ManageSmtp
+            | Action::Ingest => &[Admin, Editor],
         }
     }
 
@@ -90,6 +94,8 @@ mod tests {
         assert!(Action::ManageOutputs.allows(Role::Editor));
         assert!(Action::ManageSmtp.allows(Role::Editor));
         assert!(!Action::ManageSmtp.allows(Role::Viewer));
+        assert!(Action::Ingest.allows(Role::Editor));
+        assert!(!Action::Ingest.allows(Role::Viewer));
         assert!(!Action::ManageMembers.allows(Role::Editor));
         assert!(!Action::ManageCors.allows(Role::Editor));
         assert!(!Action::PublishAsyncapi.allows(Role::Editor));

@@ -58,6 +58,12 @@ pub(crate) fn build(s: &State, allow_private: bool) -> ConfigSnapshot {
                         expires_at: t.expires_at,
                         endpoints: t.endpoints.clone(),
                     })
+                    // The MCP endpoint's own ingest token, once minted (`mcp_ingest.rs`).
+                    .chain(
+                        s.ingest_credentials
+                            .get(&ws.id)
+                            .map(crate::mcp_ingest::IngestCredential::token_config),
+                    )
                     .collect(),
                 tag_rules: s.tag_rules_of(ws.id).to_vec(),
                 outputs: s.outputs_of(ws.id).map(Output::config).collect(),

@@ -19,6 +19,7 @@ use uuid::Uuid;
 
 use sluice_config::shaping::TagRule;
 
+use crate::mcp_ingest::IngestCredential;
 use crate::model::{
     AccessToken, Credential, Delivery, ExportEndpoint, Identity, Invitation, Member, Output, Purge,
     Source, TagRules, User, Webhook, WebhookAttemptRecord, WebhookHealth, Workspace, WorkspaceSmtp,
@@ -51,6 +52,9 @@ const WEBHOOK_FAILURES: TableDefinition<&str, &[u8]> = TableDefinition::new("web
 const PURGES: TableDefinition<&str, &[u8]> = TableDefinition::new("lake_purges");
 const SMTP: TableDefinition<&str, &[u8]> = TableDefinition::new("workspace_smtp");
 const DELIVERIES: TableDefinition<&str, &[u8]> = TableDefinition::new("email_deliveries");
+/// Workspace id -> the control plane's own ingest token of the workspace (`mcp_ingest.rs`).
+const INGEST_CREDENTIALS: TableDefinition<&str, &[u8]> =
+    TableDefinition::new("mcp_ingest_credentials");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const CONFIG_VERSION: &str = "config_version";
 /// Prefix of the `meta` keys `workspace_version/<workspace id>`: the configuration version of
@@ -131,6 +135,8 @@ pub struct State {
     pub workspace_versions: HashMap<Uuid, u64>,
     /// OAuth clients, grants, codes and tokens (`oauth/records.rs`).
     pub oauth: crate::oauth::records::OAuthState,
+    /// Workspace id -> the token the MCP endpoint forwards events with (`mcp_ingest.rs`).
+    pub ingest_credentials: HashMap<Uuid, IngestCredential>,
 }
 
 /// One edit of the state.
@@ -176,6 +182,10 @@ pub enum Change {
     DeleteDelivery(Uuid, Uuid),
     /// An edit of the OAuth records (`oauth/records.rs`).
     OAuth(crate::oauth::records::OAuthChange),
+    /// Keeps a workspace's MCP ingest credential (nodes see it as a token).
+    PutIngestCredential(IngestCredential),
+    /// Forgets the MCP ingest credential of the workspace with this id.
+    DeleteIngestCredential(Uuid),
 }
 
 impl Change {
@@ -196,6 +206,8 @@ impl Change {
                 | Change::DeleteExportEndpoint(_)
                 | Change::PutWebhook(_)
                 | Change::DeleteWebhook(_)
+                | Change::PutIngestCredential(_)
+                | Change::DeleteIngestCredential(_)
         )
     }
 }
@@ -323,6 +335,12 @@ impl State {
                 self.deliveries.remove(&(ws, id));
             }
             Change::OAuth(change) => self.oauth.apply(change),
+            Change::PutIngestCredential(c) => {
+                self.ingest_credentials.insert(c.workspace_id, c);
+            }
+            Change::DeleteIngestCredential(id) => {
+                self.ingest_credentials.remove(&id);
+            }
         }
     }
 
@@ -578,6 +596,9 @@ impl Store {
             for d in load_table::<Delivery>(&txn, DELIVERIES)? {
                 state.apply(Change::PutDelivery(d));
             }
+            for c in load_table::<IngestCredential>(&txn, INGEST_CREDENTIALS)? {
+                state.apply(Change::PutIngestCredential(c));
+            }
             crate::oauth::records::load_all(&txn, &mut state.oauth)?;
             match txn.open_table(META) {
                 Ok(meta) => {
@@ -681,6 +702,7 @@ impl Store {
             let mut purges = txn.open_table(PURGES)?;
             let mut smtp = txn.open_table(SMTP)?;
             let mut deliveries = txn.open_table(DELIVERIES)?;
+            let mut ingest_credentials = txn.open_table(INGEST_CREDENTIALS)?;
             for change in changes {
                 match change {
                     Change::PutUser(u) => {
@@ -798,6 +820,13 @@ impl Store {
                         deliveries.remove(member_key(*ws, *id).as_str())?;
                     }
                     Change::OAuth(_) => {}
+                    Change::PutIngestCredential(c) => {
+                        let key = c.workspace_id.to_string();
+                        ingest_credentials.insert(key.as_str(), encode(c)?.as_slice())?;
+                    }
+                    Change::DeleteIngestCredential(id) => {
+                        ingest_credentials.remove(id.to_string().as_str())?;
+                    }
                 }
             }
             let mut meta = txn.open_table(META)?;

@@ -246,10 +246,10 @@ pub fn authorize<'s>(
             format!(
                 "the OAuth grant's scopes are {:?}; this needs {}",
                 delegation.scopes.to_string(),
-                if action == Action::View {
-                    "workspace:read"
-                } else {
-                    "workspace:write"
+                match action {
+                    Action::View => "workspace:read",
+                    Action::Ingest => "ingest",
+                    _ => "workspace:write",
                 }
             ),
         ));

@@ -335,6 +335,9 @@ pub async fn delete_workspace(
         if s.smtp.contains_key(&ws.id) {
             changes.push(Change::DeleteSmtp(ws.id));
         }
+        if s.ingest_credentials.contains_key(&ws.id) {
+            changes.push(Change::DeleteIngestCredential(ws.id));
+        }
         changes.extend(
             s.deliveries_of(ws.id)
                 .map(|d| Change::DeleteDelivery(ws.id, d.id)),

@@ -27,6 +27,7 @@ pub async fn authorization_server(State(app): State<App>) -> Response {
         "grant_types_supported": ["authorization_code", "refresh_token"],
         "token_endpoint_auth_methods_supported": ["none"],
         "revocation_endpoint_auth_methods_supported": ["none"],
+        "introspection_endpoint": format!("{issuer}/oauth/introspect"),
         "code_challenge_methods_supported": ["S256"],
         "client_id_metadata_document_supported": true,
         "authorization_response_iss_parameter_supported": true,

@@ -2,7 +2,7 @@
 //! side needs: metadata (RFC 8414, RFC 9728), client registration (RFC 7591 and Client ID
 //! Metadata Documents), the authorization code flow with PKCE S256 over the existing sign-in
 //! session and a consent page, the token endpoint with rotating refresh tokens, revocation
-//! (RFC 7009), and the lookup of an access token for one MCP URL (`bearer.rs`).
+//! (RFC 7009), introspection (RFC 7662, `introspect.rs`), and the lookup of an access token for one MCP URL (`bearer.rs`).
 //!
 //! Tokens are opaque random strings stored as SHA-256 hashes (`records.rs`), never JWTs: a
 //! revoked grant's tokens stop at once, with no key to manage. Every token is bound to one
@@ -16,6 +16,7 @@
 pub mod authorize;
 pub mod bearer;
 pub mod client_metadata;
+pub mod introspect;
 pub mod metadata;
 pub mod records;
 pub mod registration;
@@ -225,6 +226,7 @@ pub fn routes() -> Router<App> {
         )
         .route("/oauth/token", post(token::token))
         .route("/oauth/revoke", post(token::revoke))
+        .route("/oauth/introspect", post(introspect::introspect))
 }
 
 /// The OAuth records to forget at `now`: codes and tokens past their expiry, registered

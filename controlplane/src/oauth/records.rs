@@ -92,6 +92,9 @@ pub struct OAuthToken {
     pub expires_at: DateTime<Utc>,
     /// A refresh token that was exchanged: presenting it again revokes its grant.
     pub spent: bool,
+    /// When it was issued (introspection's `iat`); absent in records written before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issued_at: Option<DateTime<Utc>>,
 }
 
 /// Every OAuth record, indexed for the authorization server's questions.
@@ -273,6 +276,7 @@ mod tests {
             grant_id: grant,
             expires_at: Utc::now(),
             spent: false,
+            issued_at: None,
         }
     }
 

@@ -21,8 +21,8 @@ pub enum Scope {
     /// Change the workspace as the role allows (every other action of the role table).
     #[serde(rename = "workspace:write")]
     WorkspaceWrite,
-    /// Send events to the workspace's sources. Granted and recorded; the control plane's MCP
-    /// endpoint has no ingest call yet (ingest is on the data plane's listener).
+    /// Send events to the workspace's sources through the MCP endpoint (`sluice_call` with
+    /// `POST /v1/ingest/{workspace}/{source}`, forwarded to the data plane).
     #[serde(rename = "ingest")]
     Ingest,
 }
@@ -103,6 +103,9 @@ impl Scopes {
     pub fn allow(&self, action: Action) -> bool {
         match action {
             Action::View => self.contains(Scope::WorkspaceRead),
+            // Sending events changes no setting: `workspace:write` does not imply it, nor
+            // `ingest` any change of the workspace.
+            Action::Ingest => self.contains(Scope::Ingest),
             _ => self.contains(Scope::WorkspaceWrite),
         }
     }
@@ -143,6 +146,9 @@ mod tests {
         let both = Scopes::parse(" workspace:write  workspace:read ").expect("parses");
         assert_eq!(both.to_string(), "workspace:read workspace:write");
         assert!(both.allow(Action::ManageSources));
+        assert!(!both.allow(Action::Ingest));
+        let ingest = Scopes::parse("ingest").expect("parses");
+        assert!(ingest.allow(Action::Ingest) && !ingest.allow(Action::ManageSources));
         assert!(Scopes::parse("admin").is_err());
         assert!(Scopes::parse("").expect("empty").is_empty());
         assert!(read.is_subset(&both) && !both.is_subset(&read));

@@ -53,6 +53,7 @@ fn issue(ttl_s: u64, grant: &Grant, now: DateTime<Utc>) -> (Vec<Change>, serde_j
             grant_id: grant.id,
             expires_at: now + chrono::Duration::seconds(ttl_s as i64),
             spent: false,
+            issued_at: Some(now),
         })),
         Change::OAuth(OAuthChange::PutToken(OAuthToken {
             sha256: sha256_hex(&refresh),
@@ -60,6 +61,7 @@ fn issue(ttl_s: u64, grant: &Grant, now: DateTime<Utc>) -> (Vec<Change>, serde_j
             grant_id: grant.id,
             expires_at: now + REFRESH_TOKEN_TTL,
             spent: false,
+            issued_at: Some(now),
         })),
     ];
     let answer = json!({
@@ -424,6 +426,7 @@ mod tests {
             grant_id: grant.id,
             expires_at,
             spent: false,
+            issued_at: None,
         })));
         (s, grant)
     }
