@@ -8,10 +8,13 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
+use super::endpoints;
+use super::fields::Fields;
 use super::frame::{self, Notice, Tab};
+use super::paging::Paging;
 use super::visitor::Visitor;
 use super::workspace_url;
-use super::workspaces::{all, load};
+use super::workspaces::load;
 use crate::api::html::escape;
 use crate::api::sources::{self, NewSource};
 use crate::api::tokens::{self, NewAccessToken, TokenScope};
@@ -27,12 +30,13 @@ pub async fn page(
     Path(key): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    render(
+    render_paged(
         &app,
         &visitor,
         &key,
         Notice::from_query(query.as_deref()),
         None,
+        query.as_deref(),
     )
     .await
 }
@@ -43,12 +47,25 @@ struct NewSecret {
     secret: String,
 }
 
+/// The tab at the first page of each list.
 async fn render(
     app: &App,
     visitor: &Visitor,
     key: &str,
     notice: Option<Notice>,
     new_secret: Option<NewSecret>,
+) -> Response {
+    render_paged(app, visitor, key, notice, new_secret, None).await
+}
+
+/// The tab at the pages of its lists that `query` names.
+async fn render_paged(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+    notice: Option<Notice>,
+    new_secret: Option<NewSecret>,
+    query: Option<&str>,
 ) -> Response {
     let ws = match load(app, visitor, key).await {
         Ok(ws) => ws,
@@ -72,10 +89,18 @@ async fn render(
     }
 
     // Sources.
-    let sources = sources::list_sources(State(app.clone()), caller(), path(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let here = format!("{}/access", workspace_url(&ws.slug));
+    let sources_page = Paging::from_query(query, "sources_after");
+    let (sources, next) = sources::list_sources(
+        State(app.clone()),
+        caller(),
+        path(),
+        sources_page.query(app),
+    )
+    .await
+    .map(|Json(p)| (p.items, p.next_cursor))
+    .unwrap_or_default();
+    let sources_pages = sources_page.links(&here, "sources", next.as_deref());
     let manage_sources = Action::ManageSources.allows(ws.role);
     let mut rows = String::new();
     for s in &sources {
@@ -105,7 +130,7 @@ async fn render(
     } else {
         format!(
             "<table><thead><tr><th scope=\"col\">Slug</th><th scope=\"col\">Name</th>\
-<th scope=\"col\">Protocols</th><th scope=\"col\">Schema</th>{delete_head}</tr></thead><tbody>{rows}</tbody></table>",
+<th scope=\"col\">Protocols</th><th scope=\"col\">Schema</th>{delete_head}</tr></thead><tbody>{rows}</tbody></table>{sources_pages}",
             delete_head = if manage_sources {
                 "<th scope=\"col\">Delete</th>"
             } else {
@@ -130,10 +155,13 @@ through the API for now.</p>"
     ));
 
     // Access tokens.
-    let tokens = tokens::list_tokens(State(app.clone()), caller(), path(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let tokens_page = Paging::from_query(query, "tokens_after");
+    let (tokens, next) =
+        tokens::list_tokens(State(app.clone()), caller(), path(), tokens_page.query(app))
+            .await
+            .map(|Json(p)| (p.items, p.next_cursor))
+            .unwrap_or_default();
+    let tokens_pages = tokens_page.links(&here, "tokens", next.as_deref());
     let manage = Action::ManageTokens.allows(ws.role);
     let mut rows = String::new();
     for t in &tokens {
@@ -184,7 +212,7 @@ through the API for now.</p>"
         format!(
             "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Secret</th>\
 <th scope=\"col\">Scope</th><th scope=\"col\">Limited to</th><th scope=\"col\">Created</th>{revoke_head}</tr></thead>\
-<tbody>{rows}</tbody></table>"
+<tbody>{rows}</tbody></table>{tokens_pages}"
         )
     };
     let form = if manage {
@@ -197,6 +225,16 @@ through the API for now.</p>"
                 )
             })
             .collect();
+        let endpoint_boxes: String = endpoints::first_page(app, visitor, &ws)
+            .await
+            .iter()
+            .map(|e| {
+                format!(
+                    "<label><input type=\"checkbox\" name=\"endpoints\" value=\"{slug}\"> {slug}</label>",
+                    slug = escape(&e.slug)
+                )
+            })
+            .collect();
         format!(
             "<h3>New access token</h3><form method=\"post\" action=\"{base}/tokens\">{csrf}\
 <label>Name <input name=\"name\" required maxlength=\"100\"></label>\
@@ -204,8 +242,14 @@ through the API for now.</p>"
 <option value=\"read\">read (export endpoints)</option></select></label>\
 <label>Source (ingest) <select name=\"source\"><option value=\"\">all sources</option>{options}</select></label>\
 <label>Device id (ingest, optional) <input name=\"device_id\" maxlength=\"128\" pattern=\"[!-~]{{1,128}}\"></label>\
+<fieldset><legend>Export endpoints (read; none ticked: every endpoint)</legend>{endpoints}</fieldset>\
 <label>Expires on (optional) <input name=\"expires_on\" type=\"date\"></label>\
-<button>Create token</button></form>"
+<button>Create token</button></form>",
+            endpoints = if endpoint_boxes.is_empty() {
+                "<span class=\"muted\">No export endpoints yet (Data out tab).</span>".to_owned()
+            } else {
+                endpoint_boxes
+            },
         )
     } else {
         String::new()
@@ -261,21 +305,6 @@ pub async fn create_source(
     }
 }
 
-/// The new-token form.
-#[derive(Debug, Deserialize)]
-pub struct TokenForm {
-    name: String,
-    scope: TokenScope,
-    #[serde(default)]
-    source: String,
-    /// Binds an ingest token to one device id.
-    #[serde(default)]
-    device_id: String,
-    /// `YYYY-MM-DD`: the token works until the end of that day (UTC).
-    #[serde(default)]
-    expires_on: String,
-}
-
 /// The end (UTC) of the day `date` (`YYYY-MM-DD`), when the token stops working.
 fn end_of_day(date: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     if date.trim().is_empty() {
@@ -298,22 +327,35 @@ fn end_of_day(date: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiEr
 pub async fn create_token(
     State(app): State<App>,
     Path(key): Path<String>,
-    posted: CheckedForm<TokenForm>,
+    posted: CheckedForm<Fields>,
 ) -> Response {
     let CheckedForm { visitor, form } = posted;
-    let optional = |s: &str| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
-    let expires_at = match end_of_day(&form.expires_on) {
+    let expires_at = match end_of_day(form.one("expires_on")) {
         Ok(at) => at,
         Err(refusal) => {
             return render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await
         }
     };
+    let scope = match form.one("scope") {
+        "ingest" => TokenScope::Ingest,
+        "read" => TokenScope::Read,
+        other => {
+            let refusal = ApiError::new(
+                ProblemType::InvalidBody,
+                format!("{other:?} is not a scope: choose ingest or read"),
+            );
+            return render(&app, &visitor, &key, Some(Notice::Refused(refusal)), None).await;
+        }
+    };
+    // Endpoints limit a read token; the API refuses them on an ingest token, which keeps
+    // boxes ticked by mistake from being dropped silently.
+    let endpoints = Some(form.all("endpoints")).filter(|e| !e.is_empty());
     let new = NewAccessToken {
-        name: form.name,
-        scopes: vec![form.scope],
-        sources: optional(&form.source).map(|s| vec![s]),
-        device_id: optional(&form.device_id),
-        endpoints: None,
+        name: form.one("name").to_owned(),
+        scopes: vec![scope],
+        sources: form.optional("source").map(|s| vec![s]),
+        device_id: form.optional("device_id"),
+        endpoints,
         expires_at,
     };
     match tokens::create_token(
