@@ -56,6 +56,20 @@ impl Notice {
             "asyncapi" => "Publishing of the AsyncAPI document is changed.",
             "smtp-saved" => "The SMTP settings are saved.",
             "smtp-removed" => "The SMTP settings are removed: mail goes through the platform.",
+            "tag-rule" => "The tag rule is created; nodes apply it with the next configuration.",
+            "tag-rule-saved" => {
+                "The tag rule is saved; nodes apply it with the next configuration."
+            }
+            "tag-rule-moved" => "The tag rule is moved.",
+            "tag-rule-deleted" => "The tag rule is deleted.",
+            "output" => "The output is created.",
+            "output-saved" => "The output is saved; nodes apply it with the next configuration.",
+            "output-deleted" => "The output is deleted.",
+            "endpoint" => "The export endpoint is created.",
+            "endpoint-deleted" => "The export endpoint is deleted.",
+            "webhook-enabled" => "The webhook is enabled: it sends again.",
+            "webhook-disabled" => "The webhook is disabled: it sends nothing until enabled.",
+            "webhook-deleted" => "The webhook is deleted.",
             _ => return None,
         };
         Some(Notice::Done(text))
@@ -91,6 +105,8 @@ impl Notice {
 pub enum Tab {
     Overview,
     Access,
+    TagRules,
+    DataOut,
     Mail,
     Settings,
 }
@@ -145,9 +161,11 @@ pub async fn page(
                 format!("<li><a href=\"{base}{path}\"{here}>{label}</a></li>")
             };
             format!(
-                "<nav aria-label=\"Workspace\"><ul>{}{}{}{}</ul></nav>",
+                "<nav aria-label=\"Workspace\"><ul>{}{}{}{}{}{}</ul></nav>",
                 link(Tab::Overview, "", "Overview"),
                 link(Tab::Access, "/access", "Access"),
+                link(Tab::TagRules, "/tag-rules", "Tag rules"),
+                link(Tab::DataOut, "/data-out", "Data out"),
                 link(Tab::Mail, "/mail", "Mail"),
                 link(Tab::Settings, "/settings", "⚙ Settings"),
             )

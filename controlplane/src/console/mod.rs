@@ -15,13 +15,20 @@ mod account;
 mod assets;
 mod asyncapi;
 mod csrf;
+mod data_out;
+mod endpoints;
+mod fields;
 mod frame;
 pub(crate) mod headers;
+mod outputs;
+mod paging;
 mod password_reset;
 mod settings;
 mod smtp;
 mod source;
+mod tag_rules;
 mod visitor;
+mod webhooks;
 mod workspaces;
 
 use axum::response::Redirect;
@@ -123,6 +130,58 @@ pub fn routes() -> Router<App> {
         .route(
             "/app/w/{workspace}/tokens/{token}/revoke",
             post(access::revoke_token),
+        )
+        .route(
+            "/app/w/{workspace}/tag-rules",
+            get(tag_rules::page).post(tag_rules::create),
+        )
+        .route(
+            "/app/w/{workspace}/tag-rules/{rule}",
+            get(tag_rules::edit_page).post(tag_rules::save),
+        )
+        .route(
+            "/app/w/{workspace}/tag-rules/{rule}/move",
+            post(tag_rules::move_rule),
+        )
+        .route(
+            "/app/w/{workspace}/tag-rules/{rule}/delete",
+            post(tag_rules::delete),
+        )
+        .route("/app/w/{workspace}/data-out", get(data_out::page))
+        .route("/app/w/{workspace}/outputs", post(outputs::create))
+        .route(
+            "/app/w/{workspace}/outputs/{output}",
+            get(outputs::page).post(outputs::save),
+        )
+        .route(
+            "/app/w/{workspace}/outputs/{output}/delete",
+            post(outputs::delete),
+        )
+        .route(
+            "/app/w/{workspace}/export-endpoints",
+            post(endpoints::create),
+        )
+        .route(
+            "/app/w/{workspace}/export-endpoints/{endpoint}/delete",
+            post(endpoints::delete),
+        )
+        .route("/app/w/{workspace}/webhooks", post(webhooks::create))
+        .route("/app/w/{workspace}/webhooks/{webhook}", get(webhooks::page))
+        .route(
+            "/app/w/{workspace}/webhooks/{webhook}/enabled",
+            post(webhooks::set_enabled),
+        )
+        .route(
+            "/app/w/{workspace}/webhooks/{webhook}/test",
+            post(webhooks::test),
+        )
+        .route(
+            "/app/w/{workspace}/webhooks/{webhook}/rotate-secret",
+            post(webhooks::rotate_secret),
+        )
+        .route(
+            "/app/w/{workspace}/webhooks/{webhook}/delete",
+            post(webhooks::delete),
         )
         .route("/app/w/{workspace}/mail", get(smtp::page))
         .route("/app/w/{workspace}/mail/smtp", post(smtp::save))

@@ -1,0 +1,221 @@
+//! Export endpoints on the Data out tab: the URLs at which end-users read an output with a
+//! `read` token (`GET /v1/stream/{workspace}/{endpoint}` on a node), shown whole with a Copy
+//! button, created and deleted through the API's handlers (`…/export-endpoints`).
+
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+
+use super::csrf::{hidden_field, CheckedForm, NoFields};
+use super::data_out;
+use super::frame::{self, Notice};
+use super::paging::Paging;
+use super::visitor::Visitor;
+use super::workspace_url;
+use crate::api::export_endpoints::{
+    create_export_endpoint, delete_export_endpoint, list_export_endpoints, ExportEndpointView,
+    NewExportEndpoint,
+};
+use crate::api::html::escape;
+use crate::api::outputs::OutputView;
+use crate::api::workspaces::WorkspaceView;
+use crate::api::{ApiJson, ApiPath};
+use crate::app::App;
+use crate::roles::Action;
+
+/// The query parameter of the endpoints list's cursor.
+pub const PAGE_PARAM: &str = "endpoints_after";
+
+/// The new-endpoint form.
+#[derive(Debug, Default, Deserialize)]
+pub struct EndpointForm {
+    #[serde(default)]
+    slug: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    output: String,
+}
+
+/// `<option>`s of the workspace's outputs, `chosen` selected.
+pub fn output_options(outputs: &[OutputView], chosen: &str) -> String {
+    outputs
+        .iter()
+        .map(|o| {
+            format!(
+                "<option value=\"{slug}\"{selected}>{slug}</option>",
+                slug = escape(&o.slug),
+                selected = if o.slug == chosen { " selected" } else { "" }
+            )
+        })
+        .collect()
+}
+
+/// The endpoints of `ws` (the first page, for the read-token form), or none if the API
+/// refuses.
+pub async fn first_page(
+    app: &App,
+    visitor: &Visitor,
+    ws: &WorkspaceView,
+) -> Vec<ExportEndpointView> {
+    list_export_endpoints(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(ws.slug.clone()),
+        Paging::first(PAGE_PARAM).query(app),
+    )
+    .await
+    .map(|Json(p)| p.items)
+    .unwrap_or_default()
+}
+
+/// The export endpoints of `ws`, with their whole URLs, and the form for a new one.
+pub async fn section(
+    app: &App,
+    visitor: &Visitor,
+    ws: &WorkspaceView,
+    paging: &Paging,
+    outputs: &[OutputView],
+    typed: Option<&EndpointForm>,
+) -> String {
+    let page = list_export_endpoints(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(ws.slug.clone()),
+        paging.query(app),
+    )
+    .await;
+    let (endpoints, next) = match page {
+        Ok(Json(p)) => (p.items, p.next_cursor),
+        Err(_) => (Vec::new(), None),
+    };
+    let manage = Action::ManageOutputs.allows(ws.role);
+    let base = escape(&workspace_url(&ws.slug));
+    let csrf = hidden_field(&visitor.csrf);
+    let node = app.config.device_urls().ingest;
+    let mut rows = String::new();
+    for e in &endpoints {
+        let slug = escape(&e.slug);
+        let delete = if manage {
+            format!(
+                "<td><form class=\"inline\" method=\"post\" action=\"{base}/export-endpoints/{slug}/delete\">{csrf}\
+<button class=\"danger\" aria-label=\"Delete the export endpoint {slug}\">Delete</button></form></td>"
+            )
+        } else {
+            String::new()
+        };
+        rows.push_str(&format!(
+            "<tr><td><code>{slug}</code></td><td>{name}</td><td><code>{output}</code></td>\
+<td><code id=\"endpoint-url-{slug}\">{url}</code> \
+<button type=\"button\" class=\"secondary\" data-copy=\"endpoint-url-{slug}\" aria-label=\"Copy the URL of {slug}\">Copy</button></td>{delete}</tr>",
+            name = escape(&e.name),
+            output = escape(&e.output),
+            url = escape(&format!("{node}{}", e.url)),
+        ));
+    }
+    let table = if endpoints.is_empty() {
+        "<p class=\"muted\">No export endpoints yet.</p>".to_owned()
+    } else {
+        format!(
+            "<table><thead><tr><th scope=\"col\">Slug</th><th scope=\"col\">Name</th>\
+<th scope=\"col\">Output</th><th scope=\"col\">URL for end-users</th>{delete_head}</tr></thead>\
+<tbody>{rows}</tbody></table>{pages}",
+            delete_head = if manage {
+                "<th scope=\"col\">Delete</th>"
+            } else {
+                ""
+            },
+            pages = paging.links(
+                &format!("{}/data-out", workspace_url(&ws.slug)),
+                "endpoints",
+                next.as_deref()
+            ),
+        )
+    };
+    let form = if !manage {
+        String::new()
+    } else if outputs.is_empty() {
+        "<p class=\"muted\">An endpoint serves an output: create one above first.</p>".to_owned()
+    } else {
+        let empty = EndpointForm::default();
+        let typed = typed.unwrap_or(&empty);
+        format!(
+            "<h3>New export endpoint</h3><form method=\"post\" action=\"{base}/export-endpoints\">{csrf}\
+<label>Slug <input name=\"slug\" value=\"{slug}\" required pattern=\"[a-z0-9][a-z0-9\\-]{{0,62}}\"></label>\
+<label>Name (optional) <input name=\"name\" value=\"{name}\" maxlength=\"100\"></label>\
+<label>Output <select name=\"output\">{options}</select></label>\
+<button>Create endpoint</button></form>",
+            slug = escape(&typed.slug),
+            name = escape(&typed.name),
+            options = output_options(outputs, &typed.output),
+        )
+    };
+    format!(
+        "<section aria-labelledby=\"endpoints\"><h2 id=\"endpoints\">Export endpoints</h2>\
+<p class=\"muted\">End-users read an endpoint with a <code>read</code> token (made on the Access \
+tab): <code>GET</code> with <code>Accept: text/event-stream</code> for a live stream, or NDJSON \
+pages.</p>{table}{form}</section>"
+    )
+}
+
+/// Creates an endpoint as `POST …/export-endpoints` does.
+pub async fn create(
+    State(app): State<App>,
+    Path(key): Path<String>,
+    posted: CheckedForm<EndpointForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let made = create_export_endpoint(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(key.clone()),
+        ApiJson(NewExportEndpoint {
+            slug: form.slug.trim().to_owned(),
+            name: Some(form.name.trim().to_owned()).filter(|n| !n.is_empty()),
+            output: form.output.clone(),
+        }),
+    )
+    .await;
+    match made {
+        Ok(_) => frame::see_other(&format!("{}/data-out?done=endpoint", workspace_url(&key))),
+        Err(refusal) => {
+            let typed = data_out::Typed {
+                endpoint: Some(form),
+                ..Default::default()
+            };
+            data_out::render(&app, &visitor, &key, Some(Notice::Refused(refusal)), typed).await
+        }
+    }
+}
+
+/// Deletes an endpoint as `DELETE …/export-endpoints/{endpoint}` does.
+pub async fn delete(
+    State(app): State<App>,
+    Path((key, slug)): Path<(String, String)>,
+    posted: CheckedForm<NoFields>,
+) -> Response {
+    let visitor = posted.visitor;
+    match delete_export_endpoint(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((key.clone(), slug)),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!(
+            "{}/data-out?done=endpoint-deleted",
+            workspace_url(&key)
+        )),
+        Err(refusal) => {
+            data_out::render(
+                &app,
+                &visitor,
+                &key,
+                Some(Notice::Refused(refusal)),
+                data_out::Typed::default(),
+            )
+            .await
+        }
+    }
+}
