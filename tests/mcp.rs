@@ -12,9 +12,10 @@ mod common;
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::process::Command;
+use std::time::Duration;
 
-use common::controlplane::{verified_user, Api};
-use common::{agent, Answer, Sluice};
+use common::controlplane::{add_member, verified_user, Api};
+use common::{agent, duckdb, Answer, Sluice};
 use serde_json::{json, Value};
 
 /// Runs `tests/mcp/client.mjs` (Node.js with the SDK `scripts/test.sh` installs by `npm ci`):
@@ -306,4 +307,322 @@ fn the_typescript_sdk_lists_and_calls_the_workspace_tools_with_a_personal_token(
         .send(json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}).to_string())
         .expect("request sent");
     assert_eq!(foreign.status().as_u16(), 403);
+}
+
+/// `sluice_call` arguments that send `body` to source `source` of `workspace`.
+fn ingest_call(workspace: &str, source: &str, body: Value) -> Value {
+    json!({"method": "POST", "path": format!("/v1/ingest/{workspace}/{source}"), "body": body})
+}
+
+/// The problem type of a tool error, without its URN prefix.
+fn tool_problem(result: &Value) -> String {
+    result["structuredContent"]["type"]
+        .as_str()
+        .unwrap_or_default()
+        .trim_start_matches("urn:sluice:problem:")
+        .to_owned()
+}
+
+#[test]
+fn mcp_clients_ingest_through_sluice_call_and_the_events_are_in_parquet_once_acknowledged() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &["--batch-max-age-ms", "300"]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    let kim = verified_user(&api, &outbox, "kim@example.com");
+    for (user, slug) in [(&jo, "plant"), (&kim, "other")] {
+        let a = api.post(
+            "/api/v1/workspaces",
+            Some(&user.token),
+            json!({"name": slug, "slug": slug}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    add_member(&api, &outbox, &jo, "plant", &kim, "viewer");
+    let a = api.post(
+        "/api/v1/me/tokens",
+        Some(&jo.token),
+        json!({"name": "mcp client"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let pat = a.json()["secret"].as_str().expect("secret").to_owned();
+    let url = format!("{}/mcp/plant", sluice.api_url());
+
+    // An Admin's personal token: a JSON array with a device id, and NDJSON; each answered with
+    // the node's count once durable. Then the refusals: a source the workspace lacks (the
+    // node's own 404), another workspace's path, a body over the bound, and GET.
+    let a = api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&jo.token),
+        json!({"slug": "boilers", "name": "Boilers"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let mut ndjson = ingest_call(
+        "plant",
+        "boilers",
+        json!("{\"temp_c\":3}\n{\"temp_c\":4}\n"),
+    );
+    ndjson["content_type"] = json!("application/x-ndjson");
+    let mut with_device = ingest_call("plant", "boilers", json!([{"temp_c": 1}, {"temp_c": 2}]));
+    with_device["device_id"] = json!("probe-7");
+    let mut get = ingest_call("plant", "boilers", json!({"temp_c": 0}));
+    get["method"] = json!("GET");
+    let out = mcp_client(
+        &url,
+        &pat,
+        json!([
+            {"op": "call", "name": "sluice_call", "arguments": with_device},
+            {"op": "call", "name": "sluice_call", "arguments": ndjson},
+            {"op": "call", "name": "sluice_call", "arguments": ingest_call("plant", "nowhere", json!({"temp_c": 0}))},
+            {"op": "call", "name": "sluice_call", "arguments": ingest_call("other", "boilers", json!({"temp_c": 0}))},
+            {"op": "call", "name": "sluice_call", "arguments": get},
+            {"op": "call", "name": "list_tokens", "arguments": {}},
+        ]),
+    );
+    assert!(out["connectError"].is_null(), "{out}");
+    let steps = out["steps"].as_array().expect("steps");
+    assert_eq!(steps[0]["isError"], false, "{}", steps[0]);
+    assert_eq!(steps[0]["structuredContent"], json!({"accepted": 2}));
+    assert_eq!(
+        steps[1]["structuredContent"],
+        json!({"accepted": 2}),
+        "{}",
+        steps[1]
+    );
+    assert_eq!(steps[2]["isError"], true, "{}", steps[2]);
+    assert_eq!(steps[2]["structuredContent"]["status"], 404, "{}", steps[2]);
+    assert_eq!(tool_problem(&steps[2]), "unknown-source", "{}", steps[2]);
+    assert_eq!(steps[3]["code"], -32602, "{}", steps[3]);
+    assert!(
+        steps[3]["thrown"]
+            .as_str()
+            .is_some_and(|t| t.contains("serves workspace \"plant\" only")),
+        "{}",
+        steps[3]
+    );
+    assert_eq!(steps[4]["code"], -32602, "{}", steps[4]);
+    // The control plane's own ingest credential is no token of the workspace's list.
+    assert_eq!(
+        steps[5]["structuredContent"]["items"],
+        json!([]),
+        "{}",
+        steps[5]
+    );
+
+    // A body over sluice_call's bound (a command line could not carry it to the SDK client:
+    // plain JSON-RPC) is refused before it is forwarded.
+    let big = "x".repeat(600 * 1024);
+    let a = rpc_call(
+        &url,
+        &pat,
+        "sluice_call",
+        ingest_call("plant", "boilers", json!({"blob": big})),
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    let result = &a.json()["result"];
+    assert_eq!(result["isError"], true, "{result}");
+    assert_eq!(result["structuredContent"]["status"], 413, "{result}");
+    assert_eq!(tool_problem(result), "body-too-large", "{result}");
+
+    // The Python SDK sends one event with the same token.
+    let python = python_client(
+        &url,
+        &pat,
+        "sluice_call",
+        ingest_call("plant", "boilers", json!({"temp_c": 5})),
+    );
+    assert_eq!(
+        python["call"]["structuredContent"],
+        json!({"accepted": 1}),
+        "{python}"
+    );
+
+    // A Viewer may not send events (the role), and lean mode serves no sluice_call.
+    let out = mcp_client(
+        &url,
+        &kim.token,
+        json!([
+            {"op": "call", "name": "sluice_call", "arguments": ingest_call("plant", "boilers", json!({"temp_c": 9}))},
+        ]),
+    );
+    let refused = &out["steps"][0];
+    assert_eq!(refused["isError"], true, "{refused}");
+    assert_eq!(tool_problem(refused), "insufficient-role", "{refused}");
+    let out = mcp_client(
+        &format!("{url}?mode=lean"),
+        &pat,
+        json!([
+            {"op": "call", "name": "sluice_call", "arguments": ingest_call("plant", "boilers", json!({"temp_c": 9}))},
+        ]),
+    );
+    assert_eq!(out["steps"][0]["isError"], true, "{out}");
+
+    // Acknowledged means durable: DuckDB reads the five events, with the device id, from the
+    // Parquet files, and none of the refused ones.
+    let lake = sluice.data_dir.join("lake");
+    let landed = common::wait_for(Duration::from_secs(30), || {
+        common::parquet_files(&lake) > 0
+            && duckdb(&lake, "SELECT count(*) FROM {lake}") == vec![vec![json!(5)]]
+    });
+    assert!(landed, "{:?}", duckdb(&lake, "SELECT count(*) FROM {lake}"));
+    let rows = duckdb(
+        &lake,
+        "SELECT CAST(payload->>'temp_c' AS INTEGER) AS t, device_id, source FROM {lake} ORDER BY t",
+    );
+    assert_eq!(
+        rows,
+        vec![
+            vec![json!(1), json!("probe-7"), json!("boilers")],
+            vec![json!(2), json!("probe-7"), json!("boilers")],
+            vec![json!(3), Value::Null, json!("boilers")],
+            vec![json!(4), Value::Null, json!("boilers")],
+            vec![json!(5), Value::Null, json!("boilers")],
+        ]
+    );
+}
+
+/// A stand-in data plane that holds every ingest request it gets until released, then
+/// answers `202 {"accepted":1}`: MCP requests forwarding to it stay in flight as long as the
+/// test wants, without any timing.
+struct HeldIngest {
+    port: u16,
+    /// The request heads received so far.
+    heads: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    release: std::sync::mpsc::Sender<()>,
+}
+
+impl HeldIngest {
+    fn start() -> HeldIngest {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let heads = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let seen = heads.clone();
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).unwrap_or(0) == 1 {
+                    head.push(byte[0]);
+                }
+                seen.lock()
+                    .expect("lock")
+                    .push(String::from_utf8_lossy(&head).into_owned());
+                held.push(stream);
+                if held.len() >= 2 {
+                    // Wait for the test's word, then answer every held request.
+                    let _ = released.recv();
+                    for mut s in held.drain(..) {
+                        let _ = s.write_all(
+                            b"HTTP/1.1 202 Accepted\r\ncontent-type: application/json\r\ncontent-length: 14\r\nconnection: close\r\n\r\n{\"accepted\":1}",
+                        );
+                    }
+                }
+            }
+        });
+        HeldIngest {
+            port,
+            heads,
+            release,
+        }
+    }
+
+    fn held(&self) -> usize {
+        self.heads.lock().expect("lock").len()
+    }
+}
+
+fn rpc_call(url: &str, token: &str, name: &str, arguments: Value) -> Answer {
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": name, "arguments": arguments}});
+    Answer::of(
+        agent()
+            .post(url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("authorization", format!("Bearer {token}"))
+            .send(body.to_string())
+            .expect("request sent"),
+    )
+}
+
+#[test]
+fn mcp_requests_beyond_mcp_requests_max_get_503_with_retry_after_and_the_endpoint_serves_after() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[controlplane]\nmcp_requests_max = 2\n").expect("config");
+    let held = HeldIngest::start();
+    let ingest = format!("http://127.0.0.1:{}", held.port);
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &[
+            "--config",
+            config.to_str().expect("path"),
+            "--ingest-public-url",
+            &ingest,
+        ],
+    );
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let url = format!("{}/mcp/plant", sluice.api_url());
+
+    // Two ingest calls fill the bound: the stand-in data plane holds both.
+    let calls: Vec<_> = (0..2)
+        .map(|i| {
+            let (url, token) = (url.clone(), jo.token.clone());
+            std::thread::spawn(move || {
+                let mut arguments = ingest_call("plant", "telemetry", json!({"n": i}));
+                arguments["device_id"] = json!(format!("probe-{i}"));
+                rpc_call(&url, &token, "sluice_call", arguments)
+            })
+        })
+        .collect();
+    assert!(
+        common::wait_for(Duration::from_secs(30), || held.held() == 2),
+        "the forwarded requests did not arrive: {:?}",
+        held.heads.lock().expect("lock")
+    );
+    for head in held.heads.lock().expect("lock").iter() {
+        let lower = head.to_ascii_lowercase();
+        assert!(
+            lower.starts_with("post /v1/ingest/plant/telemetry http/1.1"),
+            "{head}"
+        );
+        assert!(lower.contains("authorization: bearer sluice_"), "{head}");
+        assert!(lower.contains("x-device-id: probe-"), "{head}");
+    }
+
+    // A third request, of any kind, is refused at once while they are in flight.
+    let refused = post_mcp(&url, Some(&jo.token));
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.retry_after.as_deref(), Some("1"));
+    assert_eq!(refused.json()["error"]["code"], -32000, "{}", refused.body);
+    assert_eq!(refused.json()["jsonrpc"], "2.0", "{}", refused.body);
+
+    // Released, both calls end with the node's answer, and the endpoint serves again.
+    held.release.send(()).expect("release");
+    for call in calls {
+        let a = call.join().expect("call thread");
+        assert_eq!(a.status, 200, "{}", a.body);
+        assert_eq!(
+            a.json()["result"]["structuredContent"],
+            json!({"accepted": 1}),
+            "{}",
+            a.body
+        );
+    }
+    let a = post_mcp(&url, Some(&jo.token));
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert!(a.body.contains("sluice_call"), "{}", a.body);
 }

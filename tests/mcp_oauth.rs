@@ -915,3 +915,179 @@ fn a_client_identified_by_its_metadata_document_url_authorizes_without_registeri
     assert!(a.body.contains("client_id"), "{}", a.body);
     assert!(a.header("location").is_none());
 }
+
+/// POSTs `token` to the introspection endpoint with `bearer` as the caller.
+fn introspect(base: &str, bearer: Option<&str>, token: &str) -> Answer {
+    let mut req = browser()
+        .post(format!("{base}/oauth/introspect"))
+        .header("content-type", "application/x-www-form-urlencoded");
+    if let Some(bearer) = bearer {
+        req = req.header("authorization", format!("Bearer {bearer}"));
+    }
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("token", token)
+        .finish();
+    Answer::of(req.send(body).expect("request sent"))
+}
+
+fn ingest_arguments(workspace: &str, events: Value) -> Value {
+    json!({"method": "POST", "path": format!("/v1/ingest/{workspace}/boilers"), "body": events})
+}
+
+#[test]
+fn only_an_ingest_grant_sends_events_through_mcp_and_introspection_tells_admins_and_the_member() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &["--batch-max-age-ms", "300"]);
+    let base = sluice.api_url();
+    let api = Api::new(base.clone());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    let vic = verified_user(&api, &outbox, "vic@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&jo.token),
+        json!({"name": "plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&jo.token),
+        json!({"slug": "boilers", "name": "Boilers"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    add_member(&api, &outbox, &jo, "plant", &vic, "viewer");
+    let plant = format!("{base}/mcp/plant");
+    let client = RawClient::register(&base);
+
+    let metadata = get(
+        &format!("{base}/.well-known/oauth-authorization-server"),
+        None,
+    )
+    .json();
+    assert_eq!(
+        metadata["introspection_endpoint"],
+        format!("{base}/oauth/introspect")
+    );
+
+    // An Admin's grant with `ingest` sends events; one without it cannot, `workspace:write`
+    // included; nor can a Viewer's, whatever its scopes.
+    let (ingest, ingest_refresh) =
+        client.tokens(&cookie(&jo), &[("scope", Some("workspace:read ingest"))]);
+    let (read, _) = client.tokens(&cookie(&jo), &[("scope", Some("workspace:read"))]);
+    let (write, _) = client.tokens(&cookie(&jo), &[]);
+    let (viewer, _) = client.tokens(
+        &cookie(&vic),
+        &[("scope", Some("workspace:read workspace:write ingest"))],
+    );
+    let sent = call_tool(
+        &plant,
+        &ingest,
+        "sluice_call",
+        ingest_arguments("plant", json!([{"temp_c": 1}, {"temp_c": 2}])),
+    );
+    assert_eq!(sent["isError"], false, "{sent}");
+    assert_eq!(sent["structuredContent"], json!({"accepted": 2}), "{sent}");
+    for (token, expected) in [
+        (&read, "insufficient-scope"),
+        (&write, "insufficient-scope"),
+        (&viewer, "insufficient-role"),
+    ] {
+        let refused = call_tool(
+            &plant,
+            token,
+            "sluice_call",
+            ingest_arguments("plant", json!({"temp_c": 9})),
+        );
+        assert_eq!(refused["isError"], true, "{refused}");
+        assert_eq!(problem_type(&refused), expected, "{refused}");
+    }
+    // An ingest grant changes nothing else of the workspace.
+    let refused = call_tool(
+        &plant,
+        &ingest,
+        "create_source",
+        json!({"body": {"slug": "nope"}}),
+    );
+    assert_eq!(problem_type(&refused), "insufficient-scope", "{refused}");
+
+    // Introspection: the Admin and the grant's own member see the token; another member who
+    // is not an Admin, an unknown token or no caller learn nothing.
+    let a = introspect(&base, Some(&jo.token), &ingest);
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.header("cache-control").as_deref(),
+        Some("no-store"),
+        "{}",
+        a.body
+    );
+    let seen = a.json();
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["scope"], "workspace:read ingest", "{seen}");
+    assert_eq!(seen["client_id"], client.client_id.as_str(), "{seen}");
+    assert_eq!(seen["token_type"], "Bearer", "{seen}");
+    assert_eq!(seen["aud"], plant.as_str(), "{seen}");
+    assert_eq!(seen["iss"], base.as_str(), "{seen}");
+    assert_eq!(seen["username"], "jo@example.com", "{seen}");
+    let (iat, exp) = (
+        seen["iat"].as_i64().expect("iat"),
+        seen["exp"].as_i64().expect("exp"),
+    );
+    assert_eq!(exp - iat, 3600, "{seen}");
+    let refresh = introspect(&base, Some(&jo.token), &ingest_refresh).json();
+    assert_eq!(refresh["active"], true, "{refresh}");
+    assert_eq!(refresh["token_type"], "refresh_token", "{refresh}");
+    assert_eq!(
+        introspect(&base, Some(&vic.token), &ingest).json(),
+        json!({"active": false})
+    );
+    assert_eq!(
+        introspect(&base, Some(&vic.token), &viewer).json()["active"],
+        true
+    );
+    assert_eq!(
+        introspect(&base, Some(&jo.token), "sluice_oat_unknown").json(),
+        json!({"active": false})
+    );
+    let a = introspect(&base, None, &ingest);
+    assert_eq!(a.status, 401, "{}", a.body);
+    assert_eq!(a.json()["error"], "invalid_token", "{}", a.body);
+    // An OAuth token is no caller of the endpoint itself (its audience is the MCP URL) ...
+    assert_eq!(introspect(&base, Some(&ingest), &ingest).status, 401);
+
+    // ... but through MCP, sluice_call introspects with the caller's authorization.
+    let result = call_tool(
+        &plant,
+        &read,
+        "sluice_call",
+        json!({"method": "POST", "path": "/oauth/introspect", "body": {"token": ingest}}),
+    );
+    assert_eq!(result["structuredContent"]["active"], true, "{result}");
+    assert_eq!(
+        result["structuredContent"]["scope"], "workspace:read ingest",
+        "{result}"
+    );
+
+    // Revoked: inactive at once.
+    let a = post_form(
+        &format!("{base}/oauth/revoke"),
+        None,
+        &[("token", &ingest_refresh)],
+    );
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        introspect(&base, Some(&jo.token), &ingest).json(),
+        json!({"active": false})
+    );
+
+    // The two events sent with the grant are in the Parquet files.
+    let lake = sluice.data_dir.join("lake");
+    let landed = common::wait_for(Duration::from_secs(30), || {
+        common::parquet_files(&lake) > 0
+            && common::duckdb(&lake, "SELECT count(*) FROM {lake}") == vec![vec![json!(2)]]
+    });
+    assert!(
+        landed,
+        "{:?}",
+        common::duckdb(&lake, "SELECT count(*) FROM {lake}")
+    );
+}
