@@ -821,7 +821,8 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<Duration> {
 
 /// Clients without a token get little: a CONNECT declaring more than `mqtt.connect_bytes_max`
 /// is cut off before its bytes are held, and past `mqtt.connecting_max` connections waiting to
-/// authenticate, new ones are closed at once; a real device connects once they are gone.
+/// authenticate, new ones wait for a place (not closed: issue 22) and are answered once one
+/// comes free.
 #[test]
 fn unauthenticated_connections_hold_little_and_are_bounded_in_number() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -842,7 +843,7 @@ fn unauthenticated_connections_hold_little_and_are_bounded_in_number() {
         "an oversized CONNECT is cut off at once, not held for the connect timeout: {closed:?}"
     );
 
-    // Four half-sent CONNECTs take every place; a fifth connection is closed at once.
+    // Four half-sent CONNECTs take every place; a fifth connection's CONNECT waits for one.
     let mut waiting: Vec<TcpStream> = (0..4)
         .map(|_| {
             let mut s = TcpStream::connect(&addr).expect("connect");
@@ -852,11 +853,27 @@ fn unauthenticated_connections_hold_little_and_are_bounded_in_number() {
         .collect();
     std::thread::sleep(Duration::from_millis(300));
     let mut fifth = TcpStream::connect(&addr).expect("the kernel accepts");
+    fifth
+        .write_all(&connect_v311("waits-1", "default", &fx.token))
+        .expect("CONNECT");
+    fifth
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let early = fifth.read(&mut [0u8; 16]);
     assert!(
-        closed_within(&mut fifth, Duration::from_secs(1)).is_some(),
-        "a connection past mqtt.connecting_max is closed at once"
+        early.as_ref().is_err_and(|e| matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        )),
+        "a connection past mqtt.connecting_max waits, neither closed nor answered: {early:?}"
     );
     waiting.clear();
+    fifth
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let (first, body) = read_packet(&mut fifth).expect("a CONNACK once a place is free");
+    assert_eq!((first, body), (0x20, vec![0, 0]), "accepted");
+    drop(fifth);
     std::thread::sleep(Duration::from_millis(300));
     let lines = paho(
         fx.mqtt_port(),

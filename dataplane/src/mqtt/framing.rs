@@ -73,7 +73,7 @@ pub struct WholePackets {
 }
 
 impl WholePackets {
-    /// The filter of a connection holding `slot` among those not authenticated yet.
+    /// The filter of a connection with standing `slot` among those not authenticated yet.
     pub fn new(
         packet_bytes_max: u32,
         connect_bytes_max: u32,
@@ -88,6 +88,11 @@ impl WholePackets {
             conformance: Rc::default(),
             kept: RefCell::default(),
         }
+    }
+
+    /// The connection's lane (which holds its standing until the CONNECT is accepted).
+    pub fn lane(&self) -> Rc<Lane> {
+        self.lane.clone()
     }
 }
 

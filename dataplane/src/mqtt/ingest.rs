@@ -43,8 +43,19 @@ pub struct MqttIngest {
 
 impl MqttIngest {
     /// Checks a CONNECT. Refusals are counted; the caller delays them for repeat offenders.
-    pub fn authorize(&self, creds: &Credentials<'_>) -> Result<Device, ConnectRefusal> {
-        let outcome = self.check_connect(creds);
+    /// Checks a CONNECT; `placed` says whether its connection got a place among those
+    /// authenticating (`mqtt.connecting_max`) within the connect timeout: one that did not is
+    /// refused as busy, unchecked.
+    pub fn authorize(
+        &self,
+        creds: &Credentials<'_>,
+        placed: bool,
+    ) -> Result<Device, ConnectRefusal> {
+        let outcome = if placed {
+            self.check_connect(creds)
+        } else {
+            Err(ConnectRefusal::ServerBusy)
+        };
         let label = crate::metrics::Outcome {
             outcome: match &outcome {
                 Ok(_) => "accepted",

@@ -114,7 +114,8 @@ impl Lane {
         self.open.borrow_mut().take();
     }
 
-    /// Holds `slot` until the connection's CONNECT is accepted.
+    /// Holds `slot` until the connection's CONNECT is accepted (replacing the standing it
+    /// waited with, once it gets a place).
     pub fn connecting(&self, slot: ConnectingSlot) {
         *self.connecting.borrow_mut() = Some(slot);
     }
@@ -122,6 +123,16 @@ impl Lane {
     /// Whether the connection has not authenticated yet.
     pub fn is_connecting(&self) -> bool {
         self.connecting.borrow().is_some()
+    }
+
+    /// Whether the connection has not authenticated and got no place among those that may
+    /// (`mqtt.connecting_max`) within the connect timeout: its CONNECT is answered "server
+    /// busy".
+    pub fn lacks_place(&self) -> bool {
+        self.connecting
+            .borrow()
+            .as_ref()
+            .is_some_and(|slot| !slot.has_place())
     }
 
     /// The publish handler took a QoS 0 publish that the codec was given.

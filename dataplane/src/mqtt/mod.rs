@@ -38,7 +38,7 @@ mod v5;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ntex_mqtt::MqttServiceConfig;
 use ntex_server::net::Connection;
@@ -51,7 +51,7 @@ use tracing::{error, info};
 use sluice_storage::shutdown::Shutdown;
 
 use crate::config::MqttConfig;
-use connecting::Connecting;
+use connecting::{Connecting, ConnectingSlot};
 use ingest::MqttIngest;
 use sessions::Sessions;
 use types::MqttError;
@@ -185,24 +185,23 @@ fn serve(
         // ntex counts per worker.
         .maxconn(limits.connections_max.div_ceil(workers).max(1))
         .shutdown_timeout(Seconds(5));
-    let max = limits.packet_bytes_max;
-    let connect_max = limits.connect_bytes_max;
     let connecting = Connecting::new(limits.connecting_max);
+    let wait = Duration::from_secs(limits.connect_timeout_secs.into());
+    let admission = Admission {
+        connecting,
+        packet_bytes_max: limits.packet_bytes_max,
+        connect_bytes_max: limits.connect_bytes_max,
+        wait,
+    };
     if let Some(listener) = plain {
         let ingest = ingest.clone();
         let sessions = sessions.clone();
-        let connecting = connecting.clone();
+        let admission = admission.clone();
         builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
-            let connecting = connecting.clone();
+            let admission = admission.clone();
             ntex_service::service(ntex_service::fn_service(move |io: ntex_io::Io| {
-                let slot = connecting.enter();
-                async move {
-                    let slot =
-                        slot.ok_or(ntex_mqtt::MqttError::Service(MqttError::TooManyConnecting))?;
-                    Ok::<_, ntex_mqtt::MqttError<MqttError>>(
-                        io.add_filter(framing::WholePackets::new(max, connect_max, slot)),
-                    )
-                }
+                let admission = admission.clone();
+                async move { Ok::<_, ntex_mqtt::MqttError<MqttError>>(admission.admit(io).await) }
             }))
             .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
@@ -210,23 +209,62 @@ fn serve(
     if let Some((listener, tls_config)) = tls {
         let ingest = ingest.clone();
         builder = builder.listen("mqtts", listener, cfg, async move |_| {
-            let connecting = connecting.clone();
+            let admission = admission.clone();
             ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
                 .map_err(|e| ntex_mqtt::MqttError::Service(tls_error(&e)))
                 .and_then(ntex_service::fn_service(move |io: ntex_io::Io<_>| {
-                    let slot = connecting.enter();
+                    let admission = admission.clone();
                     async move {
-                        let slot = slot
-                            .ok_or(ntex_mqtt::MqttError::Service(MqttError::TooManyConnecting))?;
-                        Ok::<_, ntex_mqtt::MqttError<MqttError>>(
-                            io.add_filter(framing::WholePackets::new(max, connect_max, slot)),
-                        )
+                        Ok::<_, ntex_mqtt::MqttError<MqttError>>(admission.admit(io).await)
                     }
                 }))
                 .and_then(mqtt_service(ingest.clone(), sessions.clone()))
         })?;
     }
     Ok(builder.run())
+}
+
+/// What a new connection gets before its CONNECT is read: the framing filter, and a place among
+/// the connections not authenticated yet (see `connecting`).
+#[derive(Clone)]
+struct Admission {
+    connecting: Arc<Connecting>,
+    packet_bytes_max: u32,
+    connect_bytes_max: u32,
+    /// How long a connection waits for a place when all are taken (`mqtt.connect_timeout_secs`).
+    wait: Duration,
+}
+
+impl Admission {
+    /// Puts the framing filter on `io` at once (so that every byte read goes through it, and a
+    /// CONNECT arriving meanwhile is bounded like any other), then waits, when every place is
+    /// taken, for one to come free. A connection that gets none within the wait goes on without
+    /// a place, and its CONNECT is answered "server busy": never closed without an answer.
+    async fn admit<F: ntex_io::Filter>(
+        &self,
+        io: ntex_io::Io<F>,
+    ) -> ntex_io::Io<ntex_io::Layer<framing::WholePackets, F>> {
+        let placed = self.connecting.try_enter();
+        let waits = placed.is_none();
+        let filter = framing::WholePackets::new(
+            self.packet_bytes_max,
+            self.connect_bytes_max,
+            placed.unwrap_or_else(ConnectingSlot::waiting),
+        );
+        let lane = filter.lane();
+        let io = io.add_filter(filter);
+        if waits {
+            match ntex_util::time::timeout(self.wait, self.connecting.enter()).await {
+                Ok(slot) => lane.connecting(slot),
+                Err(()) => tracing::debug!(
+                    wait_secs = self.wait.as_secs(),
+                    "no place among the connections authenticating within the connect timeout: \
+                     the CONNECT is answered server busy"
+                ),
+            }
+        }
+        io
+    }
 }
 
 fn tls_error(err: &io::Error) -> MqttError {

@@ -41,6 +41,9 @@ pub enum ConnectRefusal {
     /// The node follows a control plane it has not heard from yet and had nothing cached: it
     /// does not know any token, so it cannot tell (server unavailable; try another node).
     NotConfigured,
+    /// `mqtt.connecting_max` connections were authenticating for as long as this one waited
+    /// for a place among them (the connect timeout): server busy, try again later.
+    ServerBusy,
 }
 
 impl ConnectRefusal {
@@ -50,6 +53,7 @@ impl ConnectRefusal {
             ConnectRefusal::NotAuthorized => "not-authorized",
             ConnectRefusal::BadClientId => "bad-client-id",
             ConnectRefusal::NotConfigured => "not-configured",
+            ConnectRefusal::ServerBusy => "server-busy",
         }
     }
 }
@@ -129,9 +133,6 @@ pub enum MqttError {
     /// The TLS handshake failed.
     #[error("the TLS handshake failed")]
     TlsHandshake,
-    /// `mqtt.connecting_max` connections are already waiting to authenticate.
-    #[error("too many connections are authenticating")]
-    TooManyConnecting,
     /// An inner service failed.
     #[error("the connection's service failed")]
     Service,
@@ -144,7 +145,6 @@ impl MqttError {
             MqttError::PublishRefused(outcome) => outcome,
             MqttError::PayloadIncomplete => "payload-incomplete",
             MqttError::TlsHandshake => "tls-handshake",
-            MqttError::TooManyConnecting => "too-many-connecting",
             MqttError::Service => "service",
         }
     }

@@ -39,7 +39,8 @@ pub async fn connect(
         client_id: &packet.client_id,
     };
     let keep_alive = connect::keep_alive(packet.keep_alive, ingest.limits.keep_alive_max_secs);
-    match ingest.authorize(&creds) {
+    let placed = !connect::lane_of(connect.io()).lacks_place();
+    match ingest.authorize(&creds, placed) {
         Ok(device) => {
             let closer = V3Closer(connect.sink());
             let lane = connect::lane_of(connect.io());
@@ -52,15 +53,22 @@ pub async fn connect(
                 .idle_timeout(Seconds(keep_alive.saturating_add(keep_alive / 2))))
         }
         Err(refusal) => {
-            // Not the client's failure: no throttle for a node without a configuration.
-            if refusal != ConnectRefusal::NotConfigured {
+            // Not the client's failure: no throttle for a node without a configuration or
+            // without room.
+            if !matches!(
+                refusal,
+                ConnectRefusal::NotConfigured | ConnectRefusal::ServerBusy
+            ) {
                 connect::after_failed_connect(&ingest, connect.io()).await;
             }
             Ok(match refusal {
                 ConnectRefusal::BadCredentials => connect.bad_username_or_pwd(),
                 ConnectRefusal::NotAuthorized => connect.not_authorized(),
                 ConnectRefusal::BadClientId => connect.identifier_rejected(),
-                ConnectRefusal::NotConfigured => connect.service_unavailable(),
+                // 3.1.1 has no "busy": return code 3, server unavailable.
+                ConnectRefusal::NotConfigured | ConnectRefusal::ServerBusy => {
+                    connect.service_unavailable()
+                }
             })
         }
     }

@@ -57,7 +57,8 @@ pub async fn connect(
     };
     let asked_keep_alive = packet.keep_alive;
     let keep_alive = connect::keep_alive(asked_keep_alive, ingest.limits.keep_alive_max_secs);
-    match ingest.authorize(&creds) {
+    let placed = !connect::lane_of(connect.io()).lacks_place();
+    match ingest.authorize(&creds, placed) {
         Ok(device) => {
             let closer = V5Closer(connect.sink());
             let lane = connect::lane_of(connect.io());
@@ -76,8 +77,12 @@ pub async fn connect(
             }))
         }
         Err(refusal) => {
-            // Not the client's failure: no throttle for a node without a configuration.
-            if refusal != ConnectRefusal::NotConfigured {
+            // Not the client's failure: no throttle for a node without a configuration or
+            // without room.
+            if !matches!(
+                refusal,
+                ConnectRefusal::NotConfigured | ConnectRefusal::ServerBusy
+            ) {
                 connect::after_failed_connect(&ingest, connect.io()).await;
             }
             let code = match refusal {
@@ -85,6 +90,7 @@ pub async fn connect(
                 ConnectRefusal::NotAuthorized => ConnectAckReason::NotAuthorized,
                 ConnectRefusal::BadClientId => ConnectAckReason::ClientIdentifierNotValid,
                 ConnectRefusal::NotConfigured => ConnectAckReason::ServerUnavailable,
+                ConnectRefusal::ServerBusy => ConnectAckReason::ServerBusy,
             };
             Ok(connect.failed(code))
         }
