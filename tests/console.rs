@@ -625,3 +625,196 @@ fn an_admin_sees_the_mcp_clients_members_allowed_and_revokes_one() {
         "the revoked grant's token no longer works"
     );
 }
+
+/// The Tag rules and Data out tabs in a real browser (tests/console_data_out_browser.py): tag
+/// rules made, refused with the API's detail, moved, edited and deleted; an output with a
+/// filter and a projection, export endpoints whose URL is copied, a webhook whose secret is
+/// shown once and whose test delivery, Disable and Enable show on its page; a read token
+/// limited to one endpoint reads, with a plain HTTP client, the value an ingest token sent and
+/// nothing of another endpoint; a Viewer is offered no control; axe-core finds nothing serious.
+#[test]
+fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
+    if std::env::var_os("SLUICE_TEST_SKIP_BROWSER").is_some() {
+        return;
+    }
+    assert!(
+        browser_available(),
+        "/usr/bin/chromium or playwright is missing: run ./scripts/test.sh, or set SLUICE_TEST_SKIP_BROWSER=1"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The webhook's receiver listens on loopback, which the outbound policy refuses unless
+    // allowed; batches reach Parquet (and the endpoint) within half a second.
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--smtp-allow-private-hosts", "--batch-max-age-ms", "500"],
+    );
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let ann = verified_user(&api, &outbox, "ann@example.com");
+    let vic = verified_user(&api, &outbox, "vic@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&ann.token),
+        serde_json::json!({"name": "Plant", "slug": "plant"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&ann.token),
+        serde_json::json!({"slug": "meters"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    common::controlplane::add_member(&api, &outbox, &ann, "plant", &vic, "viewer");
+    let shots = dir.path().join("screenshots");
+    std::fs::create_dir_all(&shots).expect("screenshots dir");
+
+    let out = Command::new(python())
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/console_data_out_browser.py"
+        ))
+        .arg(sluice.api_url())
+        .arg(sluice.base_url())
+        .arg(&shots)
+        .arg(&ann.token)
+        .arg(&vic.token)
+        .arg(axe_js())
+        .output()
+        .expect("console_data_out_browser.py runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        sluice.log()
+    );
+    let steps: HashMap<String, Value> = stdout
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).expect("a JSON line"))
+        .map(|v| (v["step"].as_str().unwrap_or_default().to_owned(), v))
+        .collect();
+    let step = |name: &str| {
+        steps
+            .get(name)
+            .unwrap_or_else(|| panic!("no step {name}: {stdout}"))
+            .clone()
+    };
+    let text = |v: &Value, key: &str| v[key].as_str().unwrap_or_default().to_owned();
+    let list = |v: &Value, key: &str| -> Vec<String> {
+        serde_json::from_value(v[key].clone()).unwrap_or_default()
+    };
+
+    let rules = step("tag_rules");
+    assert!(text(&rules, "refused").contains("Not done"), "{rules}");
+    assert_eq!(rules["typed_back"], "no-slash", "{rules}");
+    let made = list(&rules, "made");
+    assert_eq!(made.len(), 2, "{rules}");
+    assert!(
+        made[0].contains("site from payload") && made[0].contains("/site"),
+        "{rules}"
+    );
+    assert!(
+        made[1].contains("line header") && made[1].contains("meters"),
+        "{rules}"
+    );
+    let moved = list(&rules, "moved");
+    assert!(moved[0].contains("line header"), "{rules}");
+    let after = list(&rules, "after_delete");
+    assert_eq!(after.len(), 1, "{rules}");
+    assert!(after[0].contains("line header"), "{rules}");
+    let stored = api
+        .get("/api/v1/workspaces/plant/tag-rules", &ann.token)
+        .json();
+    assert_eq!(stored["rules"][0]["extract"]["name"], "x-line", "{stored}");
+
+    let outputs = step("outputs");
+    assert!(
+        text(&outputs, "refused").contains("not a filter"),
+        "{outputs}"
+    );
+    assert!(
+        text(&outputs, "schema").contains("temperature"),
+        "{outputs}"
+    );
+    let endpoint_url = format!("{}/v1/stream/plant/hot-feed", sluice.base_url());
+    assert_eq!(text(&outputs, "endpoint_url"), endpoint_url, "{outputs}");
+    assert_eq!(outputs["copied_url"], outputs["endpoint_url"], "{outputs}");
+    let endpoints = list(&outputs, "endpoints").join("\n");
+    assert!(
+        endpoints.contains("spare-feed") && !endpoints.contains("old-feed"),
+        "{outputs}"
+    );
+    assert!(text(&outputs, "in_use").contains("Not done"), "{outputs}");
+    let output = api.get("/api/v1/workspaces/plant/outputs/hot", &ann.token);
+    assert_eq!(output.status, 200, "still there: {}", output.body);
+
+    let webhook = step("webhook");
+    assert!(text(&webhook, "secret").starts_with("whsec_"), "{webhook}");
+    assert_eq!(webhook["copied"], webhook["secret"], "{webhook}");
+    assert_eq!(webhook["in_url"], false, "{webhook}");
+    assert_eq!(webhook["shown_again"], false, "{webhook}");
+    assert!(text(&webhook, "tested").contains("delivered"), "{webhook}");
+    assert!(
+        list(&webhook, "attempts")
+            .first()
+            .is_some_and(|row| row.contains("(test)") && row.contains("204")),
+        "{webhook}"
+    );
+    assert!(
+        text(&webhook, "disabled").starts_with("disabled"),
+        "{webhook}"
+    );
+    assert_eq!(webhook["enabled"], "active", "{webhook}");
+
+    let stream = step("stream");
+    assert!(
+        text(&stream, "tokens").contains("endpoints hot-feed"),
+        "{stream}"
+    );
+    assert_eq!(
+        stream["ingested"],
+        serde_json::json!([202, 202]),
+        "{stream}"
+    );
+    let lines = stream["streamed"]["lines"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        lines.len(),
+        1,
+        "only the hot event passes the filter: {stream}"
+    );
+    assert_eq!(lines[0]["temperature"], 35, "{stream}");
+    assert_eq!(lines[0]["device_id"], "m-1", "{stream}");
+    assert!(lines[0].get("payload").is_none(), "projected: {stream}");
+    assert_eq!(
+        stream["other_status"], 403,
+        "the read token reads only the endpoint it is limited to: {stream}"
+    );
+
+    let viewer = step("viewer");
+    for page in ["tag_rules", "data_out", "output", "webhook"] {
+        assert_eq!(viewer["controls"][page], 0, "{page}: {viewer}");
+    }
+    assert_eq!(viewer["sees_hook"], true, "{viewer}");
+    assert_eq!(viewer["sees_url"], true, "{viewer}");
+
+    let axe = step("axe");
+    for page in ["tag_rules", "output", "data_out", "webhook", "access"] {
+        assert_eq!(axe[page]["serious"], Value::Array(vec![]), "{page}: {axe}");
+        assert!(axe[page]["rules_passed"].as_u64() > Some(5), "{axe}");
+    }
+
+    for shot in ["tag-rules.png", "data-out.png", "webhook.png"] {
+        let path = shots.join(shot);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{path:?}"
+        );
+        if let Some(keep) = std::env::var_os("SLUICE_TEST_SCREENSHOTS") {
+            std::fs::create_dir_all(&keep).expect("screenshots dir");
+            std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
+        }
+    }
+}
