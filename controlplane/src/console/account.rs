@@ -121,7 +121,9 @@ async fn render(
         "<section aria-labelledby=\"personal\"><h2 id=\"personal\">Personal access tokens</h2>\
 <p class=\"muted\">They act as you, with your role in each workspace, for scripts and MCP clients.</p>\
 {table}<form method=\"post\" action=\"{ACCOUNT_PATH}/tokens\">{csrf}\
-<label>Name <input name=\"name\" required maxlength=\"100\"></label><button>Create personal token</button></form></section>"
+<label>Name <input name=\"name\" required maxlength=\"100\"></label>\
+<label>Expires on (optional) <input name=\"expires_on\" type=\"date\"></label>\
+<button>Create personal token</button></form></section>"
     ));
     let identities = identities::list_identities(State(app.clone()), caller(), all(app))
         .await
@@ -160,15 +162,23 @@ async fn render(
 #[derive(Debug, Deserialize)]
 pub struct TokenForm {
     name: String,
+    /// `YYYY-MM-DD`: the token works until the end of that day (UTC); never expires when
+    /// empty.
+    #[serde(default)]
+    expires_on: String,
 }
 
 /// Creates a personal token as `POST /api/v1/me/tokens` does and shows its secret on this
 /// answer only.
 pub async fn create_token(State(app): State<App>, posted: CheckedForm<TokenForm>) -> Response {
     let CheckedForm { visitor, form } = posted;
+    let expires_at = match super::access::end_of_day(&form.expires_on) {
+        Ok(at) => at,
+        Err(refusal) => return render(&app, &visitor, Some(Notice::Refused(refusal)), None).await,
+    };
     let new = NewPersonalToken {
         name: form.name,
-        expires_at: None,
+        expires_at,
     };
     match personal_tokens::create_personal_token(
         State(app.clone()),
