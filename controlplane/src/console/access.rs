@@ -306,7 +306,7 @@ pub async fn create_source(
 }
 
 /// The end (UTC) of the day `date` (`YYYY-MM-DD`), when the token stops working.
-fn end_of_day(date: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
+pub(super) fn end_of_day(date: &str) -> Result<Option<chrono::DateTime<chrono::Utc>>, ApiError> {
     if date.trim().is_empty() {
         return Ok(None);
     }
