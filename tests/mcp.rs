@@ -626,3 +626,108 @@ fn mcp_requests_beyond_mcp_requests_max_get_503_with_retry_after_and_the_endpoin
     assert_eq!(a.status, 200, "{}", a.body);
     assert!(a.body.contains("sluice_call"), "{}", a.body);
 }
+
+/// The tokens of workspace `slug` in the configuration the control plane wrote for the node.
+fn snapshot_tokens(data_dir: &std::path::Path, slug: &str) -> Option<Vec<Value>> {
+    let text = std::fs::read_to_string(data_dir.join("config-snapshot.json")).ok()?;
+    let snapshot: Value = serde_json::from_str(&text).ok()?;
+    snapshot["workspaces"]
+        .as_array()?
+        .iter()
+        .find(|w| w["slug"] == slug)
+        .and_then(|w| w["tokens"].as_array().cloned())
+}
+
+#[test]
+fn the_mcp_ingest_credential_survives_restarts_and_key_rotation_and_goes_with_its_workspace() {
+    const OLD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const NEW: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut sluice = Sluice::start(&dir.path().join("data"), &["--secret-key", OLD]);
+    let api = Api::new(sluice.api_url());
+    let outbox = sluice.data_dir.join("outbox");
+    let jo = verified_user(&api, &outbox, "jo@example.com");
+    for slug in ["plant", "lab"] {
+        let a = api.post(
+            "/api/v1/workspaces",
+            Some(&jo.token),
+            json!({"name": slug, "slug": slug}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let a = api.post(
+        "/api/v1/workspaces/plant/sources",
+        Some(&jo.token),
+        json!({"slug": "boilers", "name": "Boilers"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let a = api.post(
+        "/api/v1/me/tokens",
+        Some(&jo.token),
+        json!({"name": "mcp client"}),
+    );
+    let pat = a.json()["secret"].as_str().expect("secret").to_owned();
+    let send = |sluice: &Sluice| {
+        let a = rpc_call(
+            &format!("{}/mcp/plant", sluice.api_url()),
+            &pat,
+            "sluice_call",
+            ingest_call("plant", "boilers", json!({"temp_c": 1})),
+        );
+        assert_eq!(a.status, 200, "{}", a.body);
+        a.json()["result"].clone()
+    };
+    let credential = |sluice: &Sluice| -> String {
+        let tokens = snapshot_tokens(&sluice.data_dir, "plant").expect("plant in the snapshot");
+        let ours: Vec<&Value> = tokens
+            .iter()
+            .filter(|t| t["name"] == "MCP ingest (control plane)")
+            .collect();
+        assert_eq!(ours.len(), 1, "{tokens:?}");
+        assert_eq!(ours[0]["scopes"], json!(["ingest"]), "{tokens:?}");
+        ours[0]["sha256"].as_str().expect("sha256").to_owned()
+    };
+
+    // The first ingest mints it; nodes see it, the token list does not.
+    assert!(
+        snapshot_tokens(&sluice.data_dir, "plant").is_some_and(|t| t.is_empty()),
+        "no credential before the first MCP ingest"
+    );
+    assert_eq!(send(&sluice)["structuredContent"], json!({"accepted": 1}));
+    let first = credential(&sluice);
+    let listed = api.get("/api/v1/workspaces/plant/tokens", &jo.token).json();
+    assert_eq!(listed["items"], json!([]), "{listed}");
+
+    // A new secret key with the old one as previous, then the new one alone: the sealed
+    // secret is sealed again at start and keeps working, the same token for the nodes.
+    for args in [
+        vec!["--secret-key", NEW, "--previous-secret-keys", OLD],
+        vec!["--secret-key", NEW],
+    ] {
+        sluice.stop();
+        sluice.args = args.into_iter().map(str::to_owned).collect();
+        sluice.restart();
+        assert_eq!(send(&sluice)["structuredContent"], json!({"accepted": 1}));
+        assert_eq!(credential(&sluice), first);
+    }
+    // A key that cannot open it: a new credential replaces it, and ingest still works.
+    sluice.stop();
+    sluice.args = vec!["--secret-key".into(), OLD.into()];
+    sluice.restart();
+    assert_eq!(send(&sluice)["structuredContent"], json!({"accepted": 1}));
+    assert_ne!(credential(&sluice), first);
+
+    // Deleting the workspace takes it along.
+    let api = Api::new(sluice.api_url());
+    let token = api.sign_in(&jo.email, &jo.password);
+    let a = api.delete("/api/v1/workspaces/plant", &token);
+    assert!(a.status == 204 || a.status == 200, "{}", a.body);
+    assert!(
+        common::wait_for(Duration::from_secs(10), || snapshot_tokens(
+            &sluice.data_dir,
+            "plant"
+        )
+        .is_none()),
+        "plant left the snapshot"
+    );
+}

@@ -442,6 +442,7 @@ fn reseal(
             }
         }
     }
+    changes.extend(mcp_ingest::resealed(store, secrets)?);
     if !changes.is_empty() {
         let count = changes.len();
         store.write(|_| Ok::<_, StoreError>((changes, ())))?;

@@ -25,7 +25,8 @@ use uuid::Uuid;
 
 use crate::app::App;
 use crate::problem::{ApiError, ApiResult, ProblemType};
-use crate::store::Change;
+use crate::secrets::{SecretBox, SecretError};
+use crate::store::{Change, Store};
 
 /// The most body `sluice_call` forwards: the MCP message holding it is bounded by the control
 /// plane's `body_bytes_max` (1 MiB) anyway, and JSON escaping may double a text body inside it.
@@ -126,6 +127,27 @@ async fn secret(app: &App, workspace: Uuid) -> ApiResult<String> {
         Ok((vec![Change::PutIngestCredential(credential)], secret))
     })
     .await
+}
+
+/// The credentials sealed with a previous key, sealed again with the current one (at start,
+/// with the other stored secrets). One that opens with no configured key is left: the next
+/// MCP ingest of its workspace mints another.
+pub fn resealed(store: &Store, secrets: &SecretBox) -> Result<Vec<Change>, SecretError> {
+    let mut changes = Vec::new();
+    for mut credential in store.read(|s| {
+        s.ingest_credentials
+            .values()
+            .filter(|c| secrets.needs_resealing(&c.secret_sealed))
+            .cloned()
+            .collect::<Vec<_>>()
+    }) {
+        let context = seal_context(credential.workspace_id);
+        if let Ok(secret) = secrets.open(&credential.secret_sealed, &context) {
+            credential.secret_sealed = secrets.seal(&secret, &context)?;
+            changes.push(Change::PutIngestCredential(credential));
+        }
+    }
+    Ok(changes)
 }
 
 /// The client of every forwarded request: no redirect followed (the next hop would get the
@@ -243,5 +265,35 @@ async fn read_answer(mut response: reqwest::Response) -> ApiResult<(StatusCode, 
                 ))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_credential_is_an_ingest_token_of_every_source_and_its_seal_is_bound_to_the_workspace() {
+        let secrets = SecretBox::new(&"ab".repeat(32), &[]).expect("key");
+        let (one, two) = (Uuid::now_v7(), Uuid::now_v7());
+        let secret = sluice_config::token::generate();
+        let sealed = secrets.seal(&secret, &seal_context(one)).expect("seal");
+        assert!(!sealed.contains(&secret));
+        assert_eq!(
+            secrets.open(&sealed, &seal_context(one)).expect("opens"),
+            secret
+        );
+        assert!(secrets.open(&sealed, &seal_context(two)).is_err());
+        let credential = IngestCredential {
+            workspace_id: one,
+            id: Uuid::now_v7(),
+            sha256: sluice_config::token::hash_hex(&secret),
+            secret_sealed: sealed,
+            created_at: Utc::now(),
+        };
+        let token = credential.token_config();
+        assert_eq!(token.scopes, vec![Scope::Ingest]);
+        assert_eq!(token.sha256, sluice_config::token::hash_hex(&secret));
+        assert!(token.sources.is_none() && token.device_id.is_none() && token.expires_at.is_none());
     }
 }

@@ -147,3 +147,148 @@ pub async fn introspect(
     no_store(&mut response);
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Credential, CredentialKind, Member, Plan, User, Workspace};
+    use crate::oauth::records::{Grant, OAuthChange, OAuthToken};
+    use crate::oauth::scope::Scopes;
+    use crate::oauth::Delegation;
+    use crate::store::Change;
+    use uuid::Uuid;
+
+    fn user(email: &str) -> User {
+        User {
+            id: Uuid::now_v7(),
+            email: email.into(),
+            first_name: String::new(),
+            last_name: String::new(),
+            password_hash: String::new(),
+            email_verified: true,
+            created_at: Utc::now(),
+            trial_ends_at: Utc::now(),
+            plan: Plan::Paid,
+            operator: false,
+            code: None,
+        }
+    }
+
+    fn caller(user: &User, delegation: Option<Delegation>) -> Caller {
+        Caller {
+            user: user.clone(),
+            credential: Credential {
+                id: Uuid::now_v7(),
+                sha256: String::new(),
+                kind: CredentialKind::PersonalToken,
+                user_id: user.id,
+                name: String::new(),
+                hint: String::new(),
+                created_at: Utc::now(),
+                expires_at: None,
+            },
+            delegation,
+        }
+    }
+
+    #[test]
+    fn admins_and_the_granting_member_see_a_live_token_and_nobody_sees_a_spent_or_foreign_one() {
+        let mut s = Records::default();
+        let ws = Workspace {
+            id: Uuid::now_v7(),
+            slug: "plant".into(),
+            name: "Plant".into(),
+            created_by: Uuid::now_v7(),
+            created_at: Utc::now(),
+            enabled: true,
+            cors_allowed_origins: vec![],
+            asyncapi_public: false,
+        };
+        let (admin, editor, viewer) = (user("a@x"), user("e@x"), user("v@x"));
+        s.apply(Change::PutWorkspace(ws.clone()));
+        for (u, role) in [
+            (&admin, Role::Admin),
+            (&editor, Role::Editor),
+            (&viewer, Role::Viewer),
+        ] {
+            s.apply(Change::PutUser(u.clone()));
+            s.apply(Change::PutMember(Member {
+                workspace_id: ws.id,
+                user_id: u.id,
+                role,
+                joined_at: Utc::now(),
+            }));
+        }
+        let grant = Grant {
+            id: Uuid::now_v7(),
+            workspace_id: ws.id,
+            user_id: editor.id,
+            client_id: "sluice_ocl_x".into(),
+            client_name: "Agent".into(),
+            scopes: Scopes::parse("ingest").expect("scopes"),
+            resource: "http://127.0.0.1/mcp/plant".into(),
+            created_at: Utc::now(),
+            last_used_at: None,
+        };
+        s.apply(Change::OAuth(OAuthChange::PutGrant(grant.clone())));
+        let now = Utc::now();
+        for (secret, kind, spent) in [
+            ("a", TokenKind::Access, false),
+            ("r", TokenKind::Refresh, false),
+            ("spent", TokenKind::Refresh, true),
+        ] {
+            s.apply(Change::OAuth(OAuthChange::PutToken(OAuthToken {
+                sha256: sha256_hex(secret),
+                kind,
+                grant_id: grant.id,
+                expires_at: now + chrono::Duration::hours(1),
+                spent,
+                issued_at: Some(now),
+            })));
+        }
+        let ask = |who: &Caller, token: &str| answer(&s, "http://127.0.0.1", who, token, now);
+        let seen = ask(&caller(&admin, None), "a");
+        assert_eq!(seen["active"], true, "{seen}");
+        assert_eq!(seen["scope"], "ingest");
+        assert_eq!(seen["token_type"], "Bearer");
+        assert_eq!(seen["iat"], now.timestamp());
+        assert_eq!(seen["username"], "e@x");
+        assert_eq!(
+            ask(&caller(&editor, None), "r")["token_type"],
+            "refresh_token"
+        );
+        let inactive = json!({"active": false});
+        assert_eq!(ask(&caller(&viewer, None), "a"), inactive, "not an Admin");
+        assert_eq!(ask(&caller(&admin, None), "spent"), inactive);
+        assert_eq!(ask(&caller(&admin, None), "unknown"), inactive);
+        let later = answer(
+            &s,
+            "http://127.0.0.1",
+            &caller(&admin, None),
+            "a",
+            now + chrono::Duration::hours(2),
+        );
+        assert_eq!(later, inactive, "expired");
+        // An OAuth caller: only within its own workspace, with workspace:read.
+        let read = Scopes::parse("workspace:read").expect("scopes");
+        let elsewhere = Delegation {
+            workspace_id: Uuid::now_v7(),
+            scopes: read.clone(),
+        };
+        assert_eq!(ask(&caller(&admin, Some(elsewhere)), "a"), inactive);
+        let no_read = Delegation {
+            workspace_id: ws.id,
+            scopes: Scopes::parse("ingest").expect("scopes"),
+        };
+        assert_eq!(ask(&caller(&admin, Some(no_read)), "a"), inactive);
+        let here = Delegation {
+            workspace_id: ws.id,
+            scopes: read,
+        };
+        assert_eq!(ask(&caller(&admin, Some(here)), "a")["active"], true);
+        // The member gone, the token works no more.
+        s.apply(Change::DeleteMember(ws.id, editor.id));
+        let gone = answer(&s, "http://127.0.0.1", &caller(&admin, None), "a", now);
+        assert_eq!(gone, inactive);
+    }
+}
