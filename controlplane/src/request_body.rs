@@ -33,10 +33,18 @@ pub async fn read_whole(State(app): State<App>, request: Request, next: Next) ->
     // schemas): it may be larger than any other body, up to its own bound.
     let asyncapi_import =
         parts.method == axum::http::Method::PUT && parts.uri.path().ends_with("/asyncapi");
+    // The console's import form carries the same document (a file or pasted), with its fields.
+    let console_import = parts.method == axum::http::Method::POST
+        && parts.uri.path().starts_with(crate::console::APP_PATH_SLASH)
+        && parts.uri.path().ends_with("/asyncapi");
     let bytes_max = if asyncapi_import {
         app.config
             .body_bytes_max
             .max(crate::asyncapi::import::DOCUMENT_BYTES_MAX)
+    } else if console_import {
+        app.config
+            .body_bytes_max
+            .max(crate::console::UPLOAD_BYTES_MAX)
     } else {
         app.config.body_bytes_max
     };

@@ -55,14 +55,7 @@ impl<T: DeserializeOwned + Send> FromRequest<App> for CheckedForm<T> {
         let sent = url::form_urlencoded::parse(&bytes)
             .find(|(name, _)| name == FIELD)
             .map(|(_, value)| value.into_owned());
-        // Compared as hashes, so the time taken says nothing about the expected token.
-        let matches = sent.is_some_and(|s| sha256_hex(&s) == sha256_hex(&visitor.csrf));
-        if !matches {
-            return Err(refused(
-                "the form did not carry this session's security token: it was not sent from \
-                 this console, or you signed in again since it was shown",
-            ));
-        }
+        check_token(sent.as_deref(), &visitor).map_err(refused)?;
         let request = Request::from_parts(parts, Body::from(bytes));
         let Form(form) = Form::<T>::from_request(request, app).await.map_err(|e| {
             frame::message_page(
@@ -73,6 +66,19 @@ impl<T: DeserializeOwned + Send> FromRequest<App> for CheckedForm<T> {
         })?;
         Ok(CheckedForm { visitor, form })
     }
+}
+
+/// Passes when `sent` is the visitor's session's token, else says why not.
+pub(super) fn check_token(sent: Option<&str>, visitor: &Visitor) -> Result<(), &'static str> {
+    // Compared as hashes, so the time taken says nothing about the expected token.
+    let matches = sent.is_some_and(|s| sha256_hex(s) == sha256_hex(&visitor.csrf));
+    if !matches {
+        return Err(
+            "the form did not carry this session's security token: it was not sent from \
+             this console, or you signed in again since it was shown",
+        );
+    }
+    Ok(())
 }
 
 /// Refuses a request a browser says comes from another site: `Sec-Fetch-Site` other than
@@ -98,7 +104,7 @@ pub(super) fn same_site(headers: &HeaderMap) -> Result<(), &'static str> {
     Ok(())
 }
 
-fn refused(why: &str) -> Response {
+pub(super) fn refused(why: &str) -> Response {
     frame::message_page(StatusCode::FORBIDDEN, "Request refused", why)
 }
 

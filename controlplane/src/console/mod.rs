@@ -20,6 +20,7 @@ mod endpoints;
 mod fields;
 mod frame;
 pub(crate) mod headers;
+mod multipart;
 mod outputs;
 mod paging;
 mod password_reset;
@@ -27,6 +28,7 @@ mod settings;
 mod smtp;
 mod source;
 mod tag_rules;
+mod upload;
 mod visitor;
 mod webhooks;
 mod workspaces;
@@ -42,6 +44,7 @@ pub const APP_PATH: &str = "/app";
 /// Prefix of every other console page.
 pub const APP_PATH_SLASH: &str = "/app/";
 pub use password_reset::PASSWORD_RESET_PATH;
+pub use upload::UPLOAD_BYTES_MAX;
 /// The visitor's account: sessions and personal access tokens.
 pub const ACCOUNT_PATH: &str = "/app/account";
 
