@@ -793,6 +793,33 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         "the read token reads only the endpoint it is limited to: {stream}"
     );
 
+    let import = step("import");
+    assert_eq!(import["exported"], 200, "{import}");
+    assert!(
+        text(&import, "first_preview").contains("No changes"),
+        "{import}"
+    );
+    assert!(
+        text(&import, "previewed_version").parse::<u64>().is_ok(),
+        "{import}"
+    );
+    assert_eq!(import["intruder"], 201, "{import}");
+    assert!(
+        text(&import, "changed").contains("changed at configuration version"),
+        "the API's 412 detail: {import}"
+    );
+    assert!(
+        text(&import, "second_preview").contains("source intruder"),
+        "{import}"
+    );
+    assert!(text(&import, "imported").contains("Imported"), "{import}");
+    let intruder = api.get("/api/v1/workspaces/plant/sources/intruder", &ann.token);
+    assert_eq!(
+        intruder.status, 404,
+        "the import deleted it: {}",
+        intruder.body
+    );
+
     let viewer = step("viewer");
     for page in ["tag_rules", "data_out", "output", "webhook"] {
         assert_eq!(viewer["controls"][page], 0, "{page}: {viewer}");

@@ -250,6 +250,29 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     say("stream", endpoint=endpoint_url, tokens=tokens, ingested=ingested, streamed=streamed,
         other_status=other_status)
 
+    # AsyncAPI import from a file, with If-Match on the previewed version: a change made
+    # between the preview and the import refuses it with the API's detail.
+    exported = page.request.get(f"{api}/api/v1/workspaces/plant/asyncapi")
+    document_path = f"{shots}/plant-asyncapi.json"
+    with open(document_path, "w") as f:
+        f.write(exported.text())
+    page.goto(f"{api}/app/w/plant/asyncapi")
+    page.set_input_files("input[name=document_file]", document_path)
+    page.click("button:has-text('Preview')")
+    first_preview = page.locator("section:has(h2#plan)").inner_text()
+    previewed_version = page.get_attribute("input[name=previewed_version]", "value")
+    status, _ = call(f"{api}/api/v1/workspaces/plant/sources", admin_token,
+                     json.dumps({"slug": "intruder"}).encode(), {"Content-Type": "application/json"})
+    page.click("button:has-text('Import')")
+    changed = page.locator(".notice").inner_text()
+    page.click("button:has-text('Preview')")
+    second_preview = page.locator("section:has(h2#plan)").inner_text()
+    page.click("button:has-text('Import')")
+    imported = page.locator("section:has(h2#plan)").inner_text()
+    say("import", exported=exported.status, first_preview=first_preview,
+        previewed_version=previewed_version, intruder=status, changed=changed,
+        second_preview=second_preview, imported=imported)
+
     # The Viewer reads the same pages and is offered no control that changes them.
     viewer = signed_in(browser, api, viewer_token)
     controls = {}
