@@ -33,6 +33,7 @@ mod cluster;
 mod data_out;
 mod loadgen;
 mod mqtt;
+mod mqtt_connections;
 mod payload;
 mod propagation;
 mod report;

@@ -21,7 +21,8 @@ use serde_json::json;
 use sluice_loadtest::mqtt::{self, Plan, Summary, Version};
 
 use crate::loadgen::{busy_threads_text, process_cpu_ticks, thread_ticks_by_role, ticks_to_secs};
-use crate::sluice::{self, status_kib, Node};
+use crate::mqtt_connections as conn;
+use crate::sluice::{self, Node};
 
 #[derive(Args, Clone)]
 pub struct MqttArgs {
@@ -54,9 +55,24 @@ pub struct MqttArgs {
     /// Threads of the simulator.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
-    /// Idle connections for the memory measurement (0 skips it).
+    /// Idle connections for the memory measurement (0 skips it). Spread over loopback source
+    /// addresses 127.0.0.2 and up; the bench raises its descriptor limit (the hard one too as
+    /// root) and gives Sluice an `mqtt.connections_max` with room for them.
     #[arg(long, default_value_t = 10_000)]
     idle_connections: usize,
+    /// New idle connections per second while they are opened.
+    #[arg(long, default_value_t = 5_000.0)]
+    idle_connect_rate: f64,
+    /// New connections per second of the connect-rate scenario (CONNECT, CONNACK, DISCONNECT
+    /// each); 0 skips it.
+    #[arg(long, default_value_t = 0.0)]
+    connect_rate: f64,
+    /// Seconds of the connect-rate scenario's schedule.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
+    connect_secs: u64,
+    /// Skip the QoS 0 and 1 scenarios: only the connect-rate and idle-connection ones.
+    #[arg(long)]
+    connections_only: bool,
     /// Skip the mosquitto reference even when it is installed.
     #[arg(long)]
     no_mosquitto: bool,
@@ -145,8 +161,20 @@ pub fn run(args: MqttArgs) -> Result<()> {
         .build()
         .context("starting the simulator runtime")?;
 
+    // The connection scenarios need descriptors on both sides: raised before any server starts,
+    // so that they inherit it.
+    let descriptors = crate::mqtt_connections::raise_descriptor_limit(
+        (args.idle_connections as u64).saturating_mul(2) + 65_536,
+    );
+    progress(&format!("descriptor limit: {descriptors}"));
+
     let mut rows = Vec::new();
-    for &qos in &args.qos {
+    let qos_levels: &[u8] = if args.connections_only {
+        &[]
+    } else {
+        &args.qos
+    };
+    for &qos in qos_levels {
         for &connections in &args.connections {
             for driver in &args.io_drivers {
                 progress(&format!(
@@ -190,20 +218,84 @@ pub fn run(args: MqttArgs) -> Result<()> {
         }
     }
 
+    let driver = args.io_drivers.first().map_or("epoll", String::as_str);
+    let version = if args.protocol == 3 {
+        Version::V311
+    } else {
+        Version::V5
+    };
+    let mut rates = Vec::new();
+    if args.connect_rate > 0.0 {
+        progress(&format!(
+            "sluice: {} new connections a second for {} s",
+            args.connect_rate, args.connect_secs
+        ));
+        let node = Node::start_mqtt(&bin, 1, args.server_workers, driver)?;
+        let client = conn::Client {
+            addr: node.mqtt_addr.context("the node has no MQTT address")?,
+            version,
+            username: Some("default".into()),
+            password: Some(node.token.clone()),
+        };
+        let measured = runtime.block_on(conn::connect_rate(
+            client,
+            args.connect_rate,
+            args.connect_secs,
+        ))?;
+        progress(&format!("  {}", rate_line(&measured)));
+        node.stop()?;
+        rates.push(("sluice", measured));
+        if let Some(bin) = &mosquitto {
+            progress(&format!(
+                "mosquitto: {} new connections a second for {} s",
+                args.connect_rate, args.connect_secs
+            ));
+            let broker = Mosquitto::start(bin)?;
+            let client = conn::Client {
+                addr: broker.addr,
+                version,
+                username: None,
+                password: None,
+            };
+            let measured = runtime.block_on(conn::connect_rate(
+                client,
+                args.connect_rate,
+                args.connect_secs,
+            ))?;
+            progress(&format!("  {}", rate_line(&measured)));
+            rates.push(("mosquitto", measured));
+        }
+    }
+
     let mut idle = Vec::new();
     if args.idle_connections > 0 {
         progress(&format!(
             "sluice: {} idle connections",
             args.idle_connections
         ));
-        let driver = args.io_drivers.first().map_or("epoll", String::as_str);
-        let node = Node::start_mqtt(&bin, 1, args.server_workers, driver)?;
-        let addr = node.mqtt_addr.context("the node has no MQTT address")?;
-        let pid = node.pid();
-        let measured = idle_memory(&runtime, &args, addr, pid, |plan| {
-            plan.username = Some("default".into());
-            plan.password = Some(node.token.clone());
-        })?;
+        // Room for the idle connections over the node's default cap (20,000).
+        let cap = args.idle_connections.saturating_add(1024).max(20_000);
+        let node = Node::start_mqtt_with(
+            &bin,
+            1,
+            args.server_workers,
+            driver,
+            &["--mqtt-connections-max".into(), cap.to_string()],
+        )?;
+        let client = conn::Client {
+            addr: node.mqtt_addr.context("the node has no MQTT address")?,
+            version,
+            username: Some("default".into()),
+            password: Some(node.token.clone()),
+        };
+        let measured = runtime.block_on(conn::idle(
+            client,
+            node.pid(),
+            args.idle_connections,
+            args.idle_connect_rate,
+            IDLE_SETTLE,
+        ))?;
+        progress(&format!("  {}", idle_line(&measured)));
         node.stop()?;
         idle.push(("sluice", measured));
         if let Some(bin) = &mosquitto {
@@ -212,7 +304,20 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 args.idle_connections
             ));
             let broker = Mosquitto::start(bin)?;
-            let measured = idle_memory(&runtime, &args, broker.addr, broker.child.id(), |_| {})?;
+            let client = conn::Client {
+                addr: broker.addr,
+                version,
+                username: None,
+                password: None,
+            };
+            let measured = runtime.block_on(conn::idle(
+                client,
+                broker.child.id(),
+                args.idle_connections,
+                args.idle_connect_rate,
+                IDLE_SETTLE,
+            ))?;
+            progress(&format!("  {}", idle_line(&measured)));
             idle.push(("mosquitto", measured));
         }
     }
@@ -228,16 +333,23 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 "server_threads_cpu_cores": r.cpu.as_ref().map(|c| &c.threads),
                 "server_us_per_message": r.cpu.as_ref().and_then(|c| c.us_per_message(r.summary.taken_per_sec)),
             })).collect::<Vec<_>>(),
+            "connect_rate": rates.iter().map(|(server, m)| json!({
+                "server": server, "target_per_sec": m.target_per_sec,
+                "accepted_per_sec": m.accepted_per_sec, "outcomes": m.outcomes.json(),
+                "connack_ms_p50": m.connack_ms_p50, "connack_ms_p99": m.connack_ms_p99,
+                "connack_ms_max": m.connack_ms_max,
+            })).collect::<Vec<_>>(),
             "idle": idle.iter().map(|(server, m)| json!({
-                "server": server, "connections": m.connected,
-                "rss_before_kib": m.before_kib, "rss_after_kib": m.after_kib,
+                "server": server, "connections": m.outcomes.accepted,
+                "outcomes": m.outcomes.json(), "sources": m.sources,
+                "connect_secs": m.connect_secs,
+                "rss_before_kib": m.rss_before_kib, "rss_after_kib": m.rss_after_kib,
                 "bytes_per_connection": m.per_connection_bytes(),
-                "first_error": m.first_error,
             })).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
     } else {
-        println!("{}", table(&args, &rows, &idle));
+        println!("{}", table(&args, &rows, &rates, &idle));
     }
     Ok(())
 }
@@ -268,65 +380,35 @@ fn ratio(rows: &[Row], row: &Row) -> Option<f64> {
         .map(|r| row.summary.taken_per_sec / r.summary.taken_per_sec)
 }
 
-/// New idle connections per second.
-const IDLE_CONNECT_RATE: f64 = 500.0;
+/// How long idle connections are held after the last one opened before the RSS is read.
+const IDLE_SETTLE: Duration = Duration::from_secs(3);
 
-struct IdleMemory {
-    connected: u64,
-    before_kib: u64,
-    after_kib: u64,
-    first_error: Option<String>,
+fn rate_line(m: &conn::ConnectRate) -> String {
+    let o = &m.outcomes;
+    format!(
+        "{} attempted at {:.0}/s: {} accepted ({:.0}/s), {} refused, {} closed before CONNACK, {} TCP failed, {} unanswered; CONNACK p50 {:.2} ms p99 {:.2} ms{}",
+        o.attempted, m.target_per_sec, o.accepted, m.accepted_per_sec, o.refused,
+        o.closed_before_connack, o.tcp_failed, o.no_answer, m.connack_ms_p50, m.connack_ms_p99,
+        o.first_error.as_ref().map(|e| format!(", first error: {e}")).unwrap_or_default()
+    )
 }
 
-impl IdleMemory {
-    fn per_connection_bytes(&self) -> Option<u64> {
-        (self.connected > 0)
-            .then(|| self.after_kib.saturating_sub(self.before_kib) * 1024 / self.connected)
-    }
+fn idle_line(m: &conn::IdleMemory) -> String {
+    let o = &m.outcomes;
+    format!(
+        "{} connected of {} ({} refused, {} closed before CONNACK, {} TCP failed, {} unanswered) in {:.1} s from {} source addresses; RSS {} -> {} KiB{}",
+        o.accepted, o.attempted, o.refused, o.closed_before_connack, o.tcp_failed, o.no_answer,
+        m.connect_secs, m.sources, m.rss_before_kib, m.rss_after_kib,
+        o.first_error.as_ref().map(|e| format!(", first error: {e}")).unwrap_or_default()
+    )
 }
 
-fn idle_memory(
-    runtime: &tokio::runtime::Runtime,
+fn table(
     args: &MqttArgs,
-    addr: SocketAddr,
-    pid: u32,
-    creds: impl FnOnce(&mut Plan),
-) -> Result<IdleMemory> {
-    let status = format!("/proc/{pid}/status");
-    let before_kib = status_kib(&status, "VmRSS:")?;
-    let mut plan = plan_for(args, addr, args.idle_connections, 0);
-    plan.idle = true;
-    plan.client_id_prefix = "idle".into();
-    // At 2,000 new connections a second into one worker, a few percent of Sluice's CONNECTs
-    // were closed before their CONNACK (docs/bench-log/mqtt.md); 500 a second opens them all.
-    plan.connect_rate = IDLE_CONNECT_RATE;
-    plan.warmup = Duration::from_secs(2);
-    plan.duration = Duration::from_secs(3);
-    creds(&mut plan);
-    let started = Instant::now();
-    let handle = runtime.spawn(mqtt::run(plan));
-    // The RSS while every connection is open: sample during the held window.
-    let connect_time = Duration::from_secs_f64(args.idle_connections as f64 / IDLE_CONNECT_RATE);
-    std::thread::sleep(connect_time + Duration::from_secs(4));
-    let after_kib = status_kib(&status, "VmRSS:")?;
-    let summary = runtime.block_on(handle).context("idle run")??;
-    progress(&format!(
-        "  {} connected ({} failed) in {:.1} s; RSS {} -> {} KiB",
-        summary.connected,
-        summary.failed,
-        started.elapsed().as_secs_f64(),
-        before_kib,
-        after_kib
-    ));
-    Ok(IdleMemory {
-        connected: summary.connected,
-        before_kib,
-        after_kib,
-        first_error: summary.first_error,
-    })
-}
-
-fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
+    rows: &[Row],
+    rates: &[(&str, conn::ConnectRate)],
+    idle: &[(&str, conn::IdleMemory)],
+) -> String {
     let mut out = String::new();
     out.push_str(&format!(
         "MQTT ingest, {} B JSON payloads, MQTT {}, {} in flight per connection (QoS 1), {} s measured after {} s warm-up, Sluice MQTT workers: {}\n\n",
@@ -392,16 +474,37 @@ fn table(args: &MqttArgs, rows: &[Row], idle: &[(&str, IdleMemory)]) -> String {
             busy_threads_text(&cpu.threads)
         ));
     }
-    if !idle.is_empty() {
-        out.push_str("\n| server | idle connections | RSS before KiB | RSS after KiB | bytes per connection |\n|---|---|---|---|---|\n");
-        for (server, m) in idle {
+    if !rates.is_empty() {
+        out.push_str("\n| server | new connections/s asked | attempted | accepted | accepted/s | refused | closed before CONNACK | TCP failed | unanswered | CONNACK p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for (server, m) in rates {
+            let o = &m.outcomes;
             out.push_str(&format!(
-                "| {server} | {} | {} | {} | {} |\n",
-                m.connected,
-                m.before_kib,
-                m.after_kib,
-                m.per_connection_bytes()
-                    .map_or("-".into(), |b| b.to_string())
+                "| {server} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+                m.target_per_sec,
+                o.attempted,
+                o.accepted,
+                m.accepted_per_sec,
+                o.refused,
+                o.closed_before_connack,
+                o.tcp_failed,
+                o.no_answer,
+                m.connack_ms_p50,
+                m.connack_ms_p99
+            ));
+        }
+    }
+    if !idle.is_empty() {
+        out.push_str("\n| server | idle connections held | of | RSS before KiB | RSS after KiB | bytes per connection | KiB per connection |\n|---|---|---|---|---|---|---|\n");
+        for (server, m) in idle {
+            let per = m.per_connection_bytes();
+            out.push_str(&format!(
+                "| {server} | {} | {} | {} | {} | {} | {} |\n",
+                m.outcomes.accepted,
+                m.outcomes.attempted,
+                m.rss_before_kib,
+                m.rss_after_kib,
+                per.map_or("-".into(), |b| b.to_string()),
+                per.map_or("-".into(), |b| format!("{:.2}", b as f64 / 1024.0)),
             ));
         }
     }

@@ -81,7 +81,7 @@ impl Node {
     /// Starts `bin dataplane` with `http_threads` HTTP threads on `http_io_driver`
     /// (`io_uring`, `epoll` or `auto`; MQTT off) and waits until it serves.
     pub fn start(bin: &Path, http_threads: usize, http_io_driver: &str) -> Result<Node> {
-        Self::start_with(bin, (http_threads, http_io_driver), None, None)
+        Self::start_with(bin, (http_threads, http_io_driver), None, None, &[])
     }
 
     /// Like [`start`](Self::start), with a configuration snapshot whose one source has
@@ -92,7 +92,7 @@ impl Node {
         shaping: &Shaping,
         path_suffix: &str,
     ) -> Result<Node> {
-        let mut node = Self::start_with(bin, http, None, Some(shaping))?;
+        let mut node = Self::start_with(bin, http, None, Some(shaping), &[])?;
         node.path.push_str(path_suffix);
         Ok(node)
     }
@@ -105,11 +105,23 @@ impl Node {
         mqtt_workers: usize,
         io_driver: &str,
     ) -> Result<Node> {
+        Self::start_mqtt_with(bin, http_threads, mqtt_workers, io_driver, &[])
+    }
+
+    /// An MQTT node with more `sluice dataplane` flags (`--mqtt-connections-max`, ...).
+    pub fn start_mqtt_with(
+        bin: &Path,
+        http_threads: usize,
+        mqtt_workers: usize,
+        io_driver: &str,
+        extra_args: &[String],
+    ) -> Result<Node> {
         Self::start_with(
             bin,
             (http_threads, "auto"),
             Some((mqtt_workers, io_driver)),
             None,
+            extra_args,
         )
     }
 
@@ -118,6 +130,7 @@ impl Node {
         (http_threads, http_io_driver): (usize, &str),
         mqtt: Option<(usize, &str)>,
         shaping: Option<&Shaping>,
+        extra_args: &[String],
     ) -> Result<Node> {
         let dir = tempfile::Builder::new()
             .prefix("sluice-bench-")
@@ -183,6 +196,7 @@ impl Node {
             .arg("--shutdown-grace-ms")
             .arg(SHUTDOWN_GRACE.as_millis().to_string())
             .args(&snapshot_args)
+            .args(extra_args)
             .env("SLUICE_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
