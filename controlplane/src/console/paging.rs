@@ -2,9 +2,42 @@
 //! `next_cursor` under a name of its own per list (`?tokens_after=…`), so that a page with two
 //! lists pages each alone, and the links are plain links (no script).
 
+use std::future::Future;
+
+use axum::Json;
+
 use crate::api::html::escape;
-use crate::api::{ApiQuery, PageQuery};
+use crate::api::{ApiQuery, Page, PageQuery};
 use crate::app::App;
+use crate::problem::ApiResult;
+
+/// At most this many pages are followed to count a list: its bound (a workspace's sources,
+/// tokens or members) is far below it at the largest page size.
+const PAGES_COUNTED_MAX: usize = 1000;
+
+/// How many items a list operation holds in all, following its cursors: a count past the
+/// first page (an overview's "how many").
+pub async fn count_all<T, F, Fut>(app: &App, mut list: F) -> ApiResult<usize>
+where
+    F: FnMut(ApiQuery<PageQuery>) -> Fut,
+    Fut: Future<Output = ApiResult<Json<Page<T>>>>,
+{
+    let mut total = 0;
+    let mut cursor = None;
+    for _ in 0..PAGES_COUNTED_MAX {
+        let Json(page) = list(ApiQuery(PageQuery {
+            limit: Some(app.config.page_size_max),
+            cursor: cursor.take(),
+        }))
+        .await?;
+        total += page.items.len();
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+    }
+    Ok(total)
+}
 
 /// Which page of one list a console page shows.
 pub struct Paging {

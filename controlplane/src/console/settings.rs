@@ -9,8 +9,9 @@ use uuid::Uuid;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
+use super::paging::Paging;
 use super::visitor::Visitor;
-use super::workspaces::{all, load, role_name};
+use super::workspaces::{load, role_name};
 use super::{workspace_url, APP_PATH};
 use crate::api::cors::{self, Cors};
 use crate::api::html::escape;
@@ -54,11 +55,29 @@ pub async fn page(
     Path(key): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    render(&app, &visitor, &key, Notice::from_query(query.as_deref())).await
+    render_paged(
+        &app,
+        &visitor,
+        &key,
+        Notice::from_query(query.as_deref()),
+        query.as_deref(),
+    )
+    .await
 }
 
-/// The settings tab of workspace `key` with `notice` above it.
+/// The settings tab of workspace `key` with `notice` above it (the first page of each list).
 async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>) -> Response {
+    render_paged(app, visitor, key, notice, None).await
+}
+
+/// The settings tab at the pages of its lists that `query` names.
+async fn render_paged(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+    notice: Option<Notice>,
+    query: Option<&str>,
+) -> Response {
     let ws = match load(app, visitor, key).await {
         Ok(ws) => ws,
         Err(page) => return page,
@@ -90,10 +109,18 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     // Members, with role changes and removal for those who manage them.
     let caller = || visitor.caller.clone();
     let path = || ApiPath(ws.slug.clone());
-    let members = members::list_members(State(app.clone()), caller(), path(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let here = format!("{}/settings", workspace_url(&ws.slug));
+    let members_page = Paging::from_query(query, "members_after");
+    let (members, next) = members::list_members(
+        State(app.clone()),
+        caller(),
+        path(),
+        members_page.query(app),
+    )
+    .await
+    .map(|Json(p)| (p.items, p.next_cursor))
+    .unwrap_or_default();
+    let members_pages = members_page.links(&here, "members", next.as_deref());
     let manage = may(Action::ManageMembers);
     let mut rows = String::new();
     for m in &members {
@@ -125,7 +152,7 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     main.push_str(&format!(
         "<section aria-labelledby=\"members\"><h2 id=\"members\">Members</h2><table>\
 <thead><tr><th scope=\"col\">E-mail</th><th scope=\"col\">Name</th><th scope=\"col\">Role</th>{actions_head}</tr></thead>\
-<tbody>{rows}</tbody></table>"
+<tbody>{rows}</tbody></table>{members_pages}"
     ));
 
     // Anyone may leave (the API refuses the last Admin).
@@ -137,10 +164,17 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     main.push_str("</section>");
 
     // Invitations: the form, then the pending ones with × to cancel.
-    let pending = invitations::list_invitations(State(app.clone()), caller(), path(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let invitations_page = Paging::from_query(query, "invitations_after");
+    let (pending, next) = invitations::list_invitations(
+        State(app.clone()),
+        caller(),
+        path(),
+        invitations_page.query(app),
+    )
+    .await
+    .map(|Json(p)| (p.items, p.next_cursor))
+    .unwrap_or_default();
+    let invitations_pages = invitations_page.links(&here, "invitations", next.as_deref());
     let mut rows = String::new();
     for i in &pending {
         let email = escape(&i.email);
@@ -179,7 +213,7 @@ async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>)
     } else {
         format!(
             "<table><thead><tr><th scope=\"col\">E-mail</th><th scope=\"col\">Role</th>\
-<th scope=\"col\">Sent</th>{cancel_head}</tr></thead><tbody>{rows}</tbody></table>"
+<th scope=\"col\">Sent</th>{cancel_head}</tr></thead><tbody>{rows}</tbody></table>{invitations_pages}"
         )
     };
     main.push_str(&format!(

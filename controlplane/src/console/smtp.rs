@@ -8,9 +8,10 @@ use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
+use super::paging::Paging;
 use super::visitor::Visitor;
 use super::workspace_url;
-use super::workspaces::{all, load};
+use super::workspaces::load;
 use crate::api::html::escape;
 use crate::api::smtp::{self, SmtpSettings, SmtpTest, SmtpView};
 use crate::api::{ApiJson, ApiPath};
@@ -26,8 +27,19 @@ pub async fn page(
     Path(key): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    render(&app, &visitor, &key, Notice::from_query(query.as_deref())).await
+    let paging = Paging::from_query(query.as_deref(), DELIVERIES_PARAM);
+    render_paged(
+        &app,
+        &visitor,
+        &key,
+        Notice::from_query(query.as_deref()),
+        &paging,
+    )
+    .await
 }
+
+/// The query parameter of the deliveries list's cursor.
+const DELIVERIES_PARAM: &str = "deliveries_after";
 
 /// A value of the API's enums as it is written in JSON (`starttls`, `smtp_test`).
 fn wire_name<T: serde::Serialize>(value: &T) -> String {
@@ -38,6 +50,18 @@ fn wire_name<T: serde::Serialize>(value: &T) -> String {
 }
 
 async fn render(app: &App, visitor: &Visitor, key: &str, notice: Option<Notice>) -> Response {
+    let first = Paging::first(DELIVERIES_PARAM);
+    render_paged(app, visitor, key, notice, &first).await
+}
+
+/// The tab with the page of deliveries `paging` names.
+async fn render_paged(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+    notice: Option<Notice>,
+    paging: &Paging,
+) -> Response {
     let ws = match load(app, visitor, key).await {
         Ok(ws) => ws,
         Err(page) => return page,
@@ -135,10 +159,16 @@ saved {}.</p>",
     }
 
     // The deliveries card: newest first, Refresh reloads the page.
-    let deliveries = smtp::list_deliveries(State(app.clone()), caller(), path(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let (deliveries, next) =
+        smtp::list_deliveries(State(app.clone()), caller(), path(), paging.query(app))
+            .await
+            .map(|Json(p)| (p.items, p.next_cursor))
+            .unwrap_or_default();
+    let pages = paging.links(
+        &format!("{}/mail", workspace_url(&ws.slug)),
+        "deliveries",
+        next.as_deref(),
+    );
     let mut rows = String::new();
     for d in &deliveries {
         rows.push_str(&format!(
@@ -157,7 +187,7 @@ saved {}.</p>",
         format!(
             "<table><thead><tr><th scope=\"col\">When</th><th scope=\"col\">To</th><th scope=\"col\">What</th>\
 <th scope=\"col\">Through</th><th scope=\"col\">Status</th><th scope=\"col\">Error</th></tr></thead>\
-<tbody>{rows}</tbody></table>"
+<tbody>{rows}</tbody></table>{pages}"
         )
     };
     main.push_str(&format!(

@@ -8,6 +8,7 @@ use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
+use super::paging::count_all;
 use super::visitor::Visitor;
 use super::workspace_url;
 use crate::api::asyncapi::{self, PublicForm};
@@ -123,15 +124,18 @@ pub async fn overview(
     let count = |n: Result<usize, _>| n.map_or("–".to_owned(), |n: usize| n.to_string());
     let caller = || visitor.caller.clone();
     let path = || ApiPath(ws.slug.clone());
-    let sources = sources::list_sources(State(app.clone()), caller(), path(), all(&app))
-        .await
-        .map(|Json(p)| p.items.len());
-    let tokens = tokens::list_tokens(State(app.clone()), caller(), path(), all(&app))
-        .await
-        .map(|Json(p)| p.items.len());
-    let members = members::list_members(State(app.clone()), caller(), path(), all(&app))
-        .await
-        .map(|Json(p)| p.items.len());
+    let sources = count_all(&app, |q| {
+        sources::list_sources(State(app.clone()), caller(), path(), q)
+    })
+    .await;
+    let tokens = count_all(&app, |q| {
+        tokens::list_tokens(State(app.clone()), caller(), path(), q)
+    })
+    .await;
+    let members = count_all(&app, |q| {
+        members::list_members(State(app.clone()), caller(), path(), q)
+    })
+    .await;
     let slug = escape(&ws.slug);
     let main = format!(
         "<section aria-labelledby=\"about\"><h2 id=\"about\">About</h2><dl>\
