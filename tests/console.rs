@@ -845,3 +845,118 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         }
     }
 }
+
+/// Lists longer than the API's page (here `page_size_max = 2`) page on with plain links that
+/// carry the API's cursor, each list alone; the overview counts past the first page; a personal
+/// token made on the account page expires at the end of the day chosen.
+#[test]
+fn long_lists_page_on_and_a_personal_token_expires_on_the_day_chosen() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[controlplane]\npage_size_max = 2\n").expect("config");
+    let config = config.to_str().expect("path").to_owned();
+    let sluice = Sluice::start(&dir.path().join("data"), &["--config", &config]);
+    let api = Api::new(sluice.api_url());
+    let kim = verified_user(&api, &sluice.data_dir.join("outbox"), "kim@example.com");
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&kim.token),
+        serde_json::json!({"name": "Depot", "slug": "depot"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    for n in 1..=5 {
+        let a = api.post(
+            "/api/v1/workspaces/depot/tokens",
+            Some(&kim.token),
+            serde_json::json!({"name": format!("token-{n}"), "scopes": ["ingest"]}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    for slug in ["s1", "s2", "s3"] {
+        let a = api.post(
+            "/api/v1/workspaces/depot/sources",
+            Some(&kim.token),
+            serde_json::json!({"slug": slug}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    // The next page's link, as the page has it (HTML-escaped `&` included).
+    let next = |body: &str, param: &str| {
+        body.split("href=\"")
+            .map(|rest| rest.split('"').next().unwrap_or_default())
+            .find(|href| href.contains(&format!("?{param}=")))
+            .map(|href| href.replace("&amp;", "&"))
+    };
+    let mut seen = Vec::new();
+    let mut path = "/app/w/depot/access".to_owned();
+    for _ in 0..5 {
+        let page = api.get(&path, &kim.token);
+        assert_eq!(page.status, 200, "{}", page.body);
+        let tokens = page
+            .body
+            .split("id=\"tokens\"")
+            .nth(1)
+            .expect("the tokens section")
+            .to_owned();
+        for n in 1..=5 {
+            if tokens.contains(&format!("<td>token-{n}</td>")) {
+                seen.push(n);
+            }
+        }
+        // The sources list stays on its first page while the tokens page on.
+        assert!(page.body.contains("<code>s1</code>"), "{}", page.body);
+        assert!(!page.body.contains("<code>s3</code>"), "{}", page.body);
+        match next(&page.body, "tokens_after") {
+            Some(href) => path = href,
+            None => break,
+        }
+    }
+    assert_eq!(seen, vec![1, 2, 3, 4, 5], "every token once, in order");
+    let last = api.get(&path, &kim.token);
+    assert!(last.body.contains("First page"), "{}", last.body);
+    let sources_next = next(
+        &api.get("/app/w/depot/access", &kim.token).body,
+        "sources_after",
+    )
+    .expect("a next page of sources");
+    let second = api.get(&sources_next, &kim.token);
+    assert!(
+        second.body.contains("<code>s3</code>") && !second.body.contains("<code>s1</code>"),
+        "{}",
+        second.body
+    );
+    // The overview counts every token, not the first page's.
+    let overview = api.get("/app/w/depot", &kim.token);
+    assert!(
+        overview.body.contains("<dd>5</dd>"),
+        "5 tokens counted: {}",
+        overview.body
+    );
+
+    // A personal token expiring at the end of 2100-01-01 (UTC).
+    let account = api.get("/app/account", &kim.token);
+    let csrf = account
+        .body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .expect("a form token")
+        .to_owned();
+    let made = post(
+        &format!("{}/app/account/tokens", sluice.api_url()),
+        &[
+            ("authorization", &format!("Bearer {}", kim.token)),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ],
+        format!("csrf={csrf}&name=script&expires_on=2100-01-01").as_bytes(),
+    );
+    assert_eq!(made.status, 200, "{}", made.body);
+    assert!(made.body.contains("new-token-secret"), "{}", made.body);
+    let listed = api.get("/api/v1/me/tokens?limit=2", &kim.token).json();
+    let script = listed["items"]
+        .as_array()
+        .and_then(|items| items.iter().find(|t| t["name"] == "script"))
+        .cloned()
+        .unwrap_or_else(|| panic!("the token in {listed}"));
+    assert_eq!(script["expires_at"], "2100-01-02T00:00:00Z", "{listed}");
+}
