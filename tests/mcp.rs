@@ -367,6 +367,8 @@ fn mcp_clients_ingest_through_sluice_call_and_the_events_are_in_parquet_once_ack
     let mut with_device = ingest_call("plant", "boilers", json!([{"temp_c": 1}, {"temp_c": 2}]));
     with_device["device_id"] = json!("probe-7");
     let mut get = ingest_call("plant", "boilers", json!({"temp_c": 0}));
+    let mut bad_device = ingest_call("plant", "boilers", json!({"temp_c": 0}));
+    bad_device["device_id"] = json!("two words");
     get["method"] = json!("GET");
     let out = mcp_client(
         &url,
@@ -378,6 +380,7 @@ fn mcp_clients_ingest_through_sluice_call_and_the_events_are_in_parquet_once_ack
             {"op": "call", "name": "sluice_call", "arguments": ingest_call("other", "boilers", json!({"temp_c": 0}))},
             {"op": "call", "name": "sluice_call", "arguments": get},
             {"op": "call", "name": "list_tokens", "arguments": {}},
+            {"op": "call", "name": "sluice_call", "arguments": bad_device},
         ]),
     );
     assert!(out["connectError"].is_null(), "{out}");
@@ -409,6 +412,7 @@ fn mcp_clients_ingest_through_sluice_call_and_the_events_are_in_parquet_once_ack
         "{}",
         steps[5]
     );
+    assert_eq!(steps[6]["code"], -32602, "{}", steps[6]);
 
     // A body over sluice_call's bound (a command line could not carry it to the SDK client:
     // plain JSON-RPC) is refused before it is forwarded.

@@ -539,11 +539,31 @@ impl Server {
             }
             serializer.finish()
         });
+        // Both become headers: what a header cannot carry is the caller's mistake, not the
+        // data plane's failure.
         let device_id = match arguments.get("device_id") {
             None | Some(Value::Null) => None,
-            Some(Value::String(device)) => Some(device.clone()),
-            Some(_) => return Err(invalid("device_id is a string".into())),
+            Some(Value::String(device))
+                if (1..=128).contains(&device.len())
+                    && device.bytes().all(|b| b.is_ascii_graphic()) =>
+            {
+                Some(device.clone())
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "device_id is 1 to 128 visible ASCII characters (no spaces)".into(),
+                ))
+            }
         };
+        if content_type.len() > 256
+            || !content_type
+                .bytes()
+                .all(|b| b == b' ' || b.is_ascii_graphic())
+        {
+            return Err(invalid(
+                "content_type is a media type such as application/x-ndjson".into(),
+            ));
+        }
         let forward = crate::mcp_ingest::Forward {
             workspace_id,
             workspace_slug: slug,
