@@ -207,3 +207,18 @@ fn schemathesis(dir: &Path, config: &Path, args: &[&str]) -> (bool, String) {
         ),
     }
 }
+
+/// The password-reset operations (which the sign-in form's "Forgot your password?" uses) are
+/// in the served document, with no authentication required.
+#[test]
+fn the_password_reset_operations_are_documented_without_authentication() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sluice = Sluice::start(&dir.path().join("data"), &[]);
+    let api = Api::new(sluice.api_url());
+    let document = api.get("/api/v1/openapi.json", "").json();
+    for path in ["/api/v1/password-reset/code", "/api/v1/password-reset"] {
+        let post = &document["paths"][path]["post"];
+        assert!(post.is_object(), "{path} is not documented");
+        assert_eq!(post["security"], json!([{}]), "{path}: {post}");
+    }
+}
