@@ -28,17 +28,21 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Free disk at each step, so that a run that runs out of space says where.
+disk() { df -h . 2>/dev/null | awk 'NR == 2 { print "   (disk: " $4 " free of " $2 ")" }'; }
+trap disk EXIT
+
 tools="${SLUICE_TOOLS_DIR:-$HOME/.cache/sluice/tools}"
 mkdir -p "$tools"
 
-echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator, paho-mqtt, mcp"
+echo "== Python venv with duckdb, aiosmtpd, trustme, openapi-spec-validator, paho-mqtt, mcp"; disk
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 .venv/bin/pip install --quiet --disable-pip-version-check -r tests/requirements.txt
 export SLUICE_TEST_PYTHON="$PWD/.venv/bin/python"
 
-echo "== mosquitto clients and broker (optional)"
+echo "== mosquitto clients and broker (optional)"; disk
 if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
@@ -48,7 +52,7 @@ if ! command -v mosquitto_pub >/dev/null 2>&1 && command -v apt-get >/dev/null 2
     echo "mosquitto could not be installed; the tests that use mosquitto_pub skip that part"
 fi
 
-echo "== Chromium (the CORS and console tests drive a real browser with Playwright)"
+echo "== Chromium (the CORS and console tests drive a real browser with Playwright)"; disk
 if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
   sudo_cmd=""
   if [ "$(id -u)" != 0 ] && command -v sudo >/dev/null 2>&1; then sudo_cmd="sudo -n"; fi
@@ -58,7 +62,7 @@ if [ ! -x /usr/bin/chromium ] && command -v apt-get >/dev/null 2>&1; then
     echo "chromium could not be installed; the CORS browser test will fail"
 fi
 
-echo "== deploy/ checks: kubectl (kustomize), HAProxy, and Checkov, kubernetes-validate, check-jsonschema, hadolint in .venv-deploy"
+echo "== deploy/ checks: kubectl (kustomize), HAProxy, and Checkov, kubernetes-validate, check-jsonschema, hadolint in .venv-deploy"; disk
 for package in kubectl haproxy; do
   if ! command -v "$package" >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
     sudo_cmd=""
@@ -75,14 +79,14 @@ if [ ! -x .venv-deploy/bin/python ]; then
 fi
 .venv-deploy/bin/pip install --quiet --disable-pip-version-check -r deploy/requirements.txt
 
-echo "== s3s-fs (S3-compatible server for the s3:// tests)"
+echo "== s3s-fs (S3-compatible server for the s3:// tests)"; disk
 if [ ! -x "$tools/bin/s3s-fs" ]; then
   # 0.14.1 is the newest s3s-fs that builds with rustc 1.95.
   cargo install s3s-fs@0.14.1 --features binary --locked --root "$tools"
 fi
 export SLUICE_TEST_S3S_FS="$tools/bin/s3s-fs"
 
-echo "== oidc-provider (a real OpenID provider for tests/sign_in.rs)"
+echo "== oidc-provider (a real OpenID provider for tests/sign_in.rs)"; disk
 # Installed again only when package-lock.json changed since the last install (a copy of it is
 # kept in node_modules as the stamp).
 if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.sluice-installed-lock.json; then
@@ -90,31 +94,31 @@ if ! cmp -s tests/oidc/package-lock.json tests/oidc/node_modules/.sluice-install
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 
-echo "== AsyncAPI parser and schemas (tests/asyncapi.rs)"
+echo "== AsyncAPI parser and schemas (tests/asyncapi.rs)"; disk
 if ! cmp -s tests/asyncapi/package-lock.json tests/asyncapi/node_modules/.sluice-installed-lock.json; then
   (cd tests/asyncapi && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 
-echo "== MCP TypeScript SDK (tests/mcp.rs)"
+echo "== MCP TypeScript SDK (tests/mcp.rs)"; disk
 if ! cmp -s tests/mcp/package-lock.json tests/mcp/node_modules/.sluice-installed-lock.json; then
   (cd tests/mcp && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 
-echo "== axe-core (tests/console.rs checks console pages for accessibility)"
+echo "== axe-core (tests/console.rs checks console pages for accessibility)"; disk
 if ! cmp -s tests/console/package-lock.json tests/console/node_modules/.sluice-installed-lock.json; then
   (cd tests/console && npm ci --no-audit --no-fund --loglevel=error &&
     cp package-lock.json node_modules/.sluice-installed-lock.json)
 fi
 
-echo "== cargo fmt"
+echo "== cargo fmt"; disk
 cargo fmt --all -- --check
 
-echo "== cargo clippy"
+echo "== cargo clippy"; disk
 cargo clippy --workspace --all-targets -- -D warnings
 
-echo "== tests"
+echo "== tests"; disk
 if ! command -v cargo-nextest >/dev/null 2>&1; then
   cargo install cargo-nextest --locked || true
 fi
