@@ -70,6 +70,7 @@ impl Notice {
             "webhook-enabled" => "The webhook is enabled: it sends again.",
             "webhook-disabled" => "The webhook is disabled: it sends nothing until enabled.",
             "webhook-deleted" => "The webhook is deleted.",
+            "webhook-saved" => "The webhook is saved; nodes apply it with the next configuration.",
             _ => return None,
         };
         Some(Notice::Done(text))

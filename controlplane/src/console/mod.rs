@@ -169,7 +169,10 @@ pub fn routes() -> Router<App> {
             post(endpoints::delete),
         )
         .route("/app/w/{workspace}/webhooks", post(webhooks::create))
-        .route("/app/w/{workspace}/webhooks/{webhook}", get(webhooks::page))
+        .route(
+            "/app/w/{workspace}/webhooks/{webhook}",
+            get(webhooks::page).post(webhooks::save),
+        )
         .route(
             "/app/w/{workspace}/webhooks/{webhook}/enabled",
             post(webhooks::set_enabled),

@@ -134,6 +134,19 @@ fn shaping_fields(form: &OutputForm) -> String {
     )
 }
 
+/// The outputs of `ws` (the first page, for a webhook's choice), or none if the API refuses.
+pub async fn first_page(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> Vec<OutputView> {
+    list_outputs(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath(ws.slug.clone()),
+        Paging::first(PAGE_PARAM).query(app),
+    )
+    .await
+    .map(|Json(p)| p.items)
+    .unwrap_or_default()
+}
+
 /// The outputs of `ws`: their list and, for Admins and Editors, the form for a new one.
 pub async fn section(
     app: &App,

@@ -1,7 +1,8 @@
 //! Webhooks on the Data out tab and a webhook's own page: the list with each one's state, the
 //! form for a new one (whose signing secret the answer shows once, with Copy), and the page
-//! with its health and delivery log, Enable/Disable, Send test, Rotate secret and Delete,
-//! through the API's webhook handlers (`…/webhooks`, `…/webhooks/{webhook}`).
+//! with its health and delivery log, Enable/Disable, Send test, Rotate secret, Delete and the
+//! form that changes it (name, output, URL, batch and disabling bounds), through the API's
+//! webhook handlers (`…/webhooks`, `…/webhooks/{webhook}`).
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
@@ -12,6 +13,7 @@ use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::data_out::{self, NewSecret};
 use super::endpoints::output_options;
 use super::frame::{self, Notice, Tab};
+use super::outputs;
 use super::paging::Paging;
 use super::visitor::Visitor;
 use super::workspace_url;
@@ -26,6 +28,7 @@ use crate::api::webhooks::{
 use crate::api::workspaces::WorkspaceView;
 use crate::api::{ApiJson, ApiPath};
 use crate::app::App;
+use crate::problem::{ApiError, ProblemType};
 use crate::roles::Action;
 
 /// The query parameter of the webhooks list's cursor.
@@ -277,6 +280,9 @@ async fn render(
         ));
     }
     main.push_str("</section>");
+    if Action::ManageOutputs.allows(ws.role) {
+        main.push_str(&change_section(app, visitor, &ws, &webhook).await);
+    }
 
     let deliveries = list_webhook_deliveries(
         State(app.clone()),
@@ -336,6 +342,104 @@ async fn render(
         &main,
     )
     .await
+}
+
+/// The form that changes a webhook: name, output, URL and its batch and disabling bounds.
+async fn change_section(
+    app: &App,
+    visitor: &Visitor,
+    ws: &WorkspaceView,
+    webhook: &WebhookView,
+) -> String {
+    let outputs = outputs::first_page(app, visitor, ws).await;
+    format!(
+        "<section aria-labelledby=\"change\"><h2 id=\"change\">Change</h2>\
+<form method=\"post\" action=\"{base}/webhooks/{slug}\">{csrf}\
+<p><label>Name <input name=\"name\" value=\"{name}\" required maxlength=\"100\"></label>\
+<label>Output <select name=\"output\">{options}</select></label></p>\
+<p><label>URL <input name=\"url\" value=\"{url}\" type=\"url\" required maxlength=\"2048\" size=\"50\"></label></p>\
+<p><label>Events per batch at most <input name=\"batch_events_max\" type=\"number\" min=\"1\" max=\"10000\" value=\"{events}\"></label>\
+<label>Bytes per batch at most <input name=\"batch_bytes_max\" type=\"number\" min=\"1024\" max=\"8388608\" value=\"{bytes}\"></label></p>\
+<p><label>Send at least every (ms) <input name=\"batch_interval_ms\" type=\"number\" min=\"10\" max=\"3600000\" value=\"{interval}\"></label>\
+<label>Disable after failing for (s) <input name=\"disable_after_s\" type=\"number\" min=\"60\" max=\"2592000\" value=\"{after}\"></label></p>\
+<p><button>Save webhook</button></p></form></section>",
+        base = escape(&workspace_url(&ws.slug)),
+        slug = escape(&webhook.slug),
+        csrf = hidden_field(&visitor.csrf),
+        name = escape(&webhook.name),
+        options = output_options(&outputs, &webhook.output),
+        url = escape(&webhook.url),
+        events = webhook.batch_events_max,
+        bytes = webhook.batch_bytes_max,
+        interval = webhook.batch_interval_ms,
+        after = webhook.disable_after_s,
+    )
+}
+
+/// The change form of a webhook; numbers as typed.
+#[derive(Debug, Deserialize)]
+pub struct ChangeForm {
+    name: String,
+    output: String,
+    url: String,
+    batch_events_max: String,
+    batch_bytes_max: String,
+    batch_interval_ms: String,
+    disable_after_s: String,
+}
+
+/// `text` as a number, or the API's kind of refusal naming `field`.
+fn number<T: std::str::FromStr>(field: &str, text: &str) -> Result<T, ApiError> {
+    text.trim().parse().map_err(|_| {
+        ApiError::new(
+            ProblemType::InvalidWebhook,
+            format!("{field} is a whole number, not {text:?}"),
+        )
+    })
+}
+
+impl ChangeForm {
+    /// The API's change: every field given.
+    fn update(&self) -> Result<WebhookUpdate, ApiError> {
+        Ok(WebhookUpdate {
+            name: Some(self.name.clone()),
+            output: Some(self.output.clone()),
+            url: Some(self.url.clone()),
+            enabled: None,
+            batch_events_max: Some(number("batch_events_max", &self.batch_events_max)?),
+            batch_bytes_max: Some(number("batch_bytes_max", &self.batch_bytes_max)?),
+            batch_interval_ms: Some(number("batch_interval_ms", &self.batch_interval_ms)?),
+            disable_after_s: Some(number("disable_after_s", &self.disable_after_s)?),
+        })
+    }
+}
+
+/// Changes a webhook as `PATCH …/webhooks/{webhook}` does (its URL checked again).
+pub async fn save(
+    State(app): State<App>,
+    Path((key, slug)): Path<(String, String)>,
+    posted: CheckedForm<ChangeForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    let saved = match form.update() {
+        Ok(update) => update_webhook(
+            State(app.clone()),
+            visitor.caller.clone(),
+            ApiPath((key.clone(), slug.clone())),
+            ApiJson(update),
+        )
+        .await
+        .map(|_| ()),
+        Err(refusal) => Err(refusal),
+    };
+    match saved {
+        Ok(()) => frame::see_other(&format!(
+            "{}/webhooks/{}?done=webhook-saved",
+            workspace_url(&key),
+            super::url_segment(&slug)
+        )),
+        Err(refusal) => refused(&app, &visitor, &key, &slug, refusal).await,
+    }
 }
 
 /// The signing secret just made, shown this once with a Copy button.
@@ -400,7 +504,7 @@ async fn refused(
     visitor: &Visitor,
     key: &str,
     slug: &str,
-    refusal: crate::problem::ApiError,
+    refusal: ApiError,
 ) -> Response {
     render(
         app,
