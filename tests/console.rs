@@ -765,6 +765,14 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         "{webhook}"
     );
     assert_eq!(webhook["enabled"], "active", "{webhook}");
+    assert!(
+        text(&webhook, "url_refused").contains("Not done"),
+        "{webhook}"
+    );
+    assert!(
+        text(&webhook, "batches").contains("at least every 2000 ms"),
+        "{webhook}"
+    );
 
     let stream = step("stream");
     assert!(
