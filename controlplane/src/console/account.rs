@@ -10,6 +10,7 @@ use uuid::Uuid;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice};
+use super::paging::Paging;
 use super::visitor::Visitor;
 use super::workspaces::all;
 use super::ACCOUNT_PATH;
@@ -22,7 +23,14 @@ use crate::app::App;
 
 /// The account page.
 pub async fn page(State(app): State<App>, visitor: Visitor, RawQuery(query): RawQuery) -> Response {
-    render(&app, &visitor, Notice::from_query(query.as_deref()), None).await
+    render_paged(
+        &app,
+        &visitor,
+        Notice::from_query(query.as_deref()),
+        None,
+        query.as_deref(),
+    )
+    .await
 }
 
 /// A personal token just made: its name and secret, shown this once.
@@ -31,11 +39,23 @@ struct NewSecret {
     secret: String,
 }
 
+/// The page at the first page of each list.
 async fn render(
     app: &App,
     visitor: &Visitor,
     notice: Option<Notice>,
     new_secret: Option<NewSecret>,
+) -> Response {
+    render_paged(app, visitor, notice, new_secret, None).await
+}
+
+/// The page at the pages of its lists that `query` names.
+async fn render_paged(
+    app: &App,
+    visitor: &Visitor,
+    notice: Option<Notice>,
+    new_secret: Option<NewSecret>,
+    query: Option<&str>,
 ) -> Response {
     let csrf = hidden_field(&visitor.csrf);
     let caller = || visitor.caller.clone();
@@ -59,10 +79,13 @@ async fn render(
     }
 
     let mut rows = String::new();
-    let listed = sessions::list_sessions(State(app.clone()), caller(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let sessions_page = Paging::from_query(query, "sessions_after");
+    let (listed, next) =
+        sessions::list_sessions(State(app.clone()), caller(), sessions_page.query(app))
+            .await
+            .map(|Json(p)| (p.items, p.next_cursor))
+            .unwrap_or_default();
+    let sessions_pages = sessions_page.links(ACCOUNT_PATH, "sessions", next.as_deref());
     for s in &listed {
         let action = if s.current {
             "this browser".to_owned()
@@ -86,14 +109,17 @@ async fn render(
     main.push_str(&format!(
         "<section aria-labelledby=\"sessions\"><h2 id=\"sessions\">Sessions</h2><table><thead><tr>\
 <th scope=\"col\">Session</th><th scope=\"col\">Started</th><th scope=\"col\">Ends</th>\
-<th scope=\"col\">End</th></tr></thead><tbody>{rows}</tbody></table></section>"
+<th scope=\"col\">End</th></tr></thead><tbody>{rows}</tbody></table>{sessions_pages}</section>"
     ));
 
     let mut rows = String::new();
-    let tokens = personal_tokens::list_personal_tokens(State(app.clone()), caller(), all(app))
-        .await
-        .map(|Json(p)| p.items)
-        .unwrap_or_default();
+    let tokens_page = Paging::from_query(query, "tokens_after");
+    let (tokens, next) =
+        personal_tokens::list_personal_tokens(State(app.clone()), caller(), tokens_page.query(app))
+            .await
+            .map(|Json(p)| (p.items, p.next_cursor))
+            .unwrap_or_default();
+    let tokens_pages = tokens_page.links(ACCOUNT_PATH, "personal", next.as_deref());
     for t in &tokens {
         let name = escape(&t.name);
         rows.push_str(&format!(
@@ -114,7 +140,7 @@ async fn render(
         format!(
             "<table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Secret</th>\
 <th scope=\"col\">Created</th><th scope=\"col\">Expires</th><th scope=\"col\">Revoke</th></tr></thead>\
-<tbody>{rows}</tbody></table>"
+<tbody>{rows}</tbody></table>{tokens_pages}"
         )
     };
     main.push_str(&format!(

@@ -112,15 +112,16 @@ pub enum Tab {
     Settings,
 }
 
-/// The caller's workspaces, as `GET /api/v1/workspaces` lists them (empty if it refuses).
-pub async fn workspaces_of(app: &App, visitor: &Visitor) -> Vec<WorkspaceView> {
+/// The caller's workspaces, as the first page of `GET /api/v1/workspaces` lists them (empty if
+/// it refuses), and whether there are more (the home page pages through them).
+async fn workspaces_of(app: &App, visitor: &Visitor) -> (Vec<WorkspaceView>, bool) {
     let page = PageQuery {
         limit: Some(app.config.page_size_max),
         cursor: None,
     };
     match list_workspaces(State(app.clone()), visitor.caller.clone(), ApiQuery(page)).await {
-        Ok(Json(page)) => page.items,
-        Err(_) => Vec::new(),
+        Ok(Json(page)) => (page.items, page.next_cursor.is_some()),
+        Err(_) => (Vec::new(), false),
     }
 }
 
@@ -134,7 +135,7 @@ pub async fn page(
     notice: Option<Notice>,
     main: &str,
 ) -> Response {
-    let workspaces = workspaces_of(app, visitor).await;
+    let (workspaces, more) = workspaces_of(app, visitor).await;
     let mut switcher = String::new();
     for ws in &workspaces {
         let is_current = current.is_some_and(|(c, _)| c.id == ws.id);
@@ -179,12 +180,17 @@ pub async fn page(
     let body = format!(
         "<header><a class=\"brand\" href=\"{APP_PATH}\">Sluice</a>\
 <nav aria-label=\"Workspaces\"><details class=\"switcher\"><summary>{summary}</summary>\
-<ul>{switcher}<li><a href=\"{APP_PATH}#new-workspace\">+ New workspace</a></li></ul></details></nav>\
+<ul>{switcher}{more}<li><a href=\"{APP_PATH}#new-workspace\">+ New workspace</a></li></ul></details></nav>\
 {tabs}\
 <form class=\"sign-out\" method=\"post\" action=\"/app/sign-out\">{csrf}\
 <a href=\"{ACCOUNT_PATH}\">{email}</a><button class=\"secondary\">Sign out</button></form></header>\
 <main><h1>{title}</h1>{banner}{notice}{main}</main>",
         csrf = hidden_field(&visitor.csrf),
+        more = if more {
+            format!("<li><a href=\"{APP_PATH}\">All workspaces…</a></li>")
+        } else {
+            String::new()
+        },
         email = escape(&visitor.caller.user.email),
         title = escape(title),
     );

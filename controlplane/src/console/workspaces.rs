@@ -8,12 +8,14 @@ use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
-use super::paging::count_all;
+use super::paging::{count_all, Paging};
 use super::visitor::Visitor;
-use super::workspace_url;
+use super::{workspace_url, APP_PATH};
 use crate::api::asyncapi::{self, PublicForm};
 use crate::api::html::escape;
-use crate::api::workspaces::{create_workspace, get_workspace, NewWorkspace, WorkspaceView};
+use crate::api::workspaces::{
+    create_workspace, get_workspace, list_workspaces, NewWorkspace, WorkspaceView,
+};
 use crate::api::{members, oauth_grants, sources, tokens, ApiJson, ApiPath, ApiQuery, PageQuery};
 use crate::app::App;
 use crate::roles::{Action, Role};
@@ -57,12 +59,35 @@ pub async fn index(
     visitor: Visitor,
     RawQuery(query): RawQuery,
 ) -> Response {
-    list_page(&app, &visitor, Notice::from_query(query.as_deref()), "").await
+    let paging = Paging::from_query(query.as_deref(), "workspaces_after");
+    list_page(
+        &app,
+        &visitor,
+        Notice::from_query(query.as_deref()),
+        "",
+        &paging,
+    )
+    .await
 }
 
-async fn list_page(app: &App, visitor: &Visitor, notice: Option<Notice>, typed: &str) -> Response {
+async fn list_page(
+    app: &App,
+    visitor: &Visitor,
+    notice: Option<Notice>,
+    typed: &str,
+    paging: &Paging,
+) -> Response {
+    let (workspaces, next) = list_workspaces(
+        State(app.clone()),
+        visitor.caller.clone(),
+        paging.query(app),
+    )
+    .await
+    .map(|Json(p)| (p.items, p.next_cursor))
+    .unwrap_or_default();
+    let pages = paging.links(APP_PATH, "yours", next.as_deref());
     let mut rows = String::new();
-    for ws in frame::workspaces_of(app, visitor).await {
+    for ws in workspaces {
         rows.push_str(&format!(
             "<tr><td><a href=\"{}\">{}</a></td><td><code>{}</code></td><td>{}</td><td>{}</td></tr>",
             escape(&workspace_url(&ws.slug)),
@@ -75,7 +100,7 @@ async fn list_page(app: &App, visitor: &Visitor, notice: Option<Notice>, typed: 
     let main = format!(
         "<section aria-labelledby=\"yours\"><h2 id=\"yours\">Your workspaces</h2>\
 <table><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Slug</th><th scope=\"col\">Your role</th>\
-<th scope=\"col\">State</th></tr></thead><tbody>{rows}</tbody></table></section>\
+<th scope=\"col\">State</th></tr></thead><tbody>{rows}</tbody></table>{pages}</section>\
 <section aria-labelledby=\"new-workspace\"><h2 id=\"new-workspace\">+ New workspace</h2>\
 <form method=\"post\" action=\"/app/workspaces\">{csrf}\
 <label>Name <input name=\"name\" value=\"{typed}\" required maxlength=\"100\"></label>\
@@ -106,7 +131,17 @@ pub async fn create(State(app): State<App>, posted: CheckedForm<NewWorkspaceForm
     };
     match create_workspace(State(app.clone()), visitor.caller.clone(), ApiJson(new)).await {
         Ok((_, Json(ws))) => frame::see_other(&format!("{}?done=created", workspace_url(&ws.slug))),
-        Err(refusal) => list_page(&app, &visitor, Some(Notice::Refused(refusal)), &form.name).await,
+        Err(refusal) => {
+            let first = Paging::first("workspaces_after");
+            list_page(
+                &app,
+                &visitor,
+                Some(Notice::Refused(refusal)),
+                &form.name,
+                &first,
+            )
+            .await
+        }
     }
 }
 
