@@ -941,6 +941,24 @@ fn long_lists_page_on_and_a_personal_token_expires_on_the_day_chosen() {
         overview.body
     );
 
+    // Three workspaces (the first made at sign-up): the home page pages on, and the
+    // switcher leads there for the rest.
+    let a = api.post(
+        "/api/v1/workspaces",
+        Some(&kim.token),
+        serde_json::json!({"name": "Annex", "slug": "annex"}),
+    );
+    assert_eq!(a.status, 201, "{}", a.body);
+    let home = api.get("/app", &kim.token);
+    assert!(home.body.contains("All workspaces…"), "{}", home.body);
+    let rest = next(&home.body, "workspaces_after").expect("a next page of workspaces");
+    let rest = api.get(&rest, &kim.token);
+    assert!(
+        rest.body.contains("<code>annex</code>") && !home.body.contains("<code>annex</code>"),
+        "{}",
+        rest.body
+    );
+
     // A personal token expiring at the end of 2100-01-01 (UTC).
     let account = api.get("/app/account", &kim.token);
     let csrf = account
@@ -967,6 +985,19 @@ fn long_lists_page_on_and_a_personal_token_expires_on_the_day_chosen() {
         .cloned()
         .unwrap_or_else(|| panic!("the token in {listed}"));
     assert_eq!(script["expires_at"], "2100-01-02T00:00:00Z", "{listed}");
+    for name in ["second", "third"] {
+        let a = api.post(
+            "/api/v1/me/tokens",
+            Some(&kim.token),
+            serde_json::json!({"name": name}),
+        );
+        assert_eq!(a.status, 201, "{}", a.body);
+    }
+    let account = api.get("/app/account", &kim.token);
+    let rest = next(&account.body, "tokens_after").expect("a next page of personal tokens");
+    let rest = api.get(&rest, &kim.token);
+    assert!(rest.body.contains("<td>third</td>"), "{}", rest.body);
+    assert!(!account.body.contains("<td>third</td>"), "{}", account.body);
 }
 
 /// The AsyncAPI import form takes a file larger than other bodies (up to the API's 4 MiB
