@@ -216,7 +216,9 @@ through the API for now.</p>"
         )
     };
     let form = if manage {
-        let options: String = sources
+        // Every source, not only this page's: the token may be for any of them.
+        let options: String = super::data_out::sources_of(app, visitor, &ws)
+            .await
             .iter()
             .map(|s| {
                 format!(
@@ -225,7 +227,7 @@ through the API for now.</p>"
                 )
             })
             .collect();
-        let endpoint_boxes: String = endpoints::first_page(app, visitor, &ws)
+        let endpoint_boxes: String = endpoints::all_of(app, visitor, &ws)
             .await
             .iter()
             .map(|e| {

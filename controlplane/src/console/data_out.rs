@@ -5,12 +5,11 @@
 
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
-use axum::Json;
 
 use super::endpoints::{self, EndpointForm};
 use super::frame::{self, Notice, Tab};
 use super::outputs::{self, OutputForm};
-use super::paging::Paging;
+use super::paging::{every, Paging};
 use super::visitor::Visitor;
 use super::webhooks::{self, WebhookForm};
 use super::workspaces::load;
@@ -34,16 +33,17 @@ pub struct Typed {
     pub new_secret: Option<NewSecret>,
 }
 
-/// The workspace's sources (the first page), for the outputs' source choice.
+/// Every source of the workspace, for an output's source and a tag rule's sources.
 pub async fn sources_of(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> Vec<SourceView> {
-    list_sources(
-        State(app.clone()),
-        visitor.caller.clone(),
-        ApiPath(ws.slug.clone()),
-        Paging::first("sources_after").query(app),
-    )
+    every(app, |q| {
+        list_sources(
+            State(app.clone()),
+            visitor.caller.clone(),
+            ApiPath(ws.slug.clone()),
+            q,
+        )
+    })
     .await
-    .map(|Json(p)| p.items)
     .unwrap_or_default()
 }
 
@@ -104,7 +104,7 @@ async fn render_paged(
         main.push_str(&webhooks::secret_section(&new.name, &new.secret));
     }
     let sources = sources_of(app, visitor, &ws).await;
-    let (section, outputs) = outputs::section(
+    let section = outputs::section(
         app,
         visitor,
         &ws,
@@ -114,6 +114,8 @@ async fn render_paged(
     )
     .await;
     main.push_str(&section);
+    // Endpoints and webhooks may name any output, not only those of the page shown.
+    let outputs = outputs::all_of(app, visitor, &ws).await;
     main.push_str(
         &endpoints::section(
             app,

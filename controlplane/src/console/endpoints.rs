@@ -10,7 +10,7 @@ use serde::Deserialize;
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::data_out;
 use super::frame::{self, Notice};
-use super::paging::Paging;
+use super::paging::{every, Paging};
 use super::visitor::Visitor;
 use super::workspace_url;
 use crate::api::export_endpoints::{
@@ -52,21 +52,17 @@ pub fn output_options(outputs: &[OutputView], chosen: &str) -> String {
         .collect()
 }
 
-/// The endpoints of `ws` (the first page, for the read-token form), or none if the API
-/// refuses.
-pub async fn first_page(
-    app: &App,
-    visitor: &Visitor,
-    ws: &WorkspaceView,
-) -> Vec<ExportEndpointView> {
-    list_export_endpoints(
-        State(app.clone()),
-        visitor.caller.clone(),
-        ApiPath(ws.slug.clone()),
-        Paging::first(PAGE_PARAM).query(app),
-    )
+/// Every endpoint of `ws` (for the read-token form's boxes), or none if the API refuses.
+pub async fn all_of(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> Vec<ExportEndpointView> {
+    every(app, |q| {
+        list_export_endpoints(
+            State(app.clone()),
+            visitor.caller.clone(),
+            ApiPath(ws.slug.clone()),
+            q,
+        )
+    })
     .await
-    .map(|Json(p)| p.items)
     .unwrap_or_default()
 }
 

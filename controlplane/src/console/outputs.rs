@@ -14,7 +14,7 @@ use sluice_config::data_out::{Field, Filter};
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::data_out;
 use super::frame::{self, Notice, Tab};
-use super::paging::Paging;
+use super::paging::{every, Paging};
 use super::visitor::Visitor;
 use super::workspace_url;
 use super::workspaces::load;
@@ -134,16 +134,17 @@ fn shaping_fields(form: &OutputForm) -> String {
     )
 }
 
-/// The outputs of `ws` (the first page, for a webhook's choice), or none if the API refuses.
-pub async fn first_page(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> Vec<OutputView> {
-    list_outputs(
-        State(app.clone()),
-        visitor.caller.clone(),
-        ApiPath(ws.slug.clone()),
-        Paging::first(PAGE_PARAM).query(app),
-    )
+/// Every output of `ws` (for a webhook's or endpoint's choice), or none if the API refuses.
+pub async fn all_of(app: &App, visitor: &Visitor, ws: &WorkspaceView) -> Vec<OutputView> {
+    every(app, |q| {
+        list_outputs(
+            State(app.clone()),
+            visitor.caller.clone(),
+            ApiPath(ws.slug.clone()),
+            q,
+        )
+    })
     .await
-    .map(|Json(p)| p.items)
     .unwrap_or_default()
 }
 
@@ -155,7 +156,7 @@ pub async fn section(
     paging: &Paging,
     sources: &[SourceView],
     typed: Option<&OutputForm>,
-) -> (String, Vec<OutputView>) {
+) -> String {
     let page = list_outputs(
         State(app.clone()),
         visitor.caller.clone(),
@@ -233,13 +234,10 @@ pub async fn section(
     } else {
         String::new()
     };
-    (
-        format!(
-            "<section aria-labelledby=\"outputs\"><h2 id=\"outputs\">Outputs</h2>\
+    format!(
+        "<section aria-labelledby=\"outputs\"><h2 id=\"outputs\">Outputs</h2>\
 <p class=\"muted\">An output is a filtered, projected view of one source's events; export \
 endpoints and webhooks deliver it.</p>{table}{form}</section>"
-        ),
-        outputs,
     )
 }
 

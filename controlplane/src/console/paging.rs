@@ -11,32 +11,41 @@ use crate::api::{ApiQuery, Page, PageQuery};
 use crate::app::App;
 use crate::problem::ApiResult;
 
-/// At most this many pages are followed to count a list: its bound (a workspace's sources,
-/// tokens or members) is far below it at the largest page size.
-const PAGES_COUNTED_MAX: usize = 1000;
+/// At most this many pages are followed to read a whole list: its bound (a workspace's 1,000
+/// sources, its tokens or members) is far below it at the largest page size.
+const PAGES_MAX: usize = 1000;
 
-/// How many items a list operation holds in all, following its cursors: a count past the
-/// first page (an overview's "how many").
-pub async fn count_all<T, F, Fut>(app: &App, mut list: F) -> ApiResult<usize>
+/// Every item of a list operation, following its cursors: for a choice among all of them (a
+/// source for an output, endpoints for a read token) and for counts past the first page.
+pub async fn every<T, F, Fut>(app: &App, mut list: F) -> ApiResult<Vec<T>>
 where
     F: FnMut(ApiQuery<PageQuery>) -> Fut,
     Fut: Future<Output = ApiResult<Json<Page<T>>>>,
 {
-    let mut total = 0;
+    let mut items = Vec::new();
     let mut cursor = None;
-    for _ in 0..PAGES_COUNTED_MAX {
+    for _ in 0..PAGES_MAX {
         let Json(page) = list(ApiQuery(PageQuery {
             limit: Some(app.config.page_size_max),
             cursor: cursor.take(),
         }))
         .await?;
-        total += page.items.len();
+        items.extend(page.items);
         match page.next_cursor {
             Some(next) => cursor = Some(next),
             None => break,
         }
     }
-    Ok(total)
+    Ok(items)
+}
+
+/// How many items a list operation holds in all (an overview's "how many").
+pub async fn count_all<T, F, Fut>(app: &App, list: F) -> ApiResult<usize>
+where
+    F: FnMut(ApiQuery<PageQuery>) -> Fut,
+    Fut: Future<Output = ApiResult<Json<Page<T>>>>,
+{
+    every(app, list).await.map(|items| items.len())
 }
 
 /// Which page of one list a console page shows.

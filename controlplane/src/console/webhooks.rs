@@ -351,7 +351,7 @@ async fn change_section(
     ws: &WorkspaceView,
     webhook: &WebhookView,
 ) -> String {
-    let outputs = outputs::first_page(app, visitor, ws).await;
+    let outputs = outputs::all_of(app, visitor, ws).await;
     format!(
         "<section aria-labelledby=\"change\"><h2 id=\"change\">Change</h2>\
 <form method=\"post\" action=\"{base}/webhooks/{slug}\">{csrf}\
