@@ -13,6 +13,7 @@ use crate::rate_limit::{RateLimit, SignInLimits};
 use crate::secrets::SecretBox;
 use crate::sign_in::SignIn;
 use crate::store::{Change, State, Store};
+use sluice_storage::lake::Lake;
 use sluice_storage::shutdown::Shutdown;
 
 /// Attempt limits (see [`ControlPlaneConfig`] for their sizes).
@@ -82,6 +83,9 @@ pub struct App {
     /// The OAuth authorization server's memory: consent pages open, client metadata
     /// documents, the registration limit.
     pub oauth: Arc<crate::oauth::OAuth>,
+    /// The lake nodes write to (the one the purge task cleans): the console's ingest overview
+    /// reads its commit log.
+    pub lake: Arc<Lake>,
 }
 
 impl App {
@@ -92,6 +96,7 @@ impl App {
         sign_in: SignIn,
         config: ControlPlaneConfig,
         shutdown: Shutdown,
+        lake: Arc<Lake>,
     ) -> Self {
         let version = store.read(|s| s.config_version);
         let allow_private = config.smtp_allow_private_hosts;
@@ -116,6 +121,7 @@ impl App {
             password_slots: Arc::new(Semaphore::new(
                 std::thread::available_parallelism().map_or(2, |n| n.get() * 2),
             )),
+            lake,
         }
     }
 

@@ -238,7 +238,15 @@ impl ControlPlane {
                 store.clone(),
                 secrets.clone(),
             )?;
-            App::new(store, mailer, secrets, sign_in, config, shutdown)
+            App::new(
+                store,
+                mailer,
+                secrets,
+                sign_in,
+                config,
+                shutdown,
+                lake.clone(),
+            )
         };
         let router = router(app.clone())?;
         let listener = {
