@@ -20,6 +20,7 @@ mod endpoints;
 mod fields;
 mod frame;
 pub(crate) mod headers;
+mod ingest;
 mod multipart;
 mod outputs;
 mod paging;

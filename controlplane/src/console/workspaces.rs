@@ -8,11 +8,13 @@ use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::frame::{self, Notice, Tab};
-use super::paging::{count_all, Paging};
+use super::ingest;
+use super::paging::{count_all, every, Paging};
 use super::visitor::Visitor;
 use super::{workspace_url, APP_PATH};
 use crate::api::asyncapi::{self, PublicForm};
 use crate::api::html::escape;
+use crate::api::sources::SourceView;
 use crate::api::workspaces::{
     create_workspace, get_workspace, list_workspaces, NewWorkspace, WorkspaceView,
 };
@@ -159,10 +161,15 @@ pub async fn overview(
     let count = |n: Result<usize, _>| n.map_or("–".to_owned(), |n: usize| n.to_string());
     let caller = || visitor.caller.clone();
     let path = || ApiPath(ws.slug.clone());
-    let sources = count_all(&app, |q| {
+    let listed_sources = every(&app, |q| {
         sources::list_sources(State(app.clone()), caller(), path(), q)
     })
     .await;
+    let ingest = match &listed_sources {
+        Ok(listed) => ingest_section(&app, &ws, listed).await,
+        Err(_) => String::new(),
+    };
+    let sources = listed_sources.map(|listed| listed.len());
     let tokens = count_all(&app, |q| {
         tokens::list_tokens(State(app.clone()), caller(), path(), q)
     })
@@ -179,7 +186,7 @@ pub async fn overview(
 <dt>Created</dt><dd>{created}</dd>\
 <dt>Sources</dt><dd>{sources}</dd><dt>Access tokens</dt><dd>{tokens}</dd><dt>Members</dt><dd>{members}</dd>\
 </dl><p>Devices send events to <code>POST /v1/ingest/{slug}/&lt;source&gt;</code> on a node, \
-with an ingest token from <a href=\"{access}\">Access</a>.</p></section>\
+with an ingest token from <a href=\"{access}\">Access</a>.</p></section>{ingest}\
 <section aria-labelledby=\"mcp\"><h2 id=\"mcp\">MCP</h2>\
 <p>AI assistants reach this workspace's API as tools at its MCP URL; the client signs in with \
 OAuth (or a personal access token) and gets your role at most.</p>\
@@ -276,6 +283,64 @@ pub async fn set_asyncapi_public(
         Ok(_) => frame::see_other(&format!("{}?done=asyncapi", workspace_url(&key))),
         Err(refusal) => frame::message_page(refusal.status(), "Not changed", &refusal.detail),
     }
+}
+
+/// The ingest overview: per source (the first [`ingest::SOURCES_MAX`]), the events written
+/// to the lake in the last hour as a sparkline, and the last file written.
+async fn ingest_section(app: &App, ws: &WorkspaceView, sources: &[SourceView]) -> String {
+    if sources.is_empty() {
+        return String::new();
+    }
+    let now_us = chrono::Utc::now().timestamp_micros();
+    let mut rows = String::new();
+    for source in sources.iter().take(ingest::SOURCES_MAX) {
+        let slug = escape(&source.slug);
+        let cells = match ingest::activity(&app.lake, ws.id, &source.slug, now_us).await {
+            Ok(activity) => {
+                let last = activity.last.as_ref().map_or("none yet".to_owned(), |e| {
+                    let at = chrono::DateTime::from_timestamp_micros(e.committed_at_us)
+                        .map_or(String::new(), |t| {
+                            t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+                        });
+                    let file = e.path.rsplit('/').next().unwrap_or(&e.path);
+                    format!(
+                        "<code title=\"{path}\">{file}</code>, {rows} events, {at} (node {node})",
+                        path = escape(&e.path),
+                        file = escape(file),
+                        rows = e.rows,
+                        node = escape(&e.node),
+                    )
+                });
+                format!(
+                    "<td>{spark}</td><td>{at_least}{total}</td><td>{last}</td>",
+                    spark = ingest::sparkline(&source.slug, &activity),
+                    at_least = if activity.at_least { "at least " } else { "" },
+                    total = activity.total,
+                )
+            }
+            Err(e) => {
+                tracing::warn!(workspace = %ws.slug, source = %source.slug, error = %e, "reading the commit log for the ingest overview failed");
+                format!(
+                    "<td colspan=\"3\">not known: the lake's commit log cannot be read ({})</td>",
+                    escape(&e.to_string())
+                )
+            }
+        };
+        rows.push_str(&format!("<tr><td><code>{slug}</code></td>{cells}</tr>"));
+    }
+    let more = sources.len().saturating_sub(ingest::SOURCES_MAX);
+    let more = if more > 0 {
+        format!("<p class=\"muted\">And {more} more sources, not shown.</p>")
+    } else {
+        String::new()
+    };
+    format!(
+        "<section aria-labelledby=\"ingest\"><h2 id=\"ingest\">Ingest, last hour</h2>\
+<p class=\"muted\">Events written to the lake per source (bars of five minutes; events still \
+in a node's batch come with its next file) and the last Parquet file written.</p>\
+<table><thead><tr><th scope=\"col\">Source</th><th scope=\"col\">Last hour</th>\
+<th scope=\"col\">Events</th><th scope=\"col\">Last file</th></tr></thead><tbody>{rows}</tbody></table>{more}</section>"
+    )
 }
 
 /// For Admins: the MCP clients members allowed into the workspace (OAuth grants), with Revoke.
