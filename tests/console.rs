@@ -270,6 +270,14 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     assert!(!text(&left, "listed").contains("Fleet North"), "{left}");
     assert_eq!(left["status"], 404, "{left}");
 
+    let overview = step("overview");
+    let card = text(&overview, "card");
+    assert!(
+        card.contains("meters") && card.contains("\t2\t") && card.contains(".parquet"),
+        "two events written, and the last file: {overview}"
+    );
+    assert_eq!(overview["sparkline"], 1, "{overview}");
+
     let import = step("import");
     assert!(
         text(&import, "refused").contains("cannot be imported"),
@@ -801,6 +809,14 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         "the read token reads only the endpoint it is limited to: {stream}"
     );
 
+    let overview = step("overview");
+    let card = text(&overview, "card");
+    assert!(
+        card.contains("meters") && card.contains("\t2\t") && card.contains(".parquet"),
+        "two events written, and the last file: {overview}"
+    );
+    assert_eq!(overview["sparkline"], 1, "{overview}");
+
     let import = step("import");
     assert_eq!(import["exported"], 200, "{import}");
     assert!(
@@ -836,12 +852,24 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
     assert_eq!(viewer["sees_url"], true, "{viewer}");
 
     let axe = step("axe");
-    for page in ["tag_rules", "output", "data_out", "webhook", "access"] {
+    for page in [
+        "overview",
+        "tag_rules",
+        "output",
+        "data_out",
+        "webhook",
+        "access",
+    ] {
         assert_eq!(axe[page]["serious"], Value::Array(vec![]), "{page}: {axe}");
         assert!(axe[page]["rules_passed"].as_u64() > Some(5), "{axe}");
     }
 
-    for shot in ["tag-rules.png", "data-out.png", "webhook.png"] {
+    for shot in [
+        "tag-rules.png",
+        "data-out.png",
+        "webhook.png",
+        "overview-ingest.png",
+    ] {
         let path = shots.join(shot);
         assert!(
             std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),

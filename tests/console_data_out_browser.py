@@ -258,6 +258,17 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     say("stream", endpoint=endpoint_url, tokens=tokens, ingested=ingested, streamed=streamed,
         other_status=other_status)
 
+    # The overview's ingest card: the events written to the lake in the last hour, per source.
+    def overview():
+        page.goto(f"{api}/app/w/plant")
+        card = page.locator("section:has(h2#ingest) tbody").inner_text()
+        return "\t2\t" in card, card
+
+    ingest_card = until(overview, 20)
+    page.screenshot(path=f"{shots}/overview-ingest.png", full_page=True)
+    say("overview", card=ingest_card,
+        sparkline=page.locator("section:has(h2#ingest) svg[role=img]").count())
+
     # AsyncAPI import from a file, with If-Match on the previewed version: a change made
     # between the preview and the import refuses it with the API's detail.
     exported = page.request.get(f"{api}/api/v1/workspaces/plant/asyncapi")
@@ -295,10 +306,10 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
 
     audited = signed_in(browser, api, admin_token, bypass_csp=True)
     found = {}
-    for name, path in [("tag_rules", "tag-rules"), ("output", "outputs/hot"),
+    for name, path in [("overview", ""), ("tag_rules", "tag-rules"), ("output", "outputs/hot"),
                        ("data_out", "data-out"), ("webhook", "webhooks/hook"),
                        ("access", "access")]:
-        audited.goto(f"{api}/app/w/plant/{path}")
+        audited.goto(f"{api}/app/w/plant/{path}".rstrip("/"))
         found[name] = axe(audited, axe_js)
     say("axe", **found)
 
