@@ -1,21 +1,24 @@
-//! Export endpoints on the Data out tab: the URLs at which end-users read an output with a
-//! `read` token (`GET /v1/stream/{workspace}/{endpoint}` on a node), shown whole with a Copy
-//! button, created and deleted through the API's handlers (`…/export-endpoints`).
+//! Export endpoints on the Data out tab and an endpoint's own page: the URLs at which
+//! end-users read an output with a `read` token (`GET /v1/stream/{workspace}/{endpoint}` on a
+//! node), shown whole with a Copy button, created, changed (name, output) and deleted through
+//! the API's handlers (`…/export-endpoints`, `…/export-endpoints/{endpoint}`).
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
 use super::data_out;
-use super::frame::{self, Notice};
+use super::frame::{self, Notice, Tab};
+use super::outputs;
 use super::paging::{every, Paging};
 use super::visitor::Visitor;
 use super::workspace_url;
+use super::workspaces::load;
 use crate::api::export_endpoints::{
-    create_export_endpoint, delete_export_endpoint, list_export_endpoints, ExportEndpointView,
-    NewExportEndpoint,
+    create_export_endpoint, delete_export_endpoint, get_export_endpoint, list_export_endpoints,
+    update_export_endpoint, ExportEndpointUpdate, ExportEndpointView, NewExportEndpoint,
 };
 use crate::api::html::escape;
 use crate::api::outputs::OutputView;
@@ -102,7 +105,7 @@ pub async fn section(
             String::new()
         };
         rows.push_str(&format!(
-            "<tr><td><code>{slug}</code></td><td>{name}</td><td><code>{output}</code></td>\
+            "<tr><td><a href=\"{base}/export-endpoints/{slug}\"><code>{slug}</code></a></td><td>{name}</td><td><code>{output}</code></td>\
 <td><code id=\"endpoint-url-{slug}\">{url}</code> \
 <button type=\"button\" class=\"secondary\" data-copy=\"endpoint-url-{slug}\" aria-label=\"Copy the URL of {slug}\">Copy</button></td>{delete}</tr>",
             name = escape(&e.name),
@@ -213,5 +216,117 @@ pub async fn delete(
             )
             .await
         }
+    }
+}
+
+/// An endpoint's page: its URL with Copy, and for Admins and Editors its name and output.
+pub async fn page(
+    State(app): State<App>,
+    visitor: Visitor,
+    Path((key, slug)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Response {
+    render(
+        &app,
+        &visitor,
+        &key,
+        &slug,
+        Notice::from_query(query.as_deref()),
+    )
+    .await
+}
+
+async fn render(
+    app: &App,
+    visitor: &Visitor,
+    key: &str,
+    slug: &str,
+    notice: Option<Notice>,
+) -> Response {
+    let ws = match load(app, visitor, key).await {
+        Ok(ws) => ws,
+        Err(page) => return page,
+    };
+    let endpoint = match get_export_endpoint(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((ws.slug.clone(), slug.to_owned())),
+    )
+    .await
+    {
+        Ok(Json(e)) => e,
+        Err(e) => return frame::message_page(e.status(), "No such export endpoint", &e.detail),
+    };
+    let base = escape(&workspace_url(&ws.slug));
+    let url = format!("{}{}", app.config.device_urls().ingest, endpoint.url);
+    let mut main = format!(
+        "<section aria-labelledby=\"what\"><h2 id=\"what\">Where end-users read</h2>\
+<p class=\"secret\"><code id=\"endpoint-url\">{url}</code>\
+<button type=\"button\" data-copy=\"endpoint-url\">Copy</button></p>\
+<dl><dt>Output</dt><dd><a href=\"{base}/outputs/{output}\"><code>{output}</code></a></dd>\
+<dt>Created</dt><dd>{created}</dd></dl></section>",
+        url = escape(&url),
+        output = escape(&endpoint.output),
+        created = endpoint.created_at.format("%Y-%m-%d %H:%M UTC"),
+    );
+    if Action::ManageOutputs.allows(ws.role) {
+        let outputs = outputs::all_of(app, visitor, &ws).await;
+        let csrf = hidden_field(&visitor.csrf);
+        main.push_str(&format!(
+            "<section aria-labelledby=\"change\"><h2 id=\"change\">Change</h2>\
+<form method=\"post\" action=\"{base}/export-endpoints/{slug}\">{csrf}\
+<label>Name <input name=\"name\" value=\"{name}\" required maxlength=\"100\"></label>\
+<label>Output <select name=\"output\">{options}</select></label>\
+<button>Save endpoint</button></form>\
+<form method=\"post\" action=\"{base}/export-endpoints/{slug}/delete\">{csrf}\
+<button class=\"danger\">Delete endpoint</button></form></section>",
+            slug = escape(&endpoint.slug),
+            name = escape(&endpoint.name),
+            options = output_options(&outputs, &endpoint.output),
+        ));
+    }
+    let title = format!("{} · export endpoint {}", ws.name, endpoint.slug);
+    frame::page(
+        app,
+        visitor,
+        Some((&ws, Tab::DataOut)),
+        &title,
+        notice,
+        &main,
+    )
+    .await
+}
+
+/// The change form of an endpoint.
+#[derive(Debug, Deserialize)]
+pub struct ChangeForm {
+    name: String,
+    output: String,
+}
+
+/// Changes an endpoint as `PATCH …/export-endpoints/{endpoint}` does.
+pub async fn save(
+    State(app): State<App>,
+    Path((key, slug)): Path<(String, String)>,
+    posted: CheckedForm<ChangeForm>,
+) -> Response {
+    let CheckedForm { visitor, form } = posted;
+    match update_export_endpoint(
+        State(app.clone()),
+        visitor.caller.clone(),
+        ApiPath((key.clone(), slug.clone())),
+        ApiJson(ExportEndpointUpdate {
+            name: Some(form.name),
+            output: Some(form.output),
+        }),
+    )
+    .await
+    {
+        Ok(_) => frame::see_other(&format!(
+            "{}/export-endpoints/{}?done=endpoint-saved",
+            workspace_url(&key),
+            super::url_segment(&slug)
+        )),
+        Err(refusal) => render(&app, &visitor, &key, &slug, Some(Notice::Refused(refusal))).await,
     }
 }

@@ -67,6 +67,9 @@ impl Notice {
             "output-deleted" => "The output is deleted.",
             "endpoint" => "The export endpoint is created.",
             "endpoint-deleted" => "The export endpoint is deleted.",
+            "endpoint-saved" => {
+                "The export endpoint is saved; nodes apply it with the next configuration."
+            }
             "webhook-enabled" => "The webhook is enabled: it sends again.",
             "webhook-disabled" => "The webhook is disabled: it sends nothing until enabled.",
             "webhook-deleted" => "The webhook is deleted.",

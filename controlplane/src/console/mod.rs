@@ -166,6 +166,10 @@ pub fn routes() -> Router<App> {
             post(endpoints::create),
         )
         .route(
+            "/app/w/{workspace}/export-endpoints/{endpoint}",
+            get(endpoints::page).post(endpoints::save),
+        )
+        .route(
             "/app/w/{workspace}/export-endpoints/{endpoint}/delete",
             post(endpoints::delete),
         )
