@@ -749,7 +749,7 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
     assert_eq!(outputs["copied_url"], outputs["endpoint_url"], "{outputs}");
     let endpoints = list(&outputs, "endpoints").join("\n");
     assert!(
-        endpoints.contains("spare-feed") && !endpoints.contains("old-feed"),
+        endpoints.contains("Spare feed") && !endpoints.contains("old-feed"),
         "{outputs}"
     );
     assert!(text(&outputs, "in_use").contains("Not done"), "{outputs}");
@@ -845,7 +845,7 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
     );
 
     let viewer = step("viewer");
-    for page in ["tag_rules", "data_out", "output", "webhook"] {
+    for page in ["tag_rules", "data_out", "output", "webhook", "endpoint"] {
         assert_eq!(viewer["controls"][page], 0, "{page}: {viewer}");
     }
     assert_eq!(viewer["sees_hook"], true, "{viewer}");

@@ -179,6 +179,11 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     copied_url = page.evaluate("navigator.clipboard.readText()")
     page.click("button[aria-label='Delete the export endpoint old-feed']")
     page.wait_for_url(re.compile(r"done=endpoint-deleted"))
+    page.click("a[href$='/export-endpoints/spare-feed']")
+    page.fill("input[name=name]", "Spare feed")
+    page.click("button:has-text('Save endpoint')")
+    page.wait_for_url(re.compile(r"done=endpoint-saved"))
+    page.click("nav[aria-label=Workspace] a:has-text('Data out')")
     endpoints = rows(page, "endpoints")
 
     # An output an endpoint serves cannot be deleted: the API's detail says why.
@@ -296,7 +301,8 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     viewer = signed_in(browser, api, viewer_token)
     controls = {}
     for name, path in [("tag_rules", "tag-rules"), ("data_out", "data-out"),
-                       ("output", "outputs/hot"), ("webhook", "webhooks/hook")]:
+                       ("output", "outputs/hot"), ("webhook", "webhooks/hook"),
+                       ("endpoint", "export-endpoints/hot-feed")]:
         viewer.goto(f"{api}/app/w/plant/{path}")
         controls[name] = write_controls(viewer)
     viewer.goto(f"{api}/app/w/plant/data-out")
@@ -308,7 +314,7 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     found = {}
     for name, path in [("overview", ""), ("tag_rules", "tag-rules"), ("output", "outputs/hot"),
                        ("data_out", "data-out"), ("webhook", "webhooks/hook"),
-                       ("access", "access")]:
+                       ("endpoint", "export-endpoints/hot-feed"), ("access", "access")]:
         audited.goto(f"{api}/app/w/plant/{path}".rstrip("/"))
         found[name] = axe(audited, axe_js)
     say("axe", **found)
