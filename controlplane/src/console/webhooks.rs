@@ -214,9 +214,17 @@ pub async fn page(
         &slug,
         Notice::from_query(query.as_deref()),
         &paging,
-        None,
+        Extra::Nothing,
     )
     .await
+}
+
+/// What a webhook's page shows besides the webhook: a secret just made, or a refused change
+/// as it was typed.
+enum Extra<'a> {
+    Nothing,
+    Secret(String),
+    Typed(&'a ChangeForm),
 }
 
 async fn render(
@@ -226,8 +234,13 @@ async fn render(
     slug: &str,
     notice: Option<Notice>,
     paging: &Paging,
-    new_secret: Option<String>,
+    extra: Extra<'_>,
 ) -> Response {
+    let (new_secret, typed) = match extra {
+        Extra::Nothing => (None, None),
+        Extra::Secret(secret) => (Some(secret), None),
+        Extra::Typed(form) => (None, Some(form)),
+    };
     let ws = match load(app, visitor, key).await {
         Ok(ws) => ws,
         Err(page) => return page,
@@ -281,7 +294,7 @@ async fn render(
     }
     main.push_str("</section>");
     if Action::ManageOutputs.allows(ws.role) {
-        main.push_str(&change_section(app, visitor, &ws, &webhook).await);
+        main.push_str(&change_section(app, visitor, &ws, &webhook, typed).await);
     }
 
     let deliveries = list_webhook_deliveries(
@@ -350,8 +363,20 @@ async fn change_section(
     visitor: &Visitor,
     ws: &WorkspaceView,
     webhook: &WebhookView,
+    typed: Option<&ChangeForm>,
 ) -> String {
     let outputs = outputs::all_of(app, visitor, ws).await;
+    let stored = ChangeForm {
+        name: webhook.name.clone(),
+        output: webhook.output.clone(),
+        url: webhook.url.clone(),
+        batch_events_max: webhook.batch_events_max.to_string(),
+        batch_bytes_max: webhook.batch_bytes_max.to_string(),
+        batch_interval_ms: webhook.batch_interval_ms.to_string(),
+        disable_after_s: webhook.disable_after_s.to_string(),
+    };
+    // After a refusal, what was typed.
+    let shown = typed.unwrap_or(&stored);
     format!(
         "<section aria-labelledby=\"change\"><h2 id=\"change\">Change</h2>\
 <form method=\"post\" action=\"{base}/webhooks/{slug}\">{csrf}\
@@ -366,13 +391,13 @@ async fn change_section(
         base = escape(&workspace_url(&ws.slug)),
         slug = escape(&webhook.slug),
         csrf = hidden_field(&visitor.csrf),
-        name = escape(&webhook.name),
-        options = output_options(&outputs, &webhook.output),
-        url = escape(&webhook.url),
-        events = webhook.batch_events_max,
-        bytes = webhook.batch_bytes_max,
-        interval = webhook.batch_interval_ms,
-        after = webhook.disable_after_s,
+        name = escape(&shown.name),
+        options = output_options(&outputs, &shown.output),
+        url = escape(&shown.url),
+        events = escape(&shown.batch_events_max),
+        bytes = escape(&shown.batch_bytes_max),
+        interval = escape(&shown.batch_interval_ms),
+        after = escape(&shown.disable_after_s),
     )
 }
 
@@ -438,7 +463,18 @@ pub async fn save(
             workspace_url(&key),
             super::url_segment(&slug)
         )),
-        Err(refusal) => refused(&app, &visitor, &key, &slug, refusal).await,
+        Err(refusal) => {
+            render(
+                &app,
+                &visitor,
+                &key,
+                &slug,
+                Some(Notice::Refused(refusal)),
+                &Paging::first(DELIVERIES_PARAM),
+                Extra::Typed(&form),
+            )
+            .await
+        }
     }
 }
 
@@ -513,7 +549,7 @@ async fn refused(
         slug,
         Some(Notice::Refused(refusal)),
         &Paging::first(DELIVERIES_PARAM),
-        None,
+        Extra::Nothing,
     )
     .await
 }
@@ -552,7 +588,7 @@ pub async fn test(
                 &slug,
                 Some(notice),
                 &Paging::first(DELIVERIES_PARAM),
-                None,
+                Extra::Nothing,
             )
             .await
         }
@@ -585,7 +621,7 @@ pub async fn rotate_secret(
                     "The signing secret is replaced: nodes sign with the new one from the next configuration.",
                 )),
                 &Paging::first(DELIVERIES_PARAM),
-                rotated.secret,
+                rotated.secret.map_or(Extra::Nothing, Extra::Secret),
             )
             .await
         }
