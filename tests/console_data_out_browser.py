@@ -219,13 +219,15 @@ def run(browser, api, node, shots, admin_token, viewer_token, axe_js, hook_url):
     page.fill("form[action$='/webhooks/hook'] input[name=url]", "ftp://example.com/hook")
     page.click("button:has-text('Save webhook')")
     url_refused = page.locator(".notice").inner_text()
+    url_kept = page.input_value("form[action$='/webhooks/hook'] input[name=url]")
+    page.fill("form[action$='/webhooks/hook'] input[name=url]", hook_url)
     page.fill("form[action$='/webhooks/hook'] input[name=batch_interval_ms]", "2000")
     page.click("button:has-text('Save webhook')")
     page.wait_for_url(re.compile(r"done=webhook-saved"))
     batches = page.locator("section:has(h2#what) dl").inner_text()
     say("webhook", secret=secret, copied=copied_secret, in_url=in_url, shown_again=shown_again,
         rows=webhooks, tested=tested, attempts=attempts, disabled=disabled, enabled=enabled,
-        url_refused=url_refused, batches=batches)
+        url_refused=url_refused, url_kept=url_kept, batches=batches)
 
     # Access: a read token limited to hot-feed, and an ingest token; events through to a reader.
     page.click("nav[aria-label=Workspace] a:has-text('Access')")
