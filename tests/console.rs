@@ -777,6 +777,7 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         text(&webhook, "url_refused").contains("Not done"),
         "{webhook}"
     );
+    assert_eq!(webhook["url_kept"], "ftp://example.com/hook", "{webhook}");
     assert!(
         text(&webhook, "batches").contains("at least every 2000 ms"),
         "{webhook}"
