@@ -27,6 +27,8 @@ const BUCKETS: usize = 12;
 const ENTRIES_PER_NODE_MAX: usize = 120;
 /// Sources shown on the overview; the rest are counted in a sentence.
 pub const SOURCES_MAX: usize = 20;
+/// Sources whose commit logs are read at once for one page.
+pub const SOURCES_AT_ONCE: usize = 4;
 
 /// One source's writes in the window.
 #[derive(Debug, Default, PartialEq, Eq)]

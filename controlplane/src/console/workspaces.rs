@@ -4,6 +4,7 @@
 use axum::extract::{Path, RawQuery, State};
 use axum::response::Response;
 use axum::Json;
+use futures::StreamExt;
 use serde::Deserialize;
 
 use super::csrf::{hidden_field, CheckedForm, NoFields};
@@ -293,9 +294,22 @@ async fn ingest_section(app: &App, ws: &WorkspaceView, sources: &[SourceView]) -
     }
     let now_us = chrono::Utc::now().timestamp_micros();
     let mut rows = String::new();
-    for source in sources.iter().take(ingest::SOURCES_MAX) {
+    // Sources are read a few at once: each is a handful of small reads of object storage,
+    // and the page waits for all of them.
+    let shown = &sources[..sources.len().min(ingest::SOURCES_MAX)];
+    let workspace_id = ws.id;
+    let slugs: Vec<String> = shown.iter().map(|s| s.slug.clone()).collect();
+    let activities: Vec<_> = futures::stream::iter(slugs)
+        .map(|slug| {
+            let lake = app.lake.clone();
+            async move { ingest::activity(&lake, workspace_id, &slug, now_us).await }
+        })
+        .buffered(ingest::SOURCES_AT_ONCE)
+        .collect()
+        .await;
+    for (source, activity) in shown.iter().zip(activities) {
         let slug = escape(&source.slug);
-        let cells = match ingest::activity(&app.lake, ws.id, &source.slug, now_us).await {
+        let cells = match activity {
             Ok(activity) => {
                 let last = activity.last.as_ref().map_or("none yet".to_owned(), |e| {
                     let at = chrono::DateTime::from_timestamp_micros(e.committed_at_us)
