@@ -29,6 +29,7 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
+mod nginx;
 mod cluster;
 mod data_out;
 mod loadgen;
@@ -121,7 +122,11 @@ pub struct HttpArgs {
     /// The `sluice` binary [default: `sluice` next to this executable].
     #[arg(long)]
     sluice_bin: Option<PathBuf>,
-    /// Scenarios to run [default: all three].
+    /// The `nginx` binary of the `nginx` scenario [default: /usr/sbin/nginx, else `nginx` on
+    /// PATH].
+    #[arg(long)]
+    nginx_bin: Option<PathBuf>,
+    /// Scenarios to run [default: baseline, nginx when installed, sluice-json, sluice-ndjson].
     #[arg(long, value_enum, value_delimiter = ',')]
     scenario: Vec<Scenario>,
     /// HTTP I/O drivers of the Sluice nodes (`sluice --http-io-driver`): each Sluice scenario
@@ -153,6 +158,9 @@ enum Scenario {
     Baseline,
     /// The bare 204 server on Sluice's io_uring transport (tokio-uring), single-event bodies.
     BaselineUring,
+    /// nginx (Debian's `nginx-light`, one process, `return 204`) with single-event JSON
+    /// bodies: the reference users compare with. In the default set when nginx is installed.
+    Nginx,
     /// Sluice with single-event JSON bodies.
     SluiceJson,
     /// Sluice with `--batch-events` NDJSON bodies.
@@ -258,14 +266,24 @@ fn main() -> Result<()> {
 }
 
 fn http(args: HttpArgs) -> Result<()> {
+    let nginx_bin = nginx::find(args.nginx_bin.as_deref());
     let scenarios = if args.scenario.is_empty() {
-        vec![
-            Scenario::Baseline,
-            Scenario::SluiceJson,
-            Scenario::SluiceNdjson,
-        ]
+        let mut all = vec![Scenario::Baseline];
+        match &nginx_bin {
+            Some(_) => all.push(Scenario::Nginx),
+            None => progress("no nginx installed (apt-get install nginx-light): no nginx-204 scenario"),
+        }
+        all.extend([Scenario::SluiceJson, Scenario::SluiceNdjson]);
+        all
     } else {
         args.scenario.clone()
+    };
+    let nginx_bin = match (scenarios.contains(&Scenario::Nginx), nginx_bin) {
+        (true, Some(bin)) => Some(bin),
+        (true, None) => anyhow::bail!(
+            "the nginx scenario needs nginx: apt-get install nginx-light, or --nginx-bin"
+        ),
+        (false, _) => None,
     };
     let mut drivers: Vec<HttpDriver> = Vec::new();
     for &driver in &args.http_io_drivers {
@@ -273,9 +291,12 @@ fn http(args: HttpArgs) -> Result<()> {
             drivers.push(driver);
         }
     }
-    let needs_sluice = scenarios
-        .iter()
-        .any(|s| !matches!(s, Scenario::Baseline | Scenario::BaselineUring));
+    let needs_sluice = scenarios.iter().any(|s| {
+        !matches!(
+            s,
+            Scenario::Baseline | Scenario::BaselineUring | Scenario::Nginx
+        )
+    });
     let bin = match &args.sluice_bin {
         Some(bin) => bin.clone(),
         None => sluice::default_binary()?,
@@ -298,6 +319,7 @@ fn http(args: HttpArgs) -> Result<()> {
 
     let mut results = Vec::new();
     let mut rounds = BTreeMap::new();
+    let mut nginx_rounds = BTreeMap::new();
     let interleave = args.rounds > 1
         && scenarios.contains(&Scenario::Baseline)
         && scenarios.contains(&Scenario::SluiceJson);
@@ -319,17 +341,36 @@ fn http(args: HttpArgs) -> Result<()> {
                 args.rounds as u32,
                 &single,
                 &drivers,
+                nginx_bin.as_deref(),
             )?;
             progress(&measured.baseline.one_line());
             results.push(measured.baseline);
-            for (single, pairs) in measured.singles {
+            if let Some(nginx) = measured.nginx {
+                progress(&nginx.one_line());
+                results.push(nginx);
+            }
+            for (single, pairs, nginx_pairs) in measured.singles {
                 progress(&single.one_line());
                 rounds.insert((single.name.clone(), plan.connections), pairs);
+                if !nginx_pairs.is_empty() {
+                    nginx_rounds.insert((single.name.clone(), plan.connections), nginx_pairs);
+                }
                 results.push(single);
             }
         }
         for &scenario in &scenarios {
-            if interleave && matches!(scenario, Scenario::Baseline | Scenario::SluiceJson) {
+            if interleave
+                && matches!(
+                    scenario,
+                    Scenario::Baseline | Scenario::SluiceJson | Scenario::Nginx
+                )
+            {
+                continue;
+            }
+            if let (Scenario::Nginx, Some(bin)) = (scenario, &nginx_bin) {
+                let result = run_nginx(&runtime, plan, bin, &single)?;
+                progress(&result.one_line());
+                results.push(result);
                 continue;
             }
             // Batches reach the CPU's limit at any count; one count keeps the run short.
@@ -354,7 +395,7 @@ fn http(args: HttpArgs) -> Result<()> {
             for &driver in &drivers {
                 let node = (bin.as_path(), server_threads, driver);
                 let result = match scenario {
-                    Scenario::Baseline | Scenario::BaselineUring => continue,
+                    Scenario::Baseline | Scenario::BaselineUring | Scenario::Nginx => continue,
                     Scenario::SluiceJson => run_sluice(
                         &runtime,
                         node,
@@ -409,6 +450,7 @@ fn http(args: HttpArgs) -> Result<()> {
 
     let mut report = Report::new(&args, results);
     report.rounds = rounds;
+    report.nginx_rounds = nginx_rounds;
     if args.json {
         let text = serde_json::to_string_pretty(&report.to_json()).context("encoding JSON")?;
         println!("{text}");
@@ -471,15 +513,47 @@ fn baseline_target(addr: std::net::SocketAddr, single: &Arc<Vec<bytes::Bytes>>) 
     }
 }
 
+/// The reference users compare with: nginx answering 204, in its own process.
+fn run_nginx(
+    runtime: &tokio::runtime::Runtime,
+    plan: Plan,
+    bin: &std::path::Path,
+    single: &Arc<Vec<bytes::Bytes>>,
+) -> Result<ScenarioResult> {
+    progress(&format!(
+        "nginx-204: {}, one process, {} single-event requests in flight",
+        bin.display(),
+        plan.connections
+    ));
+    let server = nginx::Nginx::start(bin)?;
+    let outcome = runtime.block_on(loadgen::run(
+        Arc::new(baseline_target(server.addr, single)),
+        plan,
+        ServerProcess::Child(server.pid()),
+    ));
+    let peak = server.peak_rss_kib().ok();
+    server.stop();
+    let outcome = outcome.context("nginx-204 scenario")?;
+    let mut result = ScenarioResult::new("nginx-204", "application/json", 1, single, &outcome);
+    result.server_peak_rss_kib = peak;
+    Ok(result)
+}
+
+/// Each alternating round's (reference, Sluice) requests/s.
+type RoundRates = Vec<(f64, f64)>;
+
 /// What [`run_interleaved`] measured.
 struct Interleaved {
     baseline: ScenarioResult,
-    /// Single-event Sluice on each driver, with each round's (baseline, Sluice) req/s.
-    singles: Vec<(ScenarioResult, Vec<(f64, f64)>)>,
+    nginx: Option<ScenarioResult>,
+    /// Single-event Sluice on each driver, with each round's (baseline, Sluice) req/s and,
+    /// when nginx ran, each round's (nginx, Sluice) req/s.
+    singles: Vec<(ScenarioResult, RoundRates, RoundRates)>,
 }
 
-/// The baseline and single-event Sluice on each of `drivers`, all running throughout,
-/// measured in `rounds` alternating windows.
+/// The baseline, nginx (given its binary) and single-event Sluice on each of `drivers`, all
+/// running throughout, measured in `rounds` alternating windows.
+#[allow(clippy::too_many_arguments)]
 fn run_interleaved(
     runtime: &tokio::runtime::Runtime,
     bin: &std::path::Path,
@@ -488,6 +562,7 @@ fn run_interleaved(
     rounds: u32,
     single: &Arc<Vec<bytes::Bytes>>,
     drivers: &[HttpDriver],
+    nginx_bin: Option<&std::path::Path>,
 ) -> Result<Interleaved> {
     let round_plan = Plan {
         duration: plan.duration / rounds,
@@ -498,8 +573,9 @@ fn run_interleaved(
         .map(|d| d.scenario("sluice-json-1"))
         .collect();
     progress(&format!(
-        "baseline-204 and {} in {rounds} alternating rounds of {:.1} s (each after {:.1} s of \
+        "baseline-204{} and {} in {rounds} alternating rounds of {:.1} s (each after {:.1} s of \
          warm-up), {} connections",
+        if nginx_bin.is_some() { ", nginx-204" } else { "" },
         names.join(", "),
         round_plan.duration.as_secs_f64(),
         round_plan.warmup.as_secs_f64(),
@@ -508,6 +584,16 @@ fn run_interleaved(
     let hwm_before = sluice::vm_hwm_kib("/proc/self/status")?;
     let server = baseline::Baseline::start(server_threads)?;
     let base_target = Arc::new(baseline_target(server.addr(), single));
+    let nginx = match nginx_bin {
+        Some(bin) => {
+            let nginx = nginx::Nginx::start(bin)?;
+            let target = Arc::new(baseline_target(nginx.addr, single));
+            Some((nginx, target))
+        }
+        None => None,
+    };
+    let mut nginx_total: Option<loadgen::Outcome> = None;
+    let mut nginx_pairs: Vec<Vec<(f64, f64)>> = drivers.iter().map(|_| Vec::new()).collect();
     let mut nodes = Vec::new();
     for &driver in drivers {
         let node = sluice::Node::start(bin, server_threads, driver.flag())?;
@@ -532,6 +618,18 @@ fn run_interleaved(
             .context("baseline round")?;
         let base_rate = rate(&base);
         absorb(&mut base_total, base);
+        let mut nginx_rate = None;
+        if let Some((nginx, target)) = &nginx {
+            let one = runtime
+                .block_on(loadgen::run(
+                    target.clone(),
+                    round_plan,
+                    ServerProcess::Child(nginx.pid()),
+                ))
+                .context("nginx-204 round")?;
+            nginx_rate = Some(rate(&one));
+            absorb(&mut nginx_total, one);
+        }
         for (i, (node, target)) in nodes.iter().enumerate() {
             let one = runtime
                 .block_on(loadgen::run(
@@ -549,10 +647,33 @@ fn run_interleaved(
                 pair.1 / pair.0.max(1e-9)
             ));
             pairs[i].push(pair);
+            if let Some(nginx_rate) = nginx_rate {
+                progress(&format!(
+                    "round {round}: nginx {nginx_rate:.0} req/s, {} / nginx {:.2}",
+                    names[i],
+                    pair.1 / nginx_rate.max(1e-9)
+                ));
+                nginx_pairs[i].push((nginx_rate, pair.1));
+            }
             absorb(&mut sluice_totals[i], one);
         }
     }
     server.stop();
+    let nginx = match (nginx, nginx_total) {
+        (Some((nginx, _)), Some(total)) => {
+            let peak = nginx.peak_rss_kib().ok();
+            nginx.stop();
+            let mut result =
+                ScenarioResult::new("nginx-204", "application/json", 1, single, &total);
+            result.server_peak_rss_kib = peak;
+            Some(result)
+        }
+        (Some((nginx, _)), None) => {
+            nginx.stop();
+            None
+        }
+        (None, _) => None,
+    };
     let hwm_after = sluice::vm_hwm_kib("/proc/self/status")?;
     let Some(base_total) = base_total else {
         anyhow::bail!("no rounds were run");
@@ -560,19 +681,21 @@ fn run_interleaved(
     let mut base = ScenarioResult::new("baseline-204", "application/json", 1, single, &base_total);
     base.bench_vmhwm_growth_kib = Some(hwm_after.saturating_sub(hwm_before));
     let mut singles = Vec::new();
-    for (((node, _), total), (name, pairs)) in nodes
+    for ((((node, _), total), (name, pairs)), nginx_pairs) in nodes
         .into_iter()
         .zip(sluice_totals)
         .zip(names.iter().zip(pairs))
+        .zip(nginx_pairs)
     {
         let Some(total) = total else {
             anyhow::bail!("no rounds were run");
         };
         let one = finish_sluice(node, name, "application/json", 1, single, &total)?;
-        singles.push((one, pairs));
+        singles.push((one, pairs, nginx_pairs));
     }
     Ok(Interleaved {
         baseline: base,
+        nginx,
         singles,
     })
 }

@@ -13,6 +13,8 @@ use crate::HttpArgs;
 
 /// Scenario names the ratio is taken between.
 const BASELINE: &str = "baseline-204";
+/// The reference users compare with (issue 22's target is stated against it).
+const NGINX: &str = "nginx-204";
 const SINGLE: &str = "sluice-json-1";
 
 /// The median of the rounds' ratios.
@@ -37,6 +39,8 @@ fn median_ratio(rounds: &[(f64, f64)]) -> Option<f64> {
 /// Targets from the performance issue, reported against (never enforced).
 const TARGET_SINGLE_RATIO: f64 = 0.60;
 const TARGET_NDJSON_EVENTS_PER_S: f64 = 500_000.0;
+/// Single-event Sluice against nginx's 204 at the same connection count.
+const TARGET_NGINX_RATIO: f64 = 0.80;
 
 /// Figures of one scenario.
 pub struct ScenarioResult {
@@ -230,6 +234,8 @@ pub struct Report {
     /// (baseline, Sluice single-event) req/s of each alternating round, when interleaved, by
     /// Sluice scenario (one per HTTP I/O driver) and connection count.
     pub rounds: BTreeMap<(String, usize), Vec<(f64, f64)>>,
+    /// The same with nginx's req/s in place of the baseline's, when nginx ran interleaved.
+    pub nginx_rounds: BTreeMap<(String, usize), Vec<(f64, f64)>>,
 }
 
 /// The baseline and Sluice single-event at one connection count.
@@ -260,6 +266,7 @@ impl Report {
                 .unwrap_or_default(),
             results,
             rounds: BTreeMap::new(),
+            nginx_rounds: BTreeMap::new(),
         }
     }
 
@@ -293,7 +300,12 @@ impl Report {
 
     /// The rounds of `pair`, when interleaved.
     fn rounds_of(&self, pair: &Pair<'_>) -> &[(f64, f64)] {
-        self.rounds
+        let rounds = if pair.baseline.name == NGINX {
+            &self.nginx_rounds
+        } else {
+            &self.rounds
+        };
+        rounds
             .get(&(pair.single.name.clone(), pair.connections))
             .map_or(&[][..], Vec::as_slice)
     }
@@ -301,6 +313,17 @@ impl Report {
     /// The baseline and each Sluice single-event scenario side by side, at each count both
     /// ran at.
     fn pairs(&self) -> Vec<Pair<'_>> {
+        self.pairs_with(BASELINE)
+    }
+
+    /// nginx and each Sluice single-event scenario side by side, at each count both ran at.
+    fn nginx_pairs(&self) -> Vec<Pair<'_>> {
+        self.pairs_with(NGINX)
+    }
+
+    /// `reference` and each Sluice single-event scenario side by side, at each count both
+    /// ran at.
+    fn pairs_with(&self, reference: &'static str) -> Vec<Pair<'_>> {
         let at = |name: &str, connections: usize| {
             self.results
                 .iter()
@@ -316,7 +339,7 @@ impl Report {
                 singles.iter().filter_map(move |&single| {
                     Some(Pair {
                         connections,
-                        baseline: at(BASELINE, connections)?,
+                        baseline: at(reference, connections)?,
                         single: at(single, connections)?,
                     })
                 })
@@ -375,6 +398,23 @@ impl Report {
                     "median_round_ratio": median_ratio(rounds).map(|v| round(v, 3)),
                 })
             }).collect::<Vec<_>>(),
+            "vs_nginx_by_connections": self.nginx_pairs().iter().map(|pair| {
+                let rounds = self.rounds_of(pair);
+                json!({
+                    "connections": pair.connections,
+                    "sluice_scenario": pair.single.name,
+                    "nginx_requests_per_s": round(pair.baseline.requests_per_s, 1),
+                    "sluice_single_requests_per_s": round(pair.single.requests_per_s, 1),
+                    "ratio": round(pair.ratio(), 3),
+                    "rounds": rounds.iter().map(|(nginx, single)| json!({
+                        "nginx_requests_per_s": round(*nginx, 1),
+                        "sluice_single_requests_per_s": round(*single, 1),
+                    })).collect::<Vec<_>>(),
+                    "median_round_ratio": median_ratio(rounds).map(|v| round(v, 3)),
+                    "target_min": TARGET_NGINX_RATIO,
+                    "target_met": pair.ratio() >= TARGET_NGINX_RATIO,
+                })
+            }).collect::<Vec<_>>(),
             "targets": {
                 "single_vs_baseline_min": TARGET_SINGLE_RATIO,
                 "single_vs_baseline_met": ratio.map(|r| r >= TARGET_SINGLE_RATIO),
@@ -405,8 +445,13 @@ impl Report {
         if let Some(rounds) = self.rounds.values().next() {
             let _ = writeln!(
                 out,
-                "baseline-204 and {} were measured in {} alternating rounds at each connection \
-                 count, each round after its own warm-up, the {} s split between them",
+                "baseline-204{} and {} were measured in {} alternating rounds at each \
+                 connection count, each round after its own warm-up, the {} s split between them",
+                if self.nginx_rounds.is_empty() {
+                    ""
+                } else {
+                    ", nginx-204"
+                },
                 self.singles().join(", "),
                 rounds.len(),
                 self.duration_secs
@@ -452,7 +497,13 @@ impl Report {
             );
         }
         let _ = writeln!(out);
-        for pair in self.pairs() {
+        let nginx_pairs = self.nginx_pairs();
+        for pair in self.pairs().into_iter().chain(nginx_pairs) {
+            let reference = if pair.baseline.name == NGINX {
+                "nginx 204"
+            } else {
+                "baseline 204"
+            };
             let rounds = self.rounds_of(&pair);
             let per_round: Vec<String> = rounds
                 .iter()
@@ -460,25 +511,24 @@ impl Report {
                 .collect();
             let _ = write!(
                 out,
-                "{:>4} connections: {} {} req/s / baseline 204 {} req/s = {:.2}",
+                "{:>4} connections: {} {} req/s / {reference} {} req/s = {:.2}",
                 pair.connections,
                 pair.single.name,
                 grouped(pair.single.requests_per_s),
                 grouped(pair.baseline.requests_per_s),
                 pair.ratio()
             );
-            match median_ratio(rounds) {
-                Some(median) => {
-                    let _ = writeln!(
-                        out,
-                        " (rounds {}, median {median:.2})",
-                        per_round.join(", ")
-                    );
-                }
-                None => {
-                    let _ = writeln!(out);
-                }
+            if let Some(median) = median_ratio(rounds) {
+                let _ = write!(out, " (rounds {}, median {median:.2})", per_round.join(", "));
             }
+            if pair.baseline.name == NGINX {
+                let _ = write!(
+                    out,
+                    " (target >= {TARGET_NGINX_RATIO:.2}: {})",
+                    verdict(pair.ratio() >= TARGET_NGINX_RATIO)
+                );
+            }
+            let _ = writeln!(out);
         }
         for name in self.singles() {
             let (Some(ratio), Some(base), Some(single)) =
@@ -621,10 +671,16 @@ mod tests {
                 result("sluice-ndjson-1000", 64, 1_000),
                 result(BASELINE, 256, 80_000),
                 result(SINGLE, 256, 70_000),
+                result(NGINX, 64, 125_000),
+                result(NGINX, 256, 87_500),
             ],
             rounds: BTreeMap::from([(
                 (SINGLE.to_owned(), 64),
                 vec![(100_000.0, 40_000.0), (100_000.0, 60_000.0)],
+            )]),
+            nginx_rounds: BTreeMap::from([(
+                (SINGLE.to_owned(), 256),
+                vec![(90_000.0, 72_000.0), (85_000.0, 68_000.0)],
             )]),
         };
         // Sluice's best (256) against the ceiling (the baseline at 64).
@@ -647,6 +703,24 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("median 0.50"), "{table}");
+        // nginx is set against Sluice at the same count, each count against its own target.
+        assert!(
+            table.contains(
+                "64 connections: sluice-json-1 50,000 req/s / nginx 204 125,000 req/s = 0.40 \
+                 (target >= 0.80: NOT met)"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains(
+                "256 connections: sluice-json-1 70,000 req/s / nginx 204 87,500 req/s = 0.80 \
+                 (rounds 0.80, 0.80, median 0.80) (target >= 0.80: met)"
+            ),
+            "{table}"
+        );
+        let json = report.to_json();
+        assert_eq!(json["vs_nginx_by_connections"][0]["target_met"], false);
+        assert_eq!(json["vs_nginx_by_connections"][2]["target_met"], true);
     }
 
     #[test]
