@@ -144,8 +144,8 @@ async fn render_paged(
 <label>Slug <input name=\"slug\" required pattern=\"[a-z0-9][a-z0-9\\-]{{0,62}}\"></label>\
 <label>Name (optional) <input name=\"name\" maxlength=\"100\"></label>\
 <button>Create source</button></form>\
-<p class=\"muted\">It takes HTTP and MQTT and any JSON object; schemas and tag rules are set \
-through the API for now.</p>"
+<p class=\"muted\">It takes HTTP and MQTT and any JSON object; its page (the slug's link) sets \
+a schema, and the <a href=\"{base}/tag-rules\">Tag rules</a> tab lifts values into tags.</p>"
         )
     } else {
         String::new()
