@@ -67,6 +67,10 @@ pub struct MqttArgs {
     /// each); 0 skips it.
     #[arg(long, default_value_t = 0.0)]
     connect_rate: f64,
+    /// Connections of the burst scenario: all opened at once, then every CONNECT sent
+    /// (CONNACK, DISCONNECT each); 0 skips it.
+    #[arg(long, default_value_t = 0)]
+    connect_burst: usize,
     /// Seconds of the connect-rate scenario's schedule.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=60))]
     connect_secs: u64,
@@ -225,11 +229,29 @@ pub fn run(args: MqttArgs) -> Result<()> {
         Version::V5
     };
     let mut rates = Vec::new();
+    let mut scenarios = Vec::new();
+    if args.connect_burst > 0 {
+        scenarios.push(format!("burst of {}", args.connect_burst));
+    }
     if args.connect_rate > 0.0 {
-        progress(&format!(
-            "sluice: {} new connections a second for {} s",
+        scenarios.push(format!(
+            "{}/s for {} s",
             args.connect_rate, args.connect_secs
         ));
+    }
+    for scenario in scenarios {
+        let run = |client: conn::Client| {
+            if scenario.starts_with("burst") {
+                runtime.block_on(conn::connect_burst(client, args.connect_burst))
+            } else {
+                runtime.block_on(conn::connect_rate(
+                    client,
+                    args.connect_rate,
+                    args.connect_secs,
+                ))
+            }
+        };
+        progress(&format!("sluice: new connections, {scenario}"));
         let node = Node::start_mqtt(&bin, 1, args.server_workers, driver)?;
         let client = conn::Client {
             addr: node.mqtt_addr.context("the node has no MQTT address")?,
@@ -237,19 +259,12 @@ pub fn run(args: MqttArgs) -> Result<()> {
             username: Some("default".into()),
             password: Some(node.token.clone()),
         };
-        let measured = runtime.block_on(conn::connect_rate(
-            client,
-            args.connect_rate,
-            args.connect_secs,
-        ))?;
+        let measured = run(client)?;
         progress(&format!("  {}", rate_line(&measured)));
         node.stop()?;
-        rates.push(("sluice", measured));
+        rates.push(("sluice", scenario.clone(), measured));
         if let Some(bin) = &mosquitto {
-            progress(&format!(
-                "mosquitto: {} new connections a second for {} s",
-                args.connect_rate, args.connect_secs
-            ));
+            progress(&format!("mosquitto: new connections, {scenario}"));
             let broker = Mosquitto::start(bin)?;
             let client = conn::Client {
                 addr: broker.addr,
@@ -257,30 +272,40 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 username: None,
                 password: None,
             };
-            let measured = runtime.block_on(conn::connect_rate(
-                client,
-                args.connect_rate,
-                args.connect_secs,
-            ))?;
+            let measured = run(client)?;
             progress(&format!("  {}", rate_line(&measured)));
-            rates.push(("mosquitto", measured));
+            rates.push(("mosquitto", scenario.clone(), measured));
         }
     }
 
     let mut idle = Vec::new();
-    if args.idle_connections > 0 {
+    // Both ends hold one descriptor per connection: the bench's limit (which the servers
+    // inherit) bounds how many can be measured, less a reserve for the servers' own files.
+    let idle_fit =
+        (descriptors.saturating_sub(IDLE_DESCRIPTORS_RESERVED) as usize).min(args.idle_connections);
+    if idle_fit < args.idle_connections {
         progress(&format!(
-            "sluice: {} idle connections",
+            "the descriptor limit ({descriptors}; raising the hard limit needs root with \
+             CAP_SYS_RESOURCE) leaves room for {idle_fit} idle connections, not {}",
             args.idle_connections
         ));
-        // Room for the idle connections over the node's default cap (20,000).
-        let cap = args.idle_connections.saturating_add(1024).max(20_000);
+    }
+    if idle_fit > 0 {
+        progress(&format!("sluice: {idle_fit} idle connections"));
+        // Room for them over the node's default MQTT cap (20,000), and the HTTP listener's
+        // cap small, or the descriptors module would halve the MQTT cap to fit both.
+        let cap = idle_fit.saturating_add(256).max(20_000);
         let node = Node::start_mqtt_with(
             &bin,
             1,
             args.server_workers,
             driver,
-            &["--mqtt-connections-max".into(), cap.to_string()],
+            &[
+                "--mqtt-connections-max".into(),
+                cap.to_string(),
+                "--http-connections-max".into(),
+                "64".into(),
+            ],
         )?;
         let client = conn::Client {
             addr: node.mqtt_addr.context("the node has no MQTT address")?,
@@ -291,7 +316,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
         let measured = runtime.block_on(conn::idle(
             client,
             node.pid(),
-            args.idle_connections,
+            idle_fit,
             args.idle_connect_rate,
             IDLE_SETTLE,
         ))?;
@@ -299,10 +324,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
         node.stop()?;
         idle.push(("sluice", measured));
         if let Some(bin) = &mosquitto {
-            progress(&format!(
-                "mosquitto: {} idle connections",
-                args.idle_connections
-            ));
+            progress(&format!("mosquitto: {idle_fit} idle connections"));
             let broker = Mosquitto::start(bin)?;
             let client = conn::Client {
                 addr: broker.addr,
@@ -313,7 +335,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
             let measured = runtime.block_on(conn::idle(
                 client,
                 broker.child.id(),
-                args.idle_connections,
+                idle_fit,
                 args.idle_connect_rate,
                 IDLE_SETTLE,
             ))?;
@@ -333,8 +355,8 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 "server_threads_cpu_cores": r.cpu.as_ref().map(|c| &c.threads),
                 "server_us_per_message": r.cpu.as_ref().and_then(|c| c.us_per_message(r.summary.taken_per_sec)),
             })).collect::<Vec<_>>(),
-            "connect_rate": rates.iter().map(|(server, m)| json!({
-                "server": server, "target_per_sec": m.target_per_sec,
+            "connect_rate": rates.iter().map(|(server, scenario, m)| json!({
+                "server": server, "scenario": scenario,
                 "accepted_per_sec": m.accepted_per_sec, "outcomes": m.outcomes.json(),
                 "connack_ms_p50": m.connack_ms_p50, "connack_ms_p99": m.connack_ms_p99,
                 "connack_ms_max": m.connack_ms_max,
@@ -382,12 +404,15 @@ fn ratio(rows: &[Row], row: &Row) -> Option<f64> {
 
 /// How long idle connections are held after the last one opened before the RSS is read.
 const IDLE_SETTLE: Duration = Duration::from_secs(3);
+/// Descriptors of the bench's limit not given to idle connections (the servers' files and
+/// threads, mosquitto's, the bench's own).
+const IDLE_DESCRIPTORS_RESERVED: u64 = 1024;
 
 fn rate_line(m: &conn::ConnectRate) -> String {
     let o = &m.outcomes;
     format!(
-        "{} attempted at {:.0}/s: {} accepted ({:.0}/s), {} refused, {} closed before CONNACK, {} TCP failed, {} unanswered; CONNACK p50 {:.2} ms p99 {:.2} ms{}",
-        o.attempted, m.target_per_sec, o.accepted, m.accepted_per_sec, o.refused,
+        "{} attempted: {} accepted ({:.0}/s), {} refused, {} closed before CONNACK, {} TCP failed, {} unanswered; CONNACK p50 {:.2} ms p99 {:.2} ms{}",
+        o.attempted, o.accepted, m.accepted_per_sec, o.refused,
         o.closed_before_connack, o.tcp_failed, o.no_answer, m.connack_ms_p50, m.connack_ms_p99,
         o.first_error.as_ref().map(|e| format!(", first error: {e}")).unwrap_or_default()
     )
@@ -406,7 +431,7 @@ fn idle_line(m: &conn::IdleMemory) -> String {
 fn table(
     args: &MqttArgs,
     rows: &[Row],
-    rates: &[(&str, conn::ConnectRate)],
+    rates: &[(&str, String, conn::ConnectRate)],
     idle: &[(&str, conn::IdleMemory)],
 ) -> String {
     let mut out = String::new();
@@ -425,6 +450,48 @@ fn table(
             n => n.to_string(),
         }
     ));
+    if !rows.is_empty() {
+        out.push_str(&qos_table(rows));
+    }
+    if !rates.is_empty() {
+        out.push_str("\n| server | new connections | attempted | accepted | accepted/s | refused | closed before CONNACK | TCP failed | unanswered | CONNACK p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+        for (server, scenario, m) in rates {
+            let o = &m.outcomes;
+            out.push_str(&format!(
+                "| {server} | {scenario} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
+                o.attempted,
+                o.accepted,
+                m.accepted_per_sec,
+                o.refused,
+                o.closed_before_connack,
+                o.tcp_failed,
+                o.no_answer,
+                m.connack_ms_p50,
+                m.connack_ms_p99
+            ));
+        }
+    }
+    if !idle.is_empty() {
+        out.push_str("\n| server | idle connections held | of | RSS before KiB | RSS after KiB | bytes per connection | KiB per connection |\n|---|---|---|---|---|---|---|\n");
+        for (server, m) in idle {
+            let per = m.per_connection_bytes();
+            out.push_str(&format!(
+                "| {server} | {} | {} | {} | {} | {} | {} |\n",
+                m.outcomes.accepted,
+                m.outcomes.attempted,
+                m.rss_before_kib,
+                m.rss_after_kib,
+                per.map_or("-".into(), |b| b.to_string()),
+                per.map_or("-".into(), |b| format!("{:.2}", b as f64 / 1024.0)),
+            ));
+        }
+    }
+    out
+}
+
+/// The QoS scenarios' table and their CPU by thread.
+fn qos_table(rows: &[Row]) -> String {
+    let mut out = String::new();
     out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU |\n");
     out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
@@ -473,40 +540,6 @@ fn table(
             r.connections,
             busy_threads_text(&cpu.threads)
         ));
-    }
-    if !rates.is_empty() {
-        out.push_str("\n| server | new connections/s asked | attempted | accepted | accepted/s | refused | closed before CONNACK | TCP failed | unanswered | CONNACK p50 ms | p99 ms |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
-        for (server, m) in rates {
-            let o = &m.outcomes;
-            out.push_str(&format!(
-                "| {server} | {:.0} | {} | {} | {:.0} | {} | {} | {} | {} | {:.2} | {:.2} |\n",
-                m.target_per_sec,
-                o.attempted,
-                o.accepted,
-                m.accepted_per_sec,
-                o.refused,
-                o.closed_before_connack,
-                o.tcp_failed,
-                o.no_answer,
-                m.connack_ms_p50,
-                m.connack_ms_p99
-            ));
-        }
-    }
-    if !idle.is_empty() {
-        out.push_str("\n| server | idle connections held | of | RSS before KiB | RSS after KiB | bytes per connection | KiB per connection |\n|---|---|---|---|---|---|---|\n");
-        for (server, m) in idle {
-            let per = m.per_connection_bytes();
-            out.push_str(&format!(
-                "| {server} | {} | {} | {} | {} | {} | {} |\n",
-                m.outcomes.accepted,
-                m.outcomes.attempted,
-                m.rss_before_kib,
-                m.rss_after_kib,
-                per.map_or("-".into(), |b| b.to_string()),
-                per.map_or("-".into(), |b| format!("{:.2}", b as f64 / 1024.0)),
-            ));
-        }
     }
     out
 }

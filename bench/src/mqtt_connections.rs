@@ -35,8 +35,9 @@ const TCP_CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 const CONNACK_TIMEOUT: Duration = Duration::from_secs(25);
 /// Bound on the wait for the broker to close after DISCONNECT.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// Connections per loopback source address at most (of about 28,000 ephemeral ports).
-const CONNECTIONS_PER_SOURCE: usize = 20_000;
+/// Connections per loopback source address at most (of about 28,000 ephemeral ports, with
+/// room for those still in TIME_WAIT from an earlier run).
+const CONNECTIONS_PER_SOURCE: usize = 4_000;
 /// Keep-alive asked by idle connections: long enough that none sends a PINGREQ while
 /// measured (Sluice and the bench's mosquitto allow up to 3,600 s).
 const IDLE_KEEP_ALIVE_SECS: u16 = 3600;
@@ -69,23 +70,34 @@ async fn open(
     client_id: &str,
     keep_alive: u16,
 ) -> (Outcome, Option<TcpStream>, Option<String>) {
-    let socket = match TcpSocket::new_v4() {
-        Ok(socket) => socket,
-        Err(e) => return (Outcome::TcpFailed, None, Some(format!("socket: {e}"))),
-    };
-    if let Err(e) = socket.bind(SocketAddr::from((source, 0))) {
-        return (
-            Outcome::TcpFailed,
-            None,
-            Some(format!("bind {source}: {e}")),
-        );
+    match tcp_connect(client.addr, source).await {
+        Ok(stream) => handshake(client, stream, client_id, keep_alive).await,
+        Err(e) => (Outcome::TcpFailed, None, Some(e)),
     }
-    let mut stream =
-        match tokio::time::timeout(TCP_CONNECT_TIMEOUT, socket.connect(client.addr)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return (Outcome::TcpFailed, None, Some(format!("connect: {e}"))),
-            Err(_) => return (Outcome::TcpFailed, None, Some("connect timed out".into())),
-        };
+}
+
+/// A TCP connection from `source` (any free port; a port whose earlier connection is in
+/// TIME_WAIT may be taken again, as several runs in a row would otherwise run out).
+async fn tcp_connect(addr: SocketAddr, source: Ipv4Addr) -> Result<TcpStream, String> {
+    let socket = TcpSocket::new_v4().map_err(|e| format!("socket: {e}"))?;
+    socket.set_reuseaddr(true).ok();
+    socket
+        .bind(SocketAddr::from((source, 0)))
+        .map_err(|e| format!("bind {source}: {e}"))?;
+    match tokio::time::timeout(TCP_CONNECT_TIMEOUT, socket.connect(addr)).await {
+        Ok(Ok(stream)) => Ok(stream),
+        Ok(Err(e)) => Err(format!("connect: {e}")),
+        Err(_) => Err("connect timed out".into()),
+    }
+}
+
+/// Sends CONNECT on `stream` and reads the answer.
+async fn handshake(
+    client: &Client,
+    mut stream: TcpStream,
+    client_id: &str,
+    keep_alive: u16,
+) -> (Outcome, Option<TcpStream>, Option<String>) {
     stream.set_nodelay(true).ok();
     let mut out = BytesMut::with_capacity(128);
     codec::connect(
@@ -208,7 +220,6 @@ impl Outcomes {
 /// What the connect-rate scenario measured.
 #[derive(Debug, Clone)]
 pub struct ConnectRate {
-    pub target_per_sec: f64,
     pub outcomes: Outcomes,
     /// Accepted CONNACKs over the time from the first connect to the last CONNACK.
     pub accepted_per_sec: f64,
@@ -243,6 +254,13 @@ pub async fn connect_rate(client: Client, rate: f64, secs: u64) -> Result<Connec
             (outcome, error, answered.duration_since(begun), answered)
         }));
     }
+    collect_rate(tasks, started).await
+}
+
+type RateTask = tokio::task::JoinHandle<(Outcome, Option<String>, Duration, Instant)>;
+
+/// Waits for every connection of a connect-rate or burst run and sums them up.
+async fn collect_rate(tasks: Vec<RateTask>, started: Instant) -> Result<ConnectRate> {
     let mut outcomes = Outcomes::default();
     let mut histogram = hdrhistogram::Histogram::<u64>::new(3).context("histogram")?;
     let mut last_connack = started;
@@ -257,7 +275,6 @@ pub async fn connect_rate(client: Client, rate: f64, secs: u64) -> Result<Connec
     let span = last_connack.duration_since(started).as_secs_f64();
     let ms = |q: f64| histogram.value_at_quantile(q) as f64 / 1000.0;
     Ok(ConnectRate {
-        target_per_sec: rate,
         accepted_per_sec: if span > 0.0 {
             outcomes.accepted as f64 / span
         } else {
@@ -268,6 +285,39 @@ pub async fn connect_rate(client: Client, rate: f64, secs: u64) -> Result<Connec
         connack_ms_p99: ms(0.99),
         connack_ms_max: histogram.max() as f64 / 1000.0,
     })
+}
+
+/// Opens `count` TCP connections at once, and only when all are open (or failed) sends every
+/// CONNECT: what a fleet reconnecting together looks like over a network whose round trip
+/// puts the CONNECTs behind the handshakes (tests/mqtt_connect_burst.rs does the same).
+/// Each accepted connection then DISCONNECTs.
+pub async fn connect_burst(client: Client, count: usize) -> Result<ConnectRate> {
+    let sources = Arc::new(sources(count, 4));
+    let client = Arc::new(client);
+    let opened = Arc::new(tokio::sync::Barrier::new(count));
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..count)
+        .map(|index| {
+            let client = client.clone();
+            let opened = opened.clone();
+            let source = sources[index % sources.len()];
+            tokio::spawn(async move {
+                let begun = Instant::now();
+                let stream = tcp_connect(client.addr, source).await;
+                opened.wait().await;
+                let (outcome, stream, error) = match stream {
+                    Ok(stream) => handshake(&client, stream, &format!("burst-{index}"), 60).await,
+                    Err(e) => (Outcome::TcpFailed, None, Some(e)),
+                };
+                let answered = Instant::now();
+                if let Some(stream) = stream {
+                    disconnect(stream).await;
+                }
+                (outcome, error, answered.duration_since(begun), answered)
+            })
+        })
+        .collect();
+    collect_rate(tasks, started).await
 }
 
 /// What the idle-connection scenario measured.
@@ -300,7 +350,7 @@ pub async fn idle(
 ) -> Result<IdleMemory> {
     let status = format!("/proc/{pid}/status");
     let rss_before_kib = status_kib(&status, "VmRSS:")?;
-    let sources = Arc::new(sources(connections, 1));
+    let sources = Arc::new(sources(connections, 4));
     let client = Arc::new(client);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(connections);
@@ -333,7 +383,15 @@ pub async fn idle(
     let connect_secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(settle).await;
     let rss_after_kib = status_kib(&status, "VmRSS:")?;
-    drop(held);
+    // DISCONNECT, so that the server closes first and keeps the TIME_WAITs, not the bench's
+    // source ports.
+    let closing: Vec<_> = held
+        .into_iter()
+        .map(|stream| tokio::spawn(disconnect(stream)))
+        .collect();
+    for task in closing {
+        let _ = task.await;
+    }
     Ok(IdleMemory {
         outcomes,
         sources: sources.len(),
