@@ -108,7 +108,8 @@ pub struct MqttConfig {
     pub failed_connects_per_minute: u32,
     /// Largest CONNECT packet: a client that has not authenticated gets no more room.
     pub connect_bytes_max: u32,
-    /// Connections that have not authenticated yet, at once; more are closed at once.
+    /// Connections that have not authenticated yet, at once; more wait for a place for up to
+    /// `connect_timeout_secs`, then are answered "server busy" (never closed unanswered).
     pub connecting_max: usize,
 }
 
