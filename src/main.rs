@@ -5,12 +5,14 @@
 //! the control plane. Settings come from defaults, then a TOML file (`--config`; control-plane
 //! settings in its `[controlplane]` table), then `SLUICE_*` environment variables, then flags;
 //! docs/configuration.md lists them all.
-#![forbid(unsafe_code)]
+// One call into the C library (`memory.rs`, mallopt) is the only unsafe code, allowed there.
+#![deny(unsafe_code)]
 
 mod backup;
 mod cluster_secret;
 mod descriptors;
 mod health;
+mod memory;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -461,6 +463,7 @@ fn main() -> Result<()> {
     // The data dir holds secrets (tokens, the secret key, mailed links, password hashes):
     // everything this process creates is its user's only (files 0600, directories 0700).
     rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    memory::return_large_buffers_to_the_kernel();
     let cli = Cli::parse();
     match cli.command {
         Command::Health(args) => {
