@@ -181,3 +181,64 @@ fn every_connect_of_a_burst_is_answered_with_a_connack() {
         "all accepted: {counts:?}"
     );
 }
+
+/// A connection that gets no place among those authenticating within the connect timeout is
+/// answered "server busy", in its own protocol version, not closed. With one place and a 2 s
+/// timeout: a half-sent CONNECT takes the place (until ntex's handshake timeout closes it at
+/// 2 s), a second one waits and takes it at 2 s (and holds it until 4 s), and a complete
+/// CONNECT that arrived behind them is still waiting at its own 2 s.
+#[test]
+fn a_connect_without_a_place_within_the_connect_timeout_is_answered_server_busy() {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(
+        &config,
+        "[mqtt]\nconnecting_max = 1\nconnect_timeout_secs = 2\n",
+    )
+    .expect("config");
+    let sluice = Sluice::start(
+        &dir.path().join("data"),
+        &["--config", config.to_str().expect("utf8")],
+    );
+    let token = sluice.bootstrap()["token"]
+        .as_str()
+        .expect("token")
+        .to_owned();
+    let addr = SocketAddr::from(([127, 0, 0, 1], sluice.mqtt_port));
+    // (protocol level, the busy code it is answered with)
+    for (version, busy) in [(5u8, 0x89u8), (4, 3)] {
+        let half = || {
+            let mut s = TcpStream::connect(addr).expect("connect");
+            s.write_all(&[0x10, 0x20, 0, 4]).expect("send");
+            s
+        };
+        let _holder = half();
+        std::thread::sleep(Duration::from_millis(100));
+        let _next = half();
+        // Close behind `_next`: the place could only reach `late` if the holder were closed
+        // after `_next` stopped waiting and before `late` did, a window this short.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut late = TcpStream::connect(addr).expect("connect");
+        late.write_all(&connect_raw(version, "busy-1", "default", &token, 60))
+            .expect("CONNECT");
+        late.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        let mut connack = [0u8; 4];
+        let read = late.read_exact(&mut connack);
+        assert!(
+            read.is_ok(),
+            "answered, not closed (MQTT level {version}): {read:?}"
+        );
+        assert_eq!(connack[0], 0x20, "a CONNACK: {connack:?}");
+        assert_eq!(
+            connack[3], busy,
+            "server busy on level {version}: {connack:?}"
+        );
+        // The places free again before the next version's round.
+        drop((_holder, _next));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
