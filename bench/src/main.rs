@@ -29,12 +29,12 @@
 #![forbid(unsafe_code)]
 
 mod baseline;
-mod nginx;
 mod cluster;
 mod data_out;
 mod loadgen;
 mod mqtt;
 mod mqtt_connections;
+mod nginx;
 mod payload;
 mod propagation;
 mod report;
@@ -271,7 +271,9 @@ fn http(args: HttpArgs) -> Result<()> {
         let mut all = vec![Scenario::Baseline];
         match &nginx_bin {
             Some(_) => all.push(Scenario::Nginx),
-            None => progress("no nginx installed (apt-get install nginx-light): no nginx-204 scenario"),
+            None => {
+                progress("no nginx installed (apt-get install nginx-light): no nginx-204 scenario")
+            }
         }
         all.extend([Scenario::SluiceJson, Scenario::SluiceNdjson]);
         all
@@ -575,7 +577,11 @@ fn run_interleaved(
     progress(&format!(
         "baseline-204{} and {} in {rounds} alternating rounds of {:.1} s (each after {:.1} s of \
          warm-up), {} connections",
-        if nginx_bin.is_some() { ", nginx-204" } else { "" },
+        if nginx_bin.is_some() {
+            ", nginx-204"
+        } else {
+            ""
+        },
         names.join(", "),
         round_plan.duration.as_secs_f64(),
         round_plan.warmup.as_secs_f64(),

@@ -519,7 +519,11 @@ impl Report {
                 pair.ratio()
             );
             if let Some(median) = median_ratio(rounds) {
-                let _ = write!(out, " (rounds {}, median {median:.2})", per_round.join(", "));
+                let _ = write!(
+                    out,
+                    " (rounds {}, median {median:.2})",
+                    per_round.join(", ")
+                );
             }
             if pair.baseline.name == NGINX {
                 let _ = write!(
