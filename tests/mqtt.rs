@@ -867,6 +867,16 @@ fn unauthenticated_connections_hold_little_and_are_bounded_in_number() {
         )),
         "a connection past mqtt.connecting_max waits, neither closed nor answered: {early:?}"
     );
+    let metrics = fx.sluice.metrics();
+    assert!(
+        metrics.contains("sluice_mqtt_connecting_waiting 1"),
+        "the wait is visible: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("connecting"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
     waiting.clear();
     fifth
         .set_read_timeout(Some(Duration::from_secs(5)))

@@ -52,6 +52,9 @@ pub struct MqttMetrics {
     /// Sessions the node closed: taken over, token revoked, workspace disabled, ...
     pub sessions_closed_total: Family<Reason, Counter>,
     pub ack_seconds: Histogram,
+    /// Connections waiting for a place among those authenticating (`mqtt.connecting_max`):
+    /// above zero, a burst of new connections is being served in turn.
+    pub connecting_waiting: Gauge,
 }
 
 /// Metrics of export endpoints and webhook deliveries.
@@ -127,6 +130,7 @@ impl NodeMetrics {
                 qos0_lane_total: Counter::default(),
                 sessions_closed_total: Family::default(),
                 ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
+                connecting_waiting: Gauge::default(),
             },
             data_out: DataOutMetrics {
                 export_streams: Gauge::default(),
@@ -207,6 +211,11 @@ impl NodeMetrics {
             "mqtt_ack_seconds",
             "Time from a QoS 1 or 2 PUBLISH to its durable PUBACK or PUBREC",
             mqtt.ack_seconds.clone(),
+        );
+        registry.register(
+            "mqtt_connecting_waiting",
+            "MQTT connections waiting for a place among those authenticating (mqtt.connecting_max)",
+            mqtt.connecting_waiting.clone(),
         );
         let out = &metrics.data_out;
         registry.register(

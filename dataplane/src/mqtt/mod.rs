@@ -189,6 +189,7 @@ fn serve(
     let wait = Duration::from_secs(limits.connect_timeout_secs.into());
     let admission = Admission {
         connecting,
+        waiting: ingest.metrics.mqtt.connecting_waiting.clone(),
         packet_bytes_max: limits.packet_bytes_max,
         connect_bytes_max: limits.connect_bytes_max,
         wait,
@@ -229,6 +230,8 @@ fn serve(
 #[derive(Clone)]
 struct Admission {
     connecting: Arc<Connecting>,
+    /// `sluice_mqtt_connecting_waiting`.
+    waiting: prometheus_client::metrics::gauge::Gauge,
     packet_bytes_max: u32,
     connect_bytes_max: u32,
     /// How long a connection waits for a place when all are taken (`mqtt.connect_timeout_secs`).
@@ -254,7 +257,10 @@ impl Admission {
         let lane = filter.lane();
         let io = io.add_filter(filter);
         if waits {
-            match ntex_util::time::timeout(self.wait, self.connecting.enter()).await {
+            let counted = Waiting::count(&self.waiting);
+            let entered = ntex_util::time::timeout(self.wait, self.connecting.enter()).await;
+            drop(counted);
+            match entered {
                 Ok(slot) => lane.connecting(slot),
                 Err(()) => tracing::debug!(
                     wait_secs = self.wait.as_secs(),
@@ -264,6 +270,23 @@ impl Admission {
             }
         }
         io
+    }
+}
+
+/// One connection counted in `sluice_mqtt_connecting_waiting` while it waits, uncounted
+/// however the wait ends (also when the future is dropped, at shutdown).
+struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
+
+impl<'a> Waiting<'a> {
+    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Waiting<'a> {
+        gauge.inc();
+        Waiting(gauge)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 
