@@ -216,10 +216,13 @@ fn a_connect_without_a_place_within_the_connect_timeout_is_answered_server_busy(
             s
         };
         let _holder = half();
-        std::thread::sleep(Duration::from_millis(100));
+        // The holder's place is given back at its connect timeout (2 s) and goes to `_next`,
+        // the first in line, which then holds it for a connect timeout of its own. `_next`
+        // arrives 1 s after the holder, so that a timer late by up to a second under load
+        // still finds it waiting; `late` waits behind it and its wait ends (at 3.05 s) about a
+        // second before `_next` gives the place back (at 4 s).
+        std::thread::sleep(Duration::from_millis(1000));
         let _next = half();
-        // Close behind `_next`: the place could only reach `late` if the holder were closed
-        // after `_next` stopped waiting and before `late` did, a window this short.
         std::thread::sleep(Duration::from_millis(50));
         let mut late = TcpStream::connect(addr).expect("connect");
         late.write_all(&connect_raw(version, "busy-1", "default", &token, 60))
