@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sluice_storage::event::{Envelope, IngestBatch, Protocol, Shaping};
-use sluice_storage::wal::{Wal, WalError, RECORD_BYTES_MAX};
+use sluice_storage::wal::{Lane, Wal, WalError, RECORD_BYTES_MAX};
 use uuid::Uuid;
 
 use crate::access::{self, Access, ConfigView, Grant, WorkspaceView};
@@ -215,6 +215,28 @@ impl Admission {
         self.wal.append(record).await?;
         Ok(())
     }
+
+    /// [`append`](Self::append) through this thread's WAL lane when it has one
+    /// ([`use_wal_lane`]): the answers of a group reach the thread in one wake-up.
+    pub async fn append_here(&self, record: Vec<u8>) -> Result<(), Refusal> {
+        match WAL_LANE.with(|lane| lane.borrow().clone()) {
+            Some(lane) => self.wal.append_in(&lane, record).await?,
+            None => self.wal.append(record).await?,
+        };
+        Ok(())
+    }
+}
+
+thread_local! {
+    /// The WAL lane of this thread's appends, on the threads that made one (HTTP threads).
+    static WAL_LANE: std::cell::RefCell<Option<std::rc::Rc<Lane>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+/// Makes `lane` this thread's for [`Admission::append_here`]; its dispatcher must run on this
+/// thread.
+pub fn use_wal_lane(lane: Lane) {
+    WAL_LANE.with(|l| *l.borrow_mut() = Some(std::rc::Rc::new(lane)));
 }
 
 /// Step 3: the source's schema and tag rules on `events` (none: `Ok(None)` at no cost).

@@ -316,6 +316,11 @@ async fn accept_loop<T: Transport>(
     };
     let idle_timeout = Duration::from_millis(api.limits.idle_timeout_ms);
     let local = Rc::new(Cell::new(0usize));
+    // This thread's WAL appends are answered in one wake-up per group commit (`wal::Lane`);
+    // the dispatcher ends with the runtime.
+    let (lane, dispatcher) = api.admission.wal.lane();
+    T::spawn(dispatcher);
+    crate::admit::use_wal_lane(lane);
     // Ends with the runtime, when this loop returns.
     T::spawn(async {
         let mut floor = tokio::time::interval(TIMER_FLOOR);

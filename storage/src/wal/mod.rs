@@ -18,6 +18,7 @@
 //! - [`tail`]: the reader that follows the durable end of the log.
 
 mod faults;
+mod lane;
 mod tail;
 mod writer;
 
@@ -26,6 +27,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+pub use lane::Lane;
 pub use tail::{Tail, TailRecord};
 pub use writer::{Wal, WalConfig};
 
