@@ -211,14 +211,9 @@ impl Admission {
     }
 
     /// Step 5: appends an encoded batch as one WAL record; returns once it is durable.
+    /// Through this thread's WAL lane when it has one ([`Admission::wal_lane_here`]): the
+    /// answers of a group reach the thread in one wake-up.
     pub async fn append(&self, record: Vec<u8>) -> Result<(), Refusal> {
-        self.wal.append(record).await?;
-        Ok(())
-    }
-
-    /// [`append`](Self::append) through this thread's WAL lane when it has one
-    /// ([`use_wal_lane`]): the answers of a group reach the thread in one wake-up.
-    pub async fn append_here(&self, record: Vec<u8>) -> Result<(), Refusal> {
         match WAL_LANE.with(|lane| lane.borrow().clone()) {
             Some(lane) => self.wal.append_in(&lane, record).await?,
             None => self.wal.append(record).await?,
@@ -233,10 +228,35 @@ thread_local! {
         const { std::cell::RefCell::new(None) };
 }
 
-/// Makes `lane` this thread's for [`Admission::append_here`]; its dispatcher must run on this
-/// thread.
-pub fn use_wal_lane(lane: Lane) {
-    WAL_LANE.with(|l| *l.borrow_mut() = Some(std::rc::Rc::new(lane)));
+impl Admission {
+    /// Gives this thread a WAL lane for [`append_here`](Self::append_here), unless it has
+    /// one: `spawn` starts the lane's dispatcher on this thread's runtime (a local spawn).
+    /// When the runtime drops the dispatcher, the thread's lane goes with it, so later appends
+    /// take the plain path rather than wait for a dispatcher that is gone.
+    pub fn wal_lane_here(&self, spawn: impl FnOnce(LaneDispatcher)) {
+        if WAL_LANE.with(|l| l.borrow().is_some()) {
+            return;
+        }
+        let (lane, dispatcher) = self.wal.lane();
+        WAL_LANE.with(|l| *l.borrow_mut() = Some(std::rc::Rc::new(lane)));
+        spawn(Box::pin(async move {
+            let _gone = LaneGone;
+            dispatcher.await;
+        }));
+    }
+}
+
+/// A lane's dispatcher, for the thread's runtime to run.
+pub type LaneDispatcher = std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+
+/// Takes the thread's lane away when its dispatcher is dropped.
+struct LaneGone;
+
+impl Drop for LaneGone {
+    fn drop(&mut self) {
+        // During thread teardown the thread-local may be gone already: nothing to clear then.
+        let _ = WAL_LANE.try_with(|l| l.borrow_mut().take());
+    }
 }
 
 /// Step 3: the source's schema and tag rules on `events` (none: `Ok(None)` at no cost).

@@ -340,7 +340,7 @@ impl Api {
         .batch(events.payloads, events.ends);
         let mut record = Vec::new();
         batch.encode_into(&mut record);
-        admission.append_here(record).await.map_err(counted)?;
+        admission.append(record).await.map_err(counted)?;
         Ok(Ingested {
             accepted: count - quarantined,
             quarantined: quarantine.then_some(quarantined),

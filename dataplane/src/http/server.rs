@@ -318,9 +318,7 @@ async fn accept_loop<T: Transport>(
     let local = Rc::new(Cell::new(0usize));
     // This thread's WAL appends are answered in one wake-up per group commit (`wal::Lane`);
     // the dispatcher ends with the runtime.
-    let (lane, dispatcher) = api.admission.wal.lane();
-    T::spawn(dispatcher);
-    crate::admit::use_wal_lane(lane);
+    api.admission.wal_lane_here(T::spawn);
     // Ends with the runtime, when this loop returns.
     T::spawn(async {
         let mut floor = tokio::time::interval(TIMER_FLOOR);
