@@ -39,6 +39,22 @@ fn axe_js() -> PathBuf {
 }
 
 /// The headers every HTML page carries.
+/// Each of `names` was saved in `shots` by the browser script (not empty), and is copied to
+/// `SLUICE_TEST_SCREENSHOTS` when that names a directory (how docs/console/ is refreshed).
+fn keep_screenshots(shots: &Path, names: &[&str]) {
+    for shot in names {
+        let path = shots.join(shot);
+        assert!(
+            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
+            "{path:?}"
+        );
+        if let Some(keep) = std::env::var_os("SLUICE_TEST_SCREENSHOTS") {
+            std::fs::create_dir_all(&keep).expect("screenshots dir");
+            std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
+        }
+    }
+}
+
 fn assert_security_headers(headers: &HashMap<String, String>, page: &str) {
     let csp = headers
         .get("content-security-policy")
@@ -331,25 +347,18 @@ fn a_person_runs_a_workspace_from_the_console_in_a_browser() {
     let reset = step("password_reset");
     assert!(text(&reset, "url").ends_with("/app"), "{reset}");
 
-    for shot in [
-        "sign-in.png",
-        "workspace-switcher.png",
-        "settings.png",
-        "access-viewer.png",
-        "access-new-token.png",
-        "mail.png",
-        "workspaces.png",
-    ] {
-        let path = shots.join(shot);
-        assert!(
-            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
-            "{path:?}"
-        );
-        if let Some(keep) = std::env::var_os("SLUICE_TEST_SCREENSHOTS") {
-            std::fs::create_dir_all(&keep).expect("screenshots dir");
-            std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
-        }
-    }
+    keep_screenshots(
+        &shots,
+        &[
+            "sign-in.png",
+            "workspace-switcher.png",
+            "settings.png",
+            "access-viewer.png",
+            "access-new-token.png",
+            "mail.png",
+            "workspaces.png",
+        ],
+    );
 }
 
 /// A workspace page says when its creator's trial ends; once it has ended, the page says the
@@ -857,22 +866,15 @@ fn tag_rules_and_data_out_are_run_from_the_console_in_a_browser() {
         assert!(axe[page]["rules_passed"].as_u64() > Some(5), "{axe}");
     }
 
-    for shot in [
-        "tag-rules.png",
-        "data-out.png",
-        "webhook.png",
-        "overview-ingest.png",
-    ] {
-        let path = shots.join(shot);
-        assert!(
-            std::fs::metadata(&path).is_ok_and(|m| m.len() > 1000),
-            "{path:?}"
-        );
-        if let Some(keep) = std::env::var_os("SLUICE_TEST_SCREENSHOTS") {
-            std::fs::create_dir_all(&keep).expect("screenshots dir");
-            std::fs::copy(&path, Path::new(&keep).join(shot)).expect("copy screenshot");
-        }
-    }
+    keep_screenshots(
+        &shots,
+        &[
+            "tag-rules.png",
+            "data-out.png",
+            "webhook.png",
+            "overview-ingest.png",
+        ],
+    );
 }
 
 /// Lists longer than the API's page (here `page_size_max = 2`) page on with plain links that
