@@ -23,8 +23,11 @@
 //! Quarantine files ([`FileShape::Quarantine`]) have the eight columns, `tags`,
 //! `schema_version` and `quarantine_error` (the validator's message).
 //!
-//! Files are zstd-compressed; `payload` and `event_id` skip dictionary encoding (every value is
-//! distinct), the repetitive columns keep it.
+//! Files are zstd-compressed (level 1). `payload` and `event_id` skip dictionary encoding
+//! (every value is distinct) for prefix-delta encoding (neighbours share their start);
+//! timestamps and integers are delta-encoded (times and counters move in small steps); the
+//! other columns keep dictionaries (repetitive text, readings from a small range). Measured by
+//! the `size_probe` test below.
 
 use std::sync::{Arc, LazyLock};
 
@@ -35,7 +38,7 @@ use arrow_array::builder::{
 use arrow_array::{Array, ArrayRef, RecordBatch};
 use arrow_schema::{DataType, Field, Schema, SchemaRef, TimeUnit};
 use parquet::arrow::ArrowWriter;
-use parquet::basic::{Compression, ZstdLevel};
+use parquet::basic::{Compression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::schema::types::ColumnPath;
@@ -561,11 +564,24 @@ pub fn encode(
     batch: &RecordBatch,
     metadata: Vec<(String, String)>,
 ) -> Result<Vec<u8>, parquet::errors::ParquetError> {
-    let props = WriterProperties::builder()
+    let mut props = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
-        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
-        .set_column_dictionary_enabled(ColumnPath::from("payload"), false)
-        .set_column_dictionary_enabled(ColumnPath::from("event_id"), false)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS));
+    for field in batch.schema().fields() {
+        let column = ColumnPath::from(field.name().as_str());
+        let encoding = match (field.name().as_str(), field.data_type()) {
+            // Every value is distinct, but neighbours share their start: a UUIDv7's time,
+            // a device's JSON up to its first reading.
+            ("event_id" | "payload", _) => Encoding::DELTA_BYTE_ARRAY,
+            // Times and counters run near each other: the differences are small.
+            (_, DataType::Timestamp(..) | DataType::Int64) => Encoding::DELTA_BINARY_PACKED,
+            _ => continue,
+        };
+        props = props
+            .set_column_dictionary_enabled(column.clone(), false)
+            .set_column_encoding(column, encoding);
+    }
+    let props = props
         .set_key_value_metadata(Some(
             metadata
                 .into_iter()
@@ -772,5 +788,160 @@ mod tests {
                 .value(0),
             r#"{"temp_c":"warm"}"#
         );
+    }
+}
+
+#[cfg(test)]
+mod size_probe {
+    use super::*;
+    use crate::event::{Envelope, Protocol, Shaping};
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+
+    /// Events like the benchmarks' (`bench/src/payload.rs`): ~200 bytes of JSON with a time,
+    /// a device, a site, readings, a status and a sequence number.
+    fn events(n: usize) -> IngestBatch {
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut below = |m: u64| {
+            x ^= x >> 12;
+            x ^= x << 25;
+            x ^= x >> 27;
+            x.wrapping_mul(0x2545_f491_4f6c_dd1d) % m
+        };
+        let sites = [
+            "plant-north",
+            "plant-south",
+            "depot-a",
+            "depot-b",
+            "lab-3",
+            "yard",
+        ];
+        let statuses = ["ok", "ok", "ok", "degraded"];
+        let mut payloads = Vec::new();
+        let mut ends = Vec::new();
+        for seq in 0..n as u64 {
+            let ms = (seq * 37 + below(1000)) % 86_400_000;
+            let (h, m, s, ms) = (ms / 3_600_000, ms / 60_000 % 60, ms / 1000 % 60, ms % 1000);
+            let event = format!(
+                concat!(
+                    r#"{{"ts":"2025-06-01T{:02}:{:02}:{:02}.{:03}Z","device_id":"probe-{:05}","#,
+                    r#""site":"{}","temp_c":{}.{:02},"humidity_pct":{}.{},"pressure_hpa":{}.{:02},"#,
+                    r#""battery_v":{}.{:02},"rssi_dbm":-{},"status":"{}","fw":"2.4.1","seq":{}}}"#
+                ),
+                h,
+                m,
+                s,
+                ms,
+                below(5000),
+                sites[below(6) as usize],
+                15 + below(15),
+                below(100),
+                30 + below(40),
+                below(10),
+                980 + below(50),
+                below(100),
+                3 + below(2),
+                below(100),
+                40 + below(50),
+                statuses[below(4) as usize],
+                seq
+            );
+            payloads.extend_from_slice(event.as_bytes());
+            ends.push(payloads.len() as u32);
+        }
+        IngestBatch {
+            envelope: Envelope {
+                first_event_id: uuid::Uuid::now_v7(),
+                received_at_us: 1_764_000_000_000_000,
+                workspace_id: uuid::Uuid::now_v7(),
+                source: "telemetry".into(),
+                device_id: None,
+                protocol: Protocol::Http,
+                topic: None,
+            },
+            payloads,
+            ends,
+            shaping: None,
+        }
+    }
+
+    /// The typed columns of the benchmarks' schema (`device_id` is a fixed column's name).
+    fn columns() -> Arc<[Column]> {
+        let c = |name: &str, column_type| Column {
+            name: name.into(),
+            column_type,
+        };
+        vec![
+            c("battery_v", ColumnType::Float64),
+            c("fw", ColumnType::String),
+            c("humidity_pct", ColumnType::Float64),
+            c("pressure_hpa", ColumnType::Float64),
+            c("rssi_dbm", ColumnType::Int64),
+            c("seq", ColumnType::Int64),
+            c("site", ColumnType::String),
+            c("status", ColumnType::String),
+            c("temp_c", ColumnType::Float64),
+            c("ts", ColumnType::Timestamp),
+        ]
+        .into()
+    }
+
+    fn report(label: &str, file: &[u8], rows: usize) {
+        let reader =
+            SerializedFileReader::new(bytes::Bytes::copy_from_slice(file)).expect("reads back");
+        let mut per: Vec<(String, i64)> = Vec::new();
+        for group in reader.metadata().row_groups() {
+            for c in group.columns() {
+                let name = c.column_path().string();
+                match per.iter_mut().find(|(n, _)| *n == name) {
+                    Some((_, size)) => *size += c.compressed_size(),
+                    None => per.push((name, c.compressed_size())),
+                }
+            }
+        }
+        let columns: Vec<String> = per
+            .iter()
+            .filter(|(_, size)| *size as f64 / rows as f64 >= 0.05)
+            .map(|(name, size)| format!("{name} {:.2}", *size as f64 / rows as f64))
+            .collect();
+        println!(
+            "{label}: {:.2} bytes/event ({})",
+            file.len() as f64 / rows as f64,
+            columns.join(", ")
+        );
+    }
+
+    /// Bytes per event of one file of 200,000 benchmark events, per layout and column:
+    /// `cargo test --release -p sluice-storage size_probe -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn bytes_per_event_by_layout() {
+        let n = 200_000;
+        let mut rows = RowsBuilder::new();
+        rows.append(&events(n));
+        report(
+            "no schema",
+            &encode(&rows.finish(), Vec::new()).expect("encodes"),
+            n,
+        );
+        for keep_payload in [true, false] {
+            let mut batch = events(n);
+            batch.shaping = Some(Box::new(Shaping {
+                schema_version: Some("0123456789abcdef".into()),
+                columns: columns(),
+                keep_payload,
+                tags: Vec::new(),
+                events: None,
+                quarantined: Vec::new(),
+            }));
+            let shape = FileShape::Shaped {
+                schema_version: Some("0123456789abcdef".into()),
+                columns: columns(),
+                keep_payload,
+            };
+            let mut rows = RowsBuilder::shaped(&shape, BatchSize::default());
+            rows.append(&batch);
+            let file = encode(&rows.finish(), Vec::new()).expect("encodes");
+            report(&format!("schema, keep_payload {keep_payload}"), &file, n);
+        }
     }
 }
