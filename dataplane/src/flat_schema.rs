@@ -233,6 +233,18 @@ impl Property {
                 if digits > NUMBER_TEXT_MAX || self.one_of.is_some() {
                     return false;
                 }
+                // Without bounds only the kind matters, and the text tells it: parsing
+                // every reading was a fifth of this check's time.
+                let bounded = self.minimum.is_some()
+                    || self.maximum.is_some()
+                    || self.exclusive_minimum.is_some()
+                    || self.exclusive_maximum.is_some();
+                if !bounded && !text.bytes().any(|b| b == b'e' || b == b'E') {
+                    let integral = !text.contains('.');
+                    if allows(Kind::Number) || (allows(Kind::Integer) && integral) {
+                        return true;
+                    }
+                }
                 let Ok(n) = text.parse::<f64>() else {
                     return false;
                 };
@@ -358,7 +370,7 @@ impl<'de> Visitor<'de> for Walk<'_> {
 }
 
 /// A key borrowed from the event's text when it has no escapes (serde's `Cow` always copies).
-struct Key<'de>(Cow<'de, str>);
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -398,7 +410,9 @@ mod tests {
                 "n": {"type": ["integer", "null"], "minimum": 0},
                 "ok": {"type": "boolean"},
                 "status": {"type": "string", "enum": ["ok", "degraded"]},
-                "meta": {"type": "object"}
+                "meta": {"type": "object"},
+                "level": {"type": "number"},
+                "count": {"type": "integer"}
             },
             "required": ["ts", "temp_c"],
             "additionalProperties": false
@@ -447,6 +461,9 @@ mod tests {
             json!(-50.5),
             json!(1e300),
             json!(12345678901234567890u64),
+            json!(-0.0),
+            json!(1e-7),
+            json!(-1e21),
             json!(""),
             json!("lyon"),
             json!("é日本語xx"),
@@ -465,7 +482,9 @@ mod tests {
             json!({}),
             json!([]),
         ];
-        let keys = ["ts", "site", "temp_c", "n", "ok", "status", "meta", "other"];
+        let keys = [
+            "ts", "site", "temp_c", "n", "ok", "status", "meta", "level", "count", "other",
+        ];
         arbtest::arbtest(|u| {
             let mut event = serde_json::Map::new();
             for _ in 0..u.int_in_range(0..=8)? {

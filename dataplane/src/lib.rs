@@ -35,6 +35,7 @@ mod mqtt;
 pub mod node;
 mod parse;
 mod rate_limit;
+mod raw_pointer;
 mod shape;
 mod token_table;
 mod webhooks;

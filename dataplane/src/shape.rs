@@ -19,6 +19,7 @@ use sluice_config::snapshot::{SourceConfig, WorkspaceConfig};
 use sluice_storage::event::{EventShaping, Quarantined, Shaping, QUARANTINE_ERROR_LEN_MAX};
 
 use crate::flat_schema::FlatSchema;
+use crate::raw_pointer;
 
 /// Failures listed in a refusal at most: enough to fix a batch, bounded for the answer's size.
 pub const FAILURES_LISTED_MAX: usize = 100;
@@ -264,6 +265,38 @@ impl Shaped {
 }
 
 impl SourceShape {
+    /// One event's tags and device under the rules, its pointers' values found by `find`.
+    fn event_shaping(
+        &self,
+        origin: Origin<'_>,
+        device_bound: bool,
+        find: impl Fn(&str) -> Option<String>,
+    ) -> EventShaping {
+        let mut tags = Vec::new();
+        let mut device_id = None;
+        for rule in &self.rules {
+            match rule {
+                Rule::Pointer {
+                    pointer,
+                    tag,
+                    device,
+                } => {
+                    if let Some(found) = find(pointer) {
+                        if *device {
+                            device_id = Some(found.clone());
+                        }
+                        set_tag(&mut tags, tag, found);
+                    }
+                }
+                other => batch_rule(other, origin, &mut tags, &mut device_id),
+            }
+        }
+        EventShaping {
+            tags,
+            device_id: if device_bound { None } else { device_id },
+        }
+    }
+
     /// Validates and tags the events of a batch (`payloads`, ending at `ends`). With
     /// `on_invalid = reject`, any invalid event refuses the batch: `Err` lists the first
     /// [`FAILURES_LISTED_MAX`] failures and the count of them all. A device bound to the token
@@ -293,14 +326,20 @@ impl SourceShape {
                 let payload = &payloads[start..end as usize];
                 start = end as usize;
                 // Most events of a flat schema pass the quick check and are never built into
-                // a `Value`; pointer rules need the `Value` anyway.
-                let quick = !self.has_pointer_rules
-                    && self
-                        .schema
+                // a `Value`; pointer rules then read their values from the text.
+                let quick = match &self.schema {
+                    None => true,
+                    Some(schema) => schema
+                        .flat
                         .as_ref()
-                        .and_then(|s| s.flat.as_ref())
-                        .is_some_and(|flat| flat.surely_valid(payload));
+                        .is_some_and(|flat| flat.surely_valid(payload)),
+                };
                 if quick {
+                    if let Some(events) = &mut events {
+                        events.push(self.event_shaping(origin, device_bound, |pointer| {
+                            raw_pointer::tag_value(payload, pointer)
+                        }));
+                    }
                     continue;
                 }
                 // Parse already checked it is a JSON object; a failure here would be a bug,
@@ -333,31 +372,9 @@ impl SourceShape {
                     }
                 }
                 if let Some(events) = &mut events {
-                    let mut event_tags = Vec::new();
-                    let mut event_device = None;
-                    for rule in &self.rules {
-                        match rule {
-                            Rule::Pointer {
-                                pointer,
-                                tag,
-                                device,
-                            } => {
-                                if let Some(found) =
-                                    value.pointer(pointer).and_then(shaping::tag_value)
-                                {
-                                    if *device {
-                                        event_device = Some(found.clone());
-                                    }
-                                    set_tag(&mut event_tags, tag, found);
-                                }
-                            }
-                            other => batch_rule(other, origin, &mut event_tags, &mut event_device),
-                        }
-                    }
-                    events.push(EventShaping {
-                        tags: event_tags,
-                        device_id: if device_bound { None } else { event_device },
-                    });
+                    events.push(self.event_shaping(origin, device_bound, |pointer| {
+                        value.pointer(pointer).and_then(shaping::tag_value)
+                    }));
                 }
             }
         }
