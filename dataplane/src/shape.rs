@@ -5,9 +5,10 @@
 //! schema's version, so an unchanged schema is never compiled twice), off the request path.
 //! A source with neither a schema nor tag rules has no [`SourceShape`] and pays nothing here.
 //!
-//! Validation needs each event as a `serde_json::Value` (what `jsonschema` validates); that
-//! parse is the cost of a schema, paid only by sources that have one (or payload pointer
-//! rules). What the shipper needs later is recorded in the batch's [`Shaping`], so that a
+//! Validation needs each event as a `serde_json::Value` (what `jsonschema` validates), except
+//! where the quick check of a flat schema ([`crate::flat_schema`]) vouches for it on its text;
+//! payload pointer rules then read their values from the text too ([`crate::raw_pointer`]).
+//! What the shipper needs later is recorded in the batch's [`Shaping`], so that a
 //! replay after a restart writes the same rows whatever the configuration is by then.
 
 use std::collections::HashMap;
