@@ -637,7 +637,7 @@ mod tests {
     use super::*;
     use crate::event::{Envelope, IngestBatch, Protocol};
 
-    fn batch(events: usize) -> IngestBatch {
+    pub(super) fn batch(events: usize) -> IngestBatch {
         let mut payloads = Vec::new();
         let mut ends = Vec::new();
         for i in 0..events {
@@ -882,7 +882,7 @@ mod tests {
 #[cfg(test)]
 mod size_probe {
     use super::*;
-    use crate::event::{Envelope, Protocol, Shaping};
+    use crate::event::Shaping;
     use parquet::file::reader::{FileReader, SerializedFileReader};
 
     /// Events like the benchmarks' (`bench/src/payload.rs`): ~200 bytes of JSON with a time,
@@ -937,18 +937,9 @@ mod size_probe {
             ends.push(payloads.len() as u32);
         }
         IngestBatch {
-            envelope: Envelope {
-                first_event_id: uuid::Uuid::now_v7(),
-                received_at_us: 1_764_000_000_000_000,
-                workspace_id: uuid::Uuid::now_v7(),
-                source: "telemetry".into(),
-                device_id: None,
-                protocol: Protocol::Http,
-                topic: None,
-            },
             payloads,
             ends,
-            shaping: None,
+            ..super::tests::batch(0)
         }
     }
 
