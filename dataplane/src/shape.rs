@@ -337,8 +337,11 @@ impl SourceShape {
                 };
                 if quick {
                     if let Some(events) = &mut events {
+                        // Parse checked the text; a failure here would be a bug, and the
+                        // event then simply gets no pointer tags.
+                        let text = std::str::from_utf8(payload).ok();
                         events.push(self.event_shaping(origin, device_bound, |pointer| {
-                            raw_pointer::tag_value(payload, pointer)
+                            text.and_then(|text| raw_pointer::tag_value(text, pointer))
                         }));
                     }
                     continue;
