@@ -224,7 +224,11 @@ fn string_end(text: &[u8], mut i: usize) -> Result<usize, &'static str> {
                 }
             }
             Some(b'\\') => i += 2,
-            Some(_) => i += 1,
+            // Most of a string is neither a quote nor an escape: jump to the next one.
+            Some(_) => match memchr::memchr2(b'"', b'\\', &text[i..]) {
+                Some(skip) => i += skip,
+                None => return Ok(text.len()),
+            },
         }
     }
 }
