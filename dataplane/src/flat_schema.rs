@@ -233,8 +233,8 @@ impl Property {
                 if digits > NUMBER_TEXT_MAX || self.one_of.is_some() {
                     return false;
                 }
-                // Without bounds only the kind matters, and the text tells it: parsing
-                // every reading was a fifth of this check's time.
+                // Without bounds only the kind matters, and the text tells it: no need to
+                // parse every reading (it showed in the NDJSON benchmark's profile).
                 let bounded = self.minimum.is_some()
                     || self.maximum.is_some()
                     || self.exclusive_minimum.is_some()
