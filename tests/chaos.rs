@@ -1,7 +1,8 @@
 //! Chaos rounds in the suite: six kills of a node under HTTP and MQTT QoS 1 load with the
 //! configuration changing, one by the clock and one at each crash point (Parquet encoding,
 //! between an upload and its commit-log entry, between that entry and the watermark, WAL
-//! rotation, configuration swap), then every acknowledged event in the lake exactly once and
+//! rotation, configuration swap), the second half of them with a schema that quarantines about
+//! one event in ten, then every acknowledged event in the lake exactly once and
 //! every file named by the commit log export endpoints and webhooks read. The same code is `sluice-loadtest chaos`, whose
 //! long run (100 rounds) is in loadtest/README.md.
 
@@ -61,6 +62,13 @@ fn six_chaos_rounds_lose_and_duplicate_nothing_acknowledged() {
     assert!(
         report.acknowledged_http > 1000 && report.acknowledged_mqtt > 100,
         "seed {seed}: the load was too light to prove anything: {}",
+        report.text()
+    );
+    // The second half of the rounds ran with a schema and a quarantine: shaped records and
+    // quarantine files went through the kills too.
+    assert!(
+        report.schema_set && report.quarantined > 0,
+        "seed {seed}: no event reached the quarantine: {}",
         report.text()
     );
     assert!(

@@ -15,10 +15,30 @@ use super::Load;
 /// Pause between two changes; the node reads the snapshot file every 200 ms.
 const CHANGE_EVERY: Duration = Duration::from_millis(120);
 
+/// The schema the run gives the clients' source halfway: every event has `k` and `v` (0..999),
+/// so about one in ten (`v` ≥ 900) is refused and, with `on_invalid = quarantine`, stored in
+/// the quarantine dataset. The rounds after it kill a node whose records and files are shaped.
+pub fn schema_update() -> Value {
+    json!({
+        "schema": {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {
+                "k": {"type": "integer", "minimum": 0},
+                "v": {"type": "integer", "minimum": 0, "maximum": 899}
+            },
+            "required": ["k", "v"]
+        },
+        "on_invalid": "quarantine"
+    })
+}
+
 /// Where to make the changes.
 pub struct Churn {
     pub api_base: String,
     pub workspace: String,
+    /// The clients' source, which gets [`schema_update`] once the driver asks for it.
+    pub source: String,
     /// `initial-operator.json` of the data dir: the operator account's e-mail and password.
     pub operator_file: PathBuf,
 }
@@ -43,6 +63,26 @@ pub fn run(churn: Churn, load: Arc<Load>) {
             continue;
         };
         let auth = format!("Bearer {auth}");
+        if load.shape.load(Ordering::Relaxed) && !load.shaped.load(Ordering::Relaxed) {
+            let answer = agent
+                .patch(format!(
+                    "{}/api/v1/workspaces/{}/sources/{}",
+                    churn.api_base, churn.workspace, churn.source
+                ))
+                .header("authorization", &auth)
+                .header("content-type", "application/json")
+                .send(schema_update().to_string());
+            match answer.map(|r| r.status().as_u16()) {
+                Ok(200) => {
+                    load.shaped.store(true, Ordering::Relaxed);
+                    load.config_changes.fetch_add(1, Ordering::Relaxed);
+                }
+                Ok(401) => session = None,
+                // The node is down or starting: try again next time.
+                _ => {}
+            }
+            continue;
+        }
         // Alternate: mint a token, then revoke it; each is one configuration version.
         let answer = match &minted {
             None => agent

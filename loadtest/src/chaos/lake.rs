@@ -25,6 +25,8 @@ pub struct Stored {
     pub uncommitted_files: u64,
     /// Commit-log entries naming a file that is not there.
     pub dangling_entries: u64,
+    /// Rows of quarantine files (counted in `keys` too).
+    pub quarantined: u64,
 }
 
 #[derive(Deserialize)]
@@ -37,10 +39,13 @@ struct Keyed {
     k: u64,
 }
 
-/// Counts the keys in every `.parquet` file under `lake`.
+/// Counts the keys in every `.parquet` and `.quarantine` file under `lake`; checks the
+/// commit log against the `.parquet` files (quarantine files are not exported, so not in it).
 pub fn read(lake: &Path) -> Result<Stored> {
     let mut files = Vec::new();
     walk(lake, &mut files)?;
+    let mut quarantine = Vec::new();
+    walk_ext(lake, "quarantine", &mut quarantine)?;
     let mut entries = Vec::new();
     walk_ext(lake, "json", &mut entries)?;
     let mut named = std::collections::HashSet::new();
@@ -56,7 +61,9 @@ pub fn read(lake: &Path) -> Result<Stored> {
         named.insert(file);
     }
     stored.uncommitted_files = files.iter().filter(|f| !named.contains(*f)).count() as u64;
-    for path in files {
+    let events_files = files.len();
+    for (n, path) in files.into_iter().chain(quarantine).enumerate() {
+        let in_quarantine = n >= events_files;
         let file = File::open(&path).with_context(|| format!("opening {}", path.display()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)
             .with_context(|| format!("reading the footer of {}", path.display()))?;
@@ -81,6 +88,9 @@ pub fn read(lake: &Path) -> Result<Stored> {
                     Ok(Keyed { k }) => *stored.keys.entry(k).or_default() += 1,
                     Err(_) => stored.foreign += 1,
                 }
+            }
+            if in_quarantine {
+                stored.quarantined += payloads.len() as u64;
             }
         }
         stored.files += 1;

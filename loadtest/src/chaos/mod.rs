@@ -208,6 +208,11 @@ pub struct Report {
     pub stored_unacknowledged: u64,
     /// Rows without a key of this run (must be 0).
     pub foreign: u64,
+    /// Of `stored`, rows in quarantine files (events the schema of the run's second half
+    /// refused).
+    pub quarantined: u64,
+    /// Whether the control plane took that schema.
+    pub schema_set: bool,
     pub parquet_files: u64,
     /// Parquet files no commit-log entry names (export endpoints and webhooks would miss
     /// them; must be 0), and entries naming no file (must be 0).
@@ -255,7 +260,7 @@ impl Report {
     pub fn text(&self) -> String {
         let fired: Vec<String> = self.fired.iter().map(|(k, n)| format!("{k} {n}")).collect();
         format!(
-            "chaos: {} rounds, seed {}: acknowledged {} (HTTP {}, MQTT {}), stored {}, lost {}, duplicated {}; \
+            "chaos: {} rounds, seed {}: acknowledged {} (HTTP {}, MQTT {}), stored {} ({} in quarantine{}), lost {}, duplicated {}; \
              stored unacknowledged {}, foreign {}; {} Parquet files ({} named by no commit entry, {} entries naming no file), \
              {} config changes, {} WAL segments left; \
              kills: {}{}; {:.1} s{}",
@@ -265,6 +270,8 @@ impl Report {
             self.acknowledged_http,
             self.acknowledged_mqtt,
             self.stored,
+            self.quarantined,
+            if self.schema_set { "" } else { ", schema never set" },
             self.lost,
             self.duplicated,
             self.stored_unacknowledged,
@@ -303,6 +310,10 @@ pub(crate) struct Load {
     mqtt_refused: AtomicU64,
     mqtt_sessions_lost: AtomicU64,
     config_changes: AtomicU64,
+    /// Set by the driver halfway through the rounds: the churn gives the source a schema.
+    shape: AtomicBool,
+    /// Set by the churn once the control plane took the schema.
+    shaped: AtomicBool,
 }
 
 impl Load {
@@ -401,6 +412,12 @@ pub fn run(plan: &Plan) -> Result<Report> {
 
     for (i, mode) in modes.iter().enumerate() {
         let round = i as u32 + 1;
+        // The first half of the rounds kills a node whose source takes any JSON; the second
+        // half one whose source has a schema with a quarantine (shaped WAL records, typed
+        // files, quarantine files).
+        if i == modes.len() / 2 {
+            load.shape.store(true, Ordering::Relaxed);
+        }
         let arm = match mode {
             Mode::Timer { .. } => None,
             Mode::Point { .. } => Some(mode.to_string()),
@@ -442,6 +459,7 @@ pub fn run(plan: &Plan) -> Result<Report> {
                     let churn = churn::Churn {
                         api_base: node.api_base(),
                         workspace: boot.workspace.clone(),
+                        source: boot.source.clone(),
                         operator_file: node.data_dir().join("initial-operator.json"),
                     };
                     let load = load.clone();
@@ -583,6 +601,8 @@ pub fn run(plan: &Plan) -> Result<Report> {
         duplicated: duplicated.len() as u64,
         stored_unacknowledged,
         foreign: stored.foreign,
+        quarantined: stored.quarantined,
+        schema_set: load.shaped.load(Ordering::Relaxed),
         parquet_files: stored.files,
         uncommitted_files: stored.uncommitted_files,
         dangling_entries: stored.dangling_entries,
