@@ -18,7 +18,7 @@ const CHANGE_EVERY: Duration = Duration::from_millis(120);
 /// The schema the run gives the clients' source halfway: every event has `k` and `v` (0..999),
 /// so about one in ten (`v` ≥ 900) is refused and, with `on_invalid = quarantine`, stored in
 /// the quarantine dataset. The rounds after it kill a node whose records and files are shaped.
-pub fn schema_update() -> Value {
+fn schema_update() -> Value {
     json!({
         "schema": {
             "$schema": "https://json-schema.org/draft/2020-12/schema",
