@@ -166,19 +166,9 @@ impl Wal {
 
     /// Appends one record and returns its LSN once it is durable on disk.
     pub async fn append(&self, payload: Vec<u8>) -> Result<Lsn, WalError> {
-        if payload.len() > RECORD_BYTES_MAX {
-            return Err(WalError::RecordTooLarge(payload.len()));
-        }
-        self.check_room(payload.len())?;
+        self.check_record(&payload)?;
         let (done, rx) = oneshot::channel();
-        self.tx
-            .send(Append {
-                payload,
-                done: Done::Task(done),
-            })
-            .await
-            .map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?
+        self.submit(payload, Done::Task(done), rx).await
     }
 
     /// A lane for the calling thread's appends ([`Wal::append_in`]) and its dispatcher, which
@@ -191,19 +181,32 @@ impl Wal {
     /// once per group instead of once per append. Call on the lane's thread, with its
     /// dispatcher running there.
     pub async fn append_in(&self, lane: &Lane, payload: Vec<u8>) -> Result<Lsn, WalError> {
+        // Checked before the ticket: a refused record leaves nothing waiting in the lane.
+        self.check_record(&payload)?;
+        let (ticket, rx) = lane.ticket();
+        self.submit(payload, Done::Lane(ticket), rx).await
+    }
+
+    /// A record the log takes: not too large, and room for it on disk.
+    fn check_record(&self, payload: &[u8]) -> Result<(), WalError> {
         if payload.len() > RECORD_BYTES_MAX {
             return Err(WalError::RecordTooLarge(payload.len()));
         }
-        self.check_room(payload.len())?;
-        let (ticket, rx) = lane.ticket();
+        self.check_room(payload.len())
+    }
+
+    /// Hands the record to the writer thread and waits for `answer`, which `done` sends.
+    async fn submit(
+        &self,
+        payload: Vec<u8>,
+        done: Done,
+        answer: oneshot::Receiver<Result<Lsn, WalError>>,
+    ) -> Result<Lsn, WalError> {
         self.tx
-            .send(Append {
-                payload,
-                done: Done::Lane(ticket),
-            })
+            .send(Append { payload, done })
             .await
             .map_err(|_| WalError::Closed)?;
-        rx.await.map_err(|_| WalError::Closed)?
+        answer.await.map_err(|_| WalError::Closed)?
     }
 
     /// Whether `bytes` more would still fit in the disk quota, and the log takes writes.
