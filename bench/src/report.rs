@@ -299,6 +299,26 @@ impl Report {
     }
 
     /// The rounds of `pair`, when interleaved.
+    /// One connection count of a comparison as JSON, the reference server's requests/s under
+    /// `reference` (in the pair and in each round).
+    fn pair_json(&self, pair: &Pair<'_>, reference: &str) -> serde_json::Value {
+        let rounds = self.rounds_of(pair);
+        let mut entry = json!({
+            "connections": pair.connections,
+            "sluice_scenario": pair.single.name,
+            "sluice_single_requests_per_s": round(pair.single.requests_per_s, 1),
+            "ratio": round(pair.ratio(), 3),
+            "rounds": rounds.iter().map(|(base, single)| {
+                let mut round_entry = json!({"sluice_single_requests_per_s": round(*single, 1)});
+                round_entry[reference] = json!(round(*base, 1));
+                round_entry
+            }).collect::<Vec<_>>(),
+            "median_round_ratio": median_ratio(rounds).map(|v| round(v, 3)),
+        });
+        entry[reference] = json!(round(pair.baseline.requests_per_s, 1));
+        entry
+    }
+
     fn rounds_of(&self, pair: &Pair<'_>) -> &[(f64, f64)] {
         let rounds = if pair.baseline.name == NGINX {
             &self.nginx_rounds
@@ -383,37 +403,14 @@ impl Report {
             "single_best_vs_baseline_best_by_scenario": self.singles().iter().map(|&name| {
                 (name.to_owned(), json!(self.ratio_of(name).map(|v| round(v, 3))))
             }).collect::<serde_json::Map<_, _>>(),
-            "by_connections": self.pairs().iter().map(|pair| {
-                let rounds = self.rounds_of(pair);
-                json!({
-                    "connections": pair.connections,
-                    "sluice_scenario": pair.single.name,
-                    "baseline_requests_per_s": round(pair.baseline.requests_per_s, 1),
-                    "sluice_single_requests_per_s": round(pair.single.requests_per_s, 1),
-                    "ratio": round(pair.ratio(), 3),
-                    "rounds": rounds.iter().map(|(base, single)| json!({
-                        "baseline_requests_per_s": round(*base, 1),
-                        "sluice_single_requests_per_s": round(*single, 1),
-                    })).collect::<Vec<_>>(),
-                    "median_round_ratio": median_ratio(rounds).map(|v| round(v, 3)),
-                })
-            }).collect::<Vec<_>>(),
+            "by_connections": self.pairs().iter()
+                .map(|pair| self.pair_json(pair, "baseline_requests_per_s"))
+                .collect::<Vec<_>>(),
             "vs_nginx_by_connections": self.nginx_pairs().iter().map(|pair| {
-                let rounds = self.rounds_of(pair);
-                json!({
-                    "connections": pair.connections,
-                    "sluice_scenario": pair.single.name,
-                    "nginx_requests_per_s": round(pair.baseline.requests_per_s, 1),
-                    "sluice_single_requests_per_s": round(pair.single.requests_per_s, 1),
-                    "ratio": round(pair.ratio(), 3),
-                    "rounds": rounds.iter().map(|(nginx, single)| json!({
-                        "nginx_requests_per_s": round(*nginx, 1),
-                        "sluice_single_requests_per_s": round(*single, 1),
-                    })).collect::<Vec<_>>(),
-                    "median_round_ratio": median_ratio(rounds).map(|v| round(v, 3)),
-                    "target_min": TARGET_NGINX_RATIO,
-                    "target_met": pair.ratio() >= TARGET_NGINX_RATIO,
-                })
+                let mut entry = self.pair_json(pair, "nginx_requests_per_s");
+                entry["target_min"] = json!(TARGET_NGINX_RATIO);
+                entry["target_met"] = json!(pair.ratio() >= TARGET_NGINX_RATIO);
+                entry
             }).collect::<Vec<_>>(),
             "targets": {
                 "single_vs_baseline_min": TARGET_SINGLE_RATIO,
@@ -725,6 +722,13 @@ mod tests {
         let json = report.to_json();
         assert_eq!(json["vs_nginx_by_connections"][0]["target_met"], false);
         assert_eq!(json["vs_nginx_by_connections"][2]["target_met"], true);
+        // Each comparison names its reference server's figures after it, rounds included.
+        let nginx = &json["vs_nginx_by_connections"][2];
+        assert_eq!(nginx["nginx_requests_per_s"], 87_500.0);
+        assert!(nginx["rounds"][0]["nginx_requests_per_s"].is_number());
+        assert!(json["by_connections"][0]["baseline_requests_per_s"].is_number());
+        assert!(json["by_connections"][0]["rounds"][0]["baseline_requests_per_s"].is_number());
+        assert!(json["by_connections"][0].get("target_met").is_none());
     }
 
     #[test]
