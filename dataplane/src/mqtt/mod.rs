@@ -14,7 +14,9 @@
 //! - `ingest`: the CONNECT check and one PUBLISH through the [admission steps](crate::admit);
 //! - `lane`: plain QoS 0 publishes stored straight from the read buffer;
 //! - `framing`: hands the codec whole packets only, after offering them to the lane;
-//! - `sessions`: live sessions, closed when taken over or no longer allowed;
+//! - `watch`: one task per worker thread that closes its sessions when taken over or no
+//!   longer allowed;
+//! - `sessions`: live sessions across the worker threads, for takeover;
 //! - `connect`: what both versions do around a CONNECT and a connection's end;
 //! - `v3` and `v5`: the version glue, mapping outcomes to packets.
 //!
@@ -34,6 +36,7 @@ pub(crate) mod throttle;
 mod types;
 mod v3;
 mod v5;
+mod watch;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};

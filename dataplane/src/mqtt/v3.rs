@@ -13,9 +13,10 @@ use ntex_util::time::Seconds;
 use super::connect;
 use super::framing::{read_payload, PayloadRead};
 use super::ingest::MqttIngest;
-use super::sessions::{Closer, DeviceSession, Sessions};
+use super::sessions::{DeviceSession, Sessions};
 use super::types::CloseReason;
 use super::types::{publish_outcome, ConnectRefusal, Credentials, MqttError};
+use super::watch::Closer;
 
 struct V3Closer(v3::MqttSink);
 

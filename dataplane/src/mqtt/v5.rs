@@ -13,9 +13,10 @@ use ntex_mqtt::v5::codec::{
 use super::connect;
 use super::framing::{read_payload, PayloadRead};
 use super::ingest::MqttIngest;
-use super::sessions::{Closer, DeviceSession, Sessions};
+use super::sessions::{DeviceSession, Sessions};
 use super::types::CloseReason;
 use super::types::{describe, ConnectRefusal, Credentials, MqttError};
+use super::watch::Closer;
 use crate::admit::Refusal;
 
 struct V5Closer(v5::MqttSink);

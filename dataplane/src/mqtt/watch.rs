@@ -1,0 +1,264 @@
+//! The watch of one worker thread's sessions: it closes a session when another connection takes
+//! its client id over, when its token or workspace no longer allows it (configuration change,
+//! the token's expiry), or when the node shuts down.
+//!
+//! One task per ntex worker thread watches all of that thread's sessions. (It was one task per
+//! session: ~700 bytes and a channel for every idle connection, and on a configuration change
+//! every session's task woke at once.) A session is an entry in the worker's table, added when
+//! it starts and removed when it ends; a takeover from any thread reaches the worker through
+//! its [`Inbox`].
+
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashMap};
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tracing::info;
+
+use crate::access::Refusal as AccessRefusal;
+use crate::admit::now_us;
+use crate::metrics::Reason;
+
+use super::ingest::MqttIngest;
+use super::types::{CloseReason, Device};
+
+/// What the watch does to close a session's connection (v3 and v5 sinks differ).
+pub trait Closer: 'static {
+    fn close(&self, reason: CloseReason);
+}
+
+/// A session's id, unique in the node.
+pub type SessionId = u64;
+
+/// Where other threads leave work for a worker's watch: sessions taken over. The watch drains
+/// it each time it is woken; a wake-up while it is busy is kept (`Notify` stores one permit).
+#[derive(Default)]
+pub struct Inbox {
+    taken_over: Mutex<Vec<SessionId>>,
+    wake: Notify,
+}
+
+impl Inbox {
+    /// Asks the worker to close session `id` as taken over (a no-op if it has ended).
+    pub fn take_over(&self, id: SessionId) {
+        if let Ok(mut ids) = self.taken_over.lock() {
+            ids.push(id);
+        }
+        self.wake.notify_one();
+    }
+
+    fn drain(&self) -> Vec<SessionId> {
+        self.taken_over
+            .lock()
+            .map(|mut ids| std::mem::take(&mut *ids))
+            .unwrap_or_default()
+    }
+}
+
+struct Watched {
+    device: Rc<Device>,
+    closer: Box<dyn Closer>,
+}
+
+#[derive(Default)]
+struct Table {
+    sessions: HashMap<SessionId, Watched>,
+    /// (expiry in µs since the epoch, session) of the sessions whose token expires.
+    expiries: BTreeSet<(i64, SessionId)>,
+    /// Shutdown has been asked for and the watch has ended: a session that starts now is
+    /// closed at once.
+    shut: bool,
+}
+
+impl Table {
+    fn remove(&mut self, id: SessionId) -> Option<Watched> {
+        let watched = self.sessions.remove(&id)?;
+        if let Some(at) = watched.device.expires_at_us {
+            self.expires_remove(at, id);
+        }
+        Some(watched)
+    }
+
+    fn expires_remove(&mut self, at: i64, id: SessionId) {
+        self.expiries.remove(&(at, id));
+    }
+}
+
+/// One worker thread's watch.
+pub struct WorkerWatch {
+    ingest: Arc<MqttIngest>,
+    inbox: Arc<Inbox>,
+    table: RefCell<Table>,
+}
+
+thread_local! {
+    static WORKER: RefCell<Option<Rc<WorkerWatch>>> = const { RefCell::new(None) };
+}
+
+impl WorkerWatch {
+    /// This worker thread's watch, started on first use. A worker thread serves one MQTT
+    /// front end, so `ingest` is the same at every call on a thread.
+    pub fn here(ingest: &Arc<MqttIngest>) -> Rc<WorkerWatch> {
+        WORKER.with(|worker| {
+            worker
+                .borrow_mut()
+                .get_or_insert_with(|| {
+                    let watch = Rc::new(WorkerWatch {
+                        ingest: ingest.clone(),
+                        inbox: Arc::default(),
+                        table: RefCell::default(),
+                    });
+                    ntex_rt::spawn(run(watch.clone())).detach();
+                    watch
+                })
+                .clone()
+        })
+    }
+
+    /// Where a takeover of this worker's sessions is sent from any thread.
+    pub fn inbox(&self) -> Arc<Inbox> {
+        self.inbox.clone()
+    }
+
+    /// Watches session `id` until [`WorkerWatch::end`] or the watch closes it.
+    pub fn add(self: &Rc<Self>, id: SessionId, device: Rc<Device>, closer: Box<dyn Closer>) {
+        let mut table = self.table.borrow_mut();
+        let shut = table.shut;
+        let mut wake = false;
+        if let Some(at) = device.expires_at_us {
+            // An expiry sooner than the one the watch sleeps until: it must look again.
+            wake |= table.expiries.first().is_none_or(|(first, _)| at < *first);
+            table.expiries.insert((at, id));
+        }
+        table.sessions.insert(id, Watched { device, closer });
+        drop(table);
+        if shut {
+            // A session that started during the shutdown, after the watch ended: closed once
+            // its CONNACK is out, like those before it.
+            let watch = self.clone();
+            ntex_rt::spawn(async move {
+                watch.close_where(CloseReason::ShuttingDown, |session, _| session == id);
+            })
+            .detach();
+        } else if wake {
+            self.inbox.wake.notify_one();
+        }
+    }
+
+    /// Session `id` has ended (its connection is gone).
+    pub fn end(&self, id: SessionId) {
+        // Dropped outside the borrow: a closer's drop runs ntex code.
+        let ended = self.table.borrow_mut().remove(id);
+        drop(ended);
+    }
+
+    /// Takes the sessions `pick` chooses out of the table and closes them with `reason`.
+    /// Nothing is borrowed while a closer runs.
+    fn close_where(&self, reason: CloseReason, mut pick: impl FnMut(SessionId, &Device) -> bool) {
+        let closing: Vec<Watched> = {
+            let mut table = self.table.borrow_mut();
+            let ids: Vec<SessionId> = table
+                .sessions
+                .iter()
+                .filter(|(id, watched)| pick(**id, &watched.device))
+                .map(|(id, _)| *id)
+                .collect();
+            ids.into_iter().filter_map(|id| table.remove(id)).collect()
+        };
+        close_all(&self.ingest, reason, closing);
+    }
+}
+
+fn close_all(ingest: &MqttIngest, reason: CloseReason, closing: Vec<Watched>) {
+    if closing.is_empty() {
+        return;
+    }
+    ingest
+        .metrics
+        .mqtt
+        .sessions_closed_total
+        .get_or_create(&Reason {
+            reason: reason.slug(),
+        })
+        .inc_by(closing.len() as u64);
+    for watched in closing {
+        watched.closer.close(reason);
+    }
+}
+
+/// The watch task of one worker thread; it lives as long as the worker's runtime.
+async fn run(watch: Rc<WorkerWatch>) {
+    let ingest = watch.ingest.clone();
+    let mut changes = ingest.admission.access.subscribe();
+    let mut changes_open = true;
+    let mut shutdown = ingest.shutdown.clone();
+    loop {
+        // Sleeping until the first token expires; a day at most, then look again.
+        let first_expiry = watch.table.borrow().expiries.first().map(|(at, _)| *at);
+        let sleep = first_expiry
+            .map(|at| Duration::from_micros(at.saturating_sub(now_us()).max(0) as u64))
+            .unwrap_or(Duration::from_secs(86_400))
+            .min(Duration::from_secs(86_400));
+        tokio::select! {
+            biased;
+            _ = shutdown.requested() => {
+                watch.table.borrow_mut().shut = true;
+                watch.close_where(CloseReason::ShuttingDown, |_, _| true);
+                // Ended, so that the worker's graceful stop does not wait for this task.
+                return;
+            }
+            () = watch.inbox.wake.notified() => {
+                let taken_over = watch.inbox.drain();
+                if !taken_over.is_empty() {
+                    watch.close_where(CloseReason::TakenOver, |id, _| taken_over.contains(&id));
+                }
+            }
+            changed = changes.changed(), if changes_open => {
+                // The configuration's sender is gone only when the node is ending.
+                changes_open = changed.is_ok();
+                if changes_open {
+                    watch.close_where(CloseReason::NotAuthorized, |_, device| {
+                        refused(&ingest, device)
+                    });
+                }
+            }
+            () = ntex_util::time::sleep(sleep) => {
+                let now = now_us();
+                watch.close_where(CloseReason::NotAuthorized, |_, device| {
+                    device.expires_at_us.is_some_and(|at| at <= now) && refused(&ingest, device)
+                });
+                // Past its expiry yet still allowed (the configuration now says otherwise):
+                // configuration changes keep watching it; the timer must not spin on it.
+                let mut table = watch.table.borrow_mut();
+                while let Some(&(at, id)) = table.expiries.first() {
+                    if at > now {
+                        break;
+                    }
+                    table.expires_remove(at, id);
+                }
+            }
+        }
+    }
+}
+
+/// Whether `device`'s session is no longer allowed (logged when so).
+fn refused(ingest: &MqttIngest, device: &Device) -> bool {
+    match ingest.still_allowed(device) {
+        Ok(()) => false,
+        Err(refusal) => {
+            log_refusal(device, &refusal);
+            true
+        }
+    }
+}
+
+fn log_refusal(device: &Device, refusal: &AccessRefusal) {
+    info!(
+        workspace = %device.workspace,
+        device = %device.device_id,
+        reason = ?refusal,
+        "closing an MQTT session that is no longer allowed"
+    );
+}
