@@ -8,6 +8,7 @@
 //! - `packet`: where a packet ends in a buffer (the fixed header);
 //! - `conformance`: what the MQTT specifications ask that ntex-mqtt does not do, answered on
 //!   whole packets before the codec sees them;
+//! - `inflight`: bounds the packets a connection has in flight;
 //! - `throttle`: slows down failing CONNECTs;
 //! - `connecting`: bounds the connections that have not authenticated yet;
 //! - `batcher`: a connection's queue of WAL records, appended through the admission path;
@@ -27,6 +28,7 @@ mod conformance;
 mod connect;
 mod connecting;
 mod framing;
+mod inflight;
 pub(crate) mod ingest;
 mod lane;
 mod packet;
@@ -305,12 +307,25 @@ fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
 ) -> impl ntex_service::Service<(), Req, Res = (), Error = ntex_mqtt::MqttError<MqttError>> {
     let ingest5 = ingest.clone();
     let sessions5 = sessions.clone();
+    // As ntex-mqtt's own middleware does: MQTT 3.1.1 bounds the count (MQTT 5's dispatcher
+    // holds clients to the receive maximum of the CONNACK), both the bytes.
+    let receive_max = ingest.limits.receive_max;
+    let inflight_bytes =
+        (ingest.limits.packet_bytes_max as usize).saturating_mul(receive_max as usize);
     ntex_mqtt::MqttServer::new()
         .v3(ntex_mqtt::v3::MqttServer::new(v3::publish)
+            .replace_middlewares(inflight::InFlight {
+                count: receive_max,
+                bytes: inflight_bytes,
+            })
             .protocol(v3::protocol)
             .control(v3::control)
             .build(move |connect| v3::connect(ingest.clone(), sessions.clone(), connect)))
         .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
+            .replace_middlewares(inflight::InFlight {
+                count: 0,
+                bytes: inflight_bytes,
+            })
             .protocol(v5::protocol)
             .control(v5::control)
             .build(move |connect| v5::connect(ingest5.clone(), sessions5.clone(), connect)))
