@@ -517,6 +517,10 @@ fn main() -> Result<()> {
                 (None, None) => {
                     node.config_snapshot =
                         Some(node.data_dir.join(sluice_controlplane::snapshot::FILE_NAME));
+                    // Each version written is applied at once, not at the file's next poll.
+                    let nudge = sluice_config::nudge::SnapshotNudge::default();
+                    node.snapshot_nudge = Some(nudge.clone());
+                    controlplane.snapshot_written = Some(nudge);
                     FirstStart::DefaultWorkspace {
                         token: bootstrap::read(&node.data_dir).map(|b| b.token),
                     }

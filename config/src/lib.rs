@@ -7,6 +7,8 @@
 //! - [`shaping`]: sources' JSON Schemas, the typed columns they give, and tag rules.
 //! - [`data_out`]: outputs (filtered, projected views of a source), export endpoints and
 //!   webhook subscriptions.
+//! - [`nudge`]: the control plane telling a node in the same process that its snapshot file
+//!   changed.
 //! - [`outbound`]: which addresses Sluice may connect to on a workspace's behalf.
 //! - [`sealed`]: secrets sealed with the cluster secret for their trip in the configuration.
 //! - [`webhook_signature`]: Standard Webhooks signatures.
@@ -21,6 +23,7 @@
 pub mod data_out;
 pub mod delta;
 pub mod hash;
+pub mod nudge;
 pub mod outbound;
 pub mod sealed;
 pub mod shaping;

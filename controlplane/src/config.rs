@@ -126,6 +126,10 @@ pub struct ControlPlaneConfig {
     /// Sign-in with OpenID Connect and OAuth 2 providers: `[controlplane.sign_in]` and its
     /// `[[controlplane.sign_in.providers]]`.
     pub sign_in: SignInConfig,
+    /// Nudged after each version written to `config-snapshot.json`, for a data-plane node
+    /// following that file in the same process (`sluice up`). Not a setting.
+    #[serde(skip)]
+    pub snapshot_written: Option<sluice_config::nudge::SnapshotNudge>,
 }
 
 impl std::fmt::Debug for ControlPlaneConfig {
@@ -202,6 +206,7 @@ impl Default for ControlPlaneConfig {
             oauth_registrations_per_address_per_hour: 20,
             mcp_requests_max: 64,
             sign_in: SignInConfig::default(),
+            snapshot_written: None,
         }
     }
 }

@@ -128,7 +128,12 @@ pub(crate) async fn keep_file_current(app: App, path: PathBuf) {
         })
         .await;
         match written {
-            Ok(Ok(version)) => tracing::debug!(version, "configuration snapshot written"),
+            Ok(Ok(version)) => {
+                tracing::debug!(version, "configuration snapshot written");
+                if let Some(nudge) = &app.config.snapshot_written {
+                    nudge.nudge();
+                }
+            }
             Ok(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %e, "writing the configuration snapshot failed")
             }

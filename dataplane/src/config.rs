@@ -24,6 +24,11 @@ pub struct NodeConfig {
     /// A JSON snapshot file to serve from (watched for changes); the cache or the bootstrap
     /// when unset.
     pub config_snapshot: Option<PathBuf>,
+    /// Told when the control plane in the same process (`sluice up`) has written a new
+    /// version of `config_snapshot`, so that the node applies it at once rather than at its
+    /// next poll of the file. Not a setting.
+    #[serde(skip)]
+    pub snapshot_nudge: Option<sluice_config::nudge::SnapshotNudge>,
     /// Control-plane URL (`http://host:port`) to follow the configuration stream from; the
     /// cache (or nothing) until the first version arrives. Excludes `config_snapshot`.
     pub control_plane: Option<String>,
@@ -183,6 +188,7 @@ impl Default for NodeConfig {
             object_store: None,
             node_id: None,
             config_snapshot: None,
+            snapshot_nudge: None,
             control_plane: None,
             cluster_secret: None,
             http: HttpConfig::default(),

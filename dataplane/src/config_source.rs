@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
+use sluice_config::nudge::SnapshotNudge;
 use sluice_config::snapshot::ConfigSnapshot;
 use sluice_config::state::ConfigState;
 use sluice_storage::cache::ConfigCache;
@@ -19,7 +20,7 @@ use tracing::{error, info, warn};
 use crate::access::Access;
 use crate::metrics::NodeMetrics;
 
-/// How often the snapshot file is checked for changes.
+/// How often the snapshot file is checked for changes (at once when nudged).
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);
 
 /// Errors reading a snapshot file.
@@ -64,21 +65,44 @@ pub fn read_snapshot_file(path: &Path) -> Result<ConfigSnapshot, SourceError> {
 }
 
 /// Polls a snapshot file and applies newer versions, until the shutdown signal (seen within
-/// one poll interval).
+/// one poll interval). A control plane in the same process nudges it after each version it
+/// writes, and the file is read at once.
 pub struct SnapshotWatch {
     thread: JoinHandle<()>,
 }
 
 impl SnapshotWatch {
-    /// Follows `path` from `current`, the configuration the node serves now.
+    /// Follows `path` from `current`, the configuration the node serves now; `nudge`, when
+    /// given, says a new version was written.
     pub fn start(
         path: PathBuf,
+        nudge: Option<SnapshotNudge>,
         current: ConfigSnapshot,
         cache: Arc<ConfigCache>,
         access: Arc<Access>,
         metrics: Arc<NodeMetrics>,
         shutdown: Shutdown,
     ) -> std::io::Result<Self> {
+        Self::start_polling(
+            path,
+            nudge,
+            WATCH_INTERVAL,
+            current,
+            (cache, access, metrics),
+            shutdown,
+        )
+    }
+
+    fn start_polling(
+        path: PathBuf,
+        nudge: Option<SnapshotNudge>,
+        interval: Duration,
+        current: ConfigSnapshot,
+        (cache, access, metrics): (Arc<ConfigCache>, Arc<Access>, Arc<NodeMetrics>),
+        shutdown: Shutdown,
+    ) -> std::io::Result<Self> {
+        // Counted before the thread starts: a version written from here on is a nudge it sees.
+        let mut nudged = nudge.as_ref().map_or(0, SnapshotNudge::count);
         let thread = std::thread::Builder::new()
             .name("sluice-config-watch".into())
             .spawn(move || {
@@ -90,9 +114,21 @@ impl SnapshotWatch {
                 });
                 let mut seen = stamp(&path);
                 while !shutdown.is_requested() {
-                    std::thread::sleep(WATCH_INTERVAL);
+                    let was_nudged = match &nudge {
+                        Some(nudge) => {
+                            let before = nudged;
+                            nudged = nudge.wait(before, interval);
+                            nudged != before
+                        }
+                        None => {
+                            std::thread::sleep(interval);
+                            false
+                        }
+                    };
                     let now = stamp(&path);
-                    if now == seen {
+                    // A nudge is read even when the stamp looks the same (two writes within
+                    // the file system's time resolution, of the same length).
+                    if now == seen && !was_nudged {
                         continue;
                     }
                     seen = now;
@@ -130,7 +166,16 @@ fn apply_file(
         }
     };
     let current = access.current().version;
-    if snapshot.version <= current {
+    if snapshot.version == current {
+        // The control plane rewrote the version the node serves (its first write after a
+        // start, when nudged).
+        tracing::debug!(
+            version = current,
+            "config snapshot file holds the version served"
+        );
+        return;
+    }
+    if snapshot.version < current {
         warn!(
             file_version = snapshot.version,
             current, "config snapshot file changed without a higher version; ignored"
@@ -168,4 +213,62 @@ fn apply_file(
     }
     metrics.config_version.set(version as i64);
     info!(version, "config snapshot applied");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::access::RateDefaults;
+    use sluice_config::test_fixtures::workspace;
+    use sluice_storage::metrics::StorageMetrics;
+
+    #[test]
+    fn a_nudged_watch_applies_the_new_file_without_waiting_for_its_poll() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config-snapshot.json");
+        let v1 = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![workspace("plant", &[1])],
+        };
+        std::fs::write(&path, serde_json::to_vec(&v1).expect("json")).expect("write v1");
+        let cache = Arc::new(ConfigCache::open(&dir.path().join("cache.redb")).expect("cache"));
+        let access = Arc::new(Access::new(
+            &v1,
+            RateDefaults {
+                events_per_second: 10,
+            },
+        ));
+        let metrics = Arc::new(NodeMetrics::new(&StorageMetrics::default()));
+        let trigger = sluice_storage::shutdown::ShutdownTrigger::new();
+        let nudge = SnapshotNudge::default();
+        // A poll far beyond the test: only the nudge can make it read the file.
+        let watch = SnapshotWatch::start_polling(
+            path.clone(),
+            Some(nudge.clone()),
+            Duration::from_secs(3600),
+            v1.clone(),
+            (cache, access.clone(), metrics),
+            trigger.signal(),
+        )
+        .expect("watch");
+
+        let v2 = ConfigSnapshot {
+            version: 2,
+            workspaces: vec![workspace("plant", &[1, 2])],
+        };
+        std::fs::write(&path, serde_json::to_vec(&v2).expect("json")).expect("write v2");
+        nudge.nudge();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while access.current().version != 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the nudged watch did not apply version 2"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // It stops on the shutdown signal once woken.
+        trigger.trigger(std::time::Instant::now());
+        nudge.nudge();
+        watch.join();
+    }
 }

@@ -216,6 +216,7 @@ impl Node {
             Some(path) => Some(
                 SnapshotWatch::start(
                     path.clone(),
+                    config.snapshot_nudge.clone(),
                     snapshot.clone(),
                     cache.clone(),
                     access.clone(),
