@@ -76,13 +76,9 @@ impl Table {
     fn remove(&mut self, id: SessionId) -> Option<Watched> {
         let watched = self.sessions.remove(&id)?;
         if let Some(at) = watched.device.expires_at_us {
-            self.expires_remove(at, id);
+            self.expiries.remove(&(at, id));
         }
         Some(watched)
-    }
-
-    fn expires_remove(&mut self, at: i64, id: SessionId) {
-        self.expiries.remove(&(at, id));
     }
 }
 
@@ -138,10 +134,8 @@ impl WorkerWatch {
             // A session that started during the shutdown, after the watch ended: closed once
             // its CONNACK is out, like those before it.
             let watch = self.clone();
-            ntex_rt::spawn(async move {
-                watch.close_where(CloseReason::ShuttingDown, |session, _| session == id);
-            })
-            .detach();
+            ntex_rt::spawn(async move { watch.close_ids(CloseReason::ShuttingDown, [id]) })
+                .detach();
         } else if wake {
             self.inbox.wake.notify_one();
         }
@@ -152,6 +146,16 @@ impl WorkerWatch {
         // Dropped outside the borrow: a closer's drop runs ntex code.
         let ended = self.table.borrow_mut().remove(id);
         drop(ended);
+    }
+
+    /// Takes sessions `ids` (those still open) out of the table and closes them with
+    /// `reason`.
+    fn close_ids(&self, reason: CloseReason, ids: impl IntoIterator<Item = SessionId>) {
+        let closing: Vec<Watched> = {
+            let mut table = self.table.borrow_mut();
+            ids.into_iter().filter_map(|id| table.remove(id)).collect()
+        };
+        close_all(&self.ingest, reason, closing);
     }
 
     /// Takes the sessions `pick` chooses out of the table and closes them with `reason`.
@@ -210,10 +214,7 @@ async fn run(watch: Rc<WorkerWatch>) {
                 return;
             }
             () = watch.inbox.wake.notified() => {
-                let taken_over = watch.inbox.drain();
-                if !taken_over.is_empty() {
-                    watch.close_where(CloseReason::TakenOver, |id, _| taken_over.contains(&id));
-                }
+                watch.close_ids(CloseReason::TakenOver, watch.inbox.drain());
             }
             changed = changes.changed(), if changes_open => {
                 // The configuration's sender is gone only when the node is ending.
@@ -225,19 +226,29 @@ async fn run(watch: Rc<WorkerWatch>) {
                 }
             }
             () = ntex_util::time::sleep(sleep) => {
-                let now = now_us();
-                watch.close_where(CloseReason::NotAuthorized, |_, device| {
-                    device.expires_at_us.is_some_and(|at| at <= now) && refused(&ingest, device)
-                });
-                // Past its expiry yet still allowed (the configuration now says otherwise):
-                // configuration changes keep watching it; the timer must not spin on it.
-                let mut table = watch.table.borrow_mut();
-                while let Some(&(at, id)) = table.expiries.first() {
-                    if at > now {
-                        break;
+                // The sessions whose expiry has come, out of the timer's set: one still allowed
+                // (the configuration now says otherwise) is left to configuration changes, and
+                // the timer does not spin on it.
+                let due: Vec<SessionId> = {
+                    let now = now_us();
+                    let mut table = watch.table.borrow_mut();
+                    let mut due = Vec::new();
+                    while let Some(&(at, id)) = table.expiries.first() {
+                        if at > now {
+                            break;
+                        }
+                        table.expiries.remove(&(at, id));
+                        if table
+                            .sessions
+                            .get(&id)
+                            .is_some_and(|watched| refused(&ingest, &watched.device))
+                        {
+                            due.push(id);
+                        }
                     }
-                    table.expires_remove(at, id);
-                }
+                    due
+                };
+                watch.close_ids(CloseReason::NotAuthorized, due);
             }
         }
     }
