@@ -166,16 +166,16 @@ fn apply_file(
         }
     };
     let current = access.current().version;
-    if snapshot.version == current {
-        // The control plane rewrote the version the node serves (its first write after a
-        // start, when nudged).
+    if snapshot.version == current && snapshot.content_hash() == state.hash() {
+        // The version served, written again (the control plane's first write after a start
+        // nudges too): nothing to say.
         tracing::debug!(
             version = current,
             "config snapshot file holds the version served"
         );
         return;
     }
-    if snapshot.version < current {
+    if snapshot.version <= current {
         warn!(
             file_version = snapshot.version,
             current, "config snapshot file changed without a higher version; ignored"
