@@ -55,43 +55,34 @@ pub trait InFlightPacket {
     fn payload_follows(&self) -> bool;
 }
 
-impl InFlightPacket for v5::codec::Decoded {
-    fn size(&self) -> u32 {
-        match self {
-            v5::codec::Decoded::Packet(_, size) | v5::codec::Decoded::Publish(_, _, size) => *size,
-            v5::codec::Decoded::PayloadChunk(..) => 0,
-        }
-    }
-
-    fn payload_follows(&self) -> bool {
-        match self {
-            v5::codec::Decoded::Publish(publish, first, _) => {
-                first.len() < publish.payload_size as usize
+/// Both versions' codecs decode to the same three shapes.
+macro_rules! in_flight_packet {
+    ($decoded:ident) => {
+        impl InFlightPacket for $decoded::codec::Decoded {
+            fn size(&self) -> u32 {
+                use $decoded::codec::Decoded;
+                match self {
+                    Decoded::Packet(_, size) | Decoded::Publish(_, _, size) => *size,
+                    Decoded::PayloadChunk(..) => 0,
+                }
             }
-            v5::codec::Decoded::PayloadChunk(_, eof) => !eof,
-            v5::codec::Decoded::Packet(..) => false,
+
+            fn payload_follows(&self) -> bool {
+                use $decoded::codec::Decoded;
+                match self {
+                    Decoded::Publish(publish, first, _) => {
+                        first.len() < publish.payload_size as usize
+                    }
+                    Decoded::PayloadChunk(_, eof) => !eof,
+                    Decoded::Packet(..) => false,
+                }
+            }
         }
-    }
+    };
 }
 
-impl InFlightPacket for v3::codec::Decoded {
-    fn size(&self) -> u32 {
-        match self {
-            v3::codec::Decoded::Packet(_, size) | v3::codec::Decoded::Publish(_, _, size) => *size,
-            v3::codec::Decoded::PayloadChunk(..) => 0,
-        }
-    }
-
-    fn payload_follows(&self) -> bool {
-        match self {
-            v3::codec::Decoded::Publish(publish, first, _) => {
-                first.len() < publish.payload_size as usize
-            }
-            v3::codec::Decoded::PayloadChunk(_, eof) => !eof,
-            v3::codec::Decoded::Packet(..) => false,
-        }
-    }
-}
+in_flight_packet!(v3);
+in_flight_packet!(v5);
 
 pub struct InFlightService<S> {
     service: S,
@@ -342,6 +333,29 @@ mod tests {
             .as_mut()
             .poll(&mut Context::from_waker(&waker))
             .is_ready());
+    }
+
+    #[test]
+    fn a_whole_publish_is_bounded_and_only_a_streamed_payload_is_let_through() {
+        use ntex_bytes::{ByteString, Bytes};
+        let publish = |payload_size: u32| v3::codec::Publish {
+            dup: false,
+            retain: false,
+            qos: ntex_mqtt::QoS::AtLeastOnce,
+            topic: ByteString::from_static("ingest/telemetry"),
+            packet_id: std::num::NonZeroU16::new(1),
+            payload_size,
+        };
+        let whole = v3::codec::Decoded::Publish(publish(4), Bytes::from_static(b"{}{}"), 24);
+        assert!(!whole.payload_follows(), "the payload is all there");
+        assert_eq!(whole.size(), 24);
+        let first_part = v3::codec::Decoded::Publish(publish(10), Bytes::from_static(b"{}{}"), 24);
+        assert!(first_part.payload_follows());
+        let middle = v3::codec::Decoded::PayloadChunk(Bytes::from_static(b"{}"), false);
+        assert!(middle.payload_follows());
+        assert_eq!(middle.size(), 0, "a chunk was counted with its PUBLISH");
+        let last = v3::codec::Decoded::PayloadChunk(Bytes::from_static(b"{}"), true);
+        assert!(!last.payload_follows());
     }
 
     #[derive(Default)]
