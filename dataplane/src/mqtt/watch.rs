@@ -73,6 +73,39 @@ struct Table {
 }
 
 impl Table {
+    /// Watches session `id`; true when its expiry comes before every other (the timer must be
+    /// set again).
+    fn insert(&mut self, id: SessionId, device: Rc<Device>, closer: Box<dyn Closer>) -> bool {
+        let mut sooner = false;
+        if let Some(at) = device.expires_at_us {
+            sooner = self.expiries.first().is_none_or(|(first, _)| at < *first);
+            self.expiries.insert((at, id));
+        }
+        self.sessions.insert(id, Watched { device, closer });
+        sooner
+    }
+
+    /// The sessions whose expiry has come by `now` and that `refused` says must close. Every
+    /// due expiry leaves the timer's set: a session still allowed (the configuration now says
+    /// otherwise) is left to configuration changes, and the timer does not spin on it.
+    fn take_due(&mut self, now: i64, mut refused: impl FnMut(&Device) -> bool) -> Vec<SessionId> {
+        let mut due = Vec::new();
+        while let Some(&(at, id)) = self.expiries.first() {
+            if at > now {
+                break;
+            }
+            self.expiries.remove(&(at, id));
+            if self
+                .sessions
+                .get(&id)
+                .is_some_and(|watched| refused(&watched.device))
+            {
+                due.push(id);
+            }
+        }
+        due
+    }
+
     fn remove(&mut self, id: SessionId) -> Option<Watched> {
         let watched = self.sessions.remove(&id)?;
         if let Some(at) = watched.device.expires_at_us {
@@ -122,13 +155,8 @@ impl WorkerWatch {
     pub fn add(self: &Rc<Self>, id: SessionId, device: Rc<Device>, closer: Box<dyn Closer>) {
         let mut table = self.table.borrow_mut();
         let shut = table.shut;
-        let mut wake = false;
-        if let Some(at) = device.expires_at_us {
-            // An expiry sooner than the one the watch sleeps until: it must look again.
-            wake |= table.expiries.first().is_none_or(|(first, _)| at < *first);
-            table.expiries.insert((at, id));
-        }
-        table.sessions.insert(id, Watched { device, closer });
+        // An expiry sooner than the one the watch sleeps until: it must look again.
+        let wake = table.insert(id, device, closer);
         drop(table);
         if shut {
             // A session that started during the shutdown, after the watch ended: closed once
@@ -226,28 +254,10 @@ async fn run(watch: Rc<WorkerWatch>) {
                 }
             }
             () = ntex_util::time::sleep(sleep) => {
-                // The sessions whose expiry has come, out of the timer's set: one still allowed
-                // (the configuration now says otherwise) is left to configuration changes, and
-                // the timer does not spin on it.
-                let due: Vec<SessionId> = {
-                    let now = now_us();
-                    let mut table = watch.table.borrow_mut();
-                    let mut due = Vec::new();
-                    while let Some(&(at, id)) = table.expiries.first() {
-                        if at > now {
-                            break;
-                        }
-                        table.expiries.remove(&(at, id));
-                        if table
-                            .sessions
-                            .get(&id)
-                            .is_some_and(|watched| refused(&ingest, &watched.device))
-                        {
-                            due.push(id);
-                        }
-                    }
-                    due
-                };
+                let due = watch
+                    .table
+                    .borrow_mut()
+                    .take_due(now_us(), |device| refused(&ingest, device));
                 watch.close_ids(CloseReason::NotAuthorized, due);
             }
         }
@@ -272,4 +282,68 @@ fn log_refusal(device: &Device, refusal: &AccessRefusal) {
         reason = ?refusal,
         "closing an MQTT session that is no longer allowed"
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use uuid::Uuid;
+
+    struct NoClose;
+
+    impl Closer for NoClose {
+        fn close(&self, _: CloseReason) {}
+    }
+
+    fn device(expires_at_us: Option<i64>) -> Rc<Device> {
+        Rc::new(Device {
+            workspace: "plant".into(),
+            workspace_id: Uuid::nil(),
+            token_hash: [0; 32],
+            device_id: "press-1".into(),
+            expires_at_us,
+        })
+    }
+
+    #[test]
+    fn expiries_come_due_in_order_once_each_and_leave_with_their_session() {
+        let mut table = Table::default();
+        assert!(
+            table.insert(1, device(Some(500)), Box::new(NoClose)),
+            "the first expiry"
+        );
+        assert!(
+            !table.insert(2, device(None), Box::new(NoClose)),
+            "no expiry"
+        );
+        assert!(
+            table.insert(3, device(Some(300)), Box::new(NoClose)),
+            "sooner: set again"
+        );
+        assert!(
+            !table.insert(4, device(Some(900)), Box::new(NoClose)),
+            "later"
+        );
+        assert!(
+            !table.insert(5, device(Some(700)), Box::new(NoClose)),
+            "later"
+        );
+
+        assert_eq!(table.take_due(100, |_| true), Vec::<SessionId>::new());
+        assert_eq!(table.take_due(500, |_| true), vec![3, 1]);
+        assert_eq!(
+            table.take_due(500, |_| true),
+            Vec::<SessionId>::new(),
+            "each comes due once"
+        );
+        // A session past its expiry yet still allowed leaves the timer all the same.
+        assert_eq!(table.take_due(800, |_| false), Vec::<SessionId>::new());
+        assert!(table.sessions.contains_key(&5), "still watched");
+        assert_eq!(table.expiries.len(), 1, "only 4's expiry is left");
+        // A session that ends takes its expiry along.
+        assert!(table.remove(4).is_some());
+        assert!(table.expiries.is_empty());
+        assert_eq!(table.take_due(i64::MAX, |_| true), Vec::<SessionId>::new());
+        assert_eq!(table.sessions.len(), 4, "1, 2, 3 and 5 stay until they end");
+    }
 }
