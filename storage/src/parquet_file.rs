@@ -989,6 +989,26 @@ mod size_probe {
         );
     }
 
+    /// `n` benchmark events shaped by the benchmark schema, and an empty builder of its files.
+    fn shaped(n: usize, keep_payload: bool) -> (IngestBatch, RowsBuilder) {
+        let version = Some("0123456789abcdef".to_string());
+        let mut batch = events(n);
+        batch.shaping = Some(Box::new(Shaping {
+            schema_version: version.clone(),
+            columns: columns(),
+            keep_payload,
+            tags: Vec::new(),
+            events: None,
+            quarantined: Vec::new(),
+        }));
+        let shape = FileShape::Shaped {
+            schema_version: version,
+            columns: columns(),
+            keep_payload,
+        };
+        (batch, RowsBuilder::shaped(&shape, BatchSize::default()))
+    }
+
     /// What `keep_payload: false` promises a source that trusts its schema: its files take
     /// about a third of what the JSON text takes with these events (half before the delta
     /// encodings).
@@ -998,21 +1018,7 @@ mod size_probe {
         let mut rows = RowsBuilder::new();
         rows.append(&events(n));
         let plain = encode(&rows.finish(), Vec::new()).expect("encodes").len();
-        let mut batch = events(n);
-        batch.shaping = Some(Box::new(Shaping {
-            schema_version: Some("0123456789abcdef".into()),
-            columns: columns(),
-            keep_payload: false,
-            tags: Vec::new(),
-            events: None,
-            quarantined: Vec::new(),
-        }));
-        let shape = FileShape::Shaped {
-            schema_version: Some("0123456789abcdef".into()),
-            columns: columns(),
-            keep_payload: false,
-        };
-        let mut rows = RowsBuilder::shaped(&shape, BatchSize::default());
+        let (batch, mut rows) = shaped(n, false);
         rows.append(&batch);
         let typed = encode(&rows.finish(), Vec::new()).expect("encodes").len();
         assert!(
@@ -1035,21 +1041,7 @@ mod size_probe {
             n,
         );
         for keep_payload in [true, false] {
-            let mut batch = events(n);
-            batch.shaping = Some(Box::new(Shaping {
-                schema_version: Some("0123456789abcdef".into()),
-                columns: columns(),
-                keep_payload,
-                tags: Vec::new(),
-                events: None,
-                quarantined: Vec::new(),
-            }));
-            let shape = FileShape::Shaped {
-                schema_version: Some("0123456789abcdef".into()),
-                columns: columns(),
-                keep_payload,
-            };
-            let mut rows = RowsBuilder::shaped(&shape, BatchSize::default());
+            let (batch, mut rows) = shaped(n, keep_payload);
             let started = std::time::Instant::now();
             rows.append(&batch);
             println!("rows built in {:?}", started.elapsed());
