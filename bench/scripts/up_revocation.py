@@ -1,7 +1,9 @@
 """Revocation on `sluice up`: time from the control-plane DELETE of a token to the close of an
 MQTT 5 session using it (or, with PROBE_HTTP=1, to the first HTTP ingest refused with that
 token), while N other MQTT sessions (the bootstrap token) stay idle. Prints the median and the
-largest over the rounds, from the DELETE's start and from its answer.
+largest over the rounds, from the DELETE's start and from its answer. With
+PROBE_OTHER_WORKSPACE=1 the revoked tokens belong to a second workspace, so the idle sessions'
+workspace never changes (a node re-checks only the sessions of workspaces a change touches).
 
 Usage: python3 bench/scripts/up_revocation.py <sluice binary> <idle sessions> <rounds>
 Needs `target/release/sluice-loadtest` (or SLUICE_LOADTEST) for the idle sessions; uses ports
@@ -57,6 +59,9 @@ try:
             time.sleep(0.1)
     auth = session["token"]
     ws = boot["workspace"]
+    probe_ws = ws
+    if os.environ.get("PROBE_OTHER_WORKSPACE"):
+        probe_ws = call("POST", "/api/v1/workspaces", {"name": "Revocation probe", "slug": "probe"}, auth)["slug"]
     idle = None
     if IDLE:
         idle = subprocess.Popen([LOADTEST, "mqtt", "--host", "127.0.0.1", "--port", str(MQTT), "--devices", str(IDLE),
@@ -66,20 +71,20 @@ try:
         time.sleep(IDLE / 4000 + 3)
     took = []
     for i in range(ROUNDS):
-        tok = call("POST", f"/api/v1/workspaces/{ws}/tokens", {"name": f"r{i}", "scopes": ["ingest"]}, auth)
+        tok = call("POST", f"/api/v1/workspaces/{probe_ws}/tokens", {"name": f"r{i}", "scopes": ["ingest"]}, auth)
         s = None
         for _ in range(50):
             try:
-                s = connect(f"probe-{i}", ws, tok["secret"]); break
+                s = connect(f"probe-{i}", probe_ws, tok["secret"]); break
             except (AssertionError, ConnectionError, IndexError):
                 time.sleep(0.05)
         s.settimeout(10)
         t0 = time.perf_counter()
-        call("DELETE", f"/api/v1/workspaces/{ws}/tokens/{tok['id']}", None, auth)
+        call("DELETE", f"/api/v1/workspaces/{probe_ws}/tokens/{tok['id']}", None, auth)
         t_api = time.perf_counter()
         if os.environ.get("PROBE_HTTP"):
             while True:
-                req = urllib.request.Request(f"http://127.0.0.1:18081/v1/ingest/{ws}/telemetry", method="POST", data=b'{"a":1}')
+                req = urllib.request.Request(f"http://127.0.0.1:18081/v1/ingest/{probe_ws}/telemetry", method="POST", data=b'{"a":1}')
                 req.add_header("Authorization", f"Bearer {tok['secret']}")
                 req.add_header("Content-Type", "application/json")
                 try:
@@ -95,7 +100,8 @@ try:
         time.sleep(0.2)
     took.sort()
     total = [t for t, _ in took]; after = sorted(a for _, a in took)
-    print(f"{os.path.basename(BIN)} idle={IDLE}: DELETE->close ms p50 {total[len(total)//2]:.1f} max {total[-1]:.1f}; "
+    where = " (probe in another workspace)" if probe_ws != ws else ""
+    print(f"{os.path.basename(BIN)} idle={IDLE}{where}: DELETE->close ms p50 {total[len(total)//2]:.1f} max {total[-1]:.1f}; "
           f"after the API answered p50 {after[len(after)//2]:.1f} max {after[-1]:.1f}")
 finally:
     if idle: idle.kill()

@@ -27,6 +27,10 @@ use crate::token_table::TokenTable;
 #[derive(Debug)]
 pub struct WorkspaceView {
     pub id: Uuid,
+    /// The [`ConfigView::generation`] that built this entry. A view shares the entries of the
+    /// workspaces a change leaves alone, so a workspace whose entry is no newer than the
+    /// generation a session was checked against has not changed since.
+    pub generation: u64,
     pub slug: String,
     pub enabled: bool,
     /// Web origins whose pages may send events (CORS).
@@ -88,6 +92,9 @@ pub struct TokenView {
 #[derive(Debug, Default)]
 pub struct ConfigView {
     pub version: u64,
+    /// Counts the views this node has installed (each one more than the last), whatever
+    /// their versions: a control plane may start again from a lower version.
+    pub generation: u64,
     workspaces: HashMap<String, Arc<WorkspaceView>>,
     tokens: TokenTable,
 }
@@ -141,6 +148,7 @@ pub struct RateDefaults {
 impl ConfigView {
     fn build<'a>(
         version: u64,
+        generation: u64,
         workspaces: impl Iterator<Item = &'a WorkspaceConfig>,
         limits: &RateLimits,
         rates: RateDefaults,
@@ -148,6 +156,7 @@ impl ConfigView {
     ) -> Self {
         let mut view = ConfigView {
             version,
+            generation,
             ..ConfigView::default()
         };
         let mut ids = HashSet::new();
@@ -169,6 +178,7 @@ impl ConfigView {
     ) -> Self {
         let mut view = ConfigView {
             version: change.to,
+            generation: self.generation + 1,
             workspaces: self.workspaces.clone(),
             tokens: self.tokens.clone(),
         };
@@ -241,6 +251,7 @@ impl ConfigView {
             ws.slug.clone(),
             Arc::new(WorkspaceView {
                 id: ws.id,
+                generation: self.generation,
                 slug: ws.slug.clone(),
                 enabled: ws.enabled,
                 cors_origins: ws.cors_origins.clone(),
@@ -281,6 +292,12 @@ impl ConfigView {
                 expires_at_us: token.expires_at.map(|t| t.timestamp_micros()),
             },
         );
+    }
+
+    /// The generation of `workspace`'s entry (see [`WorkspaceView::generation`]); `None` when
+    /// there is no such workspace.
+    pub fn workspace_generation(&self, workspace: &str) -> Option<u64> {
+        self.workspaces.get(workspace).map(|ws| ws.generation)
     }
 
     /// Every webhook subscription of every workspace.
@@ -521,6 +538,7 @@ impl Access {
         let schemas = SchemaCache::default();
         let view = ConfigView::build(
             snapshot.version,
+            1,
             snapshot.workspaces.iter(),
             &limits,
             rates,
@@ -587,7 +605,15 @@ impl Access {
 
     fn replace<'a>(&self, version: u64, workspaces: impl Iterator<Item = &'a WorkspaceConfig>) {
         let _writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
-        let view = ConfigView::build(version, workspaces, &self.limits, self.rates, &self.schemas);
+        let generation = self.view.load().generation + 1;
+        let view = ConfigView::build(
+            version,
+            generation,
+            workspaces,
+            &self.limits,
+            self.rates,
+            &self.schemas,
+        );
         self.install(view);
     }
 
@@ -821,6 +847,57 @@ mod tests {
         let behind = ConfigChange { from: 2, ..stale };
         assert!(access.apply_change(&behind).is_err());
         assert_eq!(access.current().version, 3);
+    }
+
+    /// What the MQTT watch relies on to re-check only the sessions a change may affect: a
+    /// change gives the workspaces it touches a newer generation and leaves the others'
+    /// entries as they were, a whole new configuration renews every entry, and generations
+    /// keep rising when a control plane starts again from a lower version.
+    #[test]
+    fn a_change_renews_only_the_workspaces_it_touches() {
+        let rates = RateDefaults {
+            events_per_second: 10,
+        };
+        let (a, b) = (workspace("a", "ta", true), workspace("b", "tb", true));
+        let v1 = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![a.clone(), b.clone()],
+        };
+        let access = Access::new(&v1, rates);
+        let first = access.current();
+        assert_eq!(first.workspace_generation("a"), Some(first.generation));
+        assert_eq!(first.workspace_generation("b"), Some(first.generation));
+        assert_eq!(first.workspace_generation("zzz"), None);
+
+        // Revoke a's token.
+        let mut a2 = a.clone();
+        a2.tokens = workspace("x", "ta2", true).tokens;
+        let v2 = ConfigSnapshot {
+            version: 2,
+            workspaces: vec![a2, b.clone()],
+        };
+        let mut state = ConfigState::new(v1.clone()).expect("valid");
+        let change = state.apply(&v1.delta_to(&v2)).expect("applies");
+        access.apply_change(&change).expect("at base");
+        let second = access.current();
+        assert!(second.generation > first.generation);
+        assert_eq!(second.workspace_generation("a"), Some(second.generation));
+        assert_eq!(
+            second.workspace_generation("b"),
+            Some(first.generation),
+            "b untouched"
+        );
+
+        // A whole configuration, at a lower version than before.
+        let restarted = ConfigSnapshot {
+            version: 1,
+            workspaces: vec![a, b],
+        };
+        access.apply(&restarted).expect("valid");
+        let third = access.current();
+        assert!(third.generation > second.generation);
+        assert_eq!(third.workspace_generation("a"), Some(third.generation));
+        assert_eq!(third.workspace_generation("b"), Some(third.generation));
     }
 
     #[test]

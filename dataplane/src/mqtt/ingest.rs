@@ -102,20 +102,8 @@ impl MqttIngest {
             token_hash,
             device_id: creds.client_id.to_owned(),
             expires_at_us: grant.expires_at_us,
+            checked_generation: view.generation,
         })
-    }
-
-    /// Whether `device` may still be connected under the configuration in force now.
-    pub fn still_allowed(&self, device: &Device) -> Result<(), AccessRefusal> {
-        self.admission
-            .view()
-            .check_session(
-                &device.token_hash,
-                &device.workspace,
-                &device.device_id,
-                admit::now_us(),
-            )
-            .map(|_| ())
     }
 
     /// Stores one PUBLISH of `device`'s connection, queued on its `batcher`. QoS 1 and 2 return

@@ -3,7 +3,7 @@
 
 use uuid::Uuid;
 
-use crate::access;
+use crate::access::{self, ConfigView, Refusal as AccessRefusal};
 use crate::admit::Refusal;
 
 /// The CONNECT fields that decide who the client is.
@@ -25,6 +25,16 @@ pub struct Device {
     pub token_hash: [u8; 32],
     pub device_id: String,
     pub expires_at_us: Option<i64>,
+    /// The [`ConfigView::generation`] the CONNECT was checked against.
+    pub checked_generation: u64,
+}
+
+impl Device {
+    /// Whether this device may still be connected under `view`, at `now_us`.
+    pub fn still_allowed(&self, view: &ConfigView, now_us: i64) -> Result<(), AccessRefusal> {
+        view.check_session(&self.token_hash, &self.workspace, &self.device_id, now_us)
+            .map(|_| ())
+    }
 }
 
 /// Why a CONNECT is refused. Every refusal looks the same to the client whatever the detail,

@@ -9,7 +9,7 @@
 //! its [`Inbox`].
 
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio::sync::Notify;
 use tracing::info;
 
-use crate::access::Refusal as AccessRefusal;
+use crate::access::{ConfigView, Refusal as AccessRefusal};
 use crate::admit::now_us;
 use crate::metrics::Reason;
 
@@ -62,9 +62,19 @@ struct Watched {
     closer: Box<dyn Closer>,
 }
 
+/// The sessions of one workspace (by the slug they connected with).
+struct Workspace {
+    ids: HashSet<SessionId>,
+    /// The oldest configuration generation any of them was last found allowed in.
+    checked: u64,
+}
+
 #[derive(Default)]
 struct Table {
     sessions: HashMap<SessionId, Watched>,
+    /// The same sessions by workspace, so that a configuration change re-checks only the
+    /// sessions of the workspaces it touched.
+    workspaces: HashMap<String, Workspace>,
     /// (expiry in µs since the epoch, session) of the sessions whose token expires.
     expiries: BTreeSet<(i64, SessionId)>,
     /// Shutdown has been asked for and the watch has ended: a session that starts now is
@@ -81,8 +91,53 @@ impl Table {
             sooner = self.expiries.first().is_none_or(|(first, _)| at < *first);
             self.expiries.insert((at, id));
         }
+        let checked = device.checked_generation;
+        let workspace = match self.workspaces.get_mut(&device.workspace) {
+            Some(workspace) => workspace,
+            None => self
+                .workspaces
+                .entry(device.workspace.clone())
+                .or_insert(Workspace {
+                    ids: HashSet::new(),
+                    checked,
+                }),
+        };
+        workspace.ids.insert(id);
+        workspace.checked = workspace.checked.min(checked);
         self.sessions.insert(id, Watched { device, closer });
         sooner
+    }
+
+    /// After a configuration change to `generation`: the sessions that `refused` says must
+    /// close, asked only of the workspaces whose entry (`workspace_generation`) is newer than
+    /// the generation their sessions were last checked against, or gone. A change to one
+    /// workspace so costs a look-up per workspace and a check per session of that workspace
+    /// (it was a check per session of the worker: ~1 µs each, 8,000 sessions delayed a
+    /// revocation by 4–8 ms). The sessions asked count as checked at `generation`; those to
+    /// close are left for the caller to remove.
+    fn recheck(
+        &mut self,
+        generation: u64,
+        workspace_generation: impl Fn(&str) -> Option<u64>,
+        mut refused: impl FnMut(&Device) -> bool,
+    ) -> Vec<SessionId> {
+        let mut closing = Vec::new();
+        for (slug, workspace) in &mut self.workspaces {
+            if workspace_generation(slug).is_some_and(|built| built <= workspace.checked) {
+                continue;
+            }
+            for id in &workspace.ids {
+                if self
+                    .sessions
+                    .get(id)
+                    .is_some_and(|watched| refused(&watched.device))
+                {
+                    closing.push(*id);
+                }
+            }
+            workspace.checked = generation;
+        }
+        closing
     }
 
     /// The sessions whose expiry has come by `now` and that `refused` says must close. Every
@@ -110,6 +165,13 @@ impl Table {
         let watched = self.sessions.remove(&id)?;
         if let Some(at) = watched.device.expires_at_us {
             self.expiries.remove(&(at, id));
+        }
+        let slug = &watched.device.workspace;
+        if let Some(workspace) = self.workspaces.get_mut(slug) {
+            workspace.ids.remove(&id);
+            if workspace.ids.is_empty() {
+                self.workspaces.remove(slug);
+            }
         }
         Some(watched)
     }
@@ -248,25 +310,32 @@ async fn run(watch: Rc<WorkerWatch>) {
                 // The configuration's sender is gone only when the node is ending.
                 changes_open = changed.is_ok();
                 if changes_open {
-                    watch.close_where(CloseReason::NotAuthorized, |_, device| {
-                        refused(&ingest, device)
-                    });
+                    let view = ingest.admission.view();
+                    let now = now_us();
+                    let closing = watch.table.borrow_mut().recheck(
+                        view.generation,
+                        |workspace| view.workspace_generation(workspace),
+                        |device| refused(&view, device, now),
+                    );
+                    watch.close_ids(CloseReason::NotAuthorized, closing);
                 }
             }
             () = ntex_util::time::sleep(sleep) => {
+                let view = ingest.admission.view();
+                let now = now_us();
                 let due = watch
                     .table
                     .borrow_mut()
-                    .take_due(now_us(), |device| refused(&ingest, device));
+                    .take_due(now, |device| refused(&view, device, now));
                 watch.close_ids(CloseReason::NotAuthorized, due);
             }
         }
     }
 }
 
-/// Whether `device`'s session is no longer allowed (logged when so).
-fn refused(ingest: &MqttIngest, device: &Device) -> bool {
-    match ingest.still_allowed(device) {
+/// Whether `device`'s session is no longer allowed in `view` at `now` (logged when so).
+fn refused(view: &ConfigView, device: &Device, now: i64) -> bool {
+    match device.still_allowed(view, now) {
         Ok(()) => false,
         Err(refusal) => {
             log_refusal(device, &refusal);
@@ -297,12 +366,71 @@ mod tests {
 
     fn device(expires_at_us: Option<i64>) -> Rc<Device> {
         Rc::new(Device {
-            workspace: "plant".into(),
+            expires_at_us,
+            ..Device::clone(&device_in("plant", "press-1", 1))
+        })
+    }
+
+    fn device_in(workspace: &str, device_id: &str, checked_generation: u64) -> Rc<Device> {
+        Rc::new(Device {
+            workspace: workspace.into(),
             workspace_id: Uuid::nil(),
             token_hash: [0; 32],
-            device_id: "press-1".into(),
-            expires_at_us,
+            device_id: device_id.into(),
+            expires_at_us: None,
+            checked_generation,
         })
+    }
+
+    #[test]
+    fn a_change_rechecks_only_the_sessions_of_workspaces_it_touched() {
+        let mut table = Table::default();
+        table.insert(1, device_in("plant", "press-1", 1), Box::new(NoClose));
+        table.insert(2, device_in("mill", "saw-1", 1), Box::new(NoClose));
+        // Connected after plant changed at generation 3.
+        table.insert(3, device_in("plant", "press-2", 3), Box::new(NoClose));
+        table.insert(4, device_in("gone", "old-1", 1), Box::new(NoClose));
+
+        // Generation 4 changes plant again and removes "gone"; mill is as it was at 1.
+        let generations = HashMap::from([("plant", 4), ("mill", 1)]);
+        let mut asked = Vec::new();
+        let mut closing = table.recheck(
+            4,
+            |ws| generations.get(ws).copied(),
+            |device| {
+                asked.push(device.device_id.clone());
+                device.device_id == "press-1" || device.workspace == "gone"
+            },
+        );
+        asked.sort();
+        closing.sort();
+        assert_eq!(
+            asked,
+            ["old-1", "press-1", "press-2"],
+            "mill's session not asked"
+        );
+        assert_eq!(closing, [1, 4]);
+        for id in closing {
+            table.remove(id);
+        }
+        assert!(
+            !table.workspaces.contains_key("gone"),
+            "a workspace leaves with its last session"
+        );
+
+        // Generation 5 changes mill only: press-2 was found allowed at 4, so it is not asked.
+        let generations = HashMap::from([("plant", 4), ("mill", 5)]);
+        let mut asked = Vec::new();
+        let closing = table.recheck(
+            5,
+            |ws| generations.get(ws).copied(),
+            |device| {
+                asked.push(device.device_id.clone());
+                false
+            },
+        );
+        assert_eq!(asked, ["saw-1"]);
+        assert!(closing.is_empty());
     }
 
     #[test]
