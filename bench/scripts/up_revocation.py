@@ -39,7 +39,7 @@ def varint(n):
         if not n: return out
 
 def connect(client, user, password):
-    s = socket.create_connection(("127.0.0.1", MQTT))
+    s = socket.create_connection(("127.0.0.1", MQTT), timeout=10)
     vh = utf8("MQTT") + bytes([5, 0xC2]) + struct.pack(">H", 600) + b"\x00"
     pl = utf8(client) + utf8(user) + utf8(password)
     body = vh + pl
@@ -76,8 +76,10 @@ try:
         for _ in range(50):
             try:
                 s = connect(f"probe-{i}", probe_ws, tok["secret"]); break
-            except (AssertionError, ConnectionError, IndexError):
+            except (AssertionError, OSError, IndexError):
                 time.sleep(0.05)
+        if s is None:
+            sys.exit("the probe's MQTT session could not be opened")
         s.settimeout(10)
         t0 = time.perf_counter()
         call("DELETE", f"/api/v1/workspaces/{probe_ws}/tokens/{tok['id']}", None, auth)
