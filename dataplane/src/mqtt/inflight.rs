@@ -184,6 +184,7 @@ impl Drop for Held {
 mod tests {
     use std::future::Future;
     use std::pin::pin;
+    use std::sync::Arc;
     use std::task::Waker;
 
     use futures::channel::oneshot;
@@ -366,6 +367,4 @@ mod tests {
             self.0.store(true, std::sync::atomic::Ordering::SeqCst);
         }
     }
-
-    use std::sync::Arc;
 }

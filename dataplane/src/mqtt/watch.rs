@@ -248,18 +248,16 @@ impl WorkerWatch {
         close_all(&self.ingest, reason, closing);
     }
 
-    /// Takes the sessions `pick` chooses out of the table and closes them with `reason`.
-    /// Nothing is borrowed while a closer runs.
-    fn close_where(&self, reason: CloseReason, mut pick: impl FnMut(SessionId, &Device) -> bool) {
+    /// Takes every session out of the table and closes it with `reason` (the node is
+    /// shutting down); a session added later finds the table `shut`. Nothing is borrowed
+    /// while a closer runs.
+    fn shut(&self, reason: CloseReason) {
         let closing: Vec<Watched> = {
             let mut table = self.table.borrow_mut();
-            let ids: Vec<SessionId> = table
-                .sessions
-                .iter()
-                .filter(|(id, watched)| pick(**id, &watched.device))
-                .map(|(id, _)| *id)
-                .collect();
-            ids.into_iter().filter_map(|id| table.remove(id)).collect()
+            table.shut = true;
+            table.expiries.clear();
+            table.workspaces.clear();
+            table.sessions.drain().map(|(_, watched)| watched).collect()
         };
         close_all(&self.ingest, reason, closing);
     }
@@ -298,8 +296,7 @@ async fn run(watch: Rc<WorkerWatch>) {
         tokio::select! {
             biased;
             _ = shutdown.requested() => {
-                watch.table.borrow_mut().shut = true;
-                watch.close_where(CloseReason::ShuttingDown, |_, _| true);
+                watch.shut(CloseReason::ShuttingDown);
                 // Ended, so that the worker's graceful stop does not wait for this task.
                 return;
             }
