@@ -311,7 +311,7 @@ struct NodeArgs {
     /// MQTT worker threads; 0 = one per available core [default: 0].
     #[arg(long, env = "SLUICE_MQTT_WORKERS")]
     mqtt_workers: Option<usize>,
-    /// I/O driver of the MQTT threads: epoll or io_uring [default: epoll].
+    /// No longer used: the MQTT threads run on epoll (kept so that old command lines start).
     #[arg(long, env = "SLUICE_MQTT_IO_DRIVER")]
     mqtt_io_driver: Option<sluice_dataplane::IoDriver>,
     /// Name of this node in Parquet object names [default: generated, kept in the data dir].

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sluice_storage::layout::{is_valid_node_id, NODE_ID_LEN_MAX};
 
 use crate::http::io_driver::HttpIoDriver;
-use crate::mqtt::runtime::IoDriver;
+use crate::mqtt::IoDriver;
 
 /// Everything a node needs to start.
 #[derive(Debug, Clone, Deserialize)]
@@ -89,9 +89,9 @@ pub struct MqttConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for the TLS listener.
     pub tls_key: Option<PathBuf>,
-    /// Threads running MQTT connections (ntex workers); 0 = one per available core.
+    /// Threads running MQTT connections; 0 = one per available core.
     pub workers: usize,
-    /// The I/O driver of those threads: `epoll` or `io_uring`.
+    /// No longer used (MQTT runs on epoll); `io_uring` is taken and logged as unused.
     pub io_driver: IoDriver,
     /// Open connections at most, all listeners together.
     pub connections_max: usize,

@@ -43,7 +43,7 @@ mod webhooks;
 pub use bootstrap::Bootstrap;
 pub use config::NodeConfig;
 pub use http::io_driver::HttpIoDriver;
-pub use mqtt::runtime::IoDriver;
+pub use mqtt::IoDriver;
 pub use node::{Node, NodeError};
 
 /// What the benchmarks build on: the HTTP front end's listener and socket adapter (for a bare

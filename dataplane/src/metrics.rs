@@ -46,9 +46,6 @@ pub struct MqttMetrics {
     /// `publishes_total{outcome="accepted"}` for QoS 0, 1 and 2, resolved once: looking a
     /// labelled counter up takes a lock and a hash, which showed in the per-publish profile.
     pub publishes_accepted: [Counter; 3],
-    /// QoS 0 publishes stored straight from the read buffer by the QoS 0 lane (a part of
-    /// `publishes_total{qos="0",outcome="accepted"}`).
-    pub qos0_lane_total: Counter,
     /// Sessions the node closed: taken over, token revoked, workspace disabled, ...
     pub sessions_closed_total: Family<Reason, Counter>,
     pub ack_seconds: Histogram,
@@ -127,7 +124,6 @@ impl NodeMetrics {
                 connects_total: Family::default(),
                 publishes_total,
                 publishes_accepted,
-                qos0_lane_total: Counter::default(),
                 sessions_closed_total: Family::default(),
                 ack_seconds: Histogram::new(exponential_buckets(0.00005, 2.0, 17)),
                 connecting_waiting: Gauge::default(),
@@ -196,11 +192,6 @@ impl NodeMetrics {
             "mqtt_publishes",
             "MQTT PUBLISHes by QoS and outcome (accepted or the refusal)",
             mqtt.publishes_total.clone(),
-        );
-        registry.register(
-            "mqtt_qos0_lane",
-            "QoS 0 PUBLISHes stored straight from the read buffer (part of the accepted ones)",
-            mqtt.qos0_lane_total.clone(),
         );
         registry.register(
             "mqtt_sessions_closed",

@@ -140,11 +140,6 @@ pub struct Batcher {
 }
 
 impl Batcher {
-    /// Whether `bytes` more can be queued without the publish having to wait for its record.
-    pub fn has_room(&self, bytes: usize) -> bool {
-        self.state.borrow().waiting_bytes + bytes <= QUEUED_BYTES_MAX
-    }
-
     /// Queues `accepted`. With `wait` (QoS 1/2), or when the connection has too much waiting,
     /// returns what tells when it is durable.
     pub fn submit(
@@ -175,7 +170,10 @@ impl Batcher {
         }
         if !state.flushing {
             state.flushing = true;
-            ntex_rt::spawn(flush(self.clone(), admission.clone())).detach();
+            drop(tokio::task::spawn_local(flush(
+                self.clone(),
+                admission.clone(),
+            )));
         }
         rx
     }
@@ -225,7 +223,7 @@ async fn append(admission: &Admission, record: Record) -> Result<(), Refusal> {
     .batch(record.payloads, record.ends);
     let encoded = batch.encode_compact();
     admission
-        .wait_for_room(encoded.len(), ntex_util::time::sleep)
+        .wait_for_room(encoded.len(), tokio::time::sleep)
         .await?;
     // No WAL lane here (unlike the HTTP threads): a connection's publishes already share one
     // record, and a lane per MQTT worker measured the same QoS 1 rate and CPU per message

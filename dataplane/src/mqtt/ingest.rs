@@ -1,14 +1,13 @@
 //! What an MQTT device may do, whatever its protocol version: the CONNECT check, and the path
 //! of one PUBLISH through the [admission steps](crate::admit) into the connection's batcher.
-//! The version glue (`v3`, `v5`) only maps the outcomes to packets.
+//! The connection only maps the outcomes to packets.
 
 use std::borrow::Cow;
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
 
+use ntex_bytes::{ByteString, Bytes};
 use sluice_config::snapshot::{is_valid_device_id, is_valid_slug, Protocol};
 use sluice_config::token;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
@@ -106,32 +105,71 @@ impl MqttIngest {
         })
     }
 
-    /// Stores one PUBLISH of `device`'s connection, queued on its `batcher`. QoS 1 and 2 return
-    /// once it is durable in the WAL; QoS 0 returns once it is queued (unless the connection
-    /// has too much queued).
-    ///
-    /// The checks and the hand-over to the connection's batcher are synchronous ([`take`]);
-    /// this future only waits for durability, or runs the boxed wait of a node or workspace
-    /// out of room. Keeping it small matters: ntex moves a handler's future through each of
-    /// its service layers for every PUBLISH.
-    ///
-    /// [`take`]: Self::take
-    pub async fn publish(
+    /// Checks one PUBLISH of `device`'s connection and, when there is room now, queues it on
+    /// the connection's `batcher`: QoS 0 is then done (unless the connection has too much
+    /// queued), QoS 1 and 2 are told when durable. Out of room, nothing is done: the
+    /// connection runs [`store_waiting`](Self::store_waiting) instead. Synchronous, so that a
+    /// connection hands its publishes to the batcher in the order they came.
+    pub fn store_now(
         self: &Arc<Self>,
         device: &Device,
         batcher: &Rc<Batcher>,
         topic: &str,
         payload: &[u8],
         qos: u8,
-    ) -> Result<(), Refusal> {
-        let started = Instant::now();
-        let outcome = match self.take(device, batcher, topic, payload, qos) {
-            Taken::Done(outcome) => outcome,
-            Taken::Durable(durable) => durable.await.unwrap_or(Err(Refusal::StorageUnavailable)),
-            Taken::Waiting(waiting) => waiting.await,
+    ) -> Stored {
+        let checked = match self.check(device, topic, payload) {
+            Ok(Some(checked)) => checked,
+            Ok(None) => return Stored::Done(Ok(())),
+            Err(refusal) => return Stored::Done(Err(refusal)),
         };
+        let permit = match self.inflight.clone().try_acquire_many_owned(checked.bytes) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Stored::Done(Err(Refusal::StorageUnavailable)),
+            Err(TryAcquireError::NoPermits) => return Stored::Later,
+        };
+        if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_err() {
+            return Stored::Later;
+        }
+        match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
+            Some(durable) => Stored::Durable(durable),
+            None => Stored::Done(Ok(())),
+        }
+    }
+
+    /// Stores a PUBLISH that found no room at [`store_now`](Self::store_now): checked again,
+    /// it waits for the node's in-flight budget and the workspace's rate (together at most
+    /// [`ROOM_WAIT_MAX`]), is queued, and for QoS 1 and 2 waits until durable. The connection
+    /// reads nothing more meanwhile, which is the flow control MQTT has.
+    pub async fn store_waiting(
+        self: Arc<Self>,
+        device: Rc<Device>,
+        batcher: Rc<Batcher>,
+        topic: ByteString,
+        payload: Bytes,
+        qos: u8,
+    ) -> Result<(), Refusal> {
+        let Some(checked) = self.check(&device, &topic, &payload)? else {
+            return Ok(());
+        };
+        let permit = self.wait_for_room(&checked).await?;
+        match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
+            Some(durable) => durable.await.unwrap_or(Err(Refusal::StorageUnavailable)),
+            None => Ok(()),
+        }
+    }
+
+    /// Counts and logs the outcome of one PUBLISH received at `started`.
+    pub fn settle(
+        &self,
+        device: &Device,
+        topic: &str,
+        qos: u8,
+        started: Instant,
+        outcome: &Result<(), Refusal>,
+    ) {
         match (
-            &outcome,
+            outcome,
             self.metrics.mqtt.publishes_accepted.get(usize::from(qos)),
         ) {
             (Ok(()), Some(accepted)) => {
@@ -140,7 +178,7 @@ impl MqttIngest {
             _ => {
                 let label = PublishLabels {
                     qos,
-                    outcome: match &outcome {
+                    outcome: match outcome {
                         Ok(()) => crate::metrics::ACCEPTED,
                         Err(r) => publish_outcome(r),
                     },
@@ -152,7 +190,7 @@ impl MqttIngest {
                     .inc();
             }
         }
-        match &outcome {
+        match outcome {
             Ok(()) if qos > 0 => self
                 .metrics
                 .mqtt
@@ -168,78 +206,6 @@ impl MqttIngest {
                 describe(refusal)
             ),
         }
-        outcome
-    }
-
-    /// Checks one PUBLISH and, when there is room, queues it on the connection's batcher.
-    fn take<'a>(
-        self: &'a Arc<Self>,
-        device: &'a Device,
-        batcher: &'a Rc<Batcher>,
-        topic: &'a str,
-        payload: &[u8],
-        qos: u8,
-    ) -> Taken<'a> {
-        let checked = match self.check(device, topic, payload) {
-            Ok(Some(checked)) => checked,
-            Ok(None) => return Taken::Done(Ok(())),
-            Err(refusal) => return Taken::Done(Err(refusal)),
-        };
-        // Room is there almost always: take it without setting up the waits (a timer and a
-        // semaphore future per publish, before this was split).
-        let permit = match self.inflight.clone().try_acquire_many_owned(checked.bytes) {
-            Ok(permit) => Some(permit),
-            Err(TryAcquireError::Closed) => return Taken::Done(Err(Refusal::StorageUnavailable)),
-            Err(TryAcquireError::NoPermits) => None,
-        };
-        match permit {
-            Some(permit)
-                if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_ok() =>
-            {
-                match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
-                    Some(durable) => Taken::Durable(durable),
-                    None => Taken::Done(Ok(())),
-                }
-            }
-            permit => Taken::Waiting(Box::pin(async move {
-                let permit = self.wait_for_room(&checked, permit).await?;
-                match batcher.submit(&self.admission, checked.accepted(permit), qos > 0) {
-                    Some(durable) => durable.await.unwrap_or(Err(Refusal::StorageUnavailable)),
-                    None => Ok(()),
-                }
-            })),
-        }
-    }
-
-    /// Stores a QoS 0 publish taken by the connection's lane, if it is accepted and there is
-    /// room for it now; `false` (nothing done) leaves it to the publish handler, which refuses
-    /// or waits as it does for every publish.
-    pub fn take_at_once(
-        self: &Arc<Self>,
-        device: &Device,
-        batcher: &Rc<Batcher>,
-        topic: &str,
-        payload: &[u8],
-    ) -> bool {
-        let Ok(Some(checked)) = self.check(device, topic, payload) else {
-            return false;
-        };
-        if !batcher.has_room(checked.events.payloads.len()) {
-            return false;
-        }
-        let Ok(permit) = self.inflight.clone().try_acquire_many_owned(checked.bytes) else {
-            return false;
-        };
-        if admit::take_rate(&checked.workspace, checked.events.ends.len()).is_err() {
-            return false;
-        }
-        // With room checked above, a QoS 0 submit never asks to wait.
-        let _ = batcher.submit(&self.admission, checked.accepted(permit), false);
-        if let Some(accepted) = self.metrics.mqtt.publishes_accepted.first() {
-            accepted.inc();
-        }
-        self.metrics.mqtt.qos0_lane_total.inc();
-        true
     }
 
     /// Checks one PUBLISH against the configuration in force now and its payload; `None` when
@@ -306,44 +272,34 @@ impl MqttIngest {
         }))
     }
 
-    /// Waits for what [`take`](Self::take) found missing: the node's in-flight budget (when
-    /// `permit` is `None`) and the workspace's rate, together at most [`ROOM_WAIT_MAX`]. Waiting
-    /// holds the client's in-flight window, which is the flow control MQTT has.
-    async fn wait_for_room(
-        &self,
-        checked: &Checked<'_>,
-        permit: Option<OwnedSemaphorePermit>,
-    ) -> Result<OwnedSemaphorePermit, Refusal> {
+    /// Waits for the node's in-flight budget and the workspace's rate, together at most
+    /// [`ROOM_WAIT_MAX`].
+    async fn wait_for_room(&self, checked: &Checked<'_>) -> Result<OwnedSemaphorePermit, Refusal> {
         let since = Instant::now();
-        let permit = match permit {
-            Some(permit) => permit,
-            None => tokio::select! {
-                permit = self.inflight.clone().acquire_many_owned(checked.bytes) => {
-                    permit.map_err(|_| Refusal::StorageUnavailable)?
-                }
-                () = ntex_util::time::sleep(ROOM_WAIT_MAX) => {
-                    return Err(Refusal::Overloaded)
-                }
-            },
+        let permit = tokio::select! {
+            permit = self.inflight.clone().acquire_many_owned(checked.bytes) => {
+                permit.map_err(|_| Refusal::StorageUnavailable)?
+            }
+            () = tokio::time::sleep(ROOM_WAIT_MAX) => return Err(Refusal::Overloaded),
         };
         while let Err(refusal) = admit::take_rate(&checked.workspace, checked.events.ends.len()) {
             if since.elapsed() > ROOM_WAIT_MAX {
                 return Err(refusal);
             }
-            ntex_util::time::sleep(ROOM_POLL).await;
+            tokio::time::sleep(ROOM_POLL).await;
         }
         Ok(permit)
     }
 }
 
-/// How far [`MqttIngest::take`] got without waiting.
-enum Taken<'a> {
+/// How far [`MqttIngest::store_now`] got.
+pub enum Stored {
     /// Refused, carried no event, or queued at QoS 0.
     Done(Result<(), Refusal>),
     /// Queued; told when durable.
     Durable(Durable),
-    /// Out of room: the wait, the queueing and the durability, boxed.
-    Waiting(Pin<Box<dyn Future<Output = Result<(), Refusal>> + 'a>>),
+    /// Out of room: nothing done, [`MqttIngest::store_waiting`] waits for it.
+    Later,
 }
 
 /// A PUBLISH that passed the checks, before it has room.

@@ -1,74 +1,110 @@
-//! The MQTT front end: MQTT 3.1.1 and 5 on ntex-mqtt, on TCP and optionally TLS (rustls).
+//! The MQTT front end: MQTT 3.1.1 and 5 on TCP and optionally TLS (rustls), on threads of its
+//! own, separate from the tokio-uring HTTP runtimes.
 //!
-//! It runs on its own ntex system (a thread of its own plus `workers` worker threads, each
-//! with its own I/O driver, epoll by default, see `runtime` for why), separate from the
-//! tokio-uring HTTP runtimes. The modules, each importing only those listed before it:
+//! One thread accepts connections on every listener and hands them out in turn to `workers`
+//! worker threads, each a single-threaded tokio runtime (epoll) running its connections as
+//! tasks. ntex-mqtt's codec decodes and encodes the packets; the connection loop around it is
+//! ours (`connection`): ntex-mqtt's own server spent about half of the MQTT threads' CPU per
+//! QoS 1 message in its service machinery and held 9 KiB per idle connection, where this loop
+//! holds about 2 (issue 22, docs/bench-log/mqtt.md).
 //!
-//! - `types`: who a connection speaks for, refusals and close reasons, the connection error;
-//! - `packet`: where a packet ends in a buffer (the fixed header);
-//! - `conformance`: what the MQTT specifications ask that ntex-mqtt does not do, answered on
-//!   whole packets before the codec sees them;
-//! - `inflight`: bounds the packets a connection has in flight;
+//! The modules, each importing only those listed before it:
+//!
+//! - `types`: who a connection speaks for, refusals and close reasons;
+//! - `packet`: what is read of a packet without decoding it (where it ends, a CONNECT's
+//!   protocol, a topic alias);
+//! - `protocol`: the two versions' codecs behind one type, and the answers' layouts;
+//! - `exactly_once`: QoS 2 receipt;
 //! - `throttle`: slows down failing CONNECTs;
 //! - `connecting`: bounds the connections that have not authenticated yet;
 //! - `batcher`: a connection's queue of WAL records, appended through the admission path;
 //! - `ingest`: the CONNECT check and one PUBLISH through the [admission steps](crate::admit);
-//! - `lane`: plain QoS 0 publishes stored straight from the read buffer;
-//! - `framing`: hands the codec whole packets only, after offering them to the lane;
+//! - `inflight`: a connection's publishes waiting for their outcome, answered in order;
 //! - `watch`: one task per worker thread that closes its sessions when taken over or no
 //!   longer allowed;
 //! - `sessions`: live sessions across the worker threads, for takeover;
-//! - `connect`: what both versions do around a CONNECT and a connection's end;
-//! - `v3` and `v5`: the version glue, mapping outcomes to packets.
+//! - `connection`: one connection from its CONNECT to its close.
 //!
 //! A QoS 1 PUBACK or QoS 2 PUBREC is sent only once the event is durable in the WAL.
 
 mod batcher;
-mod conformance;
-mod connect;
 mod connecting;
-mod framing;
+mod connection;
+mod exactly_once;
 mod inflight;
 pub(crate) mod ingest;
-mod lane;
 mod packet;
-pub(crate) mod runtime;
+mod protocol;
 mod sessions;
 pub(crate) mod throttle;
 mod types;
-mod v3;
-mod v5;
 mod watch;
 
+use std::cell::Cell;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use ntex_mqtt::MqttServiceConfig;
-use ntex_server::net::Connection;
-use ntex_service::cfg::SharedCfg;
-use ntex_util::time::Seconds;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tracing::{error, info};
+use serde::Deserialize;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver, UnboundedSender};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
 
 use sluice_storage::shutdown::Shutdown;
 
 use crate::config::MqttConfig;
-use connecting::{Connecting, ConnectingSlot};
+use connecting::Connecting;
+use connection::Worker;
 use ingest::MqttIngest;
 use sessions::Sessions;
-use types::MqttError;
+
+/// Pending connections the kernel keeps per listener while the node is at
+/// `mqtt.connections_max` or busy accepting.
+const BACKLOG: i32 = 2048;
+
+/// `mqtt.io_driver`, kept so that configurations naming it still start. The MQTT threads run
+/// on epoll (tokio); `io_uring` is taken and logged as unused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    Epoll,
+    IoUring,
+}
+
+impl std::str::FromStr for IoDriver {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "epoll" => Ok(IoDriver::Epoll),
+            "io_uring" | "io-uring" | "uring" => Ok(IoDriver::IoUring),
+            other => Err(format!(
+                "unknown I/O driver {other:?}: use epoll or io_uring"
+            )),
+        }
+    }
+}
 
 /// A running MQTT front end; it stops on the shutdown signal.
 pub struct MqttServer {
     addr: Option<SocketAddr>,
     tls_addr: Option<SocketAddr>,
-    /// The ntex system's thread.
-    thread: std::thread::JoinHandle<()>,
-    /// Waits for the shutdown signal, then stops the ntex server and system.
-    stopper: std::thread::JoinHandle<()>,
+    /// The accepting thread and the worker threads.
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// An accepted connection on its way to a worker thread.
+struct NewConnection {
+    stream: std::net::TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    /// Its place among `mqtt.connections_max`, given back when it closes.
+    open: OwnedSemaphorePermit,
 }
 
 impl MqttServer {
@@ -78,7 +114,7 @@ impl MqttServer {
         let limits = ingest.limits.clone();
         let plain = limits.addr.map(bind).transpose()?;
         let tls = match limits.tls_addr {
-            Some(addr) => Some((bind(addr)?, tls_config(&limits)?)),
+            Some(addr) => Some((bind(addr)?, TlsAcceptor::from(tls_config(&limits)?))),
             None => None,
         };
         let addr = plain.as_ref().map(TcpListener::local_addr).transpose()?;
@@ -89,44 +125,59 @@ impl MqttServer {
         if plain.is_none() && tls.is_none() {
             return Ok(None);
         }
-
-        let io_driver = limits.io_driver;
-        let (started_tx, started_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::Builder::new()
-            .name("sluice-mqtt".into())
-            .spawn(move || {
-                let runner = ntex_rt::System::build()
-                    .name("sluice-mqtt")
-                    // The process's signals are the node's to handle, not ntex's.
-                    .disable_signals()
-                    .build(runtime::MqttRuntime(io_driver));
-                let result = runner.run(move || {
-                    let server = serve(ingest, Arc::new(Sessions::default()), plain, tls)?;
-                    let _ = started_tx.send(Ok((server, ntex_rt::System::current())));
-                    Ok(())
-                });
-                if let Err(err) = result {
-                    error!(error = %err, "the MQTT runtime stopped with an error");
-                }
-            })?;
-        let (server, system) = started_rx
-            .recv()
-            .map_err(|_| io::Error::other("the MQTT runtime did not start"))
-            .and_then(|r: io::Result<_>| r)?;
+        if limits.io_driver == IoDriver::IoUring {
+            warn!("mqtt.io_driver = \"io_uring\" is not used any more: MQTT runs on epoll");
+        }
+        let workers = match limits.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
+        let sessions = Arc::new(Sessions::default());
+        let connecting = Connecting::new(limits.connecting_max);
+        let mut threads = Vec::with_capacity(workers + 1);
+        let mut senders = Vec::with_capacity(workers);
+        for i in 0..workers {
+            let (tx, rx) = unbounded_channel();
+            senders.push(tx);
+            let (ingest, sessions, connecting) =
+                (ingest.clone(), sessions.clone(), connecting.clone());
+            let shutdown = shutdown.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sluice-mqtt-{i}"))
+                    .spawn(move || {
+                        let worker = Worker {
+                            ingest,
+                            sessions,
+                            connecting,
+                        };
+                        run_worker(rx, worker, shutdown);
+                    })?,
+            );
+        }
+        let listeners: Vec<_> = plain
+            .map(|listener| (listener, None))
+            .into_iter()
+            .chain(tls.map(|(listener, acceptor)| (listener, Some(acceptor))))
+            .collect();
+        let open = Arc::new(Semaphore::new(
+            limits.connections_max.clamp(1, Semaphore::MAX_PERMITS),
+        ));
+        threads.push(
+            std::thread::Builder::new()
+                .name("sluice-mqtt-accept".into())
+                .spawn(move || run_acceptor(listeners, senders, open, shutdown))?,
+        );
         if let Some(addr) = addr {
-            info!(%addr, "MQTT listening");
+            info!(%addr, workers, "MQTT listening");
         }
         if let Some(addr) = tls_addr {
             info!(%addr, "MQTT over TLS listening");
         }
-        let stopper = std::thread::Builder::new()
-            .name("sluice-mqtt-stop".into())
-            .spawn(move || stop_on(shutdown, server, system))?;
         Ok(Some(MqttServer {
             addr,
             tls_addr,
-            thread,
-            stopper,
+            threads,
         }))
     }
 
@@ -140,217 +191,190 @@ impl MqttServer {
 
     /// Waits for the MQTT threads to end (after the shutdown signal).
     pub fn join(self) {
-        let _ = self.stopper.join();
-        let _ = self.thread.join();
+        for thread in self.threads {
+            let _ = thread.join();
+        }
     }
 }
 
-/// On the shutdown signal: stops accepting, gives open connections until the deadline to
-/// finish what they are storing, then stops the MQTT threads.
-fn stop_on(
+fn runtime() -> Option<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|err| error!(error = %err, "cannot start an MQTT thread's runtime"))
+        .ok()
+}
+
+/// Accepts connections until the shutdown signal, waiting while `mqtt.connections_max` are
+/// open (the kernel's backlog holds the next ones), and hands them to the workers in turn.
+fn run_acceptor(
+    listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
+    workers: Vec<UnboundedSender<NewConnection>>,
+    open: Arc<Semaphore>,
     mut shutdown: Shutdown,
-    server: ntex_server::Server<Connection>,
-    system: ntex_rt::System,
 ) {
-    let deadline = futures::executor::block_on(shutdown.requested());
-    let stop = server.stop(true);
-    let (done_tx, done_rx) = std::sync::mpsc::channel();
-    // Detached on purpose: ntex's graceful stop may outlive the deadline, and the system is
-    // stopped then anyway, which ends it.
-    std::thread::spawn(move || {
-        futures::executor::block_on(stop);
-        let _ = done_tx.send(());
+    let Some(rt) = runtime() else {
+        return;
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let workers = Rc::new(workers);
+        let next = Rc::new(Cell::new(0usize));
+        for (listener, tls) in listeners {
+            let listener = match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => listener,
+                Err(err) => {
+                    error!(error = %err, "cannot accept MQTT connections");
+                    continue;
+                }
+            };
+            let (workers, next, open) = (workers.clone(), next.clone(), open.clone());
+            tokio::task::spawn_local(async move {
+                loop {
+                    let Ok(place) = open.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (stream, peer) = match listener.accept().await {
+                        Ok(accepted) => accepted,
+                        Err(err) => {
+                            // Out of descriptors, typically: wait for some to close.
+                            warn!(error = %err, "accepting an MQTT connection failed");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            continue;
+                        }
+                    };
+                    // Answers are small and go out as soon as they are known.
+                    let _ = stream.set_nodelay(true);
+                    let Ok(stream) = stream.into_std() else {
+                        continue;
+                    };
+                    let at = next.get();
+                    next.set(at.wrapping_add(1));
+                    let _ = workers[at % workers.len()].send(NewConnection {
+                        stream,
+                        peer,
+                        tls: tls.clone(),
+                        open: place,
+                    });
+                }
+            });
+        }
+        // Returning ends the accepting tasks and closes the listeners.
+        shutdown.requested().await;
     });
-    let _ = done_rx.recv_timeout(deadline.saturating_duration_since(Instant::now()));
-    system.stop();
+}
+
+/// The connections of one worker thread that have not ended yet.
+#[derive(Default)]
+struct Live {
+    count: Cell<usize>,
+    ended: Notify,
+}
+
+/// One live connection, counted until its task ends.
+struct LiveConnection(Rc<Live>);
+
+impl Drop for LiveConnection {
+    fn drop(&mut self) {
+        let live = &self.0;
+        live.count.set(live.count.get() - 1);
+        if live.count.get() == 0 {
+            live.ended.notify_waiters();
+        }
+    }
+}
+
+/// Serves the connections handed to this worker thread. On the shutdown signal the thread's
+/// watch closes every session (MQTT 5: DISCONNECT 0x8B), and the connections get until the
+/// deadline to answer what they are storing and end.
+fn run_worker(
+    mut incoming: UnboundedReceiver<NewConnection>,
+    worker: Worker,
+    mut shutdown: Shutdown,
+) {
+    let Some(rt) = runtime() else {
+        return;
+    };
+    let local = tokio::task::LocalSet::new();
+    local.block_on(&rt, async move {
+        let worker = Rc::new(worker);
+        let live = Rc::new(Live::default());
+        let deadline = loop {
+            tokio::select! {
+                deadline = shutdown.requested() => break deadline,
+                new = incoming.recv() => match new {
+                    Some(new) => {
+                        live.count.set(live.count.get() + 1);
+                        let counted = LiveConnection(live.clone());
+                        tokio::task::spawn_local(serve_new(new, worker.clone(), counted));
+                    }
+                    // The acceptor ends only at shutdown.
+                    None => break shutdown.requested().await,
+                },
+            }
+        };
+        // Accepted and not started: closed unserved, as the node is stopping.
+        incoming.close();
+        while incoming.try_recv().is_ok() {}
+        let all_ended = async {
+            while live.count.get() > 0 {
+                let ended = live.ended.notified();
+                if live.count.get() == 0 {
+                    break;
+                }
+                ended.await;
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline.into(), all_ended).await;
+    });
+}
+
+async fn serve_new(new: NewConnection, worker: Rc<Worker>, _live: LiveConnection) {
+    let _open = new.open;
+    let stream = match tokio::net::TcpStream::from_std(new.stream) {
+        Ok(stream) => stream,
+        Err(err) => {
+            debug!(error = %err, "an accepted MQTT connection could not be registered");
+            return;
+        }
+    };
+    let peer = Some(new.peer.ip());
+    match new.tls {
+        None => connection::serve(stream, peer, worker).await,
+        // Boxed: a TLS stream is far larger than a socket, and plain connections should not
+        // carry its room.
+        Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, worker)).await,
+    }
+}
+
+async fn serve_tls(
+    acceptor: TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    peer: Option<std::net::IpAddr>,
+    worker: Rc<Worker>,
+) {
+    let timeout = Duration::from_secs(worker.ingest.limits.connect_timeout_secs.into());
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => connection::serve(stream, peer, worker).await,
+        Ok(Err(err)) => debug!(error = %err, "TLS handshake failed"),
+        Err(_) => debug!("TLS handshake timed out"),
+    }
 }
 
 fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    ntex_server::net::create_tcp_listener(addr, 2048)
-        .map_err(|e| io::Error::new(e.kind(), format!("binding MQTT on {addr}: {e}")))
-}
-
-/// Builds the ntex server on the current (MQTT) system.
-fn serve(
-    ingest: Arc<MqttIngest>,
-    sessions: Arc<Sessions>,
-    plain: Option<TcpListener>,
-    tls: Option<(TcpListener, Arc<rustls::ServerConfig>)>,
-) -> io::Result<ntex_server::Server<Connection>> {
-    let limits = &ingest.limits;
-    let workers = match limits.workers {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let cfg = service_config(limits);
-    let mut builder = ntex_server::net::ServerBuilder::new(ntex_server::NoConfig)
-        .name("sluice-mqtt")
-        .workers(workers)
-        .disable_signals()
-        // ntex counts per worker.
-        .maxconn(limits.connections_max.div_ceil(workers).max(1))
-        .shutdown_timeout(Seconds(5));
-    let connecting = Connecting::new(limits.connecting_max);
-    let wait = Duration::from_secs(limits.connect_timeout_secs.into());
-    let admission = Admission {
-        connecting,
-        waiting: ingest.metrics.mqtt.connecting_waiting.clone(),
-        packet_bytes_max: limits.packet_bytes_max,
-        connect_bytes_max: limits.connect_bytes_max,
-        wait,
-    };
-    if let Some(listener) = plain {
-        let ingest = ingest.clone();
-        let sessions = sessions.clone();
-        let admission = admission.clone();
-        builder = builder.listen("mqtt", listener, cfg.clone(), async move |_| {
-            let admission = admission.clone();
-            ntex_service::service(ntex_service::fn_service(move |io: ntex_io::Io| {
-                let admission = admission.clone();
-                async move { Ok::<_, ntex_mqtt::MqttError<MqttError>>(admission.admit(io).await) }
-            }))
-            .and_then(mqtt_service(ingest.clone(), sessions.clone()))
-        })?;
-    }
-    if let Some((listener, tls_config)) = tls {
-        let ingest = ingest.clone();
-        builder = builder.listen("mqtts", listener, cfg, async move |_| {
-            let admission = admission.clone();
-            ntex_service::service(ntex_tls::rustls::TlsAcceptor::new(tls_config.clone()))
-                .map_err(|e| ntex_mqtt::MqttError::Service(tls_error(&e)))
-                .and_then(ntex_service::fn_service(move |io: ntex_io::Io<_>| {
-                    let admission = admission.clone();
-                    async move {
-                        Ok::<_, ntex_mqtt::MqttError<MqttError>>(admission.admit(io).await)
-                    }
-                }))
-                .and_then(mqtt_service(ingest.clone(), sessions.clone()))
-        })?;
-    }
-    Ok(builder.run())
-}
-
-/// What a new connection gets before its CONNECT is read: the framing filter, and a place among
-/// the connections not authenticated yet (see `connecting`).
-#[derive(Clone)]
-struct Admission {
-    connecting: Arc<Connecting>,
-    /// `sluice_mqtt_connecting_waiting`.
-    waiting: prometheus_client::metrics::gauge::Gauge,
-    packet_bytes_max: u32,
-    connect_bytes_max: u32,
-    /// How long a connection waits for a place when all are taken (`mqtt.connect_timeout_secs`).
-    wait: Duration,
-}
-
-impl Admission {
-    /// Puts the framing filter on `io` at once (so that every byte read goes through it, and a
-    /// CONNECT arriving meanwhile is bounded like any other), then waits, when every place is
-    /// taken, for one to come free. A connection that gets none within the wait goes on without
-    /// a place, and its CONNECT is answered "server busy": never closed without an answer.
-    async fn admit<F: ntex_io::Filter>(
-        &self,
-        io: ntex_io::Io<F>,
-    ) -> ntex_io::Io<ntex_io::Layer<framing::WholePackets, F>> {
-        let placed = self.connecting.try_enter();
-        let waits = placed.is_none();
-        let filter = framing::WholePackets::new(
-            self.packet_bytes_max,
-            self.connect_bytes_max,
-            placed.unwrap_or_else(ConnectingSlot::waiting),
-        );
-        let lane = filter.lane();
-        let io = io.add_filter(filter);
-        if waits {
-            let counted = Waiting::count(&self.waiting);
-            let entered = ntex_util::time::timeout(self.wait, self.connecting.enter()).await;
-            drop(counted);
-            match entered {
-                Ok(slot) => lane.connecting(slot),
-                Err(()) => tracing::debug!(
-                    wait_secs = self.wait.as_secs(),
-                    "no place among the connections authenticating within the connect timeout: \
-                     the CONNECT is answered server busy"
-                ),
-            }
-        }
-        io
-    }
-}
-
-/// One connection counted in `sluice_mqtt_connecting_waiting` while it waits, uncounted
-/// however the wait ends (also when the future is dropped, at shutdown).
-struct Waiting<'a>(&'a prometheus_client::metrics::gauge::Gauge);
-
-impl<'a> Waiting<'a> {
-    fn count(gauge: &'a prometheus_client::metrics::gauge::Gauge) -> Waiting<'a> {
-        gauge.inc();
-        Waiting(gauge)
-    }
-}
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.dec();
-    }
-}
-
-fn tls_error(err: &io::Error) -> MqttError {
-    tracing::debug!(error = %err, "TLS handshake failed");
-    MqttError::TlsHandshake
-}
-
-/// The MQTT 3.1.1 and 5 service of one connection.
-fn mqtt_service<Req: ntex_service::RequestState<ntex_io::IoBoxed, State = ()>>(
-    ingest: Arc<MqttIngest>,
-    sessions: Arc<Sessions>,
-) -> impl ntex_service::Service<(), Req, Res = (), Error = ntex_mqtt::MqttError<MqttError>> {
-    let ingest5 = ingest.clone();
-    let sessions5 = sessions.clone();
-    // As ntex-mqtt's own middleware does: MQTT 3.1.1 bounds the count (MQTT 5's dispatcher
-    // holds clients to the receive maximum of the CONNACK), both the bytes.
-    let receive_max = ingest.limits.receive_max;
-    let inflight_bytes =
-        (ingest.limits.packet_bytes_max as usize).saturating_mul(receive_max as usize);
-    ntex_mqtt::MqttServer::new()
-        .v3(ntex_mqtt::v3::MqttServer::new(v3::publish)
-            .replace_middlewares(inflight::InFlight {
-                count: receive_max,
-                bytes: inflight_bytes,
-            })
-            .protocol(v3::protocol)
-            .control(v3::control)
-            .build(move |connect| v3::connect(ingest.clone(), sessions.clone(), connect)))
-        .v5(ntex_mqtt::v5::MqttServer::new(v5::publish)
-            .replace_middlewares(inflight::InFlight {
-                count: 0,
-                bytes: inflight_bytes,
-            })
-            .protocol(v5::protocol)
-            .control(v5::control)
-            .build(move |connect| v5::connect(ingest5.clone(), sessions5.clone(), connect)))
-}
-
-fn service_config(limits: &MqttConfig) -> SharedCfg {
-    SharedCfg::new("sluice-mqtt")
-        // ntex's I/O defaults, given explicitly: ntex logs every connection that finds none.
-        .add(ntex_io::IoConfig::new())
-        .add(
-            MqttServiceConfig::new()
-                .set_max_size(limits.packet_bytes_max)
-                .set_max_receive(limits.receive_max)
-                .set_max_receive_size(
-                    (limits.packet_bytes_max as usize).saturating_mul(limits.receive_max as usize),
-                )
-                .set_max_qos(ntex_mqtt::QoS::ExactlyOnce)
-                .protocol_version_timeout(Seconds(limits.connect_timeout_secs))
-                .set_connect_timeout(Seconds(limits.connect_timeout_secs))
-                .set_handshake_timeout(Seconds(limits.connect_timeout_secs))
-                // The codec sees whole packets only (`framing`); never stream payloads.
-                .set_min_chunk_size(limits.packet_bytes_max)
-                .set_max_payload_buffer_size(limits.packet_bytes_max as usize),
-        )
-        .build()
+    let bound = (|| {
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(addr),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        socket.set_reuse_address(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(BACKLOG)?;
+        socket.set_nonblocking(true)?;
+        Ok(TcpListener::from(socket))
+    })();
+    bound.map_err(|e: io::Error| io::Error::new(e.kind(), format!("binding MQTT on {addr}: {e}")))
 }
 
 fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {

@@ -2,24 +2,20 @@
 //! its worker thread's [`WorkerWatch`], which closes it when it is taken over or no longer
 //! allowed.
 //!
-//! Sessions live on ntex worker threads (their sinks are not `Send`); what crosses threads is
-//! the registry below and the takeover, sent to the old session's worker through its [`Inbox`].
+//! Sessions live on the MQTT worker threads (a connection is not `Send`); what crosses threads
+//! is the registry below and the takeover, sent to the old session's worker through its
+//! [`Inbox`].
 
 use std::collections::HashMap;
-use std::num::NonZeroU16;
 use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use uuid::Uuid;
 
-use crate::admit::Refusal;
-
 use super::batcher::Batcher;
-use super::conformance::Conformance;
 use super::ingest::MqttIngest;
-use super::lane::Lane;
-use super::types::{CloseReason, Device};
+use super::types::Device;
 use super::watch::{Closer, Inbox, SessionId, WorkerWatch};
 
 type Key = (Uuid, String);
@@ -57,16 +53,12 @@ impl Sessions {
     }
 }
 
-/// The application state of one MQTT connection.
+/// The session of one MQTT connection: who it speaks for and its queue of WAL records, while
+/// it is registered and watched.
 pub struct DeviceSession {
     pub device: Rc<Device>,
     /// The connection's queue of WAL records.
-    batcher: Rc<Batcher>,
-    /// The connection's QoS 0 lane, open while the session is.
-    lane: Rc<Lane>,
-    /// Tells the QoS of a PUBLISH handed to ntex-mqtt at another (see `conformance`).
-    conformance: Rc<Conformance>,
-    ingest: Arc<MqttIngest>,
+    pub batcher: Rc<Batcher>,
     _registration: Registration,
 }
 
@@ -89,36 +81,23 @@ impl Drop for Registration {
 }
 
 impl DeviceSession {
-    /// Registers the session (closing any older one with the same client id), has the current
-    /// ntex worker's watch watch it, and opens the connection's `lane` (see [`Lane`]);
-    /// `v5` tells it the packet format.
+    /// Registers the session (closing any older one with the same client id) and has the
+    /// current worker thread's watch watch it, closing it through `closer`.
     pub fn start(
         ingest: &Arc<MqttIngest>,
         sessions: &Arc<Sessions>,
         device: Device,
         closer: impl Closer,
-        lane: Rc<Lane>,
-        conformance: Rc<Conformance>,
-        v5: bool,
     ) -> DeviceSession {
         let key = (device.workspace_id, device.device_id.clone());
         let watch = WorkerWatch::here(ingest);
         let id = sessions.register(key.clone(), watch.inbox());
         ingest.metrics.mqtt.sessions.inc();
         let device = Rc::new(device);
-        let closer = LaneCloser {
-            lane: lane.clone(),
-            closer,
-        };
         watch.add(id, device.clone(), Box::new(closer));
-        let batcher = Rc::new(Batcher::default());
-        lane.open(ingest.clone(), device.clone(), batcher.clone(), v5);
         DeviceSession {
             device,
-            batcher,
-            lane,
-            conformance,
-            ingest: ingest.clone(),
+            batcher: Rc::new(Batcher::default()),
             _registration: Registration {
                 sessions: sessions.clone(),
                 ingest: ingest.clone(),
@@ -127,37 +106,5 @@ impl DeviceSession {
                 id,
             },
         }
-    }
-
-    /// The QoS a PUBLISH that ntex-mqtt decoded as `qos` was sent with.
-    pub fn qos_sent(&self, qos: ntex_mqtt::QoS, packet_id: Option<NonZeroU16>) -> u8 {
-        self.conformance.qos_sent(qos as u8, packet_id)
-    }
-
-    /// Stores one PUBLISH that ntex-mqtt decoded (see [`MqttIngest::publish`]). A QoS 0
-    /// publish handed to the codec is then behind the lane no more, whatever its outcome:
-    /// the lane learns it here, from the handler's return, and may take the next ones.
-    pub async fn publish(&self, topic: &str, payload: &[u8], qos: u8) -> Result<(), Refusal> {
-        let outcome = self
-            .ingest
-            .publish(&self.device, &self.batcher, topic, payload, qos)
-            .await;
-        if qos == 0 {
-            self.lane.caught_up_one();
-        }
-        outcome
-    }
-}
-
-/// Closes the lane along with the session, so that nothing sent after is stored.
-struct LaneCloser<C> {
-    lane: Rc<Lane>,
-    closer: C,
-}
-
-impl<C: Closer> Closer for LaneCloser<C> {
-    fn close(&self, reason: CloseReason) {
-        self.lane.close();
-        self.closer.close(reason);
     }
 }

@@ -1,5 +1,5 @@
-//! The types the MQTT front end's modules share: who a connection speaks for, why a CONNECT
-//! or a session is refused or closed, and the error a connection ends with.
+//! The types the MQTT front end's modules share: who a connection speaks for, and why a
+//! CONNECT, a PUBLISH or a session is refused or closed.
 
 use uuid::Uuid;
 
@@ -54,6 +54,9 @@ pub enum ConnectRefusal {
     /// `mqtt.connecting_max` connections were authenticating for as long as this one waited
     /// for a place among them (the connect timeout): server busy, try again later.
     ServerBusy,
+    /// MQTT 5 enhanced authentication (an authentication method in the CONNECT), which the
+    /// node does not offer: workspace and token go in the user name and password.
+    BadAuthenticationMethod,
 }
 
 impl ConnectRefusal {
@@ -64,6 +67,7 @@ impl ConnectRefusal {
             ConnectRefusal::BadClientId => "bad-client-id",
             ConnectRefusal::NotConfigured => "not-configured",
             ConnectRefusal::ServerBusy => "server-busy",
+            ConnectRefusal::BadAuthenticationMethod => "bad-authentication-method",
         }
     }
 }
@@ -127,50 +131,6 @@ pub fn describe(refusal: &Refusal) -> String {
         Refusal::RecordTooLarge | Refusal::StorageUnavailable => {
             "the node cannot store events right now".into()
         }
-    }
-}
-
-/// Why the node ends a connection from a handler.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum MqttError {
-    /// An MQTT 3.1.1 PUBLISH was refused: 3.1.1 has no negative acknowledgement, so the
-    /// connection closes. Carries the publish outcome label.
-    #[error("publish refused: {0}")]
-    PublishRefused(&'static str),
-    /// A streamed payload ended before it was whole.
-    #[error("the payload ended before it was whole")]
-    PayloadIncomplete,
-    /// The TLS handshake failed.
-    #[error("the TLS handshake failed")]
-    TlsHandshake,
-    /// An inner service failed.
-    #[error("the connection's service failed")]
-    Service,
-}
-
-impl MqttError {
-    /// The slug logged when the connection closes.
-    pub fn slug(self) -> &'static str {
-        match self {
-            MqttError::PublishRefused(outcome) => outcome,
-            MqttError::PayloadIncomplete => "payload-incomplete",
-            MqttError::TlsHandshake => "tls-handshake",
-            MqttError::Service => "service",
-        }
-    }
-}
-
-impl From<()> for MqttError {
-    fn from((): ()) -> Self {
-        MqttError::Service
-    }
-}
-
-impl TryFrom<MqttError> for ntex_mqtt::v5::PublishAck {
-    type Error = MqttError;
-
-    fn try_from(err: MqttError) -> Result<Self, Self::Error> {
-        Err(err)
     }
 }
 

@@ -2,7 +2,7 @@
 //! its client id over, when its token or workspace no longer allows it (configuration change,
 //! the token's expiry), or when the node shuts down.
 //!
-//! One task per ntex worker thread watches all of that thread's sessions. (It was one task per
+//! One task per MQTT worker thread watches all of that thread's sessions. (It was one task per
 //! session: ~700 bytes and a channel for every idle connection, and on a configuration change
 //! every session's task woke at once.) A session is an entry in the worker's table, added when
 //! it starts and removed when it ends; a takeover from any thread reaches the worker through
@@ -201,7 +201,7 @@ impl WorkerWatch {
                         inbox: Arc::default(),
                         table: RefCell::default(),
                     });
-                    ntex_rt::spawn(run(watch.clone())).detach();
+                    drop(tokio::task::spawn_local(run(watch.clone())));
                     watch
                 })
                 .clone()
@@ -224,8 +224,9 @@ impl WorkerWatch {
             // A session that started during the shutdown, after the watch ended: closed once
             // its CONNACK is out, like those before it.
             let watch = self.clone();
-            ntex_rt::spawn(async move { watch.close_ids(CloseReason::ShuttingDown, [id]) })
-                .detach();
+            drop(tokio::task::spawn_local(async move {
+                watch.close_ids(CloseReason::ShuttingDown, [id])
+            }));
         } else if wake {
             self.inbox.wake.notify_one();
         }
@@ -233,7 +234,7 @@ impl WorkerWatch {
 
     /// Session `id` has ended (its connection is gone).
     pub fn end(&self, id: SessionId) {
-        // Dropped outside the borrow: a closer's drop runs ntex code.
+        // Dropped outside the borrow: a closer's drop is the connection's code.
         let ended = self.table.borrow_mut().remove(id);
         drop(ended);
     }
@@ -297,7 +298,6 @@ async fn run(watch: Rc<WorkerWatch>) {
             biased;
             _ = shutdown.requested() => {
                 watch.shut(CloseReason::ShuttingDown);
-                // Ended, so that the worker's graceful stop does not wait for this task.
                 return;
             }
             () = watch.inbox.wake.notified() => {
@@ -317,7 +317,7 @@ async fn run(watch: Rc<WorkerWatch>) {
                     watch.close_ids(CloseReason::NotAuthorized, closing);
                 }
             }
-            () = ntex_util::time::sleep(sleep) => {
+            () = tokio::time::sleep(sleep) => {
                 let view = ingest.admission.view();
                 let now = now_us();
                 let due = watch
