@@ -50,6 +50,37 @@ fn connect_named(name: &[u8], level: u8) -> Vec<u8> {
     packet
 }
 
+/// An MQTT 5 CONNECT asking for enhanced authentication (an Authentication Method property).
+fn connect_with_auth_method() -> Vec<u8> {
+    let mut body = Vec::new();
+    mqtt_str(&mut body, b"MQTT");
+    body.push(5);
+    body.push(0b0000_0010);
+    body.extend_from_slice(&30u16.to_be_bytes());
+    let mut props = vec![0x15];
+    mqtt_str(&mut props, b"SCRAM-SHA-256");
+    remaining_length(&mut body, props.len());
+    body.extend_from_slice(&props);
+    mqtt_str(&mut body, b"conformance-auth");
+    let mut packet = vec![0x10];
+    remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    packet
+}
+
+/// UNSUBSCRIBE of one filter with packet id 3 (MQTT 5 with an empty property list).
+fn unsubscribe(v5: bool) -> Vec<u8> {
+    let mut body = vec![0x00, 0x03];
+    if v5 {
+        body.push(0);
+    }
+    mqtt_str(&mut body, b"some/filter");
+    let mut packet = vec![0xA2];
+    remaining_length(&mut packet, body.len());
+    packet.extend_from_slice(&body);
+    packet
+}
+
 /// A PUBLISH with a topic given as bytes (possibly not UTF-8), QoS from `first`.
 fn publish_bytes(
     first: u8,
@@ -325,6 +356,108 @@ fn table() -> Vec<Case> {
             closed: true,
         },
         Case {
+            name: "5: enhanced authentication asked",
+            spec: "5 §3.1.2.11.9, §4.12: CONNACK 0x8C bad authentication method, then close",
+            connect: None,
+            steps: vec![(connect_with_auth_method(), vec![0x20, 0x03, 0x00, 0x8C, 0x00])],
+            closed: true,
+        },
+        Case {
+            name: "5: a topic alias set up, then used alone",
+            spec: "5 §3.3.2.3.4 [MQTT-3.3.2-12]: the alias stands for the topic; both stored",
+            connect: Some(5),
+            steps: vec![
+                (
+                    publish_raw(0x32, TOPIC, Some(1), Some(&[0x23, 0x00, 0x01]), payload("alias-v5").as_bytes()),
+                    vec![0x40, 0x04, 0x00, 0x01, 0x00, 0x00],
+                ),
+                (
+                    publish_raw(0x32, "", Some(2), Some(&[0x23, 0x00, 0x01]), payload("alias-v5").as_bytes()),
+                    vec![0x40, 0x04, 0x00, 0x02, 0x00, 0x00],
+                ),
+            ],
+            closed: false,
+        },
+        Case {
+            name: "5: an unknown topic alias",
+            spec: "5 §3.3.2.3.4: an alias with no topic set up; §4.13: DISCONNECT 0x94 topic alias invalid",
+            connect: Some(5),
+            steps: vec![(
+                publish_raw(0x32, "", Some(1), Some(&[0x23, 0x00, 0x05]), payload("alias-unknown-v5").as_bytes()),
+                disconnect(0x94),
+            )],
+            closed: true,
+        },
+        Case {
+            name: "5: a topic alias over the maximum announced (32)",
+            spec: "5 §3.3.2.3.4 [MQTT-3.3.2-9]: DISCONNECT 0x94 topic alias invalid",
+            connect: Some(5),
+            steps: vec![(
+                publish_raw(0x32, TOPIC, Some(1), Some(&[0x23, 0x00, 33]), payload("alias-over-v5").as_bytes()),
+                disconnect(0x94),
+            )],
+            closed: true,
+        },
+        Case {
+            name: "5: a wildcard in a PUBLISH topic",
+            spec: "5 §3.3.2.1 [MQTT-3.3.2-2]: DISCONNECT 0x90 topic name invalid, nothing stored",
+            connect: Some(5),
+            steps: vec![(
+                publish_raw(0x32, "ingest/telemetry/#", Some(1), Some(&[]), payload("wildcard-v5").as_bytes()),
+                disconnect(0x90),
+            )],
+            closed: true,
+        },
+        Case {
+            name: "3.1.1: a wildcard in a PUBLISH topic",
+            spec: "3.1.1 §3.3.2.1 [MQTT-3.3.2-2]: the connection is closed, nothing stored",
+            connect: Some(4),
+            steps: vec![(
+                publish_raw(0x32, "ingest/telemetry/+", Some(1), None, payload("wildcard-v4").as_bytes()),
+                vec![],
+            )],
+            closed: true,
+        },
+        Case {
+            name: "5: UNSUBSCRIBE",
+            spec: "5 §3.11: UNSUBACK, 0x11 no subscription existed",
+            connect: Some(5),
+            steps: vec![(unsubscribe(true), vec![0xB0, 0x04, 0x00, 0x03, 0x00, 0x11])],
+            closed: false,
+        },
+        Case {
+            name: "3.1.1: UNSUBSCRIBE",
+            spec: "3.1.1 §3.10.4 [MQTT-3.10.4-4]: UNSUBACK with the same packet id",
+            connect: Some(4),
+            steps: vec![(unsubscribe(false), vec![0xB0, 0x02, 0x00, 0x03])],
+            closed: false,
+        },
+        Case {
+            name: "5: a PUBACK from the client (the node sends no PUBLISH)",
+            spec: "5 §4.13.1: DISCONNECT 0x82 protocol error",
+            connect: Some(5),
+            steps: vec![(vec![0x40, 0x02, 0x00, 0x01], disconnect(0x82))],
+            closed: true,
+        },
+        Case {
+            name: "5: a packet over the maximum packet size after the CONNECT",
+            spec: "5 §3.2.2.3.6 (Maximum Packet Size), §4.13: DISCONNECT 0x95 packet too large",
+            connect: Some(5),
+            // Declares 2 MiB; the node announced 1 MiB.
+            steps: vec![(vec![0x30, 0x80, 0x80, 0x80, 0x01], disconnect(0x95))],
+            closed: true,
+        },
+        Case {
+            name: "5: DISCONNECT asking for a session expiry the CONNECT did not",
+            spec: "5 §3.14.2.2.2 [MQTT-3.14.2-2]: DISCONNECT 0x82 protocol error",
+            connect: Some(5),
+            steps: vec![(
+                vec![0xE0, 0x07, 0x00, 0x05, 0x11, 0x00, 0x00, 0x00, 0x0A],
+                disconnect(0x82),
+            )],
+            closed: true,
+        },
+        Case {
             name: "3.1.1: QoS 1 with packet id 0",
             spec: "3.1.1 §2.3.1 [MQTT-2.3.1-1]: a protocol violation, the connection is closed",
             connect: Some(4),
@@ -455,6 +588,7 @@ fn every_case_is_answered_as_the_specifications_say_and_malformed_topics_are_not
         "SELECT count(*) FROM {lake} WHERE contains(topic, chr(0))",
     );
     let expected: Vec<Vec<Value>> = [
+        ("alias-v5", 2),
         ("qos2-dup-v4", 1),
         ("qos2-dup-v5", 1),
         ("qos2-reuse-v5-a", 1),

@@ -49,9 +49,6 @@ pub struct MqttArgs {
     /// Sluice's MQTT worker threads; 0 = the node's default (one per available core).
     #[arg(long, default_value_t = 0)]
     server_workers: usize,
-    /// I/O drivers to run Sluice's scenarios with (`epoll`, `io_uring`).
-    #[arg(long, value_delimiter = ',', default_value = "epoll")]
-    io_drivers: Vec<String>,
     /// Threads of the simulator.
     #[arg(long, default_value_t = 1)]
     client_threads: usize,
@@ -180,11 +177,9 @@ pub fn run(args: MqttArgs) -> Result<()> {
     };
     for &qos in qos_levels {
         for &connections in &args.connections {
-            for driver in &args.io_drivers {
-                progress(&format!(
-                    "sluice ({driver}): QoS {qos}, {connections} connections"
-                ));
-                let node = Node::start_mqtt(&bin, 1, args.server_workers, driver)?;
+            {
+                progress(&format!("sluice: QoS {qos}, {connections} connections"));
+                let node = Node::start_mqtt(&bin, 1, args.server_workers)?;
                 let addr = node.mqtt_addr.context("the node has no MQTT address")?;
                 let mut plan = plan_for(&args, addr, connections, qos);
                 plan.username = Some("default".into());
@@ -195,7 +190,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 progress(&format!("  {}", summary.one_line()));
                 node.stop()?;
                 rows.push(Row {
-                    server: format!("sluice ({driver})"),
+                    server: "sluice".into(),
                     qos,
                     connections,
                     summary,
@@ -222,7 +217,6 @@ pub fn run(args: MqttArgs) -> Result<()> {
         }
     }
 
-    let driver = args.io_drivers.first().map_or("epoll", String::as_str);
     let version = if args.protocol == 3 {
         Version::V311
     } else {
@@ -252,7 +246,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
             }
         };
         progress(&format!("sluice: new connections, {scenario}"));
-        let node = Node::start_mqtt(&bin, 1, args.server_workers, driver)?;
+        let node = Node::start_mqtt(&bin, 1, args.server_workers)?;
         let client = conn::Client {
             addr: node.mqtt_addr.context("the node has no MQTT address")?,
             version,
@@ -299,7 +293,6 @@ pub fn run(args: MqttArgs) -> Result<()> {
             &bin,
             1,
             args.server_workers,
-            driver,
             &[
                 "--mqtt-connections-max".into(),
                 cap.to_string(),

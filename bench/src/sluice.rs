@@ -97,15 +97,9 @@ impl Node {
         Ok(node)
     }
 
-    /// Like [`start`](Self::start), with MQTT on a free port served by `mqtt_workers` threads
-    /// on `io_driver` (`epoll` or `io_uring`).
-    pub fn start_mqtt(
-        bin: &Path,
-        http_threads: usize,
-        mqtt_workers: usize,
-        io_driver: &str,
-    ) -> Result<Node> {
-        Self::start_mqtt_with(bin, http_threads, mqtt_workers, io_driver, &[])
+    /// Like [`start`](Self::start), with MQTT on a free port served by `mqtt_workers` threads.
+    pub fn start_mqtt(bin: &Path, http_threads: usize, mqtt_workers: usize) -> Result<Node> {
+        Self::start_mqtt_with(bin, http_threads, mqtt_workers, &[])
     }
 
     /// An MQTT node with more `sluice dataplane` flags (`--mqtt-connections-max`, ...).
@@ -113,13 +107,12 @@ impl Node {
         bin: &Path,
         http_threads: usize,
         mqtt_workers: usize,
-        io_driver: &str,
         extra_args: &[String],
     ) -> Result<Node> {
         Self::start_with(
             bin,
             (http_threads, "auto"),
-            Some((mqtt_workers, io_driver)),
+            Some(mqtt_workers),
             None,
             extra_args,
         )
@@ -128,7 +121,7 @@ impl Node {
     fn start_with(
         bin: &Path,
         (http_threads, http_io_driver): (usize, &str),
-        mqtt: Option<(usize, &str)>,
+        mqtt: Option<usize>,
         shaping: Option<&Shaping>,
         extra_args: &[String],
     ) -> Result<Node> {
@@ -146,7 +139,7 @@ impl Node {
             Some(_) => Some(SocketAddr::from((Ipv4Addr::LOCALHOST, free_port()?))),
             None => None,
         };
-        let (mqtt_workers, io_driver) = mqtt.unwrap_or((1, "epoll"));
+        let mqtt_workers = mqtt.unwrap_or(1);
         let mut snapshot_args: Vec<std::ffi::OsString> = Vec::new();
         if let Some(shaping) = shaping {
             let snapshot = dir.path().join("snapshot.json");
@@ -185,8 +178,6 @@ impl Node {
             .arg(mqtt_addr.map_or("off".to_owned(), |a| a.to_string()))
             .arg("--mqtt-workers")
             .arg(mqtt_workers.to_string())
-            .arg("--mqtt-io-driver")
-            .arg(io_driver)
             .arg("--http-threads")
             .arg(http_threads.to_string())
             .arg("--http-io-driver")

@@ -15,6 +15,7 @@
 use std::cell::{Cell, RefCell};
 use std::future::{poll_fn, Future};
 use std::io;
+use std::mem::MaybeUninit;
 use std::net::IpAddr;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -115,8 +116,9 @@ fn poll_read_some<S: AsyncRead + Unpin>(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    let mut chunk = [0u8; READ_CHUNK];
-    let mut read = ReadBuf::new(&mut chunk);
+    // Uninitialised: zeroing 16 KiB at every poll would cost more than the read.
+    let mut chunk = [MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = ReadBuf::uninit(&mut chunk);
     match Pin::new(stream).poll_read(cx, &mut read) {
         Poll::Ready(Ok(())) => {
             buf.extend_from_slice(read.filled());
@@ -385,6 +387,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                     Ok(())
                 }
                 Event::Timer => {
+                    // Silence while the node itself holds the client back (flow control, or
+                    // answers it owes) is not the client's.
+                    if !self.reads_now() || !self.inflight.is_empty() {
+                        self.last_read = Instant::now();
+                    }
                     let due = self.last_read + self.idle;
                     if Instant::now() >= due {
                         Err(End::Node(Violation::KeepAlive))
@@ -400,7 +407,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             if let Err(end) = step {
                 break end;
             }
-            if send(&mut self.stream, &mut self.answers).await.is_err() {
+            // A client that stops reading its answers is given up after as long as one that
+            // stops sending.
+            let sent = tokio::time::timeout(self.idle, send(&mut self.stream, &mut self.answers));
+            if !matches!(sent.await, Ok(Ok(()))) {
                 break End::Client;
             }
         };
