@@ -85,6 +85,10 @@ impl ExactlyOnce {
         self.exchanges.contains_key(&id)
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.exchanges.is_empty()
+    }
+
     fn forget(&mut self, id: u16) {
         self.exchanges.remove(&id);
         if self.exchanges.is_empty() && self.exchanges.capacity() > 16 {

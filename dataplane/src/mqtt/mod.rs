@@ -329,21 +329,35 @@ fn run_worker(
     });
 }
 
-async fn serve_new(new: NewConnection, worker: Rc<Worker>, _live: LiveConnection) {
-    let _open = new.open;
-    let stream = match tokio::net::TcpStream::from_std(new.stream) {
-        Ok(stream) => stream,
-        Err(err) => {
-            debug!(error = %err, "an accepted MQTT connection could not be registered");
-            return;
+/// Serves one accepted connection. (Not an `async fn`, which would keep the whole
+/// `NewConnection` in the future besides what it is taken apart into.)
+fn serve_new(
+    new: NewConnection,
+    worker: Rc<Worker>,
+    live: LiveConnection,
+) -> impl std::future::Future<Output = ()> {
+    let NewConnection {
+        stream,
+        peer,
+        tls,
+        open,
+    } = new;
+    let peer = Some(peer.ip());
+    async move {
+        let _counted = (open, live);
+        let stream = match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => stream,
+            Err(err) => {
+                debug!(error = %err, "an accepted MQTT connection could not be registered");
+                return;
+            }
+        };
+        match tls {
+            None => connection::serve(stream, peer, worker).await,
+            // Boxed: a TLS stream is far larger than a socket, and plain connections should
+            // not carry its room.
+            Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, worker)).await,
         }
-    };
-    let peer = Some(new.peer.ip());
-    match new.tls {
-        None => connection::serve(stream, peer, worker).await,
-        // Boxed: a TLS stream is far larger than a socket, and plain connections should not
-        // carry its room.
-        Some(acceptor) => Box::pin(serve_tls(acceptor, stream, peer, worker)).await,
     }
 }
 
@@ -398,3 +412,4 @@ fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
     .map_err(|e| io::Error::other(format!("the MQTT TLS certificate or key: {e}")))?;
     Ok(Arc::new(config))
 }
+

@@ -302,11 +302,18 @@ impl Answers {
         &self.bytes
     }
 
-    /// Forgets what was written; the room is given back when it grew past a few answers, so
-    /// that an idle connection holds none.
+    /// Forgets what was written; the room is kept for the next answers unless it grew past a
+    /// burst's.
     pub fn written(&mut self) {
         self.bytes.clear();
         if self.bytes.capacity() > 4096 {
+            self.bytes = Vec::new();
+        }
+    }
+
+    /// Gives the room back (an idle connection holds none).
+    pub fn release(&mut self) {
+        if self.bytes.is_empty() {
             self.bytes = Vec::new();
         }
     }

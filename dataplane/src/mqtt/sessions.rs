@@ -68,13 +68,15 @@ struct Registration {
     sessions: Arc<Sessions>,
     watch: Rc<WorkerWatch>,
     ingest: Arc<MqttIngest>,
-    key: Key,
+    /// Its key in the registry is its workspace and client id.
+    device: Rc<Device>,
     id: SessionId,
 }
 
 impl Drop for Registration {
     fn drop(&mut self) {
-        self.sessions.unregister(&self.key, self.id);
+        let key = (self.device.workspace_id, self.device.device_id.clone());
+        self.sessions.unregister(&key, self.id);
         self.watch.end(self.id);
         self.ingest.metrics.mqtt.sessions.dec();
     }
@@ -87,22 +89,22 @@ impl DeviceSession {
         ingest: &Arc<MqttIngest>,
         sessions: &Arc<Sessions>,
         device: Device,
-        closer: impl Closer,
+        closer: Rc<dyn Closer>,
     ) -> DeviceSession {
         let key = (device.workspace_id, device.device_id.clone());
         let watch = WorkerWatch::here(ingest);
-        let id = sessions.register(key.clone(), watch.inbox());
+        let id = sessions.register(key, watch.inbox());
         ingest.metrics.mqtt.sessions.inc();
         let device = Rc::new(device);
-        watch.add(id, device.clone(), Box::new(closer));
+        watch.add(id, device.clone(), closer);
         DeviceSession {
-            device,
+            device: device.clone(),
             batcher: Rc::new(Batcher::default()),
             _registration: Registration {
                 sessions: sessions.clone(),
                 ingest: ingest.clone(),
                 watch,
-                key,
+                device,
                 id,
             },
         }

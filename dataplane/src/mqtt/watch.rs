@@ -59,7 +59,7 @@ impl Inbox {
 
 struct Watched {
     device: Rc<Device>,
-    closer: Box<dyn Closer>,
+    closer: Rc<dyn Closer>,
 }
 
 /// The sessions of one workspace (by the slug they connected with).
@@ -85,7 +85,7 @@ struct Table {
 impl Table {
     /// Watches session `id`; true when its expiry comes before every other (the timer must be
     /// set again).
-    fn insert(&mut self, id: SessionId, device: Rc<Device>, closer: Box<dyn Closer>) -> bool {
+    fn insert(&mut self, id: SessionId, device: Rc<Device>, closer: Rc<dyn Closer>) -> bool {
         let mut sooner = false;
         if let Some(at) = device.expires_at_us {
             sooner = self.expiries.first().is_none_or(|(first, _)| at < *first);
@@ -214,7 +214,7 @@ impl WorkerWatch {
     }
 
     /// Watches session `id` until [`WorkerWatch::end`] or the watch closes it.
-    pub fn add(self: &Rc<Self>, id: SessionId, device: Rc<Device>, closer: Box<dyn Closer>) {
+    pub fn add(self: &Rc<Self>, id: SessionId, device: Rc<Device>, closer: Rc<dyn Closer>) {
         let mut table = self.table.borrow_mut();
         let shut = table.shut;
         // An expiry sooner than the one the watch sleeps until: it must look again.
@@ -382,11 +382,11 @@ mod tests {
     #[test]
     fn a_change_rechecks_only_the_sessions_of_workspaces_it_touched() {
         let mut table = Table::default();
-        table.insert(1, device_in("plant", "press-1", 1), Box::new(NoClose));
-        table.insert(2, device_in("mill", "saw-1", 1), Box::new(NoClose));
+        table.insert(1, device_in("plant", "press-1", 1), Rc::new(NoClose));
+        table.insert(2, device_in("mill", "saw-1", 1), Rc::new(NoClose));
         // Connected after plant changed at generation 3.
-        table.insert(3, device_in("plant", "press-2", 3), Box::new(NoClose));
-        table.insert(4, device_in("gone", "old-1", 1), Box::new(NoClose));
+        table.insert(3, device_in("plant", "press-2", 3), Rc::new(NoClose));
+        table.insert(4, device_in("gone", "old-1", 1), Rc::new(NoClose));
 
         // Generation 4 changes plant again and removes "gone"; mill is as it was at 1.
         let generations = HashMap::from([("plant", 4), ("mill", 1)]);
@@ -434,23 +434,23 @@ mod tests {
     fn expiries_come_due_in_order_once_each_and_leave_with_their_session() {
         let mut table = Table::default();
         assert!(
-            table.insert(1, device(Some(500)), Box::new(NoClose)),
+            table.insert(1, device(Some(500)), Rc::new(NoClose)),
             "the first expiry"
         );
         assert!(
-            !table.insert(2, device(None), Box::new(NoClose)),
+            !table.insert(2, device(None), Rc::new(NoClose)),
             "no expiry"
         );
         assert!(
-            table.insert(3, device(Some(300)), Box::new(NoClose)),
+            table.insert(3, device(Some(300)), Rc::new(NoClose)),
             "sooner: set again"
         );
         assert!(
-            !table.insert(4, device(Some(900)), Box::new(NoClose)),
+            !table.insert(4, device(Some(900)), Rc::new(NoClose)),
             "later"
         );
         assert!(
-            !table.insert(5, device(Some(700)), Box::new(NoClose)),
+            !table.insert(5, device(Some(700)), Rc::new(NoClose)),
             "later"
         );
 
