@@ -412,4 +412,3 @@ fn tls_config(limits: &MqttConfig) -> io::Result<Arc<rustls::ServerConfig>> {
     .map_err(|e| io::Error::other(format!("the MQTT TLS certificate or key: {e}")))?;
     Ok(Arc::new(config))
 }
-
