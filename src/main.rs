@@ -435,19 +435,11 @@ impl NodeArgs {
     }
 }
 
-/// The log filter: `SLUICE_LOG` (tracing's `EnvFilter` syntax) or `info`. ntex narrates every
-/// worker start and stop at info, and ntex-mqtt's per-connection session says at info that it
-/// found no I/O configuration of its own (its default is the one we want); their warnings are
-/// enough, unless `SLUICE_LOG` names those targets itself.
+/// The log filter: `SLUICE_LOG` (tracing's `EnvFilter` syntax) or `info`.
 fn log_filter(sluice_log: Option<String>) -> tracing_subscriber::EnvFilter {
-    let mut directives = sluice_log
+    let directives = sluice_log
         .filter(|s| !s.trim().is_empty())
         .unwrap_or_else(|| "info".to_owned());
-    for quiet in ["ntex_rt", "ntex_server", "ntex_service::cfg"] {
-        if !directives.contains(quiet) {
-            directives.push_str(&format!(",{quiet}=warn"));
-        }
-    }
     tracing_subscriber::EnvFilter::try_new(&directives)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"))
 }

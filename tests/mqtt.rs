@@ -514,7 +514,7 @@ fn a_source_takes_events_only_over_its_protocols() {
     );
     let p = publish("5", "ingest/mqtt-only/room-1", "mqtt-ok");
     assert_eq!(p["acked"], json!([0]), "{p}");
-    // Connections leave no ntex notices in the log, only Sluice's own lines.
+    // Connections leave no library notices in the log, only Sluice's own lines.
     assert!(
         !fx.sluice.log().contains("does not exist, using default"),
         "{}",
@@ -1188,8 +1188,7 @@ fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_
 
 #[test]
 fn a_device_sending_only_qos0_is_not_timed_out_by_its_keep_alive() {
-    // Keep-alive 1 s, no PINGREQ: the QoS 0 publishes themselves keep the connection alive,
-    // although the lane stores most of them without ntex-mqtt seeing them.
+    // Keep-alive 1 s, no PINGREQ: the QoS 0 publishes themselves keep the connection alive.
     let mut fx = Fixture::start(&[]);
     let port = fx.mqtt_port();
     for version in [4u8, 5] {
@@ -1313,7 +1312,7 @@ fn a_qos2_duplicate_is_stored_once_and_failed_connects_are_slowed_down() {
     }
     let slowed = refuse();
     let slower = refuse();
-    // ntex's timer wheel may end a sleep a few milliseconds early: compare with some margin.
+    // A timer wheel may end a sleep a few milliseconds early: compare with some margin.
     assert!(
         slowed >= Duration::from_millis(200),
         "11th refusal took {slowed:?}"

@@ -112,7 +112,7 @@ const TOPIC: &str = "ingest/telemetry";
 const PUBREL_7: [u8; 4] = [0x62, 0x02, 0x00, 0x07];
 const PUBREC_7: [u8; 4] = [0x50, 0x02, 0x00, 0x07];
 const PUBCOMP_7: [u8; 4] = [0x70, 0x02, 0x00, 0x07];
-/// MQTT 5 acknowledgements as ntex-mqtt writes them: with the reason code and an empty
+/// MQTT 5 acknowledgements as the node writes them: with the reason code and an empty
 /// property list (5 §3.5.2.1 allows leaving both out on success; the node does not).
 const PUBREC5_7: [u8; 6] = [0x50, 0x04, 0x00, 0x07, 0x00, 0x00];
 const PUBCOMP5_7: [u8; 6] = [0x70, 0x04, 0x00, 0x07, 0x00, 0x00];

@@ -184,7 +184,7 @@ fn every_connect_of_a_burst_is_answered_with_a_connack() {
 
 /// A connection that gets no place among those authenticating within the connect timeout is
 /// answered "server busy", in its own protocol version, not closed. With one place and a 2 s
-/// timeout: a half-sent CONNECT takes the place (until ntex's handshake timeout closes it at
+/// timeout: a half-sent CONNECT takes the place (until the connect timeout closes it at
 /// 2 s), a second one waits and takes it at 2 s (and holds it until 4 s), and a complete
 /// CONNECT that arrived behind them is still waiting at its own 2 s.
 #[test]

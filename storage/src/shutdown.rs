@@ -9,7 +9,7 @@
 //! the WAL's writer has closed (every front end is done appending) and everything is
 //! uploaded, or the deadline passes.
 //!
-//! The signal is a `tokio::sync::watch`, which wakes any executor (tokio-uring, ntex, tokio)
+//! The signal is a `tokio::sync::watch`, which wakes any executor (tokio-uring, tokio)
 //! and can be polled from a plain thread.
 
 use std::sync::Arc;
