@@ -370,11 +370,24 @@ struct Going {
     exactly_once: ExactlyOnce,
     /// MQTT 5 topic aliases set up by the client, by alias - 1.
     aliases: Vec<Option<ByteString>>,
+    /// The topic of the last publish that had to wait, as [`Going::kept_topic`] keeps it.
+    last_topic: ByteString,
 }
 
 impl Going {
     fn is_empty(&self) -> bool {
         self.inflight.is_empty() && self.exactly_once.is_empty() && self.aliases.is_empty()
+    }
+
+    /// `topic` as a waiting publish keeps it (for its log line): a copy of its own, since the
+    /// decoded topic shares the whole read buffer its packet came in, and that buffer would
+    /// be held for as long as the publish waits. A connection's publishes mostly share one
+    /// topic, so the copy is made when it changes.
+    fn kept_topic(&mut self, topic: &ByteString) -> ByteString {
+        if self.last_topic != *topic {
+            self.last_topic = ByteString::from(topic.to_string());
+        }
+        self.last_topic.clone()
     }
 }
 
@@ -690,6 +703,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         ) {
             Stored::Done(outcome) => Wait::Ready(outcome),
             Stored::Durable(durable) => Wait::Durable(durable),
+            // Its payload holds its read buffer while it waits: one at most, as the connection
+            // reads nothing more meanwhile.
             Stored::Later => Wait::Later(Box::pin(self.ingest.clone().store_waiting(
                 device.clone(),
                 self.session.batcher.clone(),
@@ -698,24 +713,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                 publish.qos,
             ))),
         };
-        let waiting = Waiting {
-            answer,
-            qos: publish.qos,
-            topic,
-            started,
-            wait,
-        };
-        match waiting.wait {
+        match wait {
             // Answered now when nothing is ahead of it.
             Wait::Ready(outcome) if !self.busy() => self.answer(Settled {
-                answer: waiting.answer,
-                qos: waiting.qos,
-                topic: waiting.topic,
+                answer,
+                qos: publish.qos,
+                topic,
                 started,
                 outcome,
             }),
-            _ => {
-                self.going().inflight.push(waiting);
+            wait => {
+                let going = self.going();
+                let topic = going.kept_topic(&topic);
+                going.inflight.push(Waiting {
+                    answer,
+                    qos: publish.qos,
+                    topic,
+                    started,
+                    wait,
+                });
                 Ok(())
             }
         }
@@ -743,7 +759,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
         if aliases.len() <= at {
             aliases.resize(at + 1, None);
         }
-        aliases[at] = Some(publish.topic.clone());
+        // A copy of its own: the decoded topic shares the whole read buffer it came in.
+        aliases[at] = Some(ByteString::from(publish.topic.to_string()));
         Ok(publish.topic.clone())
     }
 
