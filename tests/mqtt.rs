@@ -1188,7 +1188,8 @@ fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_
 
 #[test]
 fn a_device_sending_only_qos0_is_not_timed_out_by_its_keep_alive() {
-    // Keep-alive 1 s, no PINGREQ: the QoS 0 publishes themselves keep the connection alive.
+    // Keep-alive 1 s, no PINGREQ: the QoS 0 publishes themselves keep the connection alive;
+    // silence then closes it.
     let mut fx = Fixture::start(&[]);
     let port = fx.mqtt_port();
     for version in [4u8, 5] {
@@ -1228,6 +1229,27 @@ fn a_device_sending_only_qos0_is_not_timed_out_by_its_keep_alive() {
         .expect("fence");
         let (first, ack) = read_packet(&mut s).expect("PUBACK after 3 s without PINGREQ");
         assert_eq!((first, &ack[..2]), (0x40, &[0u8, 1][..]), "v{version}");
+
+        // Silent from now on: closed after one and a half keep-alives (MQTT 5 is told why,
+        // 0x8D keep alive timeout), not before a keep-alive and not much after.
+        let silent = std::time::Instant::now();
+        let closing = read_packet(&mut s);
+        let waited = silent.elapsed();
+        match version {
+            5 => assert_eq!(
+                closing
+                    .as_ref()
+                    .map(|(first, body)| (*first, body.first().copied()))
+                    .ok(),
+                Some((0xE0, Some(0x8D))),
+                "{closing:?}"
+            ),
+            _ => assert!(closing.is_err(), "3.1.1 sees the close: {closing:?}"),
+        }
+        assert!(
+            waited >= Duration::from_millis(1200) && waited < Duration::from_secs(4),
+            "closed after {waited:?}"
+        );
         let rows = fx.query(&format!(
             "SELECT count(DISTINCT payload->>'n') FROM {{lake}} \
              WHERE payload->>'alive' = '{version}'"

@@ -316,7 +316,8 @@ where
     if buf.is_empty() {
         buf = BytesMut::new();
     }
-    let idle = Duration::from_secs(u64::from(granted) + u64::from(granted / 2));
+    // One and a half keep-alives (3.1.1 and 5 §3.1.2.10).
+    let idle = Duration::from_millis(u64::from(granted) * 1500);
     Some(Session {
         stream,
         codec,
