@@ -564,7 +564,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
                             answer,
                             id,
                             reason_code(refusal),
-                            text.clone(),
+                            text.as_deref(),
                         ) {
                             return Err(End::Node(Violation::Protocol));
                         }

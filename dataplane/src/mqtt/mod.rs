@@ -139,20 +139,16 @@ impl MqttServer {
         for i in 0..workers {
             let (tx, rx) = unbounded_channel();
             senders.push(tx);
-            let (ingest, sessions, connecting) =
-                (ingest.clone(), sessions.clone(), connecting.clone());
-            let shutdown = shutdown.clone();
+            let worker = Worker {
+                ingest: ingest.clone(),
+                sessions: sessions.clone(),
+                connecting: connecting.clone(),
+            };
+            let (runtime, shutdown) = (runtime()?, shutdown.clone());
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("sluice-mqtt-{i}"))
-                    .spawn(move || {
-                        let worker = Worker {
-                            ingest,
-                            sessions,
-                            connecting,
-                        };
-                        run_worker(rx, worker, shutdown);
-                    })?,
+                    .spawn(move || run_worker(&runtime, rx, worker, shutdown))?,
             );
         }
         let listeners: Vec<_> = plain
@@ -163,10 +159,11 @@ impl MqttServer {
         let open = Arc::new(Semaphore::new(
             limits.connections_max.clamp(1, Semaphore::MAX_PERMITS),
         ));
+        let runtime = runtime()?;
         threads.push(
             std::thread::Builder::new()
                 .name("sluice-mqtt-accept".into())
-                .spawn(move || run_acceptor(listeners, senders, open, shutdown))?,
+                .spawn(move || run_acceptor(&runtime, listeners, senders, open, shutdown))?,
         );
         if let Some(addr) = addr {
             info!(%addr, workers, "MQTT listening");
@@ -197,27 +194,25 @@ impl MqttServer {
     }
 }
 
-fn runtime() -> Option<tokio::runtime::Runtime> {
+/// The runtime of one MQTT thread, made before the thread so that a failure stops the start.
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|err| error!(error = %err, "cannot start an MQTT thread's runtime"))
-        .ok()
+        .map_err(|e| io::Error::new(e.kind(), format!("starting an MQTT thread's runtime: {e}")))
 }
 
 /// Accepts connections until the shutdown signal, waiting while `mqtt.connections_max` are
 /// open (the kernel's backlog holds the next ones), and hands them to the workers in turn.
 fn run_acceptor(
+    rt: &tokio::runtime::Runtime,
     listeners: Vec<(TcpListener, Option<TlsAcceptor>)>,
     workers: Vec<UnboundedSender<NewConnection>>,
     open: Arc<Semaphore>,
     mut shutdown: Shutdown,
 ) {
-    let Some(rt) = runtime() else {
-        return;
-    };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    local.block_on(rt, async move {
         let workers = Rc::new(workers);
         let next = Rc::new(Cell::new(0usize));
         for (listener, tls) in listeners {
@@ -288,15 +283,13 @@ impl Drop for LiveConnection {
 /// watch closes every session (MQTT 5: DISCONNECT 0x8B), and the connections get until the
 /// deadline to answer what they are storing and end.
 fn run_worker(
+    rt: &tokio::runtime::Runtime,
     mut incoming: UnboundedReceiver<NewConnection>,
     worker: Worker,
     mut shutdown: Shutdown,
 ) {
-    let Some(rt) = runtime() else {
-        return;
-    };
     let local = tokio::task::LocalSet::new();
-    local.block_on(&rt, async move {
+    local.block_on(rt, async move {
         let worker = Rc::new(worker);
         let live = Rc::new(Live::default());
         let deadline = loop {

@@ -183,9 +183,12 @@ impl Codec {
             Codec::V5(codec) => match codec.decode(buf)? {
                 Some(v5::codec::Decoded::Packet(v5::codec::Packet::Connect(connect), _)) => {
                     let connect = *connect;
-                    // Answers over the client's maximum are not sent [MQTT-3.1.2-24].
+                    // Answers are kept within the client's maximum (5 §3.1.2.11.4): the codec
+                    // leaves reason strings out to fit. Below 64 bytes not even the CONNACK
+                    // would fit (and the codec's arithmetic would underflow), so that is the
+                    // least the node keeps to.
                     if let Some(max) = connect.max_packet_size {
-                        codec.set_max_outbound_size(max.get());
+                        codec.set_max_outbound_size(max.get().max(64));
                     }
                     Ok(Connect {
                         client_id: connect.client_id,
@@ -423,26 +426,29 @@ impl Answers {
     }
 
     /// MQTT 5: PUBACK or PUBREC refusing the message with `code` and, when the client takes
-    /// reason strings, `text`.
+    /// reason strings, `text` (the codec leaves it out when the answer would then be over the
+    /// client's Maximum Packet Size, 5 §3.1.2.11.4).
     pub fn publish_refused(
         &mut self,
         codec: &v5::codec::Codec,
         answer: PublishAnswer,
         id: NonZeroU16,
         code: v5::codec::PublishAckReason,
-        text: Option<String>,
+        text: Option<&str>,
     ) -> bool {
-        let ack = v5::codec::PublishAck {
-            packet_id: id,
-            reason_code: code,
-            properties: Vec::new(),
-            reason_string: text.map(ByteString::from),
+        let packet = |text: Option<&str>| {
+            let ack = v5::codec::PublishAck {
+                packet_id: id,
+                reason_code: code,
+                properties: Vec::new(),
+                reason_string: text.map(ByteString::from),
+            };
+            match answer {
+                PublishAnswer::PubAck => v5::codec::Packet::PublishAck(ack),
+                PublishAnswer::PubRec => v5::codec::Packet::PublishReceived(ack),
+            }
         };
-        let packet = match answer {
-            PublishAnswer::PubAck => v5::codec::Packet::PublishAck(ack),
-            PublishAnswer::PubRec => v5::codec::Packet::PublishReceived(ack),
-        };
-        self.encoded(|pages| codec.encodev(packet.into(), pages).is_ok())
+        self.encoded(|pages| codec.encodev(packet(text).into(), pages).is_ok())
     }
 
     /// MQTT 5: PUBACK 0x91 *packet identifier in use*.
@@ -487,15 +493,17 @@ impl Answers {
                 self.encoded(|pages| codec.encodev(packet.into(), pages).is_ok())
             }
             Codec::V5(codec) => {
-                let packet = v5::codec::Packet::SubscribeAck(v5::codec::SubscribeAck {
-                    packet_id: id,
-                    properties: Vec::new(),
-                    reason_string: problem_info.then(|| {
-                        ByteString::from_static("ingest only: publish to ingest/{source}")
-                    }),
-                    status: vec![v5::codec::SubscribeAckReason::NotAuthorized; filters],
-                });
-                self.encoded(|pages| codec.encodev(packet.into(), pages).is_ok())
+                let packet = |text: bool| {
+                    v5::codec::Packet::SubscribeAck(v5::codec::SubscribeAck {
+                        packet_id: id,
+                        properties: Vec::new(),
+                        reason_string: text.then(|| {
+                            ByteString::from_static("ingest only: publish to ingest/{source}")
+                        }),
+                        status: vec![v5::codec::SubscribeAckReason::NotAuthorized; filters],
+                    })
+                };
+                self.encoded(|pages| codec.encodev(packet(problem_info).into(), pages).is_ok())
             }
         }
     }
@@ -568,6 +576,30 @@ mod tests {
                 0x70, 0x04, 0, 7, 0x92, 0, //
                 0xD0, 0x00
             ]
+        );
+    }
+
+    #[test]
+    fn a_refusal_over_the_clients_maximum_packet_size_goes_without_its_reason_string() {
+        let codec = v5::codec::Codec::new();
+        codec.set_max_outbound_size(20);
+        let mut answers = Answers::default();
+        assert!(answers.publish_refused(
+            &codec,
+            PublishAnswer::PubAck,
+            id(9),
+            v5::codec::PublishAckReason::QuotaExceeded,
+            Some("over the workspace's rate or the node's disk quota; retry later"),
+        ));
+        let bytes = answers.as_slice();
+        assert_eq!((bytes[0], &bytes[2..5]), (0x40, &[0, 9, 0x97][..]));
+        assert!(bytes.len() <= 20, "no reason string: {bytes:02X?}");
+        answers.written();
+        assert!(answers.suback_refused(&Codec::V5(codec), id(3), 2, true));
+        assert!(
+            answers.as_slice().len() <= 20,
+            "{:02X?}",
+            answers.as_slice()
         );
     }
 
