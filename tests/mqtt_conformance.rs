@@ -575,6 +575,13 @@ fn every_case_is_answered_as_the_specifications_say_and_malformed_topics_are_not
         })
         .collect();
 
+    // The refused enhanced authentication is counted like any refused CONNECT.
+    let metrics = sluice.metrics();
+    let mut failures = failures;
+    if !metrics.contains(r#"sluice_mqtt_connects_total{outcome="bad-authentication-method"} 1"#) {
+        failures.push("the 0x8C refusal is not counted in sluice_mqtt_connects_total".into());
+    }
+
     // What reached the lake: each QoS 2 message once, nothing with a U+0000 topic or from a
     // packet the node refused as malformed.
     sluice.stop();

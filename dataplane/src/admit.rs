@@ -13,7 +13,7 @@
 //!
 //! Each front end reads its own framing first (HTTP headers and body, MQTT packets) and maps a
 //! [`Refusal`] to its own answer: problem+json for HTTP (`http::api`), reason codes or a
-//! closed connection for MQTT (`mqtt::v5`, `mqtt::v3`). A step that shapes data (schemas, tag
+//! closed connection for MQTT (`mqtt::connection`). A step that shapes data (schemas, tag
 //! rules) goes here, once, for both.
 //!
 //! Nothing here may block: every step is either in memory or the WAL's asynchronous append.

@@ -267,12 +267,9 @@ where
         username: connect.username.as_deref(),
         password: connect.password.as_deref(),
         client_id: &connect.client_id,
+        enhanced_auth: connect.auth_method,
     };
-    let outcome = if connect.auth_method {
-        Err(ConnectRefusal::BadAuthenticationMethod)
-    } else {
-        ingest.authorize(&creds, slot.has_place())
-    };
+    let outcome = ingest.authorize(&creds, slot.has_place());
     drop(slot);
     let device = match outcome {
         Ok(device) => device,

@@ -41,10 +41,10 @@ pub struct MqttIngest {
 }
 
 impl MqttIngest {
-    /// Checks a CONNECT. Refusals are counted; the caller delays them for repeat offenders.
     /// Checks a CONNECT; `placed` says whether its connection got a place among those
     /// authenticating (`mqtt.connecting_max`) within the connect timeout: one that did not is
-    /// refused as busy, unchecked.
+    /// refused as busy, unchecked. Every outcome is counted and every refusal logged; the
+    /// caller delays refusals for repeat offenders.
     pub fn authorize(
         &self,
         creds: &Credentials<'_>,
@@ -74,6 +74,9 @@ impl MqttIngest {
     }
 
     fn check_connect(&self, creds: &Credentials<'_>) -> Result<Device, ConnectRefusal> {
+        if creds.enhanced_auth {
+            return Err(ConnectRefusal::BadAuthenticationMethod);
+        }
         let (Some(workspace), Some(password)) = (creds.username, creds.password) else {
             return Err(ConnectRefusal::BadCredentials);
         };

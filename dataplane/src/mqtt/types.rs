@@ -14,6 +14,9 @@ pub struct Credentials<'a> {
     pub password: Option<&'a [u8]>,
     /// The device id.
     pub client_id: &'a str,
+    /// MQTT 5: an authentication method, asking for enhanced authentication (refused: the
+    /// token is the password).
+    pub enhanced_auth: bool,
 }
 
 /// Who an accepted connection speaks for. The token is kept as its hash only, and every
