@@ -974,6 +974,64 @@ fn hostile_input_leaves_the_node_serving_everyone_else() {
     assert_eq!(acked(&lines), 1, "{lines:?}");
 }
 
+/// With a window of 4 (`mqtt.receive_max`), a client that writes 40 QoS 1 and then 10 QoS 2
+/// publishes at once is read 4 unanswered at a time: the publishes already read behind a full
+/// window are taken as answers free it (no more bytes arrive to wake the connection), every one
+/// is answered in order and stored once, on both versions.
+#[test]
+fn publishes_past_the_receive_maximum_wait_in_order_and_are_all_answered() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("sluice.toml");
+    std::fs::write(&config, "[mqtt]\nreceive_max = 4\n").expect("config");
+    let mut fx = Fixture::start(&["--config", config.to_str().expect("utf8")]);
+    for version in [4u8, 5] {
+        let props: Option<&[u8]> = (version == 5).then_some(&[]);
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", fx.mqtt_port())).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+        s.write_all(&connect_raw(
+            version,
+            &format!("window-{version}"),
+            "default",
+            &fx.token,
+            30,
+        ))
+        .expect("CONNECT");
+        let (first, connack) = read_packet(&mut s).expect("CONNACK");
+        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+        let mut all = Vec::new();
+        for id in 1..=50u16 {
+            let first = if id <= 40 { 0x32 } else { 0x34 };
+            let payload = format!(r#"{{"window": {version}, "n": {id}}}"#);
+            all.extend(publish_raw(
+                first,
+                "ingest/telemetry",
+                Some(id),
+                props,
+                payload.as_bytes(),
+            ));
+        }
+        s.write_all(&all).expect("one write");
+        let mut answers = Vec::new();
+        while answers.len() < 50 {
+            let (first, body) = read_packet(&mut s).expect("an answer");
+            assert_eq!(body.get(2).copied().unwrap_or(0), 0, "success: {body:?}");
+            answers.push((first, u16::from_be_bytes([body[0], body[1]])));
+        }
+        let expected: Vec<(u8, u16)> = (1..=50u16)
+            .map(|id| (if id <= 40 { 0x40 } else { 0x50 }, id))
+            .collect();
+        assert_eq!(answers, expected, "v{version}");
+        drop(s);
+    }
+    for version in [4, 5] {
+        let rows = fx.query(&format!(
+            "SELECT count(*), count(DISTINCT payload->>'n') FROM {{lake}} \
+             WHERE payload->>'window' = '{version}'"
+        ));
+        assert_eq!(rows, vec![vec![json!(50), json!(50)]], "v{version}");
+    }
+}
+
 #[test]
 fn publishes_split_across_tcp_writes_arrive_whole_while_others_are_in_flight() {
     let mut fx = Fixture::start(&[]);
