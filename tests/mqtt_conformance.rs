@@ -242,6 +242,23 @@ fn table() -> Vec<Case> {
             closed: false,
         },
         Case {
+            name: "5: PUBREL before PUBREC (sent in the same write as its PUBLISH)",
+            spec: "5 §4.3.3: PUBREL answers a PUBREC; before it, DISCONNECT 0x82 protocol error",
+            connect: Some(5),
+            steps: vec![(
+                [v5_q2("qos2-early-v5", 7, false), PUBREL_7.to_vec()].concat(),
+                disconnect(0x82),
+            )],
+            closed: true,
+        },
+        Case {
+            name: "3.1.1: PUBREL before PUBREC (sent in the same write as its PUBLISH)",
+            spec: "3.1.1 §4.3.3: PUBREL answers a PUBREC; before it, the connection is closed",
+            connect: Some(4),
+            steps: vec![([v3_q2("qos2-early-v4", false), PUBREL_7.to_vec()].concat(), vec![])],
+            closed: true,
+        },
+        Case {
             name: "3.1.1: PUBREL for an unknown packet id",
             spec: "3.1.1 §3.6.4 [MQTT-3.6.4-1]: PUBCOMP with the same packet id",
             connect: Some(4),
@@ -598,6 +615,9 @@ fn every_case_is_answered_as_the_specifications_say_and_malformed_topics_are_not
         ("alias-v5", 2),
         ("qos2-dup-v4", 1),
         ("qos2-dup-v5", 1),
+        // Stored, though its connection was closed before the PUBREC.
+        ("qos2-early-v4", 1),
+        ("qos2-early-v5", 1),
         ("qos2-reuse-v5-a", 1),
         ("qos2-reuse-v5-b", 1),
         ("qos2-window-v5", u64::from(RECEIVE_MAX) + 1),

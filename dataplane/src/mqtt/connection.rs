@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::Sleep;
 
 use super::connecting::{Connecting, ConnectingSlot};
-use super::exactly_once::{Arrival, ExactlyOnce};
+use super::exactly_once::{Arrival, ExactlyOnce, Release};
 use super::inflight::{InFlight, Settled, Wait, Waiting};
 use super::ingest::{MqttIngest, Stored};
 use super::packet::{packet_at, protocol_of, publish_topic_alias, unsupported_protocol, Packet};
@@ -611,11 +611,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     fn on_packet(&mut self, incoming: Incoming) -> Result<(), End> {
         match incoming {
             Incoming::Publish(publish) => self.on_publish(publish),
-            Incoming::PubRel(id) => {
-                let found = self.going().exactly_once.release(id.get());
-                self.answers.pubcomp(&self.codec, id, found);
-                Ok(())
-            }
+            Incoming::PubRel(id) => match self.going().exactly_once.release(id.get()) {
+                Release::Completed => {
+                    self.answers.pubcomp(&self.codec, id, true);
+                    Ok(())
+                }
+                Release::Unknown => {
+                    self.answers.pubcomp(&self.codec, id, false);
+                    Ok(())
+                }
+                Release::Early => Err(End::Node(Violation::Protocol)),
+            },
             Incoming::Subscribe { packet_id, filters } => {
                 if self
                     .answers

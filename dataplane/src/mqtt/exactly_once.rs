@@ -30,6 +30,19 @@ pub enum Arrival {
     Stored,
 }
 
+/// What a PUBREL finds.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Release {
+    /// The exchange it completes: PUBCOMP, and the packet id is free.
+    Completed,
+    /// None with its packet id (say, one from before a reconnect: the node keeps no session
+    /// state): PUBCOMP all the same (MQTT 5: 0x92 packet identifier not found).
+    Unknown,
+    /// A message not answered with PUBREC yet: the client broke the exchange (protocol
+    /// error).
+    Early,
+}
+
 /// The QoS 2 exchanges of one connection that have not completed.
 #[derive(Debug, Default)]
 pub struct ExactlyOnce {
@@ -68,14 +81,15 @@ impl ExactlyOnce {
         1 + resent
     }
 
-    /// PUBREL for `id`: whether an exchange waited for it (PUBCOMP then frees the id).
-    pub fn release(&mut self, id: u16) -> bool {
+    /// PUBREL for `id`.
+    pub fn release(&mut self, id: u16) -> Release {
         match self.exchanges.get(&id) {
             Some(Exchange::Received) => {
                 self.forget(id);
-                true
+                Release::Completed
             }
-            _ => false,
+            Some(Exchange::Storing { .. }) => Release::Early,
+            None => Release::Unknown,
         }
     }
 
@@ -107,11 +121,11 @@ mod tests {
         let mut q = ExactlyOnce::default();
         assert_eq!(q.publish(7), Arrival::New);
         assert_eq!(q.publish(7), Arrival::Resent);
-        assert!(!q.release(7), "no PUBREL before PUBREC");
+        assert_eq!(q.release(7), Release::Early, "no PUBREL before PUBREC");
         assert_eq!(q.stored(7, true), 2, "the first and its resend");
         assert_eq!(q.publish(7), Arrival::Stored);
         assert!(q.holds(7));
-        assert!(q.release(7));
+        assert_eq!(q.release(7), Release::Completed);
         assert!(!q.holds(7));
         assert_eq!(q.publish(7), Arrival::New, "the id is free after PUBCOMP");
     }
@@ -122,7 +136,7 @@ mod tests {
         assert_eq!(q.publish(9), Arrival::New);
         assert_eq!(q.stored(9, false), 1);
         assert!(!q.holds(9));
-        assert!(!q.release(9));
+        assert_eq!(q.release(9), Release::Unknown);
     }
 
     #[test]
