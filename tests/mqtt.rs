@@ -131,6 +131,24 @@ impl Fixture {
     }
 }
 
+/// A raw connection of MQTT `version` (4: 3.1.1, 5) to the bootstrap workspace, its CONNECT
+/// accepted; reads wait up to 20 s.
+fn connected(
+    port: u16,
+    version: u8,
+    client: &str,
+    token: &str,
+    keep_alive: u16,
+) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20))).ok();
+    s.write_all(&connect_raw(version, client, "default", token, keep_alive))
+        .expect("CONNECT");
+    let (first, connack) = read_packet(&mut s).expect("CONNACK");
+    assert_eq!((first, connack[1]), (0x20, 0), "{client} accepted");
+    s
+}
+
 fn with_creds<'a>(args: &[&'a str], token: &'a str) -> Vec<&'a str> {
     let mut v = args.to_vec();
     v.extend_from_slice(&["--username", "default", "--password", token]);
@@ -986,18 +1004,13 @@ fn publishes_past_the_receive_maximum_wait_in_order_and_are_all_answered() {
     let mut fx = Fixture::start(&["--config", config.to_str().expect("utf8")]);
     for version in [4u8, 5] {
         let props: Option<&[u8]> = (version == 5).then_some(&[]);
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", fx.mqtt_port())).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        s.write_all(&connect_raw(
+        let mut s = connected(
+            fx.mqtt_port(),
             version,
             &format!("window-{version}"),
-            "default",
             &fx.token,
             30,
-        ))
-        .expect("CONNECT");
-        let (first, connack) = read_packet(&mut s).expect("CONNACK");
-        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+        );
         let mut all = Vec::new();
         for id in 1..=50u16 {
             let first = if id <= 40 { 0x32 } else { 0x34 };
@@ -1133,18 +1146,7 @@ fn qos0_publishes_read_in_bulk_land_once_and_in_order_among_markers_and_unusual_
     let per_marker = 100u16;
     for version in [4u8, 5] {
         let props: Option<&[u8]> = (version == 5).then_some(&[]);
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(20))).ok();
-        s.write_all(&connect_raw(
-            version,
-            &format!("bulk-{version}"),
-            "default",
-            &fx.token,
-            30,
-        ))
-        .expect("CONNECT");
-        let (first, connack) = read_packet(&mut s).expect("CONNACK");
-        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+        let mut s = connected(port, version, &format!("bulk-{version}"), &fx.token, 30);
 
         // Chunk k ends with marker k (packet id k).
         let chunks: Vec<Vec<u8>> = (0..count / per_marker)
@@ -1252,13 +1254,7 @@ fn a_device_sending_only_qos0_is_not_timed_out_by_its_keep_alive() {
     let port = fx.mqtt_port();
     for version in [4u8, 5] {
         let props: Option<&[u8]> = (version == 5).then_some(&[]);
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok();
-        let client = format!("keepalive-{version}");
-        s.write_all(&connect_raw(version, &client, "default", &fx.token, 1))
-            .expect("CONNECT");
-        let (first, connack) = read_packet(&mut s).expect("CONNACK");
-        assert_eq!((first, connack[1]), (0x20, 0), "accepted");
+        let mut s = connected(port, version, &format!("keepalive-{version}"), &fx.token, 1);
         let started = std::time::Instant::now();
         let mut sent = 0u32;
         while started.elapsed() < Duration::from_secs(3) {

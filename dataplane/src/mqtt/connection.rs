@@ -29,7 +29,7 @@ use tokio::time::Sleep;
 
 use super::connecting::{Connecting, ConnectingSlot};
 use super::exactly_once::{Arrival, ExactlyOnce, Release};
-use super::inflight::{InFlight, Settled, Wait, Waiting};
+use super::inflight::{InFlight, Received, Settled, Wait, Waiting};
 use super::ingest::{MqttIngest, Stored};
 use super::packet::{packet_at, protocol_of, publish_topic_alias, unsupported_protocol, Packet};
 use super::protocol::{Answers, Codec, Incoming, Publish, PublishAnswer, Violation};
@@ -329,8 +329,6 @@ where
         session_expiry_zero: connect.session_expiry_secs == 0,
         idle,
         last_read: Instant::now(),
-        receive_max: usize::from(limits.receive_max.max(1)),
-        packet_bytes_max: limits.packet_bytes_max,
     })
 }
 
@@ -355,8 +353,6 @@ struct Session<S> {
     /// One and a half keep-alives: a connection silent that long is closed.
     idle: Duration,
     last_read: Instant,
-    receive_max: usize,
-    packet_bytes_max: u32,
 }
 
 /// What a connection has going: publishes waiting for their outcome, QoS 2 exchanges, topic
@@ -480,7 +476,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Whether the connection may read more now (see the module's flow control).
     fn reads_now(&self) -> bool {
         self.going.as_ref().is_none_or(|going| {
-            !going.inflight.stalled() && going.inflight.unanswered() < self.receive_max
+            !going.inflight.stalled()
+                && going.inflight.unanswered() < usize::from(self.ingest.limits.receive_max.max(1))
         })
     }
 
@@ -526,15 +523,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
 
     /// Counts one publish's outcome and writes its answer.
     fn answer(&mut self, settled: Settled) -> Result<(), End> {
-        let device = &self.session.device;
+        let received = &settled.received;
         self.ingest.settle(
-            device,
-            &settled.topic,
-            settled.qos,
-            settled.started,
+            &self.session.device,
+            &received.topic,
+            received.qos,
+            received.started,
             &settled.outcome,
         );
-        let Some((answer, id)) = settled.answer else {
+        let Some((answer, id)) = received.answer else {
             // Nothing to answer at QoS 0: a refusal is counted and logged only.
             return Ok(());
         };
@@ -581,7 +578,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
     /// Handles the whole packets read, as far as flow control allows.
     fn handle_read(&mut self) -> Result<(), End> {
         while self.reads_now() {
-            let (header, total) = match packet_at(&self.buf, self.packet_bytes_max) {
+            let (header, total) = match packet_at(&self.buf, self.ingest.limits.packet_bytes_max) {
                 Packet::Whole { header, total } => (header, total),
                 Packet::Partial => break,
                 Packet::TooLarge => return Err(End::Node(Violation::TooLarge)),
@@ -718,22 +715,27 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Session<S> {
             ))),
         };
         match wait {
-            // Answered now when nothing is ahead of it.
-            Wait::Ready(outcome) if !self.busy() => self.answer(Settled {
-                answer,
-                qos: publish.qos,
-                topic,
-                started,
+            // Settled now when nothing is ahead of it, or when it has no answer to wait its
+            // turn for (QoS 0): only its count is left to do.
+            Wait::Ready(outcome) if answer.is_none() || !self.busy() => self.answer(Settled {
+                received: Received {
+                    answer,
+                    qos: publish.qos,
+                    topic,
+                    started,
+                },
                 outcome,
             }),
             wait => {
                 let going = self.going();
                 let topic = going.kept_topic(&topic);
                 going.inflight.push(Waiting {
-                    answer,
-                    qos: publish.qos,
-                    topic,
-                    started,
+                    received: Received {
+                        answer,
+                        qos: publish.qos,
+                        topic,
+                        started,
+                    },
                     wait,
                 });
                 Ok(())

@@ -30,22 +30,24 @@ pub enum Wait {
     Later(Pin<Box<dyn Future<Output = Result<(), Refusal>>>>),
 }
 
-/// One publish waiting for its outcome.
-pub struct Waiting {
+/// What is kept of a publish until it is answered (and counted).
+pub struct Received {
     /// The answer it gets and its packet id; `None` at QoS 0.
     pub answer: Option<(PublishAnswer, NonZeroU16)>,
     pub qos: u8,
     pub topic: ByteString,
     pub started: Instant,
+}
+
+/// One publish waiting for its outcome.
+pub struct Waiting {
+    pub received: Received,
     pub wait: Wait,
 }
 
 /// A publish whose outcome is known.
 pub struct Settled {
-    pub answer: Option<(PublishAnswer, NonZeroU16)>,
-    pub qos: u8,
-    pub topic: ByteString,
-    pub started: Instant,
+    pub received: Received,
     pub outcome: Result<(), Refusal>,
 }
 
@@ -77,7 +79,7 @@ impl InFlight {
     }
 
     pub fn push(&mut self, waiting: Waiting) {
-        self.answered += usize::from(waiting.answer.is_some());
+        self.answered += usize::from(waiting.received.answer.is_some());
         self.stalling += usize::from(stalls(&waiting));
         self.queue.push_back(waiting);
     }
@@ -101,17 +103,14 @@ impl InFlight {
         let Some(done) = self.queue.pop_front() else {
             return Poll::Pending;
         };
-        self.answered -= usize::from(done.answer.is_some());
+        self.answered -= usize::from(done.received.answer.is_some());
         self.stalling -= usize::from(stalls(&done));
         if self.queue.is_empty() && self.queue.capacity() > 64 {
             // An idle connection holds no queue left from a burst.
             self.queue = VecDeque::new();
         }
         Poll::Ready(Settled {
-            answer: done.answer,
-            qos: done.qos,
-            topic: done.topic,
-            started: done.started,
+            received: done.received,
             outcome,
         })
     }
@@ -126,9 +125,10 @@ impl InFlight {
     }
 }
 
+/// Whether the connection must not read past `waiting`: a wait for room, or a QoS 0 publish
+/// waiting for its record (one whose outcome is known is never queued).
 fn stalls(waiting: &Waiting) -> bool {
-    matches!(waiting.wait, Wait::Later(_))
-        || (waiting.answer.is_none() && !matches!(waiting.wait, Wait::Ready(_)))
+    matches!(waiting.wait, Wait::Later(_)) || waiting.received.answer.is_none()
 }
 
 #[cfg(test)]
@@ -138,10 +138,12 @@ mod tests {
 
     fn waiting(answer: Option<u16>, wait: Wait) -> Waiting {
         Waiting {
-            answer: answer.map(|id| (PublishAnswer::PubAck, NonZeroU16::new(id).expect("id"))),
-            qos: u8::from(answer.is_some()),
-            topic: ByteString::from_static("ingest/t"),
-            started: Instant::now(),
+            received: Received {
+                answer: answer.map(|id| (PublishAnswer::PubAck, NonZeroU16::new(id).expect("id"))),
+                qos: u8::from(answer.is_some()),
+                topic: ByteString::from_static("ingest/t"),
+                started: Instant::now(),
+            },
             wait,
         }
     }
@@ -163,7 +165,7 @@ mod tests {
         );
         first_tx.send(Ok(())).expect("send");
         let ids: Vec<u16> = std::iter::from_fn(|| inflight.next_now())
-            .map(|s| s.answer.map_or(0, |(_, id)| id.get()))
+            .map(|s| s.received.answer.map_or(0, |(_, id)| id.get()))
             .collect();
         assert_eq!(ids, [1, 2, 3]);
         assert_eq!(inflight.unanswered(), 0);
