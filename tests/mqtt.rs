@@ -1440,3 +1440,205 @@ fn an_io_driver_setting_still_starts_the_node_and_mqtt_can_be_turned_off() {
     assert!(fx.sluice.log().contains("MQTT listening"));
     assert!(off.sluice.readyz()["ready"].as_bool().unwrap_or(false));
 }
+
+/// Connections that stop taking part are closed: a TLS handshake never finished and a CONNECT
+/// never sent within `mqtt.connect_timeout_secs`, and a client that stops reading its answers
+/// after one and a half keep-alives of waiting to write them. Everyone else is served
+/// throughout.
+#[test]
+fn connections_that_stall_are_closed_and_the_node_serves_others() {
+    let certs = tempfile::tempdir().expect("tempdir");
+    make_certs(certs.path());
+    let server = certs.path().join("server.pem");
+    let server = server.to_str().expect("path");
+    let config = certs.path().join("sluice.toml");
+    std::fs::write(&config, "[mqtt]\nconnect_timeout_secs = 1\n").expect("config");
+    let tls_port = common::free_port();
+    let tls_addr = format!("127.0.0.1:{tls_port}");
+    let mut fx = Fixture::start(&[
+        "--config",
+        config.to_str().expect("utf8"),
+        "--mqtts-addr",
+        &tls_addr,
+        "--mqtt-tls-cert",
+        server,
+        "--mqtt-tls-key",
+        server,
+    ]);
+    let port = fx.mqtt_port();
+
+    // Silent after the TCP handshake, on the TLS port and on the plain one; and a TLS record
+    // header promising a ClientHello that never comes.
+    let mut stalled = vec![
+        (
+            "TLS, nothing sent",
+            TcpStream::connect(&tls_addr).expect("connect"),
+        ),
+        (
+            "plain, nothing sent",
+            TcpStream::connect(("127.0.0.1", port)).expect("connect"),
+        ),
+    ];
+    let mut half_hello = TcpStream::connect(&tls_addr).expect("connect");
+    half_hello
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("send");
+    stalled.push(("TLS, half a ClientHello", half_hello));
+    let started = std::time::Instant::now();
+    for (what, s) in &mut stalled {
+        let left = Duration::from_secs(5).saturating_sub(started.elapsed());
+        let closed = closed_within(s, left).map(|_| started.elapsed());
+        assert!(
+            closed.is_some_and(|t| t >= Duration::from_millis(800)),
+            "{what}: closed after the connect timeout of 1 s, not before and not never: {closed:?}"
+        );
+    }
+
+    // A client that publishes at QoS 1 and never reads a PUBACK: once the node's answers
+    // fill the socket, the node waits 1.5 keep-alives (1.5 s) to write them, then closes,
+    // and the client's writes fail.
+    let s = connected(port, 5, "deaf", &fx.token, 1);
+    let mut writer = s.try_clone().expect("clone");
+    writer
+        .set_write_timeout(Some(Duration::from_secs(20)))
+        .expect("write timeout");
+    let flood = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut id = 0u16;
+        loop {
+            let mut burst = Vec::new();
+            for _ in 0..256 {
+                id = id % u16::MAX + 1;
+                burst.extend(publish_raw(
+                    0x32,
+                    "ingest/telemetry",
+                    Some(id),
+                    Some(&[]),
+                    br#"{"deaf":1}"#,
+                ));
+            }
+            if let Err(err) = writer.write_all(&burst) {
+                return (started.elapsed(), err.kind());
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                return (started.elapsed(), std::io::ErrorKind::TimedOut);
+            }
+        }
+    });
+    // Meanwhile another device is served.
+    let lines = paho(
+        port,
+        &with_creds(
+            &[
+                "publish",
+                "--version",
+                "5",
+                "--qos",
+                "1",
+                "--client-id",
+                "meanwhile",
+            ],
+            &fx.token,
+        ),
+    );
+    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
+    let (took, kind) = flood.join().expect("the flooding thread");
+    assert!(
+        matches!(
+            kind,
+            std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+        ),
+        "the node gave the deaf client up: {kind:?} after {took:?}"
+    );
+    assert!(took < Duration::from_secs(20), "given up after {took:?}");
+    drop(s);
+    let lines = paho(
+        port,
+        &with_creds(
+            &[
+                "publish",
+                "--version",
+                "5",
+                "--qos",
+                "1",
+                "--client-id",
+                "after",
+            ],
+            &fx.token,
+        ),
+    );
+    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
+    let rows = fx.query(
+        "SELECT count(*) FILTER (WHERE device_id IN ('meanwhile', 'after')), \
+         count(*) FILTER (WHERE device_id = 'deaf') > 0 FROM {lake}",
+    );
+    assert_eq!(rows, vec![vec![json!(2), json!(true)]]);
+}
+
+/// A node shutting down answers the publishes it is still storing before it sends DISCONNECT
+/// 0x8B, and what it acknowledged reaches Parquet.
+#[test]
+fn a_node_shutting_down_answers_what_it_is_storing_before_its_disconnect() {
+    // One event a second for the workspace: the second publish waits for the rate when the
+    // node is told to stop, and no drain period holds the close back.
+    let mut fx = Fixture::start(&[
+        "--workspace-events-per-second",
+        "1",
+        "--shutdown-drain-ms",
+        "0",
+    ]);
+    let mut s = connected(fx.mqtt_port(), 5, "ending", &fx.token, 30);
+    s.write_all(&publish_raw(
+        0x32,
+        "ingest/telemetry",
+        Some(1),
+        Some(&[]),
+        br#"{"ending":1}"#,
+    ))
+    .expect("PUBLISH 1");
+    let (first, body) = read_packet(&mut s).expect("PUBACK 1");
+    assert_eq!((first, &body[..2]), (0x40, &[0u8, 1][..]), "{body:?}");
+    assert_eq!(body.get(2).copied().unwrap_or(0), 0, "stored: {body:?}");
+    s.write_all(&publish_raw(
+        0x32,
+        "ingest/telemetry",
+        Some(2),
+        Some(&[]),
+        br#"{"ending":2}"#,
+    ))
+    .expect("PUBLISH 2");
+    std::thread::sleep(Duration::from_millis(200));
+    let signalled = Command::new("kill")
+        .arg("-TERM")
+        .arg(fx.sluice.child.id().to_string())
+        .status()
+        .expect("kill");
+    assert!(signalled.success());
+
+    let (first, body) = read_packet(&mut s).expect("the waiting publish is answered");
+    assert_eq!(
+        (first, &body[..2]),
+        (0x40, &[0u8, 2][..]),
+        "PUBACK 2 first: {body:?}"
+    );
+    assert_eq!(body.get(2).copied().unwrap_or(0), 0, "stored: {body:?}");
+    let (first, body) = read_packet(&mut s).expect("then the DISCONNECT");
+    assert_eq!(
+        (first, body.first().copied()),
+        (0xE0, Some(0x8B)),
+        "{body:?}"
+    );
+
+    fx.sluice.stop();
+    let rows = duckdb(
+        &fx.lake(),
+        "SELECT string_agg(payload->>'ending', ',' ORDER BY payload->>'ending') FROM {lake} \
+         WHERE payload->>'ending' IS NOT NULL",
+    );
+    assert_eq!(
+        rows,
+        vec![vec![json!("1,2")]],
+        "both acknowledged events, once each"
+    );
+    fx.sluice.restart();
+}
