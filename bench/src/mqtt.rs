@@ -90,6 +90,8 @@ struct Row {
     connections: usize,
     summary: Summary,
     cpu: Option<ServerCpu>,
+    /// The server's peak resident set (VmHWM) over the scenario, in KiB.
+    peak_rss_kib: Option<u64>,
 }
 
 /// CPU used by the server and by this process (the simulator) over the measured seconds.
@@ -188,6 +190,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 let summary = runtime.block_on(mqtt::run(plan))?;
                 let cpu = cpu.join().ok().flatten();
                 progress(&format!("  {}", summary.one_line()));
+                let peak_rss_kib = node.peak_rss_kib().ok();
                 node.stop()?;
                 rows.push(Row {
                     server: "sluice".into(),
@@ -195,6 +198,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                     connections,
                     summary,
                     cpu,
+                    peak_rss_kib,
                 });
             }
             if let Some(bin) = &mosquitto {
@@ -205,6 +209,8 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 let summary = runtime.block_on(mqtt::run(plan))?;
                 let cpu = cpu.join().ok().flatten();
                 progress(&format!("  {}", summary.one_line()));
+                let peak_rss_kib =
+                    sluice::vm_hwm_kib(&format!("/proc/{}/status", broker.child.id())).ok();
                 drop(broker);
                 rows.push(Row {
                     server: "mosquitto".into(),
@@ -212,6 +218,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                     connections,
                     summary,
                     cpu,
+                    peak_rss_kib,
                 });
             }
         }
@@ -347,6 +354,7 @@ pub fn run(args: MqttArgs) -> Result<()> {
                 "simulator_cpu_cores": r.cpu.as_ref().map(|c| c.simulator_cores),
                 "server_threads_cpu_cores": r.cpu.as_ref().map(|c| &c.threads),
                 "server_us_per_message": r.cpu.as_ref().and_then(|c| c.us_per_message(r.summary.taken_per_sec)),
+                "server_peak_rss_kib": r.peak_rss_kib,
             })).collect::<Vec<_>>(),
             "connect_rate": rates.iter().map(|(server, scenario, m)| json!({
                 "server": server, "scenario": scenario,
@@ -485,8 +493,8 @@ fn table(
 /// The QoS scenarios' table and their CPU by thread.
 fn qos_table(rows: &[Row]) -> String {
     let mut out = String::new();
-    out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU | server peak RSS MiB |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let s = &r.summary;
         let (p50, p99, p999) = if r.qos == 0 {
@@ -505,7 +513,7 @@ fn qos_table(rows: &[Row]) -> String {
                 .map_or("-".into(), |x| format!("{x:.2}"))
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.server,
             r.qos,
             r.connections,
@@ -518,11 +526,14 @@ fn qos_table(rows: &[Row]) -> String {
             cpu(&|c| Some(c.server_cores)),
             cpu(&|c| c.us_per_message(s.taken_per_sec)),
             cpu(&|c| Some(c.simulator_cores)),
+            r.peak_rss_kib
+                .map_or("-".into(), |kib| format!("{:.0}", kib as f64 / 1024.0)),
         ));
     }
     out.push_str(
         "\nCPU in cores over the measured seconds (sampled from /proc, starting the warm-up's \
-         length after the simulator starts); \"sim CPU\" is this process, the simulator.\n",
+         length after the simulator starts); \"sim CPU\" is this process, the simulator. Peak \
+         RSS is the server's VmHWM at the end of the scenario (a fresh process each).\n",
     );
     for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
         let Some(cpu) = &r.cpu else { continue };
