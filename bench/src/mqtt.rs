@@ -74,6 +74,11 @@ pub struct MqttArgs {
     /// Skip the QoS 0 and 1 scenarios: only the connect-rate and idle-connection ones.
     #[arg(long)]
     connections_only: bool,
+    /// Rounds of each QoS scenario, alternating which server goes first (Sluice first in
+    /// odd rounds, mosquitto in even ones), each on a fresh server: this VM's speed drifts
+    /// within minutes, and alternating puts the drift on both sides of the ratio.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=50))]
+    rounds: u64,
     /// Skip the mosquitto reference even when it is installed.
     #[arg(long)]
     no_mosquitto: bool,
@@ -88,6 +93,8 @@ struct Row {
     server: String,
     qos: u8,
     connections: usize,
+    /// 1-based round of the scenario.
+    round: u64,
     summary: Summary,
     cpu: Option<ServerCpu>,
     /// The server's peak resident set (VmHWM) over the scenario, in KiB.
@@ -179,47 +186,24 @@ pub fn run(args: MqttArgs) -> Result<()> {
     };
     for &qos in qos_levels {
         for &connections in &args.connections {
-            {
-                progress(&format!("sluice: QoS {qos}, {connections} connections"));
-                let node = Node::start_mqtt(&bin, 1, args.server_workers)?;
-                let addr = node.mqtt_addr.context("the node has no MQTT address")?;
-                let mut plan = plan_for(&args, addr, connections, qos);
-                plan.username = Some("default".into());
-                plan.password = Some(node.token.clone());
-                let cpu = sample_cpu(node.pid(), plan.warmup, plan.duration);
-                let summary = runtime.block_on(mqtt::run(plan))?;
-                let cpu = cpu.join().ok().flatten();
-                progress(&format!("  {}", summary.one_line()));
-                let peak_rss_kib = node.peak_rss_kib().ok();
-                node.stop()?;
-                rows.push(Row {
-                    server: "sluice".into(),
-                    qos,
-                    connections,
-                    summary,
-                    cpu,
-                    peak_rss_kib,
-                });
-            }
-            if let Some(bin) = &mosquitto {
-                progress(&format!("mosquitto: QoS {qos}, {connections} connections"));
-                let broker = Mosquitto::start(bin)?;
-                let plan = plan_for(&args, broker.addr, connections, qos);
-                let cpu = sample_cpu(broker.child.id(), plan.warmup, plan.duration);
-                let summary = runtime.block_on(mqtt::run(plan))?;
-                let cpu = cpu.join().ok().flatten();
-                progress(&format!("  {}", summary.one_line()));
-                let peak_rss_kib =
-                    sluice::vm_hwm_kib(&format!("/proc/{}/status", broker.child.id())).ok();
-                drop(broker);
-                rows.push(Row {
-                    server: "mosquitto".into(),
-                    qos,
-                    connections,
-                    summary,
-                    cpu,
-                    peak_rss_kib,
-                });
+            for round in 1..=args.rounds {
+                let sluice_first = round % 2 == 1;
+                if sluice_first {
+                    rows.push(run_sluice(&args, &runtime, &bin, qos, connections, round)?);
+                }
+                if let Some(mosquitto) = &mosquitto {
+                    rows.push(run_mosquitto(
+                        &args,
+                        &runtime,
+                        mosquitto,
+                        qos,
+                        connections,
+                        round,
+                    )?);
+                }
+                if !sluice_first {
+                    rows.push(run_sluice(&args, &runtime, &bin, qos, connections, round)?);
+                }
             }
         }
     }
@@ -346,8 +330,14 @@ pub fn run(args: MqttArgs) -> Result<()> {
 
     if args.json {
         let out = json!({
+            "rounds": round_summaries(&rows).iter().map(|s| json!({
+                "qos": s.qos, "connections": s.connections,
+                "sluice_mean_per_sec": s.sluice_mean, "mosquitto_mean_per_sec": s.mosquitto_mean,
+                "ratio_of_means": s.ratio_of_means(), "median_ratio": s.median_ratio(),
+                "ratios": s.ratios,
+            })).collect::<Vec<_>>(),
             "scenarios": rows.iter().map(|r| json!({
-                "server": r.server, "qos": r.qos, "connections": r.connections,
+                "server": r.server, "qos": r.qos, "connections": r.connections, "round": r.round,
                 "ratio_to_mosquitto": ratio(&rows, r),
                 "summary": r.summary,
                 "server_cpu_cores": r.cpu.as_ref().map(|c| c.server_cores),
@@ -377,6 +367,81 @@ pub fn run(args: MqttArgs) -> Result<()> {
     Ok(())
 }
 
+/// One QoS scenario against a fresh Sluice node.
+fn run_sluice(
+    args: &MqttArgs,
+    runtime: &tokio::runtime::Runtime,
+    bin: &Path,
+    qos: u8,
+    connections: usize,
+    round: u64,
+) -> Result<Row> {
+    progress(&format!(
+        "sluice: QoS {qos}, {connections} connections{}",
+        round_label(args, round)
+    ));
+    let node = Node::start_mqtt(bin, 1, args.server_workers)?;
+    let addr = node.mqtt_addr.context("the node has no MQTT address")?;
+    let mut plan = plan_for(args, addr, connections, qos);
+    plan.username = Some("default".into());
+    plan.password = Some(node.token.clone());
+    let cpu = sample_cpu(node.pid(), plan.warmup, plan.duration);
+    let summary = runtime.block_on(mqtt::run(plan))?;
+    let cpu = cpu.join().ok().flatten();
+    progress(&format!("  {}", summary.one_line()));
+    let peak_rss_kib = node.peak_rss_kib().ok();
+    node.stop()?;
+    Ok(Row {
+        server: "sluice".into(),
+        qos,
+        connections,
+        round,
+        summary,
+        cpu,
+        peak_rss_kib,
+    })
+}
+
+/// One QoS scenario against a fresh mosquitto.
+fn run_mosquitto(
+    args: &MqttArgs,
+    runtime: &tokio::runtime::Runtime,
+    bin: &Path,
+    qos: u8,
+    connections: usize,
+    round: u64,
+) -> Result<Row> {
+    progress(&format!(
+        "mosquitto: QoS {qos}, {connections} connections{}",
+        round_label(args, round)
+    ));
+    let broker = Mosquitto::start(bin)?;
+    let plan = plan_for(args, broker.addr, connections, qos);
+    let cpu = sample_cpu(broker.child.id(), plan.warmup, plan.duration);
+    let summary = runtime.block_on(mqtt::run(plan))?;
+    let cpu = cpu.join().ok().flatten();
+    progress(&format!("  {}", summary.one_line()));
+    let peak_rss_kib = sluice::vm_hwm_kib(&format!("/proc/{}/status", broker.child.id())).ok();
+    drop(broker);
+    Ok(Row {
+        server: "mosquitto".into(),
+        qos,
+        connections,
+        round,
+        summary,
+        cpu,
+        peak_rss_kib,
+    })
+}
+
+fn round_label(args: &MqttArgs, round: u64) -> String {
+    if args.rounds > 1 {
+        format!(", round {round} of {}", args.rounds)
+    } else {
+        String::new()
+    }
+}
+
 fn plan_for(args: &MqttArgs, addr: SocketAddr, connections: usize, qos: u8) -> Plan {
     let version = if args.protocol == 3 {
         Version::V311
@@ -398,7 +463,12 @@ fn ratio(rows: &[Row], row: &Row) -> Option<f64> {
         return None;
     }
     rows.iter()
-        .find(|r| r.server == "mosquitto" && r.qos == row.qos && r.connections == row.connections)
+        .find(|r| {
+            r.server == "mosquitto"
+                && r.qos == row.qos
+                && r.connections == row.connections
+                && r.round == row.round
+        })
         .filter(|r| r.summary.taken_per_sec > 0.0)
         .map(|r| row.summary.taken_per_sec / r.summary.taken_per_sec)
 }
@@ -493,8 +563,8 @@ fn table(
 /// The QoS scenarios' table and their CPU by thread.
 fn qos_table(rows: &[Row]) -> String {
     let mut out = String::new();
-    out.push_str("| server | QoS | connections | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU | server peak RSS MiB |\n");
-    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
+    out.push_str("| server | QoS | connections | round | messages/s | ack p50 ms | ack p99 ms | ack p999 ms | failed | vs mosquitto | server CPU | server µs/msg | sim CPU | server peak RSS MiB |\n");
+    out.push_str("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n");
     for r in rows {
         let s = &r.summary;
         let (p50, p99, p999) = if r.qos == 0 {
@@ -513,10 +583,11 @@ fn qos_table(rows: &[Row]) -> String {
                 .map_or("-".into(), |x| format!("{x:.2}"))
         };
         out.push_str(&format!(
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.server,
             r.qos,
             r.connections,
+            r.round,
             s.taken_per_sec,
             p50,
             p99,
@@ -538,12 +609,104 @@ fn qos_table(rows: &[Row]) -> String {
     for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
         let Some(cpu) = &r.cpu else { continue };
         out.push_str(&format!(
-            "{} QoS {} {} connections, CPU by thread: {}\n",
+            "{} QoS {} {} connections, round {}, CPU by thread: {}\n",
             r.server,
             r.qos,
             r.connections,
+            r.round,
             busy_threads_text(&cpu.threads)
         ));
+    }
+    let summaries = round_summaries(rows);
+    if !summaries.is_empty() {
+        out.push('\n');
+    }
+    for s in summaries {
+        out.push_str(&format!(
+            "QoS {} {} connections over {} rounds: Sluice {:.0} msg/s / mosquitto {:.0} = {:.2} (median of the rounds' ratios {:.2}; rounds {})\n",
+            s.qos,
+            s.connections,
+            s.ratios.len(),
+            s.sluice_mean,
+            s.mosquitto_mean,
+            s.ratio_of_means(),
+            s.median_ratio(),
+            s.ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+        ));
+    }
+    out
+}
+
+/// A QoS scenario measured in several rounds against mosquitto.
+struct RoundSummary {
+    qos: u8,
+    connections: usize,
+    /// Mean messages/s over the rounds (each the same length).
+    sluice_mean: f64,
+    mosquitto_mean: f64,
+    /// Sluice over mosquitto in each round.
+    ratios: Vec<f64>,
+}
+
+impl RoundSummary {
+    fn ratio_of_means(&self) -> f64 {
+        if self.mosquitto_mean > 0.0 {
+            self.sluice_mean / self.mosquitto_mean
+        } else {
+            0.0
+        }
+    }
+
+    fn median_ratio(&self) -> f64 {
+        let mut sorted = self.ratios.clone();
+        sorted.sort_by(f64::total_cmp);
+        match sorted.len() {
+            0 => 0.0,
+            n if n % 2 == 1 => sorted[n / 2],
+            n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+        }
+    }
+}
+
+/// The scenarios measured in more than one round with mosquitto, in the order first run.
+fn round_summaries(rows: &[Row]) -> Vec<RoundSummary> {
+    let mut out: Vec<RoundSummary> = Vec::new();
+    for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
+        let Some(ratio) = ratio(rows, r) else { continue };
+        match out
+            .iter_mut()
+            .find(|s| s.qos == r.qos && s.connections == r.connections)
+        {
+            Some(summary) => summary.ratios.push(ratio),
+            None => out.push(RoundSummary {
+                qos: r.qos,
+                connections: r.connections,
+                sluice_mean: 0.0,
+                mosquitto_mean: 0.0,
+                ratios: vec![ratio],
+            }),
+        }
+    }
+    out.retain(|s| s.ratios.len() > 1);
+    for summary in &mut out {
+        let mean = |server: &str| {
+            let rates: Vec<f64> = rows
+                .iter()
+                .filter(|r| {
+                    r.server == server
+                        && r.qos == summary.qos
+                        && r.connections == summary.connections
+                })
+                .map(|r| r.summary.taken_per_sec)
+                .collect();
+            rates.iter().sum::<f64>() / rates.len().max(1) as f64
+        };
+        summary.sluice_mean = mean("sluice");
+        summary.mosquitto_mean = mean("mosquitto");
     }
     out
 }
@@ -612,5 +775,63 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(server: &str, round: u64, taken_per_sec: f64) -> Row {
+        Row {
+            server: server.into(),
+            qos: 1,
+            connections: 16,
+            round,
+            summary: Summary {
+                devices: 16,
+                connected: 16,
+                failed: 0,
+                qos: 1,
+                protocol: "5",
+                window_secs: 6.0,
+                sent: 0,
+                acked: 0,
+                refused: 0,
+                sent_per_sec: taken_per_sec,
+                acked_per_sec: taken_per_sec,
+                taken_per_sec,
+                latency_ms_p50: 1.0,
+                latency_ms_p99: 2.0,
+                latency_ms_p999: 3.0,
+                latency_ms_max: 4.0,
+                first_error: None,
+            },
+            cpu: None,
+            peak_rss_kib: None,
+        }
+    }
+
+    #[test]
+    fn each_round_is_compared_with_its_own_mosquitto_run_and_the_rounds_are_summed_up() {
+        // Round 1 Sluice first, round 2 mosquitto first: the order the bench runs them.
+        let rows = vec![
+            row("sluice", 1, 300.0),
+            row("mosquitto", 1, 150.0),
+            row("mosquitto", 2, 200.0),
+            row("sluice", 2, 300.0),
+            row("sluice", 3, 400.0),
+            row("mosquitto", 3, 400.0),
+        ];
+        assert_eq!(ratio(&rows, &rows[3]), Some(1.5), "round 2 against round 2");
+        assert_eq!(ratio(&rows, &rows[1]), None, "mosquitto has no ratio");
+        let summaries = round_summaries(&rows);
+        assert_eq!(summaries.len(), 1);
+        let s = &summaries[0];
+        assert_eq!(s.ratios, vec![2.0, 1.5, 1.0]);
+        assert_eq!(s.median_ratio(), 1.5);
+        assert!((s.ratio_of_means() - 1000.0 / 750.0).abs() < 1e-9);
+        // One round: nothing to sum up.
+        assert!(round_summaries(&rows[..2]).is_empty());
     }
 }
