@@ -390,7 +390,20 @@ fn run_sluice(
     let cpu = cpu.join().ok().flatten();
     progress(&format!("  {}", summary.one_line()));
     let peak_rss_kib = node.peak_rss_kib().ok();
-    node.stop()?;
+    let wal = node.wal_stats().ok();
+    let stopped = node.stop()?;
+    // How long the node took to stop is mostly the shipping of what the WAL still held: a
+    // shipper that fell behind shows here.
+    progress(&format!(
+        "  WAL {}; node stopped in {:.1} s after SIGTERM",
+        wal.map_or("-".into(), |w| format!(
+            "{:.0} fsyncs (warm-up included), mean {:.2} ms, {:.1} records each",
+            w.fsyncs,
+            w.mean_fsync_ms().unwrap_or(0.0),
+            w.records_per_fsync().unwrap_or(0.0)
+        )),
+        stopped.took.as_secs_f64()
+    ));
     Ok(Row {
         server: "sluice".into(),
         qos,
@@ -676,7 +689,9 @@ impl RoundSummary {
 fn round_summaries(rows: &[Row]) -> Vec<RoundSummary> {
     let mut out: Vec<RoundSummary> = Vec::new();
     for r in rows.iter().filter(|r| r.server.starts_with("sluice")) {
-        let Some(ratio) = ratio(rows, r) else { continue };
+        let Some(ratio) = ratio(rows, r) else {
+            continue;
+        };
         match out
             .iter_mut()
             .find(|s| s.qos == r.qos && s.connections == r.connections)
