@@ -255,7 +255,7 @@ pub fn run(args: ClusterArgs) -> Result<()> {
         );
         let target = Arc::new(Target {
             addr: ([127, 0, 0, 1], lb_port).into(),
-            path: "/v1/ingest/bench/telemetry".into(),
+            paths: vec!["/v1/ingest/bench/telemetry".into()],
             authorization: Some(format!("Bearer {token}")),
             content_type,
             bodies: bodies.clone(),

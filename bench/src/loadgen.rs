@@ -42,8 +42,9 @@ const LATENCY_MAX_US: u64 = 60_000_000;
 /// Where and what to send.
 pub struct Target {
     pub addr: SocketAddr,
-    /// Request path, e.g. `/v1/ingest/default/telemetry`.
-    pub path: String,
+    /// Request paths, e.g. `/v1/ingest/default/telemetry`, taken in turn (each connection
+    /// starts at a different one).
+    pub paths: Vec<String>,
     /// Full `Authorization` header value, if any.
     pub authorization: Option<String>,
     pub content_type: &'static str,
@@ -362,7 +363,8 @@ async fn connection(
             let body = target.bodies[next_body % target.bodies.len()].clone();
             next_body += 1;
             let body_len = body.len() as u64;
-            let mut request = Request::post(target.path.as_str())
+            let path = &target.paths[next_body % target.paths.len().max(1)];
+            let mut request = Request::post(path.as_str())
                 .header(header::HOST, target.addr.to_string())
                 .header(header::CONTENT_TYPE, target.content_type);
             if let Some(auth) = &target.authorization {

@@ -103,6 +103,10 @@ pub struct HttpArgs {
     /// about 38,000 of these events).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=20_000))]
     batch_events: u64,
+    /// Sources of the `sluice-ndjson-sources` scenario, which the NDJSON requests go to in
+    /// turn (each an open batch on the node).
+    #[arg(long, default_value_t = 5000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    sources: u64,
     /// Worker threads of the load generator's tokio runtime.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=64))]
     client_threads: u64,
@@ -172,6 +176,9 @@ enum Scenario {
     /// Sluice with NDJSON bodies, against a source without a schema and 3 tag rules (a query
     /// parameter and two payload pointers, one of them the device).
     SluiceNdjsonRules,
+    /// Sluice with NDJSON bodies spread over `--sources` sources of one workspace: a node
+    /// holding an open batch per source, against its memory budget.
+    SluiceNdjsonSources,
 }
 
 /// The HTTP I/O driver a Sluice node runs on.
@@ -378,7 +385,10 @@ fn http(args: HttpArgs) -> Result<()> {
             // Batches reach the CPU's limit at any count; one count keeps the run short.
             let batched = matches!(
                 scenario,
-                Scenario::SluiceNdjson | Scenario::SluiceNdjsonSchema | Scenario::SluiceNdjsonRules
+                Scenario::SluiceNdjson
+                    | Scenario::SluiceNdjsonSchema
+                    | Scenario::SluiceNdjsonRules
+                    | Scenario::SluiceNdjsonSources
             );
             if batched && count != first_count {
                 continue;
@@ -423,7 +433,7 @@ fn http(args: HttpArgs) -> Result<()> {
                         driver.scenario("sluice-json-schema-1"),
                         "application/json",
                         &single,
-                        (1, None),
+                        (1, schema_shaping()),
                     )?,
                     Scenario::SluiceNdjsonSchema => run_sluice_shaped(
                         &runtime,
@@ -432,7 +442,7 @@ fn http(args: HttpArgs) -> Result<()> {
                         driver.scenario(&format!("sluice-ndjson-schema-{batch}")),
                         "application/x-ndjson",
                         &ndjson,
-                        (batch, None),
+                        (batch, schema_shaping()),
                     )?,
                     Scenario::SluiceNdjsonRules => run_sluice_shaped(
                         &runtime,
@@ -441,7 +451,23 @@ fn http(args: HttpArgs) -> Result<()> {
                         driver.scenario(&format!("sluice-ndjson-rules-{batch}")),
                         "application/x-ndjson",
                         &ndjson,
-                        (batch, Some(bench_rules())),
+                        (batch, rules_shaping()),
+                    )?,
+                    Scenario::SluiceNdjsonSources => run_sluice_shaped(
+                        &runtime,
+                        node,
+                        plan,
+                        driver.scenario(&format!("sluice-ndjson-sources-{batch}")),
+                        "application/x-ndjson",
+                        &ndjson,
+                        (
+                            batch,
+                            sluice::Shaping {
+                                schema: None,
+                                tag_rules: Vec::new(),
+                                sources: args.sources as usize,
+                            },
+                        ),
                     )?,
                 };
                 progress(&result.one_line());
@@ -504,7 +530,7 @@ fn run_baseline(
 fn baseline_target(addr: std::net::SocketAddr, single: &Arc<Vec<bytes::Bytes>>) -> Target {
     Target {
         addr,
-        path: "/v1/ingest/default/telemetry".into(),
+        paths: vec!["/v1/ingest/default/telemetry".into()],
         // The same request bytes as Sluice gets: a token of the same form, which the bare
         // server ignores.
         authorization: Some(format!("Bearer {}", sluice_config::token::generate())),
@@ -715,7 +741,7 @@ fn sluice_target(
 ) -> Target {
     Target {
         addr: node.addr,
-        path: node.path.clone(),
+        paths: node.paths.clone(),
         authorization: Some(format!("Bearer {}", node.token)),
         content_type,
         bodies: bodies.clone(),
@@ -787,8 +813,26 @@ fn run_sluice(
     finish_sluice(node, &name, content_type, events_per_body, bodies, &outcome)
 }
 
-/// One scenario against a fresh node whose source has the benchmark schema (`rules` `None`)
-/// or no schema and `rules`.
+/// The source of the schema scenarios: the benchmark schema.
+fn schema_shaping() -> sluice::Shaping {
+    sluice::Shaping {
+        schema: Some(bench_schema()),
+        tag_rules: Vec::new(),
+        sources: 1,
+    }
+}
+
+/// The source of the tag-rule scenario: no schema, the benchmark rules.
+fn rules_shaping() -> sluice::Shaping {
+    sluice::Shaping {
+        schema: None,
+        tag_rules: bench_rules(),
+        sources: 1,
+    }
+}
+
+/// One scenario against a fresh node whose sources are shaped by `shaping`; requests go to
+/// each source in turn.
 fn run_sluice_shaped(
     runtime: &tokio::runtime::Runtime,
     (bin, server_threads, driver): (&std::path::Path, usize, HttpDriver),
@@ -796,18 +840,8 @@ fn run_sluice_shaped(
     name: String,
     content_type: &'static str,
     bodies: &Arc<Vec<bytes::Bytes>>,
-    (events_per_body, rules): (usize, Option<Vec<serde_json::Value>>),
+    (events_per_body, shaping): (usize, sluice::Shaping),
 ) -> Result<ScenarioResult> {
-    let shaping = match rules {
-        None => sluice::Shaping {
-            schema: Some(bench_schema()),
-            tag_rules: Vec::new(),
-        },
-        Some(rules) => sluice::Shaping {
-            schema: None,
-            tag_rules: rules,
-        },
-    };
     progress(&format!(
         "{name}: starting {} (--http-threads {server_threads} --http-io-driver {})",
         bin.display(),

@@ -825,7 +825,7 @@ impl Load {
                 .build()?,
             target: Arc::new(crate::loadgen::Target {
                 addr: std::net::SocketAddr::from(([127, 0, 0, 1], port)),
-                path,
+                paths: vec![path],
                 authorization: Some(format!("Bearer {LOAD_TOKEN}")),
                 content_type: "application/json",
                 bodies: Arc::new(crate::payload::single_event_bodies(1024)),

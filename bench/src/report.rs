@@ -270,10 +270,6 @@ impl Report {
         }
     }
 
-    fn find(&self, prefix: &str) -> Option<&ScenarioResult> {
-        self.results.iter().find(|r| r.name.starts_with(prefix))
-    }
-
     /// The result of `name` with the most requests/s, over the connection counts.
     fn best(&self, name: &str) -> Option<&ScenarioResult> {
         self.results
@@ -380,8 +376,17 @@ impl Report {
         (base.requests_per_s > 0.0).then(|| single.requests_per_s / base.requests_per_s)
     }
 
+    /// The plain NDJSON scenario's events/s (`sluice-ndjson-<batch>`, on any driver), not the
+    /// schema, rule or many-source ones.
     fn ndjson_events_per_s(&self) -> Option<f64> {
-        self.find("sluice-ndjson-").map(|r| r.events_per_s)
+        self.results
+            .iter()
+            .find(|r| {
+                r.name
+                    .strip_prefix("sluice-ndjson-")
+                    .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+            })
+            .map(|r| r.events_per_s)
     }
 
     pub fn to_json(&self) -> Value {

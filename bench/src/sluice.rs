@@ -51,8 +51,9 @@ pub struct Node {
     child: Child,
     dir: TempDir,
     pub addr: SocketAddr,
-    /// Ingest path from bootstrap.json, e.g. `/v1/ingest/default/telemetry`.
-    pub path: String,
+    /// Ingest paths: from bootstrap.json (e.g. `/v1/ingest/default/telemetry`), or one per
+    /// source of a [`Shaping`] snapshot.
+    pub paths: Vec<String>,
     pub token: String,
     /// The MQTT listener, when started with one.
     pub mqtt_addr: Option<SocketAddr>,
@@ -71,11 +72,22 @@ pub struct Stopped {
 pub struct Shaping {
     pub schema: Option<serde_json::Value>,
     pub tag_rules: Vec<serde_json::Value>,
+    /// Sources of the workspace, all alike (at least one).
+    pub sources: usize,
 }
 
-/// The workspace, source and token of a node started with [`Shaping`].
-const SHAPED_PATH: &str = "/v1/ingest/bench/telemetry";
+/// The workspace and token of a node started with [`Shaping`].
+const SHAPED_PATH_PREFIX: &str = "/v1/ingest/bench/";
 const SHAPED_TOKEN: &str = "bench-shaping-token";
+
+/// The slug of a [`Shaping`] node's `i`th source: `telemetry`, then `s1`, `s2`, ...
+fn shaped_source(i: usize) -> String {
+    if i == 0 {
+        "telemetry".to_owned()
+    } else {
+        format!("s{i}")
+    }
+}
 
 impl Node {
     /// Starts `bin dataplane` with `http_threads` HTTP threads on `http_io_driver`
@@ -84,8 +96,8 @@ impl Node {
         Self::start_with(bin, (http_threads, http_io_driver), None, None, &[])
     }
 
-    /// Like [`start`](Self::start), with a configuration snapshot whose one source has
-    /// `shaping`; requests go to `path_suffix` appended to the source's ingest path (a query).
+    /// Like [`start`](Self::start), with a configuration snapshot whose sources have
+    /// `shaping`; requests go to `path_suffix` appended to each source's ingest path (a query).
     pub fn start_shaped(
         bin: &Path,
         http: (usize, &str),
@@ -93,7 +105,9 @@ impl Node {
         path_suffix: &str,
     ) -> Result<Node> {
         let mut node = Self::start_with(bin, http, None, Some(shaping), &[])?;
-        node.path.push_str(path_suffix);
+        for path in &mut node.paths {
+            path.push_str(path_suffix);
+        }
         Ok(node)
     }
 
@@ -143,19 +157,24 @@ impl Node {
         let mut snapshot_args: Vec<std::ffi::OsString> = Vec::new();
         if let Some(shaping) = shaping {
             let snapshot = dir.path().join("snapshot.json");
-            let mut source = serde_json::json!({
-                "id": "0190f3a0-0000-7000-8000-0000000002b0",
-                "slug": "telemetry",
-            });
-            if let Some(schema) = &shaping.schema {
-                source["schema"] = schema.clone();
-            }
+            let sources: Vec<serde_json::Value> = (0..shaping.sources.max(1))
+                .map(|i| {
+                    let mut source = serde_json::json!({
+                        "id": format!("0190f3a0-0000-7000-8000-{:012x}", 0x2b0 + (i << 12)),
+                        "slug": shaped_source(i),
+                    });
+                    if let Some(schema) = &shaping.schema {
+                        source["schema"] = schema.clone();
+                    }
+                    source
+                })
+                .collect();
             let config = serde_json::json!({
                 "version": 1,
                 "workspaces": [{
                     "id": "0190f3a0-0000-7000-8000-0000000000b0",
                     "slug": "bench",
-                    "sources": [source],
+                    "sources": sources,
                     "tokens": [{
                         "id": "0190f3a0-0000-7000-8000-0000000001b0",
                         "sha256": sluice_config::token::hash_hex(SHAPED_TOKEN),
@@ -199,12 +218,14 @@ impl Node {
             child,
             dir,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            path: String::new(),
+            paths: Vec::new(),
             token: String::new(),
             mqtt_addr,
         };
-        if shaping.is_some() {
-            node.path = SHAPED_PATH.to_owned();
+        if let Some(shaping) = shaping {
+            node.paths = (0..shaping.sources.max(1))
+                .map(|i| format!("{SHAPED_PATH_PREFIX}{}", shaped_source(i)))
+                .collect();
             node.token = SHAPED_TOKEN.to_owned();
         }
         node.wait_ready(&data_dir)
@@ -241,7 +262,7 @@ impl Node {
                             self.addr
                         );
                     }
-                    self.path = path;
+                    self.paths = vec![path];
                     self.token = token;
                     return Ok(());
                 }
