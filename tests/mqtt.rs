@@ -1526,22 +1526,7 @@ fn connections_that_stall_are_closed_and_the_node_serves_others() {
         }
     });
     // Meanwhile another device is served.
-    let lines = paho(
-        port,
-        &with_creds(
-            &[
-                "publish",
-                "--version",
-                "5",
-                "--qos",
-                "1",
-                "--client-id",
-                "meanwhile",
-            ],
-            &fx.token,
-        ),
-    );
-    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
+    served(port, &fx.token, "meanwhile");
     let (took, kind) = flood.join().expect("the flooding thread");
     assert!(
         matches!(
@@ -1552,6 +1537,16 @@ fn connections_that_stall_are_closed_and_the_node_serves_others() {
     );
     assert!(took < Duration::from_secs(20), "given up after {took:?}");
     drop(s);
+    served(port, &fx.token, "after");
+    let rows = fx.query(
+        "SELECT count(*) FILTER (WHERE device_id IN ('meanwhile', 'after')), \
+         count(*) FILTER (WHERE device_id = 'deaf') > 0 FROM {lake}",
+    );
+    assert_eq!(rows, vec![vec![json!(2), json!(true)]]);
+}
+
+/// Asserts that device `client_id` gets one QoS 1 publish acknowledged (Paho, MQTT 5).
+fn served(port: u16, token: &str, client_id: &str) {
     let lines = paho(
         port,
         &with_creds(
@@ -1562,17 +1557,16 @@ fn connections_that_stall_are_closed_and_the_node_serves_others() {
                 "--qos",
                 "1",
                 "--client-id",
-                "after",
+                client_id,
             ],
-            &fx.token,
+            token,
         ),
     );
-    assert_eq!(event(&lines, "published")["acked"], json!([0]), "{lines:?}");
-    let rows = fx.query(
-        "SELECT count(*) FILTER (WHERE device_id IN ('meanwhile', 'after')), \
-         count(*) FILTER (WHERE device_id = 'deaf') > 0 FROM {lake}",
+    assert_eq!(
+        event(&lines, "published")["acked"],
+        json!([0]),
+        "{client_id}: {lines:?}"
     );
-    assert_eq!(rows, vec![vec![json!(2), json!(true)]]);
 }
 
 /// A node shutting down answers the publishes it is still storing before it sends DISCONNECT

@@ -385,10 +385,7 @@ fn run_sluice(
     let mut plan = plan_for(args, addr, connections, qos);
     plan.username = Some("default".into());
     plan.password = Some(node.token.clone());
-    let cpu = sample_cpu(node.pid(), plan.warmup, plan.duration);
-    let summary = runtime.block_on(mqtt::run(plan))?;
-    let cpu = cpu.join().ok().flatten();
-    progress(&format!("  {}", summary.one_line()));
+    let (summary, cpu) = measure(runtime, plan, node.pid())?;
     let peak_rss_kib = node.peak_rss_kib().ok();
     let wal = node.wal_stats().ok();
     let stopped = node.stop()?;
@@ -430,10 +427,7 @@ fn run_mosquitto(
     ));
     let broker = Mosquitto::start(bin)?;
     let plan = plan_for(args, broker.addr, connections, qos);
-    let cpu = sample_cpu(broker.child.id(), plan.warmup, plan.duration);
-    let summary = runtime.block_on(mqtt::run(plan))?;
-    let cpu = cpu.join().ok().flatten();
-    progress(&format!("  {}", summary.one_line()));
+    let (summary, cpu) = measure(runtime, plan, broker.child.id())?;
     let peak_rss_kib = sluice::vm_hwm_kib(&format!("/proc/{}/status", broker.child.id())).ok();
     drop(broker);
     Ok(Row {
@@ -445,6 +439,19 @@ fn run_mosquitto(
         cpu,
         peak_rss_kib,
     })
+}
+
+/// Runs the simulator's `plan` against the server `pid`, sampling its CPU meanwhile.
+fn measure(
+    runtime: &tokio::runtime::Runtime,
+    plan: Plan,
+    pid: u32,
+) -> Result<(Summary, Option<ServerCpu>)> {
+    let cpu = sample_cpu(pid, plan.warmup, plan.duration);
+    let summary = runtime.block_on(mqtt::run(plan))?;
+    let cpu = cpu.join().ok().flatten();
+    progress(&format!("  {}", summary.one_line()));
+    Ok((summary, cpu))
 }
 
 fn round_label(args: &MqttArgs, round: u64) -> String {
