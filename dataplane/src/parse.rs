@@ -158,8 +158,8 @@ fn parse_ndjson(body: &[u8], events_max: usize) -> Result<Events, ParseError> {
 }
 
 /// The lines of `body` as `body.split(|&b| b == b'\n')` gives them (an empty one after a
-/// final newline), found with `memchr`: the split's byte-by-byte search was a tenth of the
-/// HTTP thread's time on NDJSON bodies.
+/// final newline), found with `memchr`: the split's byte-by-byte search made `parse` ~14 % of
+/// the HTTP thread on NDJSON bodies, where `memchr` takes ~3 %.
 fn lines(body: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut start = Some(0);
     std::iter::from_fn(move || {
