@@ -363,8 +363,11 @@ async fn connection(
             let body = target.bodies[next_body % target.bodies.len()].clone();
             next_body += 1;
             let body_len = body.len() as u64;
-            let path = &target.paths[next_body % target.paths.len().max(1)];
-            let mut request = Request::post(path.as_str())
+            let path = target
+                .paths
+                .get(next_body % target.paths.len().max(1))
+                .map_or("/", String::as_str);
+            let mut request = Request::post(path)
                 .header(header::HOST, target.addr.to_string())
                 .header(header::CONTENT_TYPE, target.content_type);
             if let Some(auth) = &target.authorization {
